@@ -1,0 +1,169 @@
+/* Template body for bp_elementwise.c: included once per element type with
+ * T (float or double) and S (f32 or f64) defined. All arithmetic is in double. */
+
+#define BP_CAT_(a, b) a##_##b
+#define BP_CAT(a, b) BP_CAT_(a, b)
+#define BP_FN(name) BP_CAT(name, S)
+
+BP_CLONES
+void BP_FN(bp_unary_fwd)(int op, const T *x, T *y, ptrdiff_t n, double alpha)
+{
+    ptrdiff_t i;
+    switch (op) {
+    case BP_SIGMOID:
+        BP_SIMD for (i = 0; i < n; i++) y[i] = (T)bp_sigmoid((double)x[i]);
+        break;
+    case BP_TANH:
+        BP_SIMD for (i = 0; i < n; i++) y[i] = (T)bp_tanh((double)x[i]);
+        break;
+    case BP_RELU:   /* x < 0 ? 0 : x keeps NaN, as np.maximum(x, 0) does */
+        BP_SIMD for (i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i];
+        break;
+    case BP_LEAKY_RELU:
+        BP_SIMD for (i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (T)(alpha * (double)x[i]);
+        break;
+    case BP_HARDTANH:
+        BP_SIMD for (i = 0; i < n; i++) y[i] = x[i] > 1 ? (T)1 : (x[i] < -1 ? (T)-1 : x[i]);
+        break;
+    case BP_GELU:
+        BP_SIMD for (i = 0; i < n; i++) y[i] = (T)bp_gelu((double)x[i]);
+        break;
+    case BP_SILU:
+        BP_SIMD for (i = 0; i < n; i++) {
+            double v = (double)x[i];
+            y[i] = (T)(v * bp_sigmoid(v));
+        }
+        break;
+    }
+}
+
+/* out = g * f'(.), where saved is the forward output for sigmoid and tanh and
+ * the forward input for the others. out may alias g. */
+BP_CLONES
+void BP_FN(bp_unary_bwd)(int op, const T *g, const T *restrict saved, T *out, ptrdiff_t n,
+                         double alpha)
+{
+    ptrdiff_t i;
+    switch (op) {
+    case BP_SIGMOID:
+        BP_SIMD for (i = 0; i < n; i++) {
+            double s = (double)saved[i];
+            out[i] = (T)((double)g[i] * (s * (1.0 - s)));
+        }
+        break;
+    case BP_TANH:
+        BP_SIMD for (i = 0; i < n; i++) {
+            double h = (double)saved[i];
+            out[i] = (T)((double)g[i] * (1.0 - h * h));
+        }
+        break;
+    case BP_RELU:
+        BP_SIMD for (i = 0; i < n; i++) out[i] = saved[i] > 0 ? g[i] : (T)0 * g[i];
+        break;
+    case BP_LEAKY_RELU:
+        BP_SIMD for (i = 0; i < n; i++)
+            out[i] = saved[i] > 0 ? g[i] : (T)(alpha * (double)g[i]);
+        break;
+    case BP_HARDTANH:
+        BP_SIMD for (i = 0; i < n; i++)
+            out[i] = (saved[i] > -1 && saved[i] < 1) ? g[i] : (T)0 * g[i];
+        break;
+    case BP_GELU:
+        BP_SIMD for (i = 0; i < n; i++)
+            out[i] = (T)((double)g[i] * bp_gelu_grad((double)saved[i]));
+        break;
+    case BP_SILU:
+        BP_SIMD for (i = 0; i < n; i++) {
+            double v = (double)saved[i];
+            double s = bp_sigmoid(v);
+            out[i] = (T)((double)g[i] * (s * (1.0 + v * (1.0 - s))));
+        }
+        break;
+    }
+}
+
+/* y += alpha * x */
+BP_CLONES
+void BP_FN(bp_axpy)(ptrdiff_t n, double alpha, const T *x, T *y)
+{
+    const T a = (T)alpha;
+    BP_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+/* out[r, :] = z[r, :] + b, rows x cols, all contiguous; out may alias z. */
+BP_CLONES
+void BP_FN(bp_add_bias)(const T *z, const T *restrict b, T *out, ptrdiff_t rows, ptrdiff_t cols)
+{
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const T *zr = z + r * cols;
+        T *o = out + r * cols;
+        BP_SIMD for (ptrdiff_t j = 0; j < cols; j++) o[j] = zr[j] + b[j];
+    }
+}
+
+/* out[j] = sum_r x[r * ld + j] for j < cols, summed in double, rows in order. */
+#define BP_COLSUM_BLOCK 256
+BP_CLONES
+void BP_FN(bp_colsum)(const T *restrict x, T *restrict out, ptrdiff_t rows, ptrdiff_t ld,
+                      ptrdiff_t cols)
+{
+    double acc[BP_COLSUM_BLOCK];
+    for (ptrdiff_t j0 = 0; j0 < cols; j0 += BP_COLSUM_BLOCK) {
+        ptrdiff_t nb = cols - j0 < BP_COLSUM_BLOCK ? cols - j0 : BP_COLSUM_BLOCK;
+        for (ptrdiff_t j = 0; j < nb; j++) acc[j] = 0.0;
+        for (ptrdiff_t r = 0; r < rows; r++) {
+            const T *xr = x + r * ld + j0;
+            BP_SIMD for (ptrdiff_t j = 0; j < nb; j++) acc[j] += (double)xr[j];
+        }
+        for (ptrdiff_t j = 0; j < nb; j++) out[j0 + j] = (T)acc[j];
+    }
+}
+
+/* Fused softmax cross-entropy over `rows` rows of `cols` logits.
+ * d = (softmax(z) - onehot(y)) * scale; returns the sum of the rows' losses
+ * log(sum_j exp(z_j - m)) - (z_y - m), m the row max. */
+BP_CLONES
+double BP_FN(bp_softmax_xent)(const T *restrict z, const int64_t *restrict y, T *restrict d,
+                              ptrdiff_t rows, ptrdiff_t cols, double scale)
+{
+    double total = 0.0;
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const T *zr = z + r * cols;
+        T *dr = d + r * cols;
+        double m = (double)zr[0];
+        for (ptrdiff_t j = 1; j < cols; j++) m = (double)zr[j] > m ? (double)zr[j] : m;
+        double sum = 0.0;
+        BP_SIMD_SUM(sum) for (ptrdiff_t j = 0; j < cols; j++) {
+            double e = bp_exp_nonpos((double)zr[j] - m);
+            dr[j] = (T)e;
+            sum += e;
+        }
+        const ptrdiff_t yr = (ptrdiff_t)y[r];
+        const double zy = (double)zr[yr] - m;
+        const double inv = scale / sum;
+        BP_SIMD for (ptrdiff_t j = 0; j < cols; j++) dr[j] = (T)((double)dr[j] * inv);
+        dr[yr] = (T)(bp_exp_nonpos(zy) * inv - scale);
+        total += log(sum) - zy;
+    }
+    return total;
+}
+
+/* Logistic loss on scores s with targets t in [0, 1]:
+ * loss = max(s, 0) - t s + log1p(exp(-|s|)),  d = (sigmoid(s) - t) * scale. */
+double BP_FN(bp_sigmoid_bce)(const T *restrict s, const T *restrict t, T *restrict d, ptrdiff_t n,
+                             double scale)
+{
+    double total = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double v = (double)s[i], ti = (double)t[i];
+        double e = bp_exp_nonpos(-bp_fabs(v));
+        total += (v > 0 ? v : 0.0) - ti * v + log1p(e);
+        double sg = v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+        d[i] = (T)((sg - ti) * scale);
+    }
+    return total;
+}
+
+#undef BP_FN
+#undef BP_CAT
+#undef BP_CAT_

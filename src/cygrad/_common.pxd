@@ -1,0 +1,11 @@
+# Validation shared by every kernel wrapper: run once at the Python boundary,
+# so the nogil loops behind it need no checks.
+cimport numpy as cnp
+
+cdef object float_array(object x, str fn, str name, int ndim)
+cdef object inplace_array(object x, str fn, str name, int ndim)
+cdef object same_dtype(object a, object b, str fn, str na, str nb)
+cdef object out_array(object out, tuple shape, object dtype, str fn)
+cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper)
+cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1
+cdef bint is_f32(object x)

@@ -1,0 +1,219 @@
+# cython: language_level=3
+"""Embedding windows: gather rows into concatenated windows, scatter their
+gradients back, sparse SGD on the touched rows, dense SGD.
+
+Design: gather is split by output rows (windows). Scatter-add and the sparse
+update are split by *table row ownership*: thread t handles exactly the slots
+whose row id satisfies id % nt == t, scanning the slots in (window, position)
+order. No two threads ever write one row, and every row receives its updates in
+the same order whatever the thread count, so results are bitwise identical for
+1, 2, ... threads, and no scratch memory or sort is needed. Indices are
+range-checked once at the wrapper.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
+                             index_array, threads_for, is_f32)
+
+cnp.import_array()
+
+cdef extern from "bp_elementwise.h" nogil:
+    void bp_axpy_f32(Py_ssize_t n, double alpha, const float *x, float *y)
+    void bp_axpy_f64(Py_ssize_t n, double alpha, const double *x, double *y)
+
+cdef enum:
+    MIN_ELEMENTS = 32768
+
+
+cdef void _gather(const floating[:, ::1] table, const cnp.int64_t[:, ::1] win,
+                  floating[:, ::1] X, int nt) noexcept nogil:
+    cdef Py_ssize_t B = win.shape[0], w = win.shape[1], d = table.shape[1], i, s
+    if d == 0 or w == 0:
+        return
+    for i in prange(B, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        for s in range(w):
+            memcpy(&X[i, s * d], &table[win[i, s], 0], d * sizeof(floating))
+
+
+cdef void _scatter(floating[:, ::1] table, const cnp.int64_t[:, ::1] win,
+                   const floating[:, ::1] dX, double alpha, int nt) noexcept nogil:
+    cdef Py_ssize_t B = win.shape[0], w = win.shape[1], d = table.shape[1], i, s, row
+    cdef int t
+    if d == 0 or w == 0:
+        return
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        for i in range(B):
+            for s in range(w):
+                row = win[i, s]
+                if row % nt == t:
+                    if floating is float:
+                        bp_axpy_f32(d, alpha, &dX[i, s * d], &table[row, 0])
+                    else:
+                        bp_axpy_f64(d, alpha, &dX[i, s * d], &table[row, 0])
+
+
+
+
+def embedding_gather(table, windows, out=None):
+    """Concatenate the embedding rows of each window: ``X[i] = [table[windows[i, 0]], ...]``.
+
+    Parameters
+    ----------
+    table : ndarray (V, d) of float32 or float64
+    windows : ndarray (B, w) of integers in [0, V)
+    out : ndarray (B, w*d), optional
+
+    Returns
+    -------
+    X : ndarray (B, w*d)
+
+    Raises
+    ------
+    TypeError
+        Non-float table, non-integer windows.
+    ValueError
+        Wrong ndim, a bad ``out``.
+    IndexError
+        A window index outside [0, V).
+    """
+    fn = "embedding_gather"
+    table = float_array(table, fn, "table", 2)
+    windows = index_array(windows, fn, "windows", 2, table.shape[0])
+    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
+    out = out_array(out, (B, w * d), table.dtype, fn)
+    cdef int nt = threads_for(B * w * d, MIN_ELEMENTS)
+    if is_f32(table):
+        _gather[float](table, windows, out, nt)
+    else:
+        _gather[double](table, windows, out, nt)
+    return out
+
+
+cdef object _scatter_checked(str fn, str tname, table, windows, dX, double alpha):
+    table = inplace_array(table, fn, tname, 2)
+    windows = index_array(windows, fn, "windows", 2, table.shape[0])
+    dX = float_array(dX, fn, "dX", 2)
+    same_dtype(table, dX, fn, tname, "dX")
+    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
+    if dX.shape != (B, w * d):
+        raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
+                         f"and {tname} {table.shape}, got {dX.shape}")
+    if np.may_share_memory(table, dX):
+        raise ValueError(f"{fn}: dX must not overlap {tname}")
+    cdef int nt = threads_for(B * w * d, MIN_ELEMENTS)
+    if is_f32(table):
+        _scatter[float](table, windows, dX, alpha, nt)
+    else:
+        _scatter[double](table, windows, dX, alpha, nt)
+    return table
+
+
+def embedding_scatter_add(grad_table, windows, dX):
+    """Add each window slot's gradient into its table row, in place.
+
+    ``grad_table[windows[i, s]] += dX[i, s*d:(s+1)*d]`` for every slot; repeated
+    indices accumulate. Race-free and bitwise deterministic for any thread
+    count (rows are owned by threads; each row's updates keep slot order).
+
+    Parameters
+    ----------
+    grad_table : ndarray (V, d), C-contiguous, writeable, float32 or float64
+    windows : ndarray (B, w) of integers in [0, V)
+    dX : ndarray (B, w*d), same dtype as ``grad_table``
+
+    Returns
+    -------
+    grad_table
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As for embedding_gather; also a non-contiguous or read-only ``grad_table``.
+    """
+    return _scatter_checked("embedding_scatter_add", "grad_table", grad_table, windows, dX,
+                            1.0)
+
+
+def embedding_sgd_update(table, windows, dX, lr):
+    """Sparse SGD on the rows a batch touched: ``table[windows[i, s]] -= lr * dX[i, s-th slot]``.
+
+    Only the rows present in ``windows`` are read or written; a row that appears
+    in several slots receives each slot's update, in slot order.
+
+    Parameters
+    ----------
+    table : ndarray (V, d), C-contiguous, writeable, float32 or float64
+    windows : ndarray (B, w) of integers in [0, V)
+    dX : ndarray (B, w*d), same dtype as ``table``
+    lr : float, the learning rate
+
+    Returns
+    -------
+    table
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As for embedding_scatter_add; also a non-finite ``lr``.
+    """
+    lr = float(lr)
+    if not np.isfinite(lr):
+        raise ValueError(f"embedding_sgd_update: lr must be finite, got {lr}")
+    return _scatter_checked("embedding_sgd_update", "table", table, windows, dX, -lr)
+
+
+cdef void _axpy_flat(floating[::1] y, const floating[::1] x, double alpha,
+                     int nt) noexcept nogil:
+    cdef Py_ssize_t n = y.shape[0], chunk = (n + nt - 1) // nt, lo, hi
+    cdef int t
+    chunk = (chunk + 63) // 64 * 64
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        lo = t * chunk
+        hi = min(n, lo + chunk)
+        if lo < hi:
+            if floating is float:
+                bp_axpy_f32(hi - lo, alpha, &x[lo], &y[lo])
+            else:
+                bp_axpy_f64(hi - lo, alpha, &x[lo], &y[lo])
+
+
+def sgd_update(param, grad, lr):
+    """Dense SGD step in place: ``param -= lr * grad``.
+
+    Parameters
+    ----------
+    param : ndarray, any shape, C-contiguous, writeable, float32 or float64
+    grad : ndarray, same shape and dtype
+    lr : float
+
+    Returns
+    -------
+    param
+
+    Raises
+    ------
+    TypeError, ValueError
+        Mixed or non-float dtypes, shape mismatch, non-contiguous or read-only
+        ``param``, a non-finite ``lr``.
+    """
+    fn = "sgd_update"
+    param = inplace_array(param, fn, "param", -1)
+    grad = float_array(grad, fn, "grad", -1)
+    same_dtype(param, grad, fn, "param", "grad")
+    if param.shape != grad.shape:
+        raise ValueError(f"{fn}: grad must have the shape of param {param.shape}, "
+                         f"got {grad.shape}")
+    lr = float(lr)
+    if not np.isfinite(lr):
+        raise ValueError(f"{fn}: lr must be finite, got {lr}")
+    cdef int nt = threads_for(param.size, MIN_ELEMENTS)
+    if is_f32(param):
+        _axpy_flat[float](param.reshape(-1), grad.reshape(-1), -lr, nt)
+    else:
+        _axpy_flat[double](param.reshape(-1), grad.reshape(-1), -lr, nt)
+    return param

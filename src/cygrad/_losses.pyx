@@ -1,0 +1,223 @@
+# cython: language_level=3
+"""Losses with their gradients, fused: softmax cross-entropy, the logistic
+loss and the max-margin loss of CS224N lecture 3.
+
+Design: softmax cross-entropy runs over fixed blocks of 256 rows (one row is
+read once: max, exponentials into the gradient row, normalise); the blocks are
+shared out statically between threads, each block's loss is summed in double
+into its own slot, and the slots are added in block order, so the mean loss
+is bitwise the same for any thread count. Labels are range-checked at the
+wrapper.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+
+from cygrad._common cimport (float_array, same_dtype, out_array, index_array,
+                             threads_for, is_f32)
+
+cnp.import_array()
+
+cdef extern from "bp_elementwise.h" nogil:
+    double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,
+                               Py_ssize_t rows, Py_ssize_t cols, double scale)
+    double bp_softmax_xent_f64(const double *z, const cnp.int64_t *y, double *d,
+                               Py_ssize_t rows, Py_ssize_t cols, double scale)
+    double bp_sigmoid_bce_f32(const float *s, const float *t, float *d, Py_ssize_t n,
+                              double scale)
+    double bp_sigmoid_bce_f64(const double *s, const double *t, double *d, Py_ssize_t n,
+                              double scale)
+
+cdef enum:
+    ROW_BLOCK = 256
+    MIN_ELEMENTS = 16384
+
+
+cdef void _softmax_xent(const floating[:, ::1] z, const cnp.int64_t[::1] y,
+                        floating[:, ::1] d, double[::1] partial, int nt) noexcept nogil:
+    cdef Py_ssize_t rows = z.shape[0], cols = z.shape[1], nblocks = partial.shape[0]
+    cdef Py_ssize_t blk, lo, hi
+    cdef double scale = 1.0 / rows
+    for blk in prange(nblocks, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        lo = blk * ROW_BLOCK
+        hi = min(rows, lo + ROW_BLOCK)
+        if floating is float:
+            partial[blk] = bp_softmax_xent_f32(&z[lo, 0], &y[lo], &d[lo, 0], hi - lo, cols,
+                                               scale)
+        else:
+            partial[blk] = bp_softmax_xent_f64(&z[lo, 0], &y[lo], &d[lo, 0], hi - lo, cols,
+                                               scale)
+
+
+def softmax_cross_entropy(logits, labels, out=None):
+    """Mean softmax cross-entropy and its gradient with respect to the logits.
+
+    loss = mean_i [ logsumexp(logits[i]) - logits[i, labels[i]] ],
+    dlogits = (softmax(logits) - onehot(labels)) / B, computed stably (the row
+    max is subtracted) in one pass over each row.
+
+    Parameters
+    ----------
+    logits : ndarray (B, C) of float32 or float64, B >= 1, C >= 1
+    labels : ndarray (B,) of integers in [0, C)
+    out : ndarray (B, C), optional, for dlogits; may be ``logits`` itself.
+
+    Returns
+    -------
+    loss : float
+    dlogits : ndarray (B, C), the dtype of ``logits``
+
+    Raises
+    ------
+    TypeError
+        Non-float logits, non-integer labels.
+    ValueError
+        Wrong ndim, an empty batch or class set, mismatched B.
+    IndexError
+        A label outside [0, C).
+    """
+    fn = "softmax_cross_entropy"
+    logits = float_array(logits, fn, "logits", 2)
+    cdef Py_ssize_t B = logits.shape[0], C = logits.shape[1]
+    if B == 0 or C == 0:
+        raise ValueError(f"{fn}: logits must have at least one row and one class, "
+                         f"got shape {logits.shape}")
+    labels = index_array(labels, fn, "labels", 1, C)
+    if labels.shape[0] != B:
+        raise ValueError(f"{fn}: labels must have shape ({B},) to match logits "
+                         f"{logits.shape}, got {labels.shape}")
+    out = out_array(out, logits.shape, logits.dtype, fn)
+    cdef int nt = threads_for(B * C, MIN_ELEMENTS)
+    partial = np.empty((B + ROW_BLOCK - 1) // ROW_BLOCK, dtype=np.float64)
+    if is_f32(logits):
+        _softmax_xent[float](logits, labels, out, partial, nt)
+    else:
+        _softmax_xent[double](logits, labels, out, partial, nt)
+    cdef double total = 0.0
+    cdef double[::1] pv = partial
+    cdef Py_ssize_t i
+    for i in range(pv.shape[0]):
+        total += pv[i]
+    return total / B, out
+
+
+def sigmoid_binary_cross_entropy(scores, targets, out=None):
+    """Mean logistic loss of scores against binary (or soft) targets.
+
+    loss = mean_i [ log(1 + exp(s_i)) - t_i s_i ], the cross-entropy of
+    sigmoid(s_i) against t_i; dscores = (sigmoid(s) - t) / B. Stable for any s.
+
+    Parameters
+    ----------
+    scores : ndarray (B,) of float32 or float64, B >= 1
+    targets : ndarray (B,), numbers in [0, 1] (bool and int arrays of 0/1 are fine);
+        converted to the dtype of ``scores``
+    out : ndarray (B,), optional, for dscores
+
+    Returns
+    -------
+    loss : float
+    dscores : ndarray (B,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-float scores, wrong shapes, an empty batch, a target outside [0, 1] or NaN.
+    """
+    fn = "sigmoid_binary_cross_entropy"
+    scores = float_array(scores, fn, "scores", 1)
+    cdef Py_ssize_t B = scores.shape[0]
+    if B == 0:
+        raise ValueError(f"{fn}: scores must not be empty")
+    if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "biuf":
+        raise TypeError(f"{fn}: targets must be a numeric numpy.ndarray, "
+                        f"got {getattr(targets, 'dtype', type(targets).__name__)}")
+    if targets.shape != scores.shape:
+        raise ValueError(f"{fn}: targets must have shape {scores.shape}, got {targets.shape}")
+    t = np.ascontiguousarray(targets, dtype=scores.dtype)
+    bad = ~((t >= 0) & (t <= 1))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{fn}: targets[{i}] = {targets[i]} is outside [0, 1]")
+    out = out_array(out, scores.shape, scores.dtype, fn)
+    cdef double total
+    cdef float[::1] s32, t32, d32
+    cdef double[::1] s64, t64, d64
+    if is_f32(scores):
+        s32, t32, d32 = scores, t, out
+        with nogil:
+            total = bp_sigmoid_bce_f32(&s32[0], &t32[0], &d32[0], B, 1.0 / B)
+    else:
+        s64, t64, d64 = scores, t, out
+        with nogil:
+            total = bp_sigmoid_bce_f64(&s64[0], &t64[0], &d64[0], B, 1.0 / B)
+    return total / B, out
+
+
+cdef double _max_margin(const floating[::1] s, const floating[::1] sc, floating[::1] ds,
+                        floating[::1] dsc, double margin) noexcept nogil:
+    cdef Py_ssize_t i, n = s.shape[0]
+    cdef double total = 0.0, v, g = 1.0 / n
+    for i in range(n):
+        v = margin - <double>s[i] + <double>sc[i]
+        if v > 0:
+            total += v
+            ds[i] = <floating>(-g)
+            dsc[i] = <floating>g
+        else:
+            ds[i] = 0
+            dsc[i] = 0
+    return total
+
+
+def max_margin(s_true, s_corrupt, margin=1.0):
+    """Mean hinge loss J = max(0, margin - s + s_c) over a batch of window pairs.
+
+    The lecture's max-margin objective: the true window's score s should beat
+    the corrupt window's score s_c by at least ``margin``. Where the hinge is
+    active (``margin - s + s_c > 0``), ds = -1/B and ds_c = +1/B; elsewhere,
+    including the tie ``margin - s + s_c == 0``, both are 0.
+
+    Parameters
+    ----------
+    s_true, s_corrupt : ndarray (B,), float32 or float64, same dtype, B >= 1
+    margin : float
+
+    Returns
+    -------
+    loss : float
+    ds_true, ds_corrupt : ndarray (B,)
+
+    Raises
+    ------
+    TypeError, ValueError
+        Non-float or mixed dtypes, mismatched shapes, an empty batch, a NaN margin.
+    """
+    fn = "max_margin"
+    s_true = float_array(s_true, fn, "s_true", 1)
+    s_corrupt = float_array(s_corrupt, fn, "s_corrupt", 1)
+    same_dtype(s_true, s_corrupt, fn, "s_true", "s_corrupt")
+    if s_true.shape != s_corrupt.shape:
+        raise ValueError(f"{fn}: s_true and s_corrupt must have the same shape, got "
+                         f"{s_true.shape} and {s_corrupt.shape}")
+    if s_true.shape[0] == 0:
+        raise ValueError(f"{fn}: s_true must not be empty")
+    cdef double mg = float(margin)
+    if mg != mg:
+        raise ValueError(f"{fn}: margin must be a number, got {margin!r}")
+    ds = np.empty_like(s_true)
+    dsc = np.empty_like(s_true)
+    cdef double total
+    cdef float[::1] a32, b32, c32, d32
+    cdef double[::1] a64, b64, c64, d64
+    if is_f32(s_true):
+        a32, b32, c32, d32 = s_true, s_corrupt, ds, dsc
+        with nogil:
+            total = _max_margin[float](a32, b32, c32, d32, mg)
+    else:
+        a64, b64, c64, d64 = s_true, s_corrupt, ds, dsc
+        with nogil:
+            total = _max_margin[double](a64, b64, c64, d64, mg)
+    return total / s_true.shape[0], ds, dsc

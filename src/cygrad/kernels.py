@@ -1,0 +1,51 @@
+"""The compiled kernels: Cython + OpenMP over typed memoryviews, SIMD loops in C.
+
+Every function here has a twin of the same name and signature in
+:mod:`cygrad.reference` (plain NumPy), which the tests use as the oracle.
+
+Conventions
+-----------
+* Inputs are NumPy arrays of float32 or float64; the arrays of one call share
+  one dtype (mixing raises TypeError: there is no implicit upcast).
+* Non-contiguous inputs are copied to C order; arrays written in place
+  (``out=``, ``param``, ``grad_table``, ``table``, ``dW``) must be
+  C-contiguous and writeable, or ValueError is raised.
+* Index arrays (``labels``, ``windows``) may have any integer dtype; every
+  value is checked against the table or class count (IndexError).
+* The thread count is :func:`cygrad.get_num_threads` (small inputs run on one
+  thread); results are identical for a fixed thread count, and for most kernels
+  for any thread count.
+"""
+
+from cygrad._elementwise import (
+    add_bias, bias_grad,
+    sigmoid, sigmoid_backward, tanh, tanh_backward, relu, relu_backward,
+    leaky_relu, leaky_relu_backward, hardtanh, hardtanh_backward,
+    gelu, gelu_backward, silu, silu_backward,
+)
+from cygrad._embedding import (
+    embedding_gather, embedding_scatter_add, embedding_sgd_update, sgd_update,
+)
+from cygrad._gemm import matmul, outer_accumulate
+from cygrad._losses import max_margin, sigmoid_binary_cross_entropy, softmax_cross_entropy
+
+#: name -> (forward, backward, saves); ``saves`` says whether the backward's
+#: ``saved`` argument is the forward "input" or the forward "output".
+ACTIVATIONS = {
+    "sigmoid": (sigmoid, sigmoid_backward, "output"),
+    "tanh": (tanh, tanh_backward, "output"),
+    "relu": (relu, relu_backward, "input"),
+    "leaky_relu": (leaky_relu, leaky_relu_backward, "input"),
+    "hardtanh": (hardtanh, hardtanh_backward, "input"),
+    "gelu": (gelu, gelu_backward, "input"),
+    "silu": (silu, silu_backward, "input"),
+}
+
+__all__ = [
+    "ACTIVATIONS", "matmul", "outer_accumulate", "add_bias", "bias_grad",
+    "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
+    "leaky_relu", "leaky_relu_backward", "hardtanh", "hardtanh_backward",
+    "gelu", "gelu_backward", "silu", "silu_backward",
+    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin",
+    "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update",
+]

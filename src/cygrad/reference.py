@@ -1,0 +1,199 @@
+"""The NumPy oracle: the same names, signatures and semantics as cygrad.kernels.
+
+Written for clarity, straight from the lecture's formulas; the tests hold every
+compiled kernel to these functions. Results keep the input dtype (float32 in,
+float32 out), as the kernels do. Validation here is deliberately light: the
+compiled kernels are the ones that must reject bad input.
+"""
+
+import numpy as np
+
+
+def _out(result, out):
+    if out is None:
+        return result
+    out[...] = result
+    return out
+
+
+# --------------------------------------------------------------------- products
+
+def matmul(a, b, trans_a=False, trans_b=False, out=None, accumulate=False):
+    """``op(a) @ op(b)`` (op = transpose when the flag is set); see cygrad.kernels.matmul."""
+    a = a.T if trans_a else a
+    b = b.T if trans_b else b
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    c = a @ b
+    if accumulate:
+        if out is None:
+            raise ValueError("matmul: accumulate=True needs out=")
+        out += c
+        return out
+    return _out(c, out)
+
+
+def outer_accumulate(dW, delta, x):
+    """``dW += delta xᵀ`` (one example) or ``dW += deltaᵀ x`` (a batch), in place."""
+    if delta.ndim == 1:
+        dW += np.outer(delta, x)
+    else:
+        dW += delta.T @ x
+    return dW
+
+
+def add_bias(z, b, out=None):
+    """``z + b`` with ``b`` broadcast over rows."""
+    return _out(z + b, out)
+
+
+def bias_grad(dz, out=None):
+    """Column sums of ``dz``, accumulated in float64, returned in dz's dtype."""
+    return _out(dz.sum(axis=0, dtype=np.float64).astype(dz.dtype), out)
+
+
+# ------------------------------------------------------------------ activations
+
+def _sigmoid(z):
+    # exp of -|z| only: no overflow.
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def sigmoid(z, out=None):
+    return _out(_sigmoid(z).astype(z.dtype, copy=False), out)
+
+
+def sigmoid_backward(grad_out, saved, out=None):
+    return _out(grad_out * saved * (1 - saved), out)
+
+
+def tanh(z, out=None):
+    return _out(np.tanh(z), out)
+
+
+def tanh_backward(grad_out, saved, out=None):
+    return _out(grad_out * (1 - saved * saved), out)
+
+
+def relu(z, out=None):
+    return _out(np.maximum(z, 0), out)
+
+
+def relu_backward(grad_out, saved, out=None):
+    return _out(grad_out * (saved > 0), out)
+
+
+def leaky_relu(z, out=None, negative_slope=0.01):
+    return _out(np.where(z > 0, z, z * np.asarray(negative_slope, z.dtype)), out)
+
+
+def leaky_relu_backward(grad_out, saved, out=None, negative_slope=0.01):
+    slope = np.where(saved > 0, np.asarray(1, grad_out.dtype),
+                     np.asarray(negative_slope, grad_out.dtype))
+    return _out(grad_out * slope, out)
+
+
+def hardtanh(z, out=None):
+    return _out(np.clip(z, -1, 1), out)
+
+
+def hardtanh_backward(grad_out, saved, out=None):
+    return _out(grad_out * ((saved > -1) & (saved < 1)), out)
+
+
+_GELU_C = np.sqrt(2 / np.pi)
+
+
+def gelu(z, out=None):
+    u = _GELU_C * (z + 0.044715 * z ** 3)
+    return _out((0.5 * z * (1 + np.tanh(u))).astype(z.dtype, copy=False), out)
+
+
+def gelu_backward(grad_out, saved, out=None):
+    z = saved
+    t = np.tanh(_GELU_C * (z + 0.044715 * z ** 3))
+    dgelu = 0.5 * (1 + t) + 0.5 * z * (1 - t * t) * _GELU_C * (1 + 3 * 0.044715 * z * z)
+    return _out((grad_out * dgelu).astype(grad_out.dtype, copy=False), out)
+
+
+def silu(z, out=None):
+    return _out(z * _sigmoid(z), out)
+
+
+def silu_backward(grad_out, saved, out=None):
+    s = _sigmoid(saved)
+    return _out(grad_out * s * (1 + saved * (1 - s)), out)
+
+
+#: name -> (forward, backward, saves), as in cygrad.kernels.ACTIVATIONS.
+ACTIVATIONS = {
+    "sigmoid": (sigmoid, sigmoid_backward, "output"),
+    "tanh": (tanh, tanh_backward, "output"),
+    "relu": (relu, relu_backward, "input"),
+    "leaky_relu": (leaky_relu, leaky_relu_backward, "input"),
+    "hardtanh": (hardtanh, hardtanh_backward, "input"),
+    "gelu": (gelu, gelu_backward, "input"),
+    "silu": (silu, silu_backward, "input"),
+}
+
+
+# ----------------------------------------------------------------------- losses
+
+def softmax_cross_entropy(logits, labels, out=None):
+    """Mean cross-entropy of softmax(logits) against integer labels, and (p - onehot) / B."""
+    B = logits.shape[0]
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    logsumexp = np.log(np.exp(z).sum(axis=1))
+    rows = np.arange(B)
+    loss = float(np.mean(logsumexp - z[rows, labels]))
+    p = np.exp(z - logsumexp[:, None])
+    p[rows, labels] -= 1
+    return loss, _out((p / B).astype(logits.dtype), out)
+
+
+def sigmoid_binary_cross_entropy(scores, targets, out=None):
+    """Mean of log(1 + e^s) - t s, and (sigmoid(s) - t) / B."""
+    s = scores.astype(np.float64)
+    t = np.asarray(targets, dtype=np.float64)
+    loss = float(np.mean(np.logaddexp(0, s) - t * s))
+    d = (_sigmoid(s) - t) / s.shape[0]
+    return loss, _out(d.astype(scores.dtype), out)
+
+
+def max_margin(s_true, s_corrupt, margin=1.0):
+    """Mean of max(0, margin - s + s_c); gradients -1/B and +1/B where active."""
+    B = s_true.shape[0]
+    v = margin - s_true.astype(np.float64) + s_corrupt.astype(np.float64)
+    active = v > 0
+    loss = float(np.mean(np.where(active, v, 0.0)))
+    ds = np.where(active, -1.0 / B, 0.0).astype(s_true.dtype)
+    return loss, ds, -ds
+
+
+# -------------------------------------------------------------------- embedding
+
+def embedding_gather(table, windows, out=None):
+    """``X[i] = concatenate(table[windows[i, 0]], ..., table[windows[i, w-1]])``."""
+    B, w = windows.shape
+    return _out(table[windows].reshape(B, w * table.shape[1]), out)
+
+
+def embedding_scatter_add(grad_table, windows, dX):
+    """``grad_table[windows[i, s]] += dX[i, s-th slot]``, repeats accumulating."""
+    d = grad_table.shape[1]
+    np.add.at(grad_table, windows.reshape(-1), dX.reshape(-1, d))
+    return grad_table
+
+
+def embedding_sgd_update(table, windows, dX, lr):
+    """``table[windows[i, s]] -= lr * dX[i, s-th slot]``, only the touched rows."""
+    d = table.shape[1]
+    np.subtract.at(table, windows.reshape(-1), dX.reshape(-1, d) * table.dtype.type(lr))
+    return table
+
+
+def sgd_update(param, grad, lr):
+    """``param -= lr * grad`` in place."""
+    param -= param.dtype.type(lr) * grad
+    return param

@@ -111,14 +111,20 @@ BP_INLINE double bp_tanh(double x)
 #define BP_GELU_C 0.7978845608028654    /* sqrt(2/pi) */
 #define BP_GELU_A 0.044715
 
+/* Beyond |x| = 40, sigmoid(2u) is 0 or 1 in double and its slope is 0: clamp
+ * there so that x^3 cannot overflow into inf * 0 = NaN. NaN passes through. */
+BP_INLINE double bp_gelu_clamp(double x) { return x > 40.0 ? 40.0 : (x < -40.0 ? -40.0 : x); }
+
 BP_INLINE double bp_gelu(double x)
 {
-    double u = BP_GELU_C * (x + BP_GELU_A * x * x * x);
+    double xc = bp_gelu_clamp(x);
+    double u = BP_GELU_C * (xc + BP_GELU_A * xc * xc * xc);
     return x * bp_sigmoid(2.0 * u);
 }
 
 BP_INLINE double bp_gelu_grad(double x)
 {
+    x = bp_gelu_clamp(x);
     double u = BP_GELU_C * (x + BP_GELU_A * x * x * x);
     double du = BP_GELU_C * (1.0 + 3.0 * BP_GELU_A * x * x);
     double s = bp_sigmoid(2.0 * u);

@@ -117,8 +117,8 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
     cdef Py_ssize_t i, n = flat.shape[0]
     for i in range(n):
         if flat[i] < 0 or flat[i] >= upper:
-            where = np.unravel_index(i, x.shape)
-            raise IndexError(f"{fn}: {name}{list(where)} = {flat[i]} is out of range "
+            where = ", ".join(str(int(j)) for j in np.unravel_index(i, x.shape))
+            raise IndexError(f"{fn}: {name}[{where}] = {flat[i]} is out of range "
                              f"[0, {upper})")
     return x
 

@@ -185,14 +185,14 @@ def outer_accumulate(dW, delta, x):
     if delta.ndim != x.ndim or delta.ndim not in (1, 2):
         raise ValueError(f"{fn}: delta and x must both be 1-D (one example) or both 2-D "
                          f"(a batch), got shapes {delta.shape} and {x.shape}")
+    shapes = f"delta {delta.shape} and x {x.shape}"
     if delta.ndim == 1:
         delta = delta.reshape(1, -1)
         x = x.reshape(1, -1)
     if delta.shape[0] != x.shape[0]:
-        raise ValueError(f"{fn}: delta and x must have the same batch size, got "
-                         f"{delta.shape} and {x.shape}")
+        raise ValueError(f"{fn}: delta and x must have the same batch size, got {shapes}")
     if dW.shape != (delta.shape[1], x.shape[1]):
         raise ValueError(f"{fn}: dW must have shape {(delta.shape[1], x.shape[1])} for "
-                         f"delta {delta.shape} and x {x.shape}, got {dW.shape}")
+                         f"{shapes}, got {dW.shape}")
     _matmul(fn, delta, x, True, False, dW, True)
     return dW

@@ -181,15 +181,14 @@ def embedding_gather(table, windows, out=None):
 
 def embedding_scatter_add(grad_table, windows, dX):
     """``grad_table[windows[i, s]] += dX[i, s-th slot]``, repeats accumulating."""
-    d = grad_table.shape[1]
-    np.add.at(grad_table, windows.reshape(-1), dX.reshape(-1, d))
+    np.add.at(grad_table, windows.reshape(-1), dX.reshape(windows.size, grad_table.shape[1]))
     return grad_table
 
 
 def embedding_sgd_update(table, windows, dX, lr):
     """``table[windows[i, s]] -= lr * dX[i, s-th slot]``, only the touched rows."""
-    d = table.shape[1]
-    np.subtract.at(table, windows.reshape(-1), dX.reshape(-1, d) * table.dtype.type(lr))
+    rows = dX.reshape(windows.size, table.shape[1])
+    np.subtract.at(table, windows.reshape(-1), rows * table.dtype.type(lr))
     return table
 
 

@@ -1,0 +1,25 @@
+"""Shared fixtures. The tests import the *installed* cygrad (src/ layout: the
+source tree is not importable as a package), so they check what pip built."""
+
+import numpy as np
+import pytest
+
+import cygrad
+
+from helpers import DTYPES
+
+
+@pytest.fixture(params=DTYPES, ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def nthreads(request):
+    with cygrad.threads(request.param):
+        yield request.param
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

@@ -91,9 +91,12 @@ class BuildExt(build_ext):
             cflags, lflags = omp
 
         opt = ["-O1", "-g"] if DEBUG else ["-O3"]
-        common = opt + ["-fno-math-errno", "-fvisibility=hidden", "-std=c11"]
-        # -fno-math-errno lets gcc inline sqrt and friends; it does not relax IEEE
-        # semantics the way -ffast-math would (no reassociation, NaN/Inf kept).
+        common = opt + ["-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden",
+                        "-std=c11"]
+        # Neither flag changes a computed value (no reassociation, no flush to zero,
+        # NaN and Inf kept, unlike -ffast-math): -fno-math-errno drops errno writes,
+        # -fno-trapping-math lets gcc evaluate both arms of a select, which is what
+        # allows the branch-free activation loops to vectorise.
         if NATIVE:
             common.append("-march=native")
         flags = common + cflags

@@ -5,78 +5,97 @@
 #define BP_CAT(a, b) BP_CAT_(a, b)
 #define BP_FN(name) BP_CAT(name, S)
 
+/* Arithmetic runs in T (float32 in float, float64 in double); BP_M(f) names
+ * the math helper of that precision. */
 BP_CLONES
 void BP_FN(bp_unary_fwd)(int op, const T *x, T *y, ptrdiff_t n, double alpha)
 {
+    const T a = (T)alpha;
     ptrdiff_t i;
     switch (op) {
     case BP_SIGMOID:
-        BP_SIMD for (i = 0; i < n; i++) y[i] = (T)bp_sigmoid((double)x[i]);
+        BP_SIMD for (i = 0; i < n; i++) y[i] = BP_M(bp_sigmoid)(x[i]);
         break;
     case BP_TANH:
-        BP_SIMD for (i = 0; i < n; i++) y[i] = (T)bp_tanh((double)x[i]);
+        BP_SIMD for (i = 0; i < n; i++) y[i] = BP_M(bp_tanh)(x[i]);
         break;
-    case BP_RELU:   /* x < 0 ? 0 : x keeps NaN, as np.maximum(x, 0) does */
-        BP_SIMD for (i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i];
+    case BP_RELU:   /* v < 0 ? 0 : v keeps NaN, as np.maximum(v, 0) does */
+        BP_SIMD for (i = 0; i < n; i++) {
+            const T v = x[i];
+            y[i] = v < 0 ? (T)0 : v;
+        }
         break;
     case BP_LEAKY_RELU:
-        BP_SIMD for (i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : (T)(alpha * (double)x[i]);
+        BP_SIMD for (i = 0; i < n; i++) {
+            const T v = x[i], av = a * v;
+            y[i] = v > 0 ? v : av;
+        }
         break;
     case BP_HARDTANH:
-        BP_SIMD for (i = 0; i < n; i++) y[i] = x[i] > 1 ? (T)1 : (x[i] < -1 ? (T)-1 : x[i]);
+        BP_SIMD for (i = 0; i < n; i++) {
+            const T v = x[i];
+            y[i] = v > 1 ? (T)1 : (v < -1 ? (T)-1 : v);
+        }
         break;
     case BP_GELU:
-        BP_SIMD for (i = 0; i < n; i++) y[i] = (T)bp_gelu((double)x[i]);
+        BP_SIMD for (i = 0; i < n; i++) y[i] = BP_M(bp_gelu)(x[i]);
         break;
     case BP_SILU:
         BP_SIMD for (i = 0; i < n; i++) {
-            double v = (double)x[i];
-            y[i] = (T)(v * bp_sigmoid(v));
+            const T v = x[i];
+            y[i] = v * BP_M(bp_sigmoid)(v);
         }
         break;
     }
 }
 
 /* out = g * f'(.), where saved is the forward output for sigmoid and tanh and
- * the forward input for the others. out may alias g. */
+ * the forward input for the others. out may alias g. Where f' = 0 the result
+ * is 0 * g, so that a NaN gradient stays NaN (as g * mask does in NumPy). */
 BP_CLONES
 void BP_FN(bp_unary_bwd)(int op, const T *g, const T *restrict saved, T *out, ptrdiff_t n,
                          double alpha)
 {
+    const T a = (T)alpha;
     ptrdiff_t i;
     switch (op) {
     case BP_SIGMOID:
         BP_SIMD for (i = 0; i < n; i++) {
-            double s = (double)saved[i];
-            out[i] = (T)((double)g[i] * (s * (1.0 - s)));
+            const T s = saved[i];
+            out[i] = g[i] * (s * ((T)1 - s));
         }
         break;
     case BP_TANH:
         BP_SIMD for (i = 0; i < n; i++) {
-            double h = (double)saved[i];
-            out[i] = (T)((double)g[i] * (1.0 - h * h));
+            const T h = saved[i];
+            out[i] = g[i] * ((T)1 - h * h);
         }
         break;
     case BP_RELU:
-        BP_SIMD for (i = 0; i < n; i++) out[i] = saved[i] > 0 ? g[i] : (T)0 * g[i];
+        BP_SIMD for (i = 0; i < n; i++) {
+            const T gv = g[i], zero = (T)0 * gv;
+            out[i] = saved[i] > 0 ? gv : zero;
+        }
         break;
     case BP_LEAKY_RELU:
-        BP_SIMD for (i = 0; i < n; i++)
-            out[i] = saved[i] > 0 ? g[i] : (T)(alpha * (double)g[i]);
+        BP_SIMD for (i = 0; i < n; i++) {
+            const T gv = g[i], ag = a * gv;
+            out[i] = saved[i] > 0 ? gv : ag;
+        }
         break;
     case BP_HARDTANH:
-        BP_SIMD for (i = 0; i < n; i++)
-            out[i] = (saved[i] > -1 && saved[i] < 1) ? g[i] : (T)0 * g[i];
+        BP_SIMD for (i = 0; i < n; i++) {
+            const T gv = g[i], zero = (T)0 * gv, v = saved[i];
+            out[i] = (v > -1) & (v < 1) ? gv : zero;
+        }
         break;
     case BP_GELU:
-        BP_SIMD for (i = 0; i < n; i++)
-            out[i] = (T)((double)g[i] * bp_gelu_grad((double)saved[i]));
+        BP_SIMD for (i = 0; i < n; i++) out[i] = g[i] * BP_M(bp_gelu_grad)(saved[i]);
         break;
     case BP_SILU:
         BP_SIMD for (i = 0; i < n; i++) {
-            double v = (double)saved[i];
-            double s = bp_sigmoid(v);
-            out[i] = (T)((double)g[i] * (s * (1.0 + v * (1.0 - s))));
+            const T v = saved[i], s = BP_M(bp_sigmoid)(v);
+            out[i] = g[i] * (s * ((T)1 + v * ((T)1 - s)));
         }
         break;
     }
@@ -156,7 +175,7 @@ double BP_FN(bp_sigmoid_bce)(const T *restrict s, const T *restrict t, T *restri
     double total = 0.0;
     for (ptrdiff_t i = 0; i < n; i++) {
         double v = (double)s[i], ti = (double)t[i];
-        double e = bp_exp_nonpos(-bp_fabs(v));
+        double e = bp_exp_nonpos(-bp_abs(v));
         total += (v > 0 ? v : 0.0) - ti * v + log1p(e);
         double sg = v >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
         d[i] = (T)((sg - ti) * scale);

@@ -1,13 +1,16 @@
-/* Branch-free scalar maths that gcc can vectorise inside a loop.
- *
- * Everything is evaluated in double, for float32 and float64 data alike: one
- * code path, and float32 results are then correctly rounded in practice.
- * libm's exp/tanh are scalar calls that stop the vectoriser, hence these.
+/* Branch-free scalar maths that gcc vectorises inside a loop, in two
+ * precisions: name() for double, namef() for float. float32 data is computed
+ * in float (16 lanes per AVX-512 register, short polynomials); float64 in
+ * double. libm's exp/tanh are scalar calls that stop the vectoriser.
  *
  * exp is only ever needed for arguments <= 0 here (stable sigmoid, tanh via
  * expm1(-2|x|), softmax after subtracting the row max), which removes overflow
- * from the picture; underflow to subnormals and to 0 is exact-ish and NaN
+ * from the picture; underflow goes through the subnormals to 0 and NaN
  * propagates.
+ *
+ * Every conditional is written as "compute both values, then select": gcc
+ * will not if-convert an arm that does arithmetic (it might trap), and an
+ * unvectorised select on random signs is a mispredicted branch.
  */
 #ifndef BP_MATH_H
 #define BP_MATH_H
@@ -21,20 +24,37 @@
 #define BP_INLINE static inline
 #endif
 
-BP_INLINE double bp_bits_to_double(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
-BP_INLINE uint64_t bp_double_to_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+BP_INLINE double bp_from_bits(uint64_t u) { double d; memcpy(&d, &u, 8); return d; }
+BP_INLINE uint64_t bp_to_bits(double d) { uint64_t u; memcpy(&u, &d, 8); return u; }
+BP_INLINE float bp_from_bitsf(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+BP_INLINE uint32_t bp_to_bitsf(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 
-/* exp(x) for x <= 0 (or NaN). Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2,
- * Taylor polynomial to r^13 (truncation < 2e-16 relative), then 2^n built in
- * the exponent bits, in two factors so that subnormal results come out right. */
+BP_INLINE double bp_abs(double x) { return bp_from_bits(bp_to_bits(x) & 0x7fffffffffffffffull); }
+BP_INLINE float bp_absf(float x) { return bp_from_bitsf(bp_to_bitsf(x) & 0x7fffffffu); }
+
+BP_INLINE double bp_copysign(double mag, double sgn)
+{
+    return bp_from_bits((bp_to_bits(mag) & 0x7fffffffffffffffull)
+                        | (bp_to_bits(sgn) & 0x8000000000000000ull));
+}
+
+BP_INLINE float bp_copysignf(float mag, float sgn)
+{
+    return bp_from_bitsf((bp_to_bitsf(mag) & 0x7fffffffu) | (bp_to_bitsf(sgn) & 0x80000000u));
+}
+
+/* ---------------------------------------------------------------- exp, x <= 0 */
+
+/* double: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial
+ * to r^13 (truncation < 2e-16 relative), then 2^n built in the exponent bits,
+ * in two factors below n = -1000 so that subnormal results come out right. */
 BP_INLINE double bp_exp_nonpos(double x)
 {
     const double magic = 6755399441055744.0;           /* 1.5 * 2^52: round to int */
-    const double log2e = 1.4426950408889634074;
     const double ln2_hi = 6.93147180369123816490e-01;  /* low 32 bits zero: n*ln2_hi exact */
     const double ln2_lo = 1.90821492927058770002e-10;
     double xc = x < -745.2 ? -745.2 : x;                /* NaN compares false: kept */
-    double t = xc * log2e + magic;
+    double t = xc * 1.4426950408889634074 + magic;
     double n = t - magic;
     double r = (xc - n * ln2_hi) - n * ln2_lo;
     double p = 1.0 / 6227020800.0;                      /* 1/13! */
@@ -51,16 +71,42 @@ BP_INLINE double bp_exp_nonpos(double x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    /* n in [-1075, 0]; below -1000 scale by 2^(n+600) * 2^-600 */
     int big = n < -1000.0;
-    double k = big ? n + 600.0 : n;
-    uint64_t kb = bp_double_to_bits(k + magic) - bp_double_to_bits(magic);
-    double s = bp_bits_to_double((kb + 1023u) << 52);
+    double n600 = n + 600.0;
+    double k = big ? n600 : n;
+    uint64_t kb = bp_to_bits(k + magic) - bp_to_bits(magic);
+    double s = bp_from_bits((kb + 1023u) << 52);
     double res = p * s * (big ? 0x1p-600 : 1.0);
     return x < -745.2 ? 0.0 : res;
 }
 
-/* expm1(x) for x <= 0: Taylor near 0 (no cancellation), exp(x) - 1 elsewhere. */
+/* float: the same scheme with Cephes' expf minimax polynomial (~1 ulp). */
+BP_INLINE float bp_exp_nonposf(float x)
+{
+    const float magic = 12582912.0f;                    /* 1.5 * 2^23 */
+    float xc = x < -104.0f ? -104.0f : x;
+    float t = xc * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = (xc - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int big = n < -125.0f;
+    float n64 = n + 64.0f;
+    float k = big ? n64 : n;
+    uint32_t kb = bp_to_bitsf(k + magic) - bp_to_bitsf(magic);
+    float s = bp_from_bitsf((kb + 127u) << 23);
+    float res = p * s * (big ? 0x1p-64f : 1.0f);
+    return x < -104.0f ? 0.0f : res;
+}
+
+/* --------------------------------------------------------------- expm1, x <= 0 */
+
+/* Taylor near 0 (no cancellation), exp(x) - 1 elsewhere. */
 BP_INLINE double bp_expm1_nonpos(double x)
 {
     double q = 1.0 / 1307674368000.0;                   /* 1/15! */
@@ -83,52 +129,119 @@ BP_INLINE double bp_expm1_nonpos(double x)
     return x > -0.34657359 ? q : e;
 }
 
-BP_INLINE double bp_fabs(double x) { return bp_bits_to_double(bp_double_to_bits(x) & 0x7fffffffffffffffull); }
-
-BP_INLINE double bp_copysign(double mag, double sgn)
+BP_INLINE float bp_expm1_nonposf(float x)
 {
-    return bp_bits_to_double((bp_double_to_bits(mag) & 0x7fffffffffffffffull)
-                             | (bp_double_to_bits(sgn) & 0x8000000000000000ull));
+    float q = 1.0f / 362880.0f;                         /* 1/9! */
+    q = q * x + 1.0f / 40320.0f;
+    q = q * x + 1.0f / 5040.0f;
+    q = q * x + 1.0f / 720.0f;
+    q = q * x + 1.0f / 120.0f;
+    q = q * x + 1.0f / 24.0f;
+    q = q * x + 1.0f / 6.0f;
+    q = q * x + 0.5f;
+    q = q * x + 1.0f;
+    q = q * x;
+    float e = bp_exp_nonposf(x) - 1.0f;
+    return x > -0.34657359f ? q : e;
 }
+
+/* ------------------------------------------------------------- activations */
 
 /* 1 / (1 + e^-x) without overflow: e = e^-|x| lies in (0, 1]. */
 BP_INLINE double bp_sigmoid(double x)
 {
-    double e = bp_exp_nonpos(-bp_fabs(x));
+    double e = bp_exp_nonpos(-bp_abs(x));
     double s = 1.0 / (1.0 + e);
-    return x >= 0.0 ? s : e * s;
+    double es = e * s;
+    return x >= 0.0 ? s : es;
+}
+
+BP_INLINE float bp_sigmoidf(float x)
+{
+    float e = bp_exp_nonposf(-bp_absf(x));
+    float s = 1.0f / (1.0f + e);
+    float es = e * s;
+    return x >= 0.0f ? s : es;
 }
 
 /* tanh(x) = -expm1(-2|x|) / (2 + expm1(-2|x|)), sign restored: accurate near 0. */
 BP_INLINE double bp_tanh(double x)
 {
-    double m = bp_expm1_nonpos(-2.0 * bp_fabs(x));
+    double m = bp_expm1_nonpos(-2.0 * bp_abs(x));
     return bp_copysign(-m / (2.0 + m), x);
 }
 
+/* float tanh: for |x| < 0.4 the odd Taylor series to x^13 (truncation < 1e-8
+ * relative); above, (1 - e) / (1 + e) with e = exp(-2|x|), where 1 - e no longer
+ * cancels badly. |x| is capped at 9, where tanh rounds to 1 in float, so e
+ * stays normal and the exp needs no subnormal or underflow handling. */
+BP_INLINE float bp_tanhf(float x)
+{
+    const float magic = 12582912.0f;
+    float ax = bp_absf(x);
+    float xc = ax > 9.0f ? 9.0f : ax;                  /* NaN kept */
+    float y = -2.0f * xc;
+    float t = y * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = (y - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    uint32_t kb = bp_to_bitsf(t) - bp_to_bitsf(magic);
+    float e = p * bp_from_bitsf((kb + 127u) << 23);
+    float big = (1.0f - e) / (1.0f + e);
+    float x2 = ax * ax;
+    float q = 21844.0f / 6081075.0f;
+    q = q * x2 - 1382.0f / 155925.0f;
+    q = q * x2 + 62.0f / 2835.0f;
+    q = q * x2 - 17.0f / 315.0f;
+    q = q * x2 + 2.0f / 15.0f;
+    q = q * x2 - 1.0f / 3.0f;
+    float small = ax + ax * x2 * q;
+    return bp_copysignf(ax < 0.4f ? small : big, x);
+}
+
 /* GELU, tanh approximation: 0.5 x (1 + tanh(u)) = x * sigmoid(2u), which keeps
- * the far negative tail accurate (1 + tanh(u) cancels there). */
+ * the far negative tail accurate (1 + tanh(u) cancels there). Beyond the clamp
+ * sigmoid(2u) is exactly 0 or 1 and its slope 0: clamping there keeps x^3 from
+ * overflowing into inf * 0 = NaN. NaN passes through the clamp. */
 #define BP_GELU_C 0.7978845608028654    /* sqrt(2/pi) */
 #define BP_GELU_A 0.044715
 
-/* Beyond |x| = 40, sigmoid(2u) is 0 or 1 in double and its slope is 0: clamp
- * there so that x^3 cannot overflow into inf * 0 = NaN. NaN passes through. */
-BP_INLINE double bp_gelu_clamp(double x) { return x > 40.0 ? 40.0 : (x < -40.0 ? -40.0 : x); }
-
 BP_INLINE double bp_gelu(double x)
 {
-    double xc = bp_gelu_clamp(x);
+    double xc = x > 40.0 ? 40.0 : (x < -40.0 ? -40.0 : x);
     double u = BP_GELU_C * (xc + BP_GELU_A * xc * xc * xc);
     return x * bp_sigmoid(2.0 * u);
 }
 
 BP_INLINE double bp_gelu_grad(double x)
 {
-    x = bp_gelu_clamp(x);
+    x = x > 40.0 ? 40.0 : (x < -40.0 ? -40.0 : x);
     double u = BP_GELU_C * (x + BP_GELU_A * x * x * x);
     double du = BP_GELU_C * (1.0 + 3.0 * BP_GELU_A * x * x);
     double s = bp_sigmoid(2.0 * u);
     return s + 2.0 * x * s * (1.0 - s) * du;
+}
+
+BP_INLINE float bp_geluf(float x)
+{
+    float xc = x > 12.0f ? 12.0f : (x < -12.0f ? -12.0f : x);
+    float u = (float)BP_GELU_C * (xc + (float)BP_GELU_A * xc * xc * xc);
+    return x * bp_sigmoidf(2.0f * u);
+}
+
+BP_INLINE float bp_gelu_gradf(float x)
+{
+    x = x > 12.0f ? 12.0f : (x < -12.0f ? -12.0f : x);
+    float u = (float)BP_GELU_C * (x + (float)BP_GELU_A * x * x * x);
+    float du = (float)BP_GELU_C * (1.0f + 3.0f * (float)BP_GELU_A * x * x);
+    float s = bp_sigmoidf(2.0f * u);
+    return s + 2.0f * x * s * (1.0f - s) * du;
 }
 
 #endif

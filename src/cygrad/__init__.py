@@ -1,7 +1,8 @@
 """cygrad: backpropagation kernels for multicore CPUs (CS224N lecture 3, compiled).
 
 ``cygrad.kernels`` holds the compiled kernels, ``cygrad.reference`` their NumPy
-twins; ``set_num_threads``, ``get_num_threads`` and ``threads`` control the
+twins; ``cygrad.Tensor`` and the functions beside it form the graph executor
+(``cygrad.graph``); ``set_num_threads``, ``get_num_threads`` and ``threads`` control the
 kernels' thread count; ``build_info()`` says how this copy was built.
 """
 
@@ -9,6 +10,12 @@ __version__ = "0.1.0"
 
 from cygrad._config import get_num_threads, set_num_threads, threads
 from cygrad import kernels, reference
+from cygrad.graph import (
+    ACTIVATIONS, GradcheckError, Op, Tensor, concat, embedding_windows, gelu, get_backend,
+    gradcheck, hardtanh, is_grad_enabled, leaky_relu, linear, max_margin, maximum, minimum,
+    no_grad, relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh,
+    tensor, use_backend,
+)
 
 
 def build_info():
@@ -35,5 +42,11 @@ def build_info():
     return info
 
 
-__all__ = ["build_info", "get_num_threads", "set_num_threads", "threads", "kernels",
-           "reference", "__version__"]
+__all__ = [
+    "build_info", "get_num_threads", "set_num_threads", "threads", "kernels", "reference",
+    "__version__", "Tensor", "tensor", "Op", "no_grad", "is_grad_enabled", "use_backend",
+    "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "linear",
+    "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
+    "max_margin", "ACTIVATIONS", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu",
+    "silu",
+]

@@ -18,7 +18,8 @@ def main(argv):
         out = os.path.join(tmp, "bench.json")
         cmd = [sys.executable, "-m", "pytest", here, "--benchmark-only", "-q",
                "-p", "no:cacheprovider", f"--benchmark-json={out}",
-               "--benchmark-min-rounds=20", "--benchmark-warmup=on"] + argv
+               "--benchmark-min-rounds=5", "--benchmark-max-time=0.25",
+               "--benchmark-warmup=on"] + argv
         # This workplace sets OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE for old OpenBLAS
         # builds; they slow a current NumPy, so the peer runs without them.
         env = {k: v for k, v in os.environ.items()

@@ -171,38 +171,35 @@ BP_INLINE double bp_tanh(double x)
     return bp_copysign(-m / (2.0 + m), x);
 }
 
-/* float tanh: for |x| < 0.4 the odd Taylor series to x^13 (truncation < 1e-8
- * relative); above, (1 - e) / (1 + e) with e = exp(-2|x|), where 1 - e no longer
- * cancels badly. |x| is capped at 9, where tanh rounds to 1 in float, so e
- * stays normal and the exp needs no subnormal or underflow handling. */
+/* float tanh as one rational function: the 12th convergent of Lambert's continued
+ * fraction tanh(x) = x / (1 + x^2 / (3 + x^2 / (5 + ...))), written out as
+ * x P(x^2) / Q(x^2) with integer coefficients (scaled by Q's constant term).
+ * Every coefficient is positive, so there is no pole; on [0, 9] it is within
+ * 6 ulp of tanh in float (checked exhaustively), exact in the limit x -> 0, and
+ * beyond 9 tanh rounds to 1. Twelve FMAs and one division, no exp. */
+#define BP_TQ0 7905853580625.0
 BP_INLINE float bp_tanhf(float x)
 {
-    const float magic = 12582912.0f;
     float ax = bp_absf(x);
-    float xc = ax > 9.0f ? 9.0f : ax;                  /* NaN kept */
-    float y = -2.0f * xc;
-    float t = y * 1.44269504088896341f + magic;
-    float n = t - magic;
-    float r = (y - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    uint32_t kb = bp_to_bitsf(t) - bp_to_bitsf(magic);
-    float e = p * bp_from_bitsf((kb + 127u) << 23);
-    float big = (1.0f - e) / (1.0f + e);
-    float x2 = ax * ax;
-    float q = 21844.0f / 6081075.0f;
-    q = q * x2 - 1382.0f / 155925.0f;
-    q = q * x2 + 62.0f / 2835.0f;
-    q = q * x2 - 17.0f / 315.0f;
-    q = q * x2 + 2.0f / 15.0f;
-    q = q * x2 - 1.0f / 3.0f;
-    float small = ax + ax * x2 * q;
-    return bp_copysignf(ax < 0.4f ? small : big, x);
+    ax = ax > 9.0f ? 9.0f : ax;                        /* NaN kept */
+    float t = ax * ax;
+    float p = (float)(1.0 / BP_TQ0);
+    p = p * t + (float)(4095.0 / BP_TQ0);
+    p = p * t + (float)(2552550.0 / BP_TQ0);
+    p = p * t + (float)(523783260.0 / BP_TQ0);
+    p = p * t + (float)(41247931725.0 / BP_TQ0);
+    p = p * t + (float)(1159525191825.0 / BP_TQ0);
+    p = p * t + 1.0f;
+    float q = (float)(91.0 / BP_TQ0);
+    q = q * t + (float)(120120.0 / BP_TQ0);
+    q = q * t + (float)(41351310.0 / BP_TQ0);
+    q = q * t + (float)(5237832600.0 / BP_TQ0);
+    q = q * t + (float)(252070693875.0 / BP_TQ0);
+    q = q * t + (float)(3794809718700.0 / BP_TQ0);
+    q = q * t + 1.0f;
+    float r = ax * p / q;
+    r = r > 1.0f ? 1.0f : r;
+    return bp_copysignf(r, x);
 }
 
 /* GELU, tanh approximation: 0.5 x (1 + tanh(u)) = x * sigmoid(2u), which keeps

@@ -85,11 +85,17 @@ cdef object same_dtype(object a, object b, str fn, str na, str nb):
 
 
 cdef object out_array(object out, tuple shape, object dtype, str fn):
+    cdef cnp.npy_intp dims[32]
+    cdef int nd = len(shape), i
+    cdef int typenum = (<cnp.dtype>dtype).type_num if isinstance(dtype, cnp.dtype) \
+        else np.dtype(dtype).num
     if out is None:
-        return np.empty(shape, dtype=dtype)
+        for i in range(nd):
+            dims[i] = shape[i]
+        return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
     if not isinstance(out, np.ndarray):
         raise TypeError(f"{fn}: out must be a numpy.ndarray or None, got {type(out).__name__}")
-    if out.dtype != dtype:
+    if cnp.PyArray_TYPE(<cnp.ndarray>out) != typenum:
         raise TypeError(f"{fn}: out must have dtype {np.dtype(dtype)}, got {out.dtype}")
     if out.shape != shape:
         raise ValueError(f"{fn}: out must have shape {shape}, got {out.shape}")
@@ -106,20 +112,25 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray of integers, "
                         f"got {type(x).__name__}")
-    if x.dtype.kind not in "iu":
+    if not cnp.PyArray_ISINTEGER(<cnp.ndarray>x):
         raise TypeError(f"{fn}: {name} must have an integer dtype, got {x.dtype}")
     if cnp.PyArray_NDIM(<cnp.ndarray>x) != ndim:
         raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {x.shape}")
-    if x.dtype.kind == "u" and x.size and x.max() > np.iinfo(np.int64).max:
-        raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
-    x = np.ascontiguousarray(x, dtype=np.int64)
-    cdef const cnp.int64_t[::1] flat = x.reshape(-1)
-    cdef Py_ssize_t i, n = flat.shape[0]
-    for i in range(n):
-        if flat[i] < 0 or flat[i] >= upper:
-            where = ", ".join(str(int(j)) for j in np.unravel_index(i, x.shape))
-            raise IndexError(f"{fn}: {name}[{where}] = {flat[i]} is out of range "
-                             f"[0, {upper})")
+    if cnp.PyArray_TYPE(<cnp.ndarray>x) != cnp.NPY_INT64 \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
+        if x.dtype.kind == "u" and x.size and x.max() > np.iinfo(np.int64).max:
+            raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
+        x = np.ascontiguousarray(x, dtype=np.int64)
+    cdef const cnp.int64_t *flat = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(<cnp.ndarray>x), bad = -1
+    with nogil:
+        for i in range(n):
+            if flat[i] < 0 or flat[i] >= upper:
+                bad = i
+                break
+    if bad >= 0:
+        where = ", ".join(str(int(j)) for j in np.unravel_index(bad, x.shape))
+        raise IndexError(f"{fn}: {name}[{where}] = {flat[bad]} is out of range [0, {upper})")
     return x
 
 

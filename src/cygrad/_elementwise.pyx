@@ -49,42 +49,61 @@ cdef inline Py_ssize_t _split(Py_ssize_t n, int nt) noexcept nogil:
     return (c + ALIGN - 1) // ALIGN * ALIGN
 
 
-cdef void _fwd(int op, const floating[::1] x, floating[::1] y, double alpha,
+# The elementwise kernels see any-shape C-contiguous arrays as flat buffers, so
+# they take the arrays' data pointers (a memoryview would need a reshape and a
+# buffer acquisition per call: microseconds that small inputs cannot afford).
+cdef void _fwd(int op, const floating *x, floating *y, Py_ssize_t n, double alpha,
                int nt) noexcept nogil:
-    cdef Py_ssize_t n = x.shape[0], chunk = _split(n, nt), lo, hi
+    cdef Py_ssize_t chunk = _split(n, nt), lo, hi
     cdef int t
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:
+        if floating is float:
+            bp_unary_fwd_f32(op, x, y, n, alpha)
+        else:
+            bp_unary_fwd_f64(op, x, y, n, alpha)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * chunk
         hi = min(n, lo + chunk)
         if lo < hi:
             if floating is float:
-                bp_unary_fwd_f32(op, &x[lo], &y[lo], hi - lo, alpha)
+                bp_unary_fwd_f32(op, x + lo, y + lo, hi - lo, alpha)
             else:
-                bp_unary_fwd_f64(op, &x[lo], &y[lo], hi - lo, alpha)
+                bp_unary_fwd_f64(op, x + lo, y + lo, hi - lo, alpha)
 
 
-cdef void _bwd(int op, const floating[::1] g, const floating[::1] s, floating[::1] o,
+cdef void _bwd(int op, const floating *g, const floating *s, floating *o, Py_ssize_t n,
                double alpha, int nt) noexcept nogil:
-    cdef Py_ssize_t n = g.shape[0], chunk = _split(n, nt), lo, hi
+    cdef Py_ssize_t chunk = _split(n, nt), lo, hi
     cdef int t
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:
+        if floating is float:
+            bp_unary_bwd_f32(op, g, s, o, n, alpha)
+        else:
+            bp_unary_bwd_f64(op, g, s, o, n, alpha)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * chunk
         hi = min(n, lo + chunk)
         if lo < hi:
             if floating is float:
-                bp_unary_bwd_f32(op, &g[lo], &s[lo], &o[lo], hi - lo, alpha)
+                bp_unary_bwd_f32(op, g + lo, s + lo, o + lo, hi - lo, alpha)
             else:
-                bp_unary_bwd_f64(op, &g[lo], &s[lo], &o[lo], hi - lo, alpha)
+                bp_unary_bwd_f64(op, g + lo, s + lo, o + lo, hi - lo, alpha)
 
 
 cdef object _forward(int op, str fn, object z, object out, double alpha):
     z = float_array(z, fn, "z", -1)
     out = out_array(out, z.shape, z.dtype, fn)
-    cdef int nt = threads_for(z.size, MIN_ELEMENTS)
-    if is_f32(z):
-        _fwd[float](op, z.reshape(-1), out.reshape(-1), alpha, nt)
-    else:
-        _fwd[double](op, z.reshape(-1), out.reshape(-1), alpha, nt)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
+    cdef int nt = threads_for(n, MIN_ELEMENTS)
+    cdef void *x = cnp.PyArray_DATA(<cnp.ndarray>z)
+    cdef void *y = cnp.PyArray_DATA(<cnp.ndarray>out)
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>z) == cnp.NPY_FLOAT32:
+            _fwd[float](op, <const float *>x, <float *>y, n, alpha, nt)
+        else:
+            _fwd[double](op, <const double *>x, <double *>y, n, alpha, nt)
     return out
 
 
@@ -97,11 +116,16 @@ cdef object _backward(int op, str fn, object grad_out, object saved, object out,
         raise ValueError(f"{fn}: grad_out and saved must have the same shape, "
                          f"got {grad_out.shape} and {saved.shape}")
     out = out_array(out, grad_out.shape, grad_out.dtype, fn)
-    cdef int nt = threads_for(grad_out.size, MIN_ELEMENTS)
-    if is_f32(grad_out):
-        _bwd[float](op, grad_out.reshape(-1), saved.reshape(-1), out.reshape(-1), alpha, nt)
-    else:
-        _bwd[double](op, grad_out.reshape(-1), saved.reshape(-1), out.reshape(-1), alpha, nt)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>grad_out)
+    cdef int nt = threads_for(n, MIN_ELEMENTS)
+    cdef void *g = cnp.PyArray_DATA(<cnp.ndarray>grad_out)
+    cdef void *s = cnp.PyArray_DATA(<cnp.ndarray>saved)
+    cdef void *o = cnp.PyArray_DATA(<cnp.ndarray>out)
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>grad_out) == cnp.NPY_FLOAT32:
+            _bwd[float](op, <const float *>g, <const float *>s, <float *>o, n, alpha, nt)
+        else:
+            _bwd[double](op, <const double *>g, <const double *>s, <double *>o, n, alpha, nt)
     return out
 
 

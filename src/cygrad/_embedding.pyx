@@ -30,33 +30,31 @@ cdef enum:
     MIN_ELEMENTS = 32768
 
 
-cdef void _gather(const floating[:, ::1] table, const cnp.int64_t[:, ::1] win,
-                  floating[:, ::1] X, int nt) noexcept nogil:
-    cdef Py_ssize_t B = win.shape[0], w = win.shape[1], d = table.shape[1], i, s
+cdef void _gather(const floating *table, Py_ssize_t d, const cnp.int64_t *win, Py_ssize_t B,
+                  Py_ssize_t w, floating *X, int nt) noexcept nogil:
+    cdef Py_ssize_t i, s
     if d == 0 or w == 0:
         return
     for i in prange(B, num_threads=nt, schedule="static", use_threads_if=nt > 1):
         for s in range(w):
-            memcpy(&X[i, s * d], &table[win[i, s], 0], d * sizeof(floating))
+            memcpy(X + (i * w + s) * d, table + win[i * w + s] * d, d * sizeof(floating))
 
 
-cdef void _scatter(floating[:, ::1] table, const cnp.int64_t[:, ::1] win,
-                   const floating[:, ::1] dX, double alpha, int nt) noexcept nogil:
-    cdef Py_ssize_t B = win.shape[0], w = win.shape[1], d = table.shape[1], i, s, row
+cdef void _scatter(floating *table, Py_ssize_t d, const cnp.int64_t *win, Py_ssize_t n,
+                   const floating *dX, double alpha, int nt) noexcept nogil:
+    """table[win[j]] += alpha * dX[j] for the n slots j, rows owned by id % nt."""
+    cdef Py_ssize_t j, row
     cdef int t
-    if d == 0 or w == 0:
+    if d == 0:
         return
     for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-        for i in range(B):
-            for s in range(w):
-                row = win[i, s]
-                if row % nt == t:
-                    if floating is float:
-                        bp_axpy_f32(d, alpha, &dX[i, s * d], &table[row, 0])
-                    else:
-                        bp_axpy_f64(d, alpha, &dX[i, s * d], &table[row, 0])
-
-
+        for j in range(n):
+            row = win[j]
+            if row % nt == t:
+                if floating is float:
+                    bp_axpy_f32(d, alpha, dX + j * d, table + row * d)
+                else:
+                    bp_axpy_f64(d, alpha, dX + j * d, table + row * d)
 
 
 def embedding_gather(table, windows, out=None):
@@ -87,10 +85,14 @@ def embedding_gather(table, windows, out=None):
     cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
     out = out_array(out, (B, w * d), table.dtype, fn)
     cdef int nt = threads_for(B * w * d, MIN_ELEMENTS)
-    if is_f32(table):
-        _gather[float](table, windows, out, nt)
-    else:
-        _gather[double](table, windows, out, nt)
+    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
+    cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
+            _gather[float](<const float *>tp, d, wp, B, w, <float *>xp, nt)
+        else:
+            _gather[double](<const double *>tp, d, wp, B, w, <double *>xp, nt)
     return out
 
 
@@ -106,10 +108,14 @@ cdef object _scatter_checked(str fn, str tname, table, windows, dX, double alpha
     if np.may_share_memory(table, dX):
         raise ValueError(f"{fn}: dX must not overlap {tname}")
     cdef int nt = threads_for(B * w * d, MIN_ELEMENTS)
-    if is_f32(table):
-        _scatter[float](table, windows, dX, alpha, nt)
-    else:
-        _scatter[double](table, windows, dX, alpha, nt)
+    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
+    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
+    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
+            _scatter[float](<float *>tp, d, wp, B * w, <const float *>gp, alpha, nt)
+        else:
+            _scatter[double](<double *>tp, d, wp, B * w, <const double *>gp, alpha, nt)
     return table
 
 

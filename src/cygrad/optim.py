@@ -42,3 +42,33 @@ class SGD(_Optimizer):
                 _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
             else:
                 _K.sgd_update(p.data, np.ascontiguousarray(g, dtype=p.dtype), self.lr)
+
+
+class Adagrad(_Optimizer):
+    """Adagrad: ``G += g²; theta -= lr * g / (sqrt(G) + eps)``, per element.
+
+    For row-sparse gradients the rows of repeated indices are summed first, and
+    only the touched rows of ``theta`` and ``G`` change.
+    """
+
+    def __init__(self, params, lr=0.05, eps=1e-8, initial_accumulator=0.0):
+        super().__init__(params, lr)
+        self.eps = float(eps)
+        self.state = [np.full_like(p.data, initial_accumulator) for p in self.params]
+
+    def step(self):
+        lr, eps = self.lr, self.eps
+        for p, G in zip(self.params, self.state):
+            g = p.grad
+            if g is None:
+                continue
+            if isinstance(g, SparseRows):
+                rows, inverse = np.unique(g.indices, return_inverse=True)
+                summed = np.zeros((len(rows), g.rows.shape[1]), dtype=g.rows.dtype)
+                np.add.at(summed, inverse.reshape(-1), g.rows)
+                G[rows] += summed * summed
+                p.data[rows] -= (lr * summed / (np.sqrt(G[rows]) + eps)).astype(p.dtype)
+            else:
+                g = np.asarray(g, dtype=p.dtype)
+                G += g * g
+                p.data -= (lr * g / (np.sqrt(G) + eps)).astype(p.dtype, copy=False)

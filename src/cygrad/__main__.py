@@ -1,0 +1,7 @@
+"""``python -m cygrad``: the same program as the ``cygrad`` command."""
+
+import sys
+
+from cygrad.ner.cli import main
+
+sys.exit(main())

@@ -1,0 +1,248 @@
+"""``cygrad train | evaluate | tag``: the window NER tagger from the command line.
+
+    cygrad train --out model                                  # the bundled toy corpus
+    cygrad train --train train.txt --dev valid.txt --out model   # CoNLL-2003
+    cygrad evaluate --model model --data valid.txt [--output pred.txt]
+    echo "Jordan flew to Jordan ." | cygrad tag --model model --format inline
+"""
+
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import cygrad as cg
+
+
+def _add_train(sub):
+    p = sub.add_parser("train", help="train a window NER model",
+                       description="Train the window model on CoNLL-format data. With no "
+                                   "--train, use the small corpus bundled with cygrad.")
+    p.add_argument("--train", metavar="FILE", help="training data (CoNLL format)")
+    p.add_argument("--dev", metavar="FILE", help="development data for F1 and early stopping")
+    p.add_argument("--out", metavar="DIR", required=True, help="model directory to write")
+    p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 20; "
+                   "8 on the bundled corpus)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", choices=["adagrad", "sgd"], default="adagrad")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 "
+                   "for adagrad, 0.1 for sgd)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=4, help="stop after this many epochs "
+                   "without a better dev F1")
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--window", type=int, default=2, metavar="K",
+                   help="words each side of the centre (window 2K+1)")
+    p.add_argument("--dim", type=int, default=50, help="word embedding size")
+    p.add_argument("--suffix-dim", type=int, default=20, help="suffix feature size (0: off)")
+    p.add_argument("--case-dim", type=int, default=5, help="casing feature size (0: off)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[300],
+                   help="hidden layer sizes")
+    p.add_argument("--activation", choices=sorted(cg.kernels.ACTIVATIONS), default="tanh")
+    p.add_argument("--average", action="store_true",
+                   help="average the window's vectors instead of concatenating them")
+    p.add_argument("--min-count", type=int, default=2,
+                   help="words rarer than this in training share the <unk> vector")
+    p.add_argument("--vectors", metavar="FILE", help="pretrained vectors, GloVe/word2vec text")
+    p.add_argument("--freeze-vectors", action="store_true",
+                   help="keep the word vectors fixed (train the rest)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="score a model on CoNLL data",
+                       description="Entity-level precision/recall/F1 (conlleval's chunk "
+                                   "rules), overall and per type, and token accuracy.")
+    p.add_argument("--model", metavar="DIR", required=True)
+    p.add_argument("--data", metavar="FILE", required=True)
+    p.add_argument("--output", metavar="FILE",
+                   help="write 'token gold predicted' per token, blank line between sentences")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_tag(sub):
+    p = sub.add_parser("tag", help="tag text with a model",
+                       description="Tag raw text (split at spaces and punctuation) or "
+                                   "tokenised text (--tokenized: one token a line, blank "
+                                   "line between sentences), from a file or stdin.")
+    p.add_argument("--model", metavar="DIR", required=True)
+    p.add_argument("--input", metavar="FILE", help="default: standard input")
+    p.add_argument("--tokenized", action="store_true")
+    p.add_argument("--format", choices=["lines", "inline"], default="lines",
+                   help="'token tag' lines, or inline [TYPE words] brackets")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_tag)
+
+
+def _add_bench(sub):
+    p = sub.add_parser("info", help="print how cygrad was built")
+    p.set_defaults(func=lambda a: print("\n".join(f"{k}: {v}"
+                                                  for k, v in cg.build_info().items())) or 0)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="cygrad", description="cygrad: window-model NER "
+                                     "on multicore CPUs (CS224N lecture 3)")
+    parser.add_argument("--version", action="version", version=f"cygrad {cg.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_evaluate(sub)
+    _add_tag(sub)
+    _add_bench(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "threads", None) is not None:
+        cg.set_num_threads(args.threads)
+    from cygrad.ner.data import DataError
+    from cygrad.ner.model import ModelError
+    try:
+        return args.func(args) or 0
+    except (DataError, ModelError, OSError, ValueError) as e:
+        print(f"cygrad {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def read_vectors(path):
+    """GloVe or word2vec text vectors: 'word v1 v2 ...' a line (a word2vec header
+    line 'count dim' is skipped)."""
+    from cygrad.ner.data import normalise
+
+    vectors = {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.rstrip().split(" ")
+            if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
+                continue
+            if len(parts) < 2:
+                continue
+            try:
+                vec = np.asarray(parts[1:], dtype=np.float64)
+            except ValueError:
+                raise ValueError(f"{path}:{lineno}: not a 'word number number ...' line") \
+                    from None
+            vectors.setdefault(normalise(parts[0]), vec)
+    return vectors
+
+
+def cmd_train(a):
+    from cygrad.ner import corpus
+    from cygrad.ner.data import read_conll
+    from cygrad.ner.model import Config
+    from cygrad.ner.train import TrainConfig, score, train
+
+    toy = a.train is None
+    if toy:
+        if a.dev:
+            raise ValueError("--dev needs --train")
+        train_sents = read_conll(corpus.path("train"))
+        test_sents = read_conll(corpus.path("test"))
+        dev_sents = test_sents
+        print(f"training on the bundled toy corpus ({len(train_sents)} sentences; "
+              f"held-out part {len(test_sents)} sentences)")
+    else:
+        train_sents = read_conll(a.train)
+        dev_sents = read_conll(a.dev) if a.dev else []
+    epochs = a.epochs if a.epochs is not None else (8 if toy else 20)
+    lr = a.lr if a.lr is not None else (0.05 if a.optimizer == "adagrad" else 0.1)
+    mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
+                  hidden=tuple(a.hidden), activation=a.activation, average=a.average)
+    tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
+                       seed=a.seed, patience=a.patience, shuffle=not a.no_shuffle,
+                       min_count=a.min_count, freeze_vectors=a.freeze_vectors)
+    vectors = read_vectors(a.vectors) if a.vectors else None
+    t0 = time.perf_counter()
+    model, history = train(train_sents, dev_sents, a.out, mcfg, tcfg, resume=a.resume,
+                           vectors=vectors, progress=not a.no_progress)
+    print(f"trained in {time.perf_counter() - t0:.1f}s; best model in {a.out}")
+    if dev_sents:
+        sc = score(model, dev_sents)
+        print(("held-out" if toy else "dev") + f" scores of the best model:\n{sc.table()}")
+    return 0
+
+
+def _predict_tags(model, sentences):
+    from cygrad.ner.data import encode
+    from cygrad.ner.train import tags_of
+
+    enc = encode(sentences, model.vocab, model.config.k, with_labels=False)
+    return tags_of(model, enc)
+
+
+def cmd_evaluate(a):
+    from cygrad.ner.data import read_conll
+    from cygrad.ner.evaluate import evaluate
+    from cygrad.ner.model import WindowModel
+
+    model = WindowModel.load(a.model)
+    sents = read_conll(a.data)
+    pred = _predict_tags(model, sents)
+    sc = evaluate([s.tags for s in sents], pred)
+    print(sc.table())
+    print(f"token accuracy {100 * sc.accuracy:.2f}  ({sum(len(s.tokens) for s in sents)} "
+          f"tokens, {sc.gold} gold entities, {sc.found} found, {sc.correct} correct)")
+    if a.output:
+        with open(a.output, "w", encoding="utf-8") as f:
+            for s, p in zip(sents, pred):
+                for tok, g, t in zip(s.tokens, s.tags, p):
+                    f.write(f"{tok} {g} {t}\n")
+                f.write("\n")
+    return 0
+
+
+def inline(tokens, tags):
+    """``[PER Paris Hilton] wowed in a sequin gown .``"""
+    from cygrad.ner.evaluate import chunks
+
+    starts = {s: (t, e) for t, s, e in chunks(tags)}
+    out, i = [], 0
+    while i < len(tokens):
+        if i in starts:
+            typ, end = starts[i]
+            out.append(f"[{typ} " + " ".join(tokens[i:end]) + "]")
+            i = end
+        else:
+            out.append(tokens[i])
+            i += 1
+    return " ".join(out)
+
+
+def cmd_tag(a):
+    from cygrad.ner.data import Sentence, tokenize
+    from cygrad.ner.model import WindowModel
+
+    model = WindowModel.load(a.model)
+    if a.input:
+        with open(a.input, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        text = sys.stdin.read()
+    if a.tokenized:
+        toks = [[ln.split()[0] for ln in block.splitlines() if ln.strip()]
+                for block in text.split("\n\n")]
+        toks = [t for t in toks if t]
+    else:
+        toks = tokenize(text)
+    sents = [Sentence(t, ["O"] * len(t)) for t in toks]
+    pred = _predict_tags(model, sents)
+    out = sys.stdout
+    for s, p in zip(sents, pred):
+        if a.format == "inline":
+            out.write(inline(s.tokens, p) + "\n")
+        else:
+            for tok, t in zip(s.tokens, p):
+                out.write(f"{tok}\t{t}\n")
+            out.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

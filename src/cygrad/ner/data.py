@@ -1,0 +1,248 @@
+"""CoNLL-format data: reading, tag schemes, vocabulary, features, windows.
+
+A CoNLL file has one token a line, the token in the first column and its tag in
+the last, a blank line between sentences and ``-DOCSTART-`` lines between
+documents. Tags may be IOB1, IOB2 or IOBES; every file is converted to IOB2 on
+reading (``B-`` opens every entity, ``I-`` continues it), the scheme used inside
+cygrad.
+
+Words are lower-cased and their digits replaced by 0 for the vocabulary; what
+lower-casing throws away comes back as a small casing feature (all lower, all
+caps, initial capital, mixed, has digit, ...), and the word's last three
+letters as a suffix feature. Windows of 2k+1 positions are padded with
+``<s>`` before and ``</s>`` after each sentence.
+"""
+
+import collections
+import dataclasses
+import re
+
+import numpy as np
+
+PAD_L, PAD_R, UNK = "<s>", "</s>", "<unk>"
+PREFIXES = {"B", "I", "E", "S", "L", "U"}   # L/U: the BILOU spelling of E/S
+
+#: casing categories: index 0 is padding
+CASES = ["<pad>", "lower", "upper", "title", "mixed", "digit", "other"]
+
+
+class DataError(ValueError):
+    """A malformed data file; the message names the file and the line."""
+
+
+@dataclasses.dataclass
+class Sentence:
+    tokens: list
+    tags: list
+
+
+def read_conll(path, require_tags=True):
+    """Read a CoNLL file into a list of :class:`Sentence` with IOB2 tags.
+
+    Raises :class:`DataError` naming the file and line for a binary or
+    undecodable file, a line with a token but no tag column, or a tag whose
+    prefix is not one of B, I, E, S (or O).
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    if b"\x00" in raw[:65536]:
+        raise DataError(f"{path}: not a text file (NUL bytes): expected CoNLL text")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from None
+    sentences, tokens, tags, start = [], [], [], 1
+    for lineno, line in enumerate(text.splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if tokens:
+                sentences.append(_finish(path, start, tokens, tags))
+            tokens, tags = [], []
+            continue
+        if not tokens:
+            start = lineno
+        if len(parts) < 2:
+            if require_tags:
+                raise DataError(f"{path}:{lineno}: expected a token and a tag, got one column "
+                                f"{line.strip()!r}")
+            parts = parts + ["O"]
+        tag = parts[-1]
+        if tag != "O":
+            prefix, _, typ = tag.partition("-")
+            if prefix not in PREFIXES or not typ:
+                raise DataError(f"{path}:{lineno}: tag {tag!r} is not O or B-/I-/E-/S- "
+                                f"followed by a type")
+        tokens.append(parts[0])
+        tags.append(tag)
+    if tokens:
+        sentences.append(_finish(path, start, tokens, tags))
+    return sentences
+
+
+def _finish(path, start, tokens, tags):
+    return Sentence(tokens, to_iob2(tags))
+
+
+def to_iob2(tags):
+    """Convert one sentence's tags from IOB1, IOB2 or IOBES (or BILOU) to IOB2.
+
+    A token opens an entity when its prefix is B or S, or when it is I/E but the
+    previous token is O, of another type, or closed its entity (E/S).
+    """
+    out, prev_type, prev_closed = [], None, True
+    for tag in tags:
+        if tag == "O":
+            out.append("O")
+            prev_type, prev_closed = None, True
+            continue
+        prefix, typ = tag.split("-", 1)
+        opens = prefix in ("B", "S", "U") or prev_closed or typ != prev_type
+        out.append(("B-" if opens else "I-") + typ)
+        prev_type, prev_closed = typ, prefix in ("E", "S", "L", "U")
+    return out
+
+
+_DIGITS = re.compile(r"\d")
+
+
+def normalise(token):
+    """The vocabulary form: lower case, every digit replaced by 0."""
+    return _DIGITS.sub("0", token.lower())
+
+
+def casing(token):
+    """Index into :data:`CASES` for a raw token."""
+    if any(ch.isdigit() for ch in token):
+        return 5
+    if not any(ch.isalpha() for ch in token):
+        return 6
+    if token.islower():
+        return 1
+    if token.isupper():
+        return 2
+    if token[0].isupper() and (len(token) == 1 or token[1:].islower()):
+        return 3
+    return 4
+
+
+def suffix(token, n=3):
+    return normalise(token)[-n:]
+
+
+@dataclasses.dataclass
+class Vocab:
+    """String <-> index maps for words, suffixes and tags."""
+
+    words: list
+    suffixes: list
+    tags: list
+
+    def __post_init__(self):
+        self.word_index = {w: i for i, w in enumerate(self.words)}
+        self.suffix_index = {s: i for i, s in enumerate(self.suffixes)}
+        self.tag_index = {t: i for i, t in enumerate(self.tags)}
+
+    @classmethod
+    def build(cls, sentences, min_count=2, min_suffix_count=2):
+        """Words seen at least ``min_count`` times (rarer ones map to <unk>, so that
+        <unk> gets trained), suffixes likewise, and every tag of the data."""
+        wc = collections.Counter(normalise(t) for s in sentences for t in s.tokens)
+        sc = collections.Counter(suffix(t) for s in sentences for t in s.tokens)
+        tags = sorted({t for s in sentences for t in s.tags}, key=_tag_order)
+        words = [PAD_L, PAD_R, UNK] + sorted(w for w, c in wc.items() if c >= min_count)
+        sufs = [PAD_L, PAD_R, UNK] + sorted(x for x, c in sc.items() if c >= min_suffix_count)
+        return cls(words, sufs, tags)
+
+    def to_json(self):
+        return {"words": self.words, "suffixes": self.suffixes, "tags": self.tags}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(list(d["words"]), list(d["suffixes"]), list(d["tags"]))
+
+
+def _tag_order(tag):
+    return (tag != "O", tag[2:], tag[:1])
+
+
+@dataclasses.dataclass
+class Encoded:
+    """A corpus as arrays: every token's window of word, suffix and casing ids
+    (N x (2k+1) each), its tag id (N,), and sentence boundaries."""
+
+    words: np.ndarray
+    suffixes: np.ndarray
+    cases: np.ndarray
+    labels: np.ndarray
+    offsets: np.ndarray      # sentence i is tokens offsets[i]:offsets[i+1]
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def encode(sentences, vocab, k=2, with_labels=True):
+    """Turn sentences into window arrays for a window of 2k+1 tokens.
+
+    Unknown tags (not in the training data) raise DataError; unknown words and
+    suffixes map to <unk>.
+    """
+    wi, si = vocab.word_index, vocab.suffix_index
+    unk_w, unk_s = wi[UNK], si[UNK]
+    n = sum(len(s.tokens) for s in sentences)
+    width = 2 * k + 1
+    # one padded stream: k left pads, the sentence, k right pads, per sentence
+    stream_w, stream_s, stream_c, centre = [], [], [], []
+    pos = 0
+    for s in sentences:
+        stream_w += [wi[PAD_L]] * k
+        stream_s += [si[PAD_L]] * k
+        stream_c += [0] * k
+        pos += k
+        for tok in s.tokens:
+            norm = normalise(tok)
+            stream_w.append(wi.get(norm, unk_w))
+            stream_s.append(si.get(norm[-3:], unk_s))
+            stream_c.append(casing(tok))
+            centre.append(pos)
+            pos += 1
+        stream_w += [wi[PAD_R]] * k
+        stream_s += [si[PAD_R]] * k
+        stream_c += [0] * k
+        pos += k
+    starts = np.asarray(centre, dtype=np.int64) - k
+    idx = starts[:, None] + np.arange(width)[None, :] if n else np.zeros((0, width), np.int64)
+    words = np.asarray(stream_w, dtype=np.int64)[idx] if n else np.zeros((0, width), np.int64)
+    sufs = np.asarray(stream_s, dtype=np.int64)[idx] if n else np.zeros((0, width), np.int64)
+    cases = np.asarray(stream_c, dtype=np.int64)[idx] if n else np.zeros((0, width), np.int64)
+    if with_labels:
+        try:
+            labels = np.asarray([vocab.tag_index[t] for s in sentences for t in s.tags],
+                                dtype=np.int64)
+        except KeyError as e:
+            raise DataError(f"tag {e.args[0]!r} does not occur in the training data; known "
+                            f"tags: {vocab.tags}") from None
+    else:
+        labels = np.zeros(n, dtype=np.int64)
+    offsets = np.cumsum([0] + [len(s.tokens) for s in sentences]).astype(np.int64)
+    return Encoded(words, sufs, cases, labels, offsets)
+
+
+_TOKEN = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]", re.UNICODE)
+
+
+def tokenize(text):
+    """Split raw text into sentences of tokens: words (with inner - ' .) and single
+    punctuation marks; a new sentence after . ! ? and at blank lines."""
+    sentences = []
+    for para in re.split(r"\n\s*\n", text):
+        tokens = _TOKEN.findall(para)
+        cur = []
+        for tok in tokens:
+            cur.append(tok)
+            if tok in (".", "!", "?"):
+                sentences.append(cur)
+                cur = []
+        if cur:
+            sentences.append(cur)
+    return sentences

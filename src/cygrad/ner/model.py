@@ -1,0 +1,269 @@
+"""The window model of CS224N lecture 3 (Collobert et al. 2011's window approach).
+
+For the word at position t, x is the concatenation of the 2k+1 embedding rows
+of the words around it, plus small feature embeddings (the word's suffix and
+its casing, at every position of the window); then one or more hidden layers
+h = f(W x + b), and scores s = U h + c over the tags. Trained with softmax
+cross-entropy, the embedding rows of each window are fine-tuned along with the
+weights (only the rows in a batch change).
+
+The lecture's "average the window" variant replaces the concatenation by the
+mean of the window's rows (position information is lost: it is there to show
+that it loses).
+
+Model files are a directory: ``model.json`` (format, version, vocabulary, tags,
+hyperparameters, array shapes, and the SHA-256 of the arrays file) and
+``params.npz`` (the arrays; loaded with ``allow_pickle=False``). Both files are
+written to a temporary name and renamed into place, so a crash never leaves a
+half-written model.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+import cygrad as cg
+from cygrad import kernels as K
+from cygrad.ner.data import CASES, Vocab
+
+FORMAT = "cygrad-ner-window-model"
+VERSION = 1
+
+
+class ModelError(ValueError):
+    """A model directory that is missing, corrupt, foreign or inconsistent."""
+
+
+@dataclasses.dataclass
+class Config:
+    k: int = 2                       # window = 2k + 1 words
+    dim: int = 50                    # word embedding size d
+    suffix_dim: int = 20             # 0: no suffix feature
+    case_dim: int = 5                # 0: no casing feature
+    hidden: tuple = (300,)           # hidden layer sizes
+    activation: str = "tanh"
+    average: bool = False            # the lecture's "average the window" variant
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        if self.k < 0 or self.dim < 1 or self.suffix_dim < 0 or self.case_dim < 0:
+            raise ValueError(f"bad model sizes: {self}")
+        if not self.hidden or min(self.hidden) < 1:
+            raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")
+        if self.activation not in K.ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(K.ACTIVATIONS)}, "
+                             f"got {self.activation!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+    @property
+    def width(self):
+        return 2 * self.k + 1
+
+    def input_size(self):
+        per_slot = self.dim + self.suffix_dim + self.case_dim
+        return per_slot if self.average else self.width * per_slot
+
+
+class WindowModel:
+    """Parameters (NumPy arrays) of the window model, its graph and its tagger."""
+
+    def __init__(self, config, vocab, params=None, seed=0):
+        self.config = config
+        self.vocab = vocab
+        if params is None:
+            params = self._init_params(np.random.default_rng(seed))
+        self.params = params
+        self._check_shapes()
+
+    # ------------------------------------------------------------ parameters
+    def expected_shapes(self):
+        cfg, v = self.config, self.vocab
+        shapes = {"E": (len(v.words), cfg.dim)}
+        if cfg.suffix_dim:
+            shapes["S"] = (len(v.suffixes), cfg.suffix_dim)
+        if cfg.case_dim:
+            shapes["Cs"] = (len(CASES), cfg.case_dim)
+        fan_in = cfg.input_size()
+        for i, h in enumerate(cfg.hidden):
+            shapes[f"W{i}"] = (h, fan_in)
+            shapes[f"b{i}"] = (h,)
+            fan_in = h
+        shapes["U"] = (len(v.tags), fan_in)
+        shapes["c"] = (len(v.tags),)
+        return shapes
+
+    def _init_params(self, rng):
+        dt = np.dtype(self.config.dtype)
+        params = {}
+        for name, shape in self.expected_shapes().items():
+            if name in ("E", "S", "Cs"):
+                p = rng.uniform(-0.1, 0.1, shape)
+            elif len(shape) == 1:
+                p = np.zeros(shape)
+            else:   # Glorot uniform: keeps tanh units out of saturation at the start
+                lim = np.sqrt(6.0 / (shape[0] + shape[1]))
+                p = rng.uniform(-lim, lim, shape)
+            params[name] = np.ascontiguousarray(p, dtype=dt)
+        return params
+
+    def _check_shapes(self):
+        expected = self.expected_shapes()
+        if set(expected) != set(self.params):
+            raise ModelError(f"model arrays {sorted(self.params)} do not match the "
+                             f"configuration, which needs {sorted(expected)}")
+        for name, shape in expected.items():
+            p = self.params[name]
+            if p.shape != shape or p.dtype != np.dtype(self.config.dtype):
+                raise ModelError(f"model array {name} has shape {p.shape} and dtype {p.dtype}; "
+                                 f"the configuration needs {shape} {self.config.dtype}")
+
+    def set_pretrained(self, vectors):
+        """Copy pretrained word vectors ({word: vector}) into E; returns how many rows."""
+        E, n = self.params["E"], 0
+        for w, i in self.vocab.word_index.items():
+            vec = vectors.get(w)
+            if vec is not None:
+                if len(vec) != E.shape[1]:
+                    raise ValueError(f"pretrained vector for {w!r} has {len(vec)} values; "
+                                     f"the model's word embeddings have {E.shape[1]}")
+                E[i] = vec
+                n += 1
+        return n
+
+    # ------------------------------------------------------------ graph forward
+    def logits_graph(self, t, words, suffixes, cases, sparse=True):
+        """Scores (B, C) as a graph over the parameter tensors ``t`` (name -> Tensor)."""
+        cfg = self.config
+        parts = [(t["E"], words)]
+        if cfg.suffix_dim:
+            parts.append((t["S"], suffixes))
+        if cfg.case_dim:
+            parts.append((t["Cs"], cases))
+        xs = []
+        for table, ids in parts:
+            x = cg.embedding_windows(table, ids, sparse=sparse and table.shape[0] > 64)
+            if cfg.average:
+                x = x.reshape(ids.shape[0], ids.shape[1], table.shape[1]).mean(axis=1)
+            xs.append(x)
+        h = cg.concat(xs, axis=1) if len(xs) > 1 else xs[0]
+        act = cg.ACTIVATIONS[cfg.activation]
+        for i in range(len(cfg.hidden)):
+            h = act(cg.linear(h, t[f"W{i}"], t[f"b{i}"]))
+        return cg.linear(h, t["U"], t["c"])
+
+    # ------------------------------------------------------------ inference
+    def features(self, words, suffixes, cases):
+        """The input matrix X (B, input_size) for a batch of windows."""
+        cfg, p = self.config, self.params
+        blocks = [K.embedding_gather(p["E"], words)]
+        if cfg.suffix_dim:
+            blocks.append(K.embedding_gather(p["S"], suffixes))
+        if cfg.case_dim:
+            blocks.append(K.embedding_gather(p["Cs"], cases))
+        if cfg.average:
+            blocks = [b.reshape(b.shape[0], cfg.width, -1).mean(axis=1) for b in blocks]
+        return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+
+    def scores(self, words, suffixes, cases):
+        """Tag scores (B, C) computed directly with the kernels (no graph)."""
+        p, cfg = self.params, self.config
+        f = K.ACTIVATIONS[cfg.activation][0]
+        h = self.features(words, suffixes, cases)
+        for i in range(len(cfg.hidden)):
+            z = K.add_bias(K.matmul(h, p[f"W{i}"], trans_b=True), p[f"b{i}"])
+            h = f(z, out=z)
+        return K.add_bias(K.matmul(h, p["U"], trans_b=True), p["c"])
+
+    def predict(self, enc, batch_size=4096):
+        """Tag ids (N,) for an encoded corpus."""
+        out = np.empty(len(enc), dtype=np.int64)
+        for lo in range(0, len(enc), batch_size):
+            hi = min(len(enc), lo + batch_size)
+            s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi])
+            out[lo:hi] = s.argmax(axis=1)
+        return out
+
+    # ------------------------------------------------------------ files
+    def save(self, directory, extra=None):
+        """Write ``model.json`` and ``params.npz`` into ``directory`` atomically."""
+        os.makedirs(directory, exist_ok=True)
+        npz = os.path.join(directory, "params.npz")
+        digest = _atomic_write(npz, lambda f: np.savez(f, **self.params))
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "cygrad_version": cg.__version__,
+            "config": dataclasses.asdict(self.config),
+            "vocab": self.vocab.to_json(),
+            "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
+                       for k, v in self.params.items()},
+            "params_sha256": digest,
+        }
+        if extra:
+            meta["extra"] = extra
+        _atomic_write(os.path.join(directory, "model.json"),
+                      lambda f: f.write(json.dumps(meta, indent=1).encode()))
+
+    @classmethod
+    def load(cls, directory):
+        """Load a model directory; :class:`ModelError` says what is wrong if it cannot."""
+        meta_path = os.path.join(directory, "model.json")
+        npz_path = os.path.join(directory, "params.npz")
+        if not os.path.isdir(directory):
+            raise ModelError(f"{directory}: no such model directory")
+        for path in (meta_path, npz_path):
+            if not os.path.isfile(path):
+                raise ModelError(f"{directory}: not a cygrad model (missing "
+                                 f"{os.path.basename(path)})")
+        try:
+            with open(meta_path, encoding="utf-8") as f:
+                meta = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise ModelError(f"{meta_path}: corrupt model metadata ({e})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise ModelError(f"{meta_path}: not a cygrad NER model (format "
+                             f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+        if meta.get("version") != VERSION:
+            raise ModelError(f"{meta_path}: model format version {meta.get('version')!r}; "
+                             f"this cygrad reads version {VERSION}")
+        with open(npz_path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if digest != meta.get("params_sha256"):
+            raise ModelError(f"{npz_path}: checksum mismatch: the arrays file is corrupt or "
+                             f"does not belong to this model.json")
+        try:
+            with np.load(npz_path, allow_pickle=False) as z:
+                params = {k: np.ascontiguousarray(z[k]) for k in z.files}
+            config = Config(**meta["config"])
+            vocab = Vocab.from_json(meta["vocab"])
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise ModelError(f"{directory}: cannot read the model ({e})") from None
+        model = cls(config, vocab, params=params)
+        model.meta = meta
+        return model
+
+
+def _atomic_write(path, write):
+    """Write via a temporary file in the same directory, fsync, then rename into
+    place; returns the SHA-256 of what was written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        with open(tmp, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return digest

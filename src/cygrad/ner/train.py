@@ -1,0 +1,232 @@
+"""Training the window model: minibatch SGD or Adagrad over shuffled windows,
+dev F1 after every epoch, early stopping, an atomic checkpoint after every
+epoch that ``resume=True`` continues from (same seed, same result), the best
+model by dev F1 saved beside it, and a plot of loss and dev F1.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+import cygrad as cg
+from cygrad.ner.data import Vocab, encode
+from cygrad.ner.evaluate import evaluate
+from cygrad.ner.model import Config, ModelError, WindowModel, _atomic_write
+from cygrad.optim import SGD, Adagrad
+
+CHECKPOINT = "checkpoint"
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 20
+    batch_size: int = 32
+    optimizer: str = "adagrad"       # or "sgd"
+    lr: float = 0.05
+    seed: int = 0
+    patience: int = 4                # epochs without a better dev F1 before stopping
+    shuffle: bool = True
+    min_count: int = 2               # rarer training words share the <unk> row
+    freeze_vectors: bool = False
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adagrad', got {self.optimizer!r}")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+
+
+def tags_of(model, enc):
+    """Predicted tag strings, one list per sentence."""
+    ids = model.predict(enc)
+    tags = model.vocab.tags
+    return [[tags[i] for i in ids[a:b]] for a, b in zip(enc.offsets[:-1], enc.offsets[1:])]
+
+
+def score(model, sentences, enc=None):
+    enc = enc if enc is not None else encode(sentences, model.vocab, model.config.k)
+    return evaluate([s.tags for s in sentences], tags_of(model, enc))
+
+
+class Trainer:
+    def __init__(self, model, tcfg):
+        self.model, self.tcfg = model, tcfg
+        self.t = {k: cg.tensor(v, requires_grad=not (k == "E" and tcfg.freeze_vectors))
+                  for k, v in model.params.items()}
+        trainable = [t for t in self.t.values() if t.requires_grad]
+        opt = Adagrad if tcfg.optimizer == "adagrad" else SGD
+        self.opt = opt(trainable, lr=tcfg.lr)
+        # the model's arrays are the tensors' arrays: it sees every update
+        model.params = {k: t.data for k, t in self.t.items()}
+
+    def step(self, words, suffixes, cases, labels):
+        logits = self.model.logits_graph(self.t, words, suffixes, cases)
+        loss = cg.softmax_cross_entropy(logits, labels)
+        self.opt.zero_grad()
+        loss.backward()
+        self.opt.step()
+        return loss.item()
+
+    def epoch(self, enc, rng, progress=None):
+        n, B = len(enc), self.tcfg.batch_size
+        order = rng.permutation(n) if self.tcfg.shuffle else np.arange(n)
+        total, seen = 0.0, 0
+        for lo in range(0, n, B):
+            idx = np.sort(order[lo:lo + B])
+            loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx])
+            total += loss * len(idx)
+            seen += len(idx)
+            if progress is not None:
+                progress.update(len(idx))
+                if (lo // B) % 50 == 0:
+                    progress.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        return total / max(seen, 1)
+
+
+def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, vectors=None,
+          log=print, progress=True, threads=None):
+    """Train a window model; returns (model, history). See the module docstring."""
+    mcfg = mcfg or Config()
+    tcfg = tcfg or TrainConfig()
+    if threads is not None:
+        cg.set_num_threads(threads)
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_dir = os.path.join(out_dir, CHECKPOINT)
+    state = None
+    if resume:
+        model, trainer, state = _load_checkpoint(ckpt_dir, tcfg)
+        mcfg = model.config
+        log(f"resuming after epoch {state['epoch']} from {ckpt_dir}")
+    else:
+        vocab = Vocab.build(train_sents, min_count=tcfg.min_count)
+        model = WindowModel(mcfg, vocab, seed=tcfg.seed)
+        if vectors is not None:
+            n = model.set_pretrained(vectors)
+            log(f"pretrained vectors for {n} of {len(vocab.words)} words")
+        trainer = Trainer(model, tcfg)
+    tr = encode(train_sents, model.vocab, mcfg.k)
+    dv = encode(dev_sents, model.vocab, mcfg.k) if dev_sents else None
+    rng = np.random.default_rng(tcfg.seed)
+    history, best_f1, start, bad = [], -1.0, 0, 0
+    if state is not None:
+        rng.bit_generator.state = state["rng"]
+        history, best_f1, start, bad = state["history"], state["best_f1"], state["epoch"], \
+            state["bad_epochs"]
+    log(f"{len(tr)} training windows, {len(dv) if dv else 0} dev windows, vocabulary "
+        f"{len(model.vocab.words)} words, tags {model.vocab.tags}, threads "
+        f"{cg.get_num_threads()}")
+    bar_cls = _tqdm() if progress else None
+    for epoch in range(start, tcfg.epochs):
+        if bad >= tcfg.patience:
+            break
+        t0 = time.perf_counter()
+        bar = bar_cls(total=len(tr), desc=f"epoch {epoch + 1}", unit="win",
+                      unit_scale=True, leave=False) if bar_cls else None
+        loss = trainer.epoch(tr, rng, bar)
+        if bar is not None:
+            bar.close()
+        secs = time.perf_counter() - t0
+        entry = {"epoch": epoch + 1, "loss": loss, "seconds": secs,
+                 "windows_per_s": len(tr) / secs}
+        if dv is not None:
+            sc = score(model, dev_sents, dv)
+            entry.update(dev_p=sc.precision, dev_r=sc.recall, dev_f1=sc.f1, dev_acc=sc.accuracy)
+            improved = sc.f1 > best_f1
+            log(f"epoch {epoch + 1:3d}  loss {loss:.4f}  dev {sc.summary()}  "
+                f"{secs:.2f}s ({len(tr) / secs:,.0f} windows/s)")
+        else:
+            improved = True
+            log(f"epoch {epoch + 1:3d}  loss {loss:.4f}  {secs:.2f}s")
+        history.append(entry)
+        if improved:
+            best_f1 = entry.get("dev_f1", best_f1)
+            bad = 0
+            model.save(out_dir, extra={"history": history, "train": dataclasses.asdict(tcfg)})
+        else:
+            bad += 1
+        _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch + 1, bad)
+        _plot(history, os.path.join(out_dir, "training.png"))
+    if bad >= tcfg.patience:
+        log(f"early stop: no better dev F1 for {tcfg.patience} epochs")
+    best = WindowModel.load(out_dir)
+    return best, history
+
+
+def _tqdm():
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:   # pragma: no cover - tqdm is a dependency
+        return None
+    return tqdm
+
+
+def _plot(history, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss", color="tab:blue")
+    if any("dev_f1" in h for h in history):
+        ax2 = ax.twinx()
+        ax2.plot(epochs, [100 * h.get("dev_f1", np.nan) for h in history], "s-",
+                 color="tab:red")
+        ax2.set_ylabel("dev F1 (entity level)", color="tab:red")
+    ax.set_title("cygrad window NER")
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch, bad):
+    os.makedirs(ckpt_dir, exist_ok=True)
+    arrays = {f"param/{k}": v for k, v in model.params.items()}
+    if isinstance(trainer.opt, Adagrad):
+        names = [k for k, t in trainer.t.items() if t.requires_grad]
+        arrays.update({f"adagrad/{k}": g for k, g in zip(names, trainer.opt.state)})
+    model.save(os.path.join(ckpt_dir, "model"))
+    digest = _atomic_write(os.path.join(ckpt_dir, "state.npz"),
+                           lambda f: np.savez(f, **arrays))
+    meta = {"epoch": epoch, "history": history, "best_f1": best_f1, "bad_epochs": bad,
+            "rng": rng.bit_generator.state, "train": dataclasses.asdict(tcfg),
+            "state_sha256": digest}
+    _atomic_write(os.path.join(ckpt_dir, "state.json"),
+                  lambda f: f.write(json.dumps(meta).encode()))
+
+
+def _load_checkpoint(ckpt_dir, tcfg):
+    path = os.path.join(ckpt_dir, "state.json")
+    if not os.path.isfile(path):
+        raise ModelError(f"{ckpt_dir}: no checkpoint to resume from")
+    with open(path, encoding="utf-8") as f:
+        meta = json.load(f)
+    npz = os.path.join(ckpt_dir, "state.npz")
+    with open(npz, "rb") as f:
+        if hashlib.sha256(f.read()).hexdigest() != meta["state_sha256"]:
+            raise ModelError(f"{npz}: checksum mismatch: corrupt checkpoint")
+    saved = TrainConfig(**meta["train"])
+    for field in ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors"):
+        if getattr(saved, field) != getattr(tcfg, field):
+            raise ModelError(f"resume: the checkpoint was trained with {field}="
+                             f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")
+    model = WindowModel.load(os.path.join(ckpt_dir, "model"))
+    with np.load(npz, allow_pickle=False) as z:
+        for k in model.params:
+            model.params[k] = np.ascontiguousarray(z[f"param/{k}"])
+        trainer = Trainer(model, tcfg)
+        if isinstance(trainer.opt, Adagrad):
+            names = [k for k, t in trainer.t.items() if t.requires_grad]
+            trainer.opt.state = [np.ascontiguousarray(z[f"adagrad/{k}"]) for k in names]
+    return model, trainer, meta

@@ -1,0 +1,327 @@
+"""The NER window model: reader, windows, evaluator, model files, training,
+the command line, and a short run on CoNLL-2003."""
+
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cygrad as cg
+from cygrad.ner import cli, corpus
+from cygrad.ner.data import (CASES, DataError, Sentence, Vocab, casing, encode, read_conll,
+                             to_iob2, tokenize)
+from cygrad.ner.evaluate import chunks, evaluate
+from cygrad.ner.model import Config, ModelError, WindowModel
+from cygrad.ner.train import TrainConfig, score, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONLL = pathlib.Path(os.environ.get("CYGRAD_CONLL_DIR", ROOT.parent / "shared" / "data"
+                                    / "conll2003"))
+
+
+def write(tmp_path, name, text, mode="w"):
+    p = tmp_path / name
+    if mode == "wb":
+        p.write_bytes(text)
+    else:
+        p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+# ---------------------------------------------------------------- reader
+
+def test_reader_skips_docstart_and_empty_sentences(tmp_path):
+    path = write(tmp_path, "a.txt", "-DOCSTART- -X- -X- O\n\nEU NNP B-NP B-ORG\nrejects VBZ B-VP O"
+                 "\n\n\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP I-PER\n\n")
+    sents = read_conll(path)
+    assert [s.tokens for s in sents] == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert [s.tags for s in sents] == [["B-ORG", "O"], ["B-PER", "I-PER"]]
+
+
+def test_reader_unicode(tmp_path):
+    path = write(tmp_path, "u.txt", "Zürich B-LOC\nş O\n東京 B-LOC\n")
+    (s,) = read_conll(path)
+    assert s.tokens == ["Zürich", "ş", "東京"] and s.tags == ["B-LOC", "O", "B-LOC"]
+
+
+@pytest.mark.parametrize("text,line,what", [
+    ("EU B-ORG\nrejects\n", 2, "expected a token and a tag"),
+    ("EU B-ORG\n\nrejects X-ORG\n", 3, "tag 'X-ORG' is not O or B-/I-/E-/S-"),
+    ("EU B-\n", 1, "tag 'B-' is not"),
+])
+def test_reader_malformed_lines(tmp_path, text, line, what):
+    path = write(tmp_path, "bad.txt", text)
+    with pytest.raises(DataError, match=rf"bad.txt:{line}: {what}"):
+        read_conll(path)
+
+
+def test_reader_binary_and_undecodable(tmp_path):
+    with pytest.raises(DataError, match="not a text file"):
+        read_conll(write(tmp_path, "b.bin", b"\x00\x01\x02PK", mode="wb"))
+    with pytest.raises(DataError, match=r"u.txt:2: not valid UTF-8"):
+        read_conll(write(tmp_path, "u.txt", b"EU B-ORG\nrej\xff O\n", mode="wb"))
+
+
+def test_tag_schemes_convert_to_iob2():
+    # IOB1: I- opens an entity unless it continues one of its type; B- only splits
+    assert to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"]) == \
+        ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "B-ORG"]
+    # IOBES
+    assert to_iob2(["S-PER", "B-LOC", "I-LOC", "E-LOC", "S-LOC", "O"]) == \
+        ["B-PER", "B-LOC", "I-LOC", "I-LOC", "B-LOC", "O"]
+    # IOB2 unchanged
+    tags = ["B-PER", "I-PER", "B-PER", "O", "B-MISC"]
+    assert to_iob2(tags) == tags
+
+
+def test_iob1_file(tmp_path):
+    path = write(tmp_path, "iob1.txt", "U.N. I-ORG\nofficial O\nEkeus I-PER\nheads O\n"
+                 "for O\nBaghdad I-LOC\n. O\n")
+    assert read_conll(path)[0].tags == ["B-ORG", "O", "B-PER", "O", "O", "B-LOC", "O"]
+
+
+# ---------------------------------------------------------------- features and windows
+
+def test_casing_feature():
+    assert [CASES[casing(w)] for w in ["word", "EU", "Peter", "iPhone", "1996", ",", "McDonald"]] \
+        == ["lower", "upper", "title", "mixed", "digit", "other", "mixed"]
+
+
+def test_windows_at_sentence_edges():
+    sents = [Sentence(["a", "b", "c"], ["O", "B-PER", "O"]), Sentence(["d"], ["B-LOC"])]
+    vocab = Vocab.build(sents, min_count=1)
+    enc = encode(sents, vocab, k=2)
+    w = vocab.words
+    as_words = [[w[i] for i in row] for row in enc.words]
+    assert as_words == [["<s>", "<s>", "a", "b", "c"],
+                        ["<s>", "a", "b", "c", "</s>"],
+                        ["a", "b", "c", "</s>", "</s>"],
+                        ["<s>", "<s>", "d", "</s>", "</s>"]]   # no leak across sentences
+    assert [vocab.tags[i] for i in enc.labels] == ["O", "B-PER", "O", "B-LOC"]
+    assert enc.cases[0].tolist() == [0, 0, 1, 1, 1]
+    assert enc.offsets.tolist() == [0, 3, 4]
+    assert encode(sents, vocab, k=0).words.shape == (4, 1)
+
+
+def test_unknown_words_and_digits():
+    sents = [Sentence(["Apple", "apple", "1996", "x"], ["B-ORG", "O", "O", "O"])]
+    vocab = Vocab.build(sents, min_count=2)
+    assert "apple" in vocab.words and "x" not in vocab.words
+    enc = encode([Sentence(["APPLE", "2004", "zzz"], ["O", "O", "O"])], vocab, k=0)
+    assert [vocab.words[i] for i in enc.words[:, 0]] == ["apple", "<unk>", "<unk>"]
+    vocab1 = Vocab.build(sents, min_count=1)
+    enc = encode([Sentence(["2004"], ["O"])], vocab1, k=0)
+    assert vocab1.words[enc.words[0, 0]] == "0000"     # digits normalised
+
+
+def test_tokenize_raw_text():
+    assert tokenize("Paris Hilton wowed in a sequin gown. Then she left!\n\nU.S. officials "
+                    "didn't.") == [
+        ["Paris", "Hilton", "wowed", "in", "a", "sequin", "gown", "."],
+        ["Then", "she", "left", "!"], ["U.S", ".", "officials", "didn't", "."]]
+
+
+# ---------------------------------------------------------------- evaluator
+
+def test_chunks_follow_conlleval():
+    assert chunks(["B-PER", "I-PER", "O", "B-LOC"]) == [("PER", 0, 2), ("LOC", 3, 4)]
+    # I- after O opens an entity; a type change opens another
+    assert chunks(["O", "I-PER", "I-PER", "I-LOC", "B-LOC", "I-LOC"]) == \
+        [("PER", 1, 3), ("LOC", 3, 4), ("LOC", 4, 6)]
+    assert chunks(["S-PER", "B-ORG", "E-ORG", "I-ORG"]) == \
+        [("PER", 0, 1), ("ORG", 1, 3), ("ORG", 3, 4)]
+
+
+def test_evaluator_hand_counts():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O", "B-MISC", "I-MISC"]]
+    pred = [["B-PER", "I-PER", "O", "B-ORG"], ["B-ORG", "O", "B-MISC", "O"]]
+    sc = evaluate(gold, pred)
+    # gold 4 entities, found 4, correct 2 (PER, ORG)
+    assert (sc.gold, sc.found, sc.correct) == (4, 4, 2)
+    assert sc.precision == 0.5 and sc.recall == 0.5 and sc.f1 == 0.5
+    assert sc.accuracy == 6 / 8
+    assert sc.per_type["PER"][:3] == (1.0, 1.0, 1.0)
+    assert sc.per_type["LOC"][:3] == (0.0, 0.0, 0.0)
+    assert sc.per_type["ORG"][:2] == (0.5, 1.0)
+    with pytest.raises(ValueError, match="3 gold tags and 2 predicted"):
+        evaluate([["O", "O", "O"]], [["O", "O"]])
+
+
+# ---------------------------------------------------------------- model files
+
+@pytest.fixture(scope="module")
+def toy():
+    return read_conll(corpus.path("train")), read_conll(corpus.path("test"))
+
+
+def _small_model(sents, **kw):
+    vocab = Vocab.build(sents, min_count=1)
+    return WindowModel(Config(hidden=(16,), dim=8, suffix_dim=4, case_dim=2, **kw), vocab,
+                       seed=3)
+
+
+def test_model_round_trip(tmp_path, toy):
+    m = _small_model(toy[0][:50])
+    m.save(tmp_path / "m")
+    m2 = WindowModel.load(tmp_path / "m")
+    assert m2.vocab.words == m.vocab.words and m2.config == m.config
+    for k in m.params:
+        np.testing.assert_array_equal(m.params[k], m2.params[k])
+    enc = encode(toy[1][:20], m.vocab, m.config.k)
+    np.testing.assert_array_equal(m.predict(enc), m2.predict(enc))
+    assert not list(pathlib.Path(tmp_path / "m").glob(".*"))   # no temporary files left
+
+
+def test_corrupted_or_foreign_model_rejected(tmp_path, toy):
+    m = _small_model(toy[0][:50])
+    d = tmp_path / "m"
+    m.save(d)
+    npz = d / "params.npz"
+    data = bytearray(npz.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    npz.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="checksum mismatch"):
+        WindowModel.load(d)
+    m.save(d)
+    (d / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="corrupt model metadata"):
+        WindowModel.load(d)
+    m.save(d)
+    meta = json.loads((d / "model.json").read_text())
+    (d / "model.json").write_text(json.dumps(dict(meta, format="something-else")))
+    with pytest.raises(ModelError, match="not a cygrad NER model"):
+        WindowModel.load(d)
+    (d / "model.json").write_text(json.dumps(dict(meta, version=99)))
+    with pytest.raises(ModelError, match="version 99"):
+        WindowModel.load(d)
+    with pytest.raises(ModelError, match="no such model directory"):
+        WindowModel.load(tmp_path / "nothing")
+    m.save(d)
+    meta = json.loads((d / "model.json").read_text())
+    meta["config"]["dim"] = 9        # arrays no longer fit the configuration
+    (d / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="model array E has shape"):
+        WindowModel.load(d)
+
+
+def test_graph_forward_matches_direct_inference(toy):
+    m = _small_model(toy[0][:50], activation="relu")
+    enc = encode(toy[0][:20], m.vocab, m.config.k)
+    t = {k: cg.tensor(v, requires_grad=True) for k, v in m.params.items()}
+    g = m.logits_graph(t, enc.words, enc.suffixes, enc.cases).data
+    np.testing.assert_allclose(g, m.scores(enc.words, enc.suffixes, enc.cases), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_window_model_gradcheck(toy):
+    vocab = Vocab.build(toy[0][:30], min_count=1)
+    m = WindowModel(Config(hidden=(5, 4), dim=3, suffix_dim=2, case_dim=2, k=1,
+                           dtype="float64"), vocab, seed=1)
+    enc = encode(toy[0][:3], vocab, k=1)
+    names = list(m.params)
+    t = [cg.tensor(m.params[k], requires_grad=True, name=k) for k in names]
+
+    def loss(*ts):
+        logits = m.logits_graph(dict(zip(names, ts)), enc.words, enc.suffixes, enc.cases)
+        return cg.softmax_cross_entropy(logits, enc.labels)
+
+    assert cg.gradcheck(loss, t)
+
+
+# ---------------------------------------------------------------- training
+
+def test_resume_equals_uninterrupted(tmp_path, toy):
+    tr, dv = toy[0][:300], toy[1][:100]
+    mcfg = Config(hidden=(32,), dim=16)
+    kw = dict(log=lambda *a: None, progress=False)
+    with cg.threads(2):
+        a, _ = train(tr, dv, str(tmp_path / "a"), mcfg, TrainConfig(epochs=3, patience=9), **kw)
+        train(tr, dv, str(tmp_path / "b"), mcfg, TrainConfig(epochs=1, patience=9), **kw)
+        b, hist = train(tr, dv, str(tmp_path / "b"), mcfg, TrainConfig(epochs=3, patience=9),
+                        resume=True, **kw)
+    assert [h["epoch"] for h in hist] == [1, 2, 3]
+    ckpt_a = WindowModel.load(tmp_path / "a" / "checkpoint" / "model")
+    ckpt_b = WindowModel.load(tmp_path / "b" / "checkpoint" / "model")
+    for k in ckpt_a.params:
+        np.testing.assert_array_equal(ckpt_a.params[k], ckpt_b.params[k])
+    assert (tmp_path / "a" / "training.png").stat().st_size > 1000
+
+
+def test_window_beats_centre_word_baseline(tmp_path, toy):
+    tr, te = toy
+    kw = dict(log=lambda *a: None, progress=False)
+    f1 = {}
+    for k in (0, 2):
+        m, _ = train(tr, te, str(tmp_path / f"k{k}"), Config(k=k, hidden=(64,), dim=20),
+                     TrainConfig(epochs=4, patience=9), **kw)
+        f1[k] = score(m, te).f1
+    assert f1[2] > 0.95, f1
+    assert f1[2] - f1[0] > 0.10, f1     # the centre word alone cannot resolve the names
+
+
+def test_cli_train_evaluate_tag(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "model")
+    assert cli.main(["train", "--out", out, "--epochs", "3", "--no-progress", "--hidden",
+                     "64"]) == 0
+    text = capsys.readouterr().out
+    assert "held-out scores of the best model" in text and "F1" in text
+    pred = str(tmp_path / "pred.txt")
+    assert cli.main(["evaluate", "--model", out, "--data", corpus.path("test"),
+                     "--output", pred]) == 0
+    lines = pathlib.Path(pred).read_text().split("\n")
+    first = lines[0].split()
+    assert len(first) == 3
+    assert sum(1 for ln in lines if not ln) >= 600
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Shares of Apple rose 3 percent .\n"))
+    assert cli.main(["tag", "--model", out, "--format", "inline"]) == 0
+    tagged = capsys.readouterr().out
+    assert "[ORG Apple]" in tagged
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Heavy\nrain\nfell\nin\nLincoln\n.\n"))
+    assert cli.main(["tag", "--model", out, "--tokenized"]) == 0
+    assert "Lincoln\tB-LOC" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--model", str(tmp_path / "none"), "--data",
+                     corpus.path("test")]) == 2
+    assert "no such model directory" in capsys.readouterr().err
+
+
+def test_python_dash_m_help():
+    r = subprocess.run([sys.executable, "-m", "cygrad", "train", "--help"],
+                       capture_output=True, text=True, check=True)
+    assert "--train FILE" in r.stdout and "--resume" in r.stdout
+
+
+def test_bundled_corpus_is_what_the_generator_writes(tmp_path, monkeypatch):
+    bundled = {split: pathlib.Path(corpus.path(split)).read_text() for split in corpus.FILES}
+    monkeypatch.setattr(corpus, "HERE", str(tmp_path))
+    corpus.main()
+    for split, text in bundled.items():
+        assert pathlib.Path(corpus.path(split)).read_text() == text
+
+
+def test_bundled_corpus_names_are_ambiguous(toy):
+    tags = {}
+    for s in toy[0]:
+        for tok, tag in zip(s.tokens, s.tags):
+            if tag != "O":
+                tags.setdefault(tok, set()).add(tag[2:])
+    assert {"PER", "LOC"} <= tags["Jordan"] and {"PER", "LOC"} <= tags["Victoria"]
+
+
+# ---------------------------------------------------------------- CoNLL-2003
+
+def test_conll2003_short_training_beats_most_frequent_tag(tmp_path):
+    if not (CONLL / "train.txt").is_file():
+        if os.environ.get("CYGRAD_REQUIRE_DATA") == "1":
+            pytest.fail(f"CoNLL-2003 data not found in {CONLL} and CYGRAD_REQUIRE_DATA=1")
+        pytest.skip(f"CoNLL-2003 data not found in {CONLL} (set CYGRAD_CONLL_DIR)")
+    tr = read_conll(CONLL / "train.txt")[:4000]
+    dv = read_conll(CONLL / "valid.txt")[:1000]
+    m, hist = train(tr, dv, str(tmp_path / "m"), Config(), TrainConfig(epochs=2, patience=9),
+                    log=lambda *a: None, progress=False)
+    f1 = score(m, dv).f1
+    assert f1 > 0.75, f"dev F1 {f1:.3f} is not clearly above the 0.654 baseline"

@@ -140,29 +140,40 @@ void BP_FN(bp_colsum)(const T *restrict x, T *restrict out, ptrdiff_t rows, ptrd
 
 /* Fused softmax cross-entropy over `rows` rows of `cols` logits.
  * d = (softmax(z) - onehot(y)) * scale; returns the sum of the rows' losses
- * log(sum_j exp(z_j - m)) - (z_y - m), m the row max. */
+ * log(sum_j exp(z_j - m)) - (z_y - m), m the row max. Rows go in blocks: the
+ * shifted logits of a block are written into d, exponentiated in one flat
+ * vectorised loop (in T's precision), then each row is normalised; the sums
+ * and the loss are accumulated in double. */
+#define BP_SX_BLOCK 64
 BP_CLONES
 double BP_FN(bp_softmax_xent)(const T *restrict z, const int64_t *restrict y, T *restrict d,
                               ptrdiff_t rows, ptrdiff_t cols, double scale)
 {
     double total = 0.0;
-    for (ptrdiff_t r = 0; r < rows; r++) {
-        const T *zr = z + r * cols;
-        T *dr = d + r * cols;
-        double m = (double)zr[0];
-        for (ptrdiff_t j = 1; j < cols; j++) m = (double)zr[j] > m ? (double)zr[j] : m;
-        double sum = 0.0;
-        BP_SIMD_SUM(sum) for (ptrdiff_t j = 0; j < cols; j++) {
-            double e = bp_exp_nonpos((double)zr[j] - m);
-            dr[j] = (T)e;
-            sum += e;
+    T m[BP_SX_BLOCK];
+    for (ptrdiff_t r0 = 0; r0 < rows; r0 += BP_SX_BLOCK) {
+        const ptrdiff_t nb = rows - r0 < BP_SX_BLOCK ? rows - r0 : BP_SX_BLOCK;
+        const T *zb = z + r0 * cols;
+        T *db = d + r0 * cols;
+        for (ptrdiff_t r = 0; r < nb; r++) {
+            const T *zr = zb + r * cols;
+            T mx = zr[0];
+            for (ptrdiff_t j = 1; j < cols; j++) mx = zr[j] > mx ? zr[j] : mx;
+            m[r] = mx;
+            for (ptrdiff_t j = 0; j < cols; j++) db[r * cols + j] = zr[j] - mx;
         }
-        const ptrdiff_t yr = (ptrdiff_t)y[r];
-        const double zy = (double)zr[yr] - m;
-        const double inv = scale / sum;
-        BP_SIMD for (ptrdiff_t j = 0; j < cols; j++) dr[j] = (T)((double)dr[j] * inv);
-        dr[yr] = (T)(bp_exp_nonpos(zy) * inv - scale);
-        total += log(sum) - zy;
+        const ptrdiff_t ne = nb * cols;
+        BP_SIMD for (ptrdiff_t i = 0; i < ne; i++) db[i] = BP_M(bp_exp_nonpos)(db[i]);
+        for (ptrdiff_t r = 0; r < nb; r++) {
+            T *dr = db + r * cols;
+            double sum = 0.0;
+            for (ptrdiff_t j = 0; j < cols; j++) sum += (double)dr[j];
+            const ptrdiff_t yr = (ptrdiff_t)y[r0 + r];
+            total += log(sum) - ((double)zb[r * cols + yr] - (double)m[r]);
+            const T inv = (T)(scale / sum);
+            for (ptrdiff_t j = 0; j < cols; j++) dr[j] *= inv;
+            dr[yr] -= (T)scale;
+        }
     }
     return total;
 }

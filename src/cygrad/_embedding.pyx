@@ -4,8 +4,8 @@ gradients back, sparse SGD on the touched rows, dense SGD.
 
 Design: gather is split by output rows (windows). Scatter-add and the sparse
 update are split by *table row ownership*: thread t handles exactly the slots
-whose row id satisfies id % nt == t, scanning the slots in (window, position)
-order. No two threads ever write one row, and every row receives its updates in
+whose row id lies in a block of 16 rows numbered b with b % nt == t, scanning
+the slots in (window, position) order. No two threads ever write one row, and every row receives its updates in
 the same order whatever the thread count, so results are bitwise identical for
 1, 2, ... threads, and no scratch memory or sort is needed. Indices are
 range-checked once at the wrapper.
@@ -28,6 +28,8 @@ cdef extern from "bp_elementwise.h" nogil:
 
 cdef enum:
     MIN_ELEMENTS = 32768
+    MIN_SCATTER = 262144   # random-row updates: threads pay off only for large batches
+    ROW_BLOCK = 16
 
 
 cdef void _gather(const floating *table, Py_ssize_t d, const cnp.int64_t *win, Py_ssize_t B,
@@ -40,21 +42,45 @@ cdef void _gather(const floating *table, Py_ssize_t d, const cnp.int64_t *win, P
             memcpy(X + (i * w + s) * d, table + win[i * w + s] * d, d * sizeof(floating))
 
 
+cdef void _scatter_rows(floating *table, Py_ssize_t d, const cnp.int64_t *win,
+                        const Py_ssize_t *slots, Py_ssize_t n, const floating *dX,
+                        double alpha) noexcept nogil:
+    cdef Py_ssize_t c, j
+    for c in range(n):
+        j = slots[c] if slots != NULL else c
+        if floating is float:
+            bp_axpy_f32(d, alpha, dX + j * d, table + win[j] * d)
+        else:
+            bp_axpy_f64(d, alpha, dX + j * d, table + win[j] * d)
+
+
+cdef void _scatter_owned(int t, int nt, floating *table, Py_ssize_t d,
+                         const cnp.int64_t *win, Py_ssize_t n, const floating *dX,
+                         double alpha, Py_ssize_t *mine) noexcept nogil:
+    """Thread t's share: first list, branch-free and in slot order, the slots whose
+    row it owns (a test that would mispredict half the time as a branch), then
+    update those rows."""
+    cdef Py_ssize_t j, cnt = 0
+    for j in range(n):
+        mine[cnt] = j
+        cnt = cnt + ((win[j] // ROW_BLOCK) % nt == t)
+    _scatter_rows(table, d, win, mine, cnt, dX, alpha)
+
+
 cdef void _scatter(floating *table, Py_ssize_t d, const cnp.int64_t *win, Py_ssize_t n,
-                   const floating *dX, double alpha, int nt) noexcept nogil:
-    """table[win[j]] += alpha * dX[j] for the n slots j, rows owned by id % nt."""
-    cdef Py_ssize_t j, row
+                   const floating *dX, double alpha, int nt,
+                   Py_ssize_t *scratch) noexcept nogil:
+    """table[win[j]] += alpha * dX[j] for the n slots j. Thread t owns the rows in
+    blocks b of ROW_BLOCK rows with b % nt == t: whole blocks, so that threads do not
+    share the cache lines where one row ends and the next begins."""
     cdef int t
     if d == 0:
         return
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-        for j in range(n):
-            row = win[j]
-            if row % nt == t:
-                if floating is float:
-                    bp_axpy_f32(d, alpha, dX + j * d, table + row * d)
-                else:
-                    bp_axpy_f64(d, alpha, dX + j * d, table + row * d)
+    if nt == 1:
+        _scatter_rows(table, d, win, NULL, n, dX, alpha)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        _scatter_owned(t, nt, table, d, win, n, dX, alpha, scratch + t * n)
 
 
 def embedding_gather(table, windows, out=None):
@@ -107,15 +133,17 @@ cdef object _scatter_checked(str fn, str tname, table, windows, dX, double alpha
                          f"and {tname} {table.shape}, got {dX.shape}")
     if np.may_share_memory(table, dX):
         raise ValueError(f"{fn}: dX must not overlap {tname}")
-    cdef int nt = threads_for(B * w * d, MIN_ELEMENTS)
+    cdef int nt = threads_for(B * w * d, MIN_SCATTER)
     cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
     cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
     cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    scratch = np.empty(nt * B * w if nt > 1 else 0, dtype=np.intp)
+    cdef Py_ssize_t *sp = <Py_ssize_t *>cnp.PyArray_DATA(<cnp.ndarray>scratch)
     with nogil:
         if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
-            _scatter[float](<float *>tp, d, wp, B * w, <const float *>gp, alpha, nt)
+            _scatter[float](<float *>tp, d, wp, B * w, <const float *>gp, alpha, nt, sp)
         else:
-            _scatter[double](<double *>tp, d, wp, B * w, <const double *>gp, alpha, nt)
+            _scatter[double](<double *>tp, d, wp, B * w, <const double *>gp, alpha, nt, sp)
     return table
 
 

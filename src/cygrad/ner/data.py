@@ -228,12 +228,13 @@ def encode(sentences, vocab, k=2, with_labels=True):
     return Encoded(words, sufs, cases, labels, offsets)
 
 
-_TOKEN = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]", re.UNICODE)
+_TOKEN = re.compile(r"(?:\w\.){2,}|\w+(?:[-'.]\w+)*|[^\w\s]", re.UNICODE)
 
 
 def tokenize(text):
-    """Split raw text into sentences of tokens: words (with inner - ' .) and single
-    punctuation marks; a new sentence after . ! ? and at blank lines."""
+    """Split raw text into sentences of tokens: abbreviations like U.S., words (with
+    inner - ' .) and single punctuation marks; a new sentence after . ! ? and at
+    blank lines."""
     sentences = []
     for para in re.split(r"\n\s*\n", text):
         tokens = _TOKEN.findall(para)

@@ -127,6 +127,7 @@ extensions = [
     ext("_elementwise", "bp_elementwise"),
     ext("_losses", "bp_elementwise"),
     ext("_embedding", "bp_elementwise"),
+    ext("_decode"),
 ]
 
 directives = {

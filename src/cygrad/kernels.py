@@ -26,6 +26,7 @@ from cygrad._elementwise import (
 from cygrad._embedding import (
     embedding_gather, embedding_scatter_add, embedding_sgd_update, sgd_update,
 )
+from cygrad._decode import constrained_viterbi
 from cygrad._gemm import matmul, outer_accumulate
 from cygrad._losses import max_margin, sigmoid_binary_cross_entropy, softmax_cross_entropy
 
@@ -48,4 +49,5 @@ __all__ = [
     "gelu", "gelu_backward", "silu", "silu_backward",
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin",
     "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update",
+    "constrained_viterbi",
 ]

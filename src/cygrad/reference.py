@@ -196,3 +196,30 @@ def sgd_update(param, grad, lr):
     """``param -= lr * grad`` in place."""
     param -= param.dtype.type(lr) * grad
     return param
+
+
+# ----------------------------------------------------------------------- decoding
+
+def constrained_viterbi(scores, offsets, allowed, start_allowed):
+    """Best tag path per sentence under hard transition constraints (plain loops)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    allowed = np.asarray(allowed, dtype=bool)
+    start_allowed = np.asarray(start_allowed, dtype=bool)
+    out = np.zeros(scores.shape[0], dtype=np.int64)
+    trans = np.where(allowed, 0.0, -np.inf)
+    for a, b in zip(offsets[:-1], offsets[1:]):
+        if b <= a:
+            continue
+        delta = np.where(start_allowed, scores[a], -np.inf)
+        back = []
+        for t in range(a + 1, b):
+            cand = delta[:, None] + trans          # [prev, cur]
+            arg = cand.argmax(axis=0)              # first maximum: lowest index
+            back.append(arg)
+            delta = cand[arg, np.arange(len(arg))] + scores[t]
+        tag = int(delta.argmax())
+        out[b - 1] = tag
+        for t in range(b - 1, a, -1):
+            tag = int(back[t - a - 1][tag])
+            out[t - 1] = tag
+    return out

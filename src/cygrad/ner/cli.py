@@ -26,7 +26,7 @@ def _add_train(sub):
                    "8 on the bundled corpus)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--optimizer", choices=["adagrad", "sgd"], default="adagrad")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.05 "
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.02 "
                    "for adagrad, 0.1 for sgd)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs "
@@ -42,7 +42,9 @@ def _add_train(sub):
     p.add_argument("--activation", choices=sorted(cg.kernels.ACTIVATIONS), default="tanh")
     p.add_argument("--average", action="store_true",
                    help="average the window's vectors instead of concatenating them")
-    p.add_argument("--min-count", type=int, default=2,
+    p.add_argument("--decode", choices=["viterbi", "greedy"], default="viterbi",
+                   help="tag sequences that obey IOB2 (viterbi) or each token's best tag")
+    p.add_argument("--min-count", type=int, default=1,
                    help="words rarer than this in training share the <unk> vector")
     p.add_argument("--vectors", metavar="FILE", help="pretrained vectors, GloVe/word2vec text")
     p.add_argument("--freeze-vectors", action="store_true",
@@ -152,9 +154,10 @@ def cmd_train(a):
         train_sents = read_conll(a.train)
         dev_sents = read_conll(a.dev) if a.dev else []
     epochs = a.epochs if a.epochs is not None else (8 if toy else 20)
-    lr = a.lr if a.lr is not None else (0.05 if a.optimizer == "adagrad" else 0.1)
+    lr = a.lr if a.lr is not None else (0.02 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
-                  hidden=tuple(a.hidden), activation=a.activation, average=a.average)
+                  hidden=tuple(a.hidden), activation=a.activation, average=a.average,
+                  decode=a.decode)
     tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
                        seed=a.seed, patience=a.patience, shuffle=not a.no_shuffle,
                        min_count=a.min_count, freeze_vectors=a.freeze_vectors)

@@ -48,6 +48,7 @@ class Config:
     activation: str = "tanh"
     average: bool = False            # the lecture's "average the window" variant
     dtype: str = "float32"
+    decode: str = "viterbi"          # or "greedy": per-token argmax
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -60,6 +61,8 @@ class Config:
                              f"got {self.activation!r}")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        if self.decode not in ("viterbi", "greedy"):
+            raise ValueError(f"decode must be 'viterbi' or 'greedy', got {self.decode!r}")
 
     @property
     def width(self):
@@ -180,14 +183,27 @@ class WindowModel:
             h = f(z, out=z)
         return K.add_bias(K.matmul(h, p["U"], trans_b=True), p["c"])
 
-    def predict(self, enc, batch_size=4096):
-        """Tag ids (N,) for an encoded corpus."""
-        out = np.empty(len(enc), dtype=np.int64)
-        for lo in range(0, len(enc), batch_size):
-            hi = min(len(enc), lo + batch_size)
+    def predict(self, enc, batch_size=4096, decode=None):
+        """Tag ids (N,) for an encoded corpus.
+
+        ``decode="greedy"`` takes each token's best tag; ``"viterbi"`` (the
+        default) the best tag sequence of each sentence in which every I-X
+        follows B-X or I-X, scoring a sequence by the sum of its tokens'
+        log-probabilities.
+        """
+        decode = decode or self.config.decode
+        n = len(enc)
+        logp = np.empty((n, len(self.vocab.tags)), dtype=np.float64)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
             s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi])
-            out[lo:hi] = s.argmax(axis=1)
-        return out
+            logp[lo:hi] = s
+        if decode == "greedy":
+            return logp.argmax(axis=1)
+        logp -= logp.max(axis=1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        allowed, start = iob2_constraints(self.vocab.tags)
+        return K.constrained_viterbi(logp, enc.offsets, allowed, start)
 
     # ------------------------------------------------------------ files
     def save(self, directory, extra=None):
@@ -247,6 +263,18 @@ class WindowModel:
         model = cls(config, vocab, params=params)
         model.meta = meta
         return model
+
+
+def iob2_constraints(tags):
+    """(allowed, start): I-X may follow only B-X or I-X, and may not open a sentence."""
+    C = len(tags)
+    allowed = np.ones((C, C), dtype=bool)
+    start = np.ones(C, dtype=bool)
+    for j, tag in enumerate(tags):
+        if tag.startswith("I-"):
+            start[j] = False
+            allowed[:, j] = [p in ("B-" + tag[2:], tag) for p in tags]
+    return allowed, start
 
 
 def _atomic_write(path, write):

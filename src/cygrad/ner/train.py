@@ -26,11 +26,11 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 32
     optimizer: str = "adagrad"       # or "sgd"
-    lr: float = 0.05
+    lr: float = 0.02
     seed: int = 0
     patience: int = 4                # epochs without a better dev F1 before stopping
     shuffle: bool = True
-    min_count: int = 2               # rarer training words share the <unk> row
+    min_count: int = 1               # rarer training words share the <unk> row
     freeze_vectors: bool = False
 
     def __post_init__(self):

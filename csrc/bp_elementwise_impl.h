@@ -53,7 +53,7 @@ void BP_FN(bp_unary_fwd)(int op, const T *x, T *y, ptrdiff_t n, double alpha)
  * the forward input for the others. out may alias g. Where f' = 0 the result
  * is 0 * g, so that a NaN gradient stays NaN (as g * mask does in NumPy). */
 BP_CLONES
-void BP_FN(bp_unary_bwd)(int op, const T *g, const T *restrict saved, T *out, ptrdiff_t n,
+void BP_FN(bp_unary_bwd)(int op, const T *g, const T *saved, T *out, ptrdiff_t n,
                          double alpha)
 {
     const T a = (T)alpha;
@@ -143,14 +143,14 @@ void BP_FN(bp_colsum)(const T *restrict x, T *restrict out, ptrdiff_t rows, ptrd
  * log(sum_j exp(z_j - m)) - (z_y - m), m the row max. Rows go in blocks: the
  * shifted logits of a block are written into d, exponentiated in one flat
  * vectorised loop (in T's precision), then each row is normalised; the sums
- * and the loss are accumulated in double. */
+ * and the loss are accumulated in double. d may be z itself (in place). */
 #define BP_SX_BLOCK 64
 BP_CLONES
-double BP_FN(bp_softmax_xent)(const T *restrict z, const int64_t *restrict y, T *restrict d,
+double BP_FN(bp_softmax_xent)(const T *z, const int64_t *restrict y, T *d,
                               ptrdiff_t rows, ptrdiff_t cols, double scale)
 {
     double total = 0.0;
-    T m[BP_SX_BLOCK];
+    double zy[BP_SX_BLOCK];    /* z_y - m, read before d (which may be z) is written */
     for (ptrdiff_t r0 = 0; r0 < rows; r0 += BP_SX_BLOCK) {
         const ptrdiff_t nb = rows - r0 < BP_SX_BLOCK ? rows - r0 : BP_SX_BLOCK;
         const T *zb = z + r0 * cols;
@@ -159,7 +159,7 @@ double BP_FN(bp_softmax_xent)(const T *restrict z, const int64_t *restrict y, T 
             const T *zr = zb + r * cols;
             T mx = zr[0];
             for (ptrdiff_t j = 1; j < cols; j++) mx = zr[j] > mx ? zr[j] : mx;
-            m[r] = mx;
+            zy[r] = (double)zr[y[r0 + r]] - (double)mx;
             for (ptrdiff_t j = 0; j < cols; j++) db[r * cols + j] = zr[j] - mx;
         }
         const ptrdiff_t ne = nb * cols;
@@ -169,7 +169,7 @@ double BP_FN(bp_softmax_xent)(const T *restrict z, const int64_t *restrict y, T 
             double sum = 0.0;
             for (ptrdiff_t j = 0; j < cols; j++) sum += (double)dr[j];
             const ptrdiff_t yr = (ptrdiff_t)y[r0 + r];
-            total += log(sum) - ((double)zb[r * cols + yr] - (double)m[r]);
+            total += log(sum) - zy[r];
             const T inv = (T)(scale / sum);
             for (ptrdiff_t j = 0; j < cols; j++) dr[j] *= inv;
             dr[yr] -= (T)scale;

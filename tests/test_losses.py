@@ -42,6 +42,17 @@ def test_softmax_cross_entropy_matches_reference(B, C, dtype, nthreads, rng):
     np.testing.assert_array_equal(out, d)
 
 
+def test_softmax_cross_entropy_in_place(dtype, rng):
+    logits = rng.standard_normal((300, 9)).astype(dtype)
+    labels = rng.integers(0, 9, 300)
+    rloss, rd = R.softmax_cross_entropy(logits, labels)
+    z = logits.copy()
+    loss, d = K.softmax_cross_entropy(z, labels, out=z)
+    assert d is z
+    assert loss == pytest.approx(rloss, rel=1e-6 if dtype == np.float32 else 1e-13)
+    np.testing.assert_allclose(d, rd, rtol=TOL[dtype]["rtol"] * 4, atol=TOL[dtype]["atol"])
+
+
 def test_softmax_cross_entropy_hand_values():
     # Uniform logits over C classes: loss = log C, gradient (1/C - onehot) / B.
     loss, d = K.softmax_cross_entropy(np.zeros((2, 4)), np.array([1, 3]))

@@ -52,7 +52,8 @@ def test_scatter_add_repeated_index_hand_values():
 
 @pytest.mark.parametrize("fn", ["scatter", "sgd"])
 def test_scatter_same_bits_for_1_and_2_threads(fn, dtype, rng):
-    table, windows, dX = _problem(rng, 20_000, 50, 4096, 5, dtype, repeats=True)
+    # 20000 x 5 x 50 slots-elements: above the threshold where scatter uses threads
+    table, windows, dX = _problem(rng, 20_000, 50, 20_000, 5, dtype, repeats=True)
     results = []
     for n in (1, 2, 1):
         t = table.copy()

@@ -28,7 +28,7 @@ cdef extern from "bp_elementwise.h" nogil:
 
 cdef enum:
     MIN_ELEMENTS = 32768
-    MIN_SCATTER = 262144   # random-row updates: threads pay off only for large batches
+    MIN_SCATTER = 4194304  # random-row updates are latency-bound: threads only for huge batches
     ROW_BLOCK = 16
 
 

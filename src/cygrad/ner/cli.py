@@ -82,7 +82,7 @@ def _add_tag(sub):
     p.set_defaults(func=cmd_tag)
 
 
-def _add_bench(sub):
+def _add_info(sub):
     p = sub.add_parser("info", help="print how cygrad was built")
     p.set_defaults(func=lambda a: print("\n".join(f"{k}: {v}"
                                                   for k, v in cg.build_info().items())) or 0)
@@ -96,7 +96,7 @@ def build_parser():
     _add_train(sub)
     _add_evaluate(sub)
     _add_tag(sub)
-    _add_bench(sub)
+    _add_info(sub)
     return parser
 
 

@@ -123,7 +123,7 @@ def ext(name, *csrc):
 
 extensions = [
     ext("_common", "bp_cpu"),
-    ext("_gemm", "bp_gemm"),
+    ext("_gemm", "bp_gemm", "bp_gemm_packed"),
     ext("_elementwise", "bp_elementwise"),
     ext("_losses", "bp_elementwise"),
     ext("_embedding", "bp_elementwise"),

@@ -144,3 +144,37 @@ def test_outer_accumulate_batch(dtype, nthreads, rng):
         direct = base.astype(np.float64) + sum(np.outer(delta[i], x[i]) for i in range(B))
         np.testing.assert_allclose(dW, direct, rtol=1e-4 if dtype == np.float32 else 1e-12,
                                    atol=1e-3 if dtype == np.float32 else 1e-11)
+
+
+@pytest.fixture(params=["avx512", "avx2", "generic"])
+def gemm_path(request):
+    from cygrad import _gemm
+
+    if request.param not in _gemm._gemm_path()[1]:
+        pytest.skip(f"this CPU cannot run the {request.param} micro-kernel")
+    yield _gemm._force_gemm_path(request.param)
+    _gemm._force_gemm_path(None)
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 17, 255), (257, 255, 17), (33, 300, 250),
+                                   (1023, 31, 257), (96, 1537, 300)])
+def test_every_dispatch_path(gemm_path, m, n, k, ta, tb, dtype, rng):
+    import cygrad
+
+    assert cygrad.build_info()["gemm_path"] == gemm_path
+    a, b = _operands(rng, m, n, k, ta, tb, dtype)
+    c1 = run_with_threads(1, K.matmul, a, b, ta, tb)
+    assert_gemm_close(c1, a, b, ta, tb)
+    assert np.array_equal(c1, run_with_threads(2, K.matmul, a, b, ta, tb))
+    base = rng.standard_normal((m, n)).astype(dtype)
+    acc = base.copy()
+    K.matmul(a, b, ta, tb, out=acc, accumulate=True)
+    assert_gemm_close(acc, a, b, ta, tb, base=base)
+
+
+def test_force_unknown_path():
+    from cygrad import _gemm
+
+    with pytest.raises(ValueError, match="not supported here"):
+        _gemm._force_gemm_path("sse9")

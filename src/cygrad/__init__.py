@@ -28,14 +28,18 @@ def build_info():
         date, 0 without), ``max_threads`` (threads the kernels use now),
         ``omp_max_threads`` (OpenMP's own default), ``compiler``, ``flags``,
         ``cython_version``, ``debug`` (Cython bounds checks on), ``simd`` (the
-        instruction-set path the load-time dispatch selected), ``version``,
-        ``numpy_version``.
+        instruction-set path the load-time dispatch selected for the elementwise
+        loops), ``gemm_path`` (the GEMM micro-kernel in use: "avx512", "avx2" or
+        "generic"; ``CYGRAD_GEMM_PATH`` forces a lower one) and ``gemm_paths``
+        (those this CPU can run), ``version``, ``numpy_version``.
     """
     import numpy
 
     from cygrad._common import _build_facts
+    from cygrad._gemm import _gemm_path
 
     info = dict(_build_facts())
+    info["gemm_path"], info["gemm_paths"] = _gemm_path()
     info["max_threads"] = get_num_threads() if info["openmp"] else 1
     info["version"] = __version__
     info["numpy_version"] = numpy.__version__

@@ -2,14 +2,14 @@
 """Matrix products for backprop: C (+)= op(A) op(B), op = identity or transpose.
 
 Design: C is split between threads by ownership, into row ranges (or column
-ranges when C has too few rows to go round); each element of C is computed by
-one thread, summing over the inner dimension in one fixed order, so the result
-is bitwise the same for any thread count. Transposes are never materialised:
-op(A) is read through its strides, and a transposed B is packed panel by panel
-(256 x 256) inside the tile routine. A Bᵀ with few rows of A (the forward
-product Z = X Wᵀ of a small batch) uses contiguous dot products instead.
-This is the correct, parallel baseline; a packed register-blocked GEMM is the
-next step.
+ranges when C has too few rows to go round); each thread runs the packed,
+cache-blocked GEMM of csrc/bp_gemm_packed.c on its block: panels of op(A) and
+op(B) packed into per-thread buffers (transposes are absorbed by the packing,
+never materialised), register-blocked micro-kernels for AVX-512, AVX2+FMA or
+portable C chosen at run time. Each element of C is summed over the inner
+dimension in one fixed order, so the result is bitwise the same for any thread
+count. A Bᵀ with at most 4 rows of A (the forward product Z = X Wᵀ of one
+example) uses contiguous dot products: packing would cost more than the product.
 """
 
 import numpy as np
@@ -23,47 +23,69 @@ from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
 cnp.import_array()
 
 cdef extern from "bp_gemm.h" nogil:
-    void bp_gemm_tile_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                          Py_ssize_t k, const float *A, Py_ssize_t ars, Py_ssize_t acs,
-                          const float *B, Py_ssize_t brs, Py_ssize_t bcs, float *C,
-                          Py_ssize_t ldc, int accumulate, float *work)
-    void bp_gemm_tile_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                          Py_ssize_t k, const double *A, Py_ssize_t ars, Py_ssize_t acs,
-                          const double *B, Py_ssize_t brs, Py_ssize_t bcs, double *C,
-                          Py_ssize_t ldc, int accumulate, double *work)
+    int bp_gemm_packed_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                           Py_ssize_t k, const float *A, Py_ssize_t ars, Py_ssize_t acs,
+                           const float *B, Py_ssize_t brs, Py_ssize_t bcs, float *C,
+                           Py_ssize_t ldc, int accumulate)
+    int bp_gemm_packed_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                           Py_ssize_t k, const double *A, Py_ssize_t ars, Py_ssize_t acs,
+                           const double *B, Py_ssize_t brs, Py_ssize_t bcs, double *C,
+                           Py_ssize_t ldc, int accumulate)
     void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
                          Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
                          Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)
     void bp_gemm_dot_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
                          Py_ssize_t k, const double *A, Py_ssize_t lda, const double *B,
                          Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
-    int BP_GEMM_JB, BP_GEMM_KB
+    const char *bp_gemm_path()
+    const char *bp_gemm_paths()
+    void bp_gemm_reset_path()
 
 cdef enum:
     MIN_FLOPS = 65536      # multiply-adds below which one thread does the product
+    ROW_ALIGN = 24         # thread row splits on multiples of every micro-kernel's MR
+    COL_ALIGN = 32         # ... and column splits on multiples of every NR
+    DOT_ROWS = 4           # A Bᵀ with at most this many rows: dot products, no packing
 
 
-cdef void _gemm(const floating[:, ::1] A, bint ta, const floating[:, ::1] B, bint tb,
-                floating[:, ::1] C, bint acc, Py_ssize_t k, int nt,
-                floating[::1] work) noexcept nogil:
-    cdef Py_ssize_t m = C.shape[0], n = C.shape[1]
-    cdef Py_ssize_t lda = A.shape[1], ldb = B.shape[1]
+def _gemm_path():
+    """(path in use, paths this CPU supports) for the GEMM micro-kernel."""
+    return bp_gemm_path().decode(), bp_gemm_paths().decode().split(",")
+
+
+def _force_gemm_path(name=None):
+    """Use the micro-kernel path ``name`` (None: the best one) from the next call on.
+    For tests and comparisons; sets CYGRAD_GEMM_PATH for this process."""
+    import os
+    if name is None:
+        os.environ.pop("CYGRAD_GEMM_PATH", None)
+    else:
+        if name not in _gemm_path()[1]:
+            raise ValueError(f"GEMM path {name!r} is not supported here; "
+                             f"choose from {_gemm_path()[1]}")
+        os.environ["CYGRAD_GEMM_PATH"] = name
+    bp_gemm_reset_path()
+    return bp_gemm_path().decode()
+
+
+cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bint tb,
+               Py_ssize_t ldb, floating *c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
+               bint acc, int nt) noexcept nogil:
+    """C (m x n, C-contiguous) (+)= op(A) op(B); the threads own row ranges of C, or
+    column ranges when C has too few rows to go round. Returns nonzero if a
+    packing buffer could not be allocated."""
     cdef Py_ssize_t ars = 1 if ta else lda, acs = lda if ta else 1
     cdef Py_ssize_t brs = 1 if tb else ldb, bcs = ldb if tb else 1
     cdef Py_ssize_t rc, cc, i0, i1, j0, j1
-    cdef bint by_rows = m >= 4 * nt
-    cdef bint dot = tb and not ta and k > 0 and (
-        m <= 16 or n * k * <Py_ssize_t>sizeof(floating) <= 512 * 1024)
-    cdef int t
-    cdef const floating *a = &A[0, 0] if A.shape[0] * A.shape[1] > 0 else NULL
-    cdef const floating *b = &B[0, 0] if B.shape[0] * B.shape[1] > 0 else NULL
-    cdef floating *wk
+    cdef bint by_rows = m >= 2 * ROW_ALIGN * nt
+    cdef bint dot = tb and not ta and m <= DOT_ROWS and k > 0
+    cdef int t, failed = 0
     if m == 0 or n == 0:
-        return
+        return 0
     rc = (m + nt - 1) // nt
-    rc = (rc + 3) // 4 * 4
+    rc = (rc + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
     cc = (n + nt - 1) // nt
-    cc = (cc + 15) // 16 * 16
+    cc = (cc + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN
     for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
         if by_rows:
             i0 = t * rc
@@ -76,19 +98,20 @@ cdef void _gemm(const floating[:, ::1] A, bint ta, const floating[:, ::1] B, bin
             j0 = t * cc
             j1 = min(n, j0 + cc)
         if i0 < i1 and j0 < j1:
-            wk = &work[t * BP_GEMM_JB * BP_GEMM_KB] if work.shape[0] > 0 else NULL
             if dot:
                 if floating is float:
-                    bp_gemm_dot_f32(i0, i1, j0, j1, k, a, lda, b, ldb, &C[0, 0], n, acc)
+                    bp_gemm_dot_f32(i0, i1, j0, j1, k, a, lda, b, ldb, c, n, acc)
                 else:
-                    bp_gemm_dot_f64(i0, i1, j0, j1, k, a, lda, b, ldb, &C[0, 0], n, acc)
+                    bp_gemm_dot_f64(i0, i1, j0, j1, k, a, lda, b, ldb, c, n, acc)
+            elif floating is float:
+                if bp_gemm_packed_f32(i0, i1, j0, j1, k, a, ars, acs, b, brs, bcs, c, n,
+                                      acc) != 0:
+                    failed = 1
             else:
-                if floating is float:
-                    bp_gemm_tile_f32(i0, i1, j0, j1, k, a, ars, acs, b, brs, bcs,
-                                     &C[0, 0], n, acc, wk)
-                else:
-                    bp_gemm_tile_f64(i0, i1, j0, j1, k, a, ars, acs, b, brs, bcs,
-                                     &C[0, 0], n, acc, wk)
+                if bp_gemm_packed_f64(i0, i1, j0, j1, k, a, ars, acs, b, brs, bcs, c, n,
+                                      acc) != 0:
+                    failed = 1
+    return failed
 
 
 cdef object _matmul(str fn, a, b, bint trans_a, bint trans_b, out, bint accumulate):
@@ -110,13 +133,20 @@ cdef object _matmul(str fn, a, b, bint trans_a, bint trans_b, out, bint accumula
     if (np.may_share_memory(out, a) or np.may_share_memory(out, b)) and k > 0 and m * n > 0:
         raise ValueError(f"{fn}: out must not overlap a or b")
     cdef int nt = threads_for(m * n * k, MIN_FLOPS)
-    cdef bint packs = trans_b and not (not trans_a and (
-        m <= 16 or n * k * a.itemsize <= 512 * 1024))
-    work = np.empty(nt * BP_GEMM_JB * BP_GEMM_KB if packs and k > 0 else 0, dtype=a.dtype)
-    if is_f32(a):
-        _gemm[float](a, trans_a, b, trans_b, out, accumulate, k, nt, work)
-    else:
-        _gemm[double](a, trans_a, b, trans_b, out, accumulate, k, nt, work)
+    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1]
+    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>a)
+    cdef void *bp = cnp.PyArray_DATA(<cnp.ndarray>b)
+    cdef void *cp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef int failed
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
+            failed = _gemm[float](<const float *>ap, trans_a, lda, <const float *>bp, trans_b,
+                                  ldb, <float *>cp, m, n, k, accumulate, nt)
+        else:
+            failed = _gemm[double](<const double *>ap, trans_a, lda, <const double *>bp,
+                                   trans_b, ldb, <double *>cp, m, n, k, accumulate, nt)
+    if failed:
+        raise MemoryError(f"{fn}: could not allocate the packing buffers")
     return out
 
 

@@ -1,0 +1,97 @@
+/* Template body for bp_gemm_packed.c: T, S and the path's MR/NR/kernel fields
+ * (MRF, NRF, KER) are defined by the includer. */
+
+/* op(A)[0:mc, 0:kc] -> panels of MR rows, each [kc][MR], zero-padded. */
+static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t ars,
+                          ptrdiff_t acs, T *restrict Ap)
+{
+    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
+        const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
+        T *dst = Ap + ir * kc;
+        const T *src = A + ir * ars;
+        if (acs == 1) {            /* rows of op(A) contiguous: read along p */
+            for (int i = 0; i < mr; i++)
+                for (ptrdiff_t p = 0; p < kc; p++) dst[p * MR + i] = src[i * ars + p];
+        } else {                   /* columns contiguous (a transposed A) */
+            for (ptrdiff_t p = 0; p < kc; p++)
+                for (int i = 0; i < mr; i++) dst[p * MR + i] = src[i * ars + p * acs];
+        }
+        for (int i = mr; i < MR; i++)
+            for (ptrdiff_t p = 0; p < kc; p++) dst[p * MR + i] = 0;
+    }
+}
+
+/* op(B)[0:kc, 0:nc] -> panels of NR columns, each [kc][NR], zero-padded. */
+static void BP_FN(pack_b)(int NR, ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t brs,
+                          ptrdiff_t bcs, T *restrict Bp)
+{
+    for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
+        const int nr = nc - jr < NR ? (int)(nc - jr) : NR;
+        T *dst = Bp + jr * kc;
+        const T *src = B + jr * bcs;
+        if (bcs == 1) {            /* rows of op(B) contiguous */
+            for (ptrdiff_t p = 0; p < kc; p++) {
+                memcpy(dst + p * NR, src + p * brs, (size_t)nr * sizeof(T));
+                for (int j = nr; j < NR; j++) dst[p * NR + j] = 0;
+            }
+        } else {                   /* a transposed B: read down its rows */
+            for (int j = 0; j < nr; j++)
+                for (ptrdiff_t p = 0; p < kc; p++) dst[p * NR + j] = src[j * bcs + p * brs];
+            for (int j = nr; j < NR; j++)
+                for (ptrdiff_t p = 0; p < kc; p++) dst[p * NR + j] = 0;
+        }
+    }
+}
+
+/* C[i0:i1, j0:j1] (+)= op(A) op(B) over the whole inner dimension k.
+ * Returns 0, or -1 when the packing buffer cannot be allocated. */
+int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
+                          const T *A, ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t brs,
+                          ptrdiff_t bcs, T *C, ptrdiff_t ldc, int accumulate)
+{
+    const struct bp_path *pth = path();
+    const int MR = pth->MRF, NR = pth->NRF;
+    const ptrdiff_t m = i1 - i0, n = j1 - j0;
+    if (m <= 0 || n <= 0) return 0;
+    if (k == 0) {
+        if (!accumulate)
+            for (ptrdiff_t i = i0; i < i1; i++) memset(C + i * ldc + j0, 0, n * sizeof(T));
+        return 0;
+    }
+    const ptrdiff_t ncmax = n < NC ? (n + NR - 1) / NR * NR : NC;
+    const ptrdiff_t mcmax = m < MC ? (m + MR - 1) / MR * MR : MC;
+    const ptrdiff_t kcmax = k < KC ? k : KC;
+    T *Bp = work_buffer((size_t)(kcmax * ncmax + kcmax * mcmax + MR * NR) * sizeof(T));
+    if (!Bp) return -1;
+    T *Ap = Bp + kcmax * ncmax;
+    T *tile = Ap + kcmax * mcmax;
+    for (ptrdiff_t jc = j0; jc < j1; jc += NC) {
+        const ptrdiff_t nc = j1 - jc < NC ? j1 - jc : NC;
+        for (ptrdiff_t pc = 0; pc < k; pc += KC) {
+            const ptrdiff_t kc = k - pc < KC ? k - pc : KC;
+            const int first = pc == 0 && !accumulate;
+            BP_FN(pack_b)(NR, kc, nc, B + pc * brs + jc * bcs, brs, bcs, Bp);
+            for (ptrdiff_t ic = i0; ic < i1; ic += MC) {
+                const ptrdiff_t mc = i1 - ic < MC ? i1 - ic : MC;
+                BP_FN(pack_a)(MR, mc, kc, A + ic * ars + pc * acs, ars, acs, Ap);
+                for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
+                    const int nr = nc - jr < NR ? (int)(nc - jr) : NR;
+                    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
+                        const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
+                        T *c = C + (ic + ir) * ldc + jc + jr;
+                        if (mr == MR && nr == NR) {
+                            pth->KER(kc, Ap + ir * kc, Bp + jr * kc, c, ldc, first);
+                        } else {   /* edge: full kernel into the tile, merge the valid part */
+                            pth->KER(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, 1);
+                            for (int i = 0; i < mr; i++)
+                                for (int j = 0; j < nr; j++)
+                                    c[i * ldc + j] = first ? tile[i * NR + j]
+                                                           : c[i * ldc + j] + tile[i * NR + j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return 0;
+}

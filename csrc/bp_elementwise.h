@@ -23,7 +23,8 @@ enum bp_unary_op {
     double bp_softmax_xent_##S(const T *z, const int64_t *y, T *d, ptrdiff_t rows,   \
                                ptrdiff_t cols, double scale);                         \
     double bp_sigmoid_bce_##S(const T *s, const T *t, T *d, ptrdiff_t n,             \
-                              double scale);
+                              double scale);                                          \
+    void bp_adagrad_##S(T *p, T *G, const T *g, ptrdiff_t n, double lr, double eps);
 
 BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)

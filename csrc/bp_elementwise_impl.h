@@ -109,6 +109,19 @@ void BP_FN(bp_axpy)(ptrdiff_t n, double alpha, const T *x, T *y)
     BP_SIMD for (ptrdiff_t i = 0; i < n; i++) y[i] += a * x[i];
 }
 
+/* Adagrad on a contiguous range: G += g^2; p -= lr g / (sqrt(G) + eps). */
+BP_CLONES
+void BP_FN(bp_adagrad)(T *restrict p, T *restrict G, const T *restrict g, ptrdiff_t n,
+                       double lr, double eps)
+{
+    const T l = (T)lr, e = (T)eps;
+    BP_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+        const T gi = g[i], Gi = G[i] + gi * gi;
+        G[i] = Gi;
+        p[i] -= l * gi / (BP_M(bp_sqrt)(Gi) + e);
+    }
+}
+
 /* out[r, :] = z[r, :] + b, rows x cols, all contiguous; out may alias z. */
 BP_CLONES
 void BP_FN(bp_add_bias)(const T *z, const T *restrict b, T *out, ptrdiff_t rows, ptrdiff_t cols)

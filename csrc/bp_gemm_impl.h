@@ -4,14 +4,62 @@
 #define BP_FN(name) BP_CAT(name, S)
 
 /* C[i, j] (+)= dot(A[i, :], B[j, :]) with both rows contiguous: the A Bᵀ product
- * for few rows of A, where packing B would cost more than the product. Four
- * columns at a time share each load of A's row. */
+ * without packing (packing B would transpose all of it on every call). Tiles
+ * of 4 rows x 4 columns: 16 independent sums, each a vector accumulator along
+ * k, share every load of A and B four ways. */
+#define BP_DOT_ACC(r, c) s##r##c += a##r * b##c
 BP_CLONES
 void BP_FN(bp_gemm_dot)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
                         const T *A, ptrdiff_t lda, const T *B, ptrdiff_t ldb, T *C,
                         ptrdiff_t ldc, int accumulate)
 {
-    for (ptrdiff_t i = i0; i < i1; i++) {
+    ptrdiff_t i = i0;
+    for (; i + 4 <= i1; i += 4) {
+        const T *restrict A0 = A + i * lda, *restrict A1 = A0 + lda, *restrict A2 = A1 + lda,
+                *restrict A3 = A2 + lda;
+        ptrdiff_t j = j0;
+        for (; j + 4 <= j1; j += 4) {
+            const T *restrict B0 = B + j * ldb, *restrict B1 = B0 + ldb,
+                    *restrict B2 = B1 + ldb, *restrict B3 = B2 + ldb;
+            T s00 = 0, s01 = 0, s02 = 0, s03 = 0, s10 = 0, s11 = 0, s12 = 0, s13 = 0,
+              s20 = 0, s21 = 0, s22 = 0, s23 = 0, s30 = 0, s31 = 0, s32 = 0, s33 = 0;
+            BP_PRAGMA(omp simd reduction(+:s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, \
+                                         s22, s23, s30, s31, s32, s33))
+            for (ptrdiff_t p = 0; p < k; p++) {
+                const T a0 = A0[p], a1 = A1[p], a2 = A2[p], a3 = A3[p];
+                const T b0 = B0[p], b1 = B1[p], b2 = B2[p], b3 = B3[p];
+                BP_DOT_ACC(0, 0); BP_DOT_ACC(0, 1); BP_DOT_ACC(0, 2); BP_DOT_ACC(0, 3);
+                BP_DOT_ACC(1, 0); BP_DOT_ACC(1, 1); BP_DOT_ACC(1, 2); BP_DOT_ACC(1, 3);
+                BP_DOT_ACC(2, 0); BP_DOT_ACC(2, 1); BP_DOT_ACC(2, 2); BP_DOT_ACC(2, 3);
+                BP_DOT_ACC(3, 0); BP_DOT_ACC(3, 1); BP_DOT_ACC(3, 2); BP_DOT_ACC(3, 3);
+            }
+            T s[4][4] = {{s00, s01, s02, s03}, {s10, s11, s12, s13},
+                         {s20, s21, s22, s23}, {s30, s31, s32, s33}};
+            for (int r = 0; r < 4; r++)
+                for (int c = 0; c < 4; c++) {
+                    T *cc = C + (i + r) * ldc + j + c;
+                    *cc = accumulate ? *cc + s[r][c] : s[r][c];
+                }
+        }
+        for (; j < j1; j++) {
+            const T *restrict B0 = B + j * ldb;
+            T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+            BP_PRAGMA(omp simd reduction(+:s0, s1, s2, s3))
+            for (ptrdiff_t p = 0; p < k; p++) {
+                const T b0 = B0[p];
+                s0 += A0[p] * b0;
+                s1 += A1[p] * b0;
+                s2 += A2[p] * b0;
+                s3 += A3[p] * b0;
+            }
+            T s[4] = {s0, s1, s2, s3};
+            for (int r = 0; r < 4; r++) {
+                T *cc = C + (i + r) * ldc + j;
+                *cc = accumulate ? *cc + s[r] : s[r];
+            }
+        }
+    }
+    for (; i < i1; i++) {   /* the last rows: one row against four columns */
         const T *restrict a = A + i * lda;
         T *c = C + i * ldc;
         ptrdiff_t j = j0;
@@ -38,6 +86,7 @@ void BP_FN(bp_gemm_dot)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, 
         }
     }
 }
+#undef BP_DOT_ACC
 
 #undef BP_FN
 #undef BP_CAT

@@ -43,6 +43,10 @@ BP_INLINE float bp_copysignf(float mag, float sgn)
     return bp_from_bitsf((bp_to_bitsf(mag) & 0x7fffffffu) | (bp_to_bitsf(sgn) & 0x80000000u));
 }
 
+/* sqrt without errno (built with -fno-math-errno): one instruction, vectorisable. */
+BP_INLINE double bp_sqrt(double x) { return __builtin_sqrt(x); }
+BP_INLINE float bp_sqrtf(float x) { return __builtin_sqrtf(x); }
+
 /* ---------------------------------------------------------------- exp, x <= 0 */
 
 /* double: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, Taylor polynomial

@@ -115,3 +115,61 @@ def test_gather_scatter_property(V, d, B, w, seed):
     # scatter-add is the adjoint of gather: <gather(T), dX> == <T, scatter(dX)>
     assert np.vdot(K.embedding_gather(table, windows), dX) == pytest.approx(
         np.vdot(table, g), rel=1e-10, abs=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(0,), (7,), (300, 250), (100_003,)], ids=str)
+def test_adagrad_update(shape, dtype, nthreads, rng):
+    p = rng.standard_normal(shape).astype(dtype)
+    G = rng.uniform(0, 1, shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    ep, eG = p.copy(), G.copy()
+    R.adagrad_update(ep, eG, g, 0.05)
+    assert K.adagrad_update(p, G, readonly(g), 0.05) is p
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(G, eG, **tol)
+    np.testing.assert_allclose(p, ep, **tol)
+
+
+@pytest.mark.parametrize("B", [1, 7, 512])
+def test_embedding_adagrad_update(B, dtype, rng):
+    table, windows, dX = _problem(rng, 300, 13, B, 5, dtype, repeats=True)
+    G = rng.uniform(0, 1, table.shape).astype(dtype)
+    et, eG = table.copy(), G.copy()
+    R.embedding_adagrad_update(et, eG, windows, dX, 0.1)
+    before = table.copy()
+    K.embedding_adagrad_update(table, G, windows, dX, 0.1)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(G, eG, **tol)
+    np.testing.assert_allclose(table, et, **tol)
+    untouched = np.setdiff1d(np.arange(300), windows)
+    np.testing.assert_array_equal(table[untouched], before[untouched])
+
+
+def test_sparse_adagrad_equals_dense_adagrad_of_scatter(rng):
+    table, windows, dX = _problem(rng, 40, 6, 20, 5, np.float64, repeats=True)
+    G = np.full_like(table, 0.1)
+    dense_t, dense_G = table.copy(), G.copy()
+    g = np.zeros_like(table)
+    K.embedding_scatter_add(g, windows, dX)
+    touched = np.unique(windows)
+    # dense Adagrad restricted to the touched rows (untouched rows have g = 0 and
+    # would still move G by 0 and the table by 0)
+    K.adagrad_update(dense_t, dense_G, g, 0.3)
+    K.embedding_adagrad_update(table, G, windows, dX, 0.3)
+    np.testing.assert_allclose(table[touched], dense_t[touched], rtol=1e-13)
+    np.testing.assert_allclose(G, dense_G, rtol=1e-13)
+
+
+def test_adagrad_bad_input():
+    z = np.zeros((3, 4))
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        K.adagrad_update(z, z.copy(), z, 0.0)
+    with pytest.raises(ValueError, match="eps must be a positive number"):
+        K.adagrad_update(z, z.copy(), z, 0.1, eps=-1)
+    with pytest.raises(ValueError, match=r"accum and grad must have the shape of param"):
+        K.adagrad_update(z, np.zeros((4, 3)), z, 0.1)
+    with pytest.raises(IndexError, match=r"windows\[0, 1\] = 3 is out of range \[0, 3\)"):
+        K.embedding_adagrad_update(z, z.copy(), np.array([[0, 3]]), np.zeros((1, 8)), 0.1)
+    with pytest.raises(ValueError, match=r"accum must have the shape of table"):
+        K.embedding_adagrad_update(z, np.zeros((4, 3)), np.array([[0, 1]]), np.zeros((1, 8)),
+                                   0.1)

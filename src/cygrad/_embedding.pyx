@@ -251,3 +251,160 @@ def sgd_update(param, grad, lr):
     else:
         _axpy_flat[double](param.reshape(-1), grad.reshape(-1), -lr, nt)
     return param
+
+
+cdef extern from "bp_elementwise.h" nogil:
+    void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
+                        double eps)
+    void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
+                        double eps)
+
+
+cdef void _adagrad_flat(floating *p, floating *G, const floating *g, Py_ssize_t n, double lr,
+                        double eps, int nt) noexcept nogil:
+    cdef Py_ssize_t chunk = ((n + nt - 1) // nt + 63) // 64 * 64, lo, hi
+    cdef int t
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        lo = t * chunk
+        hi = min(n, lo + chunk)
+        if lo < hi:
+            if floating is float:
+                bp_adagrad_f32(p + lo, G + lo, g + lo, hi - lo, lr, eps)
+            else:
+                bp_adagrad_f64(p + lo, G + lo, g + lo, hi - lo, lr, eps)
+
+
+cdef object _check_lr_eps(str fn, lr, eps):
+    lr, eps = float(lr), float(eps)
+    if not (np.isfinite(lr) and lr > 0):
+        raise ValueError(f"{fn}: lr must be a positive number, got {lr}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"{fn}: eps must be a positive number, got {eps}")
+    return lr, eps
+
+
+def adagrad_update(param, accum, grad, lr, eps=1e-8):
+    """Adagrad step in place: ``accum += grad**2; param -= lr * grad / (sqrt(accum) + eps)``.
+
+    Parameters
+    ----------
+    param, accum : ndarray, same shape, C-contiguous, writeable, float32 or float64
+    grad : ndarray, same shape and dtype
+    lr, eps : positive floats
+
+    Returns
+    -------
+    param
+
+    Raises
+    ------
+    TypeError, ValueError
+        Mixed or non-float dtypes, shape mismatch, non-contiguous or read-only
+        ``param``/``accum``, a non-positive ``lr`` or ``eps``.
+    """
+    fn = "adagrad_update"
+    param = inplace_array(param, fn, "param", -1)
+    accum = inplace_array(accum, fn, "accum", -1)
+    grad = float_array(grad, fn, "grad", -1)
+    same_dtype(param, accum, fn, "param", "accum")
+    same_dtype(param, grad, fn, "param", "grad")
+    if accum.shape != param.shape or grad.shape != param.shape:
+        raise ValueError(f"{fn}: accum and grad must have the shape of param {param.shape}, "
+                         f"got {accum.shape} and {grad.shape}")
+    lr, eps = _check_lr_eps(fn, lr, eps)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
+    cdef int nt = threads_for(n, MIN_ELEMENTS)
+    cdef void *pp = cnp.PyArray_DATA(<cnp.ndarray>param)
+    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>accum)
+    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    cdef double l = lr, e = eps
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>param) == cnp.NPY_FLOAT32:
+            _adagrad_flat[float](<float *>pp, <float *>ap, <const float *>gp, n, l, e, nt)
+        else:
+            _adagrad_flat[double](<double *>pp, <double *>ap, <const double *>gp, n, l, e, nt)
+    return param
+
+
+cdef void _adagrad_rows(floating *table, floating *G, Py_ssize_t d, const cnp.int64_t *win,
+                        const cnp.int64_t *order, Py_ssize_t n, const floating *dX,
+                        floating *row, double lr, double eps) noexcept nogil:
+    """Slots visited in `order` (sorted by row, stable): each run of one row id is
+    summed into `row`, then that table row gets one Adagrad step."""
+    cdef Py_ssize_t a = 0, b, j, r
+    while a < n:
+        r = win[order[a]]
+        for j in range(d):
+            row[j] = 0
+        b = a
+        while b < n and win[order[b]] == r:
+            if floating is float:
+                bp_axpy_f32(d, 1.0, dX + order[b] * d, row)
+            else:
+                bp_axpy_f64(d, 1.0, dX + order[b] * d, row)
+            b += 1
+        if floating is float:
+            bp_adagrad_f32(table + r * d, G + r * d, row, d, lr, eps)
+        else:
+            bp_adagrad_f64(table + r * d, G + r * d, row, d, lr, eps)
+        a = b
+
+
+def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
+    """Sparse Adagrad on the rows a batch touched.
+
+    The slot gradients of each row are summed first (as a dense Adagrad on the
+    scattered gradient would see them), then each touched row gets one step:
+    ``accum[r] += g_r**2; table[r] -= lr * g_r / (sqrt(accum[r]) + eps)``.
+    Untouched rows of ``table`` and ``accum`` are not read or written.
+
+    Parameters
+    ----------
+    table, accum : ndarray (V, d), C-contiguous, writeable, float32 or float64
+    windows : ndarray (B, w) of integers in [0, V)
+    dX : ndarray (B, w*d), same dtype as ``table``
+    lr, eps : positive floats
+
+    Returns
+    -------
+    table
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As for embedding_sgd_update; also a bad ``accum``.
+    """
+    fn = "embedding_adagrad_update"
+    table = inplace_array(table, fn, "table", 2)
+    accum = inplace_array(accum, fn, "accum", 2)
+    same_dtype(table, accum, fn, "table", "accum")
+    if accum.shape != table.shape:
+        raise ValueError(f"{fn}: accum must have the shape of table {table.shape}, "
+                         f"got {accum.shape}")
+    windows = index_array(windows, fn, "windows", 2, table.shape[0])
+    dX = float_array(dX, fn, "dX", 2)
+    same_dtype(table, dX, fn, "table", "dX")
+    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
+    if dX.shape != (B, w * d):
+        raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
+                         f"and table {table.shape}, got {dX.shape}")
+    lr, eps = _check_lr_eps(fn, lr, eps)
+    order = np.argsort(windows.reshape(-1), kind="stable")
+    row = np.empty(d, dtype=table.dtype)
+    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    cdef const cnp.int64_t *op = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>order)
+    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
+    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>accum)
+    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
+    cdef void *rp = cnp.PyArray_DATA(<cnp.ndarray>row)
+    cdef double l = lr, e = eps
+    if d == 0:
+        return table
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
+            _adagrad_rows[float](<float *>tp, <float *>ap, d, wp, op, B * w,
+                                 <const float *>gp, <float *>rp, l, e)
+        else:
+            _adagrad_rows[double](<double *>tp, <double *>ap, d, wp, op, B * w,
+                                  <const double *>gp, <double *>rp, l, e)
+    return table

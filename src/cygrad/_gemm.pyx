@@ -8,8 +8,9 @@ op(B) packed into per-thread buffers (transposes are absorbed by the packing,
 never materialised), register-blocked micro-kernels for AVX-512, AVX2+FMA or
 portable C chosen at run time. Each element of C is summed over the inner
 dimension in one fixed order, so the result is bitwise the same for any thread
-count. A Bᵀ with at most 4 rows of A (the forward product Z = X Wᵀ of one
-example) uses contiguous dot products: packing would cost more than the product.
+count. A Bᵀ with at most 40 rows of A (the forward product Z = X Wᵀ of a
+small batch) uses 4 x 4 tiles of contiguous dot products instead: packing would
+transpose all of B on every call, which costs more than the product there.
 """
 
 import numpy as np
@@ -45,7 +46,7 @@ cdef enum:
     MIN_FLOPS = 65536      # multiply-adds below which one thread does the product
     ROW_ALIGN = 24         # thread row splits on multiples of every micro-kernel's MR
     COL_ALIGN = 32         # ... and column splits on multiples of every NR
-    DOT_ROWS = 4           # A Bᵀ with at most this many rows: dot products, no packing
+    DOT_ROWS = 40          # A Bᵀ with at most this many rows: dot products, no packing
 
 
 def _gemm_path():

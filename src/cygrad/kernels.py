@@ -24,7 +24,8 @@ from cygrad._elementwise import (
     gelu, gelu_backward, silu, silu_backward,
 )
 from cygrad._embedding import (
-    embedding_gather, embedding_scatter_add, embedding_sgd_update, sgd_update,
+    adagrad_update, embedding_adagrad_update, embedding_gather, embedding_scatter_add,
+    embedding_sgd_update, sgd_update,
 )
 from cygrad._decode import constrained_viterbi
 from cygrad._gemm import matmul, outer_accumulate
@@ -49,5 +50,5 @@ __all__ = [
     "gelu", "gelu_backward", "silu", "silu_backward",
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin",
     "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update",
-    "constrained_viterbi",
+    "constrained_viterbi", "adagrad_update", "embedding_adagrad_update",
 ]

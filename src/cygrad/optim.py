@@ -57,18 +57,13 @@ class Adagrad(_Optimizer):
         self.state = [np.full_like(p.data, initial_accumulator) for p in self.params]
 
     def step(self):
-        lr, eps = self.lr, self.eps
         for p, G in zip(self.params, self.state):
             g = p.grad
             if g is None:
                 continue
             if isinstance(g, SparseRows):
-                rows, inverse = np.unique(g.indices, return_inverse=True)
-                summed = np.zeros((len(rows), g.rows.shape[1]), dtype=g.rows.dtype)
-                np.add.at(summed, inverse.reshape(-1), g.rows)
-                G[rows] += summed * summed
-                p.data[rows] -= (lr * summed / (np.sqrt(G[rows]) + eps)).astype(p.dtype)
+                _K.embedding_adagrad_update(p.data, G, g.indices.reshape(-1, 1), g.rows,
+                                            self.lr, self.eps)
             else:
-                g = np.asarray(g, dtype=p.dtype)
-                G += g * g
-                p.data -= (lr * g / (np.sqrt(G) + eps)).astype(p.dtype, copy=False)
+                _K.adagrad_update(p.data, G, np.ascontiguousarray(g, dtype=p.dtype), self.lr,
+                                  self.eps)

@@ -198,6 +198,24 @@ def sgd_update(param, grad, lr):
     return param
 
 
+def adagrad_update(param, accum, grad, lr, eps=1e-8):
+    """``accum += grad**2; param -= lr * grad / (sqrt(accum) + eps)`` in place."""
+    accum += grad * grad
+    param -= (param.dtype.type(lr) * grad / (np.sqrt(accum) + param.dtype.type(eps)))
+    return param
+
+
+def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
+    """Adagrad on the touched rows, each row's slot gradients summed first."""
+    d = table.shape[1]
+    rows, inverse = np.unique(windows.reshape(-1), return_inverse=True)
+    g = np.zeros((len(rows), d), dtype=table.dtype)
+    np.add.at(g, inverse.reshape(-1), dX.reshape(windows.size, d))
+    accum[rows] += g * g
+    table[rows] -= table.dtype.type(lr) * g / (np.sqrt(accum[rows]) + table.dtype.type(eps))
+    return table
+
+
 # ----------------------------------------------------------------------- decoding
 
 def constrained_viterbi(scores, offsets, allowed, start_allowed):

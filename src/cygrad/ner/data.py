@@ -193,6 +193,7 @@ def encode(sentences, vocab, k=2, with_labels=True):
     width = 2 * k + 1
     # one padded stream: k left pads, the sentence, k right pads, per sentence
     stream_w, stream_s, stream_c, centre = [], [], [], []
+    ids = {}          # token -> (word id, suffix id, casing id): tokens repeat (Zipf)
     pos = 0
     for s in sentences:
         stream_w += [wi[PAD_L]] * k
@@ -200,10 +201,13 @@ def encode(sentences, vocab, k=2, with_labels=True):
         stream_c += [0] * k
         pos += k
         for tok in s.tokens:
-            norm = normalise(tok)
-            stream_w.append(wi.get(norm, unk_w))
-            stream_s.append(si.get(norm[-3:], unk_s))
-            stream_c.append(casing(tok))
+            t = ids.get(tok)
+            if t is None:
+                norm = normalise(tok)
+                t = ids[tok] = (wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok))
+            stream_w.append(t[0])
+            stream_s.append(t[1])
+            stream_c.append(t[2])
             centre.append(pos)
             pos += 1
         stream_w += [wi[PAD_R]] * k

@@ -325,3 +325,28 @@ def test_conll2003_short_training_beats_most_frequent_tag(tmp_path):
                     log=lambda *a: None, progress=False)
     f1 = score(m, dv).f1
     assert f1 > 0.75, f"dev F1 {f1:.3f} is not clearly above the 0.654 baseline"
+
+
+def test_pretrained_vectors_frozen_and_fine_tuned(tmp_path, capsys):
+    vec = tmp_path / "vectors.txt"
+    words = {"jordan": 0.5, "police": -0.25, "shares": 1.0}
+    vec.write_text("3 8\n" + "".join(f"{w} " + " ".join([str(v)] * 8) + "\n"
+                                      for w, v in words.items()))
+    for frozen in (True, False):
+        out = str(tmp_path / f"m{frozen}")
+        args = ["train", "--out", out, "--epochs", "1", "--no-progress", "--hidden", "16",
+                "--dim", "8", "--vectors", str(vec)] + (["--freeze-vectors"] if frozen else [])
+        assert cli.main(args) == 0
+        assert "pretrained vectors for 3 of" in capsys.readouterr().out
+        m = WindowModel.load(out)
+        for w, v in words.items():
+            row = m.params["E"][m.vocab.word_index[w]]
+            if frozen:
+                np.testing.assert_array_equal(row, np.full(8, v, np.float32))
+            else:
+                assert not np.allclose(row, v)      # fine-tuned away from the start
+    bad = tmp_path / "bad.txt"
+    bad.write_text("jordan 1 2\n")
+    assert cli.main(["train", "--out", str(tmp_path / "x"), "--vectors", str(bad),
+                     "--no-progress"]) == 2
+    assert "has 2 values" in capsys.readouterr().err

@@ -350,3 +350,38 @@ def test_pretrained_vectors_frozen_and_fine_tuned(tmp_path, capsys):
     assert cli.main(["train", "--out", str(tmp_path / "x"), "--vectors", str(bad),
                      "--no-progress"]) == 2
     assert "has 2 values" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("loss,floor", [("logistic", 0.95), ("max-margin", 0.6)])
+def test_binary_location_task(tmp_path, toy, loss, floor):
+    """The lecture's binary task: is the centre word a location?"""
+    tr, te = toy
+    m, _ = train(tr[:1500], te, str(tmp_path / loss), Config(hidden=(32,), dim=16, loss=loss),
+                 TrainConfig(epochs=3, patience=9), log=lambda *a: None, progress=False)
+    assert m.params["U"].shape == (1, 32) and m.config.loss == loss
+    sc = score(m, te)
+    assert set(sc.per_type) == {"LOC"} and sc.f1 > floor, sc.summary()
+    m2 = WindowModel.load(tmp_path / loss)
+    enc = encode(te, m.vocab, m.config.k)
+    np.testing.assert_array_equal(m.predict(enc), m2.predict(enc))
+
+
+def test_max_margin_objective_gradcheck(toy):
+    """s(true window) and s(corrupt window) share every parameter: the graph sums
+    both paths' gradients, and central differences agree."""
+    vocab = Vocab.build(toy[0][:30], min_count=1)
+    m = WindowModel(Config(hidden=(4,), dim=3, suffix_dim=2, case_dim=2, k=1, loss="max-margin",
+                           dtype="float64"), vocab, seed=2)
+    enc = encode(toy[0][:2], vocab, k=1)
+    corrupt = enc.words.copy()
+    corrupt[:, 1] = (corrupt[:, 1] + 5) % len(vocab.words)
+    names = list(m.params)
+    t = [cg.tensor(m.params[k], requires_grad=True, name=k) for k in names]
+
+    def objective(*ts):
+        d = dict(zip(names, ts))
+        s = m.logits_graph(d, enc.words, enc.suffixes, enc.cases).reshape(len(enc))
+        sc = m.logits_graph(d, corrupt, enc.suffixes, enc.cases).reshape(len(enc))
+        return cg.max_margin(s, sc, margin=10.0)     # wide margin: every hinge active
+
+    assert cg.gradcheck(objective, t)

@@ -42,6 +42,12 @@ def _add_train(sub):
     p.add_argument("--activation", choices=sorted(cg.kernels.ACTIVATIONS), default="tanh")
     p.add_argument("--average", action="store_true",
                    help="average the window's vectors instead of concatenating them")
+    p.add_argument("--loss", choices=["softmax", "logistic", "max-margin"], default="softmax",
+                   help="softmax over all tags, or the lecture's binary task (is the centre "
+                        "word a --positive entity?) with the logistic or the max-margin loss "
+                        "against corrupt windows (centre word replaced by a random word)")
+    p.add_argument("--positive", default="LOC", metavar="TYPE",
+                   help="entity type of the binary task (default LOC)")
     p.add_argument("--decode", choices=["viterbi", "greedy"], default="viterbi",
                    help="tag sequences that obey IOB2 (viterbi) or each token's best tag")
     p.add_argument("--min-count", type=int, default=1,
@@ -157,7 +163,7 @@ def cmd_train(a):
     lr = a.lr if a.lr is not None else (0.02 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
                   hidden=tuple(a.hidden), activation=a.activation, average=a.average,
-                  decode=a.decode)
+                  decode=a.decode, loss=a.loss, positive=a.positive)
     tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
                        seed=a.seed, patience=a.patience, shuffle=not a.no_shuffle,
                        min_count=a.min_count, freeze_vectors=a.freeze_vectors)
@@ -187,8 +193,10 @@ def cmd_evaluate(a):
 
     model = WindowModel.load(a.model)
     sents = read_conll(a.data)
+    from cygrad.ner.train import gold_tags
+
     pred = _predict_tags(model, sents)
-    sc = evaluate([s.tags for s in sents], pred)
+    sc = evaluate(gold_tags(model, sents), pred)
     print(sc.table())
     print(f"token accuracy {100 * sc.accuracy:.2f}  ({sum(len(s.tokens) for s in sents)} "
           f"tokens, {sc.gold} gold entities, {sc.found} found, {sc.correct} correct)")

@@ -49,6 +49,8 @@ class Config:
     average: bool = False            # the lecture's "average the window" variant
     dtype: str = "float32"
     decode: str = "viterbi"          # or "greedy": per-token argmax
+    loss: str = "softmax"            # or the lecture's binary task: "logistic", "max-margin"
+    positive: str = "LOC"            # the binary task: is the centre word of this type?
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -63,6 +65,13 @@ class Config:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.decode not in ("viterbi", "greedy"):
             raise ValueError(f"decode must be 'viterbi' or 'greedy', got {self.decode!r}")
+        if self.loss not in ("softmax", "logistic", "max-margin"):
+            raise ValueError(f"loss must be 'softmax', 'logistic' or 'max-margin', "
+                             f"got {self.loss!r}")
+
+    @property
+    def binary(self):
+        return self.loss != "softmax"
 
     @property
     def width(self):
@@ -97,8 +106,9 @@ class WindowModel:
             shapes[f"W{i}"] = (h, fan_in)
             shapes[f"b{i}"] = (h,)
             fan_in = h
-        shapes["U"] = (len(v.tags), fan_in)
-        shapes["c"] = (len(v.tags),)
+        n_out = 1 if cfg.binary else len(v.tags)   # binary: one score s = u·h + c
+        shapes["U"] = (n_out, fan_in)
+        shapes["c"] = (n_out,)
         return shapes
 
     def _init_params(self, rng):
@@ -183,8 +193,23 @@ class WindowModel:
             h = f(z, out=z)
         return K.add_bias(K.matmul(h, p["U"], trans_b=True), p["c"])
 
+    def tags(self, ids, offsets):
+        """Tag strings per sentence for predicted ids. In the binary task, positive
+        tokens become B-/I-<positive> entities (a run of positives is one entity)."""
+        if not self.config.binary:
+            return [[self.vocab.tags[i] for i in ids[a:b]] for a, b in zip(offsets[:-1],
+                                                                         offsets[1:])]
+        typ, out = self.config.positive, []
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            sent, prev = [], 0
+            for i in ids[a:b]:
+                sent.append("O" if not i else ("I-" if prev else "B-") + typ)
+                prev = i
+            out.append(sent)
+        return out
+
     def predict(self, enc, batch_size=4096, decode=None):
-        """Tag ids (N,) for an encoded corpus.
+        """Tag ids (N,) for an encoded corpus (binary task: 1 = positive, 0 = not).
 
         ``decode="greedy"`` takes each token's best tag; ``"viterbi"`` (the
         default) the best tag sequence of each sentence in which every I-X
@@ -193,11 +218,13 @@ class WindowModel:
         """
         decode = decode or self.config.decode
         n = len(enc)
-        logp = np.empty((n, len(self.vocab.tags)), dtype=np.float64)
+        logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
             s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi])
             logp[lo:hi] = s
+        if self.config.binary:     # 1 where the window's score is positive
+            return (logp[:, 0] > 0).astype(np.int64)
         if decode == "greedy":
             return logp.argmax(axis=1)
         logp -= logp.max(axis=1, keepdims=True)

@@ -42,14 +42,21 @@ class TrainConfig:
 
 def tags_of(model, enc):
     """Predicted tag strings, one list per sentence."""
-    ids = model.predict(enc)
-    tags = model.vocab.tags
-    return [[tags[i] for i in ids[a:b]] for a, b in zip(enc.offsets[:-1], enc.offsets[1:])]
+    return model.tags(model.predict(enc), enc.offsets)
+
+
+def gold_tags(model, sentences):
+    """Gold tags as the model is scored on them: in the binary task only the
+    positive type's entities count."""
+    if not model.config.binary:
+        return [s.tags for s in sentences]
+    keep = model.config.positive
+    return [[t if t[2:] == keep else "O" for t in s.tags] for s in sentences]
 
 
 def score(model, sentences, enc=None):
     enc = enc if enc is not None else encode(sentences, model.vocab, model.config.k)
-    return evaluate([s.tags for s in sentences], tags_of(model, enc))
+    return evaluate(gold_tags(model, sentences), tags_of(model, enc))
 
 
 class Trainer:
@@ -62,14 +69,58 @@ class Trainer:
         self.opt = opt(trainable, lr=tcfg.lr)
         # the model's arrays are the tensors' arrays: it sees every update
         model.params = {k: t.data for k, t in self.t.items()}
+        v = model.vocab
+        self.positive_tag = np.array([t[2:] == model.config.positive for t in v.tags],
+                                     dtype=np.int64)
+        self.suffix_of_word = np.array([v.suffix_index.get(w[-3:], v.suffix_index["<unk>"])
+                                        for w in v.words], dtype=np.int64)
 
-    def step(self, words, suffixes, cases, labels):
-        logits = self.model.logits_graph(self.t, words, suffixes, cases)
-        loss = cg.softmax_cross_entropy(logits, labels)
+    def step(self, words, suffixes, cases, labels, rng=None):
+        cfg, t = self.model.config, self.t
+        if cfg.loss == "softmax":
+            loss = cg.softmax_cross_entropy(
+                self.model.logits_graph(t, words, suffixes, cases), labels)
+        else:
+            y = self.positive_tag[labels]
+            if cfg.loss == "logistic":
+                s = self.model.logits_graph(t, words, suffixes, cases)
+                loss = cg.sigmoid_binary_cross_entropy(s.reshape(len(y)), y)
+            else:
+                # the lecture's max-margin objective: each window whose centre is a
+                # positive should outscore, by 1, the same window with its centre word
+                # replaced by a random vocabulary word (the corrupt window)
+                pos = np.flatnonzero(y)
+                if len(pos) == 0:
+                    return 0.0
+                w, sf, cs = words[pos], suffixes[pos], cases[pos]
+                wc, sc = w.copy(), sf.copy()
+                k = cfg.k
+                wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
+                sc[:, k] = self.suffix_of_word[wc[:, k]]
+                s_true = self.model.logits_graph(t, w, sf, cs).reshape(len(pos))
+                s_corrupt = self.model.logits_graph(t, wc, sc, cs).reshape(len(pos))
+                loss = cg.max_margin(s_true, s_corrupt)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
         return loss.item()
+
+    def calibrate(self, enc, n=20000):
+        """Max-margin scores have no natural zero: move the output bias so that
+        score > 0 is the threshold with the best token F1 on (the first n of) the
+        training windows. The loss depends on score differences only, so this does
+        not change training."""
+        if self.model.config.loss != "max-margin":
+            return
+        m = min(n, len(enc))
+        s = self.model.scores(enc.words[:m], enc.suffixes[:m], enc.cases[:m])[:, 0]
+        y = self.positive_tag[enc.labels[:m]]
+        order = np.argsort(-s, kind="stable")
+        tp = np.cumsum(y[order])
+        f1 = 2 * tp / (np.arange(1, m + 1) + y.sum())
+        best = int(np.argmax(f1))
+        cut = (s[order[best]] + s[order[best + 1]]) / 2 if best + 1 < m else s[order[best]] - 1
+        self.model.params["c"][0] -= cut
 
     def epoch(self, enc, rng, progress=None):
         n, B = len(enc), self.tcfg.batch_size
@@ -77,7 +128,8 @@ class Trainer:
         total, seen = 0.0, 0
         for lo in range(0, n, B):
             idx = np.sort(order[lo:lo + B])
-            loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx])
+            loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
+                             rng)
             total += loss * len(idx)
             seen += len(idx)
             if progress is not None:
@@ -127,6 +179,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         bar = bar_cls(total=len(tr), desc=f"epoch {epoch + 1}", unit="win",
                       unit_scale=True, leave=False) if bar_cls else None
         loss = trainer.epoch(tr, rng, bar)
+        trainer.calibrate(tr)
         if bar is not None:
             bar.close()
         secs = time.perf_counter() - t0

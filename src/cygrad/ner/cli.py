@@ -24,9 +24,9 @@ def _add_train(sub):
     p.add_argument("--out", metavar="DIR", required=True, help="model directory to write")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 20; "
                    "8 on the bundled corpus)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--optimizer", choices=["adagrad", "sgd"], default="adagrad")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.02 "
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.03 "
                    "for adagrad, 0.1 for sgd)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs "
@@ -160,7 +160,7 @@ def cmd_train(a):
         train_sents = read_conll(a.train)
         dev_sents = read_conll(a.dev) if a.dev else []
     epochs = a.epochs if a.epochs is not None else (8 if toy else 20)
-    lr = a.lr if a.lr is not None else (0.02 if a.optimizer == "adagrad" else 0.1)
+    lr = a.lr if a.lr is not None else (0.03 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
                   hidden=tuple(a.hidden), activation=a.activation, average=a.average,
                   decode=a.decode, loss=a.loss, positive=a.positive)

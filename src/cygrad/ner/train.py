@@ -24,9 +24,9 @@ CHECKPOINT = "checkpoint"
 @dataclasses.dataclass
 class TrainConfig:
     epochs: int = 20
-    batch_size: int = 32
+    batch_size: int = 64
     optimizer: str = "adagrad"       # or "sgd"
-    lr: float = 0.02
+    lr: float = 0.03
     seed: int = 0
     patience: int = 4                # epochs without a better dev F1 before stopping
     shuffle: bool = True

@@ -34,11 +34,15 @@ static void BP_FN(pack_b)(int NR, ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdif
                 memcpy(dst + p * NR, src + p * brs, (size_t)nr * sizeof(T));
                 for (int j = nr; j < NR; j++) dst[p * NR + j] = 0;
             }
-        } else {                   /* a transposed B: read down its rows */
-            for (int j = 0; j < nr; j++)
-                for (ptrdiff_t p = 0; p < kc; p++) dst[p * NR + j] = src[j * bcs + p * brs];
-            for (int j = nr; j < NR; j++)
-                for (ptrdiff_t p = 0; p < kc; p++) dst[p * NR + j] = 0;
+        } else {                   /* a transposed B: walk its nr rows in lock-step, so
+                                      that each packed row is written contiguously and the
+                                      nr source lines stay in L1 across 16 steps of p */
+            for (ptrdiff_t p = 0; p < kc; p++) {
+                T *d = dst + p * NR;
+                const T *sp = src + p * brs;
+                for (int j = 0; j < nr; j++) d[j] = sp[j * bcs];
+                for (int j = nr; j < NR; j++) d[j] = 0;
+            }
         }
     }
 }

@@ -12,6 +12,25 @@ import tempfile
 from collections import defaultdict
 
 
+def peak():
+    """cores x clock x FLOP/cycle, from what the machine says of itself: the clock is
+    /proc/cpuinfo's (it may be the nominal, not the boost, frequency); FLOP/cycle
+    per core assumes two FMA pipes of the widest vector the CPU has (float32)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        mhz = max(float(line.split(":")[1]) for line in info.splitlines()
+                  if line.startswith("cpu MHz"))
+        flags = next(line for line in info.splitlines() if line.startswith("flags"))
+    except (OSError, ValueError, StopIteration):
+        return "unknown"
+    width = 16 if " avx512f" in flags else 8 if " avx2" in flags else 4   # f32 lanes
+    per_cycle = 2 * 2 * width if " fma" in flags else 2 * width
+    cores = len(os.sched_getaffinity(0))
+    return (f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle (f32) = "
+            f"{cores * mhz / 1000 * per_cycle:.0f} GFLOP/s; half that for f64")
+
+
 def main(argv):
     here = os.path.dirname(os.path.abspath(__file__))
     with tempfile.TemporaryDirectory() as tmp:
@@ -28,18 +47,28 @@ def main(argv):
         with open(out) as f:
             data = json.load(f)
     times = defaultdict(dict)
+    flops = {}
     for b in data["benchmarks"]:
         info = b["extra_info"]
         times[(b["group"], info["threads"])][info["impl"]] = b["stats"]["median"]
+        if "flops" in info:
+            flops[b["group"]] = info["flops"]
     mi = data.get("machine_info", {})
     print(f"# cygrad kernels vs NumPy reference (median times, one run)\n")
     print(f"CPU: {mi.get('cpu', {}).get('brand_raw', '?')}, python {mi.get('python_version')}\n")
-    print("| kernel | threads | cygrad µs | numpy µs | speed-up |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"Machine peak (FLOP/s = cores x clock x FLOP/cycle): {peak()}\n")
+    print("| kernel | threads | cygrad µs | numpy µs | speed-up | cygrad GFLOP/s | numpy GFLOP/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for (group, nt), t in sorted(times.items()):
         if "cygrad" in t and "numpy" in t:
+            gf = ""
+            if group in flops:
+                gf = (f" {flops[group] / t['cygrad'] / 1e9:.1f} | "
+                      f"{flops[group] / t['numpy'] / 1e9:.1f} |")
+            else:
+                gf = " | |"
             print(f"| {group} | {nt} | {t['cygrad'] * 1e6:.1f} | {t['numpy'] * 1e6:.1f} | "
-                  f"{t['numpy'] / t['cygrad']:.2f}x |")
+                  f"{t['numpy'] / t['cygrad']:.2f}x |{gf}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@
                            int accumulate);                                               \
     void bp_gemm_dot_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,          \
                          ptrdiff_t k, const T *A, ptrdiff_t lda, const T *B,              \
-                         ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);
+                         ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);             \
+    void bp_gemm_axpy_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,         \
+                          ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,          \
+                          const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);
 
 BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)

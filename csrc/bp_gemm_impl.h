@@ -88,6 +88,46 @@ void BP_FN(bp_gemm_dot)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, 
 }
 #undef BP_DOT_ACC
 
+/* C[i, :] (+)= sum_p op(A)(i, p) B[p, :] with B's rows contiguous (ldb), no packing:
+ * for products with so few rows of A that packing B costs more than the arithmetic.
+ * Four rows of C share each load of B's row; each element is summed in p order. */
+BP_CLONES
+void BP_FN(bp_gemm_axpy)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
+                         const T *A, ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t ldb,
+                         T *C, ptrdiff_t ldc, int accumulate)
+{
+    const ptrdiff_t n = j1 - j0;
+    ptrdiff_t i = i0;
+    for (; i + 4 <= i1; i += 4) {
+        T *restrict c0 = C + i * ldc + j0, *restrict c1 = c0 + ldc, *restrict c2 = c1 + ldc,
+          *restrict c3 = c2 + ldc;
+        if (!accumulate)
+            for (ptrdiff_t j = 0; j < n; j++) c0[j] = c1[j] = c2[j] = c3[j] = 0;
+        for (ptrdiff_t p = 0; p < k; p++) {
+            const T a0 = A[i * ars + p * acs], a1 = A[(i + 1) * ars + p * acs],
+                    a2 = A[(i + 2) * ars + p * acs], a3 = A[(i + 3) * ars + p * acs];
+            const T *restrict b = B + p * ldb + j0;
+            BP_SIMD for (ptrdiff_t j = 0; j < n; j++) {
+                const T bj = b[j];
+                c0[j] += a0 * bj;
+                c1[j] += a1 * bj;
+                c2[j] += a2 * bj;
+                c3[j] += a3 * bj;
+            }
+        }
+    }
+    for (; i < i1; i++) {
+        T *restrict c0 = C + i * ldc + j0;
+        if (!accumulate)
+            for (ptrdiff_t j = 0; j < n; j++) c0[j] = 0;
+        for (ptrdiff_t p = 0; p < k; p++) {
+            const T a0 = A[i * ars + p * acs];
+            const T *restrict b = B + p * ldb + j0;
+            BP_SIMD for (ptrdiff_t j = 0; j < n; j++) c0[j] += a0 * b[j];
+        }
+    }
+}
+
 #undef BP_FN
 #undef BP_CAT
 #undef BP_CAT_

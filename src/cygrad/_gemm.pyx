@@ -11,6 +11,8 @@ dimension in one fixed order, so the result is bitwise the same for any thread
 count. A Bᵀ with at most 40 rows of A (the forward product Z = X Wᵀ of a
 small batch) uses 4 x 4 tiles of contiguous dot products instead: packing would
 transpose all of B on every call, which costs more than the product there.
+Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example)
+accumulates rows of B directly.
 """
 
 import numpy as np
@@ -38,6 +40,14 @@ cdef extern from "bp_gemm.h" nogil:
     void bp_gemm_dot_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
                          Py_ssize_t k, const double *A, Py_ssize_t lda, const double *B,
                          Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
+    void bp_gemm_axpy_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                          Py_ssize_t k, const float *A, Py_ssize_t ars, Py_ssize_t acs,
+                          const float *B, Py_ssize_t ldb, float *C, Py_ssize_t ldc,
+                          int accumulate)
+    void bp_gemm_axpy_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                          Py_ssize_t k, const double *A, Py_ssize_t ars, Py_ssize_t acs,
+                          const double *B, Py_ssize_t ldb, double *C, Py_ssize_t ldc,
+                          int accumulate)
     const char *bp_gemm_path()
     const char *bp_gemm_paths()
     void bp_gemm_reset_path()
@@ -47,6 +57,7 @@ cdef enum:
     ROW_ALIGN = 24         # thread row splits on multiples of every micro-kernel's MR
     COL_ALIGN = 32         # ... and column splits on multiples of every NR
     DOT_ROWS = 40          # A Bᵀ with at most this many rows: dot products, no packing
+    AXPY_ROWS = 4          # op(A) B with at most this many rows of A: axpy rows, no packing
 
 
 def _gemm_path():
@@ -80,6 +91,7 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     cdef Py_ssize_t rc, cc, i0, i1, j0, j1
     cdef bint by_rows = m >= 2 * ROW_ALIGN * nt
     cdef bint dot = tb and not ta and m <= DOT_ROWS and k > 0
+    cdef bint axpy = not tb and m <= AXPY_ROWS
     cdef int t, failed = 0
     if m == 0 or n == 0:
         return 0
@@ -104,6 +116,11 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
                     bp_gemm_dot_f32(i0, i1, j0, j1, k, a, lda, b, ldb, c, n, acc)
                 else:
                     bp_gemm_dot_f64(i0, i1, j0, j1, k, a, lda, b, ldb, c, n, acc)
+            elif axpy:
+                if floating is float:
+                    bp_gemm_axpy_f32(i0, i1, j0, j1, k, a, ars, acs, b, ldb, c, n, acc)
+                else:
+                    bp_gemm_axpy_f64(i0, i1, j0, j1, k, a, ars, acs, b, ldb, c, n, acc)
             elif floating is float:
                 if bp_gemm_packed_f32(i0, i1, j0, j1, k, a, ars, acs, b, brs, bcs, c, n,
                                       acc) != 0:

@@ -329,40 +329,44 @@ class Op:
 
     @classmethod
     def apply(cls, *inputs, **kw):
-        name = cls.name or cls.__name__
+        # one pass over the inputs: this runs for every node of every step
         dtype = None
         for x in inputs:
-            if isinstance(x, Tensor):
+            if type(x) is Tensor or isinstance(x, Tensor):
+                d = x.data.dtype
                 if dtype is None:
-                    dtype = x.dtype
-                elif x.dtype != dtype:
-                    raise TypeError(f"{name}: inputs mix {dtype} and {x.dtype}; convert one "
-                                    f"explicitly (no silent upcast)")
+                    dtype = d
+                elif d != dtype:
+                    raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and "
+                                    f"{d}; convert one explicitly (no silent upcast)")
         if dtype is None:
-            raise TypeError(f"{name}: at least one input must be a Tensor")
+            raise TypeError(f"{cls.name or cls.__name__}: at least one input must be a Tensor")
         arrays = []
+        needs = []
         for x in inputs:
-            if isinstance(x, Tensor):
+            if type(x) is Tensor or isinstance(x, Tensor):
                 arrays.append(x.data)
-            elif isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
-                arrays.append(np.asarray(x, dtype=dtype))
-            elif isinstance(x, np.ndarray) and x.dtype.kind == "f":
-                if x.dtype != dtype:
-                    raise TypeError(f"{name}: inputs mix {dtype} and {x.dtype}; convert one "
-                                    f"explicitly (no silent upcast)")
-                arrays.append(x)
+                needs.append(x.requires_grad)
             else:
-                raise TypeError(f"{name}: cannot use {type(x).__name__} "
-                                f"{getattr(x, 'dtype', '')} as an input")
+                arrays.append(_constant(cls, x, dtype))
+                needs.append(False)
         ctx = Context()
-        ctx.needs = tuple(isinstance(x, Tensor) and x.requires_grad for x in inputs)
-        out = cls.forward(ctx, *arrays, **kw)
-        result = Tensor(out)
-        if is_grad_enabled() and any(ctx.needs):
+        ctx.needs = needs
+        result = Tensor.__new__(Tensor)
+        result.data = cls.forward(ctx, *arrays, **kw)
+        result.grad = None
+        result._retain = False
+        result.name = None
+        if is_grad_enabled() and any(needs):
             result.requires_grad = True
             result._op = cls
-            result._parents = tuple(inputs)
+            result._parents = inputs
             result._ctx = ctx
+        else:
+            result.requires_grad = False
+            result._op = None
+            result._parents = ()
+            result._ctx = None
         return result
 
     @staticmethod
@@ -372,6 +376,20 @@ class Op:
     @staticmethod
     def backward(ctx, grad):
         raise NotImplementedError
+
+
+def _constant(cls, x, dtype):
+    """A non-tensor input: a Python number takes the tensors' dtype; a float array
+    must already have it."""
+    if isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
+        return np.asarray(x, dtype=dtype)
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        if x.dtype != dtype:
+            raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and {x.dtype}; "
+                            f"convert one explicitly (no silent upcast)")
+        return x
+    raise TypeError(f"{cls.name or cls.__name__}: cannot use {type(x).__name__} "
+                    f"{getattr(x, 'dtype', '')} as an input")
 
 
 def _B():

@@ -189,36 +189,33 @@ def encode(sentences, vocab, k=2, with_labels=True):
     """
     wi, si = vocab.word_index, vocab.suffix_index
     unk_w, unk_s = wi[UNK], si[UNK]
-    n = sum(len(s.tokens) for s in sentences)
     width = 2 * k + 1
-    # one padded stream: k left pads, the sentence, k right pads, per sentence
-    stream_w, stream_s, stream_c, centre = [], [], [], []
+    lens = np.fromiter((len(s.tokens) for s in sentences), dtype=np.int64,
+                       count=len(sentences))
+    n, S = int(lens.sum()), len(sentences)
     ids = {}          # token -> (word id, suffix id, casing id): tokens repeat (Zipf)
-    pos = 0
-    for s in sentences:
-        stream_w += [wi[PAD_L]] * k
-        stream_s += [si[PAD_L]] * k
-        stream_c += [0] * k
-        pos += k
-        for tok in s.tokens:
-            t = ids.get(tok)
-            if t is None:
-                norm = normalise(tok)
-                t = ids[tok] = (wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok))
-            stream_w.append(t[0])
-            stream_s.append(t[1])
-            stream_c.append(t[2])
-            centre.append(pos)
-            pos += 1
-        stream_w += [wi[PAD_R]] * k
-        stream_s += [si[PAD_R]] * k
-        stream_c += [0] * k
-        pos += k
-    starts = np.asarray(centre, dtype=np.int64) - k
-    idx = starts[:, None] + np.arange(width)[None, :] if n else np.zeros((0, width), np.int64)
-    words = np.asarray(stream_w, dtype=np.int64)[idx] if n else np.zeros((0, width), np.int64)
-    sufs = np.asarray(stream_s, dtype=np.int64)[idx] if n else np.zeros((0, width), np.int64)
-    cases = np.asarray(stream_c, dtype=np.int64)[idx] if n else np.zeros((0, width), np.int64)
+
+    def lookup(tok):
+        norm = normalise(tok)
+        t = ids[tok] = (wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok))
+        return t
+
+    triples = np.array([ids.get(tok) or lookup(tok) for s in sentences for tok in s.tokens],
+                       dtype=np.int64).reshape(n, 3)
+    # one padded stream: k left pads, the sentence, k right pads, per sentence
+    sent = np.repeat(np.arange(S, dtype=np.int64), lens)
+    pos = np.arange(n, dtype=np.int64) + k * (2 * sent + 1)
+    right = ((np.cumsum(lens) + 2 * k * np.arange(S) + k)[:, None]
+             + np.arange(k)[None, :]).reshape(-1)
+    idx = pos[:, None] + np.arange(-k, k + 1)[None, :]
+    out = []
+    for col, (pad_l, pad_r) in enumerate([(wi[PAD_L], wi[PAD_R]), (si[PAD_L], si[PAD_R]),
+                                          (0, 0)]):
+        stream = np.full(n + 2 * k * S, pad_l, dtype=np.int64)
+        stream[right] = pad_r
+        stream[pos] = triples[:, col]
+        out.append(stream[idx] if n else np.zeros((0, width), np.int64))
+    words, sufs, cases = out
     if with_labels:
         try:
             labels = np.asarray([vocab.tag_index[t] for s in sentences for t in s.tags],
@@ -228,7 +225,7 @@ def encode(sentences, vocab, k=2, with_labels=True):
                             f"tags: {vocab.tags}") from None
     else:
         labels = np.zeros(n, dtype=np.int64)
-    offsets = np.cumsum([0] + [len(s.tokens) for s in sentences]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     return Encoded(words, sufs, cases, labels, offsets)
 
 

@@ -54,7 +54,7 @@ def main(argv):
         if "flops" in info:
             flops[b["group"]] = info["flops"]
     mi = data.get("machine_info", {})
-    print(f"# cygrad kernels vs NumPy reference (median times, one run)\n")
+    print("# cygrad kernels vs NumPy reference (median times, one run)\n")
     print(f"CPU: {mi.get('cpu', {}).get('brand_raw', '?')}, python {mi.get('python_version')}\n")
     print(f"Machine peak (FLOP/s = cores x clock x FLOP/cycle): {peak()}\n")
     print("| kernel | threads | cygrad µs | numpy µs | speed-up | cygrad GFLOP/s | numpy GFLOP/s |")

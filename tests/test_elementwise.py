@@ -201,3 +201,11 @@ def test_bias_grad_same_bits_for_1_and_2_threads(dtype, rng):
     dz = rng.standard_normal((3001, 300)).astype(dtype)
     assert np.array_equal(run_with_threads(1, K.bias_grad, dz),
                           run_with_threads(2, K.bias_grad, dz))
+
+
+def test_many_dimensions():
+    # out= allocation must not assume a small ndim (NumPy allows 64 dimensions)
+    z = np.arange(4.0).reshape((1,) * 38 + (2, 2))
+    for name in ("tanh", "relu"):
+        np.testing.assert_allclose(K.ACTIVATIONS[name][0](z), R.ACTIVATIONS[name][0](z),
+                                   **TOL[np.float64])

@@ -85,11 +85,13 @@ cdef object same_dtype(object a, object b, str fn, str na, str nb):
 
 
 cdef object out_array(object out, tuple shape, object dtype, str fn):
-    cdef cnp.npy_intp dims[32]
+    cdef cnp.npy_intp dims[4]
     cdef int nd = len(shape), i
     cdef int typenum = (<cnp.dtype>dtype).type_num if isinstance(dtype, cnp.dtype) \
         else np.dtype(dtype).num
     if out is None:
+        if nd > 4:      # rare: let NumPy size it (dims holds the common ndim <= 4)
+            return np.empty(shape, dtype=dtype)
         for i in range(nd):
             dims[i] = shape[i]
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)

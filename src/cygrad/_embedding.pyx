@@ -25,6 +25,10 @@ cnp.import_array()
 cdef extern from "bp_elementwise.h" nogil:
     void bp_axpy_f32(Py_ssize_t n, double alpha, const float *x, float *y)
     void bp_axpy_f64(Py_ssize_t n, double alpha, const double *x, double *y)
+    void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
+                        double eps)
+    void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
+                        double eps)
 
 cdef enum:
     MIN_ELEMENTS = 32768
@@ -252,12 +256,6 @@ def sgd_update(param, grad, lr):
         _axpy_flat[double](param.reshape(-1), grad.reshape(-1), -lr, nt)
     return param
 
-
-cdef extern from "bp_elementwise.h" nogil:
-    void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
-                        double eps)
-    void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
-                        double eps)
 
 
 cdef void _adagrad_flat(floating *p, floating *G, const floating *g, Py_ssize_t n, double lr,

@@ -20,8 +20,7 @@ cimport numpy as cnp
 from cython cimport floating
 from cython.parallel cimport prange
 
-from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
-                             threads_for, is_f32)
+from cygrad._common cimport float_array, inplace_array, same_dtype, out_array, threads_for
 
 cnp.import_array()
 

@@ -245,7 +245,7 @@ def _plot(history, path):
 
 def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch, bad):
     os.makedirs(ckpt_dir, exist_ok=True)
-    arrays = {f"param/{k}": v for k, v in model.params.items()}
+    arrays = {}     # optimiser state; the parameters are in checkpoint/model
     if isinstance(trainer.opt, Adagrad):
         names = [k for k, t in trainer.t.items() if t.requires_grad]
         arrays.update({f"adagrad/{k}": g for k, g in zip(names, trainer.opt.state)})
@@ -276,8 +276,6 @@ def _load_checkpoint(ckpt_dir, tcfg):
                              f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")
     model = WindowModel.load(os.path.join(ckpt_dir, "model"))
     with np.load(npz, allow_pickle=False) as z:
-        for k in model.params:
-            model.params[k] = np.ascontiguousarray(z[f"param/{k}"])
         trainer = Trainer(model, tcfg)
         if isinstance(trainer.opt, Adagrad):
             names = [k for k, t in trainer.t.items() if t.requires_grad]

@@ -116,16 +116,44 @@ void BP_FN(bp_gemm_axpy)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
             }
         }
     }
-    for (; i < i1; i++) {
+    for (; i < i1; i++) {   /* the last rows: four rows of B per pass over the row of C */
         T *restrict c0 = C + i * ldc + j0;
         if (!accumulate)
             for (ptrdiff_t j = 0; j < n; j++) c0[j] = 0;
-        for (ptrdiff_t p = 0; p < k; p++) {
+        ptrdiff_t p = 0;
+        for (; p + 4 <= k; p += 4) {
+            const T a0 = A[i * ars + p * acs], a1 = A[i * ars + (p + 1) * acs],
+                    a2 = A[i * ars + (p + 2) * acs], a3 = A[i * ars + (p + 3) * acs];
+            const T *restrict b0 = B + p * ldb + j0, *restrict b1 = b0 + ldb,
+                    *restrict b2 = b1 + ldb, *restrict b3 = b2 + ldb;
+            BP_SIMD for (ptrdiff_t j = 0; j < n; j++)
+                c0[j] += ((a0 * b0[j] + a1 * b1[j]) + a2 * b2[j]) + a3 * b3[j];
+        }
+        for (; p < k; p++) {
             const T a0 = A[i * ars + p * acs];
             const T *restrict b = B + p * ldb + j0;
             BP_SIMD for (ptrdiff_t j = 0; j < n; j++) c0[j] += a0 * b[j];
         }
     }
+}
+
+int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
+                         ptrdiff_t k, const T *A, int ta, ptrdiff_t lda, const T *B, int tb,
+                         ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate)
+{
+    if (i0 >= i1 || j0 >= j1)
+        return 0;
+    if (tb && !ta && m <= BP_DOT_ROWS && k > 0) {
+        BP_FN(bp_gemm_dot)(i0, i1, j0, j1, k, A, lda, B, ldb, C, ldc, accumulate);
+        return 0;
+    }
+    const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
+    if (!tb && (m <= BP_AXPY_ROWS || k <= BP_AXPY_DEPTH)) {
+        BP_FN(bp_gemm_axpy)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
+        return 0;
+    }
+    return BP_FN(bp_gemm_packed)(i0, i1, j0, j1, k, A, ars, acs, B, tb ? 1 : ldb,
+                                 tb ? ldb : 1, C, ldc, accumulate);
 }
 
 #undef BP_FN

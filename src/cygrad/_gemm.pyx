@@ -11,8 +11,9 @@ dimension in one fixed order, so the result is bitwise the same for any thread
 count. A Bᵀ with at most 40 rows of A (the forward product Z = X Wᵀ of a
 small batch) uses 4 x 4 tiles of contiguous dot products instead: packing would
 transpose all of B on every call, which costs more than the product there.
-Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example)
-accumulates rows of B directly.
+Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example), or
+with an inner dimension of at most 2 (the rank-1 update dW += δ xᵀ of one
+example), accumulates rows of B into C directly.
 """
 
 import numpy as np
@@ -25,28 +26,14 @@ from cygrad._common cimport float_array, inplace_array, same_dtype, out_array, t
 cnp.import_array()
 
 cdef extern from "bp_gemm.h" nogil:
-    int bp_gemm_packed_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                           Py_ssize_t k, const float *A, Py_ssize_t ars, Py_ssize_t acs,
-                           const float *B, Py_ssize_t brs, Py_ssize_t bcs, float *C,
-                           Py_ssize_t ldc, int accumulate)
-    int bp_gemm_packed_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                           Py_ssize_t k, const double *A, Py_ssize_t ars, Py_ssize_t acs,
-                           const double *B, Py_ssize_t brs, Py_ssize_t bcs, double *C,
-                           Py_ssize_t ldc, int accumulate)
-    void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                         Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
-                         Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)
-    void bp_gemm_dot_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                         Py_ssize_t k, const double *A, Py_ssize_t lda, const double *B,
-                         Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
-    void bp_gemm_axpy_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                          Py_ssize_t k, const float *A, Py_ssize_t ars, Py_ssize_t acs,
-                          const float *B, Py_ssize_t ldb, float *C, Py_ssize_t ldc,
+    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                          Py_ssize_t j1, Py_ssize_t k, const float *A, int ta, Py_ssize_t lda,
+                          const float *B, int tb, Py_ssize_t ldb, float *C, Py_ssize_t ldc,
                           int accumulate)
-    void bp_gemm_axpy_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                          Py_ssize_t k, const double *A, Py_ssize_t ars, Py_ssize_t acs,
-                          const double *B, Py_ssize_t ldb, double *C, Py_ssize_t ldc,
-                          int accumulate)
+    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                          Py_ssize_t j1, Py_ssize_t k, const double *A, int ta,
+                          Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
+                          Py_ssize_t ldc, int accumulate)
     const char *bp_gemm_path()
     const char *bp_gemm_paths()
     void bp_gemm_reset_path()
@@ -55,8 +42,6 @@ cdef enum:
     MIN_FLOPS = 65536      # multiply-adds below which one thread does the product
     ROW_ALIGN = 24         # thread row splits on multiples of every micro-kernel's MR
     COL_ALIGN = 32         # ... and column splits on multiples of every NR
-    DOT_ROWS = 40          # A Bᵀ with at most this many rows: dot products, no packing
-    AXPY_ROWS = 4          # op(A) B with at most this many rows of A: axpy rows, no packing
 
 
 def _gemm_path():
@@ -85,12 +70,8 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     """C (m x n, C-contiguous) (+)= op(A) op(B); the threads own row ranges of C, or
     column ranges when C has too few rows to go round. Returns nonzero if a
     packing buffer could not be allocated."""
-    cdef Py_ssize_t ars = 1 if ta else lda, acs = lda if ta else 1
-    cdef Py_ssize_t brs = 1 if tb else ldb, bcs = ldb if tb else 1
     cdef Py_ssize_t rc, cc, i0, i1, j0, j1
     cdef bint by_rows = m >= 2 * ROW_ALIGN * nt
-    cdef bint dot = tb and not ta and m <= DOT_ROWS and k > 0
-    cdef bint axpy = not tb and m <= AXPY_ROWS
     cdef int t, failed = 0
     if m == 0 or n == 0:
         return 0
@@ -109,25 +90,12 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
             i1 = m
             j0 = t * cc
             j1 = min(n, j0 + cc)
-        if i0 < i1 and j0 < j1:
-            if dot:
-                if floating is float:
-                    bp_gemm_dot_f32(i0, i1, j0, j1, k, a, lda, b, ldb, c, n, acc)
-                else:
-                    bp_gemm_dot_f64(i0, i1, j0, j1, k, a, lda, b, ldb, c, n, acc)
-            elif axpy:
-                if floating is float:
-                    bp_gemm_axpy_f32(i0, i1, j0, j1, k, a, ars, acs, b, ldb, c, n, acc)
-                else:
-                    bp_gemm_axpy_f64(i0, i1, j0, j1, k, a, ars, acs, b, ldb, c, n, acc)
-            elif floating is float:
-                if bp_gemm_packed_f32(i0, i1, j0, j1, k, a, ars, acs, b, brs, bcs, c, n,
-                                      acc) != 0:
-                    failed = 1
-            else:
-                if bp_gemm_packed_f64(i0, i1, j0, j1, k, a, ars, acs, b, brs, bcs, c, n,
-                                      acc) != 0:
-                    failed = 1
+        if floating is float:
+            failed += bp_gemm_block_f32(m, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
+                                        acc) != 0
+        else:
+            failed += bp_gemm_block_f64(m, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
+                                        acc) != 0
     return failed
 
 

@@ -241,3 +241,42 @@ def constrained_viterbi(scores, offsets, allowed, start_allowed):
             tag = int(back[t - a - 1][tag])
             out[t - 1] = tag
     return out
+
+
+# ------------------------------------------------------------ window model step
+
+class WindowTrainer:
+    """NumPy twin of :class:`cygrad.ner.WindowTrainer`: the window model's SGD
+    step (tanh hidden layer, softmax cross-entropy), written out from the
+    lecture's formulas. ``threads`` is accepted for the same signature and ignored
+    (NumPy's BLAS has its own setting)."""
+
+    def __init__(self, E, W, b, U, c, threads=None):
+        self.E, self.W, self.b, self.U, self.c = (np.array(a, order="C", copy=True)
+                                                  for a in (E, W, b, U, c))
+        self.threads = threads
+
+    def arrays(self):
+        return {k: getattr(self, k).copy() for k in "EWbUc"}
+
+    def step(self, windows, labels, lr):
+        E, W, U = self.E, self.W, self.U
+        B = len(windows)
+        X = E[windows].reshape(B, -1)                 # x = [e_1; ...; e_w]
+        h = np.tanh(X @ W.T + self.b)                 # h = f(Wx + b)
+        s = h @ U.T + self.c                          # scores
+        m = s.max(axis=1, keepdims=True)
+        p = np.exp(s - m)
+        total = p.sum(axis=1, keepdims=True)
+        loss = np.mean(np.log(total[:, 0]) - (s[np.arange(B), labels] - m[:, 0]))
+        dS = p / total
+        dS[np.arange(B), labels] -= 1                 # p - onehot(y)
+        dS /= B
+        delta = (dS @ U) * (1 - h * h)                # u ∘ f'(z), computed once
+        dX = delta @ W                                # Wᵀδ, per example
+        self.U -= lr * (dS.T @ h)
+        self.c -= lr * dS.sum(axis=0)
+        self.W -= lr * (delta.T @ X)                  # δ xᵀ summed over the batch
+        self.b -= lr * delta.sum(axis=0)
+        np.add.at(E, windows, -lr * dX.reshape(windows.shape + (E.shape[1],)))
+        return float(loss)

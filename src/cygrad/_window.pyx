@@ -1,0 +1,416 @@
+# cython: language_level=3
+"""The window model's SGD training step, fused into one call (cygrad.ner.WindowTrainer).
+
+Model (CS224N lecture 3, Collobert et al.'s window approach): for a window of w
+word ids, x = [E[w_1]; ...; E[w_w]] (D = w d), h = tanh(W x + b), s = U h + c,
+loss = softmax cross-entropy of s against the label, averaged over the batch.
+One step computes every gradient and applies SGD to W, b, U, c and the
+embedding rows of the batch's windows, in place.
+
+Design. The step is six phases; every array it touches is allocated once (the
+work buffers grow with the largest batch seen) and nothing is allocated per
+step. The learning rate is folded into the loss gradient once,
+dS = -lr/B (P - Y), so every later product yields an update directly:
+    dZ = (dS U) * (1 - h^2)          (delta, computed once, reused three times)
+    U += dSᵀ H,  c += colsum(dS),  b += colsum(dZ),
+    dX = dZ W,   W += dZᵀ X,  E[rows] += the slices of dX.
+The products that read a weight matrix before it is updated (dS U, dZ W) are
+split between threads by the *columns* of that matrix, and each thread first
+reads, then updates its own columns, so no barrier is needed between reading the
+old weights and writing the new ones. Phases:
+  1. rows of the batch: gather X; with enough rows per thread also Z = X Wᵀ + b,
+     H = tanh(Z), S = H Uᵀ + c and the fused softmax cross-entropy (row mode);
+  2. (small batches) columns of H: Z = X Wᵀ + b, tanh;
+  3. (small batches) rows: S and softmax cross-entropy;
+  4. columns of H: dH = dS U, dZ = dH (1 - h^2), U += dSᵀ H, b += colsum(dZ);
+  5. columns of X: dX = dZ W, W += dZᵀ X;
+  6. the embedding rows, split by row ownership (as embedding_scatter_add), each
+     row updated in (window, position) order, so repeated words sum correctly.
+The products use the GEMM block routine of csrc/bp_gemm (dot tiles, axpy rows or
+the packed kernel, chosen from the product's shape, not from the thread split).
+Small batches run on one thread: the work does not pay for waking a second.
+For a fixed thread count the result is bitwise reproducible.
+"""
+
+import math
+
+import numpy as np
+cimport numpy as cnp
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.string cimport memcpy
+
+from cygrad._common cimport index_array
+from cygrad._openmp cimport bp_openmp_enabled
+from cygrad import _config
+
+cnp.import_array()
+
+cdef extern from "bp_gemm.h" nogil:
+    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                          Py_ssize_t j1, Py_ssize_t k, const float *A, int ta, Py_ssize_t lda,
+                          const float *B, int tb, Py_ssize_t ldb, float *C, Py_ssize_t ldc,
+                          int accumulate)
+    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                          Py_ssize_t j1, Py_ssize_t k, const double *A, int ta,
+                          Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
+                          Py_ssize_t ldc, int accumulate)
+    void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                         Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
+                         Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)
+    void bp_gemm_dot_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                         Py_ssize_t k, const double *A, Py_ssize_t lda, const double *B,
+                         Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
+
+cdef extern from "bp_elementwise.h" nogil:
+    enum: BP_TANH
+    void bp_unary_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, double alpha)
+    void bp_unary_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha)
+    void bp_unary_bwd_f32(int op, const float *g, const float *saved, float *out,
+                          Py_ssize_t n, double alpha)
+    void bp_unary_bwd_f64(int op, const double *g, const double *saved, double *out,
+                          Py_ssize_t n, double alpha)
+    void bp_axpy_f32(Py_ssize_t n, double alpha, const float *x, float *y)
+    void bp_axpy_f64(Py_ssize_t n, double alpha, const double *x, double *y)
+    void bp_add_bias_f32(const float *z, const float *b, float *out, Py_ssize_t rows,
+                         Py_ssize_t cols)
+    void bp_add_bias_f64(const double *z, const double *b, double *out, Py_ssize_t rows,
+                         Py_ssize_t cols)
+    void bp_colsum_f32(const float *x, float *out, Py_ssize_t rows, Py_ssize_t ld,
+                       Py_ssize_t cols)
+    void bp_colsum_f64(const double *x, double *out, Py_ssize_t rows, Py_ssize_t ld,
+                       Py_ssize_t cols)
+    double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,
+                               Py_ssize_t rows, Py_ssize_t cols, double scale)
+    double bp_softmax_xent_f64(const double *z, const cnp.int64_t *y, double *d,
+                               Py_ssize_t rows, Py_ssize_t cols, double scale)
+
+cdef enum:
+    MIN_WORK = 400000       # B*H*D multiply-adds per product below which one thread runs
+    ROW_MODE_ROWS = 64      # rows per thread from which the forward pass splits by rows
+    COL_ALIGN = 32          # column splits on multiples of every micro-kernel's NR
+    ROW_BLOCK = 16          # embedding rows are owned in blocks of 16
+
+
+cdef struct Shape:
+    Py_ssize_t B, w, d, D, H, C
+
+
+cdef inline Py_ssize_t _part(Py_ssize_t n, int nt, int t, Py_ssize_t align) noexcept nogil:
+    """Where thread t's part of range(n) starts (part t ends where t + 1 starts);
+    parts are multiples of align long, the last one shorter."""
+    cdef Py_ssize_t chunk = (n + nt - 1) // nt
+    chunk = (chunk + align - 1) // align * align
+    return min(n, t * chunk)
+
+
+cdef inline int _gemm(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                      Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta, Py_ssize_t lda,
+                      const floating *B, int tb, Py_ssize_t ldb, floating *C, Py_ssize_t ldc,
+                      int acc) noexcept nogil:
+    if floating is float:
+        return bp_gemm_block_f32(m, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+    else:
+        return bp_gemm_block_f64(m, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+
+
+cdef inline void _axpy(Py_ssize_t n, double a, const floating *x, floating *y) noexcept nogil:
+    if floating is float:
+        bp_axpy_f32(n, a, x, y)
+    else:
+        bp_axpy_f64(n, a, x, y)
+
+
+cdef inline void _colsum(const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t ld,
+                         Py_ssize_t cols) noexcept nogil:
+    if floating is float:
+        bp_colsum_f32(x, out, rows, ld, cols)
+    else:
+        bp_colsum_f64(x, out, rows, ld, cols)
+
+
+cdef inline void _bias_tanh(floating *Z, const floating *b, Py_ssize_t i0, Py_ssize_t i1,
+                            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t H) noexcept nogil:
+    """Z[i0:i1, h0:h1] = tanh(Z + b[h0:h1]) in place."""
+    cdef Py_ssize_t i
+    if h0 == 0 and h1 == H:
+        if floating is float:
+            bp_add_bias_f32(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
+            bp_unary_fwd_f32(BP_TANH, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, 0.0)
+        else:
+            bp_add_bias_f64(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
+            bp_unary_fwd_f64(BP_TANH, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, 0.0)
+        return
+    for i in range(i0, i1):
+        if floating is float:
+            bp_add_bias_f32(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
+            bp_unary_fwd_f32(BP_TANH, Z + i * H + h0, Z + i * H + h0, h1 - h0, 0.0)
+        else:
+            bp_add_bias_f64(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
+            bp_unary_fwd_f64(BP_TANH, Z + i * H + h0, Z + i * H + h0, h1 - h0, 0.0)
+
+
+cdef inline double _scores_xent(const floating *Hh, const floating *U, const floating *c,
+                                floating *S, const cnp.int64_t *lab, Py_ssize_t i0,
+                                Py_ssize_t i1, Py_ssize_t H, Py_ssize_t C,
+                                double scale) noexcept nogil:
+    """S[i0:i1] = Hh Uᵀ + c, then overwritten by (softmax - onehot) * scale;
+    returns the rows' summed loss."""
+    if i0 >= i1:
+        return 0.0
+    if floating is float:
+        bp_gemm_dot_f32(i0, i1, 0, C, H, Hh, H, U, H, S, C, 0)
+        bp_add_bias_f32(S + i0 * C, c, S + i0 * C, i1 - i0, C)
+        return bp_softmax_xent_f32(S + i0 * C, lab + i0, S + i0 * C, i1 - i0, C, scale)
+    else:
+        bp_gemm_dot_f64(i0, i1, 0, C, H, Hh, H, U, H, S, C, 0)
+        bp_add_bias_f64(S + i0 * C, c, S + i0 * C, i1 - i0, C)
+        return bp_softmax_xent_f64(S + i0 * C, lab + i0, S + i0 * C, i1 - i0, C, scale)
+
+
+cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floating *c,
+               const cnp.int64_t *win, const cnp.int64_t *lab, double lr,
+               floating *X, floating *Z, floating *S, floating *dZ, floating *dX,
+               floating *colbuf, double *losses, int nt) noexcept nogil:
+    """One fused SGD step; losses[t] receives thread t's summed loss. Returns
+    nonzero if a GEMM packing buffer could not be allocated."""
+    cdef Py_ssize_t B = s.B, w = s.w, d = s.d, D = s.D, H = s.H, C = s.C
+    cdef Py_ssize_t i, j, r, lo, hi
+    cdef double scale = -lr / B
+    cdef bint row_mode = B >= ROW_MODE_ROWS * nt
+    cdef int t, failed = 0
+
+    # 1. rows: gather (and, in row mode, the whole forward pass and the loss)
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        lo = _part(B, nt, t, 4)
+        hi = _part(B, nt, t + 1, 4)
+        losses[t] = 0.0
+        for i in range(lo, hi):
+            for j in range(w):
+                memcpy(X + i * D + j * d, E + win[i * w + j] * d, d * sizeof(floating))
+        if row_mode and lo < hi:
+            failed += _gemm(B, lo, hi, 0, H, D, X, 0, D, W, 1, D, Z, H, 0) != 0
+            _bias_tanh(Z, b, lo, hi, 0, H, H)
+            losses[t] = _scores_xent(Z, U, c, S, lab, lo, hi, H, C, scale)
+    if not row_mode:
+        # 2. columns of H: Z = X Wᵀ + b, H = tanh(Z)
+        for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+            lo = _part(H, nt, t, COL_ALIGN)
+            hi = _part(H, nt, t + 1, COL_ALIGN)
+            failed += _gemm(B, 0, B, lo, hi, D, X, 0, D, W, 1, D, Z, H, 0) != 0
+            _bias_tanh(Z, b, 0, B, lo, hi, H)
+        # 3. rows: scores and softmax cross-entropy
+        for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+            lo = _part(B, nt, t, 4)
+            hi = _part(B, nt, t + 1, 4)
+            losses[t] = _scores_xent(Z, U, c, S, lab, lo, hi, H, C, scale)
+    # 4. columns of H: delta, then U, b (and c on thread 0)
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        lo = _part(H, nt, t, COL_ALIGN)
+        hi = _part(H, nt, t + 1, COL_ALIGN)
+        if lo < hi:
+            failed += _gemm(B, 0, B, lo, hi, C, S, 0, C, U, 0, H, dZ, H, 0) != 0
+            for i in range(B):
+                if floating is float:
+                    bp_unary_bwd_f32(BP_TANH, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
+                                     hi - lo, 0.0)
+                else:
+                    bp_unary_bwd_f64(BP_TANH, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
+                                     hi - lo, 0.0)
+            failed += _gemm(C, 0, C, lo, hi, B, S, 1, C, Z, 0, H, U, H, 1) != 0
+            _colsum(dZ + lo, colbuf + lo, B, H, hi - lo)
+            _axpy(hi - lo, 1.0, colbuf + lo, b + lo)
+        if t == 0:
+            _colsum(S, colbuf + H, B, C, C)
+            _axpy(C, 1.0, colbuf + H, c)
+    # 5. columns of X: dX = dZ W with the old W, then W += dZᵀ X
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        lo = _part(D, nt, t, COL_ALIGN)
+        hi = _part(D, nt, t + 1, COL_ALIGN)
+        if lo < hi:
+            failed += _gemm(B, 0, B, lo, hi, H, dZ, 0, H, W, 0, D, dX, D, 0) != 0
+            failed += _gemm(H, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, W, D, 1) != 0
+    # 6. embedding rows, by ownership of blocks of ROW_BLOCK rows
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        for i in range(B * w):
+            r = win[i]
+            if nt == 1 or (r // ROW_BLOCK) % nt == t:
+                _axpy(d, 1.0, dX + i * d, E + r * d)
+    return failed
+
+
+def _as_param(x, name, dtype, ndim):
+    fn = "WindowTrainer"
+    if not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: {name} must be float32 or float64, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{fn}: {name} has dtype {x.dtype} but E has {dtype}; "
+                        f"all five arrays must have one dtype")
+    if x.ndim != ndim:
+        raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {x.shape}")
+    if x.size and not np.isfinite(x).all():
+        raise ValueError(f"{fn}: {name} holds NaN or infinity")
+    return np.array(x, dtype=x.dtype, order="C", copy=True)
+
+
+cdef class WindowTrainer:
+    """The window model's training step (tanh hidden layer, softmax
+    cross-entropy, SGD on every parameter), fused into one compiled call.
+
+    Parameters
+    ----------
+    E : ndarray (V, d)
+        Word vectors; the rows of each window's words are updated in place.
+    W : ndarray (H, w*d)
+        Hidden weights for windows of w words (the window width is W.shape[1] / d).
+    b : ndarray (H,)
+    U : ndarray (C, H)
+        Output weights, one row per class.
+    c : ndarray (C,)
+    threads : int or None
+        Threads to use; None follows cygrad.get_num_threads() at every step.
+        Small batches run on one thread whatever the setting.
+
+    All five arrays must be float32, or all float64; they are copied in, so the
+    caller's arrays are never modified. ``arrays()`` returns copies of the
+    current values.
+
+    The step, for windows (B, w) of word ids and labels (B,):
+    x = concatenated rows of E, h = tanh(W x + b), s = U h + c,
+    loss = mean softmax cross-entropy; then every parameter p -= lr * dloss/dp,
+    the gradients all taken before any update. A word that occurs several times
+    in the batch gets the sum of its gradients. The result is reproducible
+    bitwise for a fixed thread count (and equal to rounding across counts).
+    """
+
+    cdef readonly object dtype
+    cdef readonly Py_ssize_t V, d, w, H, C
+    cdef object _E, _W, _b, _U, _c
+    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses
+    cdef Py_ssize_t _cap
+    cdef object _threads
+
+    def __init__(self, E, W, b, U, c, threads=None):
+        fn = "WindowTrainer"
+        E = _as_param(E, "E", None, 2)
+        dt = E.dtype
+        W = _as_param(W, "W", dt, 2)
+        b = _as_param(b, "b", dt, 1)
+        U = _as_param(U, "U", dt, 2)
+        c = _as_param(c, "c", dt, 1)
+        V, d = E.shape
+        H, D = W.shape
+        if V < 1 or d < 1:
+            raise ValueError(f"{fn}: E must have at least one row and one column, got {E.shape}")
+        if H < 1 or D < 1 or D % d:
+            raise ValueError(f"{fn}: W must be H x (w*d) with d = E.shape[1] = {d}, "
+                             f"got shape {W.shape}")
+        if b.shape != (H,):
+            raise ValueError(f"{fn}: b must have shape ({H},) to match W {W.shape}, "
+                             f"got {b.shape}")
+        if U.ndim != 2 or U.shape[1] != H or U.shape[0] < 1:
+            raise ValueError(f"{fn}: U must have shape (C, {H}) to match W {W.shape}, "
+                             f"got {U.shape}")
+        C = U.shape[0]
+        if c.shape != (C,):
+            raise ValueError(f"{fn}: c must have shape ({C},) to match U {U.shape}, "
+                             f"got {c.shape}")
+        self.dtype = dt
+        self.V, self.d, self.w, self.H, self.C = V, d, D // d, H, C
+        self._E, self._W, self._b, self._U, self._c = E, W, b, U, c
+        self._cap = 0
+        self._colbuf = np.empty(H + C, dt)
+        self._losses = np.zeros(0, np.float64)
+        self.threads = threads
+
+    @property
+    def threads(self):
+        """The thread setting: an int, or None to follow cygrad.get_num_threads()."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, n):
+        if n is not None:
+            n = _config._check(n)
+        self._threads = n
+
+    def arrays(self):
+        """Copies of the current parameters: a dict with keys E, W, b, U, c."""
+        return {"E": self._E.copy(), "W": self._W.copy(), "b": self._b.copy(),
+                "U": self._U.copy(), "c": self._c.copy()}
+
+    cdef _reserve(self, Py_ssize_t B, int nt):
+        if B > self._cap:
+            dt = self.dtype
+            D = self.w * self.d
+            self._X = np.empty((B, D), dt)
+            self._Z = np.empty((B, self.H), dt)
+            self._S = np.empty((B, self.C), dt)
+            self._dZ = np.empty((B, self.H), dt)
+            self._dX = np.empty((B, D), dt)
+            self._cap = B
+        if nt > len(self._losses):
+            self._losses = np.zeros(nt, np.float64)
+
+    def step(self, windows, labels, lr):
+        """One SGD step on a batch, in place; returns the batch's mean loss
+        (computed before the update).
+
+        Parameters
+        ----------
+        windows : integer ndarray (B, w), word ids in [0, V)
+        labels : integer ndarray (B,), classes in [0, C)
+        lr : float, the learning rate (finite, >= 0)
+        """
+        fn = "WindowTrainer.step"
+        windows = index_array(windows, fn, "windows", 2, self.V)
+        labels = index_array(labels, fn, "labels", 1, self.C)
+        cdef Py_ssize_t B = windows.shape[0]
+        if windows.shape[1] != self.w:
+            raise ValueError(f"{fn}: windows must have shape (B, {self.w}) for W "
+                             f"{self._W.shape} and d = {self.d}, got {windows.shape}")
+        if labels.shape[0] != B:
+            raise ValueError(f"{fn}: labels must have shape ({B},) to match windows "
+                             f"{windows.shape}, got {labels.shape}")
+        if B == 0:
+            raise ValueError(f"{fn}: the batch is empty (windows has shape {windows.shape})")
+        cdef double rate = lr
+        if not math.isfinite(rate) or rate < 0:
+            raise ValueError(f"{fn}: lr must be finite and >= 0, got {lr!r}")
+        cdef int nt = 1
+        if bp_openmp_enabled() and B * self.H * self.w * self.d >= MIN_WORK:
+            nt = self._threads if self._threads is not None else _config.get_num_threads()
+        self._reserve(B, nt)
+        cdef Shape s
+        s.B, s.w, s.d, s.D, s.H, s.C = B, self.w, self.d, self.w * self.d, self.H, self.C
+        cdef const cnp.int64_t *win = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+        cdef const cnp.int64_t *lab = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels)
+        cdef double *losses = <double *>cnp.PyArray_DATA(<cnp.ndarray>self._losses)
+        cdef int failed, t
+        cdef double total = 0.0
+        cdef void *p[10]
+        for t, arr in enumerate((self._E, self._W, self._b, self._U, self._c, self._X,
+                                 self._Z, self._S, self._dZ, self._dX)):
+            p[t] = cnp.PyArray_DATA(<cnp.ndarray>arr)
+        cdef void *colbuf = cnp.PyArray_DATA(<cnp.ndarray>self._colbuf)
+        cdef bint f32 = self.dtype == np.float32
+        with nogil:
+            if f32:
+                failed = _step[float](s, <float *>p[0], <float *>p[1], <float *>p[2],
+                                      <float *>p[3], <float *>p[4], win, lab, rate,
+                                      <float *>p[5], <float *>p[6], <float *>p[7],
+                                      <float *>p[8], <float *>p[9], <float *>colbuf,
+                                      losses, nt)
+            else:
+                failed = _step[double](s, <double *>p[0], <double *>p[1], <double *>p[2],
+                                       <double *>p[3], <double *>p[4], win, lab, rate,
+                                       <double *>p[5], <double *>p[6], <double *>p[7],
+                                       <double *>p[8], <double *>p[9], <double *>colbuf,
+                                       losses, nt)
+        if failed:
+            raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
+        for t in range(nt):
+            total += losses[t]
+        return total / B

@@ -35,7 +35,7 @@ BP_DECLARE(double, f64)
  * dW += δ xᵀ for one example): rows of B accumulated into C; otherwise the
  * packed GEMM. Returns nonzero if a packing
  * buffer could not be allocated. */
-#define BP_DOT_ROWS 40
+#define BP_DOT_ROWS 8
 #define BP_AXPY_ROWS 4
 #define BP_AXPY_DEPTH 2
 

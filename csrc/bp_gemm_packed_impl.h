@@ -9,7 +9,15 @@ static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdif
         const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
         T *dst = Ap + ir * kc;
         const T *src = A + ir * ars;
-        if (acs == 1) {            /* rows of op(A) contiguous: read along p */
+        if (acs == 1 && mr == 8 && MR == 8) {   /* the AVX-512 panel: 8 rows in lock-step */
+            const T *r0 = src, *r1 = r0 + ars, *r2 = r1 + ars, *r3 = r2 + ars, *r4 = r3 + ars,
+                    *r5 = r4 + ars, *r6 = r5 + ars, *r7 = r6 + ars;
+            for (ptrdiff_t p = 0; p < kc; p++) {
+                T *d = dst + p * 8;
+                d[0] = r0[p]; d[1] = r1[p]; d[2] = r2[p]; d[3] = r3[p];
+                d[4] = r4[p]; d[5] = r5[p]; d[6] = r6[p]; d[7] = r7[p];
+            }
+        } else if (acs == 1) {     /* rows of op(A) contiguous: read along p */
             for (int i = 0; i < mr; i++)
                 for (ptrdiff_t p = 0; p < kc; p++) dst[p * MR + i] = src[i * ars + p];
         } else {                   /* columns contiguous (a transposed A) */

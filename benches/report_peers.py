@@ -36,7 +36,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCHES = [1, 8, 32, 128, 512, 2048]
-ROUNDS = 7
+ROUNDS = 11
 BLOCK_SECONDS = 0.04
 IDLE = 0.1
 ORDER = ["cygrad-fused", "cygrad-graph", "numpy", "torch-dense", "torch-sparse", "jax"]
@@ -191,7 +191,8 @@ def _kernel_fns(nt):
 
         def sync(name):
             return lambda: ready(out.get(name))
-        k["matmul X Wᵀ (512x250 · 250x300)"]["jax"] = (lambda: run("mm", f_mm, jX, jW), sync("mm"))
+        k["matmul X Wᵀ (512x250 · 250x300)"]["jax"] = (
+            lambda: run("mm", f_mm, jX, jW), sync("mm"))
         k["tanh forward + backward (512x300)"]["jax"] = (lambda: run("th", f_tanh, jZ), sync("th"))
         k["softmax cross-entropy + gradient (512x9)"]["jax"] = (
             lambda: run("xe", f_xent, jS, jy), sync("xe"))
@@ -331,9 +332,11 @@ def report(results, out_dir):
                 f"{med['cygrad-fused'] / med[k]:.2f}x" for k in names if k != "cygrad-fused")
                 + " |")
         if "cygrad-graph" in names:
-            lines += ["", "cygrad's graph executor vs its fused step (time ratio, graph / fused): "
-                      + ", ".join(f"B={B} {_median(s['cygrad-fused']) / _median(s['cygrad-graph']):.2f}"
-                                  for B, s in r["steps"].items())]
+            ratios = ", ".join(
+                f"B={B} {_median(s['cygrad-fused']) / _median(s['cygrad-graph']):.2f}"
+                for B, s in r["steps"].items())
+            lines += ["", "cygrad's graph executor vs its fused step (time ratio, graph / "
+                      f"fused): {ratios}"]
         if nt == max(x["threads"] for x in results):
             lines += ["", f"Targets of issue #6 at {nt} threads (cygrad-fused / best peer):", ""]
             for B, want in TARGETS.items():
@@ -352,7 +355,8 @@ def report(results, out_dir):
                              f"{g:.2f}x ({'met' if g <= 1.5 else 'NOT met'})")
         lines += ["", "Kernels (µs per call, median [min – max]; B = 512):", ""]
         kimpls = ["cygrad", "numpy", "torch", "jax"]
-        lines.append("| kernel | " + " | ".join(kimpls) + " | numpy / cygrad | best peer / cygrad |")
+        lines.append("| kernel | " + " | ".join(kimpls) +
+                     " | numpy / cygrad | best peer / cygrad |")
         lines.append("|---|" + "---:|" * (len(kimpls) + 2))
         for name, t in r["kernels"].items():
             med = {k: _median(v) for k, v in t.items()}

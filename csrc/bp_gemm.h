@@ -17,8 +17,9 @@
     void bp_gemm_axpy_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,         \
                           ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,          \
                           const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);  \
-    int bp_gemm_block_##S(ptrdiff_t m, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,            \
-                          ptrdiff_t j1, ptrdiff_t k, const T *A, int ta, ptrdiff_t lda,     \
+    int bp_gemm_block_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1,             \
+                          ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k, const T *A, int ta,      \
+                          ptrdiff_t lda,                                                    \
                           const T *B, int tb, ptrdiff_t ldb, T *C, ptrdiff_t ldc,           \
                           int accumulate);
 
@@ -26,16 +27,18 @@ BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)
 #undef BP_DECLARE
 
-/* bp_gemm_block: the block C[i0:i1, j0:j1] of the m-row product op(A) op(B),
+/* bp_gemm_block: the block C[i0:i1, j0:j1] of the m x n product op(A) op(B),
  * A with leading dimension lda (transposed if ta), B likewise. The method is
- * chosen from m, the whole product's row count, never from the block, so every
- * split of C between threads computes each element the same way:
- * A Bᵀ with m <= BP_DOT_ROWS: dot-product tiles; op(A) B with m <= BP_AXPY_ROWS
+ * chosen from the whole product's shape (m rows, n columns), never from the
+ * block, so every split of C between threads computes each element the same way:
+ * A Bᵀ with m <= BP_DOT_ROWS or n <= BP_DOT_COLS (the scores of a small output
+ * layer): dot-product tiles; op(A) B with m <= BP_AXPY_ROWS
  * or an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
  * dW += δ xᵀ for one example): rows of B accumulated into C; otherwise the
  * packed GEMM. Returns nonzero if a packing
  * buffer could not be allocated. */
 #define BP_DOT_ROWS 8
+#define BP_DOT_COLS 16
 #define BP_AXPY_ROWS 4
 #define BP_AXPY_DEPTH 2
 

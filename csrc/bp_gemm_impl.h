@@ -137,13 +137,13 @@ void BP_FN(bp_gemm_axpy)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
     }
 }
 
-int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
-                         ptrdiff_t k, const T *A, int ta, ptrdiff_t lda, const T *B, int tb,
-                         ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate)
+int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,
+                         ptrdiff_t j1, ptrdiff_t k, const T *A, int ta, ptrdiff_t lda,
+                         const T *B, int tb, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate)
 {
     if (i0 >= i1 || j0 >= j1)
         return 0;
-    if (tb && !ta && m <= BP_DOT_ROWS && k > 0) {
+    if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS) && k > 0) {
         BP_FN(bp_gemm_dot)(i0, i1, j0, j1, k, A, lda, B, ldb, C, ldc, accumulate);
         return 0;
     }

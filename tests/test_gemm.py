@@ -157,8 +157,11 @@ def gemm_path(request):
 
 
 @pytest.mark.parametrize("ta,tb", [(False, False), (False, True), (True, False), (True, True)])
+# (300, 250, 1|2): rank-1/2 updates (axpy rows); (64, 9, 300): a 9-column output layer
+# (dot tiles when B is transposed); (9, 300, 250): just above the dot-tile row limit
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 17, 255), (257, 255, 17), (33, 300, 250),
-                                   (1023, 31, 257), (96, 1537, 300)])
+                                   (1023, 31, 257), (96, 1537, 300), (300, 250, 1),
+                                   (300, 250, 2), (64, 9, 300), (9, 300, 250)])
 def test_every_dispatch_path(gemm_path, m, n, k, ta, tb, dtype, rng):
     import cygrad
 

@@ -26,14 +26,14 @@ from cygrad._common cimport float_array, inplace_array, same_dtype, out_array, t
 cnp.import_array()
 
 cdef extern from "bp_gemm.h" nogil:
-    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-                          Py_ssize_t j1, Py_ssize_t k, const float *A, int ta, Py_ssize_t lda,
-                          const float *B, int tb, Py_ssize_t ldb, float *C, Py_ssize_t ldc,
-                          int accumulate)
-    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-                          Py_ssize_t j1, Py_ssize_t k, const double *A, int ta,
-                          Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
-                          Py_ssize_t ldc, int accumulate)
+    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const float *A,
+                          int ta, Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb,
+                          float *C, Py_ssize_t ldc, int accumulate)
+    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const double *A,
+                          int ta, Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb,
+                          double *C, Py_ssize_t ldc, int accumulate)
     const char *bp_gemm_path()
     const char *bp_gemm_paths()
     void bp_gemm_reset_path()
@@ -91,10 +91,10 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
             j0 = t * cc
             j1 = min(n, j0 + cc)
         if floating is float:
-            failed += bp_gemm_block_f32(m, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
+            failed += bp_gemm_block_f32(m, n, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
                                         acc) != 0
         else:
-            failed += bp_gemm_block_f64(m, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
+            failed += bp_gemm_block_f64(m, n, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
                                         acc) != 0
     return failed
 

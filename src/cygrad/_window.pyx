@@ -47,14 +47,14 @@ from cygrad import _config
 cnp.import_array()
 
 cdef extern from "bp_gemm.h" nogil:
-    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-                          Py_ssize_t j1, Py_ssize_t k, const float *A, int ta, Py_ssize_t lda,
-                          const float *B, int tb, Py_ssize_t ldb, float *C, Py_ssize_t ldc,
-                          int accumulate)
-    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-                          Py_ssize_t j1, Py_ssize_t k, const double *A, int ta,
-                          Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
-                          Py_ssize_t ldc, int accumulate)
+    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const float *A,
+                          int ta, Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb,
+                          float *C, Py_ssize_t ldc, int accumulate)
+    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const double *A,
+                          int ta, Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb,
+                          double *C, Py_ssize_t ldc, int accumulate)
     void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
                          Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
                          Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)
@@ -104,14 +104,14 @@ cdef inline Py_ssize_t _part(Py_ssize_t n, int nt, int t, Py_ssize_t align) noex
     return min(n, t * chunk)
 
 
-cdef inline int _gemm(Py_ssize_t m, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
-                      Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta, Py_ssize_t lda,
-                      const floating *B, int tb, Py_ssize_t ldb, floating *C, Py_ssize_t ldc,
-                      int acc) noexcept nogil:
+cdef inline int _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                      Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta,
+                      Py_ssize_t lda, const floating *B, int tb, Py_ssize_t ldb, floating *C,
+                      Py_ssize_t ldc, int acc) noexcept nogil:
     if floating is float:
-        return bp_gemm_block_f32(m, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+        return bp_gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
     else:
-        return bp_gemm_block_f64(m, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+        return bp_gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
 
 
 cdef inline void _axpy(Py_ssize_t n, double a, const floating *x, floating *y) noexcept nogil:
@@ -189,7 +189,7 @@ cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floa
             for j in range(w):
                 memcpy(X + i * D + j * d, E + win[i * w + j] * d, d * sizeof(floating))
         if row_mode and lo < hi:
-            failed += _gemm(B, lo, hi, 0, H, D, X, 0, D, W, 1, D, Z, H, 0) != 0
+            failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, W, 1, D, Z, H, 0) != 0
             _bias_tanh(Z, b, lo, hi, 0, H, H)
             losses[t] = _scores_xent(Z, U, c, S, lab, lo, hi, H, C, scale)
     if not row_mode:
@@ -197,7 +197,7 @@ cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floa
         for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
             lo = _part(H, nt, t, COL_ALIGN)
             hi = _part(H, nt, t + 1, COL_ALIGN)
-            failed += _gemm(B, 0, B, lo, hi, D, X, 0, D, W, 1, D, Z, H, 0) != 0
+            failed += _gemm(B, H, 0, B, lo, hi, D, X, 0, D, W, 1, D, Z, H, 0) != 0
             _bias_tanh(Z, b, 0, B, lo, hi, H)
         # 3. rows: scores and softmax cross-entropy
         for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
@@ -209,7 +209,7 @@ cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floa
         lo = _part(H, nt, t, COL_ALIGN)
         hi = _part(H, nt, t + 1, COL_ALIGN)
         if lo < hi:
-            failed += _gemm(B, 0, B, lo, hi, C, S, 0, C, U, 0, H, dZ, H, 0) != 0
+            failed += _gemm(B, H, 0, B, lo, hi, C, S, 0, C, U, 0, H, dZ, H, 0) != 0
             for i in range(B):
                 if floating is float:
                     bp_unary_bwd_f32(BP_TANH, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
@@ -217,7 +217,7 @@ cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floa
                 else:
                     bp_unary_bwd_f64(BP_TANH, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
                                      hi - lo, 0.0)
-            failed += _gemm(C, 0, C, lo, hi, B, S, 1, C, Z, 0, H, U, H, 1) != 0
+            failed += _gemm(C, H, 0, C, lo, hi, B, S, 1, C, Z, 0, H, U, H, 1) != 0
             _colsum(dZ + lo, colbuf + lo, B, H, hi - lo)
             _axpy(hi - lo, 1.0, colbuf + lo, b + lo)
         if t == 0:
@@ -228,8 +228,8 @@ cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floa
         lo = _part(D, nt, t, COL_ALIGN)
         hi = _part(D, nt, t + 1, COL_ALIGN)
         if lo < hi:
-            failed += _gemm(B, 0, B, lo, hi, H, dZ, 0, H, W, 0, D, dX, D, 0) != 0
-            failed += _gemm(H, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, W, D, 1) != 0
+            failed += _gemm(B, D, 0, B, lo, hi, H, dZ, 0, H, W, 0, D, dX, D, 0) != 0
+            failed += _gemm(H, D, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, W, D, 1) != 0
     # 6. embedding rows, by ownership of blocks of ROW_BLOCK rows
     for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
         for i in range(B * w):

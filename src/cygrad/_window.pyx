@@ -43,6 +43,7 @@ from libc.string cimport memcpy
 from cygrad._common cimport index_array
 from cygrad._openmp cimport bp_openmp_enabled
 from cygrad import _config
+from cygrad._embedding import embedding_adagrad_update
 
 cnp.import_array()
 
@@ -63,7 +64,7 @@ cdef extern from "bp_gemm.h" nogil:
                          Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
 
 cdef extern from "bp_elementwise.h" nogil:
-    enum: BP_TANH
+    enum: BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH
     void bp_unary_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, double alpha)
     void bp_unary_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha)
     void bp_unary_bwd_f32(int op, const float *g, const float *saved, float *out,
@@ -80,6 +81,10 @@ cdef extern from "bp_elementwise.h" nogil:
                        Py_ssize_t cols)
     void bp_colsum_f64(const double *x, double *out, Py_ssize_t rows, Py_ssize_t ld,
                        Py_ssize_t cols)
+    void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
+                        double eps)
+    void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
+                        double eps)
     double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,
                                Py_ssize_t rows, Py_ssize_t cols, double scale)
     double bp_softmax_xent_f64(const double *z, const cnp.int64_t *y, double *d,
@@ -90,10 +95,36 @@ cdef enum:
     ROW_MODE_ROWS = 64      # rows per thread from which the forward pass splits by rows
     COL_ALIGN = 32          # column splits on multiples of every micro-kernel's NR
     ROW_BLOCK = 16          # embedding rows are owned in blocks of 16
+    MAX_TABLES = 4
 
 
-cdef struct Shape:
-    Py_ssize_t B, w, d, D, H, C
+cdef struct Net:
+    # shapes: batch, window width, input size, hidden units, classes
+    Py_ssize_t B, w, D, H, C
+    # embedding tables: pointer, row size, ids (B x w), first column in X, update it?
+    int ntab
+    void *tab[MAX_TABLES]
+    Py_ssize_t dim[MAX_TABLES]
+    Py_ssize_t off[MAX_TABLES]
+    const cnp.int64_t *ids[MAX_TABLES]
+    int scatter[MAX_TABLES]
+    # dense parameters
+    void *W
+    void *b
+    void *U
+    void *c
+    int act                 # BP_* activation whose derivative is a function of its output
+    double alpha            # leaky_relu's slope
+    # optimiser: SGD (adagrad = 0) folds -lr into the gradient; Adagrad keeps the
+    # gradients in gW / gU and updates with the accumulators G*
+    int adagrad
+    double lr, eps
+    void *GW
+    void *Gb
+    void *GU
+    void *Gc
+    void *gW
+    void *gU
 
 
 cdef inline Py_ssize_t _part(Py_ssize_t n, int nt, int t, Py_ssize_t align) noexcept nogil:
@@ -129,25 +160,43 @@ cdef inline void _colsum(const floating *x, floating *out, Py_ssize_t rows, Py_s
         bp_colsum_f64(x, out, rows, ld, cols)
 
 
-cdef inline void _bias_tanh(floating *Z, const floating *b, Py_ssize_t i0, Py_ssize_t i1,
-                            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t H) noexcept nogil:
-    """Z[i0:i1, h0:h1] = tanh(Z + b[h0:h1]) in place."""
+cdef inline void _adagrad(floating *p, floating *G, const floating *g, Py_ssize_t n, double lr,
+                          double eps) noexcept nogil:
+    if floating is float:
+        bp_adagrad_f32(p, G, g, n, lr, eps)
+    else:
+        bp_adagrad_f64(p, G, g, n, lr, eps)
+
+
+cdef inline void _update(Net *net, floating *p, floating *G, const floating *g, Py_ssize_t n,
+                         double lr) noexcept nogil:
+    """p += g (SGD: g already holds -lr * gradient) or an Adagrad step with gradient g."""
+    if net.adagrad:
+        _adagrad(p, G, g, n, lr, net.eps)
+    else:
+        _axpy(n, 1.0, g, p)
+
+
+cdef inline void _bias_act(floating *Z, const floating *b, Py_ssize_t i0, Py_ssize_t i1,
+                           Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t H, int act,
+                           double alpha) noexcept nogil:
+    """Z[i0:i1, h0:h1] = f(Z + b[h0:h1]) in place."""
     cdef Py_ssize_t i
     if h0 == 0 and h1 == H:
         if floating is float:
             bp_add_bias_f32(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
-            bp_unary_fwd_f32(BP_TANH, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, 0.0)
+            bp_unary_fwd_f32(act, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, alpha)
         else:
             bp_add_bias_f64(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
-            bp_unary_fwd_f64(BP_TANH, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, 0.0)
+            bp_unary_fwd_f64(act, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, alpha)
         return
     for i in range(i0, i1):
         if floating is float:
             bp_add_bias_f32(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
-            bp_unary_fwd_f32(BP_TANH, Z + i * H + h0, Z + i * H + h0, h1 - h0, 0.0)
+            bp_unary_fwd_f32(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
         else:
             bp_add_bias_f64(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
-            bp_unary_fwd_f64(BP_TANH, Z + i * H + h0, Z + i * H + h0, h1 - h0, 0.0)
+            bp_unary_fwd_f64(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
 
 
 cdef inline double _scores_xent(const floating *Hh, const floating *U, const floating *c,
@@ -168,37 +217,61 @@ cdef inline double _scores_xent(const floating *Hh, const floating *U, const flo
         return bp_softmax_xent_f64(S + i0 * C, lab + i0, S + i0 * C, i1 - i0, C, scale)
 
 
-cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floating *c,
-               const cnp.int64_t *win, const cnp.int64_t *lab, double lr,
-               floating *X, floating *Z, floating *S, floating *dZ, floating *dX,
-               floating *colbuf, double *losses, int nt) noexcept nogil:
-    """One fused SGD step; losses[t] receives thread t's summed loss. Returns
-    nonzero if a GEMM packing buffer could not be allocated."""
-    cdef Py_ssize_t B = s.B, w = s.w, d = s.d, D = s.D, H = s.H, C = s.C
-    cdef Py_ssize_t i, j, r, lo, hi
-    cdef double scale = -lr / B
+cdef inline void _gather_rows(Net *net, floating *X, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t i, j, d, w = net.w, D = net.D
+    cdef int t
+    cdef const floating *tab
+    cdef const cnp.int64_t *ids
+    for t in range(net.ntab):
+        tab = <const floating *>net.tab[t]
+        ids = net.ids[t]
+        d = net.dim[t]
+        for i in range(lo, hi):
+            for j in range(w):
+                memcpy(X + i * D + net.off[t] + j * d, tab + ids[i * w + j] * d,
+                       d * sizeof(floating))
+
+
+cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, floating *Z,
+               floating *S, floating *dZ, floating *dX, floating *colbuf, double *losses,
+               int nt) noexcept nogil:
+    """One fused training step; losses[t] receives thread t's summed loss. Returns
+    nonzero if a GEMM packing buffer could not be allocated. (``dummy`` only
+    selects the floating type.)"""
+    cdef Py_ssize_t B = net.B, w = net.w, D = net.D, H = net.H, C = net.C
+    cdef Py_ssize_t i, j, r, d, lo, hi, h
+    cdef floating *W = <floating *>net.W
+    cdef floating *b = <floating *>net.b
+    cdef floating *U = <floating *>net.U
+    cdef floating *c = <floating *>net.c
+    cdef floating *gW = <floating *>net.gW
+    cdef floating *gU = <floating *>net.gU
+    cdef floating *GW = <floating *>net.GW
+    cdef floating *GU = <floating *>net.GU
+    cdef floating *tab
+    cdef const cnp.int64_t *ids
+    cdef double lr = net.lr
+    cdef double scale = (1.0 / B) if net.adagrad else (-lr / B)
     cdef bint row_mode = B >= ROW_MODE_ROWS * nt
-    cdef int t, failed = 0
+    cdef int t, k, failed = 0
 
     # 1. rows: gather (and, in row mode, the whole forward pass and the loss)
     for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
         lo = _part(B, nt, t, 4)
         hi = _part(B, nt, t + 1, 4)
         losses[t] = 0.0
-        for i in range(lo, hi):
-            for j in range(w):
-                memcpy(X + i * D + j * d, E + win[i * w + j] * d, d * sizeof(floating))
+        _gather_rows(net, X, lo, hi)
         if row_mode and lo < hi:
             failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, W, 1, D, Z, H, 0) != 0
-            _bias_tanh(Z, b, lo, hi, 0, H, H)
+            _bias_act(Z, b, lo, hi, 0, H, H, net.act, net.alpha)
             losses[t] = _scores_xent(Z, U, c, S, lab, lo, hi, H, C, scale)
     if not row_mode:
-        # 2. columns of H: Z = X Wᵀ + b, H = tanh(Z)
+        # 2. columns of H: Z = X Wᵀ + b, H = f(Z)
         for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
             lo = _part(H, nt, t, COL_ALIGN)
             hi = _part(H, nt, t + 1, COL_ALIGN)
             failed += _gemm(B, H, 0, B, lo, hi, D, X, 0, D, W, 1, D, Z, H, 0) != 0
-            _bias_tanh(Z, b, 0, B, lo, hi, H)
+            _bias_act(Z, b, 0, B, lo, hi, H, net.act, net.alpha)
         # 3. rows: scores and softmax cross-entropy
         for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
             lo = _part(B, nt, t, 4)
@@ -212,31 +285,207 @@ cdef int _step(Shape s, floating *E, floating *W, floating *b, floating *U, floa
             failed += _gemm(B, H, 0, B, lo, hi, C, S, 0, C, U, 0, H, dZ, H, 0) != 0
             for i in range(B):
                 if floating is float:
-                    bp_unary_bwd_f32(BP_TANH, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
-                                     hi - lo, 0.0)
+                    bp_unary_bwd_f32(net.act, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
+                                     hi - lo, net.alpha)
                 else:
-                    bp_unary_bwd_f64(BP_TANH, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
-                                     hi - lo, 0.0)
-            failed += _gemm(C, H, 0, C, lo, hi, B, S, 1, C, Z, 0, H, U, H, 1) != 0
+                    bp_unary_bwd_f64(net.act, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
+                                     hi - lo, net.alpha)
+            if net.adagrad:
+                failed += _gemm(C, H, 0, C, lo, hi, B, S, 1, C, Z, 0, H, gU, H, 0) != 0
+                for k in range(C):
+                    _adagrad(U + k * H + lo, GU + k * H + lo, gU + k * H + lo, hi - lo, lr,
+                             net.eps)
+            else:
+                failed += _gemm(C, H, 0, C, lo, hi, B, S, 1, C, Z, 0, H, U, H, 1) != 0
             _colsum(dZ + lo, colbuf + lo, B, H, hi - lo)
-            _axpy(hi - lo, 1.0, colbuf + lo, b + lo)
+            _update(net, b + lo, <floating *>net.Gb + lo, colbuf + lo, hi - lo, lr)
         if t == 0:
             _colsum(S, colbuf + H, B, C, C)
-            _axpy(C, 1.0, colbuf + H, c)
-    # 5. columns of X: dX = dZ W with the old W, then W += dZᵀ X
+            _update(net, c, <floating *>net.Gc, colbuf + H, C, lr)
+    # 5. columns of X: dX = dZ W with the old W, then W's update
     for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
         lo = _part(D, nt, t, COL_ALIGN)
         hi = _part(D, nt, t + 1, COL_ALIGN)
         if lo < hi:
             failed += _gemm(B, D, 0, B, lo, hi, H, dZ, 0, H, W, 0, D, dX, D, 0) != 0
-            failed += _gemm(H, D, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, W, D, 1) != 0
-    # 6. embedding rows, by ownership of blocks of ROW_BLOCK rows
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-        for i in range(B * w):
-            r = win[i]
-            if nt == 1 or (r // ROW_BLOCK) % nt == t:
-                _axpy(d, 1.0, dX + i * d, E + r * d)
+            if net.adagrad:
+                failed += _gemm(H, D, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, gW, D, 0) != 0
+                for h in range(H):
+                    _adagrad(W + h * D + lo, GW + h * D + lo, gW + h * D + lo, hi - lo, lr,
+                             net.eps)
+            else:
+                failed += _gemm(H, D, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, W, D, 1) != 0
+    # 6. SGD on the embedding rows, by ownership of blocks of ROW_BLOCK rows
+    #    (Adagrad's rows are updated by the caller, duplicates summed first)
+    if not net.adagrad:
+        for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+            for k in range(net.ntab):
+                if net.scatter[k]:
+                    tab = <floating *>net.tab[k]
+                    ids = net.ids[k]
+                    d = net.dim[k]
+                    for i in range(B * w):
+                        r = ids[i]
+                        if nt == 1 or (r // ROW_BLOCK) % nt == t:
+                            _axpy(d, 1.0, dX + (i // w) * D + net.off[k] + (i % w) * d,
+                                  tab + r * d)
     return failed
+
+
+cdef int _act_code(str name) except -1:
+    codes = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
+             "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH}
+    if name not in codes:
+        raise ValueError(f"the fused step supports the activations {sorted(codes)} (whose "
+                         f"derivative is a function of the output), got {name!r}")
+    return codes[name]
+
+
+cdef class _FusedStep:
+    """The fused step over arrays it does not own: the parameters (and Adagrad's
+    accumulators) are updated in place. Validation of the arrays is the caller's
+    job (WindowTrainer, or cygrad.ner.train, which build them); step() checks its
+    batch. Not public: use WindowTrainer."""
+
+    cdef list tables, dims, scatter, accum
+    cdef object W, b, U, c, GW, Gb, GU, Gc, gW, gU, dtype
+    cdef readonly Py_ssize_t w, D, H, C
+    cdef int act
+    cdef double alpha, eps
+    cdef bint adagrad
+    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _dXt
+    cdef Py_ssize_t _cap
+
+    def __init__(self, tables, W, b, U, c, w, activation="tanh", alpha=0.01,
+                 optimizer="sgd", update_tables=None, accumulators=None, eps=1e-8):
+        self.tables = list(tables)
+        if not 1 <= len(self.tables) <= MAX_TABLES:
+            raise ValueError(f"_FusedStep: 1 to {MAX_TABLES} embedding tables, "
+                             f"got {len(self.tables)}")
+        self.dims = [t.shape[1] for t in self.tables]
+        self.w = w
+        self.D = w * sum(self.dims)
+        self.H, self.C = W.shape[0], U.shape[0]
+        if W.shape != (self.H, self.D) or b.shape != (self.H,) or U.shape != (self.C, self.H) \
+                or c.shape != (self.C,):
+            raise ValueError(f"_FusedStep: shapes do not fit: W {W.shape}, b {b.shape}, "
+                             f"U {U.shape}, c {c.shape} for input size {self.D}")
+        arrays = self.tables + [W, b, U, c]
+        self.dtype = W.dtype
+        for a in arrays:
+            if a.dtype != self.dtype or not a.flags.c_contiguous or not a.flags.writeable:
+                raise ValueError("_FusedStep: arrays must share one float dtype and be "
+                                 "C-contiguous and writeable")
+        self.W, self.b, self.U, self.c = W, b, U, c
+        self.act = _act_code(activation)
+        self.alpha = alpha
+        self.scatter = [True] * len(self.tables) if update_tables is None \
+            else [bool(x) for x in update_tables]
+        if optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"_FusedStep: optimizer must be 'sgd' or 'adagrad', "
+                             f"got {optimizer!r}")
+        self.adagrad = optimizer == "adagrad"
+        self.eps = eps
+        if self.adagrad:
+            acc = accumulators
+            self.accum = list(acc["tables"])
+            self.GW, self.Gb, self.GU, self.Gc = acc["W"], acc["b"], acc["U"], acc["c"]
+            for a, p in zip(self.accum + [self.GW, self.Gb, self.GU, self.Gc],
+                            self.tables + [W, b, U, c]):
+                if a is not None and (a.shape != p.shape or a.dtype != p.dtype
+                                      or not a.flags.c_contiguous):
+                    raise ValueError("_FusedStep: each accumulator must match its parameter")
+            self.gW = np.empty_like(W)
+            self.gU = np.empty_like(U)
+        else:
+            self.accum = [None] * len(self.tables)
+            self.GW = self.Gb = self.GU = self.Gc = self.gW = self.gU = W   # unused
+        self._cap = 0
+        self._colbuf = np.empty(self.H + self.C, self.dtype)
+        self._losses = np.zeros(0, np.float64)
+
+    cdef _reserve(self, Py_ssize_t B, int nt):
+        if B > self._cap:
+            dt = self.dtype
+            self._X = np.empty((B, self.D), dt)
+            self._Z = np.empty((B, self.H), dt)
+            self._S = np.empty((B, self.C), dt)
+            self._dZ = np.empty((B, self.H), dt)
+            self._dX = np.empty((B, self.D), dt)
+            self._dXt = [np.empty((B, self.w * d), dt) for d in self.dims]
+            self._cap = B
+        if nt > len(self._losses):
+            self._losses = np.zeros(nt, np.float64)
+
+    def step(self, ids, labels, double lr, threads=None):
+        """One step: ``ids`` one (B, w) int64 C-contiguous array per table, already
+        range-checked; ``labels`` (B,) int64 in [0, C). Returns the mean loss."""
+        cdef Py_ssize_t B = labels.shape[0]
+        cdef Net net
+        cdef int k, t, failed
+        cdef int nt = 1
+        if bp_openmp_enabled() and B * self.H * self.D >= MIN_WORK:
+            nt = threads if threads is not None else _config.get_num_threads()
+        self._reserve(B, nt)
+        net.B, net.w, net.D, net.H, net.C = B, self.w, self.D, self.H, self.C
+        net.ntab = len(self.tables)
+        off = 0
+        for k in range(net.ntab):
+            net.tab[k] = cnp.PyArray_DATA(<cnp.ndarray>self.tables[k])
+            net.dim[k] = self.dims[k]
+            net.off[k] = off
+            off += self.w * self.dims[k]
+            net.ids[k] = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>ids[k])
+            net.scatter[k] = self.scatter[k]
+        net.W = cnp.PyArray_DATA(<cnp.ndarray>self.W)
+        net.b = cnp.PyArray_DATA(<cnp.ndarray>self.b)
+        net.U = cnp.PyArray_DATA(<cnp.ndarray>self.U)
+        net.c = cnp.PyArray_DATA(<cnp.ndarray>self.c)
+        net.act, net.alpha = self.act, self.alpha
+        net.adagrad, net.lr, net.eps = self.adagrad, lr, self.eps
+        if self.adagrad:
+            net.GW = cnp.PyArray_DATA(<cnp.ndarray>self.GW)
+            net.Gb = cnp.PyArray_DATA(<cnp.ndarray>self.Gb)
+            net.GU = cnp.PyArray_DATA(<cnp.ndarray>self.GU)
+            net.Gc = cnp.PyArray_DATA(<cnp.ndarray>self.Gc)
+            net.gW = cnp.PyArray_DATA(<cnp.ndarray>self.gW)
+            net.gU = cnp.PyArray_DATA(<cnp.ndarray>self.gU)
+        else:               # not read by SGD; valid pointers all the same
+            net.GW = net.Gb = net.GU = net.Gc = net.gW = net.gU = net.W
+        cdef const cnp.int64_t *lab = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels)
+        cdef double *losses = <double *>cnp.PyArray_DATA(<cnp.ndarray>self._losses)
+        cdef void *X = cnp.PyArray_DATA(<cnp.ndarray>self._X)
+        cdef void *Z = cnp.PyArray_DATA(<cnp.ndarray>self._Z)
+        cdef void *S = cnp.PyArray_DATA(<cnp.ndarray>self._S)
+        cdef void *dZ = cnp.PyArray_DATA(<cnp.ndarray>self._dZ)
+        cdef void *dX = cnp.PyArray_DATA(<cnp.ndarray>self._dX)
+        cdef void *colbuf = cnp.PyArray_DATA(<cnp.ndarray>self._colbuf)
+        cdef bint f32 = self.dtype == np.float32
+        with nogil:
+            if f32:
+                failed = _step[float](&net, NULL, lab, <float *>X, <float *>Z, <float *>S,
+                                      <float *>dZ, <float *>dX, <float *>colbuf, losses, nt)
+            else:
+                failed = _step[double](&net, NULL, lab, <double *>X, <double *>Z,
+                                       <double *>S, <double *>dZ, <double *>dX,
+                                       <double *>colbuf, losses, nt)
+        if failed:
+            raise MemoryError("fused step: could not allocate the GEMM packing buffers")
+        if self.adagrad:       # sparse Adagrad on the touched rows, duplicates summed
+            dXall = self._dX[:B]
+            off = 0
+            for k in range(net.ntab):
+                width = self.w * self.dims[k]
+                if self.scatter[k]:
+                    buf = self._dXt[k][:B]
+                    np.copyto(buf, dXall[:, off:off + width])
+                    embedding_adagrad_update(self.tables[k], self.accum[k], ids[k], buf,
+                                             lr, self.eps)
+                off += width
+        cdef double total = 0.0
+        for t in range(nt):
+            total += losses[t]
+        return total / B
 
 
 def _as_param(x, name, dtype, ndim):
@@ -288,8 +537,7 @@ cdef class WindowTrainer:
     cdef readonly object dtype
     cdef readonly Py_ssize_t V, d, w, H, C
     cdef object _E, _W, _b, _U, _c
-    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses
-    cdef Py_ssize_t _cap
+    cdef _FusedStep _core
     cdef object _threads
 
     def __init__(self, E, W, b, U, c, threads=None):
@@ -320,9 +568,7 @@ cdef class WindowTrainer:
         self.dtype = dt
         self.V, self.d, self.w, self.H, self.C = V, d, D // d, H, C
         self._E, self._W, self._b, self._U, self._c = E, W, b, U, c
-        self._cap = 0
-        self._colbuf = np.empty(H + C, dt)
-        self._losses = np.zeros(0, np.float64)
+        self._core = _FusedStep([E], W, b, U, c, D // d)
         self.threads = threads
 
     @property
@@ -341,19 +587,6 @@ cdef class WindowTrainer:
         return {"E": self._E.copy(), "W": self._W.copy(), "b": self._b.copy(),
                 "U": self._U.copy(), "c": self._c.copy()}
 
-    cdef _reserve(self, Py_ssize_t B, int nt):
-        if B > self._cap:
-            dt = self.dtype
-            D = self.w * self.d
-            self._X = np.empty((B, D), dt)
-            self._Z = np.empty((B, self.H), dt)
-            self._S = np.empty((B, self.C), dt)
-            self._dZ = np.empty((B, self.H), dt)
-            self._dX = np.empty((B, D), dt)
-            self._cap = B
-        if nt > len(self._losses):
-            self._losses = np.zeros(nt, np.float64)
-
     def step(self, windows, labels, lr):
         """One SGD step on a batch, in place; returns the batch's mean loss
         (computed before the update).
@@ -367,50 +600,15 @@ cdef class WindowTrainer:
         fn = "WindowTrainer.step"
         windows = index_array(windows, fn, "windows", 2, self.V)
         labels = index_array(labels, fn, "labels", 1, self.C)
-        cdef Py_ssize_t B = windows.shape[0]
         if windows.shape[1] != self.w:
             raise ValueError(f"{fn}: windows must have shape (B, {self.w}) for W "
                              f"{self._W.shape} and d = {self.d}, got {windows.shape}")
-        if labels.shape[0] != B:
-            raise ValueError(f"{fn}: labels must have shape ({B},) to match windows "
-                             f"{windows.shape}, got {labels.shape}")
-        if B == 0:
+        if labels.shape[0] != windows.shape[0]:
+            raise ValueError(f"{fn}: labels must have shape ({windows.shape[0]},) to match "
+                             f"windows {windows.shape}, got {labels.shape}")
+        if windows.shape[0] == 0:
             raise ValueError(f"{fn}: the batch is empty (windows has shape {windows.shape})")
         cdef double rate = lr
         if not math.isfinite(rate) or rate < 0:
             raise ValueError(f"{fn}: lr must be finite and >= 0, got {lr!r}")
-        cdef int nt = 1
-        if bp_openmp_enabled() and B * self.H * self.w * self.d >= MIN_WORK:
-            nt = self._threads if self._threads is not None else _config.get_num_threads()
-        self._reserve(B, nt)
-        cdef Shape s
-        s.B, s.w, s.d, s.D, s.H, s.C = B, self.w, self.d, self.w * self.d, self.H, self.C
-        cdef const cnp.int64_t *win = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
-        cdef const cnp.int64_t *lab = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels)
-        cdef double *losses = <double *>cnp.PyArray_DATA(<cnp.ndarray>self._losses)
-        cdef int failed, t
-        cdef double total = 0.0
-        cdef void *p[10]
-        for t, arr in enumerate((self._E, self._W, self._b, self._U, self._c, self._X,
-                                 self._Z, self._S, self._dZ, self._dX)):
-            p[t] = cnp.PyArray_DATA(<cnp.ndarray>arr)
-        cdef void *colbuf = cnp.PyArray_DATA(<cnp.ndarray>self._colbuf)
-        cdef bint f32 = self.dtype == np.float32
-        with nogil:
-            if f32:
-                failed = _step[float](s, <float *>p[0], <float *>p[1], <float *>p[2],
-                                      <float *>p[3], <float *>p[4], win, lab, rate,
-                                      <float *>p[5], <float *>p[6], <float *>p[7],
-                                      <float *>p[8], <float *>p[9], <float *>colbuf,
-                                      losses, nt)
-            else:
-                failed = _step[double](s, <double *>p[0], <double *>p[1], <double *>p[2],
-                                       <double *>p[3], <double *>p[4], win, lab, rate,
-                                       <double *>p[5], <double *>p[6], <double *>p[7],
-                                       <double *>p[8], <double *>p[9], <double *>colbuf,
-                                       losses, nt)
-        if failed:
-            raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
-        for t in range(nt):
-            total += losses[t]
-        return total / B
+        return self._core.step((windows,), labels, rate, self._threads)

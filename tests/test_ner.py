@@ -235,6 +235,49 @@ def test_window_model_gradcheck(toy):
 
 # ---------------------------------------------------------------- training
 
+@pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
+@pytest.mark.parametrize("activation,freeze", [("tanh", False), ("relu", True),
+                                               ("sigmoid", False)])
+def test_fused_step_matches_the_graph(toy, optimizer, activation, freeze, nthreads):
+    """The NER trainer's fused step (word, suffix and casing tables; Adagrad or SGD)
+    gives the parameters, optimiser state and losses of the graph executor."""
+    from cygrad.ner.train import Trainer
+    vocab = Vocab.build(toy[0][:200], min_count=1)
+    enc = encode(toy[0][:200], vocab, 2)
+    runs = {}
+    for fused in (True, False):
+        m = WindowModel(Config(hidden=(40,), dim=8, suffix_dim=4, case_dim=3,
+                               activation=activation, dtype="float64"), vocab, seed=3)
+        tr = Trainer(m, TrainConfig(optimizer=optimizer, lr=0.1, fused=fused,
+                                    freeze_vectors=freeze))
+        assert tr.fused_ok() == fused
+        losses = []
+        for lo in range(0, 400, 37):       # repeated words within and across batches
+            idx = np.arange(lo, min(lo + 37, len(enc)))
+            losses.append(tr.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx],
+                                  enc.labels[idx]))
+        runs[fused] = (m.params, losses, getattr(tr.opt, "state", []))
+    (pf, lf, sf), (pg, lg, sg) = runs[True], runs[False]
+    np.testing.assert_allclose(lf, lg, rtol=1e-10)
+    for k in pg:
+        np.testing.assert_allclose(pf[k], pg[k], rtol=1e-9, atol=1e-11, err_msg=k)
+    for a, b in zip(sf, sg):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+    if freeze:
+        np.testing.assert_array_equal(pf["E"], WindowModel(
+            Config(hidden=(40,), dim=8, suffix_dim=4, case_dim=3, activation=activation,
+                   dtype="float64"), vocab, seed=3).params["E"])
+
+
+def test_models_the_fused_step_does_not_cover_use_the_graph(toy):
+    from cygrad.ner.train import Trainer
+    vocab = Vocab.build(toy[0][:50], min_count=1)
+    for cfg in (Config(hidden=(8, 8)), Config(average=True), Config(activation="gelu"),
+                Config(loss="logistic")):
+        assert not Trainer(WindowModel(cfg, vocab), TrainConfig()).fused_ok()
+    assert Trainer(WindowModel(Config(), vocab), TrainConfig()).fused_ok()
+
+
 def test_resume_equals_uninterrupted(tmp_path, toy):
     tr, dv = toy[0][:300], toy[1][:100]
     mcfg = Config(hidden=(32,), dim=16)

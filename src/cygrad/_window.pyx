@@ -64,7 +64,7 @@ cdef extern from "bp_gemm.h" nogil:
                          Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
 
 cdef extern from "bp_elementwise.h" nogil:
-    enum: BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH
+    enum: BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU
     void bp_unary_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, double alpha)
     void bp_unary_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha)
     void bp_unary_bwd_f32(int op, const float *g, const float *saved, float *out,
@@ -332,6 +332,110 @@ cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, f
     return failed
 
 
+cdef int _forward_rows(Net *net, floating *X, floating *Z, floating *S, Py_ssize_t B,
+                       int nt) noexcept nogil:
+    """Inference: S = f(X Wᵀ + b) Uᵀ + c for B windows, X gathered from the tables;
+    rows split between threads. Returns nonzero on a failed packing allocation."""
+    cdef Py_ssize_t lo, hi, H = net.H, D = net.D, C = net.C
+    cdef int t, failed = 0
+    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+        lo = _part(B, nt, t, 8)
+        hi = _part(B, nt, t + 1, 8)
+        if lo < hi:
+            _gather_rows(net, X, lo, hi)
+            failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, <floating *>net.W, 1, D, Z, H,
+                            0) != 0
+            _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
+            if floating is float:
+                bp_gemm_dot_f32(lo, hi, 0, C, H, Z, H, <float *>net.U, H, S, C, 0)
+                bp_add_bias_f32(S + lo * C, <float *>net.c, S + lo * C, hi - lo, C)
+            else:
+                bp_gemm_dot_f64(lo, hi, 0, C, H, Z, H, <double *>net.U, H, S, C, 0)
+                bp_add_bias_f64(S + lo * C, <double *>net.c, S + lo * C, hi - lo, C)
+    return failed
+
+
+def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=None,
+                  threads=None):
+    """Scores S = f(X Wᵀ + b) Uᵀ + c of the window model for a batch, X being the
+    concatenation, table by table, of each window's rows (ids[k]: (B, w) into
+    tables[k]); gather, hidden layer and output layer in one compiled pass, rows
+    split between threads. Any activation of cygrad.kernels.ACTIVATIONS.
+
+    Returns ``out`` (B, C), allocated if None."""
+    fn = "window_scores"
+    codes = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
+             "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
+             "silu": BP_SILU}
+    if activation not in codes:
+        raise ValueError(f"{fn}: activation must be one of {sorted(codes)}, got {activation!r}")
+    tables = list(tables)
+    if not 1 <= len(tables) <= MAX_TABLES or len(ids) != len(tables):
+        raise ValueError(f"{fn}: 1 to {MAX_TABLES} tables and one id array per table")
+    dt = W.dtype
+    for name, a in [("W", W), ("b", b), ("U", U), ("c", c)] + \
+            [(f"tables[{k}]", t) for k, t in enumerate(tables)]:
+        if not isinstance(a, np.ndarray) or a.dtype != dt or dt not in (np.float32, np.float64) \
+                or not a.flags.c_contiguous:
+            raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
+                            f"W's dtype {dt}")
+    ids = [index_array(x, fn, f"ids[{k}]", 2, tables[k].shape[0]) for k, x in enumerate(ids)]
+    cdef Py_ssize_t B = ids[0].shape[0], w = ids[0].shape[1]
+    cdef Py_ssize_t H = W.shape[0], C = U.shape[0]
+    cdef Py_ssize_t D = w * sum(t.shape[1] for t in tables)
+    if any(x.shape != (B, w) for x in ids):
+        raise ValueError(f"{fn}: every id array must have shape ({B}, {w})")
+    if W.shape != (H, D) or b.shape != (H,) or U.shape != (C, H) or c.shape != (C,):
+        raise ValueError(f"{fn}: W {W.shape}, b {b.shape}, U {U.shape}, c {c.shape} do not "
+                         f"fit an input of size {D}")
+    if out is None:
+        out = np.empty((B, C), dt)
+    elif out.shape != (B, C) or out.dtype != dt or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
+    if B == 0:
+        return out
+    X = np.empty((B, D), dt)
+    Z = np.empty((B, H), dt)
+    cdef Net net
+    cdef int k, failed
+    off = 0
+    net.ntab = len(tables)
+    for k in range(net.ntab):
+        net.tab[k] = cnp.PyArray_DATA(<cnp.ndarray>tables[k])
+        net.dim[k] = tables[k].shape[1]
+        net.off[k] = off
+        off += w * tables[k].shape[1]
+        net.ids[k] = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>ids[k])
+    net.B, net.w, net.D, net.H, net.C = B, w, D, H, C
+    net.W = cnp.PyArray_DATA(<cnp.ndarray>W)
+    net.b = cnp.PyArray_DATA(<cnp.ndarray>b)
+    net.U = cnp.PyArray_DATA(<cnp.ndarray>U)
+    net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
+    net.act, net.alpha = codes[activation], alpha
+    cdef int nt = 1
+    if bp_openmp_enabled() and B * H * D >= MIN_WORK:
+        nt = threads if threads is not None else _config.get_num_threads()
+    cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
+    cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
+    cdef void *sp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef bint f32 = dt == np.float32
+    with nogil:
+        if f32:
+            failed = _forward_rows[float](&net, <float *>xp, <float *>zp, <float *>sp, B, nt)
+        else:
+            failed = _forward_rows[double](&net, <double *>xp, <double *>zp, <double *>sp, B,
+                                           nt)
+    if failed:
+        raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
+    return out
+
+
+#: Activations the fused step supports: those whose derivative is a function of
+#: the output (so the step keeps h and not z).
+FUSED_ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "hardtanh")
+
+
 cdef int _act_code(str name) except -1:
     codes = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
              "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH}
@@ -418,9 +522,21 @@ cdef class _FusedStep:
             self._losses = np.zeros(nt, np.float64)
 
     def step(self, ids, labels, double lr, threads=None):
-        """One step: ``ids`` one (B, w) int64 C-contiguous array per table, already
-        range-checked; ``labels`` (B,) int64 in [0, C). Returns the mean loss."""
+        """One step: ``ids`` one (B, w) integer array per table, ``labels`` (B,)
+        integers in [0, C). Returns the mean loss (before the update)."""
+        fn = "fused step"
+        labels = index_array(labels, fn, "labels", 1, self.C)
         cdef Py_ssize_t B = labels.shape[0]
+        if len(ids) != len(self.tables):
+            raise ValueError(f"{fn}: {len(self.tables)} id arrays needed, got {len(ids)}")
+        ids = [index_array(x, fn, f"ids[{k}]", 2, self.tables[k].shape[0])
+               for k, x in enumerate(ids)]
+        for x in ids:
+            if x.shape != (B, self.w):
+                raise ValueError(f"{fn}: id arrays must have shape ({B}, {self.w}), "
+                                 f"got {x.shape}")
+        if B == 0:
+            raise ValueError(f"{fn}: the batch is empty")
         cdef Net net
         cdef int k, t, failed
         cdef int nt = 1

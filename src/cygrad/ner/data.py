@@ -193,15 +193,17 @@ def encode(sentences, vocab, k=2, with_labels=True):
     lens = np.fromiter((len(s.tokens) for s in sentences), dtype=np.int64,
                        count=len(sentences))
     n, S = int(lens.sum()), len(sentences)
-    ids = {}          # token -> (word id, suffix id, casing id): tokens repeat (Zipf)
+    # tokens repeat (Zipf): number the distinct ones, look each up once
+    uniq = {}
+    rows = np.fromiter((uniq.setdefault(tok, len(uniq)) for s in sentences for tok in s.tokens),
+                       dtype=np.int64, count=n)
 
     def lookup(tok):
         norm = normalise(tok)
-        t = ids[tok] = (wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok))
-        return t
+        return wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok)
 
-    triples = np.array([ids.get(tok) or lookup(tok) for s in sentences for tok in s.tokens],
-                       dtype=np.int64).reshape(n, 3)
+    table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), 3)
+    triples = table[rows]
     # one padded stream: k left pads, the sentence, k right pads, per sentence
     sent = np.repeat(np.arange(S, dtype=np.int64), lens)
     pos = np.arange(n, dtype=np.int64) + k * (2 * sent + 1)

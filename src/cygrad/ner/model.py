@@ -28,6 +28,7 @@ import numpy as np
 
 import cygrad as cg
 from cygrad import kernels as K
+from cygrad._window import window_scores
 from cygrad.ner.data import CASES, Vocab
 
 FORMAT = "cygrad-ner-window-model"
@@ -184,8 +185,15 @@ class WindowModel:
         return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
     def scores(self, words, suffixes, cases):
-        """Tag scores (B, C) computed directly with the kernels (no graph)."""
+        """Tag scores (B, C) computed directly with the kernels (no graph): one
+        compiled pass (gather, hidden layer, scores) for one hidden layer and
+        concatenated windows, else kernel by kernel."""
         p, cfg = self.params, self.config
+        if len(cfg.hidden) == 1 and not cfg.average:
+            names = ["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+            ids = {"E": words, "S": suffixes, "Cs": cases}
+            return window_scores([p[k] for k in names], [ids[k] for k in names], p["W0"],
+                                 p["b0"], p["U"], p["c"], activation=cfg.activation)
         f = K.ACTIVATIONS[cfg.activation][0]
         h = self.features(words, suffixes, cases)
         for i in range(len(cfg.hidden)):

@@ -2,6 +2,12 @@
 dev F1 after every epoch, early stopping, an atomic checkpoint after every
 epoch that ``resume=True`` continues from (same seed, same result), the best
 model by dev F1 saved beside it, and a plot of loss and dev F1.
+
+The step: for the default model (softmax loss, one hidden layer, concatenated
+windows) the fused compiled step of cygrad._window (the engine of
+cygrad.ner.WindowTrainer, here with the suffix and casing tables and Adagrad);
+any other configuration, or ``TrainConfig(fused=False)`` (``--no-fused``), runs
+the graph executor. tests/test_ner.py checks that both give the same parameters.
 """
 
 import dataclasses
@@ -16,6 +22,7 @@ import cygrad as cg
 from cygrad.ner.data import Vocab, encode
 from cygrad.ner.evaluate import evaluate
 from cygrad.ner.model import Config, ModelError, WindowModel, _atomic_write
+from cygrad._window import FUSED_ACTIVATIONS, _FusedStep
 from cygrad.optim import SGD, Adagrad
 
 CHECKPOINT = "checkpoint"
@@ -32,6 +39,7 @@ class TrainConfig:
     shuffle: bool = True
     min_count: int = 1               # rarer training words share the <unk> row
     freeze_vectors: bool = False
+    fused: bool = True               # the fused compiled step where the model allows it
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adagrad"):
@@ -74,9 +82,44 @@ class Trainer:
                                      dtype=np.int64)
         self.suffix_of_word = np.array([v.suffix_index.get(w[-3:], v.suffix_index["<unk>"])
                                         for w in v.words], dtype=np.int64)
+        self._fused, self._fused_state = None, None
+
+    def fused_ok(self):
+        """Whether this model trains with the fused compiled step: softmax loss, one
+        hidden layer, concatenated windows, an activation whose derivative follows
+        from its output. Anything else trains on the graph."""
+        cfg = self.model.config
+        return (self.tcfg.fused and cfg.loss == "softmax" and len(cfg.hidden) == 1
+                and not cfg.average and cfg.activation in FUSED_ACTIVATIONS)
+
+    def _fused_step(self):
+        """The fused step over the model's arrays and the optimiser's accumulators
+        (rebuilt if a checkpoint replaced them)."""
+        state = getattr(self.opt, "state", None)
+        if self._fused is None or self._fused_state is not state:
+            cfg, p = self.model.config, self.model.params
+            names = ["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+            acc = None
+            if isinstance(self.opt, Adagrad):
+                trainable = [k for k, t in self.t.items() if t.requires_grad]
+                G = dict(zip(trainable, state))
+                acc = {"tables": [G.get(k) for k in names], "W": G["W0"], "b": G["b0"],
+                       "U": G["U"], "c": G["c"]}
+            self._fused = _FusedStep(
+                [p[k] for k in names], p["W0"], p["b0"], p["U"], p["c"], cfg.width,
+                activation=cfg.activation,
+                optimizer="adagrad" if isinstance(self.opt, Adagrad) else "sgd",
+                update_tables=[self.t[k].requires_grad for k in names],
+                accumulators=acc, eps=getattr(self.opt, "eps", 1e-8))
+            self._fused_state = state
+        return self._fused
 
     def step(self, words, suffixes, cases, labels, rng=None):
         cfg, t = self.model.config, self.t
+        if self.fused_ok():
+            ids = [words] + ([suffixes] if cfg.suffix_dim else []) + \
+                ([cases] if cfg.case_dim else [])
+            return self._fused_step().step(ids, labels, self.opt.lr)
         if cfg.loss == "softmax":
             loss = cg.softmax_cross_entropy(
                 self.model.logits_graph(t, words, suffixes, cases), labels)

@@ -185,3 +185,36 @@ def test_int32_and_strided_windows_are_accepted(rng):
     lb = b.step(windows, labels, 0.1)
     assert la == lb
     assert_params_close(a.arrays(), b.arrays(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("activation", sorted(cg.kernels.ACTIVATIONS))
+@pytest.mark.parametrize("B", [1, 7, 300])
+def test_window_scores_matches_the_reference(activation, B, dtype, nthreads, rng):
+    """Inference in one pass (gather from two tables, hidden layer, scores) against
+    the reference kernels step by step."""
+    from cygrad._window import window_scores
+    E = rng.standard_normal((50, 6)).astype(dtype)
+    S = rng.standard_normal((20, 3)).astype(dtype)
+    W = (rng.standard_normal((33, 5 * 9)) / 6).astype(dtype)
+    b, U, c = (rng.standard_normal(s).astype(dtype) for s in [(33,), (4, 33), (4,)])
+    we, ws = rng.integers(0, 50, (B, 5)), rng.integers(0, 20, (B, 5))
+    got = window_scores([E, S], [we, ws], W, b, U, c, activation=activation)
+    X = np.concatenate([R.embedding_gather(E, we), R.embedding_gather(S, ws)], axis=1)
+    f = R.leaky_relu if activation == "leaky_relu" else getattr(R, activation)
+    want = f(X @ W.T + b) @ U.T + c
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+
+
+def test_window_scores_bad_input(rng):
+    from cygrad._window import window_scores
+    E = rng.standard_normal((10, 4))
+    W, b, U, c = np.zeros((3, 12)), np.zeros(3), np.zeros((2, 3)), np.zeros(2)
+    with pytest.raises(IndexError, match=r"ids\[0\]\[1, 0\] = 10 is out of range"):
+        window_scores([E], [np.array([[0, 1, 2], [10, 0, 0]])], W, b, U, c)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        window_scores([E], [np.zeros((1, 3), int)], W, b, U, c, activation="softplus")
+    with pytest.raises(TypeError, match="must be a C-contiguous float32/float64"):
+        window_scores([E.astype(np.float32)], [np.zeros((1, 3), int)], W, b, U, c)
+    with pytest.raises(ValueError, match="do not fit an input of size 8"):
+        window_scores([E], [np.zeros((1, 2), int)], W, b, U, c)

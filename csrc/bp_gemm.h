@@ -17,6 +17,9 @@
     void bp_gemm_axpy_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,         \
                           ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,          \
                           const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);  \
+    int bp_gemm_direct_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,           \
+                           ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,          \
+                           const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate); \
     int bp_gemm_block_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1,             \
                           ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k, const T *A, int ta,      \
                           ptrdiff_t lda,                                                    \
@@ -32,7 +35,8 @@ BP_DECLARE(double, f64)
  * chosen from the whole product's shape (m rows, n columns), never from the
  * block, so every split of C between threads computes each element the same way:
  * A Bᵀ with m <= BP_DOT_ROWS or n <= BP_DOT_COLS (the scores of a small output
- * layer): dot-product tiles; op(A) B with m <= BP_AXPY_ROWS
+ * layer): dot-product tiles; op(A) B with m or k <= BP_DIRECT_MAX, where the path
+ * has a direct kernel (AVX-512): register tiles over unpacked operands; op(A) B with m <= BP_AXPY_ROWS
  * or an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
  * dW += δ xᵀ for one example): rows of B accumulated into C; otherwise the
  * packed GEMM. Returns nonzero if a packing
@@ -41,6 +45,7 @@ BP_DECLARE(double, f64)
 #define BP_DOT_COLS 16
 #define BP_AXPY_ROWS 4
 #define BP_AXPY_DEPTH 2
+#define BP_DIRECT_MAX 16
 
 /* The micro-kernel path in use ("avx512", "avx2" or "generic"), the paths this
  * CPU supports (comma-separated, best first), and a reset that makes the next

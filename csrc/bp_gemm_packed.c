@@ -171,23 +171,108 @@ BP_AVX512 static void ukr_avx512_f64(ptrdiff_t kc, const double *Ap, const doubl
         _mm512_storeu_pd(ci + 8, c[i][1]);
     }
 }
+
+/* Direct kernels (no packing) for products with few rows (m <= 16) or a short
+ * inner dimension (k <= 16): an MRC x 32 (f32) or MRC x 16 (f64) tile of C is
+ * held in registers over the whole of k, reading op(A)(i, p) = A[i*ars + p*acs]
+ * and the rows of B in place; masked loads and stores take the column edge.
+ * Packing would cost more than it saves here: it copies all of B (the weight
+ * matrix) for a handful of rows, or A and B for a rank-k update with tiny k. */
+#define BP_DIRECT_TILE(T, V, LANES, SET1, FMADD, MLOAD, MSTORE, ADD, ZERO)                   \
+    static inline __attribute__((always_inline)) void direct_tile_##T(                       \
+        const int MRC, ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs, const T *B,     \
+        ptrdiff_t ldb, T *C, ptrdiff_t ldc, MASK_T m0, MASK_T m1, int accumulate)            \
+    {                                                                                        \
+        V c0[8], c1[8];                                                                      \
+        for (int r = 0; r < MRC; r++) c0[r] = c1[r] = ZERO();                                \
+        for (ptrdiff_t p = 0; p < k; p++) {                                                  \
+            const V b0 = MLOAD(m0, B + p * ldb), b1 = MLOAD(m1, B + p * ldb + LANES);        \
+            for (int r = 0; r < MRC; r++) {                                                  \
+                const V a = SET1(A[r * ars + p * acs]);                                      \
+                c0[r] = FMADD(a, b0, c0[r]);                                                 \
+                c1[r] = FMADD(a, b1, c1[r]);                                                 \
+            }                                                                                \
+        }                                                                                    \
+        for (int r = 0; r < MRC; r++) {                                                      \
+            T *cr = C + r * ldc;                                                             \
+            if (accumulate) {                                                                \
+                c0[r] = ADD(MLOAD(m0, cr), c0[r]);                                           \
+                c1[r] = ADD(MLOAD(m1, cr + LANES), c1[r]);                                   \
+            }                                                                                \
+            MSTORE(cr, m0, c0[r]);                                                           \
+            MSTORE(cr + LANES, m1, c1[r]);                                                   \
+        }                                                                                    \
+    }
+
+#define MASK_T __mmask16
+BP_AVX512 BP_DIRECT_TILE(float, __m512, 16, _mm512_set1_ps, _mm512_fmadd_ps,
+                         _mm512_maskz_loadu_ps, _mm512_mask_storeu_ps, _mm512_add_ps,
+                         _mm512_setzero_ps)
+#undef MASK_T
+#define MASK_T __mmask8
+BP_AVX512 BP_DIRECT_TILE(double, __m512d, 8, _mm512_set1_pd, _mm512_fmadd_pd,
+                         _mm512_maskz_loadu_pd, _mm512_mask_storeu_pd, _mm512_add_pd,
+                         _mm512_setzero_pd)
+#undef MASK_T
+
+#define BP_DIRECT_DRIVER(T, S, LANES, MASK)                                                  \
+    BP_AVX512 static void direct_avx512_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,        \
+                                            ptrdiff_t j1, ptrdiff_t k, const T *A,           \
+                                            ptrdiff_t ars, ptrdiff_t acs, const T *B,        \
+                                            ptrdiff_t ldb, T *C, ptrdiff_t ldc, int acc)     \
+    {                                                                                        \
+        for (ptrdiff_t j = j0; j < j1; j += 2 * LANES) {                                     \
+            const ptrdiff_t nr = j1 - j;                                                     \
+            const MASK m0 = nr >= LANES ? (MASK)~0 : (MASK)((1u << nr) - 1);                 \
+            const MASK m1 = nr >= 2 * LANES ? (MASK)~0                                       \
+                            : nr > LANES ? (MASK)((1u << (nr - LANES)) - 1) : (MASK)0;       \
+            for (ptrdiff_t i = i0; i < i1; i += 8) {                                         \
+                const T *a = A + i * ars;                                                    \
+                T *c = C + i * ldc + j;                                                      \
+                const T *b = B + j;                                                          \
+                switch (i1 - i < 8 ? (int)(i1 - i) : 8) {                                    \
+                case 8: direct_tile_##T(8, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
+                case 7: direct_tile_##T(7, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
+                case 6: direct_tile_##T(6, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
+                case 5: direct_tile_##T(5, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
+                case 4: direct_tile_##T(4, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
+                case 3: direct_tile_##T(3, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
+                case 2: direct_tile_##T(2, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
+                default: direct_tile_##T(1, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc);    \
+                }                                                                            \
+            }                                                                                \
+        }                                                                                    \
+    }
+BP_DIRECT_DRIVER(float, f32, 16, __mmask16)
+BP_DIRECT_DRIVER(double, f64, 8, __mmask8)
 #endif
 
 /* ------------------------------------------------------------------ dispatch */
+
+typedef void (*direct_f32)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
+                           ptrdiff_t k, const float *A, ptrdiff_t ars, ptrdiff_t acs,
+                           const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc, int acc);
+typedef void (*direct_f64)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
+                           ptrdiff_t k, const double *A, ptrdiff_t ars, ptrdiff_t acs,
+                           const double *B, ptrdiff_t ldb, double *C, ptrdiff_t ldc, int acc);
 
 struct bp_path {
     const char *name;
     int mr32, nr32, mr64, nr64;
     ukr_f32 k32;
     ukr_f64 k64;
+    direct_f32 d32;      /* NULL: no direct kernel on this path */
+    direct_f64 d64;
 };
 
 static const struct bp_path PATHS[] = {
 #if BP_X86
-    {"avx512", 8, 32, 8, 16, ukr_avx512_f32, ukr_avx512_f64},
-    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64},
+    {"avx512", 8, 32, 8, 16, ukr_avx512_f32, ukr_avx512_f64, direct_avx512_f32,
+     direct_avx512_f64},
+    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL},
 #endif
-    {"generic", GEN_MR, GEN_NR, GEN_MR, GEN_NR / 2, ukr_generic_f32, ukr_generic_f64},
+    {"generic", GEN_MR, GEN_NR, GEN_MR, GEN_NR / 2, ukr_generic_f32, ukr_generic_f64, NULL,
+     NULL},
 };
 #define N_PATHS ((int)(sizeof(PATHS) / sizeof(PATHS[0])))
 
@@ -276,21 +361,25 @@ static void *work_buffer(size_t bytes)
 #define MRF mr32
 #define NRF nr32
 #define KER k32
+#define DIR d32
 #include "bp_gemm_packed_impl.h"
 #undef T
 #undef S
 #undef MRF
 #undef NRF
 #undef KER
+#undef DIR
 
 #define T double
 #define S f64
 #define MRF mr64
 #define NRF nr64
 #define KER k64
+#define DIR d64
 #include "bp_gemm_packed_impl.h"
 #undef T
 #undef S
 #undef MRF
 #undef NRF
 #undef KER
+#undef DIR

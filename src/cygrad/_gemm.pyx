@@ -99,26 +99,37 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     return failed
 
 
+cdef inline bint _overlap(object x, object y):
+    """Whether two C-contiguous arrays' memory ranges intersect (exact for them)."""
+    cdef char *px = <char *>cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef char *py = <char *>cnp.PyArray_DATA(<cnp.ndarray>y)
+    cdef Py_ssize_t nx = cnp.PyArray_NBYTES(<cnp.ndarray>x)
+    cdef Py_ssize_t ny = cnp.PyArray_NBYTES(<cnp.ndarray>y)
+    return nx > 0 and ny > 0 and px < py + ny and py < px + nx
+
+
 cdef object _matmul(str fn, a, b, bint trans_a, bint trans_b, out, bint accumulate):
     a = float_array(a, fn, "a", 2)
     b = float_array(b, fn, "b", 2)
     same_dtype(a, b, fn, "a", "b")
-    cdef Py_ssize_t m, k, kb, n
-    m, k = (a.shape[1], a.shape[0]) if trans_a else (a.shape[0], a.shape[1])
-    kb, n = (b.shape[1], b.shape[0]) if trans_b else (b.shape[0], b.shape[1])
+    cdef cnp.npy_intp *da = cnp.PyArray_DIMS(<cnp.ndarray>a)
+    cdef cnp.npy_intp *db = cnp.PyArray_DIMS(<cnp.ndarray>b)
+    cdef Py_ssize_t m = da[1] if trans_a else da[0], k = da[0] if trans_a else da[1]
+    cdef Py_ssize_t kb = db[1] if trans_b else db[0], n = db[0] if trans_b else db[1]
     if k != kb:
         raise ValueError(
             f"{fn}: inner dimensions differ: op(a) is {m}x{k} (a{a.shape}, trans_a={trans_a}) "
             f"and op(b) is {kb}x{n} (b{b.shape}, trans_b={trans_b})")
+    cdef bint given = out is not None
     if accumulate:
-        if out is None:
+        if not given:
             raise ValueError(f"{fn}: accumulate=True needs out= (the array to add into)")
         out = inplace_array(out, fn, "out", 2)
     out = out_array(out, (m, n), a.dtype, fn)
-    if (np.may_share_memory(out, a) or np.may_share_memory(out, b)) and k > 0 and m * n > 0:
+    if given and k > 0 and (_overlap(out, a) or _overlap(out, b)):
         raise ValueError(f"{fn}: out must not overlap a or b")
     cdef int nt = threads_for(m * n * k, MIN_FLOPS)
-    cdef Py_ssize_t lda = a.shape[1], ldb = b.shape[1]
+    cdef Py_ssize_t lda = da[1], ldb = db[1]
     cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>a)
     cdef void *bp = cnp.PyArray_DATA(<cnp.ndarray>b)
     cdef void *cp = cnp.PyArray_DATA(<cnp.ndarray>out)

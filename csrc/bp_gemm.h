@@ -35,11 +35,13 @@ BP_DECLARE(double, f64)
  * chosen from the whole product's shape (m rows, n columns), never from the
  * block, so every split of C between threads computes each element the same way:
  * A Bᵀ with m <= BP_DOT_ROWS or n <= BP_DOT_COLS (the scores of a small output
- * layer): dot-product tiles; op(A) B with m or k <= BP_DIRECT_MAX, where the path
- * has a direct kernel (AVX-512): register tiles over unpacked operands; op(A) B with m <= BP_AXPY_ROWS
+ * layer): dot-product tiles; op(A) B with m <= BP_AXPY_ROWS
  * or an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
- * dW += δ xᵀ for one example): rows of B accumulated into C; otherwise the
- * packed GEMM. Returns nonzero if a packing
+ * dW += δ xᵀ for one example): rows of B accumulated into C (four rows of B per
+ * pass, which keeps independent sums in flight where a register tile of one row
+ * would wait on one chain of FMAs); other op(A) B with m or k <= BP_DIRECT_MAX,
+ * where the path has a direct kernel (AVX-512): register tiles over unpacked
+ * operands; otherwise the packed GEMM. Returns nonzero if a packing
  * buffer could not be allocated. */
 #define BP_DOT_ROWS 8
 #define BP_DOT_COLS 16

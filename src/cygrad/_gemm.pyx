@@ -8,12 +8,17 @@ op(B) packed into per-thread buffers (transposes are absorbed by the packing,
 never materialised), register-blocked micro-kernels for AVX-512, AVX2+FMA or
 portable C chosen at run time. Each element of C is summed over the inner
 dimension in one fixed order, so the result is bitwise the same for any thread
-count. A Bᵀ with at most 40 rows of A (the forward product Z = X Wᵀ of a
-small batch) uses 4 x 4 tiles of contiguous dot products instead: packing would
-transpose all of B on every call, which costs more than the product there.
+count. A Bᵀ with at most 8 rows of A (the forward product Z = X Wᵀ of a
+very small batch) or at most 16 columns (a small output layer) uses 4 x 4
+tiles of contiguous dot products instead: packing would transpose all of B on
+every call, which costs more than the product there.
 Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example), or
 with an inner dimension of at most 2 (the rank-1 update dW += δ xᵀ of one
-example), accumulates rows of B into C directly.
+example), accumulates rows of B into C directly; and op(A) B with at most 16
+rows or an inner dimension of at most 16 (dX and dW of a small batch) runs,
+on AVX-512, a register-tiled kernel over the unpacked operands. The method is
+chosen from the product's shape alone (csrc/bp_gemm.h), never from a thread's
+share of it.
 """
 
 import numpy as np

@@ -172,6 +172,38 @@ BP_AVX512 static void ukr_avx512_f64(ptrdiff_t kc, const double *Ap, const doubl
     }
 }
 
+/* dst[q * ldd + r] = src[r * ld + q] for a 16 x 16 block of floats: in registers,
+ * 32-bit then 64-bit interleaves, then two rounds of 128-bit lane shuffles. Used
+ * to pack a transposed B (the X Wᵀ of a forward pass) 16 values at a time. */
+BP_AVX512 static void transpose16_f32(const float *src, ptrdiff_t ld, float *dst, ptrdiff_t ldd)
+{
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * ld);
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    /* u[4g + c], lane L: rows 4g..4g+3 of column 4L + c */
+    for (int g = 0; g < 4; g++) {
+        const __m512d a = _mm512_castps_pd(t[4 * g]), b = _mm512_castps_pd(t[4 * g + 2]);
+        const __m512d e = _mm512_castps_pd(t[4 * g + 1]), f = _mm512_castps_pd(t[4 * g + 3]);
+        r[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        r[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        r[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(e, f));
+        r[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(e, f));
+    }
+    for (int c = 0; c < 4; c++) {
+        const __m512 vlo = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+        const __m512 vhi = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+        const __m512 wlo = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+        const __m512 whi = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+        _mm512_storeu_ps(dst + (0 + c) * ldd, _mm512_shuffle_f32x4(vlo, wlo, 0x88));
+        _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(vlo, wlo, 0xDD));
+        _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(vhi, whi, 0x88));
+        _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(vhi, whi, 0xDD));
+    }
+}
+
 /* Direct kernels (no packing) for products with few rows (m <= 16) or a short
  * inner dimension (k <= 16): an MRC x 32 (f32) or MRC x 16 (f64) tile of C is
  * held in registers over the whole of k, reading op(A)(i, p) = A[i*ars + p*acs]
@@ -357,6 +389,7 @@ static void *work_buffer(size_t bytes)
 #define BP_FN(name) BP_CAT(name, S)
 
 #define T float
+#define BP_F32 1
 #define S f32
 #define MRF mr32
 #define NRF nr32
@@ -364,6 +397,7 @@ static void *work_buffer(size_t bytes)
 #define DIR d32
 #include "bp_gemm_packed_impl.h"
 #undef T
+#undef BP_F32
 #undef S
 #undef MRF
 #undef NRF
@@ -371,6 +405,7 @@ static void *work_buffer(size_t bytes)
 #undef DIR
 
 #define T double
+#define BP_F32 0
 #define S f64
 #define MRF mr64
 #define NRF nr64
@@ -378,6 +413,7 @@ static void *work_buffer(size_t bytes)
 #define DIR d64
 #include "bp_gemm_packed_impl.h"
 #undef T
+#undef BP_F32
 #undef S
 #undef MRF
 #undef NRF

@@ -45,7 +45,15 @@ static void BP_FN(pack_b)(int NR, ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdif
         } else {                   /* a transposed B: walk its nr rows in lock-step, so
                                       that each packed row is written contiguously and the
                                       nr source lines stay in L1 across 16 steps of p */
-            for (ptrdiff_t p = 0; p < kc; p++) {
+            ptrdiff_t p = 0;
+#if BP_X86 && BP_F32
+            if (NR == 32 && nr == 32 && brs == 1)   /* NR 32: the AVX-512 path */
+                for (; p + 16 <= kc; p += 16) {
+                    transpose16_f32(src + p, bcs, dst + p * 32, 32);
+                    transpose16_f32(src + 16 * bcs + p, bcs, dst + p * 32 + 16, 32);
+                }
+#endif
+            for (; p < kc; p++) {
                 T *d = dst + p * NR;
                 const T *sp = src + p * brs;
                 for (int j = 0; j < nr; j++) d[j] = sp[j * bcs];

@@ -63,6 +63,22 @@ static void BP_FN(pack_b)(int NR, ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdif
     }
 }
 
+/* c[0:mr, 0:nr] (+)= tile[0:mr, 0:nr]: the valid part of an edge tile (cloned per
+ * ISA so that the row loops vectorise with the widest registers the CPU has). */
+BP_CLONES
+static void BP_FN(merge_tile)(const T *restrict tile, int ldt, T *restrict c, ptrdiff_t ldc,
+                              int mr, int nr, int first)
+{
+    for (int i = 0; i < mr; i++) {
+        const T *t = tile + i * ldt;
+        T *ci = c + i * ldc;
+        if (first)
+            for (int j = 0; j < nr; j++) ci[j] = t[j];
+        else
+            for (int j = 0; j < nr; j++) ci[j] += t[j];
+    }
+}
+
 /* C[i0:i1, j0:j1] (+)= op(A) op(B) over the whole inner dimension k.
  * Returns 0, or -1 when the packing buffer cannot be allocated. */
 int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
@@ -103,10 +119,7 @@ int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1
                             pth->KER(kc, Ap + ir * kc, Bp + jr * kc, c, ldc, first);
                         } else {   /* edge: full kernel into the tile, merge the valid part */
                             pth->KER(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, 1);
-                            for (int i = 0; i < mr; i++)
-                                for (int j = 0; j < nr; j++)
-                                    c[i * ldc + j] = first ? tile[i * NR + j]
-                                                           : c[i * ldc + j] + tile[i * NR + j];
+                            BP_FN(merge_tile)(tile, NR, c, ldc, mr, nr, first);
                         }
                     }
                 }

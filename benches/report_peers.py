@@ -8,9 +8,10 @@ default DIR = bench-results. Needs `pip install ".[bench]"`; PyTorch
 installed.
 
 Fair by construction:
-- each thread count runs in a fresh process whose every library is held to that
-  count (cygrad.set_num_threads, threadpoolctl for NumPy's BLAS,
-  torch.set_num_threads, XLA's flags for JAX, which can only be set at start-up);
+- each thread count runs in a fresh process pinned to that many cores
+  (sched_setaffinity), whose every library is also told the count
+  (cygrad.set_num_threads, threadpoolctl for NumPy's BLAS, torch.set_num_threads,
+  XLA's flags, which recent JAX does not honour: hence the pinning);
 - every implementation is first checked to reach the same parameters as NumPy
   after 3 steps from the same start (peers.check_same);
 - all implementations of one batch size are interleaved in one process: round
@@ -73,6 +74,8 @@ def _interleave(fns, rounds, block=BLOCK_SECONDS, idle=IDLE):
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             call, sync = fns[name]
+            call()              # untimed: wakes this library's threads after the idle
+            sync()
             t = time.perf_counter()
             for _ in range(n[name]):
                 call()
@@ -252,6 +255,11 @@ def _machine():
 
 
 def worker(nt, batches, out):
+    # the process may run on nt cores only: whatever thread pools a library starts
+    # (XLA's ignores its thread flags in recent JAX), it cannot use more
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > nt:
+        os.sched_setaffinity(0, cores[:nt])
     sys.path.insert(0, HERE)
     import cygrad
     import peers

@@ -20,22 +20,10 @@ from cygrad._common cimport float_array, same_dtype, out_array, threads_for, is_
 
 cnp.import_array()
 
-cdef extern from "bp_elementwise.h" nogil:
-    int BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU
-    void bp_unary_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, double alpha)
-    void bp_unary_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha)
-    void bp_unary_bwd_f32(int op, const float *g, const float *s, float *o, Py_ssize_t n,
-                          double alpha)
-    void bp_unary_bwd_f64(int op, const double *g, const double *s, double *o, Py_ssize_t n,
-                          double alpha)
-    void bp_add_bias_f32(const float *z, const float *b, float *out, Py_ssize_t rows,
-                         Py_ssize_t cols)
-    void bp_add_bias_f64(const double *z, const double *b, double *out, Py_ssize_t rows,
-                         Py_ssize_t cols)
-    void bp_colsum_f32(const float *x, float *out, Py_ssize_t rows, Py_ssize_t ld,
-                       Py_ssize_t cols)
-    void bp_colsum_f64(const double *x, double *out, Py_ssize_t rows, Py_ssize_t ld,
-                       Py_ssize_t cols)
+from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
+                           BP_SILU, bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32,
+                           bp_unary_bwd_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32,
+                           bp_colsum_f64)
 
 # Below these sizes a kernel runs on one thread (a parallel region costs a few µs).
 cdef enum:

@@ -22,13 +22,7 @@ from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
 
 cnp.import_array()
 
-cdef extern from "bp_elementwise.h" nogil:
-    void bp_axpy_f32(Py_ssize_t n, double alpha, const float *x, float *y)
-    void bp_axpy_f64(Py_ssize_t n, double alpha, const double *x, double *y)
-    void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
-                        double eps)
-    void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
-                        double eps)
+from cygrad._csrc cimport bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64
 
 cdef enum:
     MIN_ELEMENTS = 32768

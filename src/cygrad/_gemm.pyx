@@ -30,18 +30,8 @@ from cygrad._common cimport float_array, inplace_array, same_dtype, out_array, t
 
 cnp.import_array()
 
-cdef extern from "bp_gemm.h" nogil:
-    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const float *A,
-                          int ta, Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb,
-                          float *C, Py_ssize_t ldc, int accumulate)
-    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const double *A,
-                          int ta, Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb,
-                          double *C, Py_ssize_t ldc, int accumulate)
-    const char *bp_gemm_path()
-    const char *bp_gemm_paths()
-    void bp_gemm_reset_path()
+from cygrad._csrc cimport (bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, bp_gemm_paths,
+                           bp_gemm_reset_path)
 
 cdef enum:
     MIN_FLOPS = 65536      # multiply-adds below which one thread does the product

@@ -20,15 +20,8 @@ from cygrad._common cimport (float_array, same_dtype, out_array, index_array,
 
 cnp.import_array()
 
-cdef extern from "bp_elementwise.h" nogil:
-    double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,
-                               Py_ssize_t rows, Py_ssize_t cols, double scale)
-    double bp_softmax_xent_f64(const double *z, const cnp.int64_t *y, double *d,
-                               Py_ssize_t rows, Py_ssize_t cols, double scale)
-    double bp_sigmoid_bce_f32(const float *s, const float *t, float *d, Py_ssize_t n,
-                              double scale)
-    double bp_sigmoid_bce_f64(const double *s, const double *t, double *d, Py_ssize_t n,
-                              double scale)
+from cygrad._csrc cimport (bp_softmax_xent_f32, bp_softmax_xent_f64, bp_sigmoid_bce_f32,
+                           bp_sigmoid_bce_f64)
 
 cdef enum:
     ROW_BLOCK = 256

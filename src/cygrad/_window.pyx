@@ -47,48 +47,13 @@ from cygrad._embedding import embedding_adagrad_update
 
 cnp.import_array()
 
-cdef extern from "bp_gemm.h" nogil:
-    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const float *A,
-                          int ta, Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb,
-                          float *C, Py_ssize_t ldc, int accumulate)
-    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const double *A,
-                          int ta, Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb,
-                          double *C, Py_ssize_t ldc, int accumulate)
-    void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                         Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
-                         Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)
-    void bp_gemm_dot_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                         Py_ssize_t k, const double *A, Py_ssize_t lda, const double *B,
-                         Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
+from cygrad._csrc cimport (
+    BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU,
+    bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_dot_f32, bp_gemm_dot_f64,
+    bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
+    bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
+    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64)
 
-cdef extern from "bp_elementwise.h" nogil:
-    enum: BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU
-    void bp_unary_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, double alpha)
-    void bp_unary_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha)
-    void bp_unary_bwd_f32(int op, const float *g, const float *saved, float *out,
-                          Py_ssize_t n, double alpha)
-    void bp_unary_bwd_f64(int op, const double *g, const double *saved, double *out,
-                          Py_ssize_t n, double alpha)
-    void bp_axpy_f32(Py_ssize_t n, double alpha, const float *x, float *y)
-    void bp_axpy_f64(Py_ssize_t n, double alpha, const double *x, double *y)
-    void bp_add_bias_f32(const float *z, const float *b, float *out, Py_ssize_t rows,
-                         Py_ssize_t cols)
-    void bp_add_bias_f64(const double *z, const double *b, double *out, Py_ssize_t rows,
-                         Py_ssize_t cols)
-    void bp_colsum_f32(const float *x, float *out, Py_ssize_t rows, Py_ssize_t ld,
-                       Py_ssize_t cols)
-    void bp_colsum_f64(const double *x, double *out, Py_ssize_t rows, Py_ssize_t ld,
-                       Py_ssize_t cols)
-    void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
-                        double eps)
-    void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
-                        double eps)
-    double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,
-                               Py_ssize_t rows, Py_ssize_t cols, double scale)
-    double bp_softmax_xent_f64(const double *z, const cnp.int64_t *y, double *d,
-                               Py_ssize_t rows, Py_ssize_t cols, double scale)
 
 cdef enum:
     MIN_WORK = 400000       # B*H*D multiply-adds per product below which one thread runs
@@ -177,6 +142,24 @@ cdef inline void _update(Net *net, floating *p, floating *G, const floating *g, 
         _axpy(n, 1.0, g, p)
 
 
+cdef inline int _weight_update(Net *net, Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t lo,
+                               Py_ssize_t hi, const floating *A, const floating *X, floating *P,
+                               floating *G, floating *g) noexcept nogil:
+    """Columns [lo, hi) of a weight matrix P (rows x cols) take the step for the
+    gradient Aᵀ X (A: B x rows, X: B x cols): accumulated straight into P for SGD
+    (A already carries -lr), or computed into g for an Adagrad step with
+    accumulator G. Returns nonzero on a failed packing allocation."""
+    cdef Py_ssize_t r
+    if not net.adagrad:
+        return _gemm(rows, cols, 0, rows, lo, hi, net.B, A, 1, rows, X, 0, cols, P, cols, 1)
+    if _gemm(rows, cols, 0, rows, lo, hi, net.B, A, 1, rows, X, 0, cols, g, cols, 0):
+        return 1
+    for r in range(rows):
+        _adagrad(P + r * cols + lo, G + r * cols + lo, g + r * cols + lo, hi - lo, net.lr,
+                 net.eps)
+    return 0
+
+
 cdef inline void _bias_act(floating *Z, const floating *b, Py_ssize_t i0, Py_ssize_t i1,
                            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t H, int act,
                            double alpha) noexcept nogil:
@@ -239,7 +222,7 @@ cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, f
     nonzero if a GEMM packing buffer could not be allocated. (``dummy`` only
     selects the floating type.)"""
     cdef Py_ssize_t B = net.B, w = net.w, D = net.D, H = net.H, C = net.C
-    cdef Py_ssize_t i, j, r, d, lo, hi, h
+    cdef Py_ssize_t i, r, d, lo, hi
     cdef floating *W = <floating *>net.W
     cdef floating *b = <floating *>net.b
     cdef floating *U = <floating *>net.U
@@ -290,13 +273,7 @@ cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, f
                 else:
                     bp_unary_bwd_f64(net.act, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
                                      hi - lo, net.alpha)
-            if net.adagrad:
-                failed += _gemm(C, H, 0, C, lo, hi, B, S, 1, C, Z, 0, H, gU, H, 0) != 0
-                for k in range(C):
-                    _adagrad(U + k * H + lo, GU + k * H + lo, gU + k * H + lo, hi - lo, lr,
-                             net.eps)
-            else:
-                failed += _gemm(C, H, 0, C, lo, hi, B, S, 1, C, Z, 0, H, U, H, 1) != 0
+            failed += _weight_update(net, C, H, lo, hi, S, Z, U, GU, gU)
             _colsum(dZ + lo, colbuf + lo, B, H, hi - lo)
             _update(net, b + lo, <floating *>net.Gb + lo, colbuf + lo, hi - lo, lr)
         if t == 0:
@@ -308,13 +285,7 @@ cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, f
         hi = _part(D, nt, t + 1, COL_ALIGN)
         if lo < hi:
             failed += _gemm(B, D, 0, B, lo, hi, H, dZ, 0, H, W, 0, D, dX, D, 0) != 0
-            if net.adagrad:
-                failed += _gemm(H, D, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, gW, D, 0) != 0
-                for h in range(H):
-                    _adagrad(W + h * D + lo, GW + h * D + lo, gW + h * D + lo, hi - lo, lr,
-                             net.eps)
-            else:
-                failed += _gemm(H, D, 0, H, lo, hi, B, dZ, 1, H, X, 0, D, W, D, 1) != 0
+            failed += _weight_update(net, H, D, lo, hi, dZ, X, W, GW, gW)
     # 6. SGD on the embedding rows, by ownership of blocks of ROW_BLOCK rows
     #    (Adagrad's rows are updated by the caller, duplicates summed first)
     if not net.adagrad:

@@ -1,0 +1,53 @@
+# Declarations of the C helpers in csrc/, shared by the kernel modules (each
+# extension compiles and links the .c files it uses; see setup.py).
+cimport numpy as cnp
+
+cdef extern from "bp_elementwise.h" nogil:
+    int BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU
+    void bp_unary_fwd_f32(int op, const float *x, float *y, Py_ssize_t n, double alpha)
+    void bp_unary_fwd_f64(int op, const double *x, double *y, Py_ssize_t n, double alpha)
+    void bp_unary_bwd_f32(int op, const float *g, const float *s, float *o, Py_ssize_t n,
+                          double alpha)
+    void bp_unary_bwd_f64(int op, const double *g, const double *s, double *o, Py_ssize_t n,
+                          double alpha)
+    void bp_axpy_f32(Py_ssize_t n, double alpha, const float *x, float *y)
+    void bp_axpy_f64(Py_ssize_t n, double alpha, const double *x, double *y)
+    void bp_add_bias_f32(const float *z, const float *b, float *out, Py_ssize_t rows,
+                         Py_ssize_t cols)
+    void bp_add_bias_f64(const double *z, const double *b, double *out, Py_ssize_t rows,
+                         Py_ssize_t cols)
+    void bp_colsum_f32(const float *x, float *out, Py_ssize_t rows, Py_ssize_t ld,
+                       Py_ssize_t cols)
+    void bp_colsum_f64(const double *x, double *out, Py_ssize_t rows, Py_ssize_t ld,
+                       Py_ssize_t cols)
+    double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,
+                               Py_ssize_t rows, Py_ssize_t cols, double scale)
+    double bp_softmax_xent_f64(const double *z, const cnp.int64_t *y, double *d,
+                               Py_ssize_t rows, Py_ssize_t cols, double scale)
+    double bp_sigmoid_bce_f32(const float *s, const float *t, float *d, Py_ssize_t n,
+                              double scale)
+    double bp_sigmoid_bce_f64(const double *s, const double *t, double *d, Py_ssize_t n,
+                              double scale)
+    void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
+                        double eps)
+    void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
+                        double eps)
+
+cdef extern from "bp_gemm.h" nogil:
+    int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const float *A,
+                          int ta, Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb,
+                          float *C, Py_ssize_t ldc, int accumulate)
+    int bp_gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                          Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const double *A,
+                          int ta, Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb,
+                          double *C, Py_ssize_t ldc, int accumulate)
+    void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                         Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
+                         Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)
+    void bp_gemm_dot_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
+                         Py_ssize_t k, const double *A, Py_ssize_t lda, const double *B,
+                         Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
+    const char *bp_gemm_path()
+    const char *bp_gemm_paths()
+    void bp_gemm_reset_path()

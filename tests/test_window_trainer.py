@@ -218,3 +218,24 @@ def test_window_scores_bad_input(rng):
         window_scores([E.astype(np.float32)], [np.zeros((1, 3), int)], W, b, U, c)
     with pytest.raises(ValueError, match="do not fit an input of size 8"):
         window_scores([E], [np.zeros((1, 2), int)], W, b, U, c)
+
+
+@pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("B", [1, 8, 40, 300])
+def test_every_gemm_path(path, B, rng):
+    """The fused step on each micro-kernel path the CPU supports (forced in turn)."""
+    from cygrad import _gemm
+    if path not in _gemm._gemm_path()[1]:
+        pytest.skip(f"this CPU cannot run the {path} micro-kernel")
+    p = params(rng, H=300, dtype=np.float64)
+    try:
+        _gemm._force_gemm_path(path)
+        fused = WindowTrainer(**p, threads=2)
+        ref = R.WindowTrainer(**p)
+        for _ in range(3):
+            windows, labels = batch(rng, B, vocab=12)
+            assert fused.step(windows, labels, 0.3) == pytest.approx(
+                ref.step(windows, labels, 0.3), rel=1e-12)
+    finally:
+        _gemm._force_gemm_path(None)
+    assert_params_close(fused.arrays(), ref.arrays(), rtol=1e-10, atol=1e-12)

@@ -56,6 +56,8 @@ def _force_gemm_path(name=None):
                              f"choose from {_gemm_path()[1]}")
         os.environ["CYGRAD_GEMM_PATH"] = name
     bp_gemm_reset_path()
+    from cygrad import _window      # the fused step links its own copy of the GEMM
+    _window._reset_gemm_path()
     return bp_gemm_path().decode()
 
 

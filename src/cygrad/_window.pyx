@@ -52,7 +52,8 @@ from cygrad._csrc cimport (
     bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_dot_f32, bp_gemm_dot_f64,
     bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
     bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
-    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64)
+    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
+    bp_gemm_reset_path)
 
 
 cdef enum:
@@ -400,6 +401,12 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
     if failed:
         raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
     return out
+
+
+def _reset_gemm_path():
+    """Make this module's GEMM read CYGRAD_GEMM_PATH again (its own copy of the
+    dispatch; cygrad._gemm._force_gemm_path calls this too)."""
+    bp_gemm_reset_path()
 
 
 #: Activations the fused step supports: those whose derivative is a function of

@@ -108,14 +108,16 @@ _DIGITS = re.compile(r"\d")
 
 def normalise(token):
     """The vocabulary form: lower case, every digit replaced by 0."""
-    return _DIGITS.sub("0", token.lower())
+    low = token.lower()
+    # \d (Unicode Nd) implies str.isdigit, so a token without isdigit needs no sub
+    return _DIGITS.sub("0", low) if any(map(str.isdigit, low)) else low
 
 
 def casing(token):
     """Index into :data:`CASES` for a raw token."""
-    if any(ch.isdigit() for ch in token):
+    if any(map(str.isdigit, token)):
         return 5
-    if not any(ch.isalpha() for ch in token):
+    if not any(map(str.isalpha, token)):
         return 6
     if token.islower():
         return 1

@@ -33,6 +33,7 @@ For a fixed thread count the result is bitwise reproducible.
 """
 
 import math
+import threading
 
 import numpy as np
 cimport numpy as cnp
@@ -437,6 +438,7 @@ cdef class _FusedStep:
     cdef bint adagrad
     cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _dXt
     cdef Py_ssize_t _cap
+    cdef object _lock
 
     def __init__(self, tables, W, b, U, c, w, activation="tanh", alpha=0.01,
                  optimizer="sgd", update_tables=None, accumulators=None, eps=1e-8):
@@ -483,6 +485,7 @@ cdef class _FusedStep:
             self.accum = [None] * len(self.tables)
             self.GW = self.Gb = self.GU = self.Gc = self.gW = self.gU = W   # unused
         self._cap = 0
+        self._lock = threading.Lock()
         self._colbuf = np.empty(self.H + self.C, self.dtype)
         self._losses = np.zeros(0, np.float64)
 
@@ -501,7 +504,13 @@ cdef class _FusedStep:
 
     def step(self, ids, labels, double lr, threads=None):
         """One step: ``ids`` one (B, w) integer array per table, ``labels`` (B,)
-        integers in [0, C). Returns the mean loss (before the update)."""
+        integers in [0, C). Returns the mean loss (before the update). Calls from
+        several Python threads on one object run one after the other (they share
+        the parameters and the work buffers)."""
+        with self._lock:
+            return self._step_locked(ids, labels, lr, threads)
+
+    def _step_locked(self, ids, labels, double lr, threads):
         fn = "fused step"
         labels = index_array(labels, fn, "labels", 1, self.C)
         cdef Py_ssize_t B = labels.shape[0]

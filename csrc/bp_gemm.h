@@ -39,15 +39,17 @@ BP_DECLARE(double, f64)
  * or an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
  * dW += δ xᵀ for one example): rows of B accumulated into C (four rows of B per
  * pass, which keeps independent sums in flight where a register tile of one row
- * would wait on one chain of FMAs); other op(A) B with m or k <= BP_DIRECT_MAX,
- * where the path has a direct kernel (AVX-512): register tiles over unpacked
- * operands; otherwise the packed GEMM. Returns nonzero if a packing
+ * would wait on one chain of FMAs); other op(A) B with m <= BP_DIRECT_ROWS or
+ * k <= BP_DIRECT_DEPTH (a small batch's dW = dZᵀ X), where the path has a direct
+ * kernel (AVX-512): register tiles over unpacked operands; otherwise the packed
+ * GEMM. Returns nonzero if a packing
  * buffer could not be allocated. */
 #define BP_DOT_ROWS 8
 #define BP_DOT_COLS 16
 #define BP_AXPY_ROWS 4
 #define BP_AXPY_DEPTH 2
-#define BP_DIRECT_MAX 16
+#define BP_DIRECT_ROWS 16
+#define BP_DIRECT_DEPTH 64
 
 /* The micro-kernel path in use ("avx512", "avx2" or "generic"), the paths this
  * CPU supports (comma-separated, best first), and a reset that makes the next

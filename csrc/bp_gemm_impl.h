@@ -152,7 +152,7 @@ int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1, p
         BP_FN(bp_gemm_axpy)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
         return 0;
     }
-    if (!tb && (m <= BP_DIRECT_MAX || k <= BP_DIRECT_MAX)
+    if (!tb && (m <= BP_DIRECT_ROWS || k <= BP_DIRECT_DEPTH)
         && BP_FN(bp_gemm_direct)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
                                  accumulate) == 0)
         return 0;

@@ -15,7 +15,7 @@ every call, which costs more than the product there.
 Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example), or
 with an inner dimension of at most 2 (the rank-1 update dW += δ xᵀ of one
 example), accumulates rows of B into C directly; and op(A) B with at most 16
-rows or an inner dimension of at most 16 (dX and dW of a small batch) runs,
+rows (dX of a small batch) or an inner dimension of at most 64 (its dW) runs,
 on AVX-512, a register-tiled kernel over the unpacked operands. The method is
 chosen from the product's shape alone (csrc/bp_gemm.h), never from a thread's
 share of it.

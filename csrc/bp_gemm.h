@@ -20,6 +20,9 @@
     int bp_gemm_direct_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,           \
                            ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,          \
                            const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate); \
+    int bp_gemm_dotrows_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,          \
+                            ptrdiff_t k, const T *A, ptrdiff_t lda, const T *B,             \
+                            ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);            \
     int bp_gemm_block_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1,             \
                           ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k, const T *A, int ta,      \
                           ptrdiff_t lda,                                                    \
@@ -34,8 +37,10 @@ BP_DECLARE(double, f64)
  * A with leading dimension lda (transposed if ta), B likewise. The method is
  * chosen from the whole product's shape (m rows, n columns), never from the
  * block, so every split of C between threads computes each element the same way:
- * A Bᵀ with m <= BP_DOT_ROWS or n <= BP_DOT_COLS (the scores of a small output
- * layer): dot-product tiles; op(A) B with m <= BP_AXPY_ROWS
+ * A Bᵀ with m <= BP_DOTROW_ROWS where the path has a one-row kernel (AVX-512,
+ * float32: z = W x for one example): that kernel, row by row; A Bᵀ with
+ * m <= BP_DOT_ROWS or n <= BP_DOT_COLS (the scores of a small output layer):
+ * dot-product tiles; op(A) B with m <= BP_AXPY_ROWS
  * or an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
  * dW += δ xᵀ for one example): rows of B accumulated into C (four rows of B per
  * pass, which keeps independent sums in flight where a register tile of one row
@@ -46,6 +51,7 @@ BP_DECLARE(double, f64)
  * buffer could not be allocated. */
 #define BP_DOT_ROWS 8
 #define BP_DOT_COLS 16
+#define BP_DOTROW_ROWS 3
 #define BP_AXPY_ROWS 4
 #define BP_AXPY_DEPTH 2
 #define BP_DIRECT_ROWS 16

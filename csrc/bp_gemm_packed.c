@@ -204,6 +204,56 @@ BP_AVX512 static void transpose16_f32(const float *src, ptrdiff_t ld, float *dst
     }
 }
 
+/* One row of A against rows of B (C[0, j] (+)= dot(a, B[j, :])), the A Bᵀ product
+ * of a single example (z = W x): eight columns at a time, each a zmm accumulator
+ * along k (masked at the end of the row), the eight sums reduced together by
+ * horizontal adds. */
+BP_AVX512 static void dotrow_avx512_f32(ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
+                                        const float *a, const float *B, ptrdiff_t ldb,
+                                        float *c, int accumulate)
+{
+    const ptrdiff_t kv = k & ~(ptrdiff_t)15;
+    const __mmask16 tail = (__mmask16)((1u << (k - kv)) - 1);
+    ptrdiff_t j = j0;
+    for (; j + 8 <= j1; j += 8) {
+        __m512 s[8];
+        for (int q = 0; q < 8; q++) s[q] = _mm512_setzero_ps();
+        for (ptrdiff_t p = 0; p < kv; p += 16) {
+            const __m512 av = _mm512_loadu_ps(a + p);
+            for (int q = 0; q < 8; q++)
+                s[q] = _mm512_fmadd_ps(av, _mm512_loadu_ps(B + (j + q) * ldb + p), s[q]);
+        }
+        if (tail) {
+            const __m512 av = _mm512_maskz_loadu_ps(tail, a + kv);
+            for (int q = 0; q < 8; q++)
+                s[q] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, B + (j + q) * ldb + kv),
+                                       s[q]);
+        }
+        __m256 h[8];
+        for (int q = 0; q < 8; q++)
+            h[q] = _mm256_add_ps(_mm512_castps512_ps256(s[q]),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(
+                                     _mm512_castps_pd(s[q]), 1)));
+        const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
+        const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
+        const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+        __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                                 _mm256_permute2f128_ps(u0, u1, 0x31));
+        if (accumulate) r = _mm256_add_ps(_mm256_loadu_ps(c + j), r);
+        _mm256_storeu_ps(c + j, r);
+    }
+    for (; j < j1; j++) {
+        __m512 s0 = _mm512_setzero_ps();
+        for (ptrdiff_t p = 0; p < kv; p += 16)
+            s0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + p), _mm512_loadu_ps(B + j * ldb + p), s0);
+        if (tail)
+            s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, a + kv),
+                                 _mm512_maskz_loadu_ps(tail, B + j * ldb + kv), s0);
+        const float v = _mm512_reduce_add_ps(s0);
+        c[j] = accumulate ? c[j] + v : v;
+    }
+}
+
 /* Direct kernels (no packing) for products with few rows (m <= 16) or a short
  * inner dimension (k <= 16): an MRC x 32 (f32) or MRC x 16 (f64) tile of C is
  * held in registers over the whole of k, reading op(A)(i, p) = A[i*ars + p*acs]
@@ -288,6 +338,9 @@ typedef void (*direct_f64)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j
                            ptrdiff_t k, const double *A, ptrdiff_t ars, ptrdiff_t acs,
                            const double *B, ptrdiff_t ldb, double *C, ptrdiff_t ldc, int acc);
 
+typedef void (*dotrow_f32)(ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k, const float *a,
+                           const float *B, ptrdiff_t ldb, float *c, int accumulate);
+
 struct bp_path {
     const char *name;
     int mr32, nr32, mr64, nr64;
@@ -295,16 +348,17 @@ struct bp_path {
     ukr_f64 k64;
     direct_f32 d32;      /* NULL: no direct kernel on this path */
     direct_f64 d64;
+    dotrow_f32 r32;      /* NULL: no one-row kernel on this path */
 };
 
 static const struct bp_path PATHS[] = {
 #if BP_X86
     {"avx512", 8, 32, 8, 16, ukr_avx512_f32, ukr_avx512_f64, direct_avx512_f32,
-     direct_avx512_f64},
-    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL},
+     direct_avx512_f64, dotrow_avx512_f32},
+    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL, NULL},
 #endif
     {"generic", GEN_MR, GEN_NR, GEN_MR, GEN_NR / 2, ukr_generic_f32, ukr_generic_f64, NULL,
-     NULL},
+     NULL, NULL},
 };
 #define N_PATHS ((int)(sizeof(PATHS) / sizeof(PATHS[0])))
 
@@ -419,3 +473,25 @@ static void *work_buffer(size_t bytes)
 #undef NRF
 #undef KER
 #undef DIR
+
+/* A Bᵀ for rows i0..i1 of A, one row at a time, by the path's one-row kernel:
+ * returns 0 when done, 1 when the path has none (float32 on AVX-512 only). */
+int bp_gemm_dotrows_f32(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
+                        const float *A, ptrdiff_t lda, const float *B, ptrdiff_t ldb, float *C,
+                        ptrdiff_t ldc, int accumulate)
+{
+    const struct bp_path *pth = path();
+    if (!pth->r32) return 1;
+    for (ptrdiff_t i = i0; i < i1; i++)
+        pth->r32(j0, j1, k, A + i * lda, B, ldb, C + i * ldc, accumulate);
+    return 0;
+}
+
+int bp_gemm_dotrows_f64(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
+                        const double *A, ptrdiff_t lda, const double *B, ptrdiff_t ldb,
+                        double *C, ptrdiff_t ldc, int accumulate)
+{
+    (void)i0; (void)i1; (void)j0; (void)j1; (void)k; (void)A; (void)lda; (void)B; (void)ldb;
+    (void)C; (void)ldc; (void)accumulate;
+    return 1;
+}

@@ -8,10 +8,12 @@ op(B) packed into per-thread buffers (transposes are absorbed by the packing,
 never materialised), register-blocked micro-kernels for AVX-512, AVX2+FMA or
 portable C chosen at run time. Each element of C is summed over the inner
 dimension in one fixed order, so the result is bitwise the same for any thread
-count. A Bᵀ with at most 8 rows of A (the forward product Z = X Wᵀ of a
-very small batch) or at most 16 columns (a small output layer) uses 4 x 4
-tiles of contiguous dot products instead: packing would transpose all of B on
-every call, which costs more than the product there.
+count. A Bᵀ with 1 to 3 rows of A runs, on AVX-512 in float32, a one-row kernel
+(eight dot products at a time, reduced together); with at most 8 rows of A
+(the forward product Z = X Wᵀ of a very small batch) or at most 16 columns (a
+small output layer) it uses 4 x 4 tiles of contiguous dot products instead:
+packing would transpose all of B on every call, which costs more than the
+product there.
 Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example), or
 with an inner dimension of at most 2 (the rank-1 update dW += δ xᵀ of one
 example), accumulates rows of B into C directly; and op(A) B with at most 16

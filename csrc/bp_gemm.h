@@ -37,10 +37,10 @@ BP_DECLARE(double, f64)
  * A with leading dimension lda (transposed if ta), B likewise. The method is
  * chosen from the whole product's shape (m rows, n columns), never from the
  * block, so every split of C between threads computes each element the same way:
- * A Bᵀ with m <= BP_DOTROW_ROWS where the path has a one-row kernel (AVX-512,
- * float32: z = W x for one example): that kernel, row by row; A Bᵀ with
- * m <= BP_DOT_ROWS or n <= BP_DOT_COLS (the scores of a small output layer):
- * dot-product tiles; op(A) B with m <= BP_AXPY_ROWS
+ * A Bᵀ with m <= BP_DOT_ROWS or n <= BP_DOT_COLS (z = W x for a few examples, the
+ * scores of a small output layer): dot-product tiles (4 x 4, and single rows
+ * eight columns at a time; in AVX-512 intrinsics for float32 where the CPU has
+ * it, else C that the compiler vectorises); op(A) B with m <= BP_AXPY_ROWS
  * or an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
  * dW += δ xᵀ for one example): rows of B accumulated into C (four rows of B per
  * pass, which keeps independent sums in flight where a register tile of one row
@@ -51,7 +51,6 @@ BP_DECLARE(double, f64)
  * buffer could not be allocated. */
 #define BP_DOT_ROWS 8
 #define BP_DOT_COLS 16
-#define BP_DOTROW_ROWS 3
 #define BP_AXPY_ROWS 4
 #define BP_AXPY_DEPTH 2
 #define BP_DIRECT_ROWS 16

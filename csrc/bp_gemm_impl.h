@@ -143,7 +143,7 @@ int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1, p
 {
     if (i0 >= i1 || j0 >= j1)
         return 0;
-    if (tb && !ta && m <= BP_DOTROW_ROWS && k > 0
+    if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS) && k > 0
         && BP_FN(bp_gemm_dotrows)(i0, i1, j0, j1, k, A, lda, B, ldb, C, ldc, accumulate) == 0)
         return 0;
     if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS) && k > 0) {

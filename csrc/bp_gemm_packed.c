@@ -204,6 +204,21 @@ BP_AVX512 static void transpose16_f32(const float *src, ptrdiff_t ld, float *dst
     }
 }
 
+/* Four rows of A against four rows of B: 16 dot products, each a zmm accumulator
+ * along k, reduced together into 16 sums (two 8-way reductions). */
+BP_AVX512 static inline __m256 reduce8_f32(const __m512 *s)
+{
+    __m256 h[8];
+    for (int q = 0; q < 8; q++)
+        h[q] = _mm256_add_ps(_mm512_castps512_ps256(s[q]),
+                             _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s[q]), 1)));
+    const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
+    const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
+                         _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 /* One row of A against rows of B (C[0, j] (+)= dot(a, B[j, :])), the A Bᵀ product
  * of a single example (z = W x): eight columns at a time, each a zmm accumulator
  * along k (masked at the end of the row), the eight sums reduced together by
@@ -229,16 +244,7 @@ BP_AVX512 static void dotrow_avx512_f32(ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
                 s[q] = _mm512_fmadd_ps(av, _mm512_maskz_loadu_ps(tail, B + (j + q) * ldb + kv),
                                        s[q]);
         }
-        __m256 h[8];
-        for (int q = 0; q < 8; q++)
-            h[q] = _mm256_add_ps(_mm512_castps512_ps256(s[q]),
-                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(
-                                     _mm512_castps_pd(s[q]), 1)));
-        const __m256 t0 = _mm256_hadd_ps(h[0], h[1]), t1 = _mm256_hadd_ps(h[2], h[3]);
-        const __m256 t2 = _mm256_hadd_ps(h[4], h[5]), t3 = _mm256_hadd_ps(h[6], h[7]);
-        const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-        __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                                 _mm256_permute2f128_ps(u0, u1, 0x31));
+        __m256 r = reduce8_f32(s);
         if (accumulate) r = _mm256_add_ps(_mm256_loadu_ps(c + j), r);
         _mm256_storeu_ps(c + j, r);
     }
@@ -252,6 +258,63 @@ BP_AVX512 static void dotrow_avx512_f32(ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
         const float v = _mm512_reduce_add_ps(s0);
         c[j] = accumulate ? c[j] + v : v;
     }
+}
+
+/* Four rows of A against one row of B: four independent sums (the column tail of a
+ * 4-row group). */
+BP_AVX512 static void dot4x1_avx512_f32(ptrdiff_t k, const float *A, ptrdiff_t lda,
+                                        const float *b, float *C, ptrdiff_t ldc, int accumulate)
+{
+    const ptrdiff_t kv = k & ~(ptrdiff_t)15;
+    const __mmask16 tail = (__mmask16)((1u << (k - kv)) - 1);
+    __m512 s[4];
+    for (int r = 0; r < 4; r++) s[r] = _mm512_setzero_ps();
+    for (ptrdiff_t p = 0; p < kv; p += 16) {
+        const __m512 bv = _mm512_loadu_ps(b + p);
+        for (int r = 0; r < 4; r++)
+            s[r] = _mm512_fmadd_ps(_mm512_loadu_ps(A + r * lda + p), bv, s[r]);
+    }
+    if (tail) {
+        const __m512 bv = _mm512_maskz_loadu_ps(tail, b + kv);
+        for (int r = 0; r < 4; r++)
+            s[r] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(tail, A + r * lda + kv), bv, s[r]);
+    }
+    for (int r = 0; r < 4; r++) {
+        const float v = _mm512_reduce_add_ps(s[r]);
+        C[r * ldc] = accumulate ? C[r * ldc] + v : v;
+    }
+}
+
+BP_AVX512 static void dot4x4_avx512_f32(ptrdiff_t k, const float *A, ptrdiff_t lda,
+                                        const float *B, ptrdiff_t ldb, float *C, ptrdiff_t ldc,
+                                        int accumulate)
+{
+    const ptrdiff_t kv = k & ~(ptrdiff_t)15;
+    const __mmask16 tail = (__mmask16)((1u << (k - kv)) - 1);
+    __m512 s[16];
+    for (int q = 0; q < 16; q++) s[q] = _mm512_setzero_ps();
+    for (ptrdiff_t p = 0; p < kv; p += 16) {
+        __m512 a[4], b[4];
+        for (int r = 0; r < 4; r++) a[r] = _mm512_loadu_ps(A + r * lda + p);
+        for (int c = 0; c < 4; c++) b[c] = _mm512_loadu_ps(B + c * ldb + p);
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 4; c++) s[r * 4 + c] = _mm512_fmadd_ps(a[r], b[c], s[r * 4 + c]);
+    }
+    if (tail) {
+        __m512 a[4], b[4];
+        for (int r = 0; r < 4; r++) a[r] = _mm512_maskz_loadu_ps(tail, A + r * lda + kv);
+        for (int c = 0; c < 4; c++) b[c] = _mm512_maskz_loadu_ps(tail, B + c * ldb + kv);
+        for (int r = 0; r < 4; r++)
+            for (int c = 0; c < 4; c++) s[r * 4 + c] = _mm512_fmadd_ps(a[r], b[c], s[r * 4 + c]);
+    }
+    float out[16];
+    _mm256_storeu_ps(out, reduce8_f32(s));
+    _mm256_storeu_ps(out + 8, reduce8_f32(s + 8));
+    for (int r = 0; r < 4; r++)
+        for (int c = 0; c < 4; c++) {
+            float *cc = C + r * ldc + c;
+            *cc = accumulate ? *cc + out[r * 4 + c] : out[r * 4 + c];
+        }
 }
 
 /* Direct kernels (no packing) for products with few rows (m <= 16) or a short
@@ -482,7 +545,16 @@ int bp_gemm_dotrows_f32(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, 
 {
     const struct bp_path *pth = path();
     if (!pth->r32) return 1;
-    for (ptrdiff_t i = i0; i < i1; i++)
+    ptrdiff_t i = i0;
+    for (; i + 4 <= i1; i += 4) {
+        ptrdiff_t j = j0;
+        for (; j + 4 <= j1; j += 4)
+            dot4x4_avx512_f32(k, A + i * lda, lda, B + j * ldb, ldb, C + i * ldc + j, ldc,
+                              accumulate);
+        for (; j < j1; j++)
+            dot4x1_avx512_f32(k, A + i * lda, lda, B + j * ldb, C + i * ldc + j, ldc, accumulate);
+    }
+    for (; i < i1; i++)
         pth->r32(j0, j1, k, A + i * lda, B, ldb, C + i * ldc, accumulate);
     return 0;
 }

@@ -128,7 +128,7 @@ extensions = [
     ext("_losses", "bp_elementwise"),
     ext("_embedding", "bp_elementwise"),
     ext("_decode"),
-    ext("_window", "bp_gemm", "bp_gemm_packed", "bp_elementwise"),
+    ext("_window", "bp_elementwise"),
 ]
 
 directives = {

@@ -188,7 +188,7 @@ def test_int32_and_strided_windows_are_accepted(rng):
 
 
 @pytest.mark.parametrize("activation", sorted(cg.kernels.ACTIVATIONS))
-@pytest.mark.parametrize("B", [1, 7, 300])
+@pytest.mark.parametrize("B", [1, 7, 300, 4100])     # 4100: two chunks of rows
 def test_window_scores_matches_the_reference(activation, B, dtype, nthreads, rng):
     """Inference in one pass (gather from two tables, hidden layer, scores) against
     the reference kernels step by step."""

@@ -58,9 +58,23 @@ def _force_gemm_path(name=None):
                              f"choose from {_gemm_path()[1]}")
         os.environ["CYGRAD_GEMM_PATH"] = name
     bp_gemm_reset_path()
-    from cygrad import _window      # the fused step links its own copy of the GEMM
-    _window._reset_gemm_path()
     return bp_gemm_path().decode()
+
+
+cdef int gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                        Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const float *A, int ta,
+                        Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb, float *C,
+                        Py_ssize_t ldc, int accumulate) noexcept nogil:
+    return bp_gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc,
+                             accumulate)
+
+
+cdef int gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                        Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const double *A, int ta,
+                        Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
+                        Py_ssize_t ldc, int accumulate) noexcept nogil:
+    return bp_gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc,
+                             accumulate)
 
 
 cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bint tb,

@@ -26,7 +26,7 @@ old weights and writing the new ones. Phases:
   5. columns of X: dX = dZ W, W += dZᵀ X;
   6. the embedding rows, split by row ownership (as embedding_scatter_add), each
      row updated in (window, position) order, so repeated words sum correctly.
-The products use the GEMM block routine of csrc/bp_gemm (dot tiles, axpy rows or
+The products use cygrad._gemm's block routine (csrc/bp_gemm: dot tiles, axpy rows or
 the packed kernel, chosen from the product's shape, not from the thread split).
 Small batches run on one thread: the work does not pay for waking a second.
 For a fixed thread count the result is bitwise reproducible.
@@ -50,11 +50,10 @@ cnp.import_array()
 
 from cygrad._csrc cimport (
     BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU,
-    bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_dot_f32, bp_gemm_dot_f64,
     bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
     bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
-    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
-    bp_gemm_reset_path)
+    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64)
+from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
 
 
 cdef enum:
@@ -63,6 +62,7 @@ cdef enum:
     COL_ALIGN = 32          # column splits on multiples of every micro-kernel's NR
     ROW_BLOCK = 16          # embedding rows are owned in blocks of 16
     MAX_TABLES = 4
+    SCORE_CHUNK = 4096      # rows per pass of window_scores
 
 
 cdef struct Net:
@@ -107,9 +107,9 @@ cdef inline int _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
                       Py_ssize_t lda, const floating *B, int tb, Py_ssize_t ldb, floating *C,
                       Py_ssize_t ldc, int acc) noexcept nogil:
     if floating is float:
-        return bp_gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+        return gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
     else:
-        return bp_gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+        return gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
 
 
 cdef inline void _axpy(Py_ssize_t n, double a, const floating *x, floating *y) noexcept nogil:
@@ -184,20 +184,17 @@ cdef inline void _bias_act(floating *Z, const floating *b, Py_ssize_t i0, Py_ssi
             bp_unary_fwd_f64(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
 
 
-cdef inline double _scores_xent(const floating *Hh, const floating *U, const floating *c,
-                                floating *S, const cnp.int64_t *lab, Py_ssize_t i0,
-                                Py_ssize_t i1, Py_ssize_t H, Py_ssize_t C,
-                                double scale) noexcept nogil:
-    """S[i0:i1] = Hh Uᵀ + c, then overwritten by (softmax - onehot) * scale;
-    returns the rows' summed loss."""
+cdef inline double _bias_xent(floating *S, const floating *c, const cnp.int64_t *lab,
+                             Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
+                             double scale) noexcept nogil:
+    """Rows i0..i1 of the scores S (+= c), then overwritten by (softmax - onehot) *
+    scale; returns the rows' summed loss."""
     if i0 >= i1:
         return 0.0
     if floating is float:
-        bp_gemm_dot_f32(i0, i1, 0, C, H, Hh, H, U, H, S, C, 0)
         bp_add_bias_f32(S + i0 * C, c, S + i0 * C, i1 - i0, C)
         return bp_softmax_xent_f32(S + i0 * C, lab + i0, S + i0 * C, i1 - i0, C, scale)
     else:
-        bp_gemm_dot_f64(i0, i1, 0, C, H, Hh, H, U, H, S, C, 0)
         bp_add_bias_f64(S + i0 * C, c, S + i0 * C, i1 - i0, C)
         return bp_softmax_xent_f64(S + i0 * C, lab + i0, S + i0 * C, i1 - i0, C, scale)
 
@@ -217,12 +214,11 @@ cdef inline void _gather_rows(Net *net, floating *X, Py_ssize_t lo, Py_ssize_t h
                        d * sizeof(floating))
 
 
-cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, floating *Z,
+cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
                floating *S, floating *dZ, floating *dX, floating *colbuf, double *losses,
                int nt) noexcept nogil:
     """One fused training step; losses[t] receives thread t's summed loss. Returns
-    nonzero if a GEMM packing buffer could not be allocated. (``dummy`` only
-    selects the floating type.)"""
+    nonzero if a GEMM packing buffer could not be allocated."""
     cdef Py_ssize_t B = net.B, w = net.w, D = net.D, H = net.H, C = net.C
     cdef Py_ssize_t i, r, d, lo, hi
     cdef floating *W = <floating *>net.W
@@ -249,7 +245,8 @@ cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, f
         if row_mode and lo < hi:
             failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, W, 1, D, Z, H, 0) != 0
             _bias_act(Z, b, lo, hi, 0, H, H, net.act, net.alpha)
-            losses[t] = _scores_xent(Z, U, c, S, lab, lo, hi, H, C, scale)
+            failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, U, 1, H, S, C, 0) != 0
+            losses[t] = _bias_xent(S, c, lab, lo, hi, C, scale)
     if not row_mode:
         # 2. columns of H: Z = X Wᵀ + b, H = f(Z)
         for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
@@ -261,7 +258,8 @@ cdef int _step(Net *net, floating *dummy, const cnp.int64_t *lab, floating *X, f
         for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
             lo = _part(B, nt, t, 4)
             hi = _part(B, nt, t + 1, 4)
-            losses[t] = _scores_xent(Z, U, c, S, lab, lo, hi, H, C, scale)
+            failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, U, 1, H, S, C, 0) != 0
+            losses[t] = _bias_xent(S, c, lab, lo, hi, C, scale)
     # 4. columns of H: delta, then U, b (and c on thread 0)
     for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
         lo = _part(H, nt, t, COL_ALIGN)
@@ -320,10 +318,12 @@ cdef int _forward_rows(Net *net, floating *X, floating *Z, floating *S, Py_ssize
                             0) != 0
             _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
             if floating is float:
-                bp_gemm_dot_f32(lo, hi, 0, C, H, Z, H, <float *>net.U, H, S, C, 0)
+                failed += gemm_block_f32(B, C, lo, hi, 0, C, H, Z, 0, H, <float *>net.U, 1, H,
+                                         S, C, 0) != 0
                 bp_add_bias_f32(S + lo * C, <float *>net.c, S + lo * C, hi - lo, C)
             else:
-                bp_gemm_dot_f64(lo, hi, 0, C, H, Z, H, <double *>net.U, H, S, C, 0)
+                failed += gemm_block_f64(B, C, lo, hi, 0, C, H, Z, 0, H, <double *>net.U, 1,
+                                         H, S, C, 0) != 0
                 bp_add_bias_f64(S + lo * C, <double *>net.c, S + lo * C, hi - lo, C)
     return failed
 
@@ -368,10 +368,13 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
         raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
     if B == 0:
         return out
-    X = np.empty((B, D), dt)
-    Z = np.empty((B, H), dt)
+    # rows in chunks, so that the work arrays stay bounded whatever B is
+    cdef Py_ssize_t chunk = min(B, SCORE_CHUNK), lo, nb
+    X = np.empty((chunk, D), dt)
+    Z = np.empty((chunk, H), dt)
     cdef Net net
-    cdef int k, failed
+    cdef const cnp.int64_t *base[MAX_TABLES]
+    cdef int k, failed = 0
     off = 0
     net.ntab = len(tables)
     for k in range(net.ntab):
@@ -379,35 +382,38 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
         net.dim[k] = tables[k].shape[1]
         net.off[k] = off
         off += w * tables[k].shape[1]
-        net.ids[k] = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>ids[k])
-    net.B, net.w, net.D, net.H, net.C = B, w, D, H, C
+        base[k] = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>ids[k])
+    net.w, net.D, net.H, net.C = w, D, H, C
     net.W = cnp.PyArray_DATA(<cnp.ndarray>W)
     net.b = cnp.PyArray_DATA(<cnp.ndarray>b)
     net.U = cnp.PyArray_DATA(<cnp.ndarray>U)
     net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
     net.act, net.alpha = codes[activation], alpha
     cdef int nt = 1
-    if bp_openmp_enabled() and B * H * D >= MIN_WORK:
+    if bp_openmp_enabled() and chunk * H * D >= MIN_WORK:
         nt = threads if threads is not None else _config.get_num_threads()
     cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
     cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
-    cdef void *sp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef bint f32 = dt == np.float32
+    cdef Py_ssize_t row_bytes = C * (4 if f32 else 8)
     with nogil:
-        if f32:
-            failed = _forward_rows[float](&net, <float *>xp, <float *>zp, <float *>sp, B, nt)
-        else:
-            failed = _forward_rows[double](&net, <double *>xp, <double *>zp, <double *>sp, B,
-                                           nt)
+        lo = 0
+        while lo < B and not failed:
+            nb = min(chunk, B - lo)
+            net.B = nb
+            for k in range(net.ntab):
+                net.ids[k] = base[k] + lo * w
+            if f32:
+                failed = _forward_rows[float](&net, <float *>xp, <float *>zp,
+                                              <float *>(sp + lo * row_bytes), nb, nt)
+            else:
+                failed = _forward_rows[double](&net, <double *>xp, <double *>zp,
+                                               <double *>(sp + lo * row_bytes), nb, nt)
+            lo += nb
     if failed:
         raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
     return out
-
-
-def _reset_gemm_path():
-    """Make this module's GEMM read CYGRAD_GEMM_PATH again (its own copy of the
-    dispatch; cygrad._gemm._force_gemm_path calls this too)."""
-    bp_gemm_reset_path()
 
 
 #: Activations the fused step supports: those whose derivative is a function of
@@ -507,13 +513,9 @@ cdef class _FusedStep:
         integers in [0, C). Returns the mean loss (before the update). Calls from
         several Python threads on one object run one after the other (they share
         the parameters and the work buffers)."""
-        with self._lock:
-            return self._step_locked(ids, labels, lr, threads)
-
-    def _step_locked(self, ids, labels, double lr, threads):
         fn = "fused step"
         labels = index_array(labels, fn, "labels", 1, self.C)
-        cdef Py_ssize_t B = labels.shape[0]
+        B = labels.shape[0]
         if len(ids) != len(self.tables):
             raise ValueError(f"{fn}: {len(self.tables)} id arrays needed, got {len(ids)}")
         ids = [index_array(x, fn, f"ids[{k}]", 2, self.tables[k].shape[0])
@@ -524,6 +526,16 @@ cdef class _FusedStep:
                                  f"got {x.shape}")
         if B == 0:
             raise ValueError(f"{fn}: the batch is empty")
+        return self._run(ids, labels, lr, threads)
+
+    cdef double _run(self, list ids, labels, double lr, threads) except? -1.0:
+        """The step on checked input: int64 C-contiguous ids in range, one (B, w)
+        array per table, labels (B,) in range, B > 0."""
+        with self._lock:
+            return self._run_locked(ids, labels, lr, threads)
+
+    cdef double _run_locked(self, list ids, labels, double lr, threads) except? -1.0:
+        cdef Py_ssize_t B = labels.shape[0]
         cdef Net net
         cdef int k, t, failed
         cdef int nt = 1
@@ -566,10 +578,10 @@ cdef class _FusedStep:
         cdef bint f32 = self.dtype == np.float32
         with nogil:
             if f32:
-                failed = _step[float](&net, NULL, lab, <float *>X, <float *>Z, <float *>S,
+                failed = _step[float](&net, lab, <float *>X, <float *>Z, <float *>S,
                                       <float *>dZ, <float *>dX, <float *>colbuf, losses, nt)
             else:
-                failed = _step[double](&net, NULL, lab, <double *>X, <double *>Z,
+                failed = _step[double](&net, lab, <double *>X, <double *>Z,
                                        <double *>S, <double *>dZ, <double *>dX,
                                        <double *>colbuf, losses, nt)
         if failed:
@@ -714,4 +726,4 @@ cdef class WindowTrainer:
         cdef double rate = lr
         if not math.isfinite(rate) or rate < 0:
             raise ValueError(f"{fn}: lr must be finite and >= 0, got {lr!r}")
-        return self._core.step((windows,), labels, rate, self._threads)
+        return self._core._run([windows], labels, rate, self._threads)

@@ -16,14 +16,12 @@ FMA pipes of the widest vector) and measured (the best rate seen in this run).
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from report_peers import _interleave, _median  # noqa: E402
+from report_peers import _interleave, _median, pin_cores, run_workers  # noqa: E402
 from report import peak  # noqa: E402
 
 
@@ -39,9 +37,7 @@ def shapes():
 
 
 def worker(nt, rounds, out):
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) > nt:
-        os.sched_setaffinity(0, cores[:nt])
+    pin_cores(nt)
     import numpy as np
     import cygrad
     from cygrad import kernels as K
@@ -75,16 +71,7 @@ def main(argv=None):
     if args.worker:
         worker(args.worker, args.rounds, args.json)
         return
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for nt in args.threads:
-            out = os.path.join(tmp, f"t{nt}.json")
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(nt),
-                            "--json", out, "--rounds", str(args.rounds)], check=True, env=env)
-            with open(out) as f:
-                results.append(json.load(f))
+    results = run_workers(__file__, args.threads, ["--rounds", str(args.rounds)])
     best = max(r["flops"] / min(r["cygrad"], r["numpy"]) for res in results
                for r in res["rows"]) / 1e9
     print("# matmul: cygrad vs NumPy (OpenBLAS), interleaved, median of rounds\n")

@@ -46,6 +46,38 @@ PEERS = ["numpy", "torch-dense", "torch-sparse", "jax"]
 TARGETS = {1: 3.0, 32: 2.0, 512: 1.3, 2048: 1.3}
 
 
+# ------------------------------------------------------------------- processes
+
+def pin_cores(nt):
+    """Let this process run on nt cores only: whatever thread pools a library
+    starts (XLA's ignores its thread flags in recent JAX), it cannot use more."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > nt:
+        os.sched_setaffinity(0, cores[:nt])
+
+
+def run_workers(script, threads, extra_args):
+    """Run ``script --worker N --json FILE *extra_args`` in a fresh process for each
+    thread count N (OpenBLAS's workplace overrides dropped: they slow a current
+    NumPy; the usual thread variables set to N); returns the JSON results."""
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for nt in threads:
+            out = os.path.join(tmp, f"t{nt}.json")
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+            env.update(OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt),
+                       MKL_NUM_THREADS=str(nt),
+                       XLA_FLAGS=(env.get("XLA_FLAGS", "") +
+                                  f" --xla_cpu_multi_thread_eigen={'true' if nt > 1 else 'false'}"
+                                  f" intra_op_parallelism_threads={nt}").strip())
+            subprocess.run([sys.executable, os.path.abspath(script), "--worker", str(nt),
+                            "--json", out, *extra_args], check=True, env=env)
+            with open(out) as f:
+                results.append(json.load(f))
+    return results
+
+
 # ------------------------------------------------------------------- worker side
 
 def _median(xs):
@@ -255,11 +287,7 @@ def _machine():
 
 
 def worker(nt, batches, out):
-    # the process may run on nt cores only: whatever thread pools a library starts
-    # (XLA's ignores its thread flags in recent JAX), it cannot use more
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) > nt:
-        os.sched_setaffinity(0, cores[:nt])
+    pin_cores(nt)
     sys.path.insert(0, HERE)
     import cygrad
     import peers
@@ -273,8 +301,8 @@ def worker(nt, batches, out):
         pass
     result = {"threads": nt, "machine": _machine(), "steps": {}, "checks": {}}
     with threadpool_limits(nt):
-        impls = {k: v for k, v in peers.available().items()}
-        impls = {k: impls[k] for k in ORDER if k in impls}
+        available = peers.available()
+        impls = {k: available[k] for k in ORDER if k in available}
         result["peak_gflops"] = _sgemm_peak(nt)
         for B in batches:
             result["checks"][B] = peers.check_same(impls, B)
@@ -438,22 +466,7 @@ def main(argv=None):
     if args.worker:
         worker(args.worker, args.batch, args.json)
         return
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for nt in args.threads:
-            out = os.path.join(tmp, f"t{nt}.json")
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-            env.update(OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt),
-                       MKL_NUM_THREADS=str(nt),
-                       XLA_FLAGS=(env.get("XLA_FLAGS", "") +
-                                  f" --xla_cpu_multi_thread_eigen={'true' if nt > 1 else 'false'}"
-                                  f" intra_op_parallelism_threads={nt}").strip())
-            subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", str(nt),
-                            "--json", out, "--batch", *map(str, args.batch)],
-                           check=True, env=env)
-            with open(out) as f:
-                results.append(json.load(f))
+    results = run_workers(__file__, args.threads, ["--batch", *map(str, args.batch)])
     md = report(results, args.out)
     print(open(md).read())
     print(f"\nwrote {md} and {os.path.join(args.out, 'peers.png')}")

@@ -1,0 +1,70 @@
+"""Tagging speed of a trained NER model, in tokens/s.
+
+    python benches/report_tagging.py --model DIR [--data FILE] [--threads 1 2]
+
+Two figures for every thread count, over the tokens of a CoNLL file (default: the
+CoNLL-2003 validation split from $CYGRAD_CONLL_DIR or ../shared/data/conll2003):
+the tagger in process (encode, scores, Viterbi, tag strings: what `cygrad tag`
+does between reading and writing text), median of 7 runs; and the `cygrad tag
+--tokenized` command on the same tokens, its wall time minus the time of the same
+command on empty input (start-up: interpreter, imports, model load), median of 3.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import cygrad
+from cygrad.ner import cli
+from cygrad.ner.data import Sentence, read_conll
+from cygrad.ner.model import WindowModel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_DATA = os.path.join(os.environ.get("CYGRAD_CONLL_DIR", os.path.join(
+    HERE, "..", "..", "shared", "data", "conll2003")), "valid.txt")
+
+
+def _command_seconds(model, path, nt):
+    cmd = [sys.executable, "-m", "cygrad", "tag", "--model", model, "--input", path,
+           "--tokenized", "--threads", str(nt)]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    args = ap.parse_args(argv)
+    model = WindowModel.load(args.model)
+    sents = [Sentence(s.tokens, ["O"] * len(s.tokens)) for s in read_conll(args.data)]
+    n = sum(len(s.tokens) for s in sents)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokens, empty = os.path.join(tmp, "tokens.txt"), os.path.join(tmp, "empty.txt")
+        with open(tokens, "w", encoding="utf-8") as f:
+            f.write("\n\n".join("\n".join(s.tokens) for s in sents) + "\n")
+        open(empty, "w").close()
+        print(f"{n} tokens from {args.data}\n")
+        print("| threads | tagger tokens/s (median of 7) | `cygrad tag` tokens/s after start-up |")
+        print("|---:|---:|---:|")
+        for nt in args.threads:
+            with cygrad.threads(nt):
+                ts = []
+                for _ in range(7):
+                    t = time.perf_counter()
+                    cli._predict_tags(model, sents)
+                    ts.append(time.perf_counter() - t)
+            run = np.median([_command_seconds(args.model, tokens, nt) for _ in range(3)])
+            start = np.median([_command_seconds(args.model, empty, nt) for _ in range(3)])
+            print(f"| {nt} | {n / np.median(ts):,.0f} | {n / max(run - start, 1e-9):,.0f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -72,105 +72,46 @@ static void ukr_generic_f64(ptrdiff_t kc, const double *Ap, const double *Bp, do
 }
 
 #if BP_X86
+/* The SIMD micro-kernels, one template: an MR x (2 vectors) tile of C in
+ * registers, accumulated over kc from the packed panels (a broadcast element of
+ * A times two vectors of B per row and step), then stored or added into C. */
+#define BP_UKR(NAME, T, V, MR, LANES, ZERO, LOAD, SET1, FMADD, ADD, STORE)                  \
+    static void NAME(ptrdiff_t kc, const T *Ap, const T *Bp, T *C, ptrdiff_t ldc, int first) \
+    {                                                                                       \
+        V c[MR][2];                                                                         \
+        for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = ZERO();                             \
+        for (ptrdiff_t p = 0; p < kc; p++) {                                                \
+            const V b0 = LOAD(Bp + p * 2 * LANES), b1 = LOAD(Bp + p * 2 * LANES + LANES);   \
+            for (int i = 0; i < MR; i++) {                                                  \
+                const V a = SET1(Ap[p * MR + i]);                                           \
+                c[i][0] = FMADD(a, b0, c[i][0]);                                            \
+                c[i][1] = FMADD(a, b1, c[i][1]);                                            \
+            }                                                                               \
+        }                                                                                   \
+        for (int i = 0; i < MR; i++) {                                                      \
+            T *ci = C + i * ldc;                                                            \
+            if (!first) {                                                                   \
+                c[i][0] = ADD(LOAD(ci), c[i][0]);                                           \
+                c[i][1] = ADD(LOAD(ci + LANES), c[i][1]);                                   \
+            }                                                                               \
+            STORE(ci, c[i][0]);                                                             \
+            STORE(ci + LANES, c[i][1]);                                                     \
+        }                                                                                   \
+    }
+
 /* AVX2 + FMA: 6 x 16 floats (12 ymm accumulators), 6 x 8 doubles. */
 #define BP_AVX2 __attribute__((target("avx2,fma")))
-BP_AVX2 static void ukr_avx2_f32(ptrdiff_t kc, const float *Ap, const float *Bp, float *C,
-                                 ptrdiff_t ldc, int first)
-{
-    __m256 c[6][2];
-    for (int i = 0; i < 6; i++) c[i][0] = c[i][1] = _mm256_setzero_ps();
-    for (ptrdiff_t p = 0; p < kc; p++) {
-        const __m256 b0 = _mm256_loadu_ps(Bp + p * 16), b1 = _mm256_loadu_ps(Bp + p * 16 + 8);
-        for (int i = 0; i < 6; i++) {
-            const __m256 a = _mm256_broadcast_ss(Ap + p * 6 + i);
-            c[i][0] = _mm256_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm256_fmadd_ps(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < 6; i++) {
-        float *ci = C + i * ldc;
-        if (!first) {
-            c[i][0] = _mm256_add_ps(_mm256_loadu_ps(ci), c[i][0]);
-            c[i][1] = _mm256_add_ps(_mm256_loadu_ps(ci + 8), c[i][1]);
-        }
-        _mm256_storeu_ps(ci, c[i][0]);
-        _mm256_storeu_ps(ci + 8, c[i][1]);
-    }
-}
-
-BP_AVX2 static void ukr_avx2_f64(ptrdiff_t kc, const double *Ap, const double *Bp, double *C,
-                                 ptrdiff_t ldc, int first)
-{
-    __m256d c[6][2];
-    for (int i = 0; i < 6; i++) c[i][0] = c[i][1] = _mm256_setzero_pd();
-    for (ptrdiff_t p = 0; p < kc; p++) {
-        const __m256d b0 = _mm256_loadu_pd(Bp + p * 8), b1 = _mm256_loadu_pd(Bp + p * 8 + 4);
-        for (int i = 0; i < 6; i++) {
-            const __m256d a = _mm256_broadcast_sd(Ap + p * 6 + i);
-            c[i][0] = _mm256_fmadd_pd(a, b0, c[i][0]);
-            c[i][1] = _mm256_fmadd_pd(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < 6; i++) {
-        double *ci = C + i * ldc;
-        if (!first) {
-            c[i][0] = _mm256_add_pd(_mm256_loadu_pd(ci), c[i][0]);
-            c[i][1] = _mm256_add_pd(_mm256_loadu_pd(ci + 4), c[i][1]);
-        }
-        _mm256_storeu_pd(ci, c[i][0]);
-        _mm256_storeu_pd(ci + 4, c[i][1]);
-    }
-}
+BP_AVX2 BP_UKR(ukr_avx2_f32, float, __m256, 6, 8, _mm256_setzero_ps, _mm256_loadu_ps,
+               _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, _mm256_storeu_ps)
+BP_AVX2 BP_UKR(ukr_avx2_f64, double, __m256d, 6, 4, _mm256_setzero_pd, _mm256_loadu_pd,
+               _mm256_set1_pd, _mm256_fmadd_pd, _mm256_add_pd, _mm256_storeu_pd)
 
 /* AVX-512: 8 x 32 floats (16 zmm accumulators), 8 x 16 doubles. */
 #define BP_AVX512 __attribute__((target("avx512f")))
-BP_AVX512 static void ukr_avx512_f32(ptrdiff_t kc, const float *Ap, const float *Bp, float *C,
-                                     ptrdiff_t ldc, int first)
-{
-    __m512 c[8][2];
-    for (int i = 0; i < 8; i++) c[i][0] = c[i][1] = _mm512_setzero_ps();
-    for (ptrdiff_t p = 0; p < kc; p++) {
-        const __m512 b0 = _mm512_loadu_ps(Bp + p * 32), b1 = _mm512_loadu_ps(Bp + p * 32 + 16);
-        for (int i = 0; i < 8; i++) {
-            const __m512 a = _mm512_set1_ps(Ap[p * 8 + i]);
-            c[i][0] = _mm512_fmadd_ps(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_ps(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < 8; i++) {
-        float *ci = C + i * ldc;
-        if (!first) {
-            c[i][0] = _mm512_add_ps(_mm512_loadu_ps(ci), c[i][0]);
-            c[i][1] = _mm512_add_ps(_mm512_loadu_ps(ci + 16), c[i][1]);
-        }
-        _mm512_storeu_ps(ci, c[i][0]);
-        _mm512_storeu_ps(ci + 16, c[i][1]);
-    }
-}
-
-BP_AVX512 static void ukr_avx512_f64(ptrdiff_t kc, const double *Ap, const double *Bp,
-                                     double *C, ptrdiff_t ldc, int first)
-{
-    __m512d c[8][2];
-    for (int i = 0; i < 8; i++) c[i][0] = c[i][1] = _mm512_setzero_pd();
-    for (ptrdiff_t p = 0; p < kc; p++) {
-        const __m512d b0 = _mm512_loadu_pd(Bp + p * 16), b1 = _mm512_loadu_pd(Bp + p * 16 + 8);
-        for (int i = 0; i < 8; i++) {
-            const __m512d a = _mm512_set1_pd(Ap[p * 8 + i]);
-            c[i][0] = _mm512_fmadd_pd(a, b0, c[i][0]);
-            c[i][1] = _mm512_fmadd_pd(a, b1, c[i][1]);
-        }
-    }
-    for (int i = 0; i < 8; i++) {
-        double *ci = C + i * ldc;
-        if (!first) {
-            c[i][0] = _mm512_add_pd(_mm512_loadu_pd(ci), c[i][0]);
-            c[i][1] = _mm512_add_pd(_mm512_loadu_pd(ci + 8), c[i][1]);
-        }
-        _mm512_storeu_pd(ci, c[i][0]);
-        _mm512_storeu_pd(ci + 8, c[i][1]);
-    }
-}
+BP_AVX512 BP_UKR(ukr_avx512_f32, float, __m512, 8, 16, _mm512_setzero_ps, _mm512_loadu_ps,
+                 _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps)
+BP_AVX512 BP_UKR(ukr_avx512_f64, double, __m512d, 8, 8, _mm512_setzero_pd, _mm512_loadu_pd,
+                 _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd, _mm512_storeu_pd)
 
 /* dst[q * ldd + r] = src[r * ld + q] for a 16 x 16 block of floats: in registers,
  * 32-bit then 64-bit interleaves, then two rounds of 128-bit lane shuffles. Used

@@ -31,9 +31,18 @@
 #define BP_X86 0
 #endif
 
-#define KC 256
+#ifndef BP_PFC
+#define BP_PFC 1
+#endif
+#ifndef KC
+#define KC 384
+#endif
+#ifndef MC
 #define MC 96        /* a multiple of every MR (6, 8, 4) */
+#endif
+#ifndef NC
 #define NC 1536      /* a multiple of every NR (32, 16, 8) */
+#endif
 
 /* ------------------------------------------------------------------ kernels */
 
@@ -79,6 +88,11 @@ static void ukr_generic_f64(ptrdiff_t kc, const double *Ap, const double *Bp, do
     static void NAME(ptrdiff_t kc, const T *Ap, const T *Bp, T *C, ptrdiff_t ldc, int first) \
     {                                                                                       \
         V c[MR][2];                                                                         \
+        if (BP_PFC)                                                                         \
+            for (int i = 0; i < MR; i++) {                                                  \
+                __builtin_prefetch(C + i * ldc, 1, 3);                                      \
+                __builtin_prefetch(C + i * ldc + 2 * LANES - 1, 1, 3);                      \
+            }                                                                               \
         for (int i = 0; i < MR; i++) c[i][0] = c[i][1] = ZERO();                             \
         for (ptrdiff_t p = 0; p < kc; p++) {                                                \
             const V b0 = LOAD(Bp + p * 2 * LANES), b1 = LOAD(Bp + p * 2 * LANES + LANES);   \
@@ -301,32 +315,45 @@ BP_AVX512 BP_DIRECT_TILE(double, __m512d, 8, _mm512_set1_pd, _mm512_fmadd_pd,
                          _mm512_setzero_pd)
 #undef MASK_T
 
+#define BP_DIRECT_TILE_AT(T, LANES, MASK, i, j)                                              \
+    do {                                                                                     \
+        const ptrdiff_t nr = j1 - (j);                                                       \
+        const MASK m0 = nr >= LANES ? (MASK)~0 : (MASK)((1u << nr) - 1);                     \
+        const MASK m1 = nr >= 2 * LANES ? (MASK)~0                                           \
+                        : nr > LANES ? (MASK)((1u << (nr - LANES)) - 1) : (MASK)0;           \
+        const T *a = A + (i) * ars;                                                          \
+        T *c = C + (i) * ldc + (j);                                                          \
+        const T *b = B + (j);                                                                \
+        switch (i1 - (i) < 8 ? (int)(i1 - (i)) : 8) {                                        \
+        case 8: direct_tile_##T(8, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break;      \
+        case 7: direct_tile_##T(7, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break;      \
+        case 6: direct_tile_##T(6, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break;      \
+        case 5: direct_tile_##T(5, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break;      \
+        case 4: direct_tile_##T(4, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break;      \
+        case 3: direct_tile_##T(3, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break;      \
+        case 2: direct_tile_##T(2, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break;      \
+        default: direct_tile_##T(1, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc);            \
+        }                                                                                    \
+    } while (0)
+
+/* The tiles in row-major order when k is short (the operands are small and C's
+ * rows are then written in sequence), else column strip by column strip (a few
+ * rows against a large B: each strip of B is read once for all the rows). Each
+ * tile is computed the same way in either order. */
 #define BP_DIRECT_DRIVER(T, S, LANES, MASK)                                                  \
     BP_AVX512 static void direct_avx512_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,        \
                                             ptrdiff_t j1, ptrdiff_t k, const T *A,           \
                                             ptrdiff_t ars, ptrdiff_t acs, const T *B,        \
                                             ptrdiff_t ldb, T *C, ptrdiff_t ldc, int acc)     \
     {                                                                                        \
-        for (ptrdiff_t j = j0; j < j1; j += 2 * LANES) {                                     \
-            const ptrdiff_t nr = j1 - j;                                                     \
-            const MASK m0 = nr >= LANES ? (MASK)~0 : (MASK)((1u << nr) - 1);                 \
-            const MASK m1 = nr >= 2 * LANES ? (MASK)~0                                       \
-                            : nr > LANES ? (MASK)((1u << (nr - LANES)) - 1) : (MASK)0;       \
-            for (ptrdiff_t i = i0; i < i1; i += 8) {                                         \
-                const T *a = A + i * ars;                                                    \
-                T *c = C + i * ldc + j;                                                      \
-                const T *b = B + j;                                                          \
-                switch (i1 - i < 8 ? (int)(i1 - i) : 8) {                                    \
-                case 8: direct_tile_##T(8, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
-                case 7: direct_tile_##T(7, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
-                case 6: direct_tile_##T(6, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
-                case 5: direct_tile_##T(5, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
-                case 4: direct_tile_##T(4, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
-                case 3: direct_tile_##T(3, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
-                case 2: direct_tile_##T(2, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc); break; \
-                default: direct_tile_##T(1, k, a, ars, acs, b, ldb, c, ldc, m0, m1, acc);    \
-                }                                                                            \
-            }                                                                                \
+        if (k <= BP_DIRECT_DEPTH) {                                                          \
+            for (ptrdiff_t i = i0; i < i1; i += 8)                                           \
+                for (ptrdiff_t j = j0; j < j1; j += 2 * LANES)                               \
+                    BP_DIRECT_TILE_AT(T, LANES, MASK, i, j);                                 \
+        } else {                                                                             \
+            for (ptrdiff_t j = j0; j < j1; j += 2 * LANES)                                   \
+                for (ptrdiff_t i = i0; i < i1; i += 8)                                       \
+                    BP_DIRECT_TILE_AT(T, LANES, MASK, i, j);                                 \
         }                                                                                    \
     }
 BP_DIRECT_DRIVER(float, f32, 16, __mmask16)
@@ -450,6 +477,7 @@ static void *work_buffer(size_t bytes)
 #define BP_F32 1
 #define S f32
 #define MRF mr32
+#define BP_NR_WIDE 32
 #define NRF nr32
 #define KER k32
 #define DIR d32
@@ -461,11 +489,13 @@ static void *work_buffer(size_t bytes)
 #undef NRF
 #undef KER
 #undef DIR
+#undef BP_NR_WIDE
 
 #define T double
 #define BP_F32 0
 #define S f64
 #define MRF mr64
+#define BP_NR_WIDE 16
 #define NRF nr64
 #define KER k64
 #define DIR d64
@@ -477,6 +507,7 @@ static void *work_buffer(size_t bytes)
 #undef NRF
 #undef KER
 #undef DIR
+#undef BP_NR_WIDE
 
 /* A Bᵀ for rows i0..i1 of A, one row at a time, by the path's one-row kernel:
  * returns 0 when done, 1 when the path has none (float32 on AVX-512 only). */

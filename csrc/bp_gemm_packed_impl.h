@@ -1,15 +1,18 @@
 /* Template body for bp_gemm_packed.c: T, S and the path's MR/NR/kernel fields
  * (MRF, NRF, KER) are defined by the includer. */
 
-/* op(A)[0:mc, 0:kc] -> panels of MR rows, each [kc][MR], zero-padded. */
+/* op(A)[0:mc, 0:kc] -> panels of MR rows, each [kc][MR], zero-padded. Cloned per
+ * ISA; the branches for the full AVX-512 panel (MR = 8) have fixed sizes, so that
+ * they compile to vector moves. */
+BP_CLONES
 static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t ars,
                           ptrdiff_t acs, T *restrict Ap)
 {
     for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
         const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
-        T *dst = Ap + ir * kc;
+        T *restrict dst = Ap + ir * kc;
         const T *src = A + ir * ars;
-        if (acs == 1 && mr == 8 && MR == 8) {   /* the AVX-512 panel: 8 rows in lock-step */
+        if (acs == 1 && mr == 8 && MR == 8) {   /* rows contiguous: 8 rows in lock-step */
             const T *r0 = src, *r1 = r0 + ars, *r2 = r1 + ars, *r3 = r2 + ars, *r4 = r3 + ars,
                     *r5 = r4 + ars, *r6 = r5 + ars, *r7 = r6 + ars;
             for (ptrdiff_t p = 0; p < kc; p++) {
@@ -17,7 +20,14 @@ static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdif
                 d[0] = r0[p]; d[1] = r1[p]; d[2] = r2[p]; d[3] = r3[p];
                 d[4] = r4[p]; d[5] = r5[p]; d[6] = r6[p]; d[7] = r7[p];
             }
-        } else if (acs == 1) {     /* rows of op(A) contiguous: read along p */
+            continue;
+        }
+        if (ars == 1 && mr == 8 && MR == 8) {   /* a transposed A: copy 8 at a time */
+            for (ptrdiff_t p = 0; p < kc; p++)
+                for (int i = 0; i < 8; i++) dst[p * 8 + i] = src[p * acs + i];
+            continue;
+        }
+        if (acs == 1) {            /* rows of op(A) contiguous: read along p */
             for (int i = 0; i < mr; i++)
                 for (ptrdiff_t p = 0; p < kc; p++) dst[p * MR + i] = src[i * ars + p];
         } else {                   /* columns contiguous (a transposed A) */
@@ -30,16 +40,20 @@ static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdif
 }
 
 /* op(B)[0:kc, 0:nc] -> panels of NR columns, each [kc][NR], zero-padded. */
+BP_CLONES
 static void BP_FN(pack_b)(int NR, ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t brs,
                           ptrdiff_t bcs, T *restrict Bp)
 {
     for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
         const int nr = nc - jr < NR ? (int)(nc - jr) : NR;
-        T *dst = Bp + jr * kc;
+        T *restrict dst = Bp + jr * kc;
         const T *src = B + jr * bcs;
-        if (bcs == 1) {            /* rows of op(B) contiguous */
+        if (bcs == 1 && nr == BP_NR_WIDE && NR == BP_NR_WIDE) {   /* the AVX-512 panel */
+            for (ptrdiff_t p = 0; p < kc; p++)
+                for (int j = 0; j < BP_NR_WIDE; j++) dst[p * BP_NR_WIDE + j] = src[p * brs + j];
+        } else if (bcs == 1) {     /* rows of op(B) contiguous */
             for (ptrdiff_t p = 0; p < kc; p++) {
-                memcpy(dst + p * NR, src + p * brs, (size_t)nr * sizeof(T));
+                for (int j = 0; j < nr; j++) dst[p * NR + j] = src[p * brs + j];
                 for (int j = nr; j < NR; j++) dst[p * NR + j] = 0;
             }
         } else {                   /* a transposed B: walk its nr rows in lock-step, so
@@ -96,15 +110,16 @@ int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1
     }
     const ptrdiff_t ncmax = n < NC ? (n + NR - 1) / NR * NR : NC;
     const ptrdiff_t mcmax = m < MC ? (m + MR - 1) / MR * MR : MC;
-    const ptrdiff_t kcmax = k < KC ? k : KC;
+    /* k in equal slices of at most KC (k = 512: two of 256, not 384 + 128) */
+    const ptrdiff_t kcmax = (k + (k + KC - 1) / KC - 1) / ((k + KC - 1) / KC);
     T *Bp = work_buffer((size_t)(kcmax * ncmax + kcmax * mcmax + MR * NR) * sizeof(T));
     if (!Bp) return -1;
     T *Ap = Bp + kcmax * ncmax;
     T *tile = Ap + kcmax * mcmax;
     for (ptrdiff_t jc = j0; jc < j1; jc += NC) {
         const ptrdiff_t nc = j1 - jc < NC ? j1 - jc : NC;
-        for (ptrdiff_t pc = 0; pc < k; pc += KC) {
-            const ptrdiff_t kc = k - pc < KC ? k - pc : KC;
+        for (ptrdiff_t pc = 0; pc < k; pc += kcmax) {
+            const ptrdiff_t kc = k - pc < kcmax ? k - pc : kcmax;
             const int first = pc == 0 && !accumulate;
             BP_FN(pack_b)(NR, kc, nc, B + pc * brs + jc * bcs, brs, bcs, Bp);
             for (ptrdiff_t ic = i0; ic < i1; ic += MC) {

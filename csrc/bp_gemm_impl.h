@@ -151,6 +151,9 @@ int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1, p
         return 0;
     }
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
+    if (!tb && m <= BP_AXPY_ROWS && k > BP_AXPY_DEPTH
+        && BP_FN(bp_gemm_rows)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate) == 0)
+        return 0;
     if (!tb && (m <= BP_AXPY_ROWS || k <= BP_AXPY_DEPTH)) {
         BP_FN(bp_gemm_axpy)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
         return 0;

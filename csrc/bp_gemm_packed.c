@@ -272,8 +272,59 @@ BP_AVX512 static void dot4x4_avx512_f32(ptrdiff_t k, const float *A, ptrdiff_t l
         }
 }
 
+/* Few-row kernels (op(A) B with at most 4 rows of A, e.g. dX = dZ W for one
+ * example): each row's strip of C stays in registers over the whole of k while
+ * B's rows stream past, with enough independent accumulators (8 for one row, 4
+ * x MRC for more) to hide the FMA latency. The axpy path instead loads and
+ * stores C for every few rows of B, and a one-row register tile of the direct
+ * kernel has only two chains of FMAs in flight. The last strip masks its loads
+ * and stores (vectors wholly past the edge load zeros and store nothing). */
+#define BP_ROWS_TILE(T, V, LANES, MASK, SET1, FMADD, LOAD, MLOAD, STORE, MSTORE, ADD, ZERO)   \
+    static inline __attribute__((always_inline)) void rows_tile_##T(                         \
+        const int MRC, const int NV, const int masked, ptrdiff_t k, const T *A,              \
+        ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc,        \
+        ptrdiff_t nr, int accumulate)                                                        \
+    {                                                                                        \
+        MASK mk[8];                                                                          \
+        for (int v = 0; v < NV; v++) {                                                       \
+            const ptrdiff_t left = nr - v * LANES;                                           \
+            mk[v] = left >= LANES ? (MASK)~0 : left > 0 ? (MASK)((1u << left) - 1) : (MASK)0; \
+        }                                                                                    \
+        V c[4][8];                                                                           \
+        for (int r = 0; r < MRC; r++)                                                        \
+            for (int v = 0; v < NV; v++) c[r][v] = ZERO();                                   \
+        for (ptrdiff_t p = 0; p < k; p++) {                                                  \
+            V b[8];                                                                          \
+            for (int v = 0; v < NV; v++)                                                     \
+                b[v] = masked ? MLOAD(mk[v], B + p * ldb + v * LANES)                        \
+                              : LOAD(B + p * ldb + v * LANES);                               \
+            for (int r = 0; r < MRC; r++) {                                                  \
+                const V a = SET1(A[r * ars + p * acs]);                                      \
+                for (int v = 0; v < NV; v++) c[r][v] = FMADD(a, b[v], c[r][v]);              \
+            }                                                                                \
+        }                                                                                    \
+        for (int r = 0; r < MRC; r++)                                                        \
+            for (int v = 0; v < NV; v++) {                                                   \
+                T *cv = C + r * ldc + v * LANES;                                             \
+                if (masked) {                                                                \
+                    if (accumulate) c[r][v] = ADD(MLOAD(mk[v], cv), c[r][v]);                \
+                    MSTORE(cv, mk[v], c[r][v]);                                              \
+                } else {                                                                     \
+                    if (accumulate) c[r][v] = ADD(LOAD(cv), c[r][v]);                        \
+                    STORE(cv, c[r][v]);                                                      \
+                }                                                                            \
+            }                                                                                \
+    }
+
+BP_AVX512 BP_ROWS_TILE(float, __m512, 16, __mmask16, _mm512_set1_ps, _mm512_fmadd_ps,
+                       _mm512_loadu_ps, _mm512_maskz_loadu_ps, _mm512_storeu_ps,
+                       _mm512_mask_storeu_ps, _mm512_add_ps, _mm512_setzero_ps)
+BP_AVX512 BP_ROWS_TILE(double, __m512d, 8, __mmask8, _mm512_set1_pd, _mm512_fmadd_pd,
+                       _mm512_loadu_pd, _mm512_maskz_loadu_pd, _mm512_storeu_pd,
+                       _mm512_mask_storeu_pd, _mm512_add_pd, _mm512_setzero_pd)
+
 /* Direct kernels (no packing) for products with few rows (m <= 16) or a short
- * inner dimension (k <= 16): an MRC x 32 (f32) or MRC x 16 (f64) tile of C is
+ * inner dimension (k <= 64): an MRC x 32 (f32) or MRC x 16 (f64) tile of C is
  * held in registers over the whole of k, reading op(A)(i, p) = A[i*ars + p*acs]
  * and the rows of B in place; masked loads and stores take the column edge.
  * Packing would cost more than it saves here: it copies all of B (the weight
@@ -336,10 +387,20 @@ BP_AVX512 BP_DIRECT_TILE(double, __m512d, 8, _mm512_set1_pd, _mm512_fmadd_pd,
         }                                                                                    \
     } while (0)
 
-/* The tiles in row-major order when k is short (the operands are small and C's
- * rows are then written in sequence), else column strip by column strip (a few
- * rows against a large B: each strip of B is read once for all the rows). Each
- * tile is computed the same way in either order. */
+/* With a short inner dimension (dW = dZᵀ X of a small batch) the tiles are 4 rows
+ * x 4 vectors of rows_tile, in row-major order: per step of k, 4 loads of B and 4
+ * broadcasts of A feed 16 FMAs, where the 8 x 2-vector tile needs 8 broadcasts;
+ * C's rows are written in sequence. Otherwise (a few rows against a large B, the
+ * dX = dZ W of a small batch) 8 x 2-vector tiles column strip by column strip, so
+ * that each strip of B is read once for all the rows. */
+#define BP_SMALLK_ROWS(T, MRC, LANES)                                                        \
+    for (ptrdiff_t j = j0; j < j1; j += 4 * LANES) {                                         \
+        if (j1 - j >= 4 * LANES)                                                             \
+            rows_tile_##T(MRC, 4, 0, k, a, ars, acs, B + j, ldb, c + j, ldc, 4 * LANES, acc); \
+        else                                                                                 \
+            rows_tile_##T(MRC, 4, 1, k, a, ars, acs, B + j, ldb, c + j, ldc, j1 - j, acc);    \
+    }
+
 #define BP_DIRECT_DRIVER(T, S, LANES, MASK)                                                  \
     BP_AVX512 static void direct_avx512_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,        \
                                             ptrdiff_t j1, ptrdiff_t k, const T *A,           \
@@ -347,9 +408,16 @@ BP_AVX512 BP_DIRECT_TILE(double, __m512d, 8, _mm512_set1_pd, _mm512_fmadd_pd,
                                             ptrdiff_t ldb, T *C, ptrdiff_t ldc, int acc)     \
     {                                                                                        \
         if (k <= BP_DIRECT_DEPTH) {                                                          \
-            for (ptrdiff_t i = i0; i < i1; i += 8)                                           \
-                for (ptrdiff_t j = j0; j < j1; j += 2 * LANES)                               \
-                    BP_DIRECT_TILE_AT(T, LANES, MASK, i, j);                                 \
+            for (ptrdiff_t i = i0; i < i1; i += 4) {                                         \
+                const T *a = A + i * ars;                                                    \
+                T *c = C + i * ldc;                                                          \
+                switch (i1 - i < 4 ? (int)(i1 - i) : 4) {                                    \
+                case 4: BP_SMALLK_ROWS(T, 4, LANES) break;                                   \
+                case 3: BP_SMALLK_ROWS(T, 3, LANES) break;                                   \
+                case 2: BP_SMALLK_ROWS(T, 2, LANES) break;                                   \
+                default: BP_SMALLK_ROWS(T, 1, LANES) break;                                  \
+                }                                                                            \
+            }                                                                                \
         } else {                                                                             \
             for (ptrdiff_t j = j0; j < j1; j += 2 * LANES)                                   \
                 for (ptrdiff_t i = i0; i < i1; i += 8)                                       \
@@ -358,6 +426,32 @@ BP_AVX512 BP_DIRECT_TILE(double, __m512d, 8, _mm512_set1_pd, _mm512_fmadd_pd,
     }
 BP_DIRECT_DRIVER(float, f32, 16, __mmask16)
 BP_DIRECT_DRIVER(double, f64, 8, __mmask8)
+
+#define BP_ROWS_STRIPS(T, MRC, NV, LANES)                                                    \
+    for (ptrdiff_t j = j0; j < j1; j += NV * LANES) {                                        \
+        if (j1 - j >= NV * LANES)                                                            \
+            rows_tile_##T(MRC, NV, 0, k, A, ars, acs, B + j, ldb, C + j, ldc, NV * LANES, acc); \
+        else                                                                                 \
+            rows_tile_##T(MRC, NV, 1, k, A, ars, acs, B + j, ldb, C + j, ldc, j1 - j, acc);   \
+    }
+
+#define BP_ROWS_DRIVER(T, S, LANES)                                                          \
+    BP_AVX512 static void rows_avx512_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,          \
+                                          ptrdiff_t j1, ptrdiff_t k, const T *A,             \
+                                          ptrdiff_t ars, ptrdiff_t acs, const T *B,          \
+                                          ptrdiff_t ldb, T *C, ptrdiff_t ldc, int acc)       \
+    {                                                                                        \
+        A += i0 * ars;                                                                       \
+        C += i0 * ldc;                                                                       \
+        switch (i1 - i0) {                                                                   \
+        case 1: BP_ROWS_STRIPS(T, 1, 8, LANES) break;                                        \
+        case 2: BP_ROWS_STRIPS(T, 2, 4, LANES) break;                                        \
+        case 3: BP_ROWS_STRIPS(T, 3, 4, LANES) break;                                        \
+        default: BP_ROWS_STRIPS(T, 4, 4, LANES) break;                                       \
+        }                                                                                    \
+    }
+BP_ROWS_DRIVER(float, f32, 16)
+BP_ROWS_DRIVER(double, f64, 8)
 #endif
 
 /* ------------------------------------------------------------------ dispatch */
@@ -380,16 +474,18 @@ struct bp_path {
     direct_f32 d32;      /* NULL: no direct kernel on this path */
     direct_f64 d64;
     dotrow_f32 r32;      /* NULL: no one-row kernel on this path */
+    direct_f32 w32;      /* NULL: no few-row kernel on this path */
+    direct_f64 w64;
 };
 
 static const struct bp_path PATHS[] = {
 #if BP_X86
     {"avx512", 8, 32, 8, 16, ukr_avx512_f32, ukr_avx512_f64, direct_avx512_f32,
-     direct_avx512_f64, dotrow_avx512_f32},
-    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL, NULL},
+     direct_avx512_f64, dotrow_avx512_f32, rows_avx512_f32, rows_avx512_f64},
+    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL, NULL, NULL, NULL},
 #endif
     {"generic", GEN_MR, GEN_NR, GEN_MR, GEN_NR / 2, ukr_generic_f32, ukr_generic_f64, NULL,
-     NULL, NULL},
+     NULL, NULL, NULL, NULL},
 };
 #define N_PATHS ((int)(sizeof(PATHS) / sizeof(PATHS[0])))
 
@@ -481,6 +577,7 @@ static void *work_buffer(size_t bytes)
 #define NRF nr32
 #define KER k32
 #define DIR d32
+#define ROWS w32
 #include "bp_gemm_packed_impl.h"
 #undef T
 #undef BP_F32
@@ -489,6 +586,7 @@ static void *work_buffer(size_t bytes)
 #undef NRF
 #undef KER
 #undef DIR
+#undef ROWS
 #undef BP_NR_WIDE
 
 #define T double
@@ -499,6 +597,7 @@ static void *work_buffer(size_t bytes)
 #define NRF nr64
 #define KER k64
 #define DIR d64
+#define ROWS w64
 #include "bp_gemm_packed_impl.h"
 #undef T
 #undef BP_F32
@@ -507,6 +606,7 @@ static void *work_buffer(size_t bytes)
 #undef NRF
 #undef KER
 #undef DIR
+#undef ROWS
 #undef BP_NR_WIDE
 
 /* A Bᵀ for rows i0..i1 of A, one row at a time, by the path's one-row kernel:

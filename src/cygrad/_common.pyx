@@ -46,7 +46,7 @@ cdef bint is_f32(object x):
 
 
 cdef inline object _check_float(object x, str fn, str name, int ndim):
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, cnp.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray of float32 or float64, "
                         f"got {type(x).__name__}")
     cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
@@ -95,11 +95,17 @@ cdef object out_array(object out, tuple shape, object dtype, str fn):
         for i in range(nd):
             dims[i] = shape[i]
         return cnp.PyArray_EMPTY(nd, dims, typenum, 0)
-    if not isinstance(out, np.ndarray):
+    if not isinstance(out, cnp.ndarray):
         raise TypeError(f"{fn}: out must be a numpy.ndarray or None, got {type(out).__name__}")
     if cnp.PyArray_TYPE(<cnp.ndarray>out) != typenum:
         raise TypeError(f"{fn}: out must have dtype {np.dtype(dtype)}, got {out.dtype}")
-    if out.shape != shape:
+    cdef bint same = cnp.PyArray_NDIM(<cnp.ndarray>out) == nd
+    cdef cnp.npy_intp *od = cnp.PyArray_DIMS(<cnp.ndarray>out)
+    i = 0
+    while same and i < nd:
+        same = od[i] == <cnp.npy_intp>shape[i]
+        i += 1
+    if not same:
         raise ValueError(f"{fn}: out must have shape {shape}, got {out.shape}")
     if not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out):
         raise ValueError(f"{fn}: out must be C-contiguous")
@@ -111,7 +117,7 @@ cdef object out_array(object out, tuple shape, object dtype, str fn):
 cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
     """An int64 C-contiguous copy or view of an integer array whose every value
     lies in [0, upper); IndexError names the first offending value and where."""
-    if not isinstance(x, np.ndarray):
+    if not isinstance(x, cnp.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray of integers, "
                         f"got {type(x).__name__}")
     if not cnp.PyArray_ISINTEGER(<cnp.ndarray>x):

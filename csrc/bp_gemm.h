@@ -44,11 +44,13 @@ BP_DECLARE(double, f64)
  * scores of a small output layer): dot-product tiles (4 x 4, and single rows
  * eight columns at a time; in AVX-512 intrinsics for float32 where the CPU has
  * it, else C that the compiler vectorises); op(A) B with m <= BP_AXPY_ROWS
- * or an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
- * dW += δ xᵀ for one example): rows of B accumulated into C (four rows of B per
+ * (dX = dZ W for one example): on AVX-512 a few-row kernel that keeps each row's
+ * strip of C in registers over all of k (8 accumulators for one row), else, as
+ * for an inner dimension k <= BP_AXPY_DEPTH (a rank-1 or rank-2 update such as
+ * dW += δ xᵀ for one example), rows of B accumulated into C (four rows of B per
  * pass, which keeps independent sums in flight where a register tile of one row
  * would wait on one chain of FMAs); other op(A) B with m <= BP_DIRECT_ROWS or
- * k <= BP_DIRECT_DEPTH (a small batch's dW = dZᵀ X), where the path has a direct
+ * k <= BP_DIRECT_DEPTH (a small batch's dX and dW), where the path has a direct
  * kernel (AVX-512): register tiles over unpacked operands; otherwise the packed
  * GEMM. Returns nonzero if a packing
  * buffer could not be allocated. */

@@ -14,11 +14,14 @@ count. A Bᵀ with 1 to 3 rows of A runs, on AVX-512 in float32, a one-row kerne
 small output layer) it uses 4 x 4 tiles of contiguous dot products instead:
 packing would transpose all of B on every call, which costs more than the
 product there.
-Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example), or
+Likewise op(A) B with at most 4 rows of A (dX = dZ W for one example) keeps
+each row's strip of C in registers over the whole inner dimension while B's
+rows stream past (on AVX-512; elsewhere it accumulates rows of B into C), and
 with an inner dimension of at most 2 (the rank-1 update dW += δ xᵀ of one
-example), accumulates rows of B into C directly; and op(A) B with at most 16
-rows (dX of a small batch) or an inner dimension of at most 64 (its dW) runs,
-on AVX-512, a register-tiled kernel over the unpacked operands. The method is
+example) accumulates rows of B into C directly; op(A) B with at most 16 rows
+(dX of a small batch) or an inner dimension of at most 64 (its dW) runs, on
+AVX-512, register tiles over the unpacked operands (8 rows x 32 columns, or
+4 rows x 64 columns when the inner dimension is short). The method is
 chosen from the product's shape alone (csrc/bp_gemm.h), never from a thread's
 share of it.
 """

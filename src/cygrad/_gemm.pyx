@@ -40,8 +40,10 @@ from cygrad._csrc cimport (bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, b
 
 cdef enum:
     MIN_FLOPS = 65536      # multiply-adds below which one thread does the product
-    ROW_ALIGN = 24         # thread row splits on multiples of every micro-kernel's MR
+    ROW_ALIGN = 8          # thread row splits on multiples of 8 rows (the AVX-512 MR; keeps
+                           # the dot kernels' 4-row groups, hence the bits, split-independent)
     COL_ALIGN = 32         # ... and column splits on multiples of every NR
+    MIN_ROWS = 48          # rows per thread below which C is split by columns
 
 
 def _gemm_path():
@@ -87,7 +89,7 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     column ranges when C has too few rows to go round. Returns nonzero if a
     packing buffer could not be allocated."""
     cdef Py_ssize_t rc, cc, i0, i1, j0, j1
-    cdef bint by_rows = m >= 2 * ROW_ALIGN * nt
+    cdef bint by_rows
     cdef int t, failed = 0
     if m == 0 or n == 0:
         return 0
@@ -95,6 +97,9 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     rc = (rc + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
     cc = (n + nt - 1) // nt
     cc = (cc + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN
+    # by rows when there are enough of them and the largest share is no larger
+    # than by columns (the few-row kernels want all rows against a column strip)
+    by_rows = m >= MIN_ROWS * nt and min(rc, m) * n <= m * min(cc, n)
     for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
         if by_rows:
             i0 = t * rc

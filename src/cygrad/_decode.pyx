@@ -110,6 +110,10 @@ def constrained_viterbi(scores, offsets, allowed, start_allowed):
     if C == 0:
         return out
     with nogil:
-        for i in prange(S, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-            _one(scp, C, op[i], op[i + 1], ap, stp, dp, bp, outp)
+        if nt == 1:
+            for i in range(S):
+                _one(scp, C, op[i], op[i + 1], ap, stp, dp, bp, outp)
+        else:
+            for i in prange(S, num_threads=nt, schedule="static"):
+                _one(scp, C, op[i], op[i + 1], ap, stp, dp, bp, outp)
     return out

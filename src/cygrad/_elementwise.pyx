@@ -242,7 +242,14 @@ cdef void _add_bias(const floating[:, ::1] z, const floating[::1] b, floating[:,
     cdef int t
     if cols == 0:
         return
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:
+        if rows > 0:
+            if floating is float:
+                bp_add_bias_f32(&z[0, 0], &b[0], &out[0, 0], rows, cols)
+            else:
+                bp_add_bias_f64(&z[0, 0], &b[0], &out[0, 0], rows, cols)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * chunk
         hi = min(rows, lo + chunk)
         if lo < hi:
@@ -299,7 +306,13 @@ cdef void _colsum(const floating[:, ::1] x, floating[::1] out, int nt) noexcept 
             out[lo] = 0
         return
     chunk = (chunk + 15) // 16 * 16
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:
+        if floating is float:
+            bp_colsum_f32(&x[0, 0], &out[0], rows, cols, cols)
+        else:
+            bp_colsum_f64(&x[0, 0], &out[0], rows, cols, cols)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * chunk
         hi = min(cols, lo + chunk)
         if lo < hi:

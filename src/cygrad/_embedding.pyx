@@ -35,7 +35,11 @@ cdef void _gather(const floating *table, Py_ssize_t d, const cnp.int64_t *win, P
     cdef Py_ssize_t i, s
     if d == 0 or w == 0:
         return
-    for i in prange(B, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:
+        for i in range(B * w):
+            memcpy(X + i * d, table + win[i] * d, d * sizeof(floating))
+        return
+    for i in prange(B, num_threads=nt, schedule="static"):
         for s in range(w):
             memcpy(X + (i * w + s) * d, table + win[i * w + s] * d, d * sizeof(floating))
 
@@ -204,7 +208,14 @@ cdef void _axpy_flat(floating[::1] y, const floating[::1] x, double alpha,
     cdef Py_ssize_t n = y.shape[0], chunk = (n + nt - 1) // nt, lo, hi
     cdef int t
     chunk = (chunk + 63) // 64 * 64
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:
+        if n > 0:
+            if floating is float:
+                bp_axpy_f32(n, alpha, &x[0], &y[0])
+            else:
+                bp_axpy_f64(n, alpha, &x[0], &y[0])
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * chunk
         hi = min(n, lo + chunk)
         if lo < hi:
@@ -256,7 +267,13 @@ cdef void _adagrad_flat(floating *p, floating *G, const floating *g, Py_ssize_t 
                         double eps, int nt) noexcept nogil:
     cdef Py_ssize_t chunk = ((n + nt - 1) // nt + 63) // 64 * 64, lo, hi
     cdef int t
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:
+        if floating is float:
+            bp_adagrad_f32(p, G, g, n, lr, eps)
+        else:
+            bp_adagrad_f64(p, G, g, n, lr, eps)
+        return
+    for t in prange(nt, num_threads=nt, schedule="static"):
         lo = t * chunk
         hi = min(n, lo + chunk)
         if lo < hi:

@@ -100,7 +100,12 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     # by rows when there are enough of them and the largest share is no larger
     # than by columns (the few-row kernels want all rows against a column strip)
     by_rows = m >= MIN_ROWS * nt and min(rc, m) * n <= m * min(cc, n)
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    if nt == 1:     # no parallel region at all (an if(0) region still costs the runtime)
+        if floating is float:
+            return bp_gemm_block_f32(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
+        else:
+            return bp_gemm_block_f64(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
+    for t in prange(nt, num_threads=nt, schedule="static"):
         if by_rows:
             i0 = t * rc
             i1 = min(m, i0 + rc)

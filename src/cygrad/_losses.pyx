@@ -28,20 +28,31 @@ cdef enum:
     MIN_ELEMENTS = 16384
 
 
+cdef inline double _xent_block(const floating *z, const cnp.int64_t *y, floating *d,
+                               Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t blk,
+                               double scale) noexcept nogil:
+    """Loss sum and gradient of block blk (ROW_BLOCK rows) of the batch."""
+    cdef Py_ssize_t lo = blk * ROW_BLOCK, hi = min(rows, lo + ROW_BLOCK)
+    if floating is float:
+        return bp_softmax_xent_f32(z + lo * cols, y + lo, d + lo * cols, hi - lo, cols, scale)
+    else:
+        return bp_softmax_xent_f64(z + lo * cols, y + lo, d + lo * cols, hi - lo, cols, scale)
+
+
 cdef void _softmax_xent(const floating[:, ::1] z, const cnp.int64_t[::1] y,
                         floating[:, ::1] d, double[::1] partial, int nt) noexcept nogil:
     cdef Py_ssize_t rows = z.shape[0], cols = z.shape[1], nblocks = partial.shape[0]
     cdef Py_ssize_t blk, lo, hi
     cdef double scale = 1.0 / rows
-    for blk in prange(nblocks, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-        lo = blk * ROW_BLOCK
-        hi = min(rows, lo + ROW_BLOCK)
-        if floating is float:
-            partial[blk] = bp_softmax_xent_f32(&z[lo, 0], &y[lo], &d[lo, 0], hi - lo, cols,
-                                               scale)
-        else:
-            partial[blk] = bp_softmax_xent_f64(&z[lo, 0], &y[lo], &d[lo, 0], hi - lo, cols,
-                                               scale)
+    cdef const floating *zp = &z[0, 0]
+    cdef const cnp.int64_t *yp = &y[0]
+    cdef floating *dp = &d[0, 0]
+    if nt == 1:     # the same blocks in order, without a parallel region
+        for blk in range(nblocks):
+            partial[blk] = _xent_block(zp, yp, dp, rows, cols, blk, scale)
+        return
+    for blk in prange(nblocks, num_threads=nt, schedule="static"):
+        partial[blk] = _xent_block(zp, yp, dp, rows, cols, blk, scale)
 
 
 def softmax_cross_entropy(logits, labels, out=None):

@@ -214,54 +214,60 @@ cdef inline void _gather_rows(Net *net, floating *X, Py_ssize_t lo, Py_ssize_t h
                        d * sizeof(floating))
 
 
-cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
-               floating *S, floating *dZ, floating *dX, floating *colbuf, double *losses,
-               int nt) noexcept nogil:
-    """One fused training step; losses[t] receives thread t's summed loss. Returns
-    nonzero if a GEMM packing buffer could not be allocated."""
+cdef struct Work:
+    # one step's batch arrays: labels, X (B x D), Z (B x H), S (B x C), dZ, dX, the
+    # column sums (H + C) and each thread's summed loss
+    const cnp.int64_t *lab
+    void *X
+    void *Z
+    void *S
+    void *dZ
+    void *dX
+    void *colbuf
+    double *losses
+    double scale
+    bint row_mode
+
+
+cdef int _phase(int ph, Net *net, Work *wk, floating *dummy, int t, int nt) noexcept nogil:
+    """Thread t's share of phase ph of the step (see the module docstring).
+    Returns nonzero if a GEMM packing buffer could not be allocated."""
     cdef Py_ssize_t B = net.B, w = net.w, D = net.D, H = net.H, C = net.C
     cdef Py_ssize_t i, r, d, lo, hi
+    cdef floating *X = <floating *>wk.X
+    cdef floating *Z = <floating *>wk.Z
+    cdef floating *S = <floating *>wk.S
+    cdef floating *dZ = <floating *>wk.dZ
+    cdef floating *dX = <floating *>wk.dX
+    cdef floating *colbuf = <floating *>wk.colbuf
     cdef floating *W = <floating *>net.W
     cdef floating *b = <floating *>net.b
     cdef floating *U = <floating *>net.U
     cdef floating *c = <floating *>net.c
-    cdef floating *gW = <floating *>net.gW
-    cdef floating *gU = <floating *>net.gU
-    cdef floating *GW = <floating *>net.GW
-    cdef floating *GU = <floating *>net.GU
     cdef floating *tab
     cdef const cnp.int64_t *ids
-    cdef double lr = net.lr
-    cdef double scale = (1.0 / B) if net.adagrad else (-lr / B)
-    cdef bint row_mode = B >= ROW_MODE_ROWS * nt
-    cdef int t, k, failed = 0
-
-    # 1. rows: gather (and, in row mode, the whole forward pass and the loss)
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+    cdef int k, failed = 0
+    if ph == 1:     # rows: gather (and, in row mode, the forward pass and the loss)
         lo = _part(B, nt, t, 4)
         hi = _part(B, nt, t + 1, 4)
-        losses[t] = 0.0
+        wk.losses[t] = 0.0
         _gather_rows(net, X, lo, hi)
-        if row_mode and lo < hi:
+        if wk.row_mode and lo < hi:
             failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, W, 1, D, Z, H, 0) != 0
             _bias_act(Z, b, lo, hi, 0, H, H, net.act, net.alpha)
             failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, U, 1, H, S, C, 0) != 0
-            losses[t] = _bias_xent(S, c, lab, lo, hi, C, scale)
-    if not row_mode:
-        # 2. columns of H: Z = X Wᵀ + b, H = f(Z)
-        for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-            lo = _part(H, nt, t, COL_ALIGN)
-            hi = _part(H, nt, t + 1, COL_ALIGN)
-            failed += _gemm(B, H, 0, B, lo, hi, D, X, 0, D, W, 1, D, Z, H, 0) != 0
-            _bias_act(Z, b, 0, B, lo, hi, H, net.act, net.alpha)
-        # 3. rows: scores and softmax cross-entropy
-        for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-            lo = _part(B, nt, t, 4)
-            hi = _part(B, nt, t + 1, 4)
-            failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, U, 1, H, S, C, 0) != 0
-            losses[t] = _bias_xent(S, c, lab, lo, hi, C, scale)
-    # 4. columns of H: delta, then U, b (and c on thread 0)
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+            wk.losses[t] = _bias_xent(S, c, wk.lab, lo, hi, C, wk.scale)
+    elif ph == 2:   # columns of H: Z = X Wᵀ + b, H = f(Z)
+        lo = _part(H, nt, t, COL_ALIGN)
+        hi = _part(H, nt, t + 1, COL_ALIGN)
+        failed += _gemm(B, H, 0, B, lo, hi, D, X, 0, D, W, 1, D, Z, H, 0) != 0
+        _bias_act(Z, b, 0, B, lo, hi, H, net.act, net.alpha)
+    elif ph == 3:   # rows: scores and softmax cross-entropy
+        lo = _part(B, nt, t, 4)
+        hi = _part(B, nt, t + 1, 4)
+        failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, U, 1, H, S, C, 0) != 0
+        wk.losses[t] = _bias_xent(S, c, wk.lab, lo, hi, C, wk.scale)
+    elif ph == 4:   # columns of H: delta, then U, b (and c on thread 0)
         lo = _part(H, nt, t, COL_ALIGN)
         hi = _part(H, nt, t + 1, COL_ALIGN)
         if lo < hi:
@@ -273,33 +279,70 @@ cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
                 else:
                     bp_unary_bwd_f64(net.act, dZ + i * H + lo, Z + i * H + lo, dZ + i * H + lo,
                                      hi - lo, net.alpha)
-            failed += _weight_update(net, C, H, lo, hi, S, Z, U, GU, gU)
+            failed += _weight_update(net, C, H, lo, hi, S, Z, U, <floating *>net.GU,
+                                     <floating *>net.gU)
             _colsum(dZ + lo, colbuf + lo, B, H, hi - lo)
-            _update(net, b + lo, <floating *>net.Gb + lo, colbuf + lo, hi - lo, lr)
+            _update(net, b + lo, <floating *>net.Gb + lo, colbuf + lo, hi - lo, net.lr)
         if t == 0:
             _colsum(S, colbuf + H, B, C, C)
-            _update(net, c, <floating *>net.Gc, colbuf + H, C, lr)
-    # 5. columns of X: dX = dZ W with the old W, then W's update
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
+            _update(net, c, <floating *>net.Gc, colbuf + H, C, net.lr)
+    elif ph == 5:   # columns of X: dX = dZ W with the old W, then W's update
         lo = _part(D, nt, t, COL_ALIGN)
         hi = _part(D, nt, t + 1, COL_ALIGN)
         if lo < hi:
             failed += _gemm(B, D, 0, B, lo, hi, H, dZ, 0, H, W, 0, D, dX, D, 0) != 0
-            failed += _weight_update(net, H, D, lo, hi, dZ, X, W, GW, gW)
-    # 6. SGD on the embedding rows, by ownership of blocks of ROW_BLOCK rows
-    #    (Adagrad's rows are updated by the caller, duplicates summed first)
-    if not net.adagrad:
-        for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-            for k in range(net.ntab):
-                if net.scatter[k]:
-                    tab = <floating *>net.tab[k]
-                    ids = net.ids[k]
-                    d = net.dim[k]
-                    for i in range(B * w):
-                        r = ids[i]
-                        if nt == 1 or (r // ROW_BLOCK) % nt == t:
-                            _axpy(d, 1.0, dX + (i // w) * D + net.off[k] + (i % w) * d,
-                                  tab + r * d)
+            failed += _weight_update(net, H, D, lo, hi, dZ, X, W, <floating *>net.GW,
+                                     <floating *>net.gW)
+    else:           # SGD on the embedding rows, by ownership of blocks of ROW_BLOCK rows
+        for k in range(net.ntab):
+            if net.scatter[k]:
+                tab = <floating *>net.tab[k]
+                ids = net.ids[k]
+                d = net.dim[k]
+                for i in range(B * w):
+                    r = ids[i]
+                    if nt == 1 or (r // ROW_BLOCK) % nt == t:
+                        _axpy(d, 1.0, dX + (i // w) * D + net.off[k] + (i % w) * d,
+                              tab + r * d)
+    return failed
+
+
+cdef int _run(int ph, Net *net, Work *wk, floating *dummy, int nt) noexcept nogil:
+    """Phase ph on nt threads; on one thread without entering a parallel region
+    (an OpenMP region costs about a microsecond even when it runs on one thread)."""
+    cdef int t, failed = 0
+    if nt == 1:
+        return _phase(ph, net, wk, dummy, 0, 1)
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        failed += _phase(ph, net, wk, dummy, t, nt)
+    return failed
+
+
+cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
+               floating *S, floating *dZ, floating *dX, floating *colbuf, double *losses,
+               int nt) noexcept nogil:
+    """One fused training step; losses[t] receives thread t's summed loss. Returns
+    nonzero if a GEMM packing buffer could not be allocated."""
+    cdef Work wk
+    cdef int failed = 0
+    wk.lab = lab
+    wk.X = X
+    wk.Z = Z
+    wk.S = S
+    wk.dZ = dZ
+    wk.dX = dX
+    wk.colbuf = colbuf
+    wk.losses = losses
+    wk.scale = (1.0 / net.B) if net.adagrad else (-net.lr / net.B)
+    wk.row_mode = net.B >= ROW_MODE_ROWS * nt
+    failed += _run(1, net, &wk, X, nt)
+    if not wk.row_mode:
+        failed += _run(2, net, &wk, X, nt)
+        failed += _run(3, net, &wk, X, nt)
+    failed += _run(4, net, &wk, X, nt)
+    failed += _run(5, net, &wk, X, nt)
+    if not net.adagrad:     # (Adagrad's rows are updated by the caller, duplicates summed)
+        failed += _run(6, net, &wk, X, nt)
     return failed
 
 
@@ -307,24 +350,29 @@ cdef int _forward_rows(Net *net, floating *X, floating *Z, floating *S, Py_ssize
                        int nt) noexcept nogil:
     """Inference: S = f(X Wᵀ + b) Uᵀ + c for B windows, X gathered from the tables;
     rows split between threads. Returns nonzero on a failed packing allocation."""
-    cdef Py_ssize_t lo, hi, H = net.H, D = net.D, C = net.C
     cdef int t, failed = 0
-    for t in prange(nt, num_threads=nt, schedule="static", use_threads_if=nt > 1):
-        lo = _part(B, nt, t, 8)
-        hi = _part(B, nt, t + 1, 8)
-        if lo < hi:
-            _gather_rows(net, X, lo, hi)
-            failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, <floating *>net.W, 1, D, Z, H,
-                            0) != 0
-            _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
-            if floating is float:
-                failed += gemm_block_f32(B, C, lo, hi, 0, C, H, Z, 0, H, <float *>net.U, 1, H,
-                                         S, C, 0) != 0
-                bp_add_bias_f32(S + lo * C, <float *>net.c, S + lo * C, hi - lo, C)
-            else:
-                failed += gemm_block_f64(B, C, lo, hi, 0, C, H, Z, 0, H, <double *>net.U, 1,
-                                         H, S, C, 0) != 0
-                bp_add_bias_f64(S + lo * C, <double *>net.c, S + lo * C, hi - lo, C)
+    if nt == 1:
+        return _forward_part(net, X, Z, S, B, 0, 1)
+    for t in prange(nt, num_threads=nt, schedule="static"):
+        failed += _forward_part(net, X, Z, S, B, t, nt)
+    return failed
+
+
+cdef int _forward_part(Net *net, floating *X, floating *Z, floating *S, Py_ssize_t B, int t,
+                       int nt) noexcept nogil:
+    """Thread t's rows of _forward_rows."""
+    cdef Py_ssize_t H = net.H, D = net.D, C = net.C
+    cdef Py_ssize_t lo = _part(B, nt, t, 8), hi = _part(B, nt, t + 1, 8)
+    cdef int failed = 0
+    if lo < hi:
+        _gather_rows(net, X, lo, hi)
+        failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, <floating *>net.W, 1, D, Z, H, 0) != 0
+        _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
+        failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, <floating *>net.U, 1, H, S, C, 0) != 0
+        if floating is float:
+            bp_add_bias_f32(S + lo * C, <float *>net.c, S + lo * C, hi - lo, C)
+        else:
+            bp_add_bias_f64(S + lo * C, <double *>net.c, S + lo * C, hi - lo, C)
     return failed
 
 

@@ -39,7 +39,8 @@ from cygrad._csrc cimport (bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, b
                            bp_gemm_reset_path)
 
 cdef enum:
-    MIN_FLOPS = 65536      # multiply-adds below which one thread does the product
+    MIN_FLOPS = 131072     # multiply-adds below which one thread does the product (a
+                           # B = 1 window product, 75,000, takes ~3 µs: less than waking a thread)
     ROW_ALIGN = 8          # thread row splits on multiples of 8 rows (the AVX-512 MR; keeps
                            # the dot kernels' 4-row groups, hence the bits, split-independent)
     COL_ALIGN = 32         # ... and column splits on multiples of every NR

@@ -84,7 +84,7 @@ static void ukr_generic_f64(ptrdiff_t kc, const double *Ap, const double *Bp, do
 /* The SIMD micro-kernels, one template: an MR x (2 vectors) tile of C in
  * registers, accumulated over kc from the packed panels (a broadcast element of
  * A times two vectors of B per row and step), then stored or added into C. */
-#define BP_UKR(NAME, T, V, MR, LANES, ZERO, LOAD, SET1, FMADD, ADD, STORE)                  \
+#define BP_UKRS(NAME, T, V, MR, MRS, LANES, ZERO, LOAD, SET1, FMADD, ADD, STORE)           \
     static void NAME(ptrdiff_t kc, const T *Ap, const T *Bp, T *C, ptrdiff_t ldc, int first) \
     {                                                                                       \
         V c[MR][2];                                                                         \
@@ -97,7 +97,7 @@ static void ukr_generic_f64(ptrdiff_t kc, const double *Ap, const double *Bp, do
         for (ptrdiff_t p = 0; p < kc; p++) {                                                \
             const V b0 = LOAD(Bp + p * 2 * LANES), b1 = LOAD(Bp + p * 2 * LANES + LANES);   \
             for (int i = 0; i < MR; i++) {                                                  \
-                const V a = SET1(Ap[p * MR + i]);                                           \
+                const V a = SET1(Ap[p * MRS + i]);                                          \
                 c[i][0] = FMADD(a, b0, c[i][0]);                                            \
                 c[i][1] = FMADD(a, b1, c[i][1]);                                            \
             }                                                                               \
@@ -113,6 +113,8 @@ static void ukr_generic_f64(ptrdiff_t kc, const double *Ap, const double *Bp, do
         }                                                                                   \
     }
 
+#define BP_UKR(NAME, T, V, MR, ...) BP_UKRS(NAME, T, V, MR, MR, __VA_ARGS__)
+
 /* AVX2 + FMA: 6 x 16 floats (12 ymm accumulators), 6 x 8 doubles. */
 #define BP_AVX2 __attribute__((target("avx2,fma")))
 BP_AVX2 BP_UKR(ukr_avx2_f32, float, __m256, 6, 8, _mm256_setzero_ps, _mm256_loadu_ps,
@@ -126,6 +128,14 @@ BP_AVX512 BP_UKR(ukr_avx512_f32, float, __m512, 8, 16, _mm512_setzero_ps, _mm512
                  _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, _mm512_storeu_ps)
 BP_AVX512 BP_UKR(ukr_avx512_f64, double, __m512d, 8, 8, _mm512_setzero_pd, _mm512_loadu_pd,
                  _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd, _mm512_storeu_pd)
+/* The same on the top half of an 8-row panel: the row edge of C when at most 4
+ * rows are left (m = 300 = 37 x 8 + 4 would otherwise compute 4 rows of zeros). */
+BP_AVX512 BP_UKRS(ukr_avx512_f32_half, float, __m512, 4, 8, 16, _mm512_setzero_ps,
+                  _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps,
+                  _mm512_storeu_ps)
+BP_AVX512 BP_UKRS(ukr_avx512_f64_half, double, __m512d, 4, 8, 8, _mm512_setzero_pd,
+                  _mm512_loadu_pd, _mm512_set1_pd, _mm512_fmadd_pd, _mm512_add_pd,
+                  _mm512_storeu_pd)
 
 /* dst[q * ldd + r] = src[r * ld + q] for a 16 x 16 block of floats: in registers,
  * 32-bit then 64-bit interleaves, then two rounds of 128-bit lane shuffles. Used
@@ -471,6 +481,8 @@ struct bp_path {
     int mr32, nr32, mr64, nr64;
     ukr_f32 k32;
     ukr_f64 k64;
+    ukr_f32 h32;         /* the top half (MR / 2 rows) of a panel; NULL: none */
+    ukr_f64 h64;
     direct_f32 d32;      /* NULL: no direct kernel on this path */
     direct_f64 d64;
     dotrow_f32 r32;      /* NULL: no one-row kernel on this path */
@@ -480,12 +492,14 @@ struct bp_path {
 
 static const struct bp_path PATHS[] = {
 #if BP_X86
-    {"avx512", 8, 32, 8, 16, ukr_avx512_f32, ukr_avx512_f64, direct_avx512_f32,
+    {"avx512", 8, 32, 8, 16, ukr_avx512_f32, ukr_avx512_f64, ukr_avx512_f32_half,
+     ukr_avx512_f64_half, direct_avx512_f32,
      direct_avx512_f64, dotrow_avx512_f32, rows_avx512_f32, rows_avx512_f64},
-    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL, NULL, NULL, NULL},
+    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL, NULL, NULL, NULL, NULL,
+     NULL},
 #endif
     {"generic", GEN_MR, GEN_NR, GEN_MR, GEN_NR / 2, ukr_generic_f32, ukr_generic_f64, NULL,
-     NULL, NULL, NULL, NULL},
+     NULL, NULL, NULL, NULL, NULL, NULL},
 };
 #define N_PATHS ((int)(sizeof(PATHS) / sizeof(PATHS[0])))
 
@@ -576,6 +590,7 @@ static void *work_buffer(size_t bytes)
 #define BP_NR_WIDE 32
 #define NRF nr32
 #define KER k32
+#define HALF h32
 #define DIR d32
 #define ROWS w32
 #include "bp_gemm_packed_impl.h"
@@ -585,6 +600,7 @@ static void *work_buffer(size_t bytes)
 #undef MRF
 #undef NRF
 #undef KER
+#undef HALF
 #undef DIR
 #undef ROWS
 #undef BP_NR_WIDE
@@ -596,6 +612,7 @@ static void *work_buffer(size_t bytes)
 #define BP_NR_WIDE 16
 #define NRF nr64
 #define KER k64
+#define HALF h64
 #define DIR d64
 #define ROWS w64
 #include "bp_gemm_packed_impl.h"
@@ -605,6 +622,7 @@ static void *work_buffer(size_t bytes)
 #undef MRF
 #undef NRF
 #undef KER
+#undef HALF
 #undef DIR
 #undef ROWS
 #undef BP_NR_WIDE

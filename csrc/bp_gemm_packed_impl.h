@@ -130,10 +130,14 @@ int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1
                     for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
                         const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
                         T *c = C + (ic + ir) * ldc + jc + jr;
-                        if (mr == MR && nr == NR) {
-                            pth->KER(kc, Ap + ir * kc, Bp + jr * kc, c, ldc, first);
-                        } else {   /* edge: full kernel into the tile, merge the valid part */
-                            pth->KER(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, 1);
+                        /* at most MR / 2 rows left: the half-panel kernel, if any */
+                        const int half = pth->HALF && 2 * mr <= MR;
+                        if (nr == NR && (mr == MR || (half && 2 * mr == MR))) {
+                            (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, c,
+                                                           ldc, first);
+                        } else {   /* edge: the kernel into the tile, merge the valid part */
+                            (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, tile,
+                                                           NR, 1);
                             BP_FN(merge_tile)(tile, NR, c, ldc, mr, nr, first);
                         }
                     }

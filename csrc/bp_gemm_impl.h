@@ -166,6 +166,23 @@ int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1, p
                                  tb ? ldb : 1, C, ldc, accumulate);
 }
 
+int BP_FN(bp_gemm_uses_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int ta, int tb)
+{
+    if (m <= 0 || n <= 0 || k <= 0) return 0;
+    if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS)) return 0;
+    if (!tb && (m <= BP_AXPY_ROWS || k <= BP_AXPY_DEPTH)) return 0;
+    if (!tb && (m <= BP_DIRECT_ROWS || k <= BP_DIRECT_DEPTH) && bp_gemm_has_direct()) return 0;
+    return 1;
+}
+
+int BP_FN(bp_gemm_shared)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int ta,
+                          ptrdiff_t lda, const T *B, int tb, ptrdiff_t ldb, T *C, ptrdiff_t ldc,
+                          int accumulate, int nt, ptrdiff_t rc)
+{
+    return BP_FN(bp_gemm_packed_shared)(m, n, k, A, ta ? 1 : lda, ta ? lda : 1, B,
+                                        tb ? 1 : ldb, tb ? ldb : 1, C, ldc, accumulate, nt, rc);
+}
+
 #undef BP_FN
 #undef BP_CAT
 #undef BP_CAT_

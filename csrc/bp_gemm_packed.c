@@ -24,6 +24,10 @@
 #include "bp_config.h"
 #include "bp_gemm.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BP_X86 1
 #include <immintrin.h>
@@ -35,7 +39,7 @@
 #define BP_PFC 1
 #endif
 #ifndef KC
-#define KC 384
+#define KC 512
 #endif
 #ifndef MC
 #define MC 96        /* a multiple of every MR (6, 8, 4) */
@@ -538,6 +542,8 @@ static const struct bp_path *path(void)
 }
 
 const char *bp_gemm_path(void) { return path()->name; }
+
+int bp_gemm_has_direct(void) { return path()->d32 != NULL; }
 
 /* Names of the paths this CPU can run, best first, separated by commas. */
 const char *bp_gemm_paths(void)

@@ -93,6 +93,49 @@ static void BP_FN(merge_tile)(const T *restrict tile, int ldt, T *restrict c, pt
     }
 }
 
+/* k in equal slices of at most KC (k = 1024: two of 512, not 512 + 512 + 0;
+ * k = 600: two of 300, not 512 + 88) */
+static inline ptrdiff_t BP_FN(kc_slice)(ptrdiff_t k)
+{
+    return (k + (k + KC - 1) / KC - 1) / ((k + KC - 1) / KC);
+}
+
+/* Rows [i0, i1) of C[:, jc:jc + nc] (+)= the kc-deep slice at pc, B's slice packed
+ * in Bp: row blocks of MC packed into Ap, then every MR x NR tile. */
+static inline void BP_FN(packed_rows)(const struct bp_path *pth, ptrdiff_t i0, ptrdiff_t i1,
+                                      ptrdiff_t jc, ptrdiff_t nc, ptrdiff_t pc, ptrdiff_t kc,
+                                      int first, const T *A, ptrdiff_t ars, ptrdiff_t acs,
+                                      const T *Bp, T *Ap, T *tile, T *C, ptrdiff_t ldc)
+{
+    const int MR = pth->MRF, NR = pth->NRF;
+    for (ptrdiff_t ic = i0; ic < i1; ic += MC) {
+        const ptrdiff_t mc = i1 - ic < MC ? i1 - ic : MC;
+        BP_FN(pack_a)(MR, mc, kc, A + ic * ars + pc * acs, ars, acs, Ap);
+        for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
+            const int nr = nc - jr < NR ? (int)(nc - jr) : NR;
+            for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
+                const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
+                T *c = C + (ic + ir) * ldc + jc + jr;
+                /* at most MR / 2 rows left: the half-panel kernel, if any */
+                const int half = pth->HALF && 2 * mr <= MR;
+                if (nr == NR && (mr == MR || (half && 2 * mr == MR))) {
+                    (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, c, ldc,
+                                                   first);
+                } else {   /* edge: the kernel into the tile, merge the valid part */
+                    (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, 1);
+                    BP_FN(merge_tile)(tile, NR, c, ldc, mr, nr, first);
+                }
+            }
+        }
+    }
+}
+
+static void BP_FN(zero_rows)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, T *C,
+                             ptrdiff_t ldc)
+{
+    for (ptrdiff_t i = i0; i < i1; i++) memset(C + i * ldc + j0, 0, (j1 - j0) * sizeof(T));
+}
+
 /* C[i0:i1, j0:j1] (+)= op(A) op(B) over the whole inner dimension k.
  * Returns 0, or -1 when the packing buffer cannot be allocated. */
 int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
@@ -104,14 +147,12 @@ int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1
     const ptrdiff_t m = i1 - i0, n = j1 - j0;
     if (m <= 0 || n <= 0) return 0;
     if (k == 0) {
-        if (!accumulate)
-            for (ptrdiff_t i = i0; i < i1; i++) memset(C + i * ldc + j0, 0, n * sizeof(T));
+        if (!accumulate) BP_FN(zero_rows)(i0, i1, j0, j1, C, ldc);
         return 0;
     }
     const ptrdiff_t ncmax = n < NC ? (n + NR - 1) / NR * NR : NC;
     const ptrdiff_t mcmax = m < MC ? (m + MR - 1) / MR * MR : MC;
-    /* k in equal slices of at most KC (k = 512: two of 256, not 384 + 128) */
-    const ptrdiff_t kcmax = (k + (k + KC - 1) / KC - 1) / ((k + KC - 1) / KC);
+    const ptrdiff_t kcmax = BP_FN(kc_slice)(k);
     T *Bp = work_buffer((size_t)(kcmax * ncmax + kcmax * mcmax + MR * NR) * sizeof(T));
     if (!Bp) return -1;
     T *Ap = Bp + kcmax * ncmax;
@@ -120,28 +161,71 @@ int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1
         const ptrdiff_t nc = j1 - jc < NC ? j1 - jc : NC;
         for (ptrdiff_t pc = 0; pc < k; pc += kcmax) {
             const ptrdiff_t kc = k - pc < kcmax ? k - pc : kcmax;
-            const int first = pc == 0 && !accumulate;
             BP_FN(pack_b)(NR, kc, nc, B + pc * brs + jc * bcs, brs, bcs, Bp);
-            for (ptrdiff_t ic = i0; ic < i1; ic += MC) {
-                const ptrdiff_t mc = i1 - ic < MC ? i1 - ic : MC;
-                BP_FN(pack_a)(MR, mc, kc, A + ic * ars + pc * acs, ars, acs, Ap);
-                for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
-                    const int nr = nc - jr < NR ? (int)(nc - jr) : NR;
-                    for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
-                        const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
-                        T *c = C + (ic + ir) * ldc + jc + jr;
-                        /* at most MR / 2 rows left: the half-panel kernel, if any */
-                        const int half = pth->HALF && 2 * mr <= MR;
-                        if (nr == NR && (mr == MR || (half && 2 * mr == MR))) {
-                            (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, c,
-                                                           ldc, first);
-                        } else {   /* edge: the kernel into the tile, merge the valid part */
-                            (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, tile,
-                                                           NR, 1);
-                            BP_FN(merge_tile)(tile, NR, c, ldc, mr, nr, first);
-                        }
-                    }
-                }
+            BP_FN(packed_rows)(pth, i0, i1, jc, nc, pc, kc, pc == 0 && !accumulate, A, ars, acs,
+                               Bp, Ap, tile, C, ldc);
+        }
+    }
+    return 0;
+}
+
+/* The whole m x n product on nt threads that share each packed slice of B
+ * (Goto's and BLIS's arrangement): the threads pack its NR-wide panels in turn,
+ * wait for one another, then each computes its own rows, [t rc, (t + 1) rc), with
+ * its own packed A, and all wait again before the next slice is packed over the
+ * last. Packing B once instead of once per thread halves its memory traffic at
+ * 2 threads. Every element is computed as by bp_gemm_packed. Returns 0, or -1
+ * when the buffers cannot be allocated. */
+int BP_FN(bp_gemm_packed_shared)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A,
+                                 ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t brs,
+                                 ptrdiff_t bcs, T *C, ptrdiff_t ldc, int accumulate, int nt,
+                                 ptrdiff_t rc)
+{
+    const struct bp_path *pth = path();
+    const int MR = pth->MRF, NR = pth->NRF;
+    if (m <= 0 || n <= 0) return 0;
+    if (k == 0) {
+        if (!accumulate) BP_FN(zero_rows)(0, m, 0, n, C, ldc);
+        return 0;
+    }
+    const ptrdiff_t ncmax = n < NC ? (n + NR - 1) / NR * NR : NC;
+    const ptrdiff_t mcmax = rc < MC ? (rc + MR - 1) / MR * MR : MC;
+    const ptrdiff_t kcmax = BP_FN(kc_slice)(k);
+    const ptrdiff_t own = kcmax * mcmax + MR * NR;       /* each thread's A and tile */
+    /* one allocation, in the calling thread's buffer, before the threads start */
+    T *Bp = work_buffer((size_t)(kcmax * ncmax + nt * own) * sizeof(T));
+    if (!Bp) return -1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nt)
+#endif
+    {
+#ifdef _OPENMP
+        const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+#else
+        const int t = 0, nth = 1;
+#endif
+        /* rows by the requested split; with fewer threads than asked, the team
+           shares the rows of the missing ones */
+        const ptrdiff_t per = nth == nt ? rc : ((m + nth - 1) / nth + MR - 1) / MR * MR;
+        const ptrdiff_t i0 = t * per < m ? t * per : m;
+        const ptrdiff_t i1 = (t + 1) * per < m ? (t + 1) * per : m;
+        T *Ap = Bp + kcmax * ncmax + t * own;
+        T *tile = Ap + kcmax * mcmax;
+        for (ptrdiff_t jc = 0; jc < n; jc += NC) {
+            const ptrdiff_t nc = n - jc < NC ? n - jc : NC;
+            for (ptrdiff_t pc = 0; pc < k; pc += kcmax) {
+                const ptrdiff_t kc = k - pc < kcmax ? k - pc : kcmax;
+                for (ptrdiff_t jr = (ptrdiff_t)t * NR; jr < nc; jr += (ptrdiff_t)nth * NR)
+                    BP_FN(pack_b)(NR, kc, nc - jr < NR ? nc - jr : NR,
+                                  B + pc * brs + (jc + jr) * bcs, brs, bcs, Bp + jr * kc);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+                BP_FN(packed_rows)(pth, i0, i1, jc, nc, pc, kc, pc == 0 && !accumulate, A, ars,
+                                   acs, Bp, Ap, tile, C, ldc);
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
             }
         }
     }

@@ -42,6 +42,14 @@ cdef extern from "bp_gemm.h" nogil:
                           Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const double *A,
                           int ta, Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb,
                           double *C, Py_ssize_t ldc, int accumulate)
+    int bp_gemm_uses_packed_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int ta, int tb)
+    int bp_gemm_uses_packed_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int ta, int tb)
+    int bp_gemm_shared_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, int ta,
+                           Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb, float *C,
+                           Py_ssize_t ldc, int accumulate, int nt, Py_ssize_t rc)
+    int bp_gemm_shared_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *A, int ta,
+                           Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
+                           Py_ssize_t ldc, int accumulate, int nt, Py_ssize_t rc)
     void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
                          Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
                          Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)

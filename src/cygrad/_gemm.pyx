@@ -36,7 +36,8 @@ from cygrad._common cimport float_array, inplace_array, same_dtype, out_array, t
 cnp.import_array()
 
 from cygrad._csrc cimport (bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, bp_gemm_paths,
-                           bp_gemm_reset_path)
+                           bp_gemm_reset_path, bp_gemm_uses_packed_f32, bp_gemm_uses_packed_f64,
+                           bp_gemm_shared_f32, bp_gemm_shared_f64)
 
 cdef enum:
     MIN_FLOPS = 131072     # multiply-adds below which one thread does the product (a
@@ -106,6 +107,15 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
             return bp_gemm_block_f32(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
         else:
             return bp_gemm_block_f64(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
+    if by_rows:     # the packed GEMM shares each packed slice of B between the threads
+        if floating is float:
+            if bp_gemm_uses_packed_f32(m, n, k, ta, tb):
+                return bp_gemm_shared_f32(m, n, k, a, ta, lda, b, tb, ldb, c, n, acc, nt,
+                                          rc) != 0
+        else:
+            if bp_gemm_uses_packed_f64(m, n, k, ta, tb):
+                return bp_gemm_shared_f64(m, n, k, a, ta, lda, b, tb, ldb, c, n, acc, nt,
+                                          rc) != 0
     for t in prange(nt, num_threads=nt, schedule="static"):
         if by_rows:
             i0 = t * rc

@@ -4,9 +4,10 @@
 Design: C is split between threads by ownership, into row ranges (or column
 ranges when C has too few rows to go round); each thread runs the packed,
 cache-blocked GEMM of csrc/bp_gemm_packed.c on its block: panels of op(A) and
-op(B) packed into per-thread buffers (transposes are absorbed by the packing,
-never materialised), register-blocked micro-kernels for AVX-512, AVX2+FMA or
-portable C chosen at run time. Each element of C is summed over the inner
+op(B) packed into contiguous buffers (transposes are absorbed by the packing,
+never materialised; with a row split the threads pack each slice of op(B)
+together, once, and each packs its own rows of op(A)), register-blocked
+micro-kernels for AVX-512, AVX2+FMA or portable C chosen at run time. Each element of C is summed over the inner
 dimension in one fixed order, so the result is bitwise the same for any thread
 count. A Bᵀ with 1 to 3 rows of A runs, on AVX-512 in float32, a one-row kernel
 (eight dot products at a time, reduced together); with at most 8 rows of A

@@ -329,7 +329,8 @@ def _fmt(x):
 def report(results, out_dir):
     lines = ["# cygrad vs NumPy, PyTorch and JAX: the window model's training step", ""]
     m = results[0]["machine"]
-    lines.append(f"Machine: {m.get('cpu')}, {m.get('cores')} cores usable; Python {m['python']}, "
+    cores = max(r["machine"].get("cores", 0) for r in results)   # workers are pinned
+    lines.append(f"Machine: {m.get('cpu')}, {cores} cores usable; Python {m['python']}, "
                  f"cygrad {m['cygrad']} (SIMD {m.get('cygrad_simd')}, GEMM "
                  f"{m.get('cygrad_gemm')}), NumPy {m['numpy']} with {m.get('blas', '?')}, "
                  f"PyTorch {m.get('torch', 'not installed')}, JAX {m.get('jax', 'not installed')}.")

@@ -122,6 +122,31 @@ void BP_FN(bp_adagrad)(T *restrict p, T *restrict G, const T *restrict g, ptrdif
     }
 }
 
+/* Sparse Adagrad on the table rows that n slots touch: slot j (= i w + s) has row
+ * id ids[j] and gradient g + (j / w) ld + (j % w) d. Each row's slot gradients are
+ * summed, in slot order, into row (d values of scratch), then the row takes one
+ * step; pairs is 2 n int64 values of scratch for the sort. Untouched rows are not
+ * read or written. */
+void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, ptrdiff_t n,
+                              ptrdiff_t w, const T *g, ptrdiff_t ld, int64_t *pairs, T *row,
+                              double lr, double eps)
+{
+    if (n <= 0 || d <= 0) return;
+    sort_slots(ids, n, pairs);
+    ptrdiff_t a = 0;
+    while (a < n) {
+        const int64_t r = pairs[2 * a];
+        for (ptrdiff_t j = 0; j < d; j++) row[j] = 0;
+        ptrdiff_t b = a;
+        for (; b < n && pairs[2 * b] == r; b++) {
+            const ptrdiff_t slot = (ptrdiff_t)pairs[2 * b + 1];
+            BP_FN(bp_axpy)(d, 1.0, g + (slot / w) * ld + (slot % w) * d, row);
+        }
+        BP_FN(bp_adagrad)(table + r * d, G + r * d, row, d, lr, eps);
+        a = b;
+    }
+}
+
 /* out[r, :] = z[r, :] + b, rows x cols, all contiguous; out may alias z. */
 BP_CLONES
 void BP_FN(bp_add_bias)(const T *z, const T *restrict b, T *out, ptrdiff_t rows, ptrdiff_t cols)

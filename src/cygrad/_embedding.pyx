@@ -22,7 +22,8 @@ from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
 
 cnp.import_array()
 
-from cygrad._csrc cimport bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64
+from cygrad._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
+                           bp_sparse_adagrad_f32, bp_sparse_adagrad_f64)
 
 cdef enum:
     MIN_ELEMENTS = 32768
@@ -335,30 +336,6 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
     return param
 
 
-cdef void _adagrad_rows(floating *table, floating *G, Py_ssize_t d, const cnp.int64_t *win,
-                        const cnp.int64_t *order, Py_ssize_t n, const floating *dX,
-                        floating *row, double lr, double eps) noexcept nogil:
-    """Slots visited in `order` (sorted by row, stable): each run of one row id is
-    summed into `row`, then that table row gets one Adagrad step."""
-    cdef Py_ssize_t a = 0, b, j, r
-    while a < n:
-        r = win[order[a]]
-        for j in range(d):
-            row[j] = 0
-        b = a
-        while b < n and win[order[b]] == r:
-            if floating is float:
-                bp_axpy_f32(d, 1.0, dX + order[b] * d, row)
-            else:
-                bp_axpy_f64(d, 1.0, dX + order[b] * d, row)
-            b += 1
-        if floating is float:
-            bp_adagrad_f32(table + r * d, G + r * d, row, d, lr, eps)
-        else:
-            bp_adagrad_f64(table + r * d, G + r * d, row, d, lr, eps)
-        a = b
-
-
 def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
     """Sparse Adagrad on the rows a batch touched.
 
@@ -398,22 +375,22 @@ def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
         raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
                          f"and table {table.shape}, got {dX.shape}")
     lr, eps = _check_lr_eps(fn, lr, eps)
-    order = np.argsort(windows.reshape(-1), kind="stable")
+    if d == 0 or B * w == 0:
+        return table
+    pairs = np.empty(2 * B * w, dtype=np.int64)
     row = np.empty(d, dtype=table.dtype)
     cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
-    cdef const cnp.int64_t *op = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>order)
+    cdef cnp.int64_t *pp = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>pairs)
     cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
     cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>accum)
     cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
     cdef void *rp = cnp.PyArray_DATA(<cnp.ndarray>row)
     cdef double l = lr, e = eps
-    if d == 0:
-        return table
     with nogil:
         if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
-            _adagrad_rows[float](<float *>tp, <float *>ap, d, wp, op, B * w,
-                                 <const float *>gp, <float *>rp, l, e)
+            bp_sparse_adagrad_f32(<float *>tp, <float *>ap, d, wp, B * w, w, <const float *>gp,
+                                  w * d, pp, <float *>rp, l, e)
         else:
-            _adagrad_rows[double](<double *>tp, <double *>ap, d, wp, op, B * w,
-                                  <const double *>gp, <double *>rp, l, e)
+            bp_sparse_adagrad_f64(<double *>tp, <double *>ap, d, wp, B * w, w,
+                                  <const double *>gp, w * d, pp, <double *>rp, l, e)
     return table

@@ -44,7 +44,6 @@ from libc.string cimport memcpy
 from cygrad._common cimport index_array
 from cygrad._openmp cimport bp_openmp_enabled
 from cygrad import _config
-from cygrad._embedding import embedding_adagrad_update
 
 cnp.import_array()
 
@@ -52,7 +51,8 @@ from cygrad._csrc cimport (
     BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU,
     bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
     bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
-    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64)
+    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
+    bp_sparse_adagrad_f32, bp_sparse_adagrad_f64)
 from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
 
 
@@ -490,7 +490,7 @@ cdef class _FusedStep:
     cdef int act
     cdef double alpha, eps
     cdef bint adagrad
-    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _dXt
+    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _pairs, _row
     cdef Py_ssize_t _cap
     cdef object _lock
 
@@ -551,7 +551,8 @@ cdef class _FusedStep:
             self._S = np.empty((B, self.C), dt)
             self._dZ = np.empty((B, self.H), dt)
             self._dX = np.empty((B, self.D), dt)
-            self._dXt = [np.empty((B, self.w * d), dt) for d in self.dims]
+            self._pairs = np.empty(2 * B * self.w, np.int64)   # Adagrad's sort of the slots
+            self._row = np.empty(max(self.dims), dt)             # ... and one row's gradient
             self._cap = B
         if nt > len(self._losses):
             self._losses = np.zeros(nt, np.float64)
@@ -634,17 +635,27 @@ cdef class _FusedStep:
                                        <double *>colbuf, losses, nt)
         if failed:
             raise MemoryError("fused step: could not allocate the GEMM packing buffers")
+        cdef cnp.int64_t *pairs
+        cdef void *row
+        cdef void *acc
         if self.adagrad:       # sparse Adagrad on the touched rows, duplicates summed
-            dXall = self._dX[:B]
-            off = 0
+            pairs = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self._pairs)
+            row = cnp.PyArray_DATA(<cnp.ndarray>self._row)
             for k in range(net.ntab):
-                width = self.w * self.dims[k]
-                if self.scatter[k]:
-                    buf = self._dXt[k][:B]
-                    np.copyto(buf, dXall[:, off:off + width])
-                    embedding_adagrad_update(self.tables[k], self.accum[k], ids[k], buf,
-                                             lr, self.eps)
-                off += width
+                if not self.scatter[k]:
+                    continue
+                acc = cnp.PyArray_DATA(<cnp.ndarray>self.accum[k])
+                with nogil:
+                    if f32:
+                        bp_sparse_adagrad_f32(<float *>net.tab[k], <float *>acc, net.dim[k],
+                                              net.ids[k], B * net.w, net.w,
+                                              <float *>dX + net.off[k], net.D, pairs,
+                                              <float *>row, lr, net.eps)
+                    else:
+                        bp_sparse_adagrad_f64(<double *>net.tab[k], <double *>acc, net.dim[k],
+                                              net.ids[k], B * net.w, net.w,
+                                              <double *>dX + net.off[k], net.D, pairs,
+                                              <double *>row, lr, net.eps)
         cdef double total = 0.0
         for t in range(nt):
             total += losses[t]

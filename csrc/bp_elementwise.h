@@ -27,7 +27,8 @@ enum bp_unary_op {
     void bp_adagrad_##S(T *p, T *G, const T *g, ptrdiff_t n, double lr, double eps);    \
     void bp_sparse_adagrad_##S(T *table, T *G, ptrdiff_t d, const int64_t *ids,          \
                                ptrdiff_t n, ptrdiff_t w, const T *g, ptrdiff_t ld,       \
-                               int64_t *pairs, T *row, double lr, double eps);
+                               int64_t *scratch, int64_t *head, T *row, double lr,     \
+                               double eps);
 
 BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)

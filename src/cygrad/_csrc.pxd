@@ -34,10 +34,12 @@ cdef extern from "bp_elementwise.h" nogil:
                         double eps)
     void bp_sparse_adagrad_f32(float *table, float *G, Py_ssize_t d, const cnp.int64_t *ids,
                                Py_ssize_t n, Py_ssize_t w, const float *g, Py_ssize_t ld,
-                               cnp.int64_t *pairs, float *row, double lr, double eps)
+                               cnp.int64_t *scratch, cnp.int64_t *head, float *row, double lr,
+                               double eps)
     void bp_sparse_adagrad_f64(double *table, double *G, Py_ssize_t d, const cnp.int64_t *ids,
                                Py_ssize_t n, Py_ssize_t w, const double *g, Py_ssize_t ld,
-                               cnp.int64_t *pairs, double *row, double lr, double eps)
+                               cnp.int64_t *scratch, cnp.int64_t *head, double *row, double lr,
+                               double eps)
 
 cdef extern from "bp_gemm.h" nogil:
     int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,

@@ -389,8 +389,8 @@ def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
     with nogil:
         if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
             bp_sparse_adagrad_f32(<float *>tp, <float *>ap, d, wp, B * w, w, <const float *>gp,
-                                  w * d, pp, <float *>rp, l, e)
+                                  w * d, pp, NULL, <float *>rp, l, e)
         else:
             bp_sparse_adagrad_f64(<double *>tp, <double *>ap, d, wp, B * w, w,
-                                  <const double *>gp, w * d, pp, <double *>rp, l, e)
+                                  <const double *>gp, w * d, pp, NULL, <double *>rp, l, e)
     return table

@@ -490,7 +490,7 @@ cdef class _FusedStep:
     cdef int act
     cdef double alpha, eps
     cdef bint adagrad
-    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _pairs, _row
+    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _pairs, _row, _heads
     cdef Py_ssize_t _cap
     cdef object _lock
 
@@ -535,6 +535,9 @@ cdef class _FusedStep:
                     raise ValueError("_FusedStep: each accumulator must match its parameter")
             self.gW = np.empty_like(W)
             self.gU = np.empty_like(U)
+            # one chain head per table row (-1: not in this batch) for sparse Adagrad
+            self._heads = [np.full(t.shape[0], -1, np.int64) if up else None
+                           for t, up in zip(self.tables, self.scatter)]
         else:
             self.accum = [None] * len(self.tables)
             self.GW = self.Gb = self.GU = self.Gc = self.gW = self.gU = W   # unused
@@ -551,7 +554,7 @@ cdef class _FusedStep:
             self._S = np.empty((B, self.C), dt)
             self._dZ = np.empty((B, self.H), dt)
             self._dX = np.empty((B, self.D), dt)
-            self._pairs = np.empty(2 * B * self.w, np.int64)   # Adagrad's sort of the slots
+            self._pairs = np.empty(2 * B * self.w, np.int64)   # Adagrad's slot chains
             self._row = np.empty(max(self.dims), dt)             # ... and one row's gradient
             self._cap = B
         if nt > len(self._losses):
@@ -636,6 +639,7 @@ cdef class _FusedStep:
         if failed:
             raise MemoryError("fused step: could not allocate the GEMM packing buffers")
         cdef cnp.int64_t *pairs
+        cdef cnp.int64_t *head
         cdef void *row
         cdef void *acc
         if self.adagrad:       # sparse Adagrad on the touched rows, duplicates summed
@@ -645,16 +649,17 @@ cdef class _FusedStep:
                 if not self.scatter[k]:
                     continue
                 acc = cnp.PyArray_DATA(<cnp.ndarray>self.accum[k])
+                head = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self._heads[k])
                 with nogil:
                     if f32:
                         bp_sparse_adagrad_f32(<float *>net.tab[k], <float *>acc, net.dim[k],
                                               net.ids[k], B * net.w, net.w,
-                                              <float *>dX + net.off[k], net.D, pairs,
+                                              <float *>dX + net.off[k], net.D, pairs, head,
                                               <float *>row, lr, net.eps)
                     else:
                         bp_sparse_adagrad_f64(<double *>net.tab[k], <double *>acc, net.dim[k],
                                               net.ids[k], B * net.w, net.w,
-                                              <double *>dX + net.off[k], net.D, pairs,
+                                              <double *>dX + net.off[k], net.D, pairs, head,
                                               <double *>row, lr, net.eps)
         cdef double total = 0.0
         for t in range(nt):

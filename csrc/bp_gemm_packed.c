@@ -45,7 +45,7 @@
 #define MC 96        /* a multiple of every MR (6, 8, 4) */
 #endif
 #ifndef NC
-#define NC 1536      /* a multiple of every NR (32, 16, 8) */
+#define NC 3072      /* a multiple of every NR (32, 16, 8); A is packed once per NC columns */
 #endif
 
 /* ------------------------------------------------------------------ kernels */

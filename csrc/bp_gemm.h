@@ -17,12 +17,10 @@
     void bp_gemm_axpy_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,         \
                           ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,          \
                           const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);  \
-    int bp_gemm_direct_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,           \
-                           ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,          \
-                           const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate); \
-    int bp_gemm_rows_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,             \
-                         ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs,             \
-                         const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);   \
+    int bp_gemm_direct_##S(int few_rows, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,            \
+                           ptrdiff_t j1, ptrdiff_t k, const T *A, ptrdiff_t ars,            \
+                           ptrdiff_t acs, const T *B, ptrdiff_t ldb, T *C, ptrdiff_t ldc,   \
+                           int accumulate);                                                 \
     int bp_gemm_dotrows_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,          \
                             ptrdiff_t k, const T *A, ptrdiff_t lda, const T *B,             \
                             ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate);            \

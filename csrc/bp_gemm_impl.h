@@ -152,14 +152,15 @@ int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1, p
     }
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
     if (!tb && m <= BP_AXPY_ROWS && k > BP_AXPY_DEPTH
-        && BP_FN(bp_gemm_rows)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate) == 0)
+        && BP_FN(bp_gemm_direct)(1, i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
+                                 accumulate) == 0)
         return 0;
     if (!tb && (m <= BP_AXPY_ROWS || k <= BP_AXPY_DEPTH)) {
         BP_FN(bp_gemm_axpy)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
         return 0;
     }
     if (!tb && (m <= BP_DIRECT_ROWS || k <= BP_DIRECT_DEPTH)
-        && BP_FN(bp_gemm_direct)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
+        && BP_FN(bp_gemm_direct)(0, i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
                                  accumulate) == 0)
         return 0;
     return BP_FN(bp_gemm_packed)(i0, i1, j0, j1, k, A, ars, acs, B, tb ? 1 : ldb,

@@ -232,26 +232,16 @@ int BP_FN(bp_gemm_packed_shared)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T 
     return 0;
 }
 
-/* The direct kernel of this path (see direct_tile), if it has one: returns 0 when
- * it computed C[i0:i1, j0:j1] (+)= op(A) B, 1 when the path has none. */
-int BP_FN(bp_gemm_direct)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
-                          const T *A, ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t ldb,
-                          T *C, ptrdiff_t ldc, int accumulate)
+/* An unpacked kernel of this path, if it has it: the few-row kernel (rows_tile,
+ * i1 - i0 <= 4) when few_rows, else the direct kernel (direct_tile). Returns 0 when
+ * it computed C[i0:i1, j0:j1] (+)= op(A) B, 1 when the path has no such kernel. */
+int BP_FN(bp_gemm_direct)(int few_rows, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
+                          ptrdiff_t k, const T *A, ptrdiff_t ars, ptrdiff_t acs, const T *B,
+                          ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate)
 {
     const struct bp_path *pth = path();
-    if (!pth->DIR) return 1;
-    pth->DIR(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
-    return 0;
-}
-
-/* The few-row kernel of this path (see rows_tile), if it has one: returns 0 when
- * it computed C[i0:i1, j0:j1] (+)= op(A) B (i1 - i0 <= 4), 1 when the path has none. */
-int BP_FN(bp_gemm_rows)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k,
-                        const T *A, ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t ldb,
-                        T *C, ptrdiff_t ldc, int accumulate)
-{
-    const struct bp_path *pth = path();
-    if (!pth->ROWS) return 1;
-    pth->ROWS(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
+    const BP_CAT(direct, S) kernel = few_rows ? pth->ROWS : pth->DIR;
+    if (!kernel) return 1;
+    kernel(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
     return 0;
 }

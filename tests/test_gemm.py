@@ -161,14 +161,14 @@ def gemm_path(request):
 # (dot tiles when B is transposed); (9, 300, 250): just above the dot-tile row limit;
 # (1|2|3|4, n, k): the few-row kernel, full and masked strips; (300, 250, 8) and
 # (257, 70, 64): short inner dimensions (4-row tiles); (40, 70, 769): three slices of k;
-# (40|128, 3100, 70): two column blocks of the packed GEMM (NC = 3072), the second
-# with the threads sharing B (a row split)
+# (40, 3100, 70), (128, 3100, 170): two column blocks of the packed GEMM (NC = 3072),
+# the second with the threads sharing a B of over 2 MB (a row split)
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 17, 255), (257, 255, 17), (33, 300, 250),
                                    (1023, 31, 257), (96, 1537, 300), (300, 250, 1),
                                    (300, 250, 2), (64, 9, 300), (9, 300, 250), (1, 250, 300),
                                    (2, 129, 3), (3, 65, 300), (4, 300, 250), (300, 250, 8),
                                    (257, 70, 64), (40, 70, 769), (40, 3100, 70),
-                                   (128, 3100, 70)])
+                                   (128, 3100, 170)])
 def test_every_dispatch_path(gemm_path, m, n, k, ta, tb, dtype, rng):
     import cygrad
 

@@ -5,8 +5,9 @@ Design: C is split between threads by ownership, into row ranges (or column
 ranges when C has too few rows to go round); each thread runs the packed,
 cache-blocked GEMM of csrc/bp_gemm_packed.c on its block: panels of op(A) and
 op(B) packed into contiguous buffers (transposes are absorbed by the packing,
-never materialised; with a row split the threads pack each slice of op(B)
-together, once, and each packs its own rows of op(A)), register-blocked
+never materialised; with a row split and an op(B) of over 2 MB the threads pack
+each slice of op(B) together, once, and each packs its own rows of op(A)),
+register-blocked
 micro-kernels for AVX-512, AVX2+FMA or portable C chosen at run time. Each element of C is summed over the inner
 dimension in one fixed order, so the result is bitwise the same for any thread
 count. A Bᵀ with 1 to 3 rows of A runs, on AVX-512 in float32, a one-row kernel
@@ -47,6 +48,8 @@ cdef enum:
                            # the dot kernels' 4-row groups, hence the bits, split-independent)
     COL_ALIGN = 32         # ... and column splits on multiples of every NR
     MIN_ROWS = 48          # rows per thread below which C is split by columns
+    SHARE_B_BYTES = 2097152  # op(B) from this size (past a core's L2) is packed once for
+                             # all threads; a smaller one each thread packs for itself
 
 
 def _gemm_path():
@@ -108,7 +111,8 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
             return bp_gemm_block_f32(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
         else:
             return bp_gemm_block_f64(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
-    if by_rows:     # the packed GEMM shares each packed slice of B between the threads
+    if by_rows and k * n * <Py_ssize_t>sizeof(floating) >= SHARE_B_BYTES:
+        # the packed GEMM shares each packed slice of a large B between the threads
         if floating is float:
             if bp_gemm_uses_packed_f32(m, n, k, ta, tb):
                 return bp_gemm_shared_f32(m, n, k, a, ta, lda, b, tb, ldb, c, n, acc, nt,

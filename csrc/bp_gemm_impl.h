@@ -137,43 +137,53 @@ void BP_FN(bp_gemm_axpy)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,
     }
 }
 
+/* The method for an m x n product with inner dimension k (see bp_gemm.h): one
+ * decision, read by bp_gemm_block and by bp_gemm_uses_packed. */
+static int BP_FN(method)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int ta, int tb)
+{
+    if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS) && k > 0) return BP_METHOD_DOT;
+    if (!tb && m <= BP_AXPY_ROWS && k > BP_AXPY_DEPTH && bp_gemm_has_direct())
+        return BP_METHOD_ROWS;
+    if (!tb && (m <= BP_AXPY_ROWS || k <= BP_AXPY_DEPTH)) return BP_METHOD_AXPY;
+    if (!tb && (m <= BP_DIRECT_ROWS || k <= BP_DIRECT_DEPTH) && bp_gemm_has_direct())
+        return BP_METHOD_DIRECT;
+    return BP_METHOD_PACKED;
+}
+
 int BP_FN(bp_gemm_block)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0,
                          ptrdiff_t j1, ptrdiff_t k, const T *A, int ta, ptrdiff_t lda,
                          const T *B, int tb, ptrdiff_t ldb, T *C, ptrdiff_t ldc, int accumulate)
 {
     if (i0 >= i1 || j0 >= j1)
         return 0;
-    if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS) && k > 0
-        && BP_FN(bp_gemm_dotrows)(i0, i1, j0, j1, k, A, lda, B, ldb, C, ldc, accumulate) == 0)
-        return 0;
-    if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS) && k > 0) {
-        BP_FN(bp_gemm_dot)(i0, i1, j0, j1, k, A, lda, B, ldb, C, ldc, accumulate);
-        return 0;
-    }
     const ptrdiff_t ars = ta ? 1 : lda, acs = ta ? lda : 1;
-    if (!tb && m <= BP_AXPY_ROWS && k > BP_AXPY_DEPTH
-        && BP_FN(bp_gemm_direct)(1, i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
-                                 accumulate) == 0)
+    switch (BP_FN(method)(m, n, k, ta, tb)) {
+    case BP_METHOD_DOT:     /* the one-row / 4 x 4 AVX-512 kernels, else C dot tiles */
+        if (BP_FN(bp_gemm_dotrows)(i0, i1, j0, j1, k, A, lda, B, ldb, C, ldc, accumulate))
+            BP_FN(bp_gemm_dot)(i0, i1, j0, j1, k, A, lda, B, ldb, C, ldc, accumulate);
         return 0;
-    if (!tb && (m <= BP_AXPY_ROWS || k <= BP_AXPY_DEPTH)) {
+    case BP_METHOD_ROWS:
+        if (BP_FN(bp_gemm_direct)(1, i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
+                                  accumulate) == 0)
+            return 0;
+        /* fall through (the path changed since the method was chosen) */
+    case BP_METHOD_AXPY:
         BP_FN(bp_gemm_axpy)(i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc, accumulate);
         return 0;
+    case BP_METHOD_DIRECT:
+        if (BP_FN(bp_gemm_direct)(0, i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
+                                  accumulate) == 0)
+            return 0;
+        /* fall through */
+    default:
+        return BP_FN(bp_gemm_packed)(i0, i1, j0, j1, k, A, ars, acs, B, tb ? 1 : ldb,
+                                     tb ? ldb : 1, C, ldc, accumulate);
     }
-    if (!tb && (m <= BP_DIRECT_ROWS || k <= BP_DIRECT_DEPTH)
-        && BP_FN(bp_gemm_direct)(0, i0, i1, j0, j1, k, A, ars, acs, B, ldb, C, ldc,
-                                 accumulate) == 0)
-        return 0;
-    return BP_FN(bp_gemm_packed)(i0, i1, j0, j1, k, A, ars, acs, B, tb ? 1 : ldb,
-                                 tb ? ldb : 1, C, ldc, accumulate);
 }
 
 int BP_FN(bp_gemm_uses_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int ta, int tb)
 {
-    if (m <= 0 || n <= 0 || k <= 0) return 0;
-    if (tb && !ta && (m <= BP_DOT_ROWS || n <= BP_DOT_COLS)) return 0;
-    if (!tb && (m <= BP_AXPY_ROWS || k <= BP_AXPY_DEPTH)) return 0;
-    if (!tb && (m <= BP_DIRECT_ROWS || k <= BP_DIRECT_DEPTH) && bp_gemm_has_direct()) return 0;
-    return 1;
+    return BP_FN(method)(m, n, k, ta, tb) == BP_METHOD_PACKED;
 }
 
 int BP_FN(bp_gemm_shared)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int ta,

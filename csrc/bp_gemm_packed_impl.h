@@ -118,11 +118,12 @@ static inline void BP_FN(packed_rows)(const struct bp_path *pth, ptrdiff_t i0, p
                 T *c = C + (ic + ir) * ldc + jc + jr;
                 /* at most MR / 2 rows left: the half-panel kernel, if any */
                 const int half = pth->HALF && 2 * mr <= MR;
-                if (nr == NR && (mr == MR || (half && 2 * mr == MR))) {
-                    (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, c, ldc,
-                                                   first);
+                const int rows = half ? MR / 2 : MR;
+                const BP_CAT(ukr, S) ker = half ? pth->HALF : pth->KER;
+                if (nr == NR && mr == rows) {
+                    ker(kc, Ap + ir * kc, Bp + jr * kc, c, ldc, first);
                 } else {   /* edge: the kernel into the tile, merge the valid part */
-                    (half ? pth->HALF : pth->KER)(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, 1);
+                    ker(kc, Ap + ir * kc, Bp + jr * kc, tile, NR, 1);
                     BP_FN(merge_tile)(tile, NR, c, ldc, mr, nr, first);
                 }
             }

@@ -58,12 +58,6 @@ cdef extern from "bp_gemm.h" nogil:
     int bp_gemm_shared_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *A, int ta,
                            Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
                            Py_ssize_t ldc, int accumulate, int nt, Py_ssize_t rc)
-    void bp_gemm_dot_f32(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                         Py_ssize_t k, const float *A, Py_ssize_t lda, const float *B,
-                         Py_ssize_t ldb, float *C, Py_ssize_t ldc, int accumulate)
-    void bp_gemm_dot_f64(Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0, Py_ssize_t j1,
-                         Py_ssize_t k, const double *A, Py_ssize_t lda, const double *B,
-                         Py_ssize_t ldb, double *C, Py_ssize_t ldc, int accumulate)
     const char *bp_gemm_path()
     const char *bp_gemm_paths()
     void bp_gemm_reset_path()

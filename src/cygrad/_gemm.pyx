@@ -7,9 +7,8 @@ cache-blocked GEMM of csrc/bp_gemm_packed.c on its block: panels of op(A) and
 op(B) packed into contiguous buffers (transposes are absorbed by the packing,
 never materialised; with a row split and an op(B) of over 2 MB the threads pack
 each slice of op(B) together, once, and each packs its own rows of op(A)),
-register-blocked
-micro-kernels for AVX-512, AVX2+FMA or portable C chosen at run time. Each element of C is summed over the inner
-dimension in one fixed order, so the result is bitwise the same for any thread
+register-blocked micro-kernels for AVX-512, AVX2+FMA or portable C chosen at run
+time. Each element of C is summed over the inner dimension in one fixed order, so the result is bitwise the same for any thread
 count. A Bᵀ with 1 to 3 rows of A runs, on AVX-512 in float32, a one-row kernel
 (eight dot products at a time, reduced together); with at most 8 rows of A
 (the forward product Z = X Wᵀ of a very small batch) or at most 16 columns (a
@@ -99,6 +98,11 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     cdef int t, failed = 0
     if m == 0 or n == 0:
         return 0
+    if nt == 1:     # no parallel region at all (an if(0) region still costs the runtime)
+        if floating is float:
+            return bp_gemm_block_f32(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
+        else:
+            return bp_gemm_block_f64(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
     rc = (m + nt - 1) // nt
     rc = (rc + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
     cc = (n + nt - 1) // nt
@@ -106,11 +110,6 @@ cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bi
     # by rows when there are enough of them and the largest share is no larger
     # than by columns (the few-row kernels want all rows against a column strip)
     by_rows = m >= MIN_ROWS * nt and min(rc, m) * n <= m * min(cc, n)
-    if nt == 1:     # no parallel region at all (an if(0) region still costs the runtime)
-        if floating is float:
-            return bp_gemm_block_f32(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
-        else:
-            return bp_gemm_block_f64(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
     if by_rows and k * n * <Py_ssize_t>sizeof(floating) >= SHARE_B_BYTES:
         # the packed GEMM shares each packed slice of a large B between the threads
         if floating is float:

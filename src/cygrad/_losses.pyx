@@ -42,7 +42,7 @@ cdef inline double _xent_block(const floating *z, const cnp.int64_t *y, floating
 cdef void _softmax_xent(const floating[:, ::1] z, const cnp.int64_t[::1] y,
                         floating[:, ::1] d, double[::1] partial, int nt) noexcept nogil:
     cdef Py_ssize_t rows = z.shape[0], cols = z.shape[1], nblocks = partial.shape[0]
-    cdef Py_ssize_t blk, lo, hi
+    cdef Py_ssize_t blk
     cdef double scale = 1.0 / rows
     cdef const floating *zp = &z[0, 0]
     cdef const cnp.int64_t *yp = &y[0]

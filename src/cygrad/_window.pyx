@@ -25,7 +25,8 @@ old weights and writing the new ones. Phases:
   4. columns of H: dH = dS U, dZ = dH (1 - h^2), U += dSᵀ H, b += colsum(dZ);
   5. columns of X: dX = dZ W, W += dZᵀ X;
   6. the embedding rows, split by row ownership (as embedding_scatter_add), each
-     row updated in (window, position) order, so repeated words sum correctly.
+     row updated in (window, position) order, so repeated words sum correctly
+     (Adagrad: on one thread, each touched row's slots summed, then one step).
 The products use cygrad._gemm's block routine (csrc/bp_gemm: dot tiles, axpy rows or
 the packed kernel, chosen from the product's shape, not from the thread split).
 Small batches run on one thread: the work does not pay for waking a second.
@@ -92,6 +93,12 @@ cdef struct Net:
     void *Gc
     void *gW
     void *gU
+    # Adagrad on the embedding rows: each table's accumulator and chain heads (one
+    # per row, -1 between steps), scratch of 2 B w slots, one row's summed gradient
+    void *Gtab[MAX_TABLES]
+    cnp.int64_t *head[MAX_TABLES]
+    cnp.int64_t *slots
+    void *row
 
 
 cdef inline Py_ssize_t _part(Py_ssize_t n, int nt, int t, Py_ssize_t align) noexcept nogil:
@@ -293,6 +300,19 @@ cdef int _phase(int ph, Net *net, Work *wk, floating *dummy, int t, int nt) noex
             failed += _gemm(B, D, 0, B, lo, hi, H, dZ, 0, H, W, 0, D, dX, D, 0) != 0
             failed += _weight_update(net, H, D, lo, hi, dZ, X, W, <floating *>net.GW,
                                      <floating *>net.gW)
+    elif net.adagrad:   # sparse Adagrad on the embedding rows, duplicates summed first
+        for k in range(net.ntab):
+            if net.scatter[k] and t == 0:
+                if floating is float:
+                    bp_sparse_adagrad_f32(<float *>net.tab[k], <float *>net.Gtab[k],
+                                          net.dim[k], net.ids[k], B * w, w, dX + net.off[k],
+                                          D, net.slots, net.head[k], <float *>net.row, net.lr,
+                                          net.eps)
+                else:
+                    bp_sparse_adagrad_f64(<double *>net.tab[k], <double *>net.Gtab[k],
+                                          net.dim[k], net.ids[k], B * w, w, dX + net.off[k],
+                                          D, net.slots, net.head[k], <double *>net.row, net.lr,
+                                          net.eps)
     else:           # SGD on the embedding rows, by ownership of blocks of ROW_BLOCK rows
         for k in range(net.ntab):
             if net.scatter[k]:
@@ -341,8 +361,7 @@ cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
         failed += _run(3, net, &wk, X, nt)
     failed += _run(4, net, &wk, X, nt)
     failed += _run(5, net, &wk, X, nt)
-    if not net.adagrad:     # (Adagrad's rows are updated by the caller, duplicates summed)
-        failed += _run(6, net, &wk, X, nt)
+    failed += _run(6, net, &wk, X, nt)
     return failed
 
 
@@ -490,7 +509,7 @@ cdef class _FusedStep:
     cdef int act
     cdef double alpha, eps
     cdef bint adagrad
-    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _pairs, _row, _heads
+    cdef object _X, _Z, _S, _dZ, _dX, _colbuf, _losses, _slots, _row, _heads
     cdef Py_ssize_t _cap
     cdef object _lock
 
@@ -554,8 +573,9 @@ cdef class _FusedStep:
             self._S = np.empty((B, self.C), dt)
             self._dZ = np.empty((B, self.H), dt)
             self._dX = np.empty((B, self.D), dt)
-            self._pairs = np.empty(2 * B * self.w, np.int64)   # Adagrad's slot chains
-            self._row = np.empty(max(self.dims), dt)             # ... and one row's gradient
+            if self.adagrad:   # the embedding rows' slot chains and one row's gradient
+                self._slots = np.empty(2 * B * self.w, np.int64)
+                self._row = np.empty(max(self.dims), dt)
             self._cap = B
         if nt > len(self._losses):
             self._losses = np.zeros(nt, np.float64)
@@ -617,6 +637,12 @@ cdef class _FusedStep:
             net.Gc = cnp.PyArray_DATA(<cnp.ndarray>self.Gc)
             net.gW = cnp.PyArray_DATA(<cnp.ndarray>self.gW)
             net.gU = cnp.PyArray_DATA(<cnp.ndarray>self.gU)
+            net.slots = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self._slots)
+            net.row = cnp.PyArray_DATA(<cnp.ndarray>self._row)
+            for k in range(net.ntab):
+                if net.scatter[k]:
+                    net.Gtab[k] = cnp.PyArray_DATA(<cnp.ndarray>self.accum[k])
+                    net.head[k] = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self._heads[k])
         else:               # not read by SGD; valid pointers all the same
             net.GW = net.Gb = net.GU = net.Gc = net.gW = net.gU = net.W
         cdef const cnp.int64_t *lab = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels)
@@ -638,29 +664,6 @@ cdef class _FusedStep:
                                        <double *>colbuf, losses, nt)
         if failed:
             raise MemoryError("fused step: could not allocate the GEMM packing buffers")
-        cdef cnp.int64_t *pairs
-        cdef cnp.int64_t *head
-        cdef void *row
-        cdef void *acc
-        if self.adagrad:       # sparse Adagrad on the touched rows, duplicates summed
-            pairs = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self._pairs)
-            row = cnp.PyArray_DATA(<cnp.ndarray>self._row)
-            for k in range(net.ntab):
-                if not self.scatter[k]:
-                    continue
-                acc = cnp.PyArray_DATA(<cnp.ndarray>self.accum[k])
-                head = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self._heads[k])
-                with nogil:
-                    if f32:
-                        bp_sparse_adagrad_f32(<float *>net.tab[k], <float *>acc, net.dim[k],
-                                              net.ids[k], B * net.w, net.w,
-                                              <float *>dX + net.off[k], net.D, pairs, head,
-                                              <float *>row, lr, net.eps)
-                    else:
-                        bp_sparse_adagrad_f64(<double *>net.tab[k], <double *>acc, net.dim[k],
-                                              net.ids[k], B * net.w, net.w,
-                                              <double *>dX + net.off[k], net.D, pairs, head,
-                                              <double *>row, lr, net.eps)
         cdef double total = 0.0
         for t in range(nt):
             total += losses[t]

@@ -4,7 +4,10 @@ Only the extension list and the build policy live here; metadata is in pyproject
 
 Environment variables read at build time:
 
-CYGRAD_REQUIRE_OPENMP=1  fail the build when the compiler has no OpenMP (CI sets it).
+CYGRAD_REQUIRE_THREADS=1 fail the build when the compiler cannot build the thread pool
+                         (pthreads, C11 atomics) instead of building serial kernels (CI
+                         sets it; CYGRAD_REQUIRE_OPENMP=1 is the old name).
+CYGRAD_SERIAL=1          build serial kernels (no thread pool), e.g. to test that build.
 CYGRAD_DEBUG=1           Cython boundscheck/wraparound/initializedcheck on, -O1 -g.
 CYGRAD_NATIVE=1          add -march=native (local benchmarking only; never for a wheel).
 """
@@ -28,35 +31,41 @@ def _flag(name):
 
 DEBUG = _flag("CYGRAD_DEBUG")
 NATIVE = _flag("CYGRAD_NATIVE")
-REQUIRE_OPENMP = _flag("CYGRAD_REQUIRE_OPENMP")
+SERIAL = _flag("CYGRAD_SERIAL")
+REQUIRE_THREADS = _flag("CYGRAD_REQUIRE_THREADS") or _flag("CYGRAD_REQUIRE_OPENMP")
 
-OPENMP_TEST = textwrap.dedent(
+# The thread pool (csrc/bp_pool.c) needs POSIX threads and C11 atomics.
+THREADS_TEST = textwrap.dedent(
     """
-    #include <omp.h>
-    #include <stdio.h>
+    #include <pthread.h>
+    #include <stdatomic.h>
+    static atomic_int n;
+    static void *run(void *arg) { (void)arg; atomic_fetch_add(&n, 1); return 0; }
     int main(void) {
-        int n = 0;
-        #pragma omp parallel reduction(+:n)
-        n += 1;
-        printf("%d\\n", n + omp_get_max_threads() - omp_get_max_threads());
-        return n > 0 ? 0 : 1;
+        pthread_t t;
+        if (pthread_create(&t, 0, run, 0)) return 1;
+        pthread_join(t, 0);
+        return atomic_load(&n) == 1 ? 0 : 1;
     }
     """
 )
 
 
 class BuildExt(build_ext):
-    """Probe OpenMP with the real compiler, then set flags on every extension."""
+    """Probe threads with the real compiler, then set flags on every extension."""
 
-    def _try_openmp(self, compile_args, link_args):
-        tmp = tempfile.mkdtemp(prefix="cygrad-omp-")
+    def _probe(self, source, compile_args, link_args):
+        tmp = tempfile.mkdtemp(prefix="cygrad-probe-")
         try:
-            src = os.path.join(tmp, "omp_probe.c")
+            src = os.path.join(tmp, "probe.c")
             with open(src, "w") as f:
-                f.write(OPENMP_TEST)
+                f.write(source)
             objs = self.compiler.compile([src], output_dir=tmp, extra_postargs=compile_args)
+            # LDFLAGS reach the extensions' link through distutils; the probe gets them
+            # too, so that a sanitizer build probes what it will link
+            ldflags = os.environ.get("LDFLAGS", "").split()
             self.compiler.link_executable(
-                objs, "omp_probe", output_dir=tmp, extra_postargs=link_args
+                objs, "probe", output_dir=tmp, extra_postargs=link_args + ldflags
             )
             return True
         except Exception:
@@ -64,39 +73,35 @@ class BuildExt(build_ext):
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _openmp_flags(self):
-        candidates = [(["-fopenmp"], ["-fopenmp"])]
-        if sys.platform == "darwin":
-            candidates.append((["-Xpreprocessor", "-fopenmp"], ["-lomp"]))
-        for cflags, lflags in candidates:
-            if self._try_openmp(cflags, lflags):
-                return cflags, lflags
-        return None
-
     def build_extensions(self):
-        omp = self._openmp_flags()
-        if omp is None:
+        threads = not SERIAL and self._probe(THREADS_TEST, ["-std=c11", "-pthread"], ["-pthread"])
+        macros = []
+        if threads:
+            cflags, lflags = ["-pthread"], ["-pthread"]
+        else:
             msg = (
                 "\n" + "*" * 72 + "\n"
-                "cygrad: the C compiler does not support OpenMP.\n"
-                "The kernels will be built SERIAL: every thread setting is ignored.\n"
-                "Install an OpenMP-capable compiler (gcc, or clang with libomp).\n"
+                "cygrad: building SERIAL kernels: every thread setting is ignored.\n"
+                + ("(CYGRAD_SERIAL is set)\n" if SERIAL else
+                   "The C compiler could not build a program with POSIX threads and C11\n"
+                   "atomics (gcc >= 4.9 or clang >= 3.6 with pthreads can).\n")
                 + "*" * 72
             )
-            if REQUIRE_OPENMP:
-                raise RuntimeError(msg + "\nCYGRAD_REQUIRE_OPENMP is set: refusing to build.")
+            if REQUIRE_THREADS and not SERIAL:
+                raise RuntimeError(msg + "\nCYGRAD_REQUIRE_THREADS is set: refusing to build.")
             print(msg, file=sys.stderr)
             cflags, lflags = [], []
-        else:
-            cflags, lflags = omp
+            macros.append(("BP_NO_THREADS", "1"))
 
         opt = ["-O1", "-g"] if DEBUG else ["-O3"]
         common = opt + ["-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden",
-                        "-std=c11"]
-        # Neither flag changes a computed value (no reassociation, no flush to zero,
-        # NaN and Inf kept, unlike -ffast-math): -fno-math-errno drops errno writes,
-        # -fno-trapping-math lets gcc evaluate both arms of a select, which is what
-        # allows the branch-free activation loops to vectorise.
+                        "-std=c11", "-fopenmp-simd"]
+        # Neither math flag changes a computed value (no reassociation, no flush to
+        # zero, NaN and Inf kept, unlike -ffast-math): -fno-math-errno drops errno
+        # writes, -fno-trapping-math lets gcc evaluate both arms of a select, which is
+        # what allows the branch-free activation loops to vectorise. -fopenmp-simd
+        # honours the `omp simd` loop pragmas without the OpenMP runtime: the threads
+        # are cygrad's own pool.
         if NATIVE:
             common.append("-march=native")
         flags = common + cflags
@@ -104,7 +109,7 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = flags + ["-Wno-unused-function"]
             ext.extra_link_args = lflags
-            ext.define_macros = list(ext.define_macros) + [
+            ext.define_macros = list(ext.define_macros) + macros + [
                 ("BP_BUILD_FLAGS", '"%s"' % build_flags),
                 ("BP_CYTHON_VERSION", '"%s"' % cython_version),
                 ("BP_DEBUG", "1" if DEBUG else "0"),
@@ -122,6 +127,7 @@ def ext(name, *csrc):
 
 
 extensions = [
+    ext("_parallel", "bp_pool"),
     ext("_common", "bp_cpu"),
     ext("_gemm", "bp_gemm", "bp_gemm_packed"),
     ext("_elementwise", "bp_elementwise"),

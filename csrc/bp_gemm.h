@@ -5,6 +5,7 @@
 #define BP_GEMM_H
 
 #include "bp_config.h"
+#include "bp_pool.h"
 
 #define BP_DECLARE(T, S)                                                                 \
     int bp_gemm_packed_##S(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1,        \
@@ -27,11 +28,11 @@
     int bp_gemm_packed_shared_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A,          \
                                   ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t brs,  \
                                   ptrdiff_t bcs, T *C, ptrdiff_t ldc, int accumulate,       \
-                                  int nt, ptrdiff_t rc);                                    \
+                                  int nt, bp_for_fn run);                                   \
     int bp_gemm_uses_packed_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int ta, int tb);       \
     int bp_gemm_shared_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int ta,         \
                            ptrdiff_t lda, const T *B, int tb, ptrdiff_t ldb, T *C,          \
-                           ptrdiff_t ldc, int accumulate, int nt, ptrdiff_t rc);            \
+                           ptrdiff_t ldc, int accumulate, int nt, bp_for_fn run);           \
     int bp_gemm_block_##S(ptrdiff_t m, ptrdiff_t n, ptrdiff_t i0, ptrdiff_t i1,             \
                           ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k, const T *A, int ta,      \
                           ptrdiff_t lda,                                                    \
@@ -68,10 +69,10 @@ BP_DECLARE(double, f64)
 #define BP_DIRECT_DEPTH 64
 
 /* bp_gemm_uses_packed: whether bp_gemm_block takes the packed GEMM for this shape.
- * bp_gemm_shared: the whole product on nt threads, row blocks of rc rows (a
- * multiple of 8), sharing each packed slice of B (only for shapes that use the
- * packed GEMM: the same elements, computed the same way, as bp_gemm_block on
- * each thread's rows). Returns nonzero if the buffers could not be allocated. */
+ * bp_gemm_shared: the whole product on at most nt threads of the pool (`run` is
+ * cygrad._parallel's parallel_for), rows in chunks of MC, sharing each packed
+ * slice of B (only for shapes that use the packed GEMM: the same elements,
+ * computed the same way, as bp_gemm_block on any split of the rows). Returns nonzero if the buffers could not be allocated. */
 
 /* Whether the path in use has the direct (unpacked) kernels: 1 for AVX-512. */
 int bp_gemm_has_direct(void);

@@ -188,10 +188,10 @@ int BP_FN(bp_gemm_uses_packed)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, int ta, in
 
 int BP_FN(bp_gemm_shared)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A, int ta,
                           ptrdiff_t lda, const T *B, int tb, ptrdiff_t ldb, T *C, ptrdiff_t ldc,
-                          int accumulate, int nt, ptrdiff_t rc)
+                          int accumulate, int nt, bp_for_fn run)
 {
     return BP_FN(bp_gemm_packed_shared)(m, n, k, A, ta ? 1 : lda, ta ? lda : 1, B,
-                                        tb ? 1 : ldb, tb ? ldb : 1, C, ldc, accumulate, nt, rc);
+                                        tb ? 1 : ldb, tb ? ldb : 1, C, ldc, accumulate, nt, run);
 }
 
 #undef BP_FN

@@ -24,10 +24,6 @@
 #include "bp_config.h"
 #include "bp_gemm.h"
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BP_X86 1
 #include <immintrin.h>
@@ -45,6 +41,7 @@
 #define MC 96        /* a multiple of every MR (6, 8, 4) */
 #endif
 #ifndef NC
+#define PACK_GRAIN 4  /* B panels per chunk when the threads pack a slice together */
 #define NC 3072      /* a multiple of every NR (32, 16, 8); A is packed once per NC columns */
 #endif
 
@@ -565,7 +562,7 @@ void bp_gemm_reset_path(void) { __atomic_store_n(&chosen, -1, __ATOMIC_RELEASE);
 
 /* ------------------------------------------------------------------ buffers */
 
-/* Per-thread packing buffers, grown on demand and kept (OpenMP's worker
+/* Per-thread packing buffers, grown on demand and kept (the pool's helper
  * threads live as long as the process): no allocation in the steady state. */
 static _Thread_local void *tl_buf;
 static _Thread_local size_t tl_cap;

@@ -170,17 +170,47 @@ int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1
     return 0;
 }
 
-/* The whole m x n product on nt threads that share each packed slice of B
- * (Goto's and BLIS's arrangement): the threads pack its NR-wide panels in turn,
- * wait for one another, then each computes its own rows, [t rc, (t + 1) rc), with
- * its own packed A, and all wait again before the next slice is packed over the
- * last. Packing B once instead of once per thread halves its memory traffic at
- * 2 threads. Every element is computed as by bp_gemm_packed. Returns 0, or -1
- * when the buffers cannot be allocated. */
+/* The whole m x n product on the thread pool, the threads sharing each packed
+ * slice of B (Goto's and BLIS's arrangement): one loop packs its NR-wide panels
+ * (chunks of PACK_GRAIN panels), a second computes the rows, in chunks of MC rows,
+ * each thread with its own packed A (worker's scratch); then the next slice.
+ * Packing B once instead of once per thread halves its memory traffic at
+ * 2 threads, and the row chunks are claimed dynamically. Every element is
+ * computed as by bp_gemm_packed. Returns 0, or -1 when the buffers cannot be
+ * allocated. */
+struct BP_FN(shared_job) {
+    const struct bp_path *pth;
+    const T *A, *B;
+    ptrdiff_t ars, acs, brs, bcs, ldc, jc, nc, pc, kc, own, kcmax, ncmax, mcmax;
+    T *C, *Bp;
+    int first;
+};
+
+static void BP_FN(shared_pack)(void *ctx, ptrdiff_t lo, ptrdiff_t hi, int worker)
+{
+    const struct BP_FN(shared_job) *j = ctx;
+    const int NR = j->pth->NRF;
+    (void)worker;
+    for (ptrdiff_t p = lo; p < hi; p++) {
+        const ptrdiff_t jr = p * NR;
+        BP_FN(pack_b)(NR, j->kc, j->nc - jr < NR ? j->nc - jr : NR,
+                      j->B + j->pc * j->brs + (j->jc + jr) * j->bcs, j->brs, j->bcs,
+                      j->Bp + jr * j->kc);
+    }
+}
+
+static void BP_FN(shared_rows)(void *ctx, ptrdiff_t lo, ptrdiff_t hi, int worker)
+{
+    const struct BP_FN(shared_job) *j = ctx;
+    T *Ap = j->Bp + j->kcmax * j->ncmax + worker * j->own;
+    BP_FN(packed_rows)(j->pth, lo, hi, j->jc, j->nc, j->pc, j->kc, j->first, j->A, j->ars,
+                       j->acs, j->Bp, Ap, Ap + j->kcmax * j->mcmax, j->C, j->ldc);
+}
+
 int BP_FN(bp_gemm_packed_shared)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T *A,
                                  ptrdiff_t ars, ptrdiff_t acs, const T *B, ptrdiff_t brs,
                                  ptrdiff_t bcs, T *C, ptrdiff_t ldc, int accumulate, int nt,
-                                 ptrdiff_t rc)
+                                 bp_for_fn run)
 {
     const struct bp_path *pth = path();
     const int MR = pth->MRF, NR = pth->NRF;
@@ -190,44 +220,21 @@ int BP_FN(bp_gemm_packed_shared)(ptrdiff_t m, ptrdiff_t n, ptrdiff_t k, const T 
         return 0;
     }
     const ptrdiff_t ncmax = n < NC ? (n + NR - 1) / NR * NR : NC;
-    const ptrdiff_t mcmax = rc < MC ? (rc + MR - 1) / MR * MR : MC;
+    const ptrdiff_t mcmax = m < MC ? (m + MR - 1) / MR * MR : MC;
     const ptrdiff_t kcmax = BP_FN(kc_slice)(k);
     const ptrdiff_t own = kcmax * mcmax + MR * NR;       /* each thread's A and tile */
     /* one allocation, in the calling thread's buffer, before the threads start */
     T *Bp = work_buffer((size_t)(kcmax * ncmax + nt * own) * sizeof(T));
     if (!Bp) return -1;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt)
-#endif
-    {
-#ifdef _OPENMP
-        const int t = omp_get_thread_num(), nth = omp_get_num_threads();
-#else
-        const int t = 0, nth = 1;
-#endif
-        /* rows by the requested split; with fewer threads than asked, the team
-           shares the rows of the missing ones */
-        const ptrdiff_t per = nth == nt ? rc : ((m + nth - 1) / nth + MR - 1) / MR * MR;
-        const ptrdiff_t i0 = t * per < m ? t * per : m;
-        const ptrdiff_t i1 = (t + 1) * per < m ? (t + 1) * per : m;
-        T *Ap = Bp + kcmax * ncmax + t * own;
-        T *tile = Ap + kcmax * mcmax;
-        for (ptrdiff_t jc = 0; jc < n; jc += NC) {
-            const ptrdiff_t nc = n - jc < NC ? n - jc : NC;
-            for (ptrdiff_t pc = 0; pc < k; pc += kcmax) {
-                const ptrdiff_t kc = k - pc < kcmax ? k - pc : kcmax;
-                for (ptrdiff_t jr = (ptrdiff_t)t * NR; jr < nc; jr += (ptrdiff_t)nth * NR)
-                    BP_FN(pack_b)(NR, kc, nc - jr < NR ? nc - jr : NR,
-                                  B + pc * brs + (jc + jr) * bcs, brs, bcs, Bp + jr * kc);
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-                BP_FN(packed_rows)(pth, i0, i1, jc, nc, pc, kc, pc == 0 && !accumulate, A, ars,
-                                   acs, Bp, Ap, tile, C, ldc);
-#ifdef _OPENMP
-#pragma omp barrier
-#endif
-            }
+    struct BP_FN(shared_job) j = {pth, A, B, ars, acs, brs, bcs, ldc, 0, 0, 0, 0, own, kcmax,
+                                  ncmax, mcmax, C, Bp, 0};
+    for (j.jc = 0; j.jc < n; j.jc += NC) {
+        j.nc = n - j.jc < NC ? n - j.jc : NC;
+        for (j.pc = 0; j.pc < k; j.pc += kcmax) {
+            j.kc = k - j.pc < kcmax ? k - j.pc : kcmax;
+            j.first = j.pc == 0 && !accumulate;
+            run(BP_FN(shared_pack), &j, (j.nc + NR - 1) / NR, PACK_GRAIN, nt);
+            run(BP_FN(shared_rows), &j, m, MC, nt);
         }
     }
     return 0;

@@ -130,8 +130,9 @@ def test_threads_setting(rng):
     p = params(rng)
     assert WindowTrainer(**p).threads is None
     assert WindowTrainer(**p, threads=2).threads == 2
-    with pytest.raises(ValueError, match="positive int"):
-        WindowTrainer(**p, threads=0)
+    for bad in (0, -2, 257, 10**6, 2**31):
+        with pytest.raises(ValueError, match=r"int in \[1, 256\]"):
+            WindowTrainer(**p, threads=bad)
 
 
 def test_bad_input_is_rejected_with_a_clear_message(rng):

@@ -24,9 +24,9 @@ def build_info():
     Returns
     -------
     dict
-        ``openmp`` (bool: compiled with OpenMP), ``openmp_version`` (the _OPENMP
-        date, 0 without), ``max_threads`` (threads the kernels use now),
-        ``omp_max_threads`` (OpenMP's own default), ``compiler``, ``flags``,
+        ``threaded`` (bool: built with the thread pool, cygrad._parallel; False
+        for a serial build), ``thread_layer`` (how loops are threaded),
+        ``max_threads`` (threads the kernels use now), ``compiler``, ``flags``,
         ``cython_version``, ``debug`` (Cython bounds checks on), ``simd`` (the
         instruction-set path the load-time dispatch selected for the elementwise
         loops), ``gemm_path`` (the GEMM micro-kernel in use: "avx512", "avx2" or
@@ -40,7 +40,10 @@ def build_info():
 
     info = dict(_build_facts())
     info["gemm_path"], info["gemm_paths"] = _gemm_path()
-    info["max_threads"] = get_num_threads() if info["openmp"] else 1
+    info["thread_layer"] = ("cygrad pool: persistent helpers, dynamic chunks, falls back to "
+                            "one thread when helpers do not pay" if info["threaded"]
+                            else "serial build")
+    info["max_threads"] = get_num_threads() if info["threaded"] else 1
     info["version"] = __version__
     info["numpy_version"] = numpy.__version__
     return info

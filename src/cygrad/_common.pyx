@@ -3,7 +3,7 @@
 
 import numpy as np
 cimport numpy as cnp
-from cygrad._openmp cimport bp_openmp_enabled, bp_omp_max_threads, bp_omp_version
+from cygrad._parallel cimport pool_threaded
 from cygrad import _config
 
 cnp.import_array()
@@ -30,9 +30,7 @@ cdef extern from *:
 def _build_facts():
     """Facts compiled into the extension: read by cygrad.build_info()."""
     return {
-        "openmp": bool(bp_openmp_enabled()),
-        "openmp_version": int(bp_omp_version()),
-        "omp_max_threads": int(bp_omp_max_threads()),
+        "threaded": bool(pool_threaded()),
         "compiler": BP_COMPILER.decode(),
         "flags": BP_BUILD_FLAGS.decode(),
         "cython_version": BP_CYTHON_VERSION.decode(),
@@ -145,6 +143,6 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
 cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1:
     """Threads for a kernel with `work` units: 1 below `min_work` (threads make
     small work slower), else the configured count."""
-    if work < min_work or not bp_openmp_enabled():
+    if work < min_work or not pool_threaded():
         return 1
     return _config.get_num_threads()

@@ -2,36 +2,46 @@
 
 The default is OMP_NUM_THREADS when it is set to a positive integer, else the
 number of cores this process may run on. Every kernel reads the setting when it
-is called and passes it to OpenMP explicitly (``num_threads``), so the setting
-here wins over OpenMP's own global state; small inputs run on one thread.
+is called and hands it to the thread pool (cygrad._parallel) as a ceiling: small
+inputs run on one thread, and the pool itself runs a loop on the calling thread
+alone while its helpers do not pay (another process is using the cores).
+
+``set_num_threads`` is process-wide; ``threads(n)`` overrides it for the Python
+thread that enters the ``with`` block only, so two threads may each use their own.
+At most MAX_THREADS threads.
 """
 
 import contextlib
 import os
 import threading
 
+MAX_THREADS = 256      # the pool's BP_MAX_THREADS (csrc/bp_pool.h)
+
 _lock = threading.Lock()
 _num_threads = None
+_local = threading.local()      # .stack: this Python thread's threads(n) overrides
 
 
 def _default_threads():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env.isdigit() and int(env) > 0:
-        return int(env)
+        return min(int(env), MAX_THREADS)
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_THREADS))
 
 
 def _check(n):
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"number of threads must be a positive int, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"number of threads must be an int in [1, {MAX_THREADS}], got {n!r}")
     return n
 
 
 def set_num_threads(n):
-    """Set the number of threads the kernels use (a positive int)."""
+    """Set the number of threads the kernels use, process-wide (an int in
+    [1, MAX_THREADS]); a ``threads(n)`` block in progress keeps its own."""
     global _num_threads
     n = _check(n)
     with _lock:
@@ -41,6 +51,9 @@ def set_num_threads(n):
 def get_num_threads():
     """The number of threads the kernels use for inputs large enough to split."""
     global _num_threads
+    stack = getattr(_local, "stack", None)
+    if stack:
+        return stack[-1]
     n = _num_threads
     if n is None:
         with _lock:
@@ -52,18 +65,14 @@ def get_num_threads():
 
 @contextlib.contextmanager
 def threads(n):
-    """Use ``n`` threads inside a ``with`` block, then restore the previous setting.
-
-    The setting is process-wide, as torch.set_num_threads is: do not change it
-    from several Python threads at once.
-    """
-    global _num_threads
+    """Use ``n`` threads inside a ``with`` block, in this Python thread only, then
+    return to the previous setting (blocks nest)."""
     n = _check(n)
-    with _lock:
-        old = _num_threads
-        _num_threads = n
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(n)
     try:
         yield n
     finally:
-        with _lock:
-            _num_threads = old
+        stack.pop()

@@ -41,6 +41,12 @@ cdef extern from "bp_elementwise.h" nogil:
                                cnp.int64_t *scratch, cnp.int64_t *head, double *row, double lr,
                                double eps)
 
+cdef extern from "bp_pool.h" nogil:
+    ctypedef void (*bp_task_fn)(void *ctx, Py_ssize_t lo, Py_ssize_t hi,
+                                int worker) noexcept nogil
+    ctypedef void (*bp_for_fn)(bp_task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
+                               int nt) noexcept nogil
+
 cdef extern from "bp_gemm.h" nogil:
     int bp_gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
                           Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const float *A,
@@ -54,10 +60,10 @@ cdef extern from "bp_gemm.h" nogil:
     int bp_gemm_uses_packed_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, int ta, int tb)
     int bp_gemm_shared_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const float *A, int ta,
                            Py_ssize_t lda, const float *B, int tb, Py_ssize_t ldb, float *C,
-                           Py_ssize_t ldc, int accumulate, int nt, Py_ssize_t rc)
+                           Py_ssize_t ldc, int accumulate, int nt, bp_for_fn run)
     int bp_gemm_shared_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t k, const double *A, int ta,
                            Py_ssize_t lda, const double *B, int tb, Py_ssize_t ldb, double *C,
-                           Py_ssize_t ldc, int accumulate, int nt, Py_ssize_t rc)
+                           Py_ssize_t ldc, int accumulate, int nt, bp_for_fn run)
     const char *bp_gemm_path()
     const char *bp_gemm_paths()
     void bp_gemm_reset_path()

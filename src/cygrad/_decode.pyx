@@ -2,7 +2,7 @@
 """Constrained Viterbi decoding of per-token tag scores.
 
 Design: sentences are independent, so they are shared out between threads
-(static schedule over sentence indices); each sentence's dynamic programme runs
+in chunks of SENT_GRAIN sentences claimed from the pool (cygrad._parallel); each sentence's dynamic programme runs
 serially in double over its own rows of the preallocated score and
 back-pointer tables, which no other thread touches. Ties go to the lowest tag
 index, so the result does not depend on the thread count.
@@ -10,12 +10,35 @@ index, so the result does not depend on the thread count.
 
 import numpy as np
 cimport numpy as cnp
-from cython.parallel cimport prange
+from cygrad._parallel cimport parallel_for
 from libc.math cimport INFINITY
 
 from cygrad._common cimport float_array, index_array, threads_for
 
 cnp.import_array()
+
+
+cdef enum:
+    SENT_GRAIN = 16     # sentences per chunk of a threaded decode
+
+
+cdef struct _Viterbi:
+    const double *sc
+    Py_ssize_t C
+    const cnp.int64_t *off
+    const cnp.uint8_t *allowed
+    const cnp.uint8_t *start
+    double *delta
+    cnp.int32_t *back
+    cnp.int64_t *out
+
+
+cdef void _viterbi_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Sentences [lo, hi)."""
+    cdef _Viterbi *v = <_Viterbi *>ctx
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        _one(v.sc, v.C, v.off[i], v.off[i + 1], v.allowed, v.start, v.delta, v.back, v.out)
 
 
 cdef void _one(const double *sc, Py_ssize_t C, Py_ssize_t t0, Py_ssize_t t1,
@@ -109,11 +132,12 @@ def constrained_viterbi(scores, offsets, allowed, start_allowed):
     cdef int nt = threads_for(N * C * C, 200000)
     if C == 0:
         return out
+    cdef _Viterbi v
+    v.sc, v.C, v.off, v.allowed, v.start = scp, C, op, ap, stp
+    v.delta, v.back, v.out = dp, bp, outp
     with nogil:
         if nt == 1:
-            for i in range(S):
-                _one(scp, C, op[i], op[i + 1], ap, stp, dp, bp, outp)
-        else:
-            for i in prange(S, num_threads=nt, schedule="static"):
-                _one(scp, C, op[i], op[i + 1], ap, stp, dp, bp, outp)
+            _viterbi_task(&v, 0, S, 0)
+        else:   # sentences in chunks of about SENT_GRAIN (each decoded on its own)
+            parallel_for(_viterbi_task, &v, S, SENT_GRAIN, nt)
     return out

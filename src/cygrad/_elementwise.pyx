@@ -1,11 +1,12 @@
 # cython: language_level=3
 """Activations (forward and backward), bias add and bias gradient.
 
-Design: the array is split into one contiguous range per thread (static
-schedule), each range handed to a vectorised C loop (csrc/bp_elementwise.c,
-cloned per ISA level). Every output element is written by exactly one thread,
-and the value does not depend on the split: results are identical for any
-thread count. All arithmetic is done in double, for float32 and float64 alike;
+Design: the array is cut into fixed chunks of GRAIN elements (rows for the bias
+add, COL_GRAIN columns for the bias gradient), claimed by the threads of the
+pool (cygrad._parallel), each handed to a vectorised C loop
+(csrc/bp_elementwise.c, cloned per ISA level). Every output element is written
+by exactly one thread, and its value does not depend on the chunk it is in:
+results are identical for any thread count. All arithmetic is done in double, for float32 and float64 alike;
 exp is a branch-free polynomial (no overflow: only exp of non-positive numbers
 is ever taken), sigmoid and tanh are evaluated in their stable forms.
 Bias gradients are split by columns and summed in double, rows in order.
@@ -13,10 +14,9 @@ Bias gradients are split by columns and summed in double, rows in order.
 
 import numpy as np
 cimport numpy as cnp
-from cython cimport floating
-from cython.parallel cimport prange
 
 from cygrad._common cimport float_array, same_dtype, out_array, threads_for, is_f32
+from cygrad._parallel cimport parallel_for, task_fn
 
 cnp.import_array()
 
@@ -25,58 +25,47 @@ from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDT
                            bp_unary_bwd_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32,
                            bp_colsum_f64)
 
-# Below these sizes a kernel runs on one thread (a parallel region costs a few µs).
 cdef enum:
-    MIN_ELEMENTS = 32768
-    ALIGN = 64          # split points on multiples of 64 elements (whole cache lines)
+    GRAIN = 16384       # elements per chunk of a threaded loop (fixed: the chunks, and so
+                        # the bits, do not depend on the thread count); one chunk = one thread
+    MIN_ELEMENTS = 2 * GRAIN
+    COL_GRAIN = 64      # columns per chunk of the bias gradient
 
 
-cdef inline Py_ssize_t _split(Py_ssize_t n, int nt) noexcept nogil:
-    cdef Py_ssize_t c = (n + nt - 1) // nt
-    return (c + ALIGN - 1) // ALIGN * ALIGN
+cdef struct _Unary:
+    int op, f32
+    const void *g       # grad_out (backward only)
+    const void *x       # input (forward) or saved value (backward)
+    void *y
+    double alpha
+
+
+cdef void _fwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Unary *u = <_Unary *>ctx
+    if u.f32:
+        bp_unary_fwd_f32(u.op, <const float *>u.x + lo, <float *>u.y + lo, hi - lo, u.alpha)
+    else:
+        bp_unary_fwd_f64(u.op, <const double *>u.x + lo, <double *>u.y + lo, hi - lo, u.alpha)
+
+
+cdef void _bwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Unary *u = <_Unary *>ctx
+    if u.f32:
+        bp_unary_bwd_f32(u.op, <const float *>u.g + lo, <const float *>u.x + lo,
+                         <float *>u.y + lo, hi - lo, u.alpha)
+    else:
+        bp_unary_bwd_f64(u.op, <const double *>u.g + lo, <const double *>u.x + lo,
+                         <double *>u.y + lo, hi - lo, u.alpha)
 
 
 # The elementwise kernels see any-shape C-contiguous arrays as flat buffers, so
 # they take the arrays' data pointers (a memoryview would need a reshape and a
 # buffer acquisition per call: microseconds that small inputs cannot afford).
-cdef void _fwd(int op, const floating *x, floating *y, Py_ssize_t n, double alpha,
-               int nt) noexcept nogil:
-    cdef Py_ssize_t chunk = _split(n, nt), lo, hi
-    cdef int t
+cdef void _unary(task_fn task, _Unary *u, Py_ssize_t n, int nt) noexcept nogil:
     if nt == 1:
-        if floating is float:
-            bp_unary_fwd_f32(op, x, y, n, alpha)
-        else:
-            bp_unary_fwd_f64(op, x, y, n, alpha)
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        lo = t * chunk
-        hi = min(n, lo + chunk)
-        if lo < hi:
-            if floating is float:
-                bp_unary_fwd_f32(op, x + lo, y + lo, hi - lo, alpha)
-            else:
-                bp_unary_fwd_f64(op, x + lo, y + lo, hi - lo, alpha)
-
-
-cdef void _bwd(int op, const floating *g, const floating *s, floating *o, Py_ssize_t n,
-               double alpha, int nt) noexcept nogil:
-    cdef Py_ssize_t chunk = _split(n, nt), lo, hi
-    cdef int t
-    if nt == 1:
-        if floating is float:
-            bp_unary_bwd_f32(op, g, s, o, n, alpha)
-        else:
-            bp_unary_bwd_f64(op, g, s, o, n, alpha)
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        lo = t * chunk
-        hi = min(n, lo + chunk)
-        if lo < hi:
-            if floating is float:
-                bp_unary_bwd_f32(op, g + lo, s + lo, o + lo, hi - lo, alpha)
-            else:
-                bp_unary_bwd_f64(op, g + lo, s + lo, o + lo, hi - lo, alpha)
+        task(u, 0, n, 0)
+    else:
+        parallel_for(task, u, n, GRAIN, nt)
 
 
 cdef object _forward(int op, str fn, object z, object out, double alpha):
@@ -84,13 +73,12 @@ cdef object _forward(int op, str fn, object z, object out, double alpha):
     out = out_array(out, z.shape, z.dtype, fn)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
     cdef int nt = threads_for(n, MIN_ELEMENTS)
-    cdef void *x = cnp.PyArray_DATA(<cnp.ndarray>z)
-    cdef void *y = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef _Unary u
+    u.op, u.f32, u.alpha = op, is_f32(z), alpha
+    u.x = cnp.PyArray_DATA(<cnp.ndarray>z)
+    u.y = cnp.PyArray_DATA(<cnp.ndarray>out)
     with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>z) == cnp.NPY_FLOAT32:
-            _fwd[float](op, <const float *>x, <float *>y, n, alpha, nt)
-        else:
-            _fwd[double](op, <const double *>x, <double *>y, n, alpha, nt)
+        _unary(_fwd_task, &u, n, nt)
     return out
 
 
@@ -105,14 +93,13 @@ cdef object _backward(int op, str fn, object grad_out, object saved, object out,
     out = out_array(out, grad_out.shape, grad_out.dtype, fn)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>grad_out)
     cdef int nt = threads_for(n, MIN_ELEMENTS)
-    cdef void *g = cnp.PyArray_DATA(<cnp.ndarray>grad_out)
-    cdef void *s = cnp.PyArray_DATA(<cnp.ndarray>saved)
-    cdef void *o = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef _Unary u
+    u.op, u.f32, u.alpha = op, is_f32(grad_out), alpha
+    u.g = cnp.PyArray_DATA(<cnp.ndarray>grad_out)
+    u.x = cnp.PyArray_DATA(<cnp.ndarray>saved)
+    u.y = cnp.PyArray_DATA(<cnp.ndarray>out)
     with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>grad_out) == cnp.NPY_FLOAT32:
-            _bwd[float](op, <const float *>g, <const float *>s, <float *>o, n, alpha, nt)
-        else:
-            _bwd[double](op, <const double *>g, <const double *>s, <double *>o, n, alpha, nt)
+        _unary(_bwd_task, &u, n, nt)
     return out
 
 
@@ -235,28 +222,32 @@ for _name, _title, _saves, _formula, _extra in [
         name=_name, saves=_saves, formula=_formula, extra=_extra)
 
 
-cdef void _add_bias(const floating[:, ::1] z, const floating[::1] b, floating[:, ::1] out,
-                    int nt) noexcept nogil:
-    cdef Py_ssize_t rows = z.shape[0], cols = z.shape[1], chunk = (rows + nt - 1) // nt
-    cdef Py_ssize_t lo, hi
-    cdef int t
-    if cols == 0:
-        return
-    if nt == 1:
-        if rows > 0:
-            if floating is float:
-                bp_add_bias_f32(&z[0, 0], &b[0], &out[0, 0], rows, cols)
-            else:
-                bp_add_bias_f64(&z[0, 0], &b[0], &out[0, 0], rows, cols)
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        lo = t * chunk
-        hi = min(rows, lo + chunk)
-        if lo < hi:
-            if floating is float:
-                bp_add_bias_f32(&z[lo, 0], &b[0], &out[lo, 0], hi - lo, cols)
-            else:
-                bp_add_bias_f64(&z[lo, 0], &b[0], &out[lo, 0], hi - lo, cols)
+cdef struct _Rows:
+    int f32
+    const void *x
+    const void *b
+    void *y
+    Py_ssize_t rows, cols
+
+
+cdef void _add_bias_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Rows [lo, hi) of out = z + b."""
+    cdef _Rows *r = <_Rows *>ctx
+    if r.f32:
+        bp_add_bias_f32(<const float *>r.x + lo * r.cols, <const float *>r.b,
+                        <float *>r.y + lo * r.cols, hi - lo, r.cols)
+    else:
+        bp_add_bias_f64(<const double *>r.x + lo * r.cols, <const double *>r.b,
+                        <double *>r.y + lo * r.cols, hi - lo, r.cols)
+
+
+cdef void _colsum_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Columns [lo, hi) of out = the column sums of x."""
+    cdef _Rows *r = <_Rows *>ctx
+    if r.f32:
+        bp_colsum_f32(<const float *>r.x + lo, <float *>r.y + lo, r.rows, r.cols, hi - lo)
+    else:
+        bp_colsum_f64(<const double *>r.x + lo, <double *>r.y + lo, r.rows, r.cols, hi - lo)
 
 
 def add_bias(z, b, out=None):
@@ -287,39 +278,21 @@ def add_bias(z, b, out=None):
         raise ValueError(f"{fn}: b must have shape ({z.shape[1]},) to match z {z.shape}, "
                          f"got {b.shape}")
     out = out_array(out, z.shape, z.dtype, fn)
+    cdef _Rows r
+    r.f32 = is_f32(z)
+    r.x, r.b = cnp.PyArray_DATA(<cnp.ndarray>z), cnp.PyArray_DATA(<cnp.ndarray>b)
+    r.y = cnp.PyArray_DATA(<cnp.ndarray>out)
+    r.rows, r.cols = z.shape[0], z.shape[1]
     cdef int nt = threads_for(z.size, MIN_ELEMENTS)
-    if is_f32(z):
-        _add_bias[float](z, b, out, nt)
-    else:
-        _add_bias[double](z, b, out, nt)
-    return out
-
-
-cdef void _colsum(const floating[:, ::1] x, floating[::1] out, int nt) noexcept nogil:
-    cdef Py_ssize_t rows = x.shape[0], cols = x.shape[1], lo, hi
-    cdef Py_ssize_t chunk = (cols + nt - 1) // nt
-    cdef int t
-    if cols == 0:
-        return
-    if rows == 0:
-        for lo in range(cols):
-            out[lo] = 0
-        return
-    chunk = (chunk + 15) // 16 * 16
-    if nt == 1:
-        if floating is float:
-            bp_colsum_f32(&x[0, 0], &out[0], rows, cols, cols)
+    cdef Py_ssize_t grain = max(1, GRAIN // max(1, r.cols))
+    if r.rows == 0 or r.cols == 0:
+        return out
+    with nogil:
+        if nt == 1:
+            _add_bias_task(&r, 0, r.rows, 0)
         else:
-            bp_colsum_f64(&x[0, 0], &out[0], rows, cols, cols)
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        lo = t * chunk
-        hi = min(cols, lo + chunk)
-        if lo < hi:
-            if floating is float:
-                bp_colsum_f32(&x[0, lo], &out[lo], rows, cols, hi - lo)
-            else:
-                bp_colsum_f64(&x[0, lo], &out[lo], rows, cols, hi - lo)
+            parallel_for(_add_bias_task, &r, r.rows, grain, nt)
+    return out
 
 
 def bias_grad(dz, out=None):
@@ -345,11 +318,19 @@ def bias_grad(dz, out=None):
     fn = "bias_grad"
     dz = float_array(dz, fn, "dz", 2)
     out = out_array(out, (dz.shape[1],), dz.dtype, fn)
+    cdef _Rows r
+    r.f32 = is_f32(dz)
+    r.x, r.y = cnp.PyArray_DATA(<cnp.ndarray>dz), cnp.PyArray_DATA(<cnp.ndarray>out)
+    r.rows, r.cols = dz.shape[0], dz.shape[1]
     cdef int nt = threads_for(dz.size, MIN_ELEMENTS)
-    if dz.shape[1] < 32:
-        nt = 1
-    if is_f32(dz):
-        _colsum[float](dz, out, nt)
-    else:
-        _colsum[double](dz, out, nt)
+    if r.cols == 0:
+        return out
+    if r.rows == 0:
+        out[...] = 0
+        return out
+    with nogil:
+        if nt == 1:
+            _colsum_task(&r, 0, r.cols, 0)
+        else:
+            parallel_for(_colsum_task, &r, r.cols, COL_GRAIN, nt)
     return out

@@ -2,23 +2,27 @@
 """Embedding windows: gather rows into concatenated windows, scatter their
 gradients back, sparse SGD on the touched rows, dense SGD.
 
-Design: gather is split by output rows (windows). Scatter-add and the sparse
-update are split by *table row ownership*: thread t handles exactly the slots
-whose row id lies in a block of 16 rows numbered b with b % nt == t, scanning
-the slots in (window, position) order. No two threads ever write one row, and every row receives its updates in
-the same order whatever the thread count, so results are bitwise identical for
-1, 2, ... threads, and no scratch memory or sort is needed. Indices are
+Design: gather is split by output rows (windows), in fixed chunks of about GRAIN
+elements claimed by the pool's threads (cygrad._parallel). Scatter-add and the
+sparse SGD update are split by *table row ownership*: class t of nt handles
+exactly the slots whose row id lies in a block of 16 rows numbered b with
+b % nt == t, scanning the slots in (window, position) order (a scratch list of
+its slots per class). No two threads ever write one row, and every row receives
+its updates in the same order whatever the thread count, so results are bitwise
+identical for 1, 2, ... threads. Sparse Adagrad sums each touched row's slots
+first (a sort of (row, slot) pairs), then takes one step per row. The dense
+SGD and Adagrad steps run in fixed chunks of GRAIN elements. Indices are
 range-checked once at the wrapper.
 """
 
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.string cimport memcpy
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
                              index_array, threads_for, is_f32)
+from cygrad._parallel cimport parallel_for, task_fn
 
 cnp.import_array()
 
@@ -26,23 +30,30 @@ from cygrad._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_
                            bp_sparse_adagrad_f32, bp_sparse_adagrad_f64)
 
 cdef enum:
-    MIN_ELEMENTS = 32768
+    GRAIN = 16384          # elements per chunk of a threaded loop (fixed, whatever the threads)
+    MIN_ELEMENTS = 2 * GRAIN
     MIN_SCATTER = 4194304  # random-row updates are latency-bound: threads only for huge batches
     ROW_BLOCK = 16
 
 
-cdef void _gather(const floating *table, Py_ssize_t d, const cnp.int64_t *win, Py_ssize_t B,
-                  Py_ssize_t w, floating *X, int nt) noexcept nogil:
-    cdef Py_ssize_t i, s
-    if d == 0 or w == 0:
-        return
-    if nt == 1:
-        for i in range(B * w):
-            memcpy(X + i * d, table + win[i] * d, d * sizeof(floating))
-        return
-    for i in prange(B, num_threads=nt, schedule="static"):
-        for s in range(w):
-            memcpy(X + (i * w + s) * d, table + win[i * w + s] * d, d * sizeof(floating))
+cdef struct _Emb:
+    int f32
+    void *table
+    Py_ssize_t d, w, n
+    const cnp.int64_t *win
+    void *X                 # gathered windows (gather) or slot gradients (scatter)
+    double alpha
+    Py_ssize_t *scratch     # scatter: n slots per ownership class
+
+
+cdef void _gather_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Windows [lo, hi): X[i] = the rows of window i, concatenated."""
+    cdef _Emb *e = <_Emb *>ctx
+    cdef Py_ssize_t i, sz = 4 if e.f32 else 8, row = e.d * sz
+    cdef char *X = <char *>e.X
+    cdef const char *tab = <const char *>e.table
+    for i in range(lo * e.w, hi * e.w):
+        memcpy(X + i * row, tab + e.win[i] * row, row)
 
 
 cdef void _scatter_rows(floating *table, Py_ssize_t d, const cnp.int64_t *win,
@@ -70,20 +81,21 @@ cdef void _scatter_owned(int t, int nt, floating *table, Py_ssize_t d,
     _scatter_rows(table, d, win, mine, cnt, dX, alpha)
 
 
-cdef void _scatter(floating *table, Py_ssize_t d, const cnp.int64_t *win, Py_ssize_t n,
-                   const floating *dX, double alpha, int nt,
-                   Py_ssize_t *scratch) noexcept nogil:
-    """table[win[j]] += alpha * dX[j] for the n slots j. Thread t owns the rows in
-    blocks b of ROW_BLOCK rows with b % nt == t: whole blocks, so that threads do not
-    share the cache lines where one row ends and the next begins."""
-    cdef int t
-    if d == 0:
-        return
-    if nt == 1:
-        _scatter_rows(table, d, win, NULL, n, dX, alpha)
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        _scatter_owned(t, nt, table, d, win, n, dX, alpha, scratch + t * n)
+cdef void _scatter_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Ownership classes [lo, hi) of nt = (the loop's size): table[win[j]] += alpha *
+    dX[j] for the slots j whose row lies in a block b of ROW_BLOCK rows with
+    b % nt == class: whole blocks, so that threads do not share the cache lines
+    where one row ends and the next begins."""
+    cdef _Emb *e = <_Emb *>ctx
+    cdef Py_ssize_t c
+    cdef int nparts = <int>(e.scratch[0])
+    for c in range(lo, hi):
+        if e.f32:
+            _scatter_owned[float](<int>c, nparts, <float *>e.table, e.d, e.win, e.n,
+                                  <const float *>e.X, e.alpha, e.scratch + 1 + c * e.n)
+        else:
+            _scatter_owned[double](<int>c, nparts, <double *>e.table, e.d, e.win, e.n,
+                                   <const double *>e.X, e.alpha, e.scratch + 1 + c * e.n)
 
 
 def embedding_gather(table, windows, out=None):
@@ -114,14 +126,18 @@ def embedding_gather(table, windows, out=None):
     cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
     out = out_array(out, (B, w * d), table.dtype, fn)
     cdef int nt = threads_for(B * w * d, MIN_ELEMENTS)
-    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
-    cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>out)
-    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    cdef _Emb e
+    e.f32, e.d, e.w = is_f32(table), d, w
+    e.table = cnp.PyArray_DATA(<cnp.ndarray>table)
+    e.X = cnp.PyArray_DATA(<cnp.ndarray>out)
+    e.win = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    if d == 0 or w == 0:
+        return out
     with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
-            _gather[float](<const float *>tp, d, wp, B, w, <float *>xp, nt)
+        if nt == 1:
+            _gather_task(&e, 0, B, 0)
         else:
-            _gather[double](<const double *>tp, d, wp, B, w, <double *>xp, nt)
+            parallel_for(_gather_task, &e, B, max(1, GRAIN // (w * d)), nt)
     return out
 
 
@@ -137,16 +153,28 @@ cdef object _scatter_checked(str fn, str tname, table, windows, dX, double alpha
     if np.may_share_memory(table, dX):
         raise ValueError(f"{fn}: dX must not overlap {tname}")
     cdef int nt = threads_for(B * w * d, MIN_SCATTER)
-    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
-    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
-    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
-    scratch = np.empty(nt * B * w if nt > 1 else 0, dtype=np.intp)
-    cdef Py_ssize_t *sp = <Py_ssize_t *>cnp.PyArray_DATA(<cnp.ndarray>scratch)
+    cdef _Emb e
+    e.f32, e.d, e.n, e.alpha = is_f32(table), d, B * w, alpha
+    e.table = cnp.PyArray_DATA(<cnp.ndarray>table)
+    e.X = cnp.PyArray_DATA(<cnp.ndarray>dX)
+    e.win = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    if d == 0:
+        return table
+    if nt == 1:
+        with nogil:
+            if e.f32:
+                _scatter_rows[float](<float *>e.table, d, e.win, NULL, e.n, <const float *>e.X,
+                                     alpha)
+            else:
+                _scatter_rows[double](<double *>e.table, d, e.win, NULL, e.n,
+                                      <const double *>e.X, alpha)
+        return table
+    # one ownership class per thread; the classes' slot lists follow the count
+    scratch = np.empty(1 + nt * e.n, dtype=np.intp)
+    e.scratch = <Py_ssize_t *>cnp.PyArray_DATA(<cnp.ndarray>scratch)
+    e.scratch[0] = nt
     with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
-            _scatter[float](<float *>tp, d, wp, B * w, <const float *>gp, alpha, nt, sp)
-        else:
-            _scatter[double](<double *>tp, d, wp, B * w, <const double *>gp, alpha, nt, sp)
+        parallel_for(_scatter_task, &e, nt, 1, nt)
     return table
 
 
@@ -204,26 +232,39 @@ def embedding_sgd_update(table, windows, dX, lr):
     return _scatter_checked("embedding_sgd_update", "table", table, windows, dX, -lr)
 
 
-cdef void _axpy_flat(floating[::1] y, const floating[::1] x, double alpha,
-                     int nt) noexcept nogil:
-    cdef Py_ssize_t n = y.shape[0], chunk = (n + nt - 1) // nt, lo, hi
-    cdef int t
-    chunk = (chunk + 63) // 64 * 64
+cdef struct _Dense:
+    int f32
+    void *p
+    void *G
+    const void *g
+    double alpha, eps
+
+
+cdef void _axpy_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """p[lo:hi] += alpha g[lo:hi]."""
+    cdef _Dense *u = <_Dense *>ctx
+    if u.f32:
+        bp_axpy_f32(hi - lo, u.alpha, <const float *>u.g + lo, <float *>u.p + lo)
+    else:
+        bp_axpy_f64(hi - lo, u.alpha, <const double *>u.g + lo, <double *>u.p + lo)
+
+
+cdef void _adagrad_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """An Adagrad step (lr = alpha) on elements [lo, hi)."""
+    cdef _Dense *u = <_Dense *>ctx
+    if u.f32:
+        bp_adagrad_f32(<float *>u.p + lo, <float *>u.G + lo, <const float *>u.g + lo, hi - lo,
+                       u.alpha, u.eps)
+    else:
+        bp_adagrad_f64(<double *>u.p + lo, <double *>u.G + lo, <const double *>u.g + lo,
+                       hi - lo, u.alpha, u.eps)
+
+
+cdef void _dense(task_fn task, _Dense *u, Py_ssize_t n, int nt) noexcept nogil:
     if nt == 1:
-        if n > 0:
-            if floating is float:
-                bp_axpy_f32(n, alpha, &x[0], &y[0])
-            else:
-                bp_axpy_f64(n, alpha, &x[0], &y[0])
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        lo = t * chunk
-        hi = min(n, lo + chunk)
-        if lo < hi:
-            if floating is float:
-                bp_axpy_f32(hi - lo, alpha, &x[lo], &y[lo])
-            else:
-                bp_axpy_f64(hi - lo, alpha, &x[lo], &y[lo])
+        task(u, 0, n, 0)
+    else:
+        parallel_for(task, u, n, GRAIN, nt)
 
 
 def sgd_update(param, grad, lr):
@@ -255,33 +296,15 @@ def sgd_update(param, grad, lr):
     lr = float(lr)
     if not np.isfinite(lr):
         raise ValueError(f"{fn}: lr must be finite, got {lr}")
-    cdef int nt = threads_for(param.size, MIN_ELEMENTS)
-    if is_f32(param):
-        _axpy_flat[float](param.reshape(-1), grad.reshape(-1), -lr, nt)
-    else:
-        _axpy_flat[double](param.reshape(-1), grad.reshape(-1), -lr, nt)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
+    cdef int nt = threads_for(n, MIN_ELEMENTS)
+    cdef _Dense u
+    u.f32, u.alpha = is_f32(param), -lr
+    u.p, u.g = cnp.PyArray_DATA(<cnp.ndarray>param), cnp.PyArray_DATA(<cnp.ndarray>grad)
+    with nogil:
+        _dense(_axpy_task, &u, n, nt)
     return param
 
-
-
-cdef void _adagrad_flat(floating *p, floating *G, const floating *g, Py_ssize_t n, double lr,
-                        double eps, int nt) noexcept nogil:
-    cdef Py_ssize_t chunk = ((n + nt - 1) // nt + 63) // 64 * 64, lo, hi
-    cdef int t
-    if nt == 1:
-        if floating is float:
-            bp_adagrad_f32(p, G, g, n, lr, eps)
-        else:
-            bp_adagrad_f64(p, G, g, n, lr, eps)
-        return
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        lo = t * chunk
-        hi = min(n, lo + chunk)
-        if lo < hi:
-            if floating is float:
-                bp_adagrad_f32(p + lo, G + lo, g + lo, hi - lo, lr, eps)
-            else:
-                bp_adagrad_f64(p + lo, G + lo, g + lo, hi - lo, lr, eps)
 
 
 cdef object _check_lr_eps(str fn, lr, eps):
@@ -324,15 +347,12 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
     lr, eps = _check_lr_eps(fn, lr, eps)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
     cdef int nt = threads_for(n, MIN_ELEMENTS)
-    cdef void *pp = cnp.PyArray_DATA(<cnp.ndarray>param)
-    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>accum)
-    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>grad)
-    cdef double l = lr, e = eps
+    cdef _Dense u
+    u.f32, u.alpha, u.eps = is_f32(param), lr, eps
+    u.p, u.G = cnp.PyArray_DATA(<cnp.ndarray>param), cnp.PyArray_DATA(<cnp.ndarray>accum)
+    u.g = cnp.PyArray_DATA(<cnp.ndarray>grad)
     with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>param) == cnp.NPY_FLOAT32:
-            _adagrad_flat[float](<float *>pp, <float *>ap, <const float *>gp, n, l, e, nt)
-        else:
-            _adagrad_flat[double](<double *>pp, <double *>ap, <const double *>gp, n, l, e, nt)
+        _dense(_adagrad_task, &u, n, nt)
     return param
 
 

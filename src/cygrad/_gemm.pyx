@@ -2,7 +2,8 @@
 """Matrix products for backprop: C (+)= op(A) op(B), op = identity or transpose.
 
 Design: C is split between threads by ownership, into row ranges (or column
-ranges when C has too few rows to go round); each thread runs the packed,
+ranges when C has too few rows to go round), claimed from the pool
+(cygrad._parallel); each thread runs the packed,
 cache-blocked GEMM of csrc/bp_gemm_packed.c on its block: panels of op(A) and
 op(B) packed into contiguous buffers (transposes are absorbed by the packing,
 never materialised; with a row split and an op(B) of over 2 MB the threads pack
@@ -30,13 +31,14 @@ share of it.
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
+from cygrad._parallel cimport parallel_for
 
-from cygrad._common cimport float_array, inplace_array, same_dtype, out_array, threads_for
+from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array, threads_for,
+                             is_f32)
 
 cnp.import_array()
 
-from cygrad._csrc cimport (bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, bp_gemm_paths,
+from cygrad._csrc cimport (bp_for_fn, bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, bp_gemm_paths,
                            bp_gemm_reset_path, bp_gemm_uses_packed_f32, bp_gemm_uses_packed_f64,
                            bp_gemm_shared_f32, bp_gemm_shared_f64)
 
@@ -87,57 +89,78 @@ cdef int gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1
                              accumulate)
 
 
-cdef int _gemm(const floating *a, bint ta, Py_ssize_t lda, const floating *b, bint tb,
-               Py_ssize_t ldb, floating *c, Py_ssize_t m, Py_ssize_t n, Py_ssize_t k,
-               bint acc, int nt) noexcept nogil:
-    """C (m x n, C-contiguous) (+)= op(A) op(B); the threads own row ranges of C, or
-    column ranges when C has too few rows to go round. Returns nonzero if a
-    packing buffer could not be allocated."""
-    cdef Py_ssize_t rc, cc, i0, i1, j0, j1
-    cdef bint by_rows
-    cdef int t, failed = 0
+cdef extern from *:
+    """
+    static inline void bp_set_flag(int *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
+    """
+    void bp_set_flag(int *p) noexcept nogil
+
+
+cdef struct _Gemm:
+    int f32, ta, tb, acc, by_rows, failed
+    const void *a
+    const void *b
+    void *c
+    Py_ssize_t lda, ldb, m, n, k
+
+
+cdef void _gemm_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Rows (or columns) [lo, hi) of C."""
+    cdef _Gemm *g = <_Gemm *>ctx
+    cdef Py_ssize_t i0 = 0, i1 = g.m, j0 = 0, j1 = g.n
+    cdef int bad
+    if g.by_rows:
+        i0, i1 = lo, hi
+    else:
+        j0, j1 = lo, hi
+    if g.f32:
+        bad = bp_gemm_block_f32(g.m, g.n, i0, i1, j0, j1, g.k, <const float *>g.a, g.ta, g.lda,
+                                <const float *>g.b, g.tb, g.ldb, <float *>g.c, g.n, g.acc)
+    else:
+        bad = bp_gemm_block_f64(g.m, g.n, i0, i1, j0, j1, g.k, <const double *>g.a, g.ta,
+                                g.lda, <const double *>g.b, g.tb, g.ldb, <double *>g.c, g.n,
+                                g.acc)
+    if bad:
+        bp_set_flag(&g.failed)
+
+
+cdef int _gemm(_Gemm *g, int nt) noexcept nogil:
+    """C (m x n, C-contiguous) (+)= op(A) op(B) on at most nt threads of the pool,
+    in one chunk of rows of C per thread, or of columns when C has too few rows
+    to go round (the chunks' bits do not depend on the split). Returns nonzero if
+    a packing buffer could not be allocated."""
+    cdef Py_ssize_t m = g.m, n = g.n, rc, cc
+    g.failed = 0
     if m == 0 or n == 0:
         return 0
-    if nt == 1:     # no parallel region at all (an if(0) region still costs the runtime)
-        if floating is float:
-            return bp_gemm_block_f32(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
-        else:
-            return bp_gemm_block_f64(m, n, 0, m, 0, n, k, a, ta, lda, b, tb, ldb, c, n, acc) != 0
+    if nt == 1:     # no loop at all
+        g.by_rows = 1
+        _gemm_task(g, 0, m, 0)
+        return g.failed
     rc = (m + nt - 1) // nt
     rc = (rc + ROW_ALIGN - 1) // ROW_ALIGN * ROW_ALIGN
     cc = (n + nt - 1) // nt
     cc = (cc + COL_ALIGN - 1) // COL_ALIGN * COL_ALIGN
     # by rows when there are enough of them and the largest share is no larger
     # than by columns (the few-row kernels want all rows against a column strip)
-    by_rows = m >= MIN_ROWS * nt and min(rc, m) * n <= m * min(cc, n)
-    if by_rows and k * n * <Py_ssize_t>sizeof(floating) >= SHARE_B_BYTES:
+    g.by_rows = m >= MIN_ROWS * nt and min(rc, m) * n <= m * min(cc, n)
+    if g.by_rows and g.k * n * (4 if g.f32 else 8) >= SHARE_B_BYTES:
         # the packed GEMM shares each packed slice of a large B between the threads
-        if floating is float:
-            if bp_gemm_uses_packed_f32(m, n, k, ta, tb):
-                return bp_gemm_shared_f32(m, n, k, a, ta, lda, b, tb, ldb, c, n, acc, nt,
-                                          rc) != 0
+        if g.f32:
+            if bp_gemm_uses_packed_f32(m, n, g.k, g.ta, g.tb):
+                return bp_gemm_shared_f32(m, n, g.k, <const float *>g.a, g.ta, g.lda,
+                                          <const float *>g.b, g.tb, g.ldb, <float *>g.c, n,
+                                          g.acc, nt, <bp_for_fn>parallel_for) != 0
         else:
-            if bp_gemm_uses_packed_f64(m, n, k, ta, tb):
-                return bp_gemm_shared_f64(m, n, k, a, ta, lda, b, tb, ldb, c, n, acc, nt,
-                                          rc) != 0
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        if by_rows:
-            i0 = t * rc
-            i1 = min(m, i0 + rc)
-            j0 = 0
-            j1 = n
-        else:
-            i0 = 0
-            i1 = m
-            j0 = t * cc
-            j1 = min(n, j0 + cc)
-        if floating is float:
-            failed += bp_gemm_block_f32(m, n, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
-                                        acc) != 0
-        else:
-            failed += bp_gemm_block_f64(m, n, i0, i1, j0, j1, k, a, ta, lda, b, tb, ldb, c, n,
-                                        acc) != 0
-    return failed
+            if bp_gemm_uses_packed_f64(m, n, g.k, g.ta, g.tb):
+                return bp_gemm_shared_f64(m, n, g.k, <const double *>g.a, g.ta, g.lda,
+                                          <const double *>g.b, g.tb, g.ldb, <double *>g.c, n,
+                                          g.acc, nt, <bp_for_fn>parallel_for) != 0
+    if g.by_rows:
+        parallel_for(_gemm_task, g, m, rc, nt)
+    else:
+        parallel_for(_gemm_task, g, n, cc, nt)
+    return g.failed
 
 
 cdef inline bint _overlap(object x, object y):
@@ -170,18 +193,14 @@ cdef object _matmul(str fn, a, b, bint trans_a, bint trans_b, out, bint accumula
     if given and k > 0 and (_overlap(out, a) or _overlap(out, b)):
         raise ValueError(f"{fn}: out must not overlap a or b")
     cdef int nt = threads_for(m * n * k, MIN_FLOPS)
-    cdef Py_ssize_t lda = da[1], ldb = db[1]
-    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>a)
-    cdef void *bp = cnp.PyArray_DATA(<cnp.ndarray>b)
-    cdef void *cp = cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef _Gemm g
+    g.f32, g.ta, g.tb, g.acc = is_f32(a), trans_a, trans_b, accumulate
+    g.a, g.b = cnp.PyArray_DATA(<cnp.ndarray>a), cnp.PyArray_DATA(<cnp.ndarray>b)
+    g.c = cnp.PyArray_DATA(<cnp.ndarray>out)
+    g.lda, g.ldb, g.m, g.n, g.k = da[1], db[1], m, n, k
     cdef int failed
     with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>a) == cnp.NPY_FLOAT32:
-            failed = _gemm[float](<const float *>ap, trans_a, lda, <const float *>bp, trans_b,
-                                  ldb, <float *>cp, m, n, k, accumulate, nt)
-        else:
-            failed = _gemm[double](<const double *>ap, trans_a, lda, <const double *>bp,
-                                   trans_b, ldb, <double *>cp, m, n, k, accumulate, nt)
+        failed = _gemm(&g, nt)
     if failed:
         raise MemoryError(f"{fn}: could not allocate the packing buffers")
     return out

@@ -4,7 +4,7 @@ loss and the max-margin loss of CS224N lecture 3.
 
 Design: softmax cross-entropy runs over fixed blocks of 256 rows (one row is
 read once: max, exponentials into the gradient row, normalise); the blocks are
-shared out statically between threads, each block's loss is summed in double
+claimed by the pool's threads (cygrad._parallel), each block's loss is summed in double
 into its own slot, and the slots are added in block order, so the mean loss
 is bitwise the same for any thread count. Labels are range-checked at the
 wrapper.
@@ -13,10 +13,10 @@ wrapper.
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
 
 from cygrad._common cimport (float_array, same_dtype, out_array, index_array,
                              threads_for, is_f32)
+from cygrad._parallel cimport parallel_for
 
 cnp.import_array()
 
@@ -28,31 +28,31 @@ cdef enum:
     MIN_ELEMENTS = 16384
 
 
-cdef inline double _xent_block(const floating *z, const cnp.int64_t *y, floating *d,
-                               Py_ssize_t rows, Py_ssize_t cols, Py_ssize_t blk,
-                               double scale) noexcept nogil:
-    """Loss sum and gradient of block blk (ROW_BLOCK rows) of the batch."""
-    cdef Py_ssize_t lo = blk * ROW_BLOCK, hi = min(rows, lo + ROW_BLOCK)
-    if floating is float:
-        return bp_softmax_xent_f32(z + lo * cols, y + lo, d + lo * cols, hi - lo, cols, scale)
-    else:
-        return bp_softmax_xent_f64(z + lo * cols, y + lo, d + lo * cols, hi - lo, cols, scale)
+cdef struct _Xent:
+    int f32
+    const void *z
+    const cnp.int64_t *y
+    void *d
+    double *partial         # one loss sum per block of ROW_BLOCK rows
+    Py_ssize_t rows, cols
+    double scale
 
 
-cdef void _softmax_xent(const floating[:, ::1] z, const cnp.int64_t[::1] y,
-                        floating[:, ::1] d, double[::1] partial, int nt) noexcept nogil:
-    cdef Py_ssize_t rows = z.shape[0], cols = z.shape[1], nblocks = partial.shape[0]
-    cdef Py_ssize_t blk
-    cdef double scale = 1.0 / rows
-    cdef const floating *zp = &z[0, 0]
-    cdef const cnp.int64_t *yp = &y[0]
-    cdef floating *dp = &d[0, 0]
-    if nt == 1:     # the same blocks in order, without a parallel region
-        for blk in range(nblocks):
-            partial[blk] = _xent_block(zp, yp, dp, rows, cols, blk, scale)
-        return
-    for blk in prange(nblocks, num_threads=nt, schedule="static"):
-        partial[blk] = _xent_block(zp, yp, dp, rows, cols, blk, scale)
+cdef void _xent_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Loss sums and gradients of the blocks [lo, hi) of ROW_BLOCK rows."""
+    cdef _Xent *x = <_Xent *>ctx
+    cdef Py_ssize_t blk, r0, r1
+    for blk in range(lo, hi):
+        r0 = blk * ROW_BLOCK
+        r1 = min(x.rows, r0 + ROW_BLOCK)
+        if x.f32:
+            x.partial[blk] = bp_softmax_xent_f32(<const float *>x.z + r0 * x.cols, x.y + r0,
+                                                 <float *>x.d + r0 * x.cols, r1 - r0, x.cols,
+                                                 x.scale)
+        else:
+            x.partial[blk] = bp_softmax_xent_f64(<const double *>x.z + r0 * x.cols, x.y + r0,
+                                                 <double *>x.d + r0 * x.cols, r1 - r0, x.cols,
+                                                 x.scale)
 
 
 def softmax_cross_entropy(logits, labels, out=None):
@@ -94,16 +94,21 @@ def softmax_cross_entropy(logits, labels, out=None):
                          f"{logits.shape}, got {labels.shape}")
     out = out_array(out, logits.shape, logits.dtype, fn)
     cdef int nt = threads_for(B * C, MIN_ELEMENTS)
-    partial = np.empty((B + ROW_BLOCK - 1) // ROW_BLOCK, dtype=np.float64)
-    if is_f32(logits):
-        _softmax_xent[float](logits, labels, out, partial, nt)
-    else:
-        _softmax_xent[double](logits, labels, out, partial, nt)
+    cdef Py_ssize_t nblocks = (B + ROW_BLOCK - 1) // ROW_BLOCK, i
+    partial = np.empty(nblocks, dtype=np.float64)
+    cdef _Xent x
+    x.f32, x.rows, x.cols, x.scale = is_f32(logits), B, C, 1.0 / B
+    x.z, x.d = cnp.PyArray_DATA(<cnp.ndarray>logits), cnp.PyArray_DATA(<cnp.ndarray>out)
+    x.y = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels)
+    x.partial = <double *>cnp.PyArray_DATA(<cnp.ndarray>partial)
     cdef double total = 0.0
-    cdef double[::1] pv = partial
-    cdef Py_ssize_t i
-    for i in range(pv.shape[0]):
-        total += pv[i]
+    with nogil:
+        if nt == 1:
+            _xent_task(&x, 0, nblocks, 0)
+        else:
+            parallel_for(_xent_task, &x, nblocks, 1, nt)
+        for i in range(nblocks):        # block order: the same sum for any thread count
+            total += x.partial[i]
     return total / B, out
 
 

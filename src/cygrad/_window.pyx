@@ -39,11 +39,10 @@ import threading
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cython.parallel cimport prange
+from cygrad._parallel cimport parallel_for
 from libc.string cimport memcpy
 
 from cygrad._common cimport index_array
-from cygrad._openmp cimport bp_openmp_enabled
 from cygrad import _config
 
 cnp.import_array()
@@ -55,6 +54,13 @@ from cygrad._csrc cimport (
     bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
     bp_sparse_adagrad_f32, bp_sparse_adagrad_f64)
 from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
+
+
+cdef extern from *:
+    """
+    static inline void bp_set_flag(int *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
+    """
+    void bp_set_flag(int *p) noexcept nogil
 
 
 cdef enum:
@@ -327,15 +333,35 @@ cdef int _phase(int ph, Net *net, Work *wk, floating *dummy, int t, int nt) noex
     return failed
 
 
+cdef struct _Phase:
+    int ph, nt, f32, failed
+    Net *net
+    Work *wk
+
+
+cdef void _phase_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Parts [lo, hi) of nt of a phase (a part is what thread t did in a fork-join)."""
+    cdef _Phase *p = <_Phase *>ctx
+    cdef Py_ssize_t t
+    for t in range(lo, hi):
+        if p.f32:
+            if _phase[float](p.ph, p.net, p.wk, <float *>NULL, <int>t, p.nt):
+                bp_set_flag(&p.failed)
+        else:
+            if _phase[double](p.ph, p.net, p.wk, <double *>NULL, <int>t, p.nt):
+                bp_set_flag(&p.failed)
+
+
 cdef int _run(int ph, Net *net, Work *wk, floating *dummy, int nt) noexcept nogil:
-    """Phase ph on nt threads; on one thread without entering a parallel region
-    (an OpenMP region costs about a microsecond even when it runs on one thread)."""
-    cdef int t, failed = 0
+    """Phase ph in nt parts on the pool's threads (parts claimed dynamically, so a
+    descheduled helper never holds the caller back); on one thread directly."""
     if nt == 1:
         return _phase(ph, net, wk, dummy, 0, 1)
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        failed += _phase(ph, net, wk, dummy, t, nt)
-    return failed
+    cdef _Phase p
+    p.ph, p.nt, p.failed, p.net, p.wk = ph, nt, 0, net, wk
+    p.f32 = floating is float
+    parallel_for(_phase_task, &p, nt, 1, nt)
+    return p.failed
 
 
 cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
@@ -365,16 +391,40 @@ cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
     return failed
 
 
+cdef struct _Fwd:
+    int nt, f32, failed
+    Net *net
+    void *X
+    void *Z
+    void *S
+    Py_ssize_t B
+
+
+cdef void _forward_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Fwd *f = <_Fwd *>ctx
+    cdef Py_ssize_t t
+    for t in range(lo, hi):
+        if f.f32:
+            if _forward_part[float](f.net, <float *>f.X, <float *>f.Z, <float *>f.S, f.B,
+                                    <int>t, f.nt):
+                bp_set_flag(&f.failed)
+        else:
+            if _forward_part[double](f.net, <double *>f.X, <double *>f.Z, <double *>f.S, f.B,
+                                     <int>t, f.nt):
+                bp_set_flag(&f.failed)
+
+
 cdef int _forward_rows(Net *net, floating *X, floating *Z, floating *S, Py_ssize_t B,
                        int nt) noexcept nogil:
     """Inference: S = f(X Wᵀ + b) Uᵀ + c for B windows, X gathered from the tables;
-    rows split between threads. Returns nonzero on a failed packing allocation."""
-    cdef int t, failed = 0
+    rows in nt parts on the pool's threads. Returns nonzero on a failed packing
+    allocation."""
     if nt == 1:
         return _forward_part(net, X, Z, S, B, 0, 1)
-    for t in prange(nt, num_threads=nt, schedule="static"):
-        failed += _forward_part(net, X, Z, S, B, t, nt)
-    return failed
+    cdef _Fwd f
+    f.nt, f.f32, f.failed, f.net, f.X, f.Z, f.S, f.B = nt, floating is float, 0, net, X, Z, S, B
+    parallel_for(_forward_task, &f, nt, 1, nt)
+    return f.failed
 
 
 cdef int _forward_part(Net *net, floating *X, floating *Z, floating *S, Py_ssize_t B, int t,
@@ -457,8 +507,8 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
     net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
     net.act, net.alpha = codes[activation], alpha
     cdef int nt = 1
-    if bp_openmp_enabled() and chunk * H * D >= MIN_WORK:
-        nt = threads if threads is not None else _config.get_num_threads()
+    if chunk * H * D >= MIN_WORK:
+        nt = _config._check(threads) if threads is not None else _config.get_num_threads()
     cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
     cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
     cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
@@ -611,8 +661,8 @@ cdef class _FusedStep:
         cdef Net net
         cdef int k, t, failed
         cdef int nt = 1
-        if bp_openmp_enabled() and B * self.H * self.D >= MIN_WORK:
-            nt = threads if threads is not None else _config.get_num_threads()
+        if B * self.H * self.D >= MIN_WORK:
+            nt = _config._check(threads) if threads is not None else _config.get_num_threads()
         self._reserve(B, nt)
         net.B, net.w, net.D, net.H, net.C = B, self.w, self.D, self.H, self.C
         net.ntab = len(self.tables)

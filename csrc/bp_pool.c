@@ -1,0 +1,356 @@
+/* cygrad's thread pool: see bp_pool.h for the contract.
+ *
+ * One loop is in flight at a time (a flag taken with an atomic exchange; a
+ * caller that finds it taken runs its loop alone). The loop's description lives
+ * in fixed atomic fields; `claim` packs the loop's generation (high 32 bits) and
+ * the next chunk index (low 32 bits), so a helper that wakes late, holding an old
+ * generation, fails its compare-and-swap and never runs a chunk of a loop that
+ * is not the one it read. A loop's fields are only rewritten after all of its
+ * chunks are done, and a chunk is only claimed while the loop is unfinished, so
+ * a successful claim always pairs with the fields the helper read before it.
+ *
+ * Waiting: helpers spin on the generation word for a short while after a loop
+ * (the next kernel call of a training step is microseconds away), yielding the
+ * core every few microseconds so that a spinning helper never holds back a
+ * thread of ours that shares its core, then sleep on a futex (a condition
+ * variable off Linux). The caller spins for a short while on the done count,
+ * then sleeps too: an idle core lets the OS run a descheduled helper there.
+ */
+#define _GNU_SOURCE
+#include "bp_pool.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <time.h>
+
+#if defined(BP_NO_THREADS) || defined(__STDC_NO_ATOMICS__) || defined(_WIN32)
+#define BP_THREADED 0
+#else
+#define BP_THREADED 1
+#endif
+
+static long long st_inline;       /* counted without helpers: plain, under `busy` or racy */
+
+#if !BP_THREADED
+
+void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
+{
+    (void)nt;
+    if (grain < 1) grain = 1;
+    for (ptrdiff_t lo = 0; lo < n; lo += grain) fn(ctx, lo, lo + grain < n ? lo + grain : n, 0);
+    st_inline++;
+}
+void bp_pool_get_stats(struct bp_pool_stats *s)
+{
+    *s = (struct bp_pool_stats){0};
+    s->inline_loops = st_inline;
+}
+void bp_pool_reset_stats(void) { st_inline = 0; }
+void bp_pool_set_adaptive(int on) { (void)on; }
+int bp_pool_threaded(void) { return 0; }
+
+#else
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* tuning (nanoseconds) */
+#define HELPER_SPIN_NS 200000   /* a helper spins this long after a loop, then sleeps */
+#define YIELD_AFTER_NS 5000     /* ... and yields its core between checks after this */
+#define CALLER_SPIN_NS 30000    /* the caller spins this long for the last chunks */
+#define WINDOW_NS 1000000       /* the adaptive decision is taken over >= 1 ms of loops */
+#define WINDOW_LOOPS 4          /* ... and at least this many loops */
+#define BACKOFF_MIN_NS 10000000LL   /* first fallback lasts 10 ms */
+#define BACKOFF_MAX_NS 500000000LL  /* ... doubling to at most 0.5 s */
+
+static inline long long now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ---------------------------------------------------------- sleep and wake */
+
+#if defined(__linux__)
+static void word_wait(atomic_uint *w, unsigned seen)
+{
+    syscall(SYS_futex, (unsigned *)w, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+}
+static void word_wake(atomic_uint *w)
+{
+    syscall(SYS_futex, (unsigned *)w, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+}
+#else
+static pthread_mutex_t ww_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t ww_cond = PTHREAD_COND_INITIALIZER;
+static void word_wait(atomic_uint *w, unsigned seen)
+{
+    pthread_mutex_lock(&ww_lock);
+    if (atomic_load(w) == seen) pthread_cond_wait(&ww_cond, &ww_lock);
+    pthread_mutex_unlock(&ww_lock);
+}
+static void word_wake(atomic_uint *w)
+{
+    (void)w;
+    pthread_mutex_lock(&ww_lock);
+    pthread_cond_broadcast(&ww_cond);
+    pthread_mutex_unlock(&ww_lock);
+}
+#endif
+
+/* ------------------------------------------------------------------ state */
+
+static struct {
+    atomic_int busy;                    /* a loop is in flight */
+    atomic_uint gen;                    /* loop generation: helpers wait on it */
+    atomic_uint_least64_t claim;        /* gen << 32 | next chunk */
+    atomic_uint done;                   /* chunks finished in this loop */
+    _Atomic(bp_task_fn) fn;
+    _Atomic(void *) ctx;
+    atomic_llong n, grain;
+    atomic_uint nchunks;
+    atomic_int nt;                      /* participants of this loop */
+    atomic_int sleepers;                /* helpers asleep on gen */
+    atomic_int caller_asleep;           /* the caller sleeps on done */
+    int workers;                        /* helpers started (ids 1..workers) */
+    /* adaptive state, touched by the caller holding `busy` only */
+    atomic_int adaptive;
+    int serial;                         /* in a backoff period */
+    long long probe_at, backoff, win_ns, win_gain;
+    int win_loops;
+    /* statistics */
+    atomic_llong helper_chunks;
+    long long loops, caller_chunks, backoffs, wait_ns;
+} P = { .adaptive = 1, .backoff = BACKOFF_MIN_NS };
+
+/* Run chunks of loop generation g until none is left; returns how many this
+ * thread ran. */
+static unsigned run_chunks(unsigned g, int worker)
+{
+    const bp_task_fn fn = atomic_load_explicit(&P.fn, memory_order_relaxed);
+    void *const ctx = atomic_load_explicit(&P.ctx, memory_order_relaxed);
+    const long long n = atomic_load_explicit(&P.n, memory_order_relaxed);
+    const long long grain = atomic_load_explicit(&P.grain, memory_order_relaxed);
+    const unsigned nchunks = atomic_load_explicit(&P.nchunks, memory_order_relaxed);
+    unsigned ran = 0;
+    uint_least64_t v = atomic_load_explicit(&P.claim, memory_order_acquire);
+    for (;;) {
+        if ((unsigned)(v >> 32) != g || (unsigned)v >= nchunks) break;
+        if (!atomic_compare_exchange_weak_explicit(&P.claim, &v, v + 1, memory_order_acq_rel,
+                                                   memory_order_acquire))
+            continue;       /* v now holds the current value */
+        const long long lo = (long long)(unsigned)v * grain;
+        fn(ctx, (ptrdiff_t)lo, (ptrdiff_t)(lo + grain < n ? lo + grain : n), worker);
+        ran++;
+        if (atomic_fetch_add(&P.done, 1) + 1 == nchunks && atomic_load(&P.caller_asleep))
+            word_wake(&P.done);
+        v = atomic_load_explicit(&P.claim, memory_order_acquire);
+    }
+    return ran;
+}
+
+static void *helper(void *arg)
+{
+    const int id = (int)(intptr_t)arg;
+    unsigned seen = atomic_load(&P.gen);
+    for (;;) {
+        unsigned g = atomic_load_explicit(&P.gen, memory_order_acquire);
+        if (g == seen) {
+            const long long t0 = now_ns();
+            for (int i = 1;; i++) {
+                cpu_relax();
+                g = atomic_load_explicit(&P.gen, memory_order_acquire);
+                if (g != seen) break;
+                if ((i & 63) == 0) {
+                    const long long dt = now_ns() - t0;
+                    if (dt > HELPER_SPIN_NS) break;
+                    if (dt > YIELD_AFTER_NS) sched_yield();
+                }
+            }
+            while (g == seen) {
+                atomic_fetch_add(&P.sleepers, 1);
+                g = atomic_load(&P.gen);
+                if (g == seen) word_wait(&P.gen, seen);
+                atomic_fetch_sub(&P.sleepers, 1);
+                g = atomic_load(&P.gen);
+            }
+        }
+        seen = g;
+        if (id < atomic_load_explicit(&P.nt, memory_order_relaxed)) {
+            const unsigned ran = run_chunks(g, id);
+            if (ran) atomic_fetch_add_explicit(&P.helper_chunks, ran, memory_order_relaxed);
+        }
+    }
+    return NULL;
+}
+
+/* Start helpers up to ids 1..want-1; returns how many exist. Caller holds busy. */
+static int grow(int want)
+{
+    while (P.workers + 1 < want) {
+        pthread_t th;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        int rc = pthread_create(&th, &at, helper, (void *)(intptr_t)(P.workers + 1));
+        pthread_attr_destroy(&at);
+        if (rc != 0) break;
+        P.workers++;
+    }
+    return P.workers;
+}
+
+static void after_fork_child(void)
+{
+    /* the helpers did not survive the fork: start from an empty pool */
+    atomic_store(&P.busy, 0);
+    atomic_store(&P.sleepers, 0);
+    atomic_store(&P.caller_asleep, 0);
+    P.workers = 0;
+}
+
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+static void init_once(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+
+static void run_inline(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain)
+{
+    for (ptrdiff_t lo = 0; lo < n; lo += grain) fn(ctx, lo, lo + grain < n ? lo + grain : n, 0);
+}
+
+/* The adaptive decision, after a loop with helpers (caller holds busy). */
+static void account(long long t0, long long t1, long long t2, unsigned own, unsigned nchunks)
+{
+    const long long took = t2 - t0;
+    /* what the caller alone would have taken, from its own chunk rate */
+    const long long alone = own ? (t1 - t0) * (long long)nchunks / own : took;
+    P.win_gain += alone - took;
+    P.win_ns += took;
+    P.win_loops++;
+    if (P.win_ns < WINDOW_NS || P.win_loops < WINDOW_LOOPS) return;
+    if (P.win_gain < 0 && atomic_load_explicit(&P.adaptive, memory_order_relaxed)) {
+        P.serial = 1;
+        P.probe_at = t2 + P.backoff;
+        P.backoff = P.backoff * 2 < BACKOFF_MAX_NS ? P.backoff * 2 : BACKOFF_MAX_NS;
+        P.backoffs++;
+    } else {
+        P.backoff = BACKOFF_MIN_NS;
+    }
+    P.win_ns = P.win_gain = 0;
+    P.win_loops = 0;
+}
+
+void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
+{
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    ptrdiff_t nchunks = (n - 1) / grain + 1;
+    if (nchunks > (ptrdiff_t)UINT32_MAX / 2) {      /* keep the chunk index in 31 bits */
+        grain = (n - 1) / ((ptrdiff_t)UINT32_MAX / 2) + 1;
+        nchunks = (n - 1) / grain + 1;
+    }
+    if (nt > BP_MAX_THREADS) nt = BP_MAX_THREADS;
+    if (nt > nchunks) nt = (int)nchunks;
+    if (nt <= 1 || atomic_exchange_explicit(&P.busy, 1, memory_order_acquire)) {
+        run_inline(fn, ctx, n, grain);
+        __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    if (P.serial) {
+        if (atomic_load_explicit(&P.adaptive, memory_order_relaxed) && now_ns() < P.probe_at) {
+            atomic_store_explicit(&P.busy, 0, memory_order_release);
+            run_inline(fn, ctx, n, grain);
+            __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
+            return;
+        }
+        P.serial = 0;       /* probe: one window with helpers */
+    }
+    pthread_once(&once, init_once);
+    if (grow(nt) + 1 < nt) nt = P.workers + 1;
+    if (nt <= 1) {
+        atomic_store_explicit(&P.busy, 0, memory_order_release);
+        run_inline(fn, ctx, n, grain);
+        __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    /* publish the loop: fields, then the claim word, then the generation */
+    atomic_store_explicit(&P.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&P.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&P.n, (long long)n, memory_order_relaxed);
+    atomic_store_explicit(&P.grain, (long long)grain, memory_order_relaxed);
+    atomic_store_explicit(&P.nchunks, (unsigned)nchunks, memory_order_relaxed);
+    atomic_store_explicit(&P.nt, nt, memory_order_relaxed);
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    const unsigned g = atomic_load_explicit(&P.gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&P.claim, (uint_least64_t)g << 32, memory_order_release);
+    atomic_store(&P.gen, g);
+    if (atomic_load(&P.sleepers) > 0) word_wake(&P.gen);
+
+    const long long t0 = now_ns();
+    const unsigned own = run_chunks(g, 0);
+    const long long t1 = now_ns();
+    unsigned d = atomic_load_explicit(&P.done, memory_order_acquire);
+    if (d < (unsigned)nchunks) {
+        for (int i = 1; d < (unsigned)nchunks; i++) {
+            cpu_relax();
+            d = atomic_load_explicit(&P.done, memory_order_acquire);
+            if ((i & 63) == 0 && now_ns() - t1 > CALLER_SPIN_NS) break;
+        }
+        while (d < (unsigned)nchunks) {
+            atomic_store(&P.caller_asleep, 1);
+            d = atomic_load(&P.done);
+            if (d < (unsigned)nchunks) word_wait(&P.done, d);
+            atomic_store(&P.caller_asleep, 0);
+            d = atomic_load(&P.done);
+        }
+    }
+    const long long t2 = now_ns();
+    P.loops++;
+    P.caller_chunks += own;
+    P.wait_ns += t2 - t1;
+    account(t0, t1, t2, own, (unsigned)nchunks);
+    atomic_store_explicit(&P.busy, 0, memory_order_release);
+}
+
+void bp_pool_get_stats(struct bp_pool_stats *s)
+{
+    s->loops = P.loops;
+    s->inline_loops = __atomic_load_n(&st_inline, __ATOMIC_RELAXED);
+    s->helper_chunks = atomic_load(&P.helper_chunks);
+    s->caller_chunks = P.caller_chunks;
+    s->backoffs = P.backoffs;
+    s->wait_ns = P.wait_ns;
+    s->workers = P.workers;
+    s->adaptive = atomic_load(&P.adaptive);
+    s->serial_now = P.serial;
+}
+
+void bp_pool_reset_stats(void)
+{
+    P.loops = P.caller_chunks = P.backoffs = P.wait_ns = 0;
+    atomic_store(&P.helper_chunks, 0);
+    __atomic_store_n(&st_inline, 0, __ATOMIC_RELAXED);
+}
+
+void bp_pool_set_adaptive(int on)
+{
+    atomic_store(&P.adaptive, on != 0);
+}
+
+int bp_pool_threaded(void) { return 1; }
+
+#endif

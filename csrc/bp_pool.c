@@ -48,6 +48,7 @@ void bp_pool_get_stats(struct bp_pool_stats *s)
 void bp_pool_reset_stats(void) { st_inline = 0; }
 void bp_pool_set_adaptive(int on) { (void)on; }
 int bp_pool_threaded(void) { return 0; }
+int bp_pool_threads(int nt) { (void)nt; return 1; }
 
 #else
 
@@ -72,9 +73,9 @@ int bp_pool_threaded(void) { return 0; }
 #define HELPER_SPIN_NS 200000   /* a helper spins this long after a loop, then sleeps */
 #define YIELD_AFTER_NS 5000     /* ... and yields its core between checks after this */
 #define CALLER_SPIN_NS 30000    /* the caller spins this long for the last chunks */
-#define WINDOW_NS 1000000       /* the adaptive decision is taken over >= 1 ms of loops */
-#define WINDOW_LOOPS 4          /* ... and at least this many loops */
-#define BACKOFF_MIN_NS 10000000LL   /* first fallback lasts 10 ms */
+#define WINDOW_NS 4000000       /* the adaptive decision is taken over >= 4 ms of loops */
+#define WINDOW_LOOPS 16         /* ... and at least this many loops */
+#define BACKOFF_MIN_NS 20000000LL   /* first fallback lasts 20 ms */
 #define BACKOFF_MAX_NS 500000000LL  /* ... doubling to at most 0.5 s */
 
 static inline long long now_ns(void)
@@ -128,10 +129,12 @@ static struct {
     atomic_int sleepers;                /* helpers asleep on gen */
     atomic_int caller_asleep;           /* the caller sleeps on done */
     int workers;                        /* helpers started (ids 1..workers) */
-    /* adaptive state, touched by the caller holding `busy` only */
+    /* adaptive state: serial and probe_at are also read by bp_pool_threads, the
+       rest is touched by the caller holding `busy` only */
     atomic_int adaptive;
-    int serial;                         /* in a backoff period */
-    long long probe_at, backoff, win_ns, win_gain;
+    atomic_int serial;                  /* in a backoff period ... */
+    atomic_llong probe_at;              /* ... until then */
+    long long backoff, win_ns, win_wait, win_helped, win_fair;
     int win_loops;
     /* statistics */
     atomic_llong helper_chunks;
@@ -232,25 +235,34 @@ static void run_inline(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain)
     for (ptrdiff_t lo = 0; lo < n; lo += grain) fn(ctx, lo, lo + grain < n ? lo + grain : n, 0);
 }
 
-/* The adaptive decision, after a loop with helpers (caller holds busy). */
-static void account(long long t0, long long t1, long long t2, unsigned own, unsigned nchunks)
+/* The adaptive decision, after a loop with helpers (caller holds busy). Counts
+ * and waits, not estimates of "what the caller would have taken alone" (a caller
+ * descheduled in the middle of its own chunk makes any such estimate arbitrarily
+ * large). The helpers are kept when, over a window, they ran at least half of
+ * their fair share of the chunks ((nt - 1) / nt of them) and the callers' waits
+ * for their last chunks add up to at most a quarter of the window's time: else
+ * the loops run on their callers alone for a backoff period. On a busy machine
+ * the helpers fail the first test (they are not scheduled in time to take a
+ * chunk) or the second (one of them was descheduled holding one). */
+static void account(long long t0, long long t1, long long t2, unsigned own, unsigned nchunks,
+                    int nt)
 {
-    const long long took = t2 - t0;
-    /* what the caller alone would have taken, from its own chunk rate */
-    const long long alone = own ? (t1 - t0) * (long long)nchunks / own : took;
-    P.win_gain += alone - took;
-    P.win_ns += took;
+    P.win_helped += nchunks - own;
+    P.win_fair += (long long)nchunks * (nt - 1) / nt;
+    P.win_wait += t2 - t1;
+    P.win_ns += t2 - t0;
     P.win_loops++;
     if (P.win_ns < WINDOW_NS || P.win_loops < WINDOW_LOOPS) return;
-    if (P.win_gain < 0 && atomic_load_explicit(&P.adaptive, memory_order_relaxed)) {
-        P.serial = 1;
-        P.probe_at = t2 + P.backoff;
+    const int keep = 2 * P.win_helped >= P.win_fair && 4 * P.win_wait <= P.win_ns;
+    if (!keep && atomic_load_explicit(&P.adaptive, memory_order_relaxed)) {
+        atomic_store_explicit(&P.probe_at, t2 + P.backoff, memory_order_relaxed);
+        atomic_store_explicit(&P.serial, 1, memory_order_relaxed);
         P.backoff = P.backoff * 2 < BACKOFF_MAX_NS ? P.backoff * 2 : BACKOFF_MAX_NS;
         P.backoffs++;
     } else {
         P.backoff = BACKOFF_MIN_NS;
     }
-    P.win_ns = P.win_gain = 0;
+    P.win_ns = P.win_wait = P.win_helped = P.win_fair = 0;
     P.win_loops = 0;
 }
 
@@ -270,14 +282,11 @@ void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
         __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
         return;
     }
-    if (P.serial) {
-        if (atomic_load_explicit(&P.adaptive, memory_order_relaxed) && now_ns() < P.probe_at) {
-            atomic_store_explicit(&P.busy, 0, memory_order_release);
-            run_inline(fn, ctx, n, grain);
-            __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
-            return;
-        }
-        P.serial = 0;       /* probe: one window with helpers */
+    if (bp_pool_threads(nt) == 1) {
+        atomic_store_explicit(&P.busy, 0, memory_order_release);
+        run_inline(fn, ctx, n, grain);
+        __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
+        return;
     }
     pthread_once(&once, init_once);
     if (grow(nt) + 1 < nt) nt = P.workers + 1;
@@ -322,8 +331,20 @@ void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
     P.loops++;
     P.caller_chunks += own;
     P.wait_ns += t2 - t1;
-    account(t0, t1, t2, own, (unsigned)nchunks);
+    account(t0, t1, t2, own, (unsigned)nchunks, nt);
     atomic_store_explicit(&P.busy, 0, memory_order_release);
+}
+
+int bp_pool_threads(int nt)
+{
+    if (nt <= 1) return 1;
+    if (atomic_load_explicit(&P.serial, memory_order_relaxed)) {
+        if (atomic_load_explicit(&P.adaptive, memory_order_relaxed)
+            && now_ns() < atomic_load_explicit(&P.probe_at, memory_order_relaxed))
+            return 1;
+        atomic_store_explicit(&P.serial, 0, memory_order_relaxed);  /* probe: a window */
+    }
+    return nt > BP_MAX_THREADS ? BP_MAX_THREADS : nt;
 }
 
 void bp_pool_get_stats(struct bp_pool_stats *s)
@@ -336,7 +357,7 @@ void bp_pool_get_stats(struct bp_pool_stats *s)
     s->wait_ns = P.wait_ns;
     s->workers = P.workers;
     s->adaptive = atomic_load(&P.adaptive);
-    s->serial_now = P.serial;
+    s->serial_now = atomic_load(&P.serial);
 }
 
 void bp_pool_reset_stats(void)

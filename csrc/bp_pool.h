@@ -35,6 +35,13 @@ void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
  * pool's entry point (cygrad._parallel.parallel_for) instead of linking a copy. */
 typedef void (*bp_for_fn)(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt);
 
+/* The threads a loop asked for nt would get now: 1 while the pool runs loops on
+ * their callers alone (a backoff period), else nt (capped). A kernel that splits
+ * its work into one part per thread asks first, so that it takes its one-thread
+ * path, unsplit, when helpers would not come. Reaching the end of a backoff
+ * period, it starts the probe. */
+int bp_pool_threads(int nt);
+
 /* Counters for tests and reports (since the process started, or the last reset). */
 struct bp_pool_stats {
     long long loops;          /* loops run with helpers woken */

@@ -22,7 +22,7 @@ from libc.string cimport memcpy
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
                              index_array, threads_for, is_f32)
-from cygrad._parallel cimport parallel_for, task_fn
+from cygrad._parallel cimport parallel_for, pool_threads, task_fn
 
 cnp.import_array()
 
@@ -152,7 +152,7 @@ cdef object _scatter_checked(str fn, str tname, table, windows, dX, double alpha
                          f"and {tname} {table.shape}, got {dX.shape}")
     if np.may_share_memory(table, dX):
         raise ValueError(f"{fn}: dX must not overlap {tname}")
-    cdef int nt = threads_for(B * w * d, MIN_SCATTER)
+    cdef int nt = pool_threads(threads_for(B * w * d, MIN_SCATTER))
     cdef _Emb e
     e.f32, e.d, e.n, e.alpha = is_f32(table), d, B * w, alpha
     e.table = cnp.PyArray_DATA(<cnp.ndarray>table)

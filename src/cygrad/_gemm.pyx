@@ -31,7 +31,7 @@ share of it.
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cygrad._parallel cimport parallel_for
+from cygrad._parallel cimport parallel_for, pool_threads
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array, threads_for,
                              is_f32)
@@ -133,7 +133,8 @@ cdef int _gemm(_Gemm *g, int nt) noexcept nogil:
     g.failed = 0
     if m == 0 or n == 0:
         return 0
-    if nt == 1:     # no loop at all
+    nt = pool_threads(nt)
+    if nt == 1:     # no loop at all (also while the pool's helpers would not come)
         g.by_rows = 1
         _gemm_task(g, 0, m, 0)
         return g.failed

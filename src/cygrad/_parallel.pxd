@@ -11,3 +11,4 @@ cdef void parallel_for(task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                        int nt) noexcept nogil
 
 cdef bint pool_threaded() noexcept nogil    # this build has the pool's threads
+cdef int pool_threads(int nt) noexcept nogil   # threads a loop for nt would get now

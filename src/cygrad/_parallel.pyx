@@ -23,6 +23,7 @@ cdef extern from "bp_pool.h" nogil:
     void bp_pool_reset_stats()
     void bp_pool_set_adaptive(int on)
     int bp_pool_threaded()
+    int bp_pool_threads(int nt)
 
 
 MAX_THREADS = BP_MAX_THREADS
@@ -31,6 +32,10 @@ MAX_THREADS = BP_MAX_THREADS
 cdef void parallel_for(task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                        int nt) noexcept nogil:
     bp_pool_for(<bp_task_fn>fn, ctx, n, grain, nt)
+
+
+cdef int pool_threads(int nt) noexcept nogil:
+    return bp_pool_threads(nt)
 
 
 cdef bint pool_threaded() noexcept nogil:

@@ -39,7 +39,7 @@ import threading
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cygrad._parallel cimport parallel_for
+from cygrad._parallel cimport parallel_for, pool_threads
 from libc.string cimport memcpy
 
 from cygrad._common cimport index_array
@@ -68,6 +68,7 @@ cdef enum:
     ROW_MODE_ROWS = 64      # rows per thread from which the forward pass splits by rows
     COL_ALIGN = 32          # column splits on multiples of every micro-kernel's NR
     ROW_BLOCK = 16          # embedding rows are owned in blocks of 16
+    LOSS_BLOCK = 4          # the loss is summed in blocks of 4 rows (row splits align to them)
     MAX_TABLES = 4
     SCORE_CHUNK = 4096      # rows per pass of window_scores
 
@@ -197,19 +198,30 @@ cdef inline void _bias_act(floating *Z, const floating *b, Py_ssize_t i0, Py_ssi
             bp_unary_fwd_f64(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
 
 
-cdef inline double _bias_xent(floating *S, const floating *c, const cnp.int64_t *lab,
-                             Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C,
-                             double scale) noexcept nogil:
-    """Rows i0..i1 of the scores S (+= c), then overwritten by (softmax - onehot) *
-    scale; returns the rows' summed loss."""
+cdef inline void _bias_xent(floating *S, const floating *c, const cnp.int64_t *lab,
+                           Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t C, double scale,
+                           double *block_loss) noexcept nogil:
+    """Rows i0..i1 (i0 a multiple of LOSS_BLOCK) of the scores S (+= c), then
+    overwritten by (softmax - onehot) * scale; block_loss[j] receives the summed
+    loss of rows [j LOSS_BLOCK, (j + 1) LOSS_BLOCK), so that the mean loss, added
+    block by block, does not depend on how the rows were split."""
+    cdef Py_ssize_t r, r1
     if i0 >= i1:
-        return 0.0
+        return
     if floating is float:
         bp_add_bias_f32(S + i0 * C, c, S + i0 * C, i1 - i0, C)
-        return bp_softmax_xent_f32(S + i0 * C, lab + i0, S + i0 * C, i1 - i0, C, scale)
     else:
         bp_add_bias_f64(S + i0 * C, c, S + i0 * C, i1 - i0, C)
-        return bp_softmax_xent_f64(S + i0 * C, lab + i0, S + i0 * C, i1 - i0, C, scale)
+    r = i0
+    while r < i1:
+        r1 = min(i1, r + LOSS_BLOCK)
+        if floating is float:
+            block_loss[r // LOSS_BLOCK] = bp_softmax_xent_f32(S + r * C, lab + r, S + r * C,
+                                                              r1 - r, C, scale)
+        else:
+            block_loss[r // LOSS_BLOCK] = bp_softmax_xent_f64(S + r * C, lab + r, S + r * C,
+                                                              r1 - r, C, scale)
+        r = r1
 
 
 cdef inline void _gather_rows(Net *net, floating *X, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -261,25 +273,24 @@ cdef int _phase(int ph, Net *net, Work *wk, floating *dummy, int t, int nt) noex
     cdef const cnp.int64_t *ids
     cdef int k, failed = 0
     if ph == 1:     # rows: gather (and, in row mode, the forward pass and the loss)
-        lo = _part(B, nt, t, 4)
-        hi = _part(B, nt, t + 1, 4)
-        wk.losses[t] = 0.0
+        lo = _part(B, nt, t, LOSS_BLOCK)
+        hi = _part(B, nt, t + 1, LOSS_BLOCK)
         _gather_rows(net, X, lo, hi)
         if wk.row_mode and lo < hi:
             failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, W, 1, D, Z, H, 0) != 0
             _bias_act(Z, b, lo, hi, 0, H, H, net.act, net.alpha)
             failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, U, 1, H, S, C, 0) != 0
-            wk.losses[t] = _bias_xent(S, c, wk.lab, lo, hi, C, wk.scale)
+            _bias_xent(S, c, wk.lab, lo, hi, C, wk.scale, wk.losses)
     elif ph == 2:   # columns of H: Z = X Wᵀ + b, H = f(Z)
         lo = _part(H, nt, t, COL_ALIGN)
         hi = _part(H, nt, t + 1, COL_ALIGN)
         failed += _gemm(B, H, 0, B, lo, hi, D, X, 0, D, W, 1, D, Z, H, 0) != 0
         _bias_act(Z, b, 0, B, lo, hi, H, net.act, net.alpha)
     elif ph == 3:   # rows: scores and softmax cross-entropy
-        lo = _part(B, nt, t, 4)
-        hi = _part(B, nt, t + 1, 4)
+        lo = _part(B, nt, t, LOSS_BLOCK)
+        hi = _part(B, nt, t + 1, LOSS_BLOCK)
         failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, U, 1, H, S, C, 0) != 0
-        wk.losses[t] = _bias_xent(S, c, wk.lab, lo, hi, C, wk.scale)
+        _bias_xent(S, c, wk.lab, lo, hi, C, wk.scale, wk.losses)
     elif ph == 4:   # columns of H: delta, then U, b (and c on thread 0)
         lo = _part(H, nt, t, COL_ALIGN)
         hi = _part(H, nt, t + 1, COL_ALIGN)
@@ -367,7 +378,8 @@ cdef int _run(int ph, Net *net, Work *wk, floating *dummy, int nt) noexcept nogi
 cdef int _step(Net *net, const cnp.int64_t *lab, floating *X, floating *Z,
                floating *S, floating *dZ, floating *dX, floating *colbuf, double *losses,
                int nt) noexcept nogil:
-    """One fused training step; losses[t] receives thread t's summed loss. Returns
+    """One fused training step; losses[j] receives the summed loss of rows
+    [j LOSS_BLOCK, (j + 1) LOSS_BLOCK). Returns
     nonzero if a GEMM packing buffer could not be allocated."""
     cdef Work wk
     cdef int failed = 0
@@ -509,6 +521,7 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
     cdef int nt = 1
     if chunk * H * D >= MIN_WORK:
         nt = _config._check(threads) if threads is not None else _config.get_num_threads()
+        nt = pool_threads(nt)
     cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
     cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
     cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
@@ -627,8 +640,8 @@ cdef class _FusedStep:
                 self._slots = np.empty(2 * B * self.w, np.int64)
                 self._row = np.empty(max(self.dims), dt)
             self._cap = B
-        if nt > len(self._losses):
-            self._losses = np.zeros(nt, np.float64)
+        if (B + LOSS_BLOCK - 1) // LOSS_BLOCK > len(self._losses):
+            self._losses = np.zeros((B + LOSS_BLOCK - 1) // LOSS_BLOCK, np.float64)
 
     def step(self, ids, labels, double lr, threads=None):
         """One step: ``ids`` one (B, w) integer array per table, ``labels`` (B,)
@@ -663,6 +676,7 @@ cdef class _FusedStep:
         cdef int nt = 1
         if B * self.H * self.D >= MIN_WORK:
             nt = _config._check(threads) if threads is not None else _config.get_num_threads()
+            nt = pool_threads(nt)      # 1 while the pool's helpers would not come
         self._reserve(B, nt)
         net.B, net.w, net.D, net.H, net.C = B, self.w, self.D, self.H, self.C
         net.ntab = len(self.tables)
@@ -715,7 +729,7 @@ cdef class _FusedStep:
         if failed:
             raise MemoryError("fused step: could not allocate the GEMM packing buffers")
         cdef double total = 0.0
-        for t in range(nt):
+        for t in range((B + LOSS_BLOCK - 1) // LOSS_BLOCK):
             total += losses[t]
         return total / B
 

@@ -23,7 +23,8 @@
 #else
 #define BP_PRAGMA(x)
 #endif
-/* "omp simd" is honoured with -fopenmp (and ignored, harmlessly, without). */
+/* "omp simd" is honoured with -fopenmp-simd (no OpenMP runtime; ignored, harmlessly,
+ * without). */
 #define BP_SIMD BP_PRAGMA(omp simd)
 #define BP_SIMD_SUM(v) BP_PRAGMA(omp simd reduction(+:v))
 

@@ -75,8 +75,8 @@ int bp_pool_threads(int nt) { (void)nt; return 1; }
 #define CALLER_SPIN_NS 30000    /* the caller spins this long for the last chunks */
 #define WINDOW_NS 4000000       /* the adaptive decision is taken over >= 4 ms of loops */
 #define WINDOW_LOOPS 16         /* ... and at least this many loops */
-#define BACKOFF_MIN_NS 20000000LL   /* first fallback lasts 20 ms */
-#define BACKOFF_MAX_NS 500000000LL  /* ... doubling to at most 0.5 s */
+#define BACKOFF_MIN_NS 50000000LL   /* first fallback lasts 50 ms */
+#define BACKOFF_MAX_NS 1000000000LL /* ... doubling to at most 1 s */
 
 static inline long long now_ns(void)
 {

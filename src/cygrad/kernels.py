@@ -1,4 +1,4 @@
-"""The compiled kernels: Cython + OpenMP over typed memoryviews, SIMD loops in C.
+"""The compiled kernels: Cython over raw buffers, SIMD loops in C, cygrad's thread pool.
 
 Every function here has a twin of the same name and signature in
 :mod:`cygrad.reference` (plain NumPy), which the tests use as the oracle.

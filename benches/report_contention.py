@@ -22,6 +22,7 @@ default threads vs --threads 1, idle and busy.
 """
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -112,7 +113,9 @@ class Worker:
 
 # -------------------------------------------------------------- the busy loop
 
-_BUSY = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nwhile True:\n    pass\n"
+# the loop ends by itself when the script that started it is gone
+_BUSY = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nparent = os.getppid()\n"
+         "while os.getppid() == parent:\n    for _ in range(1000000):\n        pass\n")
 
 
 class Busy:
@@ -120,6 +123,7 @@ class Busy:
 
     def __init__(self, core):
         self.core, self.p = core, None
+        atexit.register(self.stop)
 
     def start(self):
         if self.p is None:

@@ -73,8 +73,9 @@ int bp_pool_threads(int nt) { (void)nt; return 1; }
 #define HELPER_SPIN_NS 200000   /* a helper spins this long after a loop, then sleeps */
 #define YIELD_AFTER_NS 5000     /* ... and yields its core between checks after this */
 #define CALLER_SPIN_NS 30000    /* the caller spins this long for the last chunks */
-#define WINDOW_NS 4000000       /* the adaptive decision is taken over >= 4 ms of loops */
-#define WINDOW_LOOPS 16         /* ... and at least this many loops */
+#define STALL_NS 250000         /* a wait this much longer than the caller's own work */
+#define WINDOW_NS 16000000      /* the adaptive decision is taken over >= 16 ms of loops */
+#define WINDOW_LOOPS 32         /* ... and at least this many loops */
 #define BACKOFF_MIN_NS 50000000LL   /* first fallback lasts 50 ms */
 #define BACKOFF_MAX_NS 1000000000LL /* ... doubling to at most 1 s */
 
@@ -134,11 +135,11 @@ static struct {
     atomic_int adaptive;
     atomic_int serial;                  /* in a backoff period ... */
     atomic_llong probe_at;              /* ... until then */
-    long long backoff, win_ns, win_wait, win_helped, win_fair;
+    long long backoff, win_ns, win_stall, win_saved, win_helped, win_fair;
     int win_loops;
     /* statistics */
     atomic_llong helper_chunks;
-    long long loops, caller_chunks, backoffs, wait_ns;
+    long long loops, caller_chunks, backoffs, backoffs_share, wait_ns;
 } P = { .adaptive = 1, .backoff = BACKOFF_MIN_NS };
 
 /* Run chunks of loop generation g until none is left; returns how many this
@@ -235,34 +236,46 @@ static void run_inline(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain)
     for (ptrdiff_t lo = 0; lo < n; lo += grain) fn(ctx, lo, lo + grain < n ? lo + grain : n, 0);
 }
 
-/* The adaptive decision, after a loop with helpers (caller holds busy). Counts
- * and waits, not estimates of "what the caller would have taken alone" (a caller
- * descheduled in the middle of its own chunk makes any such estimate arbitrarily
- * large). The helpers are kept when, over a window, they ran at least half of
- * their fair share of the chunks ((nt - 1) / nt of them) and the callers' waits
- * for their last chunks add up to at most a quarter of the window's time: else
- * the loops run on their callers alone for a backoff period. On a busy machine
- * the helpers fail the first test (they are not scheduled in time to take a
- * chunk) or the second (one of them was descheduled holding one). */
+/* The adaptive decision, after a loop with helpers (caller holds busy). A loop
+ * stalled when the caller, out of chunks, waited for the helpers longer than it
+ * had worked itself plus STALL_NS: an OS time slice lost by a helper holding a
+ * chunk, not a helper finishing a larger share. In a loop that did not stall,
+ * the helpers saved the caller about its own time per chunk times the chunks
+ * they ran (at most nt - 1 times the loop's time: a caller descheduled in its
+ * own chunk must not make that estimate unbounded). The helpers are kept when,
+ * over a window, they ran at least half of their fair share of the chunks
+ * ((nt - 1) / nt of them) and the stalls cost no more than the other loops
+ * saved: else the loops run on their callers alone for a backoff period. On a
+ * busy machine helpers fail the first test (not scheduled in time to take a
+ * chunk) or the second (descheduled holding one, often). */
 static void account(long long t0, long long t1, long long t2, unsigned own, unsigned nchunks,
                     int nt)
 {
+    const long long mine = t1 - t0, wait = t2 - t1, took = t2 - t0;
     P.win_helped += nchunks - own;
     P.win_fair += (long long)nchunks * (nt - 1) / nt;
-    P.win_wait += t2 - t1;
-    P.win_ns += t2 - t0;
+    if (wait > mine + STALL_NS) {
+        P.win_stall += wait;
+    } else {
+        const long long cap = (long long)(nt - 1) * took;
+        const long long saved = own ? mine * (long long)(nchunks - own) / own : cap;
+        P.win_saved += saved < cap ? saved : cap;
+    }
+    P.win_ns += took;
     P.win_loops++;
     if (P.win_ns < WINDOW_NS || P.win_loops < WINDOW_LOOPS) return;
-    const int keep = 2 * P.win_helped >= P.win_fair && 4 * P.win_wait <= P.win_ns;
-    if (!keep && atomic_load_explicit(&P.adaptive, memory_order_relaxed)) {
+    const int share_ok = 2 * P.win_helped >= P.win_fair;
+    if (!(share_ok && P.win_stall <= P.win_saved)
+        && atomic_load_explicit(&P.adaptive, memory_order_relaxed)) {
         atomic_store_explicit(&P.probe_at, t2 + P.backoff, memory_order_relaxed);
         atomic_store_explicit(&P.serial, 1, memory_order_relaxed);
         P.backoff = P.backoff * 2 < BACKOFF_MAX_NS ? P.backoff * 2 : BACKOFF_MAX_NS;
         P.backoffs++;
+        P.backoffs_share += !share_ok;
     } else {
         P.backoff = BACKOFF_MIN_NS;
     }
-    P.win_ns = P.win_wait = P.win_helped = P.win_fair = 0;
+    P.win_ns = P.win_stall = P.win_saved = P.win_helped = P.win_fair = 0;
     P.win_loops = 0;
 }
 
@@ -354,6 +367,7 @@ void bp_pool_get_stats(struct bp_pool_stats *s)
     s->helper_chunks = atomic_load(&P.helper_chunks);
     s->caller_chunks = P.caller_chunks;
     s->backoffs = P.backoffs;
+    s->backoffs_share = P.backoffs_share;
     s->wait_ns = P.wait_ns;
     s->workers = P.workers;
     s->adaptive = atomic_load(&P.adaptive);
@@ -362,7 +376,7 @@ void bp_pool_get_stats(struct bp_pool_stats *s)
 
 void bp_pool_reset_stats(void)
 {
-    P.loops = P.caller_chunks = P.backoffs = P.wait_ns = 0;
+    P.loops = P.caller_chunks = P.backoffs = P.backoffs_share = P.wait_ns = 0;
     atomic_store(&P.helper_chunks, 0);
     __atomic_store_n(&st_inline, 0, __ATOMIC_RELAXED);
 }

@@ -49,6 +49,7 @@ struct bp_pool_stats {
     long long helper_chunks;  /* chunks run by helpers */
     long long caller_chunks;  /* chunks run by callers in loops with helpers */
     long long backoffs;       /* times the pool fell back to the caller alone */
+    long long backoffs_share; /* ... of which because helpers ran too few chunks (else: stalls) */
     long long wait_ns;        /* time callers waited for helpers' chunks */
     int workers;              /* helper threads started */
     int adaptive;             /* fallback enabled */

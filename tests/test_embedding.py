@@ -163,9 +163,9 @@ def test_sparse_adagrad_equals_dense_adagrad_of_scatter(rng):
 def test_adagrad_bad_input():
     z = np.zeros((3, 4))
     with pytest.raises(ValueError, match="lr must be a positive number"):
-        K.adagrad_update(z, z.copy(), z, 0.0)
+        K.adagrad_update(z, z.copy(), z.copy(), 0.0)
     with pytest.raises(ValueError, match="eps must be a positive number"):
-        K.adagrad_update(z, z.copy(), z, 0.1, eps=-1)
+        K.adagrad_update(z, z.copy(), z.copy(), 0.1, eps=-1)
     with pytest.raises(ValueError, match=r"accum and grad must have the shape of param"):
         K.adagrad_update(z, np.zeros((4, 3)), z, 0.1)
     with pytest.raises(IndexError, match=r"windows\[0, 1\] = 3 is out of range \[0, 3\)"):

@@ -277,9 +277,14 @@ def test_correct_and_terminating_beside_a_busy_process():
     """With another process keeping a core busy (the state of a laptop or a CI
     runner), kernels and training steps at the default thread count, with the
     pool's fallback on, give the one-thread results bit for bit and finish."""
-    busy = subprocess.Popen([sys.executable, "-c",
-                             "import os\nos.sched_setaffinity(0, {max(os.sched_getaffinity(0))})"
-                             "\nwhile True: pass"])
+    busy = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import os
+        os.sched_setaffinity(0, {max(os.sched_getaffinity(0))})
+        parent = os.getppid()
+        while os.getppid() == parent:       # ends by itself if the tests die
+            for _ in range(1000000):
+                pass
+        """)])
     try:
         out = _run_child("""
             import numpy as np, cygrad

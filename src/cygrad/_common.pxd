@@ -6,6 +6,7 @@ cdef object float_array(object x, str fn, str name, int ndim)
 cdef object inplace_array(object x, str fn, str name, int ndim)
 cdef object same_dtype(object a, object b, str fn, str na, str nb)
 cdef object out_array(object out, tuple shape, object dtype, str fn)
+cdef object no_overlap(object out, str oname, object x, str xname, str fn, bint same_ok)
 cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper)
 cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1
 cdef bint is_f32(object x)

@@ -55,24 +55,61 @@ cdef inline object _check_float(object x, str fn, str name, int ndim):
     return x
 
 
+cdef inline bint _plain(object x):
+    """C-contiguous, in native byte order and aligned to its itemsize: what the
+    kernels' raw-pointer loops may read."""
+    return (cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
+            and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x)
+            and cnp.PyArray_ISALIGNED(<cnp.ndarray>x))
+
+
 cdef object float_array(object x, str fn, str name, int ndim):
-    """A float32/float64 ndarray of the given ndim (-1: any), C-contiguous
-    (a non-contiguous input is copied)."""
+    """A float32/float64 ndarray of the given ndim (-1: any), C-contiguous, native
+    byte order and aligned (any other input is copied into such an array)."""
     _check_float(x, fn, name, ndim)
+    if not _plain(x):
+        x = np.array(x, dtype=x.dtype.newbyteorder("="), order="C", copy=True)
+    return x
+
+
+cdef object _check_writable(object x, str fn, str what):
     if not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
-        x = np.ascontiguousarray(x)
+        raise ValueError(f"{fn}: {what} must be C-contiguous "
+                         f"(got strides {x.strides} for shape {x.shape})")
+    if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>x):
+        raise ValueError(f"{fn}: {what} must be writeable")
+    if not cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x):
+        raise ValueError(f"{fn}: {what} must be in native byte order, got dtype "
+                         f"{x.dtype.str!r} (convert with .astype({x.dtype.name!r}))")
+    if not cnp.PyArray_ISALIGNED(<cnp.ndarray>x):
+        raise ValueError(f"{fn}: {what} must be aligned to its itemsize "
+                         f"({x.dtype.itemsize} bytes); its data starts at an unaligned "
+                         f"address (an offset view of a byte buffer?)")
     return x
 
 
 cdef object inplace_array(object x, str fn, str name, int ndim):
-    """An array the kernel writes into: C-contiguous and writeable, never copied."""
+    """An array the kernel writes into: C-contiguous, writeable, native byte order
+    and aligned; never copied."""
     _check_float(x, fn, name, ndim)
-    if not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
-        raise ValueError(f"{fn}: {name} is updated in place and must be C-contiguous "
-                         f"(got strides {x.strides} for shape {x.shape})")
-    if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>x):
-        raise ValueError(f"{fn}: {name} is updated in place and must be writeable")
-    return x
+    return _check_writable(x, fn, f"{name} is updated in place and")
+
+
+cdef object no_overlap(object out, str oname, object x, str xname, str fn, bint same_ok):
+    """Refuse an output whose memory range intersects an input's: results would
+    depend on the order the loops read and write. With same_ok, an exact alias
+    (same data pointer, shape and strides: an in-place call) is allowed."""
+    cdef char *po = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef char *px = <char *>cnp.PyArray_DATA(<cnp.ndarray>x)
+    cdef Py_ssize_t no = cnp.PyArray_NBYTES(<cnp.ndarray>out)
+    cdef Py_ssize_t nx = cnp.PyArray_NBYTES(<cnp.ndarray>x)
+    if no == 0 or nx == 0 or not (po < px + nx and px < po + no):
+        return None
+    if same_ok and po == px and out.shape == x.shape and out.strides == x.strides:
+        return None
+    raise ValueError(f"{fn}: {oname} overlaps {xname} in memory"
+                     + (" (only the very same array is allowed, for an in-place call)"
+                        if same_ok else ""))
 
 
 cdef object same_dtype(object a, object b, str fn, str na, str nb):
@@ -105,16 +142,15 @@ cdef object out_array(object out, tuple shape, object dtype, str fn):
         i += 1
     if not same:
         raise ValueError(f"{fn}: out must have shape {shape}, got {out.shape}")
-    if not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out):
-        raise ValueError(f"{fn}: out must be C-contiguous")
-    if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>out):
-        raise ValueError(f"{fn}: out must be writeable")
-    return out
+    return _check_writable(out, fn, "out")
 
 
 cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
-    """An int64 C-contiguous copy or view of an integer array whose every value
-    lies in [0, upper); IndexError names the first offending value and where."""
+    """A private int64 C-contiguous copy of an integer array whose every value lies
+    in [0, upper); IndexError names the first offending value and where. The copy
+    is checked, and is what the kernel reads: another Python thread writing into
+    the caller's array after the check, or an index array that is a view of a
+    table being updated, cannot make the kernel read or write out of bounds."""
     if not isinstance(x, cnp.ndarray):
         raise TypeError(f"{fn}: {name} must be a numpy.ndarray of integers, "
                         f"got {type(x).__name__}")
@@ -122,11 +158,10 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
         raise TypeError(f"{fn}: {name} must have an integer dtype, got {x.dtype}")
     if cnp.PyArray_NDIM(<cnp.ndarray>x) != ndim:
         raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {x.shape}")
-    if cnp.PyArray_TYPE(<cnp.ndarray>x) != cnp.NPY_INT64 \
-            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x):
-        if x.dtype.kind == "u" and x.size and x.max() > np.iinfo(np.int64).max:
-            raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
-        x = np.ascontiguousarray(x, dtype=np.int64)
+    if x.dtype.kind == "u" and x.dtype.itemsize == 8 and x.size \
+            and x.max() > np.iinfo(np.int64).max:
+        raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
+    x = np.array(x, dtype=np.int64, order="C", copy=True)
     cdef const cnp.int64_t *flat = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef Py_ssize_t i, n = cnp.PyArray_SIZE(<cnp.ndarray>x), bad = -1
     with nogil:

@@ -109,8 +109,12 @@ def constrained_viterbi(scores, offsets, allowed, start_allowed):
     if offsets.shape[0] < 1 or offsets[0] != 0 or offsets[-1] != N \
             or np.any(np.diff(offsets) < 0):
         raise ValueError(f"{fn}: offsets must rise from 0 to {N} (the number of rows)")
-    allowed = np.ascontiguousarray(allowed, dtype=np.uint8)
-    start_allowed = np.ascontiguousarray(start_allowed, dtype=np.uint8)
+    for name, m in (("allowed", allowed), ("start_allowed", start_allowed)):
+        if not isinstance(m, np.ndarray) or m.dtype != np.bool_:
+            raise TypeError(f"{fn}: {name} must be a numpy.ndarray of bool (a mask), got "
+                            f"{getattr(m, 'dtype', type(m).__name__)}")
+    allowed = np.ascontiguousarray(allowed).view(np.uint8)
+    start_allowed = np.ascontiguousarray(start_allowed).view(np.uint8)
     if allowed.shape != (C, C) or start_allowed.shape != (C,):
         raise ValueError(f"{fn}: allowed must be ({C}, {C}) and start_allowed ({C},), got "
                          f"{allowed.shape} and {start_allowed.shape}")

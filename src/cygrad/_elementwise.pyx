@@ -15,7 +15,8 @@ Bias gradients are split by columns and summed in double, rows in order.
 import numpy as np
 cimport numpy as cnp
 
-from cygrad._common cimport float_array, same_dtype, out_array, threads_for, is_f32
+from cygrad._common cimport (float_array, same_dtype, out_array, threads_for, is_f32,
+                             no_overlap)
 from cygrad._parallel cimport parallel_for, task_fn
 
 cnp.import_array()
@@ -71,6 +72,7 @@ cdef void _unary(task_fn task, _Unary *u, Py_ssize_t n, int nt) noexcept nogil:
 cdef object _forward(int op, str fn, object z, object out, double alpha):
     z = float_array(z, fn, "z", -1)
     out = out_array(out, z.shape, z.dtype, fn)
+    no_overlap(out, "out", z, "z", fn, True)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>z)
     cdef int nt = threads_for(n, MIN_ELEMENTS)
     cdef _Unary u
@@ -91,6 +93,8 @@ cdef object _backward(int op, str fn, object grad_out, object saved, object out,
         raise ValueError(f"{fn}: grad_out and saved must have the same shape, "
                          f"got {grad_out.shape} and {saved.shape}")
     out = out_array(out, grad_out.shape, grad_out.dtype, fn)
+    no_overlap(out, "out", grad_out, "grad_out", fn, True)
+    no_overlap(out, "out", saved, "saved", fn, True)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>grad_out)
     cdef int nt = threads_for(n, MIN_ELEMENTS)
     cdef _Unary u
@@ -278,6 +282,8 @@ def add_bias(z, b, out=None):
         raise ValueError(f"{fn}: b must have shape ({z.shape[1]},) to match z {z.shape}, "
                          f"got {b.shape}")
     out = out_array(out, z.shape, z.dtype, fn)
+    no_overlap(out, "out", z, "z", fn, True)
+    no_overlap(out, "out", b, "b", fn, False)
     cdef _Rows r
     r.f32 = is_f32(z)
     r.x, r.b = cnp.PyArray_DATA(<cnp.ndarray>z), cnp.PyArray_DATA(<cnp.ndarray>b)
@@ -318,6 +324,7 @@ def bias_grad(dz, out=None):
     fn = "bias_grad"
     dz = float_array(dz, fn, "dz", 2)
     out = out_array(out, (dz.shape[1],), dz.dtype, fn)
+    no_overlap(out, "out", dz, "dz", fn, False)
     cdef _Rows r
     r.f32 = is_f32(dz)
     r.x, r.y = cnp.PyArray_DATA(<cnp.ndarray>dz), cnp.PyArray_DATA(<cnp.ndarray>out)

@@ -21,7 +21,7 @@ from cython cimport floating
 from libc.string cimport memcpy
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
-                             index_array, threads_for, is_f32)
+                             index_array, threads_for, is_f32, no_overlap)
 from cygrad._parallel cimport parallel_for, pool_threads, task_fn
 
 cnp.import_array()
@@ -125,6 +125,7 @@ def embedding_gather(table, windows, out=None):
     windows = index_array(windows, fn, "windows", 2, table.shape[0])
     cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
     out = out_array(out, (B, w * d), table.dtype, fn)
+    no_overlap(out, "out", table, "table", fn, False)
     cdef int nt = threads_for(B * w * d, MIN_ELEMENTS)
     cdef _Emb e
     e.f32, e.d, e.w = is_f32(table), d, w
@@ -150,8 +151,7 @@ cdef object _scatter_checked(str fn, str tname, table, windows, dX, double alpha
     if dX.shape != (B, w * d):
         raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
                          f"and {tname} {table.shape}, got {dX.shape}")
-    if np.may_share_memory(table, dX):
-        raise ValueError(f"{fn}: dX must not overlap {tname}")
+    no_overlap(table, tname, dX, "dX", fn, False)
     cdef int nt = pool_threads(threads_for(B * w * d, MIN_SCATTER))
     cdef _Emb e
     e.f32, e.d, e.n, e.alpha = is_f32(table), d, B * w, alpha
@@ -293,6 +293,7 @@ def sgd_update(param, grad, lr):
     if param.shape != grad.shape:
         raise ValueError(f"{fn}: grad must have the shape of param {param.shape}, "
                          f"got {grad.shape}")
+    no_overlap(param, "param", grad, "grad", fn, True)
     lr = float(lr)
     if not np.isfinite(lr):
         raise ValueError(f"{fn}: lr must be finite, got {lr}")
@@ -344,6 +345,9 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
     if accum.shape != param.shape or grad.shape != param.shape:
         raise ValueError(f"{fn}: accum and grad must have the shape of param {param.shape}, "
                          f"got {accum.shape} and {grad.shape}")
+    no_overlap(param, "param", accum, "accum", fn, False)
+    no_overlap(param, "param", grad, "grad", fn, False)
+    no_overlap(accum, "accum", grad, "grad", fn, False)
     lr, eps = _check_lr_eps(fn, lr, eps)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
     cdef int nt = threads_for(n, MIN_ELEMENTS)
@@ -394,6 +398,9 @@ def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
     if dX.shape != (B, w * d):
         raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
                          f"and table {table.shape}, got {dX.shape}")
+    no_overlap(table, "table", accum, "accum", fn, False)
+    no_overlap(table, "table", dX, "dX", fn, False)
+    no_overlap(accum, "accum", dX, "dX", fn, False)
     lr, eps = _check_lr_eps(fn, lr, eps)
     if d == 0 or B * w == 0:
         return table

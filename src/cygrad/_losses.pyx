@@ -14,7 +14,7 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 
-from cygrad._common cimport (float_array, same_dtype, out_array, index_array,
+from cygrad._common cimport (float_array, same_dtype, out_array, index_array, no_overlap,
                              threads_for, is_f32)
 from cygrad._parallel cimport parallel_for
 
@@ -93,6 +93,7 @@ def softmax_cross_entropy(logits, labels, out=None):
         raise ValueError(f"{fn}: labels must have shape ({B},) to match logits "
                          f"{logits.shape}, got {labels.shape}")
     out = out_array(out, logits.shape, logits.dtype, fn)
+    no_overlap(out, "out", logits, "logits", fn, True)
     cdef int nt = threads_for(B * C, MIN_ELEMENTS)
     cdef Py_ssize_t nblocks = (B + ROW_BLOCK - 1) // ROW_BLOCK, i
     partial = np.empty(nblocks, dtype=np.float64)
@@ -152,8 +153,11 @@ def sigmoid_binary_cross_entropy(scores, targets, out=None):
         raise ValueError(f"{fn}: targets[{i}] = {targets[i]} is outside [0, 1]")
     out = out_array(out, scores.shape, scores.dtype, fn)
     cdef double total
-    cdef float[::1] s32, t32, d32
-    cdef double[::1] s64, t64, d64
+    no_overlap(out, "out", scores, "scores", fn, True)
+    cdef const float[::1] s32, t32
+    cdef float[::1] d32
+    cdef const double[::1] s64, t64
+    cdef double[::1] d64
     if is_f32(scores):
         s32, t32, d32 = scores, t, out
         with nogil:
@@ -219,8 +223,10 @@ def max_margin(s_true, s_corrupt, margin=1.0):
     ds = np.empty_like(s_true)
     dsc = np.empty_like(s_true)
     cdef double total
-    cdef float[::1] a32, b32, c32, d32
-    cdef double[::1] a64, b64, c64, d64
+    cdef const float[::1] a32, b32
+    cdef float[::1] c32, d32
+    cdef const double[::1] a64, b64
+    cdef double[::1] c64, d64
     if is_f32(s_true):
         a32, b32, c32, d32 = s_true, s_corrupt, ds, dsc
         with nogil:

@@ -17,7 +17,8 @@ cdef extern from "bp_pool.h" nogil:
                                 int worker) noexcept nogil
     void bp_pool_for(bp_task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain, int nt)
     struct bp_pool_stats:
-        long long loops, inline_loops, helper_chunks, caller_chunks, backoffs, wait_ns
+        long long loops, inline_loops, helper_chunks, caller_chunks, backoffs, backoffs_share
+        long long wait_ns
         int workers, adaptive, serial_now
     void bp_pool_get_stats(bp_pool_stats *s)
     void bp_pool_reset_stats()
@@ -27,6 +28,10 @@ cdef extern from "bp_pool.h" nogil:
 
 
 MAX_THREADS = BP_MAX_THREADS
+
+import os as _os
+if _os.environ.get("CYGRAD_ADAPTIVE", "").strip() in ("0", "off", "false", "no"):
+    bp_pool_set_adaptive(0)     # every loop large enough to split wakes the helpers
 
 
 cdef void parallel_for(task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
@@ -57,7 +62,7 @@ def stats(reset=False):
         bp_pool_reset_stats()
     return {"loops": s.loops, "inline_loops": s.inline_loops,
             "helper_chunks": s.helper_chunks, "caller_chunks": s.caller_chunks,
-            "backoffs": s.backoffs, "wait_ns": s.wait_ns, "workers": s.workers,
+            "backoffs": s.backoffs, "backoffs_share": s.backoffs_share, "wait_ns": s.wait_ns, "workers": s.workers,
             "adaptive": bool(s.adaptive), "serial_now": bool(s.serial_now)}
 
 

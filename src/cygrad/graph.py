@@ -932,6 +932,9 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
     naming the input, the element and both values (or returns False when
     ``raise_exception=False``).
     """
+    eps = float(eps)
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"gradcheck: eps must be a positive finite number, got {eps!r}")
     inputs = list(inputs)
     xs = [Tensor(np.array(x.data, dtype=np.float64), requires_grad=x.requires_grad)
           if isinstance(x, Tensor) else x for x in inputs]

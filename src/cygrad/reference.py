@@ -220,9 +220,11 @@ def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
 
 def constrained_viterbi(scores, offsets, allowed, start_allowed):
     """Best tag path per sentence under hard transition constraints (plain loops)."""
+    for name, m in (("allowed", allowed), ("start_allowed", start_allowed)):
+        if not isinstance(m, np.ndarray) or m.dtype != np.bool_:
+            raise TypeError(f"constrained_viterbi: {name} must be a numpy.ndarray of bool "
+                            f"(a mask), got {getattr(m, 'dtype', type(m).__name__)}")
     scores = np.asarray(scores, dtype=np.float64)
-    allowed = np.asarray(allowed, dtype=bool)
-    start_allowed = np.asarray(start_allowed, dtype=bool)
     out = np.zeros(scores.shape[0], dtype=np.int64)
     trans = np.where(allowed, 0.0, -np.inf)
     for a, b in zip(offsets[:-1], offsets[1:]):

@@ -47,6 +47,8 @@ def read_conll(path, require_tags=True):
         raw = f.read()
     if b"\x00" in raw[:65536]:
         raise DataError(f"{path}: not a text file (NUL bytes): expected CoNLL text")
+    if raw.startswith(b"\xef\xbb\xbf"):     # a UTF-8 byte-order mark is not part of a token
+        raw = raw[3:]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

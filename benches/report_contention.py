@@ -76,7 +76,7 @@ def _worker(threads):
     for fn, _ in calls.values():        # warm-up: buffers, helpers, caches
         for _ in range(3):
             fn()
-    print(json.dumps({"ready": True}), flush=True)
+    print(json.dumps({"ready": True, "cygrad": os.path.dirname(cygrad.__file__)}), flush=True)
     for line in sys.stdin:
         req = json.loads(line)
         fn, per_call = calls[req["case"]]
@@ -92,14 +92,25 @@ def _worker(threads):
         print(json.dumps({"rate": n * per_call / (t - t0)}), flush=True)
 
 
+def _env(python):
+    """The environment for a child running `python`: no thread-count override, and
+    for another build (the baseline) no PYTHONPATH, which could make it import this
+    checkout instead of its own installed package."""
+    env = dict(os.environ)
+    env.pop("OMP_NUM_THREADS", None)
+    if os.path.realpath(python) != os.path.realpath(sys.executable):
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 class Worker:
     def __init__(self, python, threads):
-        env = dict(os.environ)
-        env.pop("OMP_NUM_THREADS", None)
+        env = _env(python)
         self.p = subprocess.Popen([python, os.path.abspath(__file__), "--worker", str(threads)],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                   env=env)
-        assert json.loads(self.p.stdout.readline())["ready"]
+        hello = json.loads(self.p.stdout.readline())
+        self.where = hello["cygrad"]
 
     def rate(self, case, seconds):
         self.p.stdin.write(json.dumps({"case": case, "seconds": seconds}) + "\n")
@@ -147,7 +158,7 @@ def cli_epoch(python, data, threads):
         cmd += ["--threads", str(threads)]
     with tempfile.TemporaryDirectory() as out:
         r = subprocess.run(cmd + ["--out", os.path.join(out, "m")], capture_output=True,
-                           text=True, check=True)
+                           text=True, check=True, env=_env(python))
     m = re.search(r"epoch\s+1\s+loss\s+\S+\s+([\d.]+)s", r.stdout)
     if not m:
         raise RuntimeError(f"no epoch line in: {r.stdout[-500:]}")
@@ -183,6 +194,9 @@ def main():
     if args.baseline:
         builds["before"] = args.baseline
     workers = {(b, nt): Worker(py, nt) for b, py in builds.items() for nt in (default, 1)}
+    where = {b: workers[b, 1].where for b in builds}
+    if len(set(where.values())) < len(where):
+        sys.exit(f"report_contention: the builds import the same package: {where}")
     busy = Busy(cores[-1])
     rates = {}      # (load, case, build, nt) -> [rate per round]
     try:
@@ -211,12 +225,11 @@ def main():
 
     lines = [f"# Default threads ({default}) vs one thread, idle and with a busy loop",
              "",
-             f"`python benches/report_contention.py --rounds {args.rounds} --seconds "
-             f"{args.seconds}` on {os.uname().nodename and 'this machine'}: "
+             f"`python benches/report_contention.py {' '.join(sys.argv[1:])}`: "
              f"{len(cores)} cores, {time.strftime('%Y-%m-%d %H:%M')}. Busy: a CPU-bound "
              f"loop pinned to core {cores[-1]}. Rates: windows/s for the steps, calls/s for "
              "matmul (median over rounds). Ratio: default / 1 thread, paired per round, "
-             "median [min - max].", ""]
+             "median [min - max].", ""] + [f"- {b}: `{where[b]}`" for b in builds] + [""]
     for b in builds:
         lines += [f"## {b}", "",
                   f"| case | idle {default}t | idle 1t | idle ratio | busy {default}t | "

@@ -17,7 +17,7 @@ from cygrad.ner.data import (CASES, DataError, Sentence, Vocab, casing, encode, 
                              to_iob2, tokenize)
 from cygrad.ner.evaluate import chunks, evaluate
 from cygrad.ner.model import Config, ModelError, WindowModel
-from cygrad.ner.train import TrainConfig, score, train
+from cygrad.ner.train import TrainConfig, checkpoint_path, score, train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONLL = pathlib.Path(os.environ.get("CYGRAD_CONLL_DIR", ROOT.parent / "shared" / "data"
@@ -177,11 +177,28 @@ def test_model_round_trip(tmp_path, toy):
     assert not list(pathlib.Path(tmp_path / "m").glob(".*"))   # no temporary files left
 
 
+def test_model_saved_as_one_unit_and_older_layout_still_loads(tmp_path, toy):
+    m = _small_model(toy[0][:50])
+    d = tmp_path / "m"
+    m.save(d)
+    m.params["c"] = m.params["c"] + 1.0
+    m.save(d)                       # a second save leaves one arrays file, the new one
+    files = sorted(p.name for p in d.iterdir())
+    meta = json.loads((d / "model.json").read_text())
+    assert files == ["model.json", meta["params_file"]]
+    np.testing.assert_array_equal(WindowModel.load(d).params["c"], m.params["c"])
+    # the layout before: a fixed params.npz, model.json without params_file
+    (d / meta["params_file"]).rename(d / "params.npz")
+    del meta["params_file"]
+    (d / "model.json").write_text(json.dumps(meta))
+    np.testing.assert_array_equal(WindowModel.load(d).params["c"], m.params["c"])
+
+
 def test_corrupted_or_foreign_model_rejected(tmp_path, toy):
     m = _small_model(toy[0][:50])
     d = tmp_path / "m"
     m.save(d)
-    npz = d / "params.npz"
+    npz = d / json.loads((d / "model.json").read_text())["params_file"]
     data = bytearray(npz.read_bytes())
     data[len(data) // 2] ^= 0xFF
     npz.write_bytes(bytes(data))
@@ -288,8 +305,8 @@ def test_resume_equals_uninterrupted(tmp_path, toy):
         b, hist = train(tr, dv, str(tmp_path / "b"), mcfg, TrainConfig(epochs=3, patience=9),
                         resume=True, **kw)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
-    ckpt_a = WindowModel.load(tmp_path / "a" / "checkpoint" / "model")
-    ckpt_b = WindowModel.load(tmp_path / "b" / "checkpoint" / "model")
+    ckpt_a = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "a" / "checkpoint"), "model"))
+    ckpt_b = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "b" / "checkpoint"), "model"))
     for k in ckpt_a.params:
         np.testing.assert_array_equal(ckpt_a.params[k], ckpt_b.params[k])
     assert (tmp_path / "a" / "training.png").stat().st_size > 1000
@@ -428,3 +445,18 @@ def test_max_margin_objective_gradcheck(toy):
         return cg.max_margin(s, sc, margin=10.0)     # wide margin: every hinge active
 
     assert cg.gradcheck(objective, t)
+
+
+def test_cli_refuses_bad_threads_and_empty_data_with_an_error_line(tmp_path, capsys):
+    for bad in ("0", "-2", "100000"):
+        assert cli.main(["train", "--out", str(tmp_path / "x"), "--threads", bad]) == 2
+        err = capsys.readouterr().err
+        assert "cygrad train: error: --threads: number of threads must be an int in [1, 256]" \
+            in err, err
+    for text in ("", "-DOCSTART- -X- -X- O\n\n"):
+        empty = tmp_path / "empty.txt"
+        empty.write_text(text)
+        assert cli.main(["train", "--train", str(empty), "--out", str(tmp_path / "e"),
+                         "--no-progress"]) == 2
+        assert "error: no training sentences" in capsys.readouterr().err
+        assert not (tmp_path / "e" / "model.json").exists()

@@ -111,11 +111,14 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if getattr(args, "threads", None) is not None:
-        cg.set_num_threads(args.threads)
     from cygrad.ner.data import DataError
     from cygrad.ner.model import ModelError
     try:
+        if getattr(args, "threads", None) is not None:
+            try:
+                cg.set_num_threads(args.threads)
+            except ValueError as e:
+                raise ValueError(f"--threads: {e}") from None
         return args.func(args) or 0
     except (DataError, ModelError, OSError, ValueError) as e:
         print(f"cygrad {args.command}: error: {e}", file=sys.stderr)

@@ -12,14 +12,16 @@ mean of the window's rows (position information is lost: it is there to show
 that it loses).
 
 Model files are a directory: ``model.json`` (format, version, vocabulary, tags,
-hyperparameters, array shapes, and the SHA-256 of the arrays file) and
-``params.npz`` (the arrays; loaded with ``allow_pickle=False``). Both files are
-written to a temporary name and renamed into place, so a crash never leaves a
-half-written model.
+hyperparameters, array shapes, the name and SHA-256 of the arrays file) and
+``params-<digest>.npz`` (the arrays; loaded with ``allow_pickle=False``). Each is
+written to a temporary name, fsynced and renamed into place; the arrays file
+first, under a name of its own, and ``model.json`` last: that one rename is the
+commit, so a crash at any point leaves the old model or the new one, whole.
 """
 
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -242,10 +244,16 @@ class WindowModel:
 
     # ------------------------------------------------------------ files
     def save(self, directory, extra=None):
-        """Write ``model.json`` and ``params.npz`` into ``directory`` atomically."""
+        """Write the model into ``directory`` as one unit: the arrays under a new
+        name, then ``model.json`` naming them (the commit), then the old arrays
+        file goes."""
         os.makedirs(directory, exist_ok=True)
-        npz = os.path.join(directory, "params.npz")
-        digest = _atomic_write(npz, lambda f: np.savez(f, **self.params))
+        buf = io.BytesIO()
+        np.savez(buf, **self.params)
+        data = buf.getvalue()
+        digest = hashlib.sha256(data).hexdigest()
+        name = f"params-{digest[:16]}.npz"
+        _atomic_write(os.path.join(directory, name), lambda f: f.write(data))
         meta = {
             "format": FORMAT,
             "version": VERSION,
@@ -254,24 +262,25 @@ class WindowModel:
             "vocab": self.vocab.to_json(),
             "arrays": {k: {"shape": list(v.shape), "dtype": str(v.dtype)}
                        for k, v in self.params.items()},
+            "params_file": name,
             "params_sha256": digest,
         }
         if extra:
             meta["extra"] = extra
         _atomic_write(os.path.join(directory, "model.json"),
                       lambda f: f.write(json.dumps(meta, indent=1).encode()))
+        for old in os.listdir(directory):
+            if old.startswith("params") and old.endswith(".npz") and old != name:
+                _remove(os.path.join(directory, old))
 
     @classmethod
     def load(cls, directory):
         """Load a model directory; :class:`ModelError` says what is wrong if it cannot."""
         meta_path = os.path.join(directory, "model.json")
-        npz_path = os.path.join(directory, "params.npz")
         if not os.path.isdir(directory):
             raise ModelError(f"{directory}: no such model directory")
-        for path in (meta_path, npz_path):
-            if not os.path.isfile(path):
-                raise ModelError(f"{directory}: not a cygrad model (missing "
-                                 f"{os.path.basename(path)})")
+        if not os.path.isfile(meta_path):
+            raise ModelError(f"{directory}: not a cygrad model (missing model.json)")
         try:
             with open(meta_path, encoding="utf-8") as f:
                 meta = json.load(f)
@@ -283,6 +292,12 @@ class WindowModel:
         if meta.get("version") != VERSION:
             raise ModelError(f"{meta_path}: model format version {meta.get('version')!r}; "
                              f"this cygrad reads version {VERSION}")
+        name = meta.get("params_file", "params.npz")     # older models: a fixed name
+        if not isinstance(name, str) or os.path.basename(name) != name:
+            raise ModelError(f"{meta_path}: bad params_file {name!r}")
+        npz_path = os.path.join(directory, name)
+        if not os.path.isfile(npz_path):
+            raise ModelError(f"{directory}: not a cygrad model (missing {name})")
         with open(npz_path, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         if digest != meta.get("params_sha256"):
@@ -312,9 +327,42 @@ def iob2_constraints(tags):
     return allowed, start
 
 
+def _fsync_dir(directory):
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_point():
+    """A point where a kill leaves the files as they are on disk. For tests:
+    CYGRAD_KILL_AT_WRITE=n makes the process exit (status 86) at the n-th point."""
+    global _points
+    n = os.environ.get("CYGRAD_KILL_AT_WRITE")
+    if n:
+        _points += 1
+        if _points == int(n):
+            os._exit(86)
+
+
+_points = 0
+
+
+def _remove(path):
+    """Delete a file or a directory tree, then sync its parent."""
+    import shutil
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+    _fsync_dir(os.path.dirname(os.path.abspath(path)))
+    _write_point()
+
+
 def _atomic_write(path, write):
     """Write via a temporary file in the same directory, fsync, then rename into
-    place; returns the SHA-256 of what was written."""
+    place (and sync the directory); returns the SHA-256 of what was written."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
@@ -324,7 +372,10 @@ def _atomic_write(path, write):
             os.fsync(f.fileno())
         with open(tmp, "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
+        _write_point()
         os.replace(tmp, path)
+        _fsync_dir(directory)
+        _write_point()
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

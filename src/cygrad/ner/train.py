@@ -21,7 +21,8 @@ import numpy as np
 import cygrad as cg
 from cygrad.ner.data import Vocab, encode
 from cygrad.ner.evaluate import evaluate
-from cygrad.ner.model import Config, ModelError, WindowModel, _atomic_write
+from cygrad.ner.model import (Config, ModelError, WindowModel, _atomic_write, _fsync_dir,
+                              _remove)
 from cygrad._window import FUSED_ACTIVATIONS, _FusedStep
 from cygrad.optim import SGD, Adagrad
 
@@ -187,6 +188,8 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     """Train a window model; returns (model, history). See the module docstring."""
     mcfg = mcfg or Config()
     tcfg = tcfg or TrainConfig()
+    if not resume and not any(len(s.tokens) for s in train_sents):
+        raise ValueError("no training sentences (an empty file, or only -DOCSTART- lines?)")
     if threads is not None:
         cg.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -286,38 +289,75 @@ def _plot(history, path):
     return True
 
 
+def checkpoint_path(ckpt_dir):
+    """The directory of the committed checkpoint in ``ckpt_dir`` (``current.json``
+    names it), or None when there is none."""
+    cur = os.path.join(ckpt_dir, "current.json")
+    if not os.path.isfile(cur):
+        return ckpt_dir if os.path.isfile(os.path.join(ckpt_dir, "state.json")) else None
+    try:
+        with open(cur, encoding="utf-8") as f:
+            name = json.load(f)["dir"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{cur}: corrupt checkpoint pointer ({e})") from None
+    if not isinstance(name, str) or os.path.basename(name) != name \
+            or not os.path.isdir(os.path.join(ckpt_dir, name)):
+        raise ModelError(f"{cur}: names no checkpoint directory ({name!r})")
+    return os.path.join(ckpt_dir, name)
+
+
 def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch, bad):
+    """The checkpoint as one unit: a new directory written whole (the model, the
+    optimiser state, the training state and RNG), then ``current.json`` naming it
+    (one atomic rename: the commit), then the older directories go. A process
+    killed at any point leaves the previous checkpoint or this one, never a mix."""
     os.makedirs(ckpt_dir, exist_ok=True)
-    arrays = {}     # optimiser state; the parameters are in checkpoint/model
+    name = f"epoch-{epoch:04d}"
+    d = os.path.join(ckpt_dir, name)
+    if os.path.exists(d):       # left by a run killed before it committed this epoch
+        _remove(d)
+    os.makedirs(d)
+    arrays = {}     # optimiser state; the parameters are in <checkpoint>/model
     if isinstance(trainer.opt, Adagrad):
         names = [k for k, t in trainer.t.items() if t.requires_grad]
         arrays.update({f"adagrad/{k}": g for k, g in zip(names, trainer.opt.state)})
-    model.save(os.path.join(ckpt_dir, "model"))
-    digest = _atomic_write(os.path.join(ckpt_dir, "state.npz"),
-                           lambda f: np.savez(f, **arrays))
+    model.save(os.path.join(d, "model"))
+    digest = _atomic_write(os.path.join(d, "state.npz"), lambda f: np.savez(f, **arrays))
     meta = {"epoch": epoch, "history": history, "best_f1": best_f1, "bad_epochs": bad,
             "rng": rng.bit_generator.state, "train": dataclasses.asdict(tcfg),
             "state_sha256": digest}
-    _atomic_write(os.path.join(ckpt_dir, "state.json"),
-                  lambda f: f.write(json.dumps(meta).encode()))
+    _atomic_write(os.path.join(d, "state.json"), lambda f: f.write(json.dumps(meta).encode()))
+    _fsync_dir(ckpt_dir)
+    _atomic_write(os.path.join(ckpt_dir, "current.json"),
+                  lambda f: f.write(json.dumps({"dir": name, "epoch": epoch}).encode()))
+    for old in sorted(os.listdir(ckpt_dir)):
+        if old.startswith("epoch-") and old != name:
+            _remove(os.path.join(ckpt_dir, old))
 
 
 def _load_checkpoint(ckpt_dir, tcfg):
-    path = os.path.join(ckpt_dir, "state.json")
-    if not os.path.isfile(path):
+    base = checkpoint_path(ckpt_dir)
+    if base is None:
         raise ModelError(f"{ckpt_dir}: no checkpoint to resume from")
-    with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
-    npz = os.path.join(ckpt_dir, "state.npz")
-    with open(npz, "rb") as f:
-        if hashlib.sha256(f.read()).hexdigest() != meta["state_sha256"]:
-            raise ModelError(f"{npz}: checksum mismatch: corrupt checkpoint")
+    path = os.path.join(base, "state.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            meta = json.load(f)
+        npz = os.path.join(base, "state.npz")
+        with open(npz, "rb") as f:
+            if hashlib.sha256(f.read()).hexdigest() != meta["state_sha256"]:
+                raise ModelError(f"{npz}: checksum mismatch: corrupt checkpoint")
+        for key in ("epoch", "history", "best_f1", "bad_epochs", "rng", "train"):
+            meta[key]
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{base}: cannot read the checkpoint ({type(e).__name__}: {e})") \
+            from None
     saved = TrainConfig(**meta["train"])
     for field in ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors"):
         if getattr(saved, field) != getattr(tcfg, field):
             raise ModelError(f"resume: the checkpoint was trained with {field}="
                              f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")
-    model = WindowModel.load(os.path.join(ckpt_dir, "model"))
+    model = WindowModel.load(os.path.join(base, "model"))
     with np.load(npz, allow_pickle=False) as z:
         trainer = Trainer(model, tcfg)
         if isinstance(trainer.opt, Adagrad):

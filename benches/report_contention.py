@@ -181,6 +181,7 @@ def main():
     ap.add_argument("--conll", metavar="DIR", help="CoNLL-2003 directory: also time the CLI")
     ap.add_argument("--cli-rounds", type=int, default=3)
     ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES, metavar="CASE")
+    ap.add_argument("--loads", nargs="+", default=["idle", "busy"], choices=["idle", "busy"])
     ap.add_argument("--out", help="also write the report (markdown) here")
     args = ap.parse_args()
     if args.worker is not None:
@@ -201,7 +202,7 @@ def main():
     rates = {}      # (load, case, build, nt) -> [rate per round]
     try:
         for r in range(args.rounds):
-            for load in ("idle", "busy"):
+            for load in args.loads:
                 busy.start() if load == "busy" else busy.stop()
                 for case in args.cases:
                     for key, wk in workers.items():
@@ -211,7 +212,7 @@ def main():
         cli = {}
         if args.conll:
             for r in range(args.cli_rounds):
-                for load in ("idle", "busy"):
+                for load in args.loads:
                     busy.start() if load == "busy" else busy.stop()
                     for b, py in builds.items():
                         for nt in (None, 1):
@@ -231,12 +232,12 @@ def main():
              "matmul (median over rounds). Ratio: default / 1 thread, paired per round, "
              "median [min - max].", ""] + [f"- {b}: `{where[b]}`" for b in builds] + [""]
     for b in builds:
-        lines += [f"## {b}", "",
-                  f"| case | idle {default}t | idle 1t | idle ratio | busy {default}t | "
-                  "busy 1t | busy ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+        head = "".join(f" {ld} {default}t | {ld} 1t | {ld} ratio |" for ld in args.loads)
+        lines += [f"## {b}", "", "| case |" + head,
+                  "|---|" + "---:|---:|---:|" * len(args.loads)]
         for case in args.cases:
             row = [case]
-            for load in ("idle", "busy"):
+            for load in args.loads:
                 hi, lo = rates[(load, case, b, default)], rates[(load, case, b, 1)]
                 ratios = [x / y for x, y in zip(hi, lo)]
                 row += [f"{med(hi):,.0f}", f"{med(lo):,.0f}",
@@ -245,11 +246,11 @@ def main():
         lines.append("")
     if args.baseline:
         lines += ["## cygrad / before (same threads, same load; > 1: this build faster)", "",
-                  f"| case | idle {default}t | idle 1t | busy {default}t | busy 1t |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| case |" + "".join(f" {ld} {default}t | {ld} 1t |" for ld in args.loads),
+                  "|---|" + "---:|---:|" * len(args.loads)]
         for case in args.cases:
             row = [case]
-            for load in ("idle", "busy"):
+            for load in args.loads:
                 for nt in (default, 1):
                     ratios = [x / y for x, y in zip(rates[(load, case, "cygrad", nt)],
                                                     rates[(load, case, "before", nt)])]
@@ -261,7 +262,7 @@ def main():
                   "| build | load | default threads | --threads 1 | default / 1 |",
                   "|---|---|---:|---:|---:|"]
         for b in builds:
-            for load in ("idle", "busy"):
+            for load in args.loads:
                 hi, lo = cli[(load, b, None)], cli[(load, b, 1)]
                 lines.append(f"| {b} | {load} | {med(hi):.2f} | {med(lo):.2f} | "
                              f"**{med(hi) / med(lo):.2f}** |")

@@ -161,7 +161,10 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
     if x.dtype.kind == "u" and x.dtype.itemsize == 8 and x.size \
             and x.max() > np.iinfo(np.int64).max:
         raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
-    x = np.array(x, dtype=np.int64, order="C", copy=True)
+    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_INT64 and _plain(x):
+        x = cnp.PyArray_NewCopy(<cnp.ndarray>x, cnp.NPY_CORDER)     # the C-API copy: fast
+    else:
+        x = np.array(x, dtype=np.int64, order="C", copy=True)
     cdef const cnp.int64_t *flat = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>x)
     cdef Py_ssize_t i, n = cnp.PyArray_SIZE(<cnp.ndarray>x), bad = -1
     with nogil:

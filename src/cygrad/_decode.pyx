@@ -140,8 +140,6 @@ def constrained_viterbi(scores, offsets, allowed, start_allowed):
     v.sc, v.C, v.off, v.allowed, v.start = scp, C, op, ap, stp
     v.delta, v.back, v.out = dp, bp, outp
     with nogil:
-        if nt == 1:
-            _viterbi_task(&v, 0, S, 0)
-        else:   # sentences in chunks of about SENT_GRAIN (each decoded on its own)
-            parallel_for(_viterbi_task, &v, S, SENT_GRAIN, nt)
+        # sentences in chunks of SENT_GRAIN, each decoded on its own
+        parallel_for(_viterbi_task, &v, S, SENT_GRAIN, nt)
     return out

@@ -17,7 +17,7 @@ cimport numpy as cnp
 
 from cygrad._common cimport (float_array, same_dtype, out_array, threads_for, is_f32,
                              no_overlap)
-from cygrad._parallel cimport parallel_for, task_fn
+from cygrad._parallel cimport parallel_for
 
 cnp.import_array()
 
@@ -62,11 +62,6 @@ cdef void _bwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcep
 # The elementwise kernels see any-shape C-contiguous arrays as flat buffers, so
 # they take the arrays' data pointers (a memoryview would need a reshape and a
 # buffer acquisition per call: microseconds that small inputs cannot afford).
-cdef void _unary(task_fn task, _Unary *u, Py_ssize_t n, int nt) noexcept nogil:
-    if nt == 1:
-        task(u, 0, n, 0)
-    else:
-        parallel_for(task, u, n, GRAIN, nt)
 
 
 cdef object _forward(int op, str fn, object z, object out, double alpha):
@@ -80,7 +75,7 @@ cdef object _forward(int op, str fn, object z, object out, double alpha):
     u.x = cnp.PyArray_DATA(<cnp.ndarray>z)
     u.y = cnp.PyArray_DATA(<cnp.ndarray>out)
     with nogil:
-        _unary(_fwd_task, &u, n, nt)
+        parallel_for(_fwd_task, &u, n, GRAIN, nt)
     return out
 
 
@@ -103,7 +98,7 @@ cdef object _backward(int op, str fn, object grad_out, object saved, object out,
     u.x = cnp.PyArray_DATA(<cnp.ndarray>saved)
     u.y = cnp.PyArray_DATA(<cnp.ndarray>out)
     with nogil:
-        _unary(_bwd_task, &u, n, nt)
+        parallel_for(_bwd_task, &u, n, GRAIN, nt)
     return out
 
 
@@ -294,10 +289,7 @@ def add_bias(z, b, out=None):
     if r.rows == 0 or r.cols == 0:
         return out
     with nogil:
-        if nt == 1:
-            _add_bias_task(&r, 0, r.rows, 0)
-        else:
-            parallel_for(_add_bias_task, &r, r.rows, grain, nt)
+        parallel_for(_add_bias_task, &r, r.rows, grain, nt)
     return out
 
 
@@ -336,8 +328,5 @@ def bias_grad(dz, out=None):
         out[...] = 0
         return out
     with nogil:
-        if nt == 1:
-            _colsum_task(&r, 0, r.cols, 0)
-        else:
-            parallel_for(_colsum_task, &r, r.cols, COL_GRAIN, nt)
+        parallel_for(_colsum_task, &r, r.cols, COL_GRAIN, nt)
     return out

@@ -22,7 +22,7 @@ from libc.string cimport memcpy
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
                              index_array, threads_for, is_f32, no_overlap)
-from cygrad._parallel cimport parallel_for, pool_threads, task_fn
+from cygrad._parallel cimport parallel_for, pool_threads
 
 cnp.import_array()
 
@@ -135,10 +135,7 @@ def embedding_gather(table, windows, out=None):
     if d == 0 or w == 0:
         return out
     with nogil:
-        if nt == 1:
-            _gather_task(&e, 0, B, 0)
-        else:
-            parallel_for(_gather_task, &e, B, max(1, GRAIN // (w * d)), nt)
+        parallel_for(_gather_task, &e, B, max(1, GRAIN // (w * d)), nt)
     return out
 
 
@@ -260,13 +257,6 @@ cdef void _adagrad_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noe
                        hi - lo, u.alpha, u.eps)
 
 
-cdef void _dense(task_fn task, _Dense *u, Py_ssize_t n, int nt) noexcept nogil:
-    if nt == 1:
-        task(u, 0, n, 0)
-    else:
-        parallel_for(task, u, n, GRAIN, nt)
-
-
 def sgd_update(param, grad, lr):
     """Dense SGD step in place: ``param -= lr * grad``.
 
@@ -303,7 +293,7 @@ def sgd_update(param, grad, lr):
     u.f32, u.alpha = is_f32(param), -lr
     u.p, u.g = cnp.PyArray_DATA(<cnp.ndarray>param), cnp.PyArray_DATA(<cnp.ndarray>grad)
     with nogil:
-        _dense(_axpy_task, &u, n, nt)
+        parallel_for(_axpy_task, &u, n, GRAIN, nt)
     return param
 
 
@@ -356,7 +346,7 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
     u.p, u.G = cnp.PyArray_DATA(<cnp.ndarray>param), cnp.PyArray_DATA(<cnp.ndarray>accum)
     u.g = cnp.PyArray_DATA(<cnp.ndarray>grad)
     with nogil:
-        _dense(_adagrad_task, &u, n, nt)
+        parallel_for(_adagrad_task, &u, n, GRAIN, nt)
     return param
 
 

@@ -31,7 +31,7 @@ share of it.
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cygrad._parallel cimport parallel_for, pool_threads
+from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array, threads_for,
                              is_f32)
@@ -87,13 +87,6 @@ cdef int gemm_block_f64(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1
                         Py_ssize_t ldc, int accumulate) noexcept nogil:
     return bp_gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc,
                              accumulate)
-
-
-cdef extern from *:
-    """
-    static inline void bp_set_flag(int *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
-    """
-    void bp_set_flag(int *p) noexcept nogil
 
 
 cdef struct _Gemm:

@@ -104,10 +104,7 @@ def softmax_cross_entropy(logits, labels, out=None):
     x.partial = <double *>cnp.PyArray_DATA(<cnp.ndarray>partial)
     cdef double total = 0.0
     with nogil:
-        if nt == 1:
-            _xent_task(&x, 0, nblocks, 0)
-        else:
-            parallel_for(_xent_task, &x, nblocks, 1, nt)
+        parallel_for(_xent_task, &x, nblocks, 1, nt)
         for i in range(nblocks):        # block order: the same sum for any thread count
             total += x.partial[i]
     return total / B, out

@@ -8,7 +8,13 @@ ctypedef void (*for_fn)(task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                         int nt) noexcept nogil
 
 cdef void parallel_for(task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
-                       int nt) noexcept nogil
+                       int nt) noexcept nogil     # nt == 1: fn(ctx, 0, n, 0) directly
+
+cdef extern from *:
+    """
+    static inline void bp_set_flag(int *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
+    """
+    void bp_set_flag(int *p) noexcept nogil     # a failure flag any chunk may raise
 
 cdef bint pool_threaded() noexcept nogil    # this build has the pool's threads
 cdef int pool_threads(int nt) noexcept nogil   # threads a loop for nt would get now

@@ -36,7 +36,11 @@ if _os.environ.get("CYGRAD_ADAPTIVE", "").strip() in ("0", "off", "false", "no")
 
 cdef void parallel_for(task_fn fn, void *ctx, Py_ssize_t n, Py_ssize_t grain,
                        int nt) noexcept nogil:
-    bp_pool_for(<bp_task_fn>fn, ctx, n, grain, nt)
+    if nt <= 1:         # one thread: the whole range in one call, no pool at all
+        if n > 0:
+            fn(ctx, 0, n, 0)
+    else:
+        bp_pool_for(<bp_task_fn>fn, ctx, n, grain, nt)
 
 
 cdef int pool_threads(int nt) noexcept nogil:

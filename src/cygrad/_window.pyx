@@ -39,7 +39,7 @@ import threading
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cygrad._parallel cimport parallel_for, pool_threads
+from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 from libc.string cimport memcpy
 
 from cygrad._common cimport index_array
@@ -54,13 +54,6 @@ from cygrad._csrc cimport (
     bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
     bp_sparse_adagrad_f32, bp_sparse_adagrad_f64)
 from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
-
-
-cdef extern from *:
-    """
-    static inline void bp_set_flag(int *p) { __atomic_store_n(p, 1, __ATOMIC_RELAXED); }
-    """
-    void bp_set_flag(int *p) noexcept nogil
 
 
 cdef enum:

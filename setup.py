@@ -135,6 +135,7 @@ extensions = [
     ext("_embedding", "bp_elementwise"),
     ext("_decode"),
     ext("_window", "bp_elementwise"),
+    ext("_plan", "bp_elementwise"),
 ]
 
 directives = {

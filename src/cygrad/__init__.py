@@ -2,7 +2,8 @@
 
 ``cygrad.kernels`` holds the compiled kernels, ``cygrad.reference`` their NumPy
 twins; ``cygrad.Tensor`` and the functions beside it form the graph executor
-(``cygrad.graph``); ``set_num_threads``, ``get_num_threads`` and ``threads`` control the
+(``cygrad.graph``), and ``compile`` turns a training step written with them into
+one compiled call (``cygrad.compiler``); ``set_num_threads``, ``get_num_threads`` and ``threads`` control the
 kernels' thread count; ``build_info()`` says how this copy was built.
 """
 
@@ -16,6 +17,8 @@ from cygrad.graph import (
     no_grad, relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh,
     tensor, use_backend,
 )
+from cygrad import optim
+from cygrad.compiler import CompileError, CompiledStep, CompileWarning, compile
 
 
 def build_info():
@@ -55,5 +58,5 @@ __all__ = [
     "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "linear",
     "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
     "max_margin", "ACTIVATIONS", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu",
-    "silu",
+    "silu", "optim", "compile", "CompiledStep", "CompileError", "CompileWarning",
 ]

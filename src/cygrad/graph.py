@@ -91,6 +91,91 @@ def get_backend():
     return "numpy" if _backend[0] is _reference else "cygrad"
 
 
+# ------------------------------------------------------------------ tracing
+
+class TraceRefused(Exception):
+    """loss_fn did something with a traced argument that a plan cannot replay."""
+
+
+_TRACE_HINT = ("; a compiled plan replays cygrad ops only: compute it outside loss_fn and "
+               "pass the result as an argument")
+
+
+class Traced:
+    """An argument of a step being compiled (cygrad.compile): the array, which
+    cygrad's ops accept as they would the array itself, but which refuses to be
+    converted, indexed or computed on with NumPy (that computation would not be
+    replayed by the plan: JAX's tracers refuse it likewise)."""
+
+    __slots__ = ("array", "name")
+
+    def __init__(self, array, name):
+        self.array, self.name = array, name
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
+    size = property(lambda self: self.array.size)
+
+    def __len__(self):
+        return len(self.array)
+
+    def __repr__(self):
+        return f"Traced({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def _refuse(self, what):
+        raise TraceRefused(f"loss_fn {what} its argument {self.name!r}" + _TRACE_HINT)
+
+    def __array__(self, *args, **kw):
+        self._refuse("converts to a NumPy array")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        self._refuse(f"applies numpy.{ufunc.__name__} to")
+
+    def __array_function__(self, func, types, args, kwargs):
+        self._refuse(f"calls numpy.{func.__name__} on")
+
+    def __getitem__(self, key):
+        self._refuse("indexes")
+
+    def __setitem__(self, key, value):
+        self._refuse("writes into")
+
+    def __iter__(self):
+        self._refuse("iterates over")
+
+    def __bool__(self):
+        self._refuse("takes the truth value of")
+
+    def __index__(self):
+        self._refuse("uses as an integer")
+
+    __int__ = __float__ = __index__
+
+    def _arith(self, *other):
+        self._refuse("computes arithmetic on")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _arith
+    __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = __eq__ = __ne__ = _arith
+    __lt__ = __le__ = __gt__ = __ge__ = __and__ = __or__ = __invert__ = __matmul__ = _arith
+    __hash__ = object.__hash__
+
+
+def _untraced(x):
+    return x.array if type(x) is Traced else x
+
+
+@contextlib.contextmanager
+def _trace():
+    """While cygrad.compile traces loss_fn."""
+    old = getattr(_state, "tracing", False)
+    _state.tracing = True
+    try:
+        yield
+    finally:
+        _state.tracing = old
+
+
 # ------------------------------------------------------------------ tensor
 
 class Tensor:
@@ -243,6 +328,10 @@ def tensor(data, requires_grad=False, dtype=None, name=None):
     """
     if isinstance(data, Tensor):
         data = data.data
+    if type(data) is Traced:    # compile: the argument itself, so the plan reads it
+        if data.dtype not in _FLOATS or (dtype is not None and np.dtype(dtype) != data.dtype):
+            data._refuse("converts the dtype of")
+        return Tensor(data.array, requires_grad=requires_grad, name=name)
     arr = _as_float_array(data, dtype)
     if isinstance(data, np.ndarray) and np.may_share_memory(arr, data):
         arr = arr.copy()
@@ -277,6 +366,9 @@ def _backprop(root, grad):
         in_grads = node._op.backward(node._ctx, g)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
+        if len(in_grads) != len(node._parents):
+            raise RuntimeError(f"{node._op.name or node._op.__name__}: backward returned "
+                               f"{len(in_grads)} gradients for {len(node._parents)} inputs")
         for parent, pg in zip(node._parents, in_grads):
             if pg is None or not isinstance(parent, Tensor) or not parent.requires_grad:
                 continue
@@ -381,6 +473,7 @@ class Op:
 def _constant(cls, x, dtype):
     """A non-tensor input: a Python number takes the tensors' dtype; a float array
     must already have it."""
+    x = _untraced(x)
     if isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
         return np.asarray(x, dtype=dtype)
     if isinstance(x, np.ndarray) and x.dtype.kind == "f":
@@ -820,7 +913,7 @@ class EmbeddingWindows(Op):
 
 
 def _index_array(fn, name, x):
-    x = x.data if isinstance(x, Tensor) else x
+    x = x.data if isinstance(x, Tensor) else _untraced(x)
     x = np.asarray(x)
     if x.dtype.kind not in "iu":
         raise TypeError(f"{fn}: {name} must be integers, got {x.dtype}")
@@ -858,6 +951,7 @@ class SoftmaxCrossEntropy(Op):
     def forward(ctx, logits, labels):
         loss, d = _B().softmax_cross_entropy(logits, labels)
         ctx.save_for_backward(d)
+        ctx.kw = labels
         return np.asarray(loss, dtype=logits.dtype)
 
     @staticmethod
@@ -879,6 +973,7 @@ class SigmoidBCE(Op):
     def forward(ctx, scores, targets):
         loss, d = _B().sigmoid_binary_cross_entropy(scores, targets)
         ctx.save_for_backward(d)
+        ctx.kw = targets
         return np.asarray(loss, dtype=scores.dtype)
 
     @staticmethod
@@ -889,7 +984,7 @@ class SigmoidBCE(Op):
 
 def sigmoid_binary_cross_entropy(scores, targets):
     """Mean logistic loss of scores (B,) against targets (B,) in [0, 1]."""
-    targets = np.asarray(targets.data if isinstance(targets, Tensor) else targets)
+    targets = np.asarray(targets.data if isinstance(targets, Tensor) else _untraced(targets))
     return SigmoidBCE.apply(scores, targets=targets)
 
 
@@ -900,6 +995,7 @@ class MaxMargin(Op):
     def forward(ctx, s_true, s_corrupt, margin=1.0):
         loss, ds, dsc = _B().max_margin(s_true, s_corrupt, margin)
         ctx.save_for_backward(ds, dsc)
+        ctx.kw = margin
         return np.asarray(loss, dtype=s_true.dtype)
 
     @staticmethod

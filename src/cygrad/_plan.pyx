@@ -1,0 +1,621 @@
+# cython: language_level=3
+"""The executor of compiled training steps (cygrad.compile).
+
+A plan is a list of tasks (one per op and direction: a gather, a linear layer's
+forward, its bias gradient, its input gradient and weight update, ...), each
+over an index space (rows of the batch, columns of a layer, flat elements, or
+ownership classes of table rows) cut into chunks fixed by the shape alone.
+cygrad.compile groups consecutive tasks that touch the same rows or columns of
+what they share into one *group* (chunk c of every task of a group runs on one
+thread, in order), and independent groups into one *stage*; a stage is one loop
+of the thread pool (cygrad._parallel) over the chunks of its groups, and the
+stages run one after the other: the only synchronisation is where a task reads
+what a task of another chunk wrote. The pool claims chunks dynamically and
+counts completion by chunks, so a preempted helper never holds the step back;
+on one thread a stage's groups run each over their whole range.
+
+Numerics: the same C loops as the kernels (csrc/bp_elementwise, bp_gemm through
+cygrad._gemm). For SGD the loss gradient carries -lr, so that every later
+product is an update: W += (-lr Δ)ᵀ X accumulates straight into W, each column
+block of W read (for the input gradient) before its owner updates it. Losses are
+summed in fixed blocks of LOSS_BLOCK rows and GEMM results do not depend on the
+chunking, so a step is bitwise the same for any thread count.
+The GIL is released for the whole step; nothing is allocated in it.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from cython cimport floating
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy, memset
+from cygrad._parallel cimport bp_set_flag, parallel_for
+
+cnp.import_array()
+
+from cygrad._csrc cimport (
+    bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
+    bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
+    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
+    bp_sigmoid_bce_f32, bp_sigmoid_bce_f64)
+from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
+
+
+cdef enum:
+    MAXV = 8
+    MAXSEG = 4
+    LOSS_BLOCK = 4
+    ROW_BLOCK = 16
+
+# task codes (cygrad/compile.py names them in TASKS, same order)
+cdef enum:
+    T_GATHER = 0
+    T_LINEAR = 1
+    T_ACT = 2
+    T_XENT = 3
+    T_BCE = 4
+    T_MARGIN = 5
+    T_MEAN = 6
+    T_BIAS_BWD = 7
+    T_LINEAR_BWD = 8
+    T_ACT_BWD = 9
+    T_MEAN_BWD = 10
+    T_EMB_SGD = 11
+    T_EMB_ADAGRAD = 12
+    T_UPDATE = 13
+
+# index spaces
+cdef enum:
+    A_ROWS = 0
+    A_COLS = 1
+
+# update modes
+cdef enum:
+    U_NONE = 0
+    U_SGD = 1       # p += g, g already carrying -lr
+    U_ADAGRAD = 2
+    U_SET = 3       # gradient buffer = g (first of several uses)
+    U_ADD = 4       # gradient buffer += g
+
+
+cdef struct Task:
+    int code, axis, mode, act
+    Py_ssize_t m, k, h, w
+    double alpha
+    int v[MAXV]
+    int nseg
+    int seg_ids[MAXSEG]
+    int seg_g[MAXSEG]
+    Py_ssize_t seg_m[MAXSEG]
+
+
+cdef struct Group:
+    int t0, t1
+    Py_ssize_t n, align, nchunks, c0
+
+
+cdef struct Stage:
+    int g0, g1
+    Py_ssize_t nchunks
+
+
+cdef struct Run:
+    Task *tasks
+    Group *groups
+    Stage *stage
+    char **ptr
+    Py_ssize_t *ld
+    double gscale, lr, eps, inv_b
+    double *losses
+    int failed, f32, parts
+
+
+cdef inline int _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                      Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta,
+                      Py_ssize_t lda, const floating *B, int tb, Py_ssize_t ldb, floating *C,
+                      Py_ssize_t ldc, int acc) noexcept nogil:
+    if floating is float:
+        return gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+    else:
+        return gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+
+
+cdef inline void _axpy(Py_ssize_t n, double a, const floating *x, floating *y) noexcept nogil:
+    if floating is float:
+        bp_axpy_f32(n, a, x, y)
+    else:
+        bp_axpy_f64(n, a, x, y)
+
+
+cdef inline void _colsum(const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t ld,
+                         Py_ssize_t cols) noexcept nogil:
+    if floating is float:
+        bp_colsum_f32(x, out, rows, ld, cols)
+    else:
+        bp_colsum_f64(x, out, rows, ld, cols)
+
+
+cdef inline void _adagrad(floating *p, floating *G, const floating *g, Py_ssize_t n, double lr,
+                          double eps) noexcept nogil:
+    if floating is float:
+        bp_adagrad_f32(p, G, g, n, lr, eps)
+    else:
+        bp_adagrad_f64(p, G, g, n, lr, eps)
+
+
+cdef inline void _bias(const floating *z, const floating *b, floating *out, Py_ssize_t rows,
+                       Py_ssize_t cols) noexcept nogil:
+    if floating is float:
+        bp_add_bias_f32(z, b, out, rows, cols)
+    else:
+        bp_add_bias_f64(z, b, out, rows, cols)
+
+
+cdef inline void _act_fwd(int op, const floating *x, floating *y, Py_ssize_t n,
+                          double alpha) noexcept nogil:
+    if floating is float:
+        bp_unary_fwd_f32(op, x, y, n, alpha)
+    else:
+        bp_unary_fwd_f64(op, x, y, n, alpha)
+
+
+cdef inline void _act_bwd(int op, const floating *g, const floating *s, floating *o,
+                          Py_ssize_t n, double alpha) noexcept nogil:
+    if floating is float:
+        bp_unary_bwd_f32(op, g, s, o, n, alpha)
+    else:
+        bp_unary_bwd_f64(op, g, s, o, n, alpha)
+
+
+cdef inline char *_opt(Run *r, int v) noexcept nogil:
+    """The pointer of view v, or NULL for an unused slot (-1)."""
+    return r.ptr[v] if v >= 0 else NULL
+
+
+cdef inline void _update(int mode, floating *p, floating *G, floating *gbuf, floating *g,
+                         Py_ssize_t n, Run *r) noexcept nogil:
+    """The step for gradient g (n values) of parameter p: SGD (g carries -lr),
+    Adagrad with accumulator G, or into / onto the gradient buffer gbuf."""
+    if mode == U_SGD:
+        _axpy(n, 1.0, g, p)
+    elif mode == U_ADAGRAD:
+        _adagrad(p, G, g, n, r.lr, r.eps)
+    elif mode == U_SET:
+        memcpy(gbuf, g, n * sizeof(floating))
+    elif mode == U_ADD:
+        _axpy(n, 1.0, g, gbuf)
+
+
+cdef inline void _rows_or_cols_unary(Task *t, Run *r, floating *dummy, Py_ssize_t lo,
+                                     Py_ssize_t hi, bint backward) noexcept nogil:
+    """An activation (forward: v0 -> v1; backward: v0 = grad, v1 = saved -> v2) over
+    rows [lo, hi) or columns [lo, hi) of an m x h block."""
+    cdef Py_ssize_t i, i0 = 0, i1 = t.m, j0 = 0, n = t.h
+    cdef const floating *a = <const floating *>r.ptr[t.v[0]]
+    cdef const floating *s = <const floating *>_opt(r, t.v[1])
+    cdef floating *o = <floating *>r.ptr[t.v[2] if backward else t.v[1]]
+    cdef Py_ssize_t la = r.ld[t.v[0]], ls = r.ld[t.v[1]] if backward else 0
+    cdef Py_ssize_t lo_ = r.ld[t.v[2] if backward else t.v[1]]
+    if t.axis == A_ROWS:
+        i0, i1 = lo, hi
+        if la == n and lo_ == n and (not backward or ls == n):   # one contiguous run
+            if backward:
+                _act_bwd(t.act, a + i0 * n, s + i0 * n, o + i0 * n, (i1 - i0) * n, t.alpha)
+            else:
+                _act_fwd(t.act, a + i0 * n, o + i0 * n, (i1 - i0) * n, t.alpha)
+            return
+    else:
+        j0, n = lo, hi - lo
+    for i in range(i0, i1):
+        if backward:
+            _act_bwd(t.act, a + i * la + j0, s + i * ls + j0, o + i * lo_ + j0, n, t.alpha)
+        else:
+            _act_fwd(t.act, a + i * la + j0, o + i * lo_ + j0, n, t.alpha)
+
+
+cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Indices [lo, hi) of task t (rows, columns, elements or ownership classes).
+    Returns nonzero if a GEMM packing buffer could not be allocated."""
+    cdef Py_ssize_t i, j, q, m = t.m, k = t.k, h = t.h, w = t.w, row, K
+    cdef Py_ssize_t r0, r1
+    cdef int failed = 0, s
+    cdef floating *x
+    cdef floating *y
+    cdef floating *P
+    cdef floating *G
+    cdef floating *scr
+    cdef const cnp.int64_t *ids
+    cdef double scale, total, v
+    cdef char **ptr = r.ptr
+    cdef Py_ssize_t *ld = r.ld
+    cdef int code = t.code
+    if code == T_GATHER:        # v0 table (V, h), v1 ids (m, w), v2 out rows
+        x = <floating *>ptr[t.v[0]]
+        ids = <const cnp.int64_t *>ptr[t.v[1]]
+        y = <floating *>ptr[t.v[2]]
+        for i in range(lo, hi):
+            for j in range(w):
+                memcpy(y + i * ld[t.v[2]] + j * h, x + ids[i * w + j] * h, h * sizeof(floating))
+    elif code == T_LINEAR:      # v0 x (m, k), v1 W (h, k), v2 b (h), v3 z (m, h) = x Wᵀ + b
+        x = <floating *>ptr[t.v[0]]
+        P = <floating *>ptr[t.v[1]]
+        y = <floating *>ptr[t.v[3]]
+        if t.axis == A_ROWS:
+            failed = _gemm(m, h, lo, hi, 0, h, k, x, 0, ld[t.v[0]], P, 1, k, y, ld[t.v[3]], 0)
+            if ld[t.v[3]] == h:
+                _bias(y + lo * h, <floating *>ptr[t.v[2]], y + lo * h, hi - lo, h)
+            else:
+                for i in range(lo, hi):
+                    _bias(y + i * ld[t.v[3]], <floating *>ptr[t.v[2]], y + i * ld[t.v[3]], 1, h)
+        else:
+            failed = _gemm(m, h, 0, m, lo, hi, k, x, 0, ld[t.v[0]], P, 1, k, y, ld[t.v[3]], 0)
+            for i in range(m):
+                _bias(y + i * ld[t.v[3]] + lo, <floating *>ptr[t.v[2]] + lo,
+                      y + i * ld[t.v[3]] + lo, 1, hi - lo)
+    elif code == T_ACT:
+        _rows_or_cols_unary(t, r, dummy, lo, hi, 0)
+    elif code == T_ACT_BWD:
+        _rows_or_cols_unary(t, r, dummy, lo, hi, 1)
+    elif code == T_XENT:        # v0 logits (m, h) -> v2 (softmax - onehot) * scale, v1 labels
+        x = <floating *>ptr[t.v[0]]
+        y = <floating *>ptr[t.v[2]]
+        ids = <const cnp.int64_t *>ptr[t.v[1]]
+        scale = r.gscale * r.inv_b
+        r0 = lo
+        while r0 < hi:
+            r1 = min(hi, r0 + LOSS_BLOCK)
+            if floating is float:
+                r.losses[r0 // LOSS_BLOCK] = bp_softmax_xent_f32(x + r0 * h, ids + r0, y + r0 * h,
+                                                                 r1 - r0, h, scale)
+            else:
+                r.losses[r0 // LOSS_BLOCK] = bp_softmax_xent_f64(x + r0 * h, ids + r0, y + r0 * h,
+                                                                 r1 - r0, h, scale)
+            r0 = r1
+    elif code == T_BCE:         # v0 scores (m,), v1 targets (m,) -> v2 d (m,)
+        x = <floating *>ptr[t.v[0]]
+        P = <floating *>ptr[t.v[1]]
+        y = <floating *>ptr[t.v[2]]
+        scale = r.gscale * r.inv_b
+        r0 = lo
+        while r0 < hi:
+            r1 = min(hi, r0 + LOSS_BLOCK)
+            if floating is float:
+                r.losses[r0 // LOSS_BLOCK] = bp_sigmoid_bce_f32(x + r0, P + r0, y + r0, r1 - r0,
+                                                                scale)
+            else:
+                r.losses[r0 // LOSS_BLOCK] = bp_sigmoid_bce_f64(x + r0, P + r0, y + r0, r1 - r0,
+                                                                scale)
+            r0 = r1
+    elif code == T_MARGIN:      # v0 s, v1 s_c -> v2 ds, v3 ds_c; margin alpha
+        x = <floating *>ptr[t.v[0]]
+        P = <floating *>ptr[t.v[1]]
+        y = <floating *>ptr[t.v[2]]
+        G = <floating *>ptr[t.v[3]]
+        scale = r.gscale * r.inv_b
+        r0 = lo
+        while r0 < hi:
+            r1 = min(hi, r0 + LOSS_BLOCK)
+            total = 0.0
+            for i in range(r0, r1):
+                v = t.alpha - <double>x[i] + <double>P[i]
+                if v > 0:
+                    total += v
+                    y[i] = <floating>(-scale)
+                    G[i] = <floating>scale
+                else:
+                    y[i] = 0
+                    G[i] = 0
+            r.losses[r0 // LOSS_BLOCK] = total
+            r0 = r1
+    elif code == T_MEAN:        # v0 x (m, w h) -> v1 (m, h): the mean of the w slots
+        x = <floating *>ptr[t.v[0]]
+        y = <floating *>ptr[t.v[1]]
+        for i in range(lo, hi):
+            for j in range(h):
+                v = 0.0
+                for q in range(w):
+                    v += <double>x[i * ld[t.v[0]] + q * h + j]
+                y[i * ld[t.v[1]] + j] = <floating>(v / w)
+    elif code == T_MEAN_BWD:    # v0 g (m, h) -> v1 (m, w h): g / w in every slot
+        x = <floating *>ptr[t.v[0]]
+        y = <floating *>ptr[t.v[1]]
+        for i in range(lo, hi):
+            for j in range(h):
+                v = <double>(x[i * ld[t.v[0]] + j] / <floating>w)
+                for q in range(w):
+                    y[i * ld[t.v[1]] + q * h + j] = <floating>v
+    elif code == T_BIAS_BWD:    # columns: v0 G (m, h), v1 b, v2 state or gradient buffer, v3 scratch
+        G = <floating *>ptr[t.v[0]]
+        P = <floating *>ptr[t.v[1]]
+        scr = <floating *>ptr[t.v[3]]
+        if t.mode == U_SET:
+            _colsum(G + lo, <floating *>ptr[t.v[2]] + lo, m, ld[t.v[0]], hi - lo)
+        else:
+            _colsum(G + lo, scr + lo, m, ld[t.v[0]], hi - lo)
+            G = <floating *>_opt(r, t.v[2])
+            _update(t.mode, P + lo, G + lo if G else NULL, G + lo if G else NULL, scr + lo,
+                    hi - lo, r)
+    elif code == T_LINEAR_BWD:  # columns of x: v0 G (m, h), v1 W (h, k), v2 x (m, k),
+        G = <floating *>ptr[t.v[0]]     # v3 dx or -1, v4 state / gradient buffer, v5 scratch (h, k)
+        P = <floating *>ptr[t.v[1]]
+        x = <floating *>ptr[t.v[2]]
+        if t.v[3] >= 0:         # dx = G W, with W's columns before their update
+            failed += _gemm(m, k, 0, m, lo, hi, h, G, 0, ld[t.v[0]], P, 0, k,
+                            <floating *>ptr[t.v[3]], ld[t.v[3]], 0) != 0
+        if t.mode == U_SGD or t.mode == U_SET or t.mode == U_ADD:
+            y = P if t.mode == U_SGD else <floating *>ptr[t.v[4]]
+            failed += _gemm(h, k, 0, h, lo, hi, m, G, 1, ld[t.v[0]], x, 0, ld[t.v[2]], y, k,
+                            t.mode != U_SET) != 0
+        elif t.mode == U_ADAGRAD:
+            scr = <floating *>ptr[t.v[5]]
+            y = <floating *>ptr[t.v[4]]         # the accumulators
+            failed += _gemm(h, k, 0, h, lo, hi, m, G, 1, ld[t.v[0]], x, 0, ld[t.v[2]], scr, k,
+                            0) != 0
+            for i in range(h):
+                _adagrad(P + i * k + lo, y + i * k + lo, scr + i * k + lo, hi - lo, r.lr,
+                         r.eps)
+    elif code == T_EMB_SGD:     # ownership classes: v0 table (V, h), v1 ids (m, w), v2 g rows
+        P = <floating *>ptr[t.v[0]]
+        ids = <const cnp.int64_t *>ptr[t.v[1]]
+        G = <floating *>ptr[t.v[2]]
+        K = t.k                 # the number of classes
+        if lo == 0 and hi == K:
+            for q in range(m * w):
+                _axpy(h, 1.0, G + (q // w) * ld[t.v[2]] + (q % w) * h, P + ids[q] * h)
+        else:
+            for q in range(m * w):
+                row = ids[q]
+                if lo <= (row // ROW_BLOCK) % K < hi:
+                    _axpy(h, 1.0, G + (q // w) * ld[t.v[2]] + (q % w) * h, P + row * h)
+    elif code == T_EMB_ADAGRAD:
+        _emb_adagrad(t, r, dummy)
+    elif code == T_UPDATE:      # elements: v0 param, v1 gradient buffer, v2 state
+        P = <floating *>ptr[t.v[0]]
+        G = <floating *>_opt(r, t.v[2])
+        _update(t.mode, P + lo, G + lo if G else NULL, NULL, <floating *>ptr[t.v[1]] + lo,
+                hi - lo, r)
+    return failed
+
+
+cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
+    """Adagrad on the table rows the segments' slots touch (v0 table, v1 accumulator,
+    v2 chain heads (one per row, -1 between steps), v3 slot scratch, v4 one row):
+    each row's slot gradients summed in slot order (segments in order), one step."""
+    cdef floating *P = <floating *>r.ptr[t.v[0]]
+    cdef floating *A = <floating *>r.ptr[t.v[1]]
+    cdef cnp.int64_t *head = <cnp.int64_t *>r.ptr[t.v[2]]
+    cdef cnp.int64_t *nxt = <cnp.int64_t *>r.ptr[t.v[3]]
+    cdef floating *row = <floating *>r.ptr[t.v[4]]
+    cdef Py_ssize_t h = t.h, w = t.w, total = 0, nrows = 0, j, q, a, kk
+    cdef cnp.int64_t rr, jj
+    cdef int s
+    cdef Py_ssize_t start[MAXSEG + 1]
+    start[0] = 0
+    for s in range(t.nseg):
+        start[s + 1] = start[s] + t.seg_m[s] * w
+    total = start[t.nseg]
+    cdef cnp.int64_t *rows = nxt + total
+    s = t.nseg - 1
+    for j in range(total - 1, -1, -1):      # chains in increasing slot order
+        while j < start[s]:
+            s -= 1
+        rr = (<const cnp.int64_t *>r.ptr[t.seg_ids[s]])[j - start[s]]
+        if head[rr] < 0:
+            rows[nrows] = rr
+            nrows += 1
+        nxt[j] = head[rr]
+        head[rr] = j
+    cdef const floating *g
+    for a in range(nrows):
+        rr = rows[a]
+        for kk in range(h):
+            row[kk] = 0
+        jj = head[rr]
+        s = 0
+        while jj >= 0:
+            while jj >= start[s + 1]:
+                s += 1
+            q = jj - start[s]
+            g = <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] + (q % w) * h
+            _axpy(h, 1.0, g, row)
+            jj = nxt[jj]
+        _adagrad(P + rr * h, A + rr * h, row, h, r.lr, r.eps)
+        head[rr] = -1
+
+
+cdef void _stage_chunks(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    """Chunks [lo, hi) of the current stage: for each group they cover, each task
+    of the group over the chunks' whole index range, in order."""
+    cdef Run *r = <Run *>ctx
+    cdef Stage *st = r.stage
+    cdef Group *g
+    cdef Py_ssize_t a, b, elo, ehi
+    cdef int gi, ti
+    cdef bint f32 = r.f32
+    for gi in range(st.g0, st.g1):
+        g = &r.groups[gi]
+        a = max(lo, g.c0)
+        b = min(hi, g.c0 + g.nchunks)
+        if a >= b:
+            continue
+        elo = _bound(g, a - g.c0)
+        ehi = _bound(g, b - g.c0)
+        if elo >= ehi:
+            continue
+        for ti in range(g.t0, g.t1):
+            if f32:
+                if _task[float](&r.tasks[ti], r, <float *>NULL, elo, ehi):
+                    bp_set_flag(&r.failed)
+            else:
+                if _task[double](&r.tasks[ti], r, <double *>NULL, elo, ehi):
+                    bp_set_flag(&r.failed)
+
+
+cdef inline Py_ssize_t _bound(Group *g, Py_ssize_t c) noexcept nogil:
+    """Where chunk c of group g starts: c/nchunks of the range, on a multiple of
+    the group's alignment (so chunks are near-equal, whatever n is)."""
+    cdef Py_ssize_t e
+    if c >= g.nchunks:
+        return g.n
+    e = (c * g.n // g.nchunks + g.align // 2) // g.align * g.align
+    return min(e, g.n)
+
+
+cdef int _execute(Run *r, Stage *stages, int nstages, int nt) noexcept nogil:
+    """The stages in order; each group in at most r.parts chunks per thread (one
+    chunk, the whole range, on one thread). Chunk results do not depend on the
+    chunking, so neither does the step."""
+    cdef int s, gi
+    cdef Py_ssize_t c0, units, nch
+    cdef Group *g
+    for s in range(nstages):
+        c0 = 0
+        for gi in range(stages[s].g0, stages[s].g1):
+            g = &r.groups[gi]
+            units = (g.n + g.align - 1) // g.align
+            nch = min(units, <Py_ssize_t>r.parts * nt)
+            g.nchunks = max(1, nch)
+            g.c0 = c0
+            c0 += g.nchunks
+        stages[s].nchunks = c0
+        r.stage = &stages[s]
+        parallel_for(_stage_chunks, r, c0, 1, nt)
+    return r.failed
+
+
+_TASK_FIELDS = ("code", "axis", "mode", "act", "m", "k", "h", "w", "alpha", "v", "segs")
+
+
+cdef class Plan:
+    """A compiled step's tasks, groups and stages, and the views they read and
+    write. Built by cygrad.compile (which validates everything it puts here);
+    ``execute`` runs it on resolved base pointers."""
+
+    cdef Task *tasks
+    cdef Group *groups
+    cdef Stage *stages
+    cdef int ntasks, ngroups, nstages
+    cdef Py_ssize_t nviews
+    cdef Py_ssize_t *vbuf
+    cdef Py_ssize_t *voff
+    cdef Py_ssize_t *vld
+    cdef char **vptr
+    cdef char **bases
+    cdef Py_ssize_t nbufs
+    cdef readonly bint f32
+    cdef readonly Py_ssize_t batch
+
+    def __cinit__(self):
+        self.tasks = NULL
+        self.groups = NULL
+        self.stages = NULL
+        self.vbuf = self.voff = self.vld = NULL
+        self.vptr = self.bases = NULL
+
+    def __dealloc__(self):
+        free(self.tasks)
+        free(self.groups)
+        free(self.stages)
+        free(self.vbuf)
+        free(self.voff)
+        free(self.vld)
+        free(self.vptr)
+        free(self.bases)
+
+    def __init__(self, tasks, groups, stages, views, nbufs, f32, batch):
+        """tasks: dicts with _TASK_FIELDS; groups: (t0, t1, n, grain); stages:
+        (g0, g1); views: (buffer, offset in bytes, leading dimension). A group
+        (t0, t1, n, align) is cut at run time into near-equal chunks on multiples
+        of align, at most `parts` per thread."""
+        cdef int i, j
+        cdef Task *t
+        self.ntasks, self.ngroups, self.nstages = len(tasks), len(groups), len(stages)
+        self.nviews, self.nbufs = len(views), nbufs
+        self.f32, self.batch = f32, batch
+        self.tasks = <Task *>malloc(max(1, self.ntasks) * sizeof(Task))
+        self.groups = <Group *>malloc(max(1, self.ngroups) * sizeof(Group))
+        self.stages = <Stage *>malloc(max(1, self.nstages) * sizeof(Stage))
+        self.vbuf = <Py_ssize_t *>malloc(max(1, self.nviews) * sizeof(Py_ssize_t))
+        self.voff = <Py_ssize_t *>malloc(max(1, self.nviews) * sizeof(Py_ssize_t))
+        self.vld = <Py_ssize_t *>malloc(max(1, self.nviews) * sizeof(Py_ssize_t))
+        self.vptr = <char **>malloc(max(1, self.nviews) * sizeof(char *))
+        self.bases = <char **>malloc(max(1, nbufs) * sizeof(char *))
+        if not (self.tasks and self.groups and self.stages and self.vbuf and self.voff
+                and self.vld and self.vptr and self.bases):
+            raise MemoryError("compile: cannot allocate the plan")
+        for i, d in enumerate(tasks):
+            t = &self.tasks[i]
+            memset(t, 0, sizeof(Task))
+            t.code, t.axis, t.mode, t.act = d["code"], d["axis"], d["mode"], d["act"]
+            t.m, t.k, t.h, t.w, t.alpha = d["m"], d["k"], d["h"], d["w"], d["alpha"]
+            vs = list(d["v"]) + [-1] * (MAXV - len(d["v"]))
+            for j in range(MAXV):
+                t.v[j] = vs[j]
+            segs = d["segs"]
+            if len(segs) > MAXSEG:
+                raise ValueError(f"compile: at most {MAXSEG} uses of one embedding table")
+            t.nseg = len(segs)
+            for j, (ids, g, m) in enumerate(segs):
+                t.seg_ids[j], t.seg_g[j], t.seg_m[j] = ids, g, m
+        for i, (t0, t1, n, align) in enumerate(groups):
+            self.groups[i].t0, self.groups[i].t1 = t0, t1
+            self.groups[i].n, self.groups[i].align = n, align
+            self.groups[i].nchunks = self.groups[i].c0 = 0
+        for i, (g0, g1) in enumerate(stages):
+            self.stages[i].g0, self.stages[i].g1 = g0, g1
+            self.stages[i].nchunks = 0
+        for i, (b, off, ld) in enumerate(views):
+            self.vbuf[i], self.voff[i], self.vld[i] = b, off, ld
+
+    def execute(self, list arrays, double gscale, double lr, double eps, losses, int nt,
+                int parts=2):
+        """Run the plan: ``arrays[i]`` is buffer i (an ndarray, validated by the
+        caller and not changed during the call); returns the sum of the loss
+        blocks (the caller divides by the batch)."""
+        cdef Py_ssize_t i, nb
+        cdef Run r
+        if len(arrays) != self.nbufs:
+            raise ValueError("compile: wrong number of buffers")
+        for i in range(self.nbufs):
+            self.bases[i] = <char *>cnp.PyArray_DATA(<cnp.ndarray>arrays[i])
+        for i in range(self.nviews):
+            self.vptr[i] = self.bases[self.vbuf[i]] + self.voff[i]
+        r.tasks, r.groups, r.ptr, r.ld = self.tasks, self.groups, self.vptr, self.vld
+        r.gscale, r.lr, r.eps = gscale, lr, eps
+        r.inv_b = 1.0 / self.batch
+        r.f32 = self.f32
+        r.losses = <double *>cnp.PyArray_DATA(<cnp.ndarray>losses)
+        r.failed = 0
+        r.parts = max(1, parts)
+        with nogil:
+            _execute(&r, self.stages, self.nstages, nt)
+        if r.failed:
+            raise MemoryError("compiled step: could not allocate the GEMM packing buffers")
+        cdef double total = 0.0
+        nb = (self.batch + LOSS_BLOCK - 1) // LOSS_BLOCK
+        for i in range(nb):
+            total += r.losses[i]
+        return total
+
+
+def copy_ids(x, out, str fn, str name, Py_ssize_t upper):
+    """Copy the integer array x into out (int64, C-contiguous, same shape), then
+    check the copy: every value in [0, upper). IndexError names the first bad one.
+    No allocation for int64 C-contiguous native input."""
+    cdef Py_ssize_t i, n = out.size, bad = -1
+    cdef cnp.int64_t *dst = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    if (cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_INT64 and
+            cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and x.dtype.isnative):
+        memcpy(dst, cnp.PyArray_DATA(<cnp.ndarray>x), n * sizeof(cnp.int64_t))
+    else:
+        if x.dtype.kind == "u" and x.dtype.itemsize == 8 and x.size \
+                and x.max() > np.iinfo(np.int64).max:
+            raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
+        np.copyto(out, x, casting="unsafe")
+    with nogil:
+        for i in range(n):
+            if dst[i] < 0 or dst[i] >= upper:
+                bad = i
+                break
+    if bad >= 0:
+        where = ", ".join(str(int(j)) for j in np.unravel_index(bad, out.shape))
+        raise IndexError(f"{fn}: {name}[{where}] = {dst[bad]} is out of range [0, {upper})")

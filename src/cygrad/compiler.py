@@ -1,0 +1,965 @@
+"""Compiled training steps: ``cygrad.compile(loss_fn, optimizer=opt)``.
+
+The first call for a given set of argument shapes and dtypes runs ``loss_fn``
+on the graph executor with its arguments wrapped as traced inputs, turns the
+recorded graph into a plan (cygrad._plan: tasks grouped into stages, every
+buffer placed once in a workspace that grows with the largest batch seen) and
+completes that first step on the graph (backward, then the optimiser). Later
+calls with the same shapes and dtypes replay the plan in one call without the
+GIL: forward, backward and the optimiser's update, each parameter updated as
+soon as its gradient is final (for SGD, -lr rides on the loss gradient so that
+W += (-lr Δ)ᵀ X accumulates straight into W; embedding rows are updated in
+place, only those of the batch).
+
+As with JAX's jit, Python control flow in ``loss_fn`` is traced as the first
+call took it, and a plan is keyed by the arguments' shapes and dtypes, not by
+their values. The arguments may only be handed to cygrad ops (an index array to
+``embedding_windows``, labels to a loss, a float array to ``linear``...): a
+NumPy computation on them inside ``loss_fn`` cannot be replayed, so it makes the
+step run on the eager graph (with a warning), as does an op that has no plan
+kernel. ``strict=True`` raises :class:`CompileError` instead, before anything is
+updated. A compiled step leaves ``.grad`` None.
+
+Ops with plan kernels: ``embedding_windows`` (dense or sparse), ``concat`` (of
+2-D values along the last axis), ``linear``, every activation, ``reshape`` that
+keeps the batch axis, ``mean`` over the window axis, and, as the loss (the
+graph's root), ``softmax_cross_entropy``, ``sigmoid_binary_cross_entropy`` and
+``max_margin``. Optimisers: :class:`cygrad.optim.SGD` and
+:class:`cygrad.optim.Adagrad`. A value may feed several ops only if it is a
+parameter or an input (a parameter used twice gets the sum of its gradients).
+"""
+
+import inspect
+import math
+import threading
+import warnings
+
+import numpy as np
+
+from cygrad import _config, _plan
+from cygrad import graph as _g
+from cygrad.graph import Tensor, Traced
+from cygrad.optim import SGD, Adagrad
+
+__all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
+
+# task codes: the order of the T_* enum in _plan.pyx
+TASKS = ("gather", "linear", "act", "xent", "bce", "margin", "mean", "bias_bwd", "linear_bwd",
+         "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update")
+_CODE = {name: i for i, name in enumerate(TASKS)}
+ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
+_AXIS = {ROWS: 0, COLS: 1, OWN: 0, FLAT: 0, ONE: 0}
+U_NONE, U_SGD, U_ADAGRAD, U_SET, U_ADD = range(5)
+ACT_CODES = {"sigmoid": 0, "tanh": 1, "relu": 2, "leaky_relu": 3, "hardtanh": 4, "gelu": 5,
+             "silu": 6}
+# activations whose derivative follows from the output (for relu, leaky_relu with a
+# slope >= 0 and hardtanh, the output has the input's sign and clipping), so that
+# the output may overwrite the input
+_FROM_OUTPUT = ("sigmoid", "tanh", "relu", "leaky_relu", "hardtanh")
+COL_GRAIN = 32          # column chunks: multiples of every GEMM micro-kernel's NR
+FLAT_GRAIN = 4096
+OWNER_CLASSES = 8       # embedding rows are owned in blocks of 16 rows, 8 classes
+ROW_MODE = 128          # from this batch size a linear layer is split by rows
+MIN_WORK = 400000       # multiply-adds of the step's products below which one thread runs
+ALIGN = 64
+PARTS = 1               # chunks per thread and group (finer chunks repack GEMM operands)
+
+
+class CompileError(RuntimeError):
+    """``strict=True``: the step cannot be compiled (the message says why)."""
+
+
+class CompileWarning(UserWarning):
+    """A compiled step falls back to the eager graph (once per reason)."""
+
+
+class _Unsupported(Exception):
+    pass
+
+
+ROW_ALIGN = 8           # row chunks: multiples of 8 (the GEMM's row groups, LOSS_BLOCK)
+
+
+def _row_grain(m):
+    return ROW_ALIGN
+
+
+# ------------------------------------------------------------------ plan building
+
+class _Buf:
+    """A workspace buffer (placed in the arena at the end) or an outside array."""
+
+    __slots__ = ("nbytes", "ext", "offset", "index")
+
+    def __init__(self, nbytes=0, ext=None):
+        self.nbytes, self.ext, self.offset, self.index = nbytes, ext, None, None
+
+
+class _View:
+    """rows x cols elements of a buffer, from element offset ``off``, rows ``ld`` apart."""
+
+    __slots__ = ("buf", "off", "ld", "rows", "cols", "item", "index")
+
+    def __init__(self, buf, rows, cols, item, off=0, ld=None):
+        self.buf, self.rows, self.cols, self.item = buf, rows, cols, item
+        self.off, self.ld = off, cols if ld is None else ld
+        self.index = None
+
+
+class _Task:
+    __slots__ = ("name", "space", "mode", "act", "m", "k", "h", "w", "alpha", "v", "segs",
+                 "access")
+
+    def __init__(self, name, space, v, access, mode=U_NONE, act=0, m=0, k=0, h=0, w=0,
+                 alpha=0.0, segs=()):
+        self.name, self.space, self.v, self.access = name, space, v, access
+        self.mode, self.act, self.m, self.k, self.h, self.w = mode, act, m, k, h, w
+        self.alpha, self.segs = alpha, list(segs)
+
+
+def _topo_all(root):
+    """Every tensor the root depends on (also through tensors without gradients),
+    parents first; iterative."""
+    order, seen = [], {id(root)}
+    stack = [(root, iter(root._parents))]
+    while stack:
+        node, parents = stack[-1]
+        for p in parents:
+            if isinstance(p, Tensor) and id(p) not in seen:
+                seen.add(id(p))
+                stack.append((p, iter(p._parents)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    return order
+
+
+class _Builder:
+    def __init__(self, root, traced, opt):
+        self.root, self.traced, self.opt = root, traced, opt
+        self.dt = root.dtype
+        self.item = self.dt.itemsize
+        self.adagrad = isinstance(opt, Adagrad)
+        self.tasks = []
+        self.ext = []               # (kind, payload): "param" i, "state" i, "input" j, "const" T/arr
+        self.inputs = {}            # arg index -> {"buf", "view", "bound", "kind", "op"}
+        self.val = {}               # id(tensor) -> _View
+        self.grad = {}
+        self.pindex = {id(p): i for i, p in enumerate(opt.params)}
+        self.arg_of = {id(a.array): j for j, a in enumerate(traced)}
+        self.ext_bufs = {}
+        self.info = {}
+        self.work = 0
+
+    # -- buffers
+    def new(self, rows, cols, item=None):
+        item = item or self.item
+        return _View(_Buf(rows * cols * item), rows, cols, item)
+
+    def ext_buf(self, kind, key, payload=None):
+        k = (kind, key)
+        if k not in self.ext_bufs:
+            b = _Buf(ext=(kind, payload if payload is not None else key))
+            self.ext_bufs[k] = b
+        return self.ext_bufs[k]
+
+    def leaf(self, t):
+        """The view of a leaf tensor: a parameter, a traced float input or a constant."""
+        v = self.val.get(id(t))
+        if v is not None:
+            return v
+        if t._op is not None:
+            raise _Unsupported("internal: leaf() on a node")
+        shape = t.shape
+        rows = shape[0] if len(shape) else 1
+        cols = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+        if id(t) in self.pindex:
+            buf = self.ext_buf("param", self.pindex[id(t)])
+        elif t.requires_grad:
+            raise _Unsupported(f"a leaf tensor of shape {shape} requires a gradient but is not "
+                               f"among the optimiser's parameters")
+        elif id(t.data) in self.arg_of:
+            j = self.arg_of[id(t.data)]
+            buf = self.ext_buf("input", j)
+            self.inputs.setdefault(j, {"kind": "float", "shape": t.shape})
+        else:
+            if not t.data.flags.c_contiguous:
+                raise _Unsupported(f"a constant tensor of shape {shape} is not C-contiguous")
+            buf = self.ext_buf("const", id(t), t)
+        v = _View(buf, rows, cols, self.item)
+        self.val[id(t)] = v
+        return v
+
+    def value(self, t):
+        if t._op is None:
+            return self.leaf(t)
+        return self.val[id(t)]
+
+    def ids(self, arr, op, bound, shape_what):
+        """The view of an index array: a traced input (copied and checked at every
+        call) or a constant (checked now, copied into the plan)."""
+        j = self.arg_of.get(id(arr))
+        rows = arr.shape[0]
+        cols = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
+        if j is not None:
+            spec = self.inputs.get(j)
+            if spec is None:
+                spec = self.inputs[j] = {"kind": "ids", "view": self.new(rows, cols, 8),
+                                         "bound": bound, "op": op, "shape": arr.shape}
+            elif spec["kind"] != "ids":
+                raise _Unsupported(f"argument {self.traced[j].name!r} is used both as indices "
+                                   f"and as values")
+            spec["bound"] = min(spec["bound"], bound)
+            return spec["view"]
+        a = np.ascontiguousarray(arr, dtype=np.int64)
+        if a.size and (a.min() < 0 or a.max() >= bound):
+            raise _Unsupported(f"{op}: constant {shape_what} out of range [0, {bound})")
+        buf = self.ext_buf("const", id(a), a.copy())
+        return _View(buf, rows, cols, 8)
+
+    def add(self, task):
+        self.tasks.append(task)
+
+    # -- forward
+    def forward(self):
+        order = _topo_all(self.root)
+        uses = {}
+        for node in order:
+            for p in node._parents:
+                if isinstance(p, Tensor):
+                    uses[id(p)] = uses.get(id(p), 0) + 1
+        self.uses = uses
+        for node in order:
+            if node._op is None:
+                continue
+            for p in node._parents:
+                if isinstance(p, Tensor) and p._op is not None and uses[id(p)] > 1:
+                    raise _Unsupported(f"the output of {p._op.name} feeds {uses[id(p)]} ops "
+                                       f"(only parameters and inputs may be used twice)")
+            self.fwd(node)
+        self.order = order
+
+    def fwd(self, node):
+        op, ctx = node._op, node._ctx
+        name = op.name
+        pa = [p for p in node._parents]
+        it = self.item
+        if name == "embedding_windows":
+            table = pa[0]
+            if table._op is not None:
+                raise _Unsupported("embedding_windows of a computed table")
+            (windows,) = ctx.saved
+            B, w = windows.shape
+            V, d = table.shape
+            tv = self.leaf(table)
+            iv = self.ids(windows, "embedding_windows", V, "windows")
+            out = self.new(B, w * d)
+            self.add(_Task("gather", (ROWS, B, _row_grain(B)), [tv, iv, out],
+                           [(tv, "r", "all"), (iv, "r", ROWS), (out, "w", ROWS)], w=w, h=d,
+                           m=B))
+            self.val[id(node)] = out
+            self.info[id(node)] = ("emb", table, iv, B, w, d)
+        elif name == "concat":
+            axis, _ = ctx.kw
+            if any(p.ndim != 2 for p in pa) or axis not in (1, -1):
+                raise _Unsupported("concat other than of 2-D values along the last axis")
+            B = pa[0].shape[0]
+            total = sum(p.shape[1] for p in pa)
+            out = self.new(B, total)
+            col = 0
+            for p in pa:
+                if p._op is None:
+                    raise _Unsupported("concat of a leaf tensor")
+                v = self.val[id(p)]
+                if v.rows != B or v.cols != p.shape[1]:
+                    raise _Unsupported("concat of a reshaped value")
+                v.buf, v.off, v.ld = out.buf, col, total
+                col += p.shape[1]
+            self.val[id(node)] = out
+        elif name == "linear":
+            x, W, b = pa
+            xv = self.value(x)
+            Wv, bv = self.leaf(W), self.leaf(b)
+            B, D = x.shape
+            H = W.shape[0]
+            if xv.cols != D:
+                raise _Unsupported("linear of a reshaped input")
+            out = self.new(B, H)
+            if B >= ROW_MODE or H < 2 * COL_GRAIN:
+                space, pat = (ROWS, B, _row_grain(B)), ROWS
+                acc = [(xv, "r", ROWS), (Wv, "r", "all"), (bv, "r", "all"), (out, "w", ROWS)]
+            else:
+                space, pat = (COLS, H, COL_GRAIN), COLS
+                acc = [(xv, "r", "all"), (Wv, "r", "all"), (bv, "r", "all"), (out, "w", COLS)]
+            self.add(_Task("linear", space, [xv, Wv, bv, out], acc, m=B, k=D, h=H))
+            self.work += B * D * H
+            self.val[id(node)] = out
+        elif name in ACT_CODES:
+            (z,) = pa
+            if z._op is None:
+                raise _Unsupported(f"{name} of a leaf tensor")
+            zv = self.val[id(z)]
+            alpha = float(ctx.kw.get("negative_slope", 0.01)) if name == "leaky_relu" else 0.0
+            from_out = name in _FROM_OUTPUT and not (name == "leaky_relu" and alpha < 0)
+            out = zv if from_out else self.new(zv.rows, zv.cols)
+            self.add(_Task("act", ("elem", zv.rows, zv.cols), [zv, out],
+                           [(zv, "r", "elem"), (out, "w", "elem")], act=ACT_CODES[name],
+                           m=zv.rows, h=zv.cols, alpha=alpha))
+            self.val[id(node)] = out
+            self.info[id(node)] = (out if from_out else zv, ACT_CODES[name], alpha)
+        elif name == "reshape":
+            (a,) = pa
+            src = self.value(a)
+            if node.ndim == 0 or a.ndim == 0 or node.shape[0] != a.shape[0] \
+                    or src.cols != int(np.prod(node.shape[1:])):
+                raise _Unsupported(f"reshape from {a.shape} to {node.shape} (only reshapes "
+                                   f"that keep the batch axis have a plan kernel)")
+            self.val[id(node)] = src
+        elif name == "mean":
+            (a,) = pa
+            axis, keepdims = ctx.kw
+            if a.ndim != 3 or axis != 1 or keepdims or a._op is None:
+                raise _Unsupported(f"mean over axis {axis} of shape {a.shape} (only the window "
+                                   f"axis 1 of a (B, w, d) value has a plan kernel)")
+            B, w, d = a.shape
+            src = self.val[id(a)]
+            out = self.new(B, d)
+            self.add(_Task("mean", (ROWS, B, _row_grain(B)), [src, out],
+                           [(src, "r", ROWS), (out, "w", ROWS)], m=B, w=w, h=d))
+            self.val[id(node)] = out
+        elif name in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin"):
+            if node is not self.root:
+                raise _Unsupported(f"{name} that is not the loss returned")
+            self.loss_fwd(node, name, pa, ctx)
+        else:
+            raise _Unsupported(f"op {name!r} has no plan kernel")
+
+    def loss_fwd(self, node, name, pa, ctx):
+        if name == "softmax_cross_entropy":
+            (logits,) = pa
+            lv = self.value(logits)
+            B, C = logits.shape
+            if logits._op is None or lv.ld != C:
+                raise _Unsupported("softmax_cross_entropy of a leaf or strided value")
+            yv = self.ids(ctx.kw, name, C, "labels")
+            self.add(_Task("xent", (ROWS, B, _row_grain(B)), [lv, yv, lv],
+                           [(lv, "r", ROWS), (yv, "r", ROWS), (lv, "w", ROWS)], m=B, h=C))
+            self.grad[id(logits)] = lv
+        elif name == "sigmoid_binary_cross_entropy":
+            (s,) = pa
+            sv = self.value(s)
+            B = s.shape[0]
+            if s.ndim != 1 or s._op is None or sv.ld != 1:
+                raise _Unsupported("sigmoid_binary_cross_entropy of a leaf or strided value")
+            targets = ctx.kw
+            j = self.arg_of.get(id(targets))
+            if j is not None:
+                tv = _View(self.ext_buf("input", j), B, 1, self.item)
+                self.inputs.setdefault(j, {"kind": "float", "shape": targets.shape})
+            else:
+                tv = _View(self.ext_buf("const", id(targets),
+                                        np.ascontiguousarray(targets, dtype=self.dt).copy()),
+                           B, 1, self.item)
+            d = self.new(B, 1)
+            self.add(_Task("bce", (ROWS, B, _row_grain(B)), [sv, tv, d],
+                           [(sv, "r", ROWS), (tv, "r", ROWS), (d, "w", ROWS)], m=B))
+            self.grad[id(s)] = d
+        else:
+            s, sc = pa
+            if s._op is None or sc._op is None:
+                raise _Unsupported("max_margin of leaf tensors")
+            sv, scv = self.value(s), self.value(sc)
+            B = s.shape[0]
+            if sv.ld != 1 or scv.ld != 1:
+                raise _Unsupported("max_margin of strided values")
+            ds, dsc = self.new(B, 1), self.new(B, 1)
+            self.add(_Task("margin", (ROWS, B, _row_grain(B)), [sv, scv, ds, dsc],
+                           [(sv, "r", ROWS), (scv, "r", ROWS), (ds, "w", ROWS),
+                            (dsc, "w", ROWS)], m=B, alpha=float(ctx.kw)))
+            self.grad[id(s)], self.grad[id(sc)] = ds, dsc
+        self.batch = B
+
+    # -- backward
+    def backward(self):
+        order = self.order
+        # how many gradient contributions each dense parameter receives
+        contrib = {}
+        for node in order:
+            if node._op is not None and node._op.name == "linear":
+                for p in node._parents[1:]:
+                    if id(p) in self.pindex:
+                        contrib[id(p)] = contrib.get(id(p), 0) + 1
+        self.contrib, self.seen = contrib, {}
+        self.gbufs, self.segments = {}, {}
+        for node in reversed(order):
+            if node._op is None or not node.requires_grad:
+                continue
+            g = self.grad.get(id(node))
+            name = node._op.name
+            if node is self.root:
+                continue
+            if g is None:
+                raise _Unsupported(f"internal: no gradient reached {name}")
+            self.bwd(node, name, g)
+        # embedding tables: one update each, after their last use
+        for key, (table, segs) in self.segments.items():
+            self.emb_update(table, segs)
+
+    def param_mode(self, p, n):
+        """Update mode for this contribution to parameter p, and its state/gradient view."""
+        i = self.pindex[id(p)]
+        total = self.contrib[id(p)]
+        k = self.seen[id(p)] = self.seen.get(id(p), 0) + 1
+        rows = p.shape[0] if p.ndim else 1
+        cols = int(np.prod(p.shape[1:])) if p.ndim > 1 else 1
+        if total == 1:
+            if self.adagrad:
+                return U_ADAGRAD, _View(self.ext_buf("state", i), rows, cols, self.item), False
+            return U_SGD, None, False
+        gb = self.gbufs.get(id(p))
+        if gb is None:
+            gb = self.gbufs[id(p)] = self.new(rows, cols)
+        return (U_SET if k == 1 else U_ADD), gb, k == total
+
+    def dense_update(self, p, gb):
+        i = self.pindex[id(p)]
+        pv = self.leaf(p)
+        n = p.size
+        flat = lambda v: _View(v.buf, n, 1, self.item, off=v.off, ld=1)   # noqa: E731
+        P, Gv = flat(pv), flat(gb)
+        v = [P, Gv]
+        acc = [(P, "w", FLAT), (Gv, "r", FLAT)]
+        if self.adagrad:
+            S = flat(_View(self.ext_buf("state", i), 1, n, self.item))
+            v.append(S)
+            acc.append((S, "w", FLAT))
+        self.add(_Task("update", (FLAT, n, FLAT_GRAIN), v, acc,
+                       mode=U_ADAGRAD if self.adagrad else U_SGD))
+
+    def bwd(self, node, name, g):
+        pa = node._parents
+        if name == "linear":
+            x, W, b = pa
+            B, D = x.shape
+            H = W.shape[0]
+            xv, Wv, bv = self.value(x), self.leaf(W), self.leaf(b)
+            if id(b) in self.pindex:
+                mode, sv, last = self.param_mode(b, H)
+                scr = self.new(1, H)
+                v = [g, bv, sv, scr]
+                acc = [(g, "r", COLS), (bv, "w", COLS), (scr, "w", COLS)]
+                if sv is not None:
+                    acc.append((sv, "w", COLS))
+                self.add(_Task("bias_bwd", (COLS, H, COL_GRAIN), v, acc, mode=mode, m=B, h=H))
+                if last:
+                    self.dense_update(b, sv)
+            dx = None
+            if x.requires_grad:
+                dx = self.new(B, D)
+                self.grad[id(x)] = dx
+            wmode, wsv, wlast = U_NONE, None, False
+            if id(W) in self.pindex:
+                wmode, wsv, wlast = self.param_mode(W, D)
+            if dx is not None or wmode != U_NONE:
+                scr = self.new(H, D) if wmode == U_ADAGRAD else None
+                v = [g, Wv, xv, dx, wsv, scr]
+                acc = [(g, "r", "all"), (Wv, "w" if wmode in (U_SGD, U_ADAGRAD) else "r", COLS),
+                       (xv, "r", COLS)]
+                if dx is not None:
+                    acc.append((dx, "w", COLS))
+                if wsv is not None:
+                    acc.append((wsv, "w", COLS))
+                if scr is not None:
+                    acc.append((scr, "w", COLS))
+                self.add(_Task("linear_bwd", (COLS, D, COL_GRAIN), v, acc, mode=wmode, m=B, k=D,
+                               h=H))
+                self.work += 2 * B * D * H
+            if wlast:
+                self.dense_update(W, wsv)
+        elif name in ACT_CODES:
+            (z,) = pa
+            saved, code, alpha = self.info[id(node)]
+            self.add(_Task("act_bwd", ("elem", g.rows, g.cols), [g, saved, g],
+                           [(g, "r", "elem"), (saved, "r", "elem"), (g, "w", "elem")], act=code,
+                           m=g.rows, h=g.cols, alpha=alpha))
+            self.grad[id(z)] = g
+        elif name == "reshape":
+            self.grad[id(pa[0])] = g
+        elif name == "mean":
+            (a,) = pa
+            B, w, d = a.shape
+            out = self.new(B, w * d)
+            self.add(_Task("mean_bwd", (ROWS, B, _row_grain(B)), [g, out],
+                           [(g, "r", ROWS), (out, "w", ROWS)], m=B, w=w, h=d))
+            self.grad[id(a)] = out
+        elif name == "concat":
+            col = 0
+            for p in pa:
+                c = p.shape[1]
+                if p.requires_grad:
+                    self.grad[id(p)] = _View(g.buf, g.rows, c, self.item, off=g.off + col, ld=g.ld)
+                col += c
+        elif name == "embedding_windows":
+            _, table, iv, B, w, d = self.info[id(node)]
+            if id(table) in self.pindex:
+                self.segments.setdefault(id(table), (table, []))[1].append((iv, g, B, w, d))
+        else:
+            raise _Unsupported(f"op {name!r} has no plan kernel")
+
+    def emb_update(self, table, segs):
+        i = self.pindex[id(table)]
+        V, d = table.shape
+        tv = self.leaf(table)
+        w = segs[0][3]
+        if any(s[3] != w for s in segs):
+            raise _Unsupported("one embedding table used with windows of different widths")
+        if not self.adagrad:
+            for iv, g, B, w, d in segs:
+                self.add(_Task("emb_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g],
+                               [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all")],
+                               m=B, k=OWNER_CLASSES, h=d, w=w))
+            return
+        if len(segs) > 4:
+            raise _Unsupported("an embedding table used more than 4 times")
+        total = sum(s[2] * w for s in segs)
+        sv = _View(self.ext_buf("state", i), V, d, self.item)
+        heads = _View(self.ext_buf("heads", i, np.full(V, -1, np.int64)), V, 1, 8)
+        slots = self.new(2 * total, 1, 8)
+        row = self.new(1, d)
+        segv = [(iv, g, B) for iv, g, B, _, _ in segs]
+        acc = [(tv, "w", "all"), (sv, "w", "all"), (heads, "w", "all"), (slots, "w", "all"),
+               (row, "w", "all")] + [(iv, "r", "all") for iv, _, _ in segv] + \
+              [(g, "r", "all") for _, g, _ in segv]
+        self.add(_Task("emb_adagrad", (ONE, 1, 1), [tv, sv, heads, slots, row], acc, h=d, w=w,
+                       segs=segv))
+
+    # -- stages
+    def schedule(self):
+        """Group tasks that touch the same rows/columns of what they share into
+        groups, independent groups into stages (see cygrad._plan)."""
+        stages = []     # each: list of groups; group: dict(space, tasks)
+
+        def buf_of(v):
+            return v.buf
+
+        def conflict(a, b):     # two accesses (view, rw, pattern) to one buffer, one writing
+            return a[0].buf is b[0].buf and ("w" in (a[1], b[1]))
+
+        def aligned(a, b, axis):
+            va, vb = a[0], b[0]
+            if a[2] != axis or b[2] != axis:
+                return False
+            if axis == ROWS:
+                return True
+            return va.off == vb.off and va.ld == vb.ld
+
+        for t in self.tasks:
+            kind, n1, n2 = t.space
+            placed = False
+            if stages:
+                st = stages[-1]
+                g = st[-1]
+                gaxis, gn, ggrain = g["space"]
+                space = None
+                if kind == "elem":
+                    if gaxis == ROWS and gn == n1:
+                        space = g["space"]
+                    elif gaxis == COLS and gn == n2:
+                        space = g["space"]
+                elif t.space == g["space"]:
+                    space = g["space"]
+                if space is not None:
+                    acc = [(a[0], a[1], space[0] if a[2] == "elem" else a[2]) for a in t.access]
+                    ok = True
+                    for other_g in st:
+                        for ot in other_g["tasks"]:
+                            for b in ot["acc"]:
+                                for a in acc:
+                                    if conflict(a, b) and not (other_g is g
+                                                               and aligned(a, b, space[0])):
+                                        ok = False
+                    if ok:
+                        g["tasks"].append({"t": t, "acc": acc})
+                        t.space = space
+                        placed = True
+                if not placed:
+                    own = self._own_space(t)
+                    acc = [(a[0], a[1], own[0] if a[2] == "elem" else a[2]) for a in t.access]
+                    indep = all(not conflict(a, b) for og in st for ot in og["tasks"]
+                                for b in ot["acc"] for a in acc)
+                    if indep:
+                        t.space = own
+                        st.append({"space": own, "tasks": [{"t": t, "acc": acc}]})
+                        placed = True
+            if not placed:
+                own = self._own_space(t)
+                acc = [(a[0], a[1], own[0] if a[2] == "elem" else a[2]) for a in t.access]
+                t.space = own
+                stages.append([{"space": own, "tasks": [{"t": t, "acc": acc}]}])
+        return stages
+
+    @staticmethod
+    def _own_space(t):
+        kind, n1, n2 = t.space
+        if kind == "elem":
+            return (ROWS, n1, _row_grain(n1))
+        return t.space
+
+
+def _layout(builder, stages):
+    """Arena offsets, buffer and view indices, and the C-level tables of the plan."""
+    views, bufs = [], []
+    ext_list = []
+    arena = 0
+
+    def view_index(v):
+        if v is None:
+            return -1
+        if v.index is None:
+            b = v.buf
+            if b.ext is None:
+                if b.offset is None:
+                    b.offset = arena_alloc(b.nbytes)
+                base, off = 0, b.offset
+            else:
+                if b.index is None:
+                    b.index = 1 + len(ext_list)
+                    ext_list.append(b)
+                base, off = b.index, 0
+            v.index = len(views)
+            views.append((base, off + v.off * v.item, v.ld))
+        return v.index
+
+    def arena_alloc(n):
+        nonlocal arena
+        off = arena
+        arena += -(-max(n, 1) // ALIGN) * ALIGN
+        return off
+
+    tasks, groups, st_tab = [], [], []
+    for st in stages:
+        g0 = len(groups)
+        for g in st:
+            t0 = len(tasks)
+            for e in g["tasks"]:
+                t = e["t"]
+                tasks.append({
+                    "code": _CODE[t.name], "axis": _AXIS[t.space[0]], "mode": t.mode,
+                    "act": t.act, "m": t.m, "k": t.k, "h": t.h, "w": t.w, "alpha": t.alpha,
+                    "v": [view_index(v) for v in t.v],
+                    "segs": [(view_index(iv), view_index(gv), B) for iv, gv, B in t.segs]})
+            groups.append((t0, len(tasks), g["space"][1], g["space"][2]))
+        st_tab.append((g0, len(groups)))
+    # inputs copied into the arena
+    for spec in builder.inputs.values():
+        if spec["kind"] == "ids":
+            view_index(spec["view"])
+    return tasks, groups, st_tab, views, ext_list, arena
+
+
+# ------------------------------------------------------------------ the step
+
+_EAGER = object()
+
+
+class _Compiled:
+    """One plan (for one set of argument shapes and dtypes) and what it needs at run time."""
+
+    def __init__(self, step, builder, stages):
+        tasks, groups, st_tab, views, ext_list, arena = _layout(builder, stages)
+        self.step = step
+        self.f32 = builder.dt == np.float32
+        self.dtype = builder.dt
+        self.batch = builder.batch
+        self.arena_bytes = arena
+        self.nstages = len(st_tab)
+        self.text = "\n".join(
+            f"stage {i}: " + " | ".join(
+                f"{g['space'][0]}[{g['space'][1]}/{g['space'][2]}] "
+                + ", ".join(e["t"].name for e in g["tasks"]) for g in st)
+            for i, st in enumerate(stages))
+        self.ntasks = len(tasks)
+        self.plan = _plan.Plan(tasks, groups, st_tab, views, 1 + len(ext_list), self.f32,
+                               self.batch)
+        self.threaded_work = builder.work >= MIN_WORK
+        self.losses = np.zeros(-(-self.batch // 4), np.float64)
+        self.ext = []            # (position, kind, payload, expected shape)
+        self.arrays = [None] * (1 + len(ext_list))
+        for b in ext_list:
+            kind, payload = b.ext
+            self.ext.append((b.index, kind, payload))
+        opt = step.optimizer
+        self.opt = opt
+        self.inputs = []
+        for j, spec in sorted(builder.inputs.items()):
+            name = step.arg_names[j] if j < len(step.arg_names) else f"argument {j}"
+            if spec["kind"] == "ids":
+                v = spec["view"]
+                self.inputs.append((j, "ids", (v.buf.offset, spec["shape"]), spec["bound"],
+                                    spec["op"], name))
+            else:
+                pos = [b.index for b in ext_list if b.ext == ("input", j)][0]
+                self.inputs.append((j, "float", pos, spec["shape"], None, name))
+        self.arena = None
+        self.id_arrays = {}
+        self._refresh_ext(force=True)
+        # what run() checks by identity at every call: the tensors' arrays, Adagrad's state
+        self.watch = [(pos, opt.params[p] if kind == "param" else p)
+                      for pos, kind, p in self.ext
+                      if kind == "param" or (kind == "const" and isinstance(p, Tensor))]
+        self.watch_state = [(pos, p) for pos, kind, p in self.ext if kind == "state"]
+
+    def _refresh_ext(self, force=False):
+        opt = self.opt
+        for pos, kind, payload in self.ext:
+            if kind == "param":
+                a = opt.params[payload].data
+                what = f"parameter {payload} (shape {opt.params[payload].shape})"
+            elif kind == "state":
+                a = opt.state[payload]
+                what = f"the optimiser state of parameter {payload}"
+            elif kind == "const":
+                a = payload.data if isinstance(payload, Tensor) else payload
+                what = "a constant tensor"
+            elif kind == "heads":
+                a = payload
+                what = None
+            else:
+                continue
+            if force or self.arrays[pos] is not a:
+                if what is not None:
+                    self._check_array(a, pos, what, writeable=kind != "const")
+                self.arrays[pos] = a
+
+    def _check_array(self, a, pos, what, writeable):
+        old = self.arrays[pos]
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"compiled step: {what} is no longer a numpy array")
+        if old is not None and (a.shape != old.shape or a.dtype != old.dtype):
+            raise ValueError(f"compiled step: {what} changed from {old.shape} {old.dtype} to "
+                             f"{a.shape} {a.dtype} since the plan was built")
+        if a.dtype.kind == "f" and a.dtype != self.dtype:
+            raise TypeError(f"compiled step: {what} has dtype {a.dtype}, the plan {self.dtype}")
+        if not a.flags.c_contiguous or not a.flags.aligned or not a.dtype.isnative:
+            raise ValueError(f"compiled step: {what} must be a C-contiguous, aligned, "
+                             f"native-byte-order array")
+        if writeable and not a.flags.writeable:
+            raise ValueError(f"compiled step: {what} is read-only")
+
+    def _bind_arena(self):
+        arena = self.step._arena
+        self.arrays[0] = arena
+        self.id_arrays = {}
+        for j, kind, where, bound, op, name in self.inputs:
+            if kind == "ids":
+                off, shape = where
+                n = int(np.prod(shape))
+                self.id_arrays[j] = arena[off:off + 8 * n].view(np.int64).reshape(shape)
+        self.arena = arena
+
+    def run(self, args):
+        step = self.step
+        if self.arena is not step._arena:
+            self._bind_arena()
+        arrays = self.arrays
+        for j, kind, where, bound, op, name in self.inputs:
+            a = args[j]
+            if kind == "ids":
+                _plan.copy_ids(a, self.id_arrays[j], op, name, bound)
+            else:
+                if not (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
+                    a = np.ascontiguousarray(a)
+                arrays[where] = a
+        opt = self.opt
+        for pos, t in self.watch:
+            if t.data is not arrays[pos]:
+                self._refresh_ext()
+                break
+        else:
+            if self.watch_state:
+                state = opt.state
+                for pos, i in self.watch_state:
+                    if state[i] is not arrays[pos]:
+                        self._refresh_ext()
+                        break
+        lr = opt.lr
+        if self.opt_kind == "adagrad":
+            gscale, eps = 1.0, opt.eps
+        else:
+            gscale, eps = -lr, 0.0
+        nt = 1
+        if self.threaded_work:
+            nt = step.threads if step.threads is not None else _config.get_num_threads()
+        total = self.plan.execute(arrays, gscale, lr, eps, self.losses, nt, PARTS)
+        loss = total / self.batch
+        return float(np.float32(loss)) if self.f32 else loss
+
+    opt_kind = "sgd"
+
+
+class CompiledStep:
+    """A training step compiled from ``loss_fn`` (see :func:`compile`)."""
+
+    def __init__(self, loss_fn, optimizer, strict=False, threads=None):
+        if not callable(loss_fn):
+            raise TypeError(f"compile: loss_fn must be callable, got {type(loss_fn).__name__}")
+        if not isinstance(optimizer, (SGD, Adagrad)):
+            raise TypeError(f"compile: optimizer must be a cygrad.optim.SGD or Adagrad, got "
+                            f"{type(optimizer).__name__}")
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.strict = bool(strict)
+        self.threads = None if threads is None else _config._check(threads)
+        try:
+            params = list(inspect.signature(loss_fn).parameters)
+        except (TypeError, ValueError):
+            params = []
+        self.arg_names = params
+        self._plans = {}
+        self._arena = np.zeros(0, np.uint8)
+        self.workspace_allocations = 0
+        self._warned = set()
+        self._lock = threading.Lock()
+
+    # -- introspection
+    @property
+    def plans(self):
+        """Number of compiled plans (one per set of argument shapes and dtypes)."""
+        return sum(1 for p in self._plans.values() if p is not _EAGER)
+
+    def fallbacks(self):
+        """The reasons for which steps run on the eager graph."""
+        return sorted(self._warned)
+
+    def describe(self, *args):
+        """The plan for these arguments' shapes, as text (stages and their tasks)."""
+        p = self._plans.get(self._key(args))
+        if p is None or p is _EAGER:
+            return "eager" if p is _EAGER else "no plan yet"
+        return f"{p.ntasks} tasks in {p.nstages} stages\n{p.text}"
+
+    # -- calls
+    def _key(self, args):
+        key = []
+        for j, a in enumerate(args):
+            if not isinstance(a, np.ndarray):
+                name = self.arg_names[j] if j < len(self.arg_names) else f"argument {j}"
+                raise TypeError(f"compiled step: {name} must be a numpy.ndarray, got "
+                                f"{type(a).__name__}")
+            key.append((a.shape, a.dtype))
+        return tuple(key)
+
+    def __call__(self, *args):
+        key = self._key(args)
+        with self._lock:
+            entry = self._plans.get(key)
+            if entry is None:
+                return self._first(key, args)
+            if entry is _EAGER:
+                return self._eager(args)
+            if entry.arena_bytes > self._arena.nbytes:
+                self._grow(entry.arena_bytes)
+            return entry.run(args)
+
+    def _grow(self, nbytes):
+        self._arena = np.zeros(nbytes, np.uint8)
+        self.workspace_allocations += 1
+
+    def _fallback(self, key, why):
+        if self.strict:
+            raise CompileError(f"cygrad.compile: {why}")
+        if why not in self._warned:
+            self._warned.add(why)
+            warnings.warn(f"cygrad.compile: {why}; this step runs on the eager graph",
+                          CompileWarning, stacklevel=3)
+        self._plans[key] = _EAGER
+
+    def _eager(self, args):
+        opt = self.optimizer
+        opt.zero_grad()
+        loss = self.loss_fn(*args)
+        self._check_loss(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return loss.item()
+
+    @staticmethod
+    def _check_loss(loss):
+        if not isinstance(loss, Tensor) or loss.size != 1:
+            raise TypeError(f"compiled step: loss_fn must return a scalar Tensor, got "
+                            f"{type(loss).__name__} {getattr(loss, 'shape', '')}")
+
+    def _first(self, key, args):
+        opt = self.optimizer
+        names = [self.arg_names[j] if j < len(self.arg_names) else f"argument {j}"
+                 for j in range(len(args))]
+        traced = [Traced(np.array(a, copy=True) if a.dtype.kind in "iu" else a, n)
+                  for a, n in zip(args, names)]
+        opt.zero_grad()
+        try:
+            with _g._trace():
+                loss = self.loss_fn(*traced)
+        except _g.TraceRefused as e:
+            self._fallback(key, str(e))
+            return self._eager(args)
+        self._check_loss(loss)
+        try:
+            if not loss.requires_grad:
+                raise _Unsupported("the loss does not depend on any parameter")
+            b = _Builder(loss, traced, opt)
+            if loss._op is None or loss._op.name not in (
+                    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin"):
+                raise _Unsupported(f"the loss is {getattr(loss._op, 'name', 'a leaf')!r}; a plan "
+                                   f"needs softmax_cross_entropy, sigmoid_binary_cross_entropy "
+                                   f"or max_margin as the returned loss")
+            if loss.dtype not in (np.float32, np.float64):
+                raise _Unsupported(f"dtype {loss.dtype}")
+            for p in opt.params:
+                if p.dtype != loss.dtype:
+                    raise _Unsupported(f"a parameter has dtype {p.dtype}, the loss {loss.dtype}")
+            b.forward()
+            b.backward()
+            stages = b.schedule()
+            compiled = _Compiled(self, b, stages)
+            compiled.opt_kind = "adagrad" if isinstance(opt, Adagrad) else "sgd"
+        except _Unsupported as e:
+            self._fallback(key, str(e))
+            compiled = None
+        # the first step completes on the graph
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        if compiled is not None:
+            if compiled.arena_bytes > self._arena.nbytes:
+                self._grow(compiled.arena_bytes)
+            self._plans[key] = compiled
+        return loss.item()
+
+
+def compile(loss_fn, optimizer, strict=False, threads=None):
+    """Compile a training step: forward, backward and the optimiser's update in one call.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(*arrays) -> scalar Tensor``, written with cygrad's graph ops over
+        the optimiser's parameters; its arguments are NumPy arrays (index arrays,
+        labels, float inputs), passed only to cygrad ops.
+    optimizer : cygrad.optim.SGD or cygrad.optim.Adagrad
+        Its parameters are updated in place at every call; its ``lr`` is read at
+        every call (a schedule may change it).
+    strict : bool
+        Raise :class:`CompileError` when the step cannot be compiled, instead of
+        running it on the eager graph with a :class:`CompileWarning`.
+    threads : int or None
+        Threads for the step; None follows :func:`cygrad.get_num_threads`.
+
+    Returns
+    -------
+    CompiledStep
+        ``step(*arrays)`` runs one step and returns the loss (a float, computed
+        before the update).
+    """
+    return CompiledStep(loss_fn, optimizer, strict=strict, threads=threads)

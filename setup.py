@@ -121,7 +121,7 @@ class BuildExt(build_ext):
 def ext(name, *csrc):
     return Extension(
         "cygrad." + name,
-        sources=["src/cygrad/%s.pyx" % name] + ["csrc/%s.c" % c for c in csrc],
+        sources=["src/cygrad/%s.pyx" % name.replace(".", "/")] + ["csrc/%s.c" % c for c in csrc],
         include_dirs=["csrc", np.get_include()],
     )
 
@@ -134,7 +134,7 @@ extensions = [
     ext("_losses", "bp_elementwise"),
     ext("_embedding", "bp_elementwise"),
     ext("_decode"),
-    ext("_window", "bp_elementwise"),
+    ext("ner._scores", "bp_elementwise"),
     ext("_plan", "bp_elementwise"),
 ]
 

@@ -252,47 +252,52 @@ def test_window_model_gradcheck(toy):
 
 # ---------------------------------------------------------------- training
 
+_MODELS = [dict(), dict(activation="relu"), dict(activation="sigmoid"), dict(activation="gelu"),
+           dict(hidden=(24, 16)), dict(hidden=(16, 12, 8), activation="leaky_relu"),
+           dict(average=True), dict(loss="logistic"), dict(loss="max-margin"),
+           dict(suffix_dim=0, case_dim=0), dict(k=1, suffix_dim=0)]
+
+
 @pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
-@pytest.mark.parametrize("activation,freeze", [("tanh", False), ("relu", True),
-                                               ("sigmoid", False)])
-def test_fused_step_matches_the_graph(toy, optimizer, activation, freeze, nthreads):
-    """The NER trainer's fused step (word, suffix and casing tables; Adagrad or SGD)
-    gives the parameters, optimiser state and losses of the graph executor."""
+@pytest.mark.parametrize("freeze", [False, True])
+@pytest.mark.parametrize("model", _MODELS, ids=lambda m: ",".join(
+    f"{k}={v}" for k, v in m.items()) or "default")
+def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model):
+    """Every model the command line trains (1-3 hidden layers, any activation, the
+    averaged window, logistic, max-margin with corrupt windows, without the feature
+    tables, frozen vectors, SGD and Adagrad) trains compiled, and the compiled step
+    gives the parameters, optimiser state and losses of the eager graph."""
+    import warnings
     from cygrad.ner.train import Trainer
     vocab = Vocab.build(toy[0][:200], min_count=1)
-    enc = encode(toy[0][:200], vocab, 2)
+    cfg = dict(hidden=(40,), dim=8, suffix_dim=4, case_dim=3, dtype="float64")
+    cfg.update(model)
+    enc = encode(toy[0][:200], vocab, Config(**cfg).k)
     runs = {}
-    for fused in (True, False):
-        m = WindowModel(Config(hidden=(40,), dim=8, suffix_dim=4, case_dim=3,
-                               activation=activation, dtype="float64"), vocab, seed=3)
-        tr = Trainer(m, TrainConfig(optimizer=optimizer, lr=0.1, fused=fused,
+    for compiled in (True, False):
+        m = WindowModel(Config(**cfg), vocab, seed=3)
+        tr = Trainer(m, TrainConfig(optimizer=optimizer, lr=0.1, compile=compiled,
                                     freeze_vectors=freeze))
-        assert tr.fused_ok() == fused
+        rng = np.random.default_rng(0)
         losses = []
-        for lo in range(0, 400, 37):       # repeated words within and across batches
-            idx = np.arange(lo, min(lo + 37, len(enc)))
-            losses.append(tr.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx],
-                                  enc.labels[idx]))
-        runs[fused] = (m.params, losses, getattr(tr.opt, "state", []))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", cg.CompileWarning)   # no eager fallback
+            for lo in range(0, 400, 37):       # repeated words within and across batches
+                idx = np.arange(lo, min(lo + 37, len(enc)))
+                losses.append(tr.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx],
+                                      enc.labels[idx], rng))
+        if compiled:
+            assert tr._step.plans >= 1 and tr._step.fallbacks() == []
+        runs[compiled] = (m.params, losses, getattr(tr.opt, "state", []))
     (pf, lf, sf), (pg, lg, sg) = runs[True], runs[False]
-    np.testing.assert_allclose(lf, lg, rtol=1e-10)
+    np.testing.assert_allclose(lf, lg, rtol=1e-10, atol=1e-14)
     for k in pg:
         np.testing.assert_allclose(pf[k], pg[k], rtol=1e-9, atol=1e-11, err_msg=k)
     for a, b in zip(sf, sg):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
     if freeze:
-        np.testing.assert_array_equal(pf["E"], WindowModel(
-            Config(hidden=(40,), dim=8, suffix_dim=4, case_dim=3, activation=activation,
-                   dtype="float64"), vocab, seed=3).params["E"])
-
-
-def test_models_the_fused_step_does_not_cover_use_the_graph(toy):
-    from cygrad.ner.train import Trainer
-    vocab = Vocab.build(toy[0][:50], min_count=1)
-    for cfg in (Config(hidden=(8, 8)), Config(average=True), Config(activation="gelu"),
-                Config(loss="logistic")):
-        assert not Trainer(WindowModel(cfg, vocab), TrainConfig()).fused_ok()
-    assert Trainer(WindowModel(Config(), vocab), TrainConfig()).fused_ok()
+        np.testing.assert_array_equal(pf["E"], WindowModel(Config(**cfg), vocab,
+                                                           seed=3).params["E"])
 
 
 def test_resume_equals_uninterrupted(tmp_path, toy):

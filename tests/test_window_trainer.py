@@ -193,7 +193,7 @@ def test_int32_and_strided_windows_are_accepted(rng):
 def test_window_scores_matches_the_reference(activation, B, dtype, nthreads, rng):
     """Inference in one pass (gather from two tables, hidden layer, scores) against
     the reference kernels step by step."""
-    from cygrad._window import window_scores
+    from cygrad.ner._scores import window_scores
     E = rng.standard_normal((50, 6)).astype(dtype)
     S = rng.standard_normal((20, 3)).astype(dtype)
     W = (rng.standard_normal((33, 5 * 9)) / 6).astype(dtype)
@@ -208,7 +208,7 @@ def test_window_scores_matches_the_reference(activation, B, dtype, nthreads, rng
 
 
 def test_window_scores_bad_input(rng):
-    from cygrad._window import window_scores
+    from cygrad.ner._scores import window_scores
     E = rng.standard_normal((10, 4))
     W, b, U, c = np.zeros((3, 12)), np.zeros(3), np.zeros((2, 3)), np.zeros(2)
     with pytest.raises(IndexError, match=r"ids\[0\]\[1, 0\] = 10 is out of range"):

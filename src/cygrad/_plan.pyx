@@ -28,7 +28,7 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from cygrad._parallel cimport bp_set_flag, parallel_for
+from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 
 cnp.import_array()
 
@@ -587,6 +587,9 @@ cdef class Plan:
         r.failed = 0
         r.parts = max(1, parts)
         with nogil:
+            # 1 while the pool runs loops on their callers (helpers do not pay): then
+            # every group is one chunk, its whole range, as on one thread
+            nt = pool_threads(nt) if nt > 1 else 1
             _execute(&r, self.stages, self.nstages, nt)
         if r.failed:
             raise MemoryError("compiled step: could not allocate the GEMM packing buffers")

@@ -150,6 +150,7 @@ class _Builder:
         self.arg_of = {id(a.array): j for j, a in enumerate(traced)}
         self.ext_bufs = {}
         self.info = {}
+        self.made = set()
         self.work = 0
 
     # -- buffers
@@ -169,6 +170,16 @@ class _Builder:
         v = self.val.get(id(t))
         if v is not None:
             return v
+        if type(t) is Traced:       # a float argument handed to an op directly
+            j = self.arg_of[id(t.array)]
+            if t.dtype != self.dt or t.ndim not in (1, 2):
+                raise _Unsupported(f"argument {t.name!r} of dtype {t.dtype} and shape "
+                                   f"{t.shape} as an op input")
+            self.inputs.setdefault(j, {"kind": "float", "shape": t.shape})
+            rows = t.shape[0]
+            v = _View(self.ext_buf("input", j), rows, t.size // max(rows, 1), self.item)
+            self.val[id(t)] = v
+            return v
         if t._op is not None:
             raise _Unsupported("internal: leaf() on a node")
         shape = t.shape
@@ -184,6 +195,10 @@ class _Builder:
             buf = self.ext_buf("input", j)
             self.inputs.setdefault(j, {"kind": "float", "shape": t.shape})
         else:
+            if id(t) in self.made:
+                raise _Unsupported(f"loss_fn makes a tensor of shape {shape} from NumPy data "
+                                   f"(its values would be frozen into the plan; make it "
+                                   f"outside loss_fn, or pass the array as an argument)")
             if not t.data.flags.c_contiguous:
                 raise _Unsupported(f"a constant tensor of shape {shape} is not C-contiguous")
             buf = self.ext_buf("const", id(t), t)
@@ -192,7 +207,7 @@ class _Builder:
         return v
 
     def value(self, t):
-        if t._op is None:
+        if type(t) is Traced or t._op is None:
             return self.leaf(t)
         return self.val[id(t)]
 
@@ -455,7 +470,7 @@ class _Builder:
                 if last:
                     self.dense_update(b, sv)
             dx = None
-            if x.requires_grad:
+            if isinstance(x, Tensor) and x.requires_grad:
                 dx = self.new(B, D)
                 self.grad[id(x)] = dx
             wmode, wsv, wlast = U_NONE, None, False
@@ -899,7 +914,7 @@ class CompiledStep:
                   for a, n in zip(args, names)]
         opt.zero_grad()
         try:
-            with _g._trace():
+            with _g._trace() as made:
                 loss = self.loss_fn(*traced)
         except _g.TraceRefused as e:
             self._fallback(key, str(e))
@@ -909,6 +924,7 @@ class CompiledStep:
             if not loss.requires_grad:
                 raise _Unsupported("the loss does not depend on any parameter")
             b = _Builder(loss, traced, opt)
+            b.made = made
             if loss._op is None or loss._op.name not in (
                     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin"):
                 raise _Unsupported(f"the loss is {getattr(loss._op, 'name', 'a leaf')!r}; a plan "

@@ -168,12 +168,12 @@ def _untraced(x):
 @contextlib.contextmanager
 def _trace():
     """While cygrad.compile traces loss_fn."""
-    old = getattr(_state, "tracing", False)
-    _state.tracing = True
+    old = getattr(_state, "tracing", False), getattr(_state, "made", None)
+    _state.tracing, _state.made = True, set()
     try:
-        yield
+        yield _state.made
     finally:
-        _state.tracing = old
+        _state.tracing, _state.made = old
 
 
 # ------------------------------------------------------------------ tensor
@@ -187,6 +187,9 @@ class Tensor:
     __array_priority__ = 1000   # ndarray <op> Tensor defers to Tensor's reflected op
 
     def __init__(self, data, requires_grad=False, name=None):
+        made = getattr(_state, "made", None)
+        if made is not None:         # compile: tensors made while loss_fn is traced
+            made.add(id(self))
         data = _as_float_array(data, None)
         self.data = data
         self.grad = None
@@ -451,6 +454,11 @@ class Op:
         result.name = None
         if is_grad_enabled() and any(needs):
             result.requires_grad = True
+            result._op = cls
+            result._parents = inputs
+            result._ctx = ctx
+        elif getattr(_state, "tracing", False):     # compile records every op
+            result.requires_grad = False
             result._op = cls
             result._parents = inputs
             result._ctx = ctx

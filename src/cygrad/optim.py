@@ -20,10 +20,23 @@ class _Optimizer:
                                 f"with requires_grad=True, got {p!r}")
             if not p.data.flags.c_contiguous or not p.data.flags.writeable:
                 p.data = np.ascontiguousarray(p.data).copy()
-        lr = float(lr)
+        self.lr = lr
+
+    @property
+    def lr(self):
+        """The learning rate: a positive finite number; a schedule may change it
+        between steps (compiled steps read it at every call)."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, lr):
+        try:
+            lr = float(lr)
+        except (TypeError, ValueError):
+            raise TypeError(f"{type(self).__name__}: lr must be a number, got {lr!r}") from None
         if not np.isfinite(lr) or lr <= 0:
             raise ValueError(f"{type(self).__name__}: lr must be a positive number, got {lr}")
-        self.lr = lr
+        self._lr = lr
 
     def zero_grad(self):
         for p in self.params:

@@ -1,6 +1,6 @@
-"""The NER window model: data, model, training, evaluation, and the fused
-training step of the lecture's window model (:class:`WindowTrainer`)."""
+"""The NER window model: data, model (its one description), training, evaluation,
+and :class:`WindowTrainer`, the lecture's window model as one compiled step."""
 
-from cygrad._window import WindowTrainer
+from cygrad.ner.window_trainer import WindowTrainer
 
 __all__ = ["WindowTrainer"]

@@ -59,9 +59,11 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-fused", action="store_true",
-                   help="train on the graph executor even where the fused step applies "
-                        "(for comparison; same result to rounding)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="train on the eager graph instead of the compiled step (for "
+                        "comparison; same result to rounding)")
+    p.add_argument("--no-fused", action="store_true", dest="no_compile",
+                   help=argparse.SUPPRESS)     # the option's name before cygrad.compile
     p.set_defaults(func=cmd_train)
 
 
@@ -173,7 +175,7 @@ def cmd_train(a):
     tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
                        seed=a.seed, patience=a.patience, shuffle=not a.no_shuffle,
                        min_count=a.min_count, freeze_vectors=a.freeze_vectors,
-                       fused=not a.no_fused)
+                       compile=not a.no_compile)
     vectors = read_vectors(a.vectors) if a.vectors else None
     t0 = time.perf_counter()
     model, history = train(train_sents, dev_sents, a.out, mcfg, tcfg, resume=a.resume,

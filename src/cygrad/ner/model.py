@@ -11,6 +11,13 @@ The lecture's "average the window" variant replaces the concatenation by the
 mean of the window's rows (position information is lost: it is there to show
 that it loses).
 
+The model is described once, here: the tables in order (:meth:`WindowModel.tables`),
+the layers (:meth:`WindowModel.layers`) and :func:`window_logits`, which builds the
+scores as graph ops. Training compiles that graph (cygrad.compile, in
+cygrad.ner.train), :class:`cygrad.ner.WindowTrainer` compiles it for one table,
+and inference runs it directly on the kernels (or, for one hidden layer over
+concatenated windows, in the one compiled pass of cygrad.ner._scores).
+
 Model files are a directory: ``model.json`` (format, version, vocabulary, tags,
 hyperparameters, array shapes, the name and SHA-256 of the arrays file) and
 ``params-<digest>.npz`` (the arrays; loaded with ``allow_pickle=False``). Each is
@@ -30,7 +37,7 @@ import numpy as np
 
 import cygrad as cg
 from cygrad import kernels as K
-from cygrad._window import window_scores
+from cygrad.ner._scores import window_scores
 from cygrad.ner.data import CASES, Vocab
 
 FORMAT = "cygrad-ner-window-model"
@@ -152,26 +159,23 @@ class WindowModel:
                 n += 1
         return n
 
-    # ------------------------------------------------------------ graph forward
+    # ------------------------------------------------------------ the description
+    def tables(self):
+        """Names of the embedding tables, in the order their vectors are concatenated."""
+        cfg = self.config
+        return ["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+
+    def layers(self):
+        """(weight, bias) names of the hidden layers, then of the output layer."""
+        return [(f"W{i}", f"b{i}") for i in range(len(self.config.hidden))] + [("U", "c")]
+
     def logits_graph(self, t, words, suffixes, cases, sparse=True):
         """Scores (B, C) as a graph over the parameter tensors ``t`` (name -> Tensor)."""
-        cfg = self.config
-        parts = [(t["E"], words)]
-        if cfg.suffix_dim:
-            parts.append((t["S"], suffixes))
-        if cfg.case_dim:
-            parts.append((t["Cs"], cases))
-        xs = []
-        for table, ids in parts:
-            x = cg.embedding_windows(table, ids, sparse=sparse and table.shape[0] > 64)
-            if cfg.average:
-                x = x.reshape(ids.shape[0], ids.shape[1], table.shape[1]).mean(axis=1)
-            xs.append(x)
-        h = cg.concat(xs, axis=1) if len(xs) > 1 else xs[0]
-        act = cg.ACTIVATIONS[cfg.activation]
-        for i in range(len(cfg.hidden)):
-            h = act(cg.linear(h, t[f"W{i}"], t[f"b{i}"]))
-        return cg.linear(h, t["U"], t["c"])
+        ids = {"E": words, "S": suffixes, "Cs": cases}
+        names = self.tables()
+        return window_logits([t[k] for k in names], [ids[k] for k in names],
+                             [(t[a], t[b]) for a, b in self.layers()],
+                             self.config.activation, self.config.average, sparse=sparse)
 
     # ------------------------------------------------------------ inference
     def features(self, words, suffixes, cases):
@@ -189,19 +193,22 @@ class WindowModel:
     def scores(self, words, suffixes, cases):
         """Tag scores (B, C) computed directly with the kernels (no graph): one
         compiled pass (gather, hidden layer, scores) for one hidden layer and
-        concatenated windows, else kernel by kernel."""
+        concatenated windows, else kernel by kernel, layer by layer."""
         p, cfg = self.params, self.config
-        if len(cfg.hidden) == 1 and not cfg.average:
-            names = ["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+        layers = self.layers()
+        if len(layers) == 2 and not cfg.average:
+            names = self.tables()
             ids = {"E": words, "S": suffixes, "Cs": cases}
-            return window_scores([p[k] for k in names], [ids[k] for k in names], p["W0"],
-                                 p["b0"], p["U"], p["c"], activation=cfg.activation)
+            (W, b), (U, c) = layers
+            return window_scores([p[k] for k in names], [ids[k] for k in names], p[W], p[b],
+                                 p[U], p[c], activation=cfg.activation)
         f = K.ACTIVATIONS[cfg.activation][0]
         h = self.features(words, suffixes, cases)
-        for i in range(len(cfg.hidden)):
-            z = K.add_bias(K.matmul(h, p[f"W{i}"], trans_b=True), p[f"b{i}"])
-            h = f(z, out=z)
-        return K.add_bias(K.matmul(h, p["U"], trans_b=True), p["c"])
+        for i, (W, b) in enumerate(layers):
+            h = K.add_bias(K.matmul(h, p[W], trans_b=True), p[b])
+            if i + 1 < len(layers):
+                h = f(h, out=h)
+        return h
 
     def tags(self, ids, offsets):
         """Tag strings per sentence for predicted ids. In the binary task, positive
@@ -313,6 +320,45 @@ class WindowModel:
         model = cls(config, vocab, params=params)
         model.meta = meta
         return model
+
+
+def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=True):
+    """The window model as graph ops: the one description that training (compiled
+    or eager), cygrad.ner.WindowTrainer and the tests build on.
+
+    Parameters
+    ----------
+    tables : list of Tensor (V_k, d_k)
+        Embedding tables, concatenated in this order.
+    ids : list of integer arrays (B, w), one per table
+    layers : list of (W, b) Tensor pairs
+        The hidden layers, h = f(h Wᵀ + b), then the output layer (no activation).
+    activation : str
+        A name of cygrad.ACTIVATIONS.
+    average : bool
+        Average each table's w vectors instead of concatenating them (the lecture's
+        variant that loses word order).
+    sparse : bool
+        Row-sparse gradients for tables of over 64 rows (the eager graph then
+        touches only the batch's rows; compiled steps always do).
+
+    Returns
+    -------
+    Tensor (B, C)
+    """
+    xs = []
+    for table, idx in zip(tables, ids):
+        x = cg.embedding_windows(table, idx, sparse=sparse and table.shape[0] > 64)
+        if average:
+            x = x.reshape(idx.shape[0], idx.shape[1], table.shape[1]).mean(axis=1)
+        xs.append(x)
+    h = cg.concat(xs, axis=1) if len(xs) > 1 else xs[0]
+    f = cg.ACTIVATIONS[activation]
+    for i, (W, b) in enumerate(layers):
+        h = cg.linear(h, W, b)
+        if i + 1 < len(layers):
+            h = f(h)
+    return h
 
 
 def iob2_constraints(tags):

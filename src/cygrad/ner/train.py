@@ -3,11 +3,11 @@ dev F1 after every epoch, early stopping, an atomic checkpoint after every
 epoch that ``resume=True`` continues from (same seed, same result), the best
 model by dev F1 saved beside it, and a plot of loss and dev F1.
 
-The step: for the default model (softmax loss, one hidden layer, concatenated
-windows) the fused compiled step of cygrad._window (the engine of
-cygrad.ner.WindowTrainer, here with the suffix and casing tables and Adagrad);
-any other configuration, or ``TrainConfig(fused=False)`` (``--no-fused``), runs
-the graph executor. tests/test_ner.py checks that both give the same parameters.
+The step: the model's graph (cygrad.ner.model.window_logits) under its loss,
+compiled with cygrad.compile (one call per batch: forward, backward and the
+optimiser's update); ``TrainConfig(compile=False)`` (``--no-compile``) runs the
+same graph on the eager executor. tests/test_ner.py checks that both give the
+same parameters, for every model the command line trains.
 """
 
 import dataclasses
@@ -23,7 +23,6 @@ from cygrad.ner.data import Vocab, encode
 from cygrad.ner.evaluate import evaluate
 from cygrad.ner.model import (Config, ModelError, WindowModel, _atomic_write, _fsync_dir,
                               _remove)
-from cygrad._window import FUSED_ACTIVATIONS, _FusedStep
 from cygrad.optim import SGD, Adagrad
 
 CHECKPOINT = "checkpoint"
@@ -40,7 +39,7 @@ class TrainConfig:
     shuffle: bool = True
     min_count: int = 1               # rarer training words share the <unk> row
     freeze_vectors: bool = False
-    fused: bool = True               # the fused compiled step where the model allows it
+    compile: bool = True             # the compiled step (cygrad.compile); False: eager graph
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adagrad"):
@@ -83,71 +82,58 @@ class Trainer:
                                      dtype=np.int64)
         self.suffix_of_word = np.array([v.suffix_index.get(w[-3:], v.suffix_index["<unk>"])
                                         for w in v.words], dtype=np.int64)
-        self._fused, self._fused_state = None, None
+        self.loss_fn = self._loss_fn()
+        self._step = cg.compile(self.loss_fn, optimizer=self.opt) if tcfg.compile \
+            else self._eager_step
 
-    def fused_ok(self):
-        """Whether this model trains with the fused compiled step: softmax loss, one
-        hidden layer, concatenated windows, an activation whose derivative follows
-        from its output. Anything else trains on the graph."""
-        cfg = self.model.config
-        return (self.tcfg.fused and cfg.loss == "softmax" and len(cfg.hidden) == 1
-                and not cfg.average and cfg.activation in FUSED_ACTIVATIONS)
-
-    def _fused_step(self):
-        """The fused step over the model's arrays and the optimiser's accumulators
-        (rebuilt if a checkpoint replaced them)."""
-        state = getattr(self.opt, "state", None)
-        if self._fused is None or self._fused_state is not state:
-            cfg, p = self.model.config, self.model.params
-            names = ["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
-            acc = None
-            if isinstance(self.opt, Adagrad):
-                trainable = [k for k, t in self.t.items() if t.requires_grad]
-                G = dict(zip(trainable, state))
-                acc = {"tables": [G.get(k) for k in names], "W": G["W0"], "b": G["b0"],
-                       "U": G["U"], "c": G["c"]}
-            self._fused = _FusedStep(
-                [p[k] for k in names], p["W0"], p["b0"], p["U"], p["c"], cfg.width,
-                activation=cfg.activation,
-                optimizer="adagrad" if isinstance(self.opt, Adagrad) else "sgd",
-                update_tables=[self.t[k].requires_grad for k in names],
-                accumulators=acc, eps=getattr(self.opt, "eps", 1e-8))
-            self._fused_state = state
-        return self._fused
-
-    def step(self, words, suffixes, cases, labels, rng=None):
-        cfg, t = self.model.config, self.t
-        if self.fused_ok():
-            ids = [words] + ([suffixes] if cfg.suffix_dim else []) + \
-                ([cases] if cfg.case_dim else [])
-            return self._fused_step().step(ids, labels, self.opt.lr)
+    def _loss_fn(self):
+        """The training loss as a function of the batch's arrays, over the model's
+        one description (WindowModel.logits_graph)."""
+        m, t, cfg = self.model, self.t, self.model.config
         if cfg.loss == "softmax":
-            loss = cg.softmax_cross_entropy(
-                self.model.logits_graph(t, words, suffixes, cases), labels)
+            def loss_fn(words, suffixes, cases, labels):
+                return cg.softmax_cross_entropy(m.logits_graph(t, words, suffixes, cases),
+                                                labels)
+        elif cfg.loss == "logistic":
+            def loss_fn(words, suffixes, cases, targets):
+                s = m.logits_graph(t, words, suffixes, cases)
+                return cg.sigmoid_binary_cross_entropy(s.reshape(len(targets)), targets)
         else:
-            y = self.positive_tag[labels]
-            if cfg.loss == "logistic":
-                s = self.model.logits_graph(t, words, suffixes, cases)
-                loss = cg.sigmoid_binary_cross_entropy(s.reshape(len(y)), y)
-            else:
-                # the lecture's max-margin objective: each window whose centre is a
-                # positive should outscore, by 1, the same window with its centre word
-                # replaced by a random vocabulary word (the corrupt window)
-                pos = np.flatnonzero(y)
-                if len(pos) == 0:
-                    return 0.0
-                w, sf, cs = words[pos], suffixes[pos], cases[pos]
-                wc, sc = w.copy(), sf.copy()
-                k = cfg.k
-                wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
-                sc[:, k] = self.suffix_of_word[wc[:, k]]
-                s_true = self.model.logits_graph(t, w, sf, cs).reshape(len(pos))
-                s_corrupt = self.model.logits_graph(t, wc, sc, cs).reshape(len(pos))
-                loss = cg.max_margin(s_true, s_corrupt)
+            # the lecture's max-margin objective: each window whose centre is a positive
+            # should outscore, by 1, the same window with its centre word replaced by a
+            # random vocabulary word (the corrupt window)
+            def loss_fn(words, suffixes, cases, c_words, c_suffixes):
+                n = len(words)
+                s_true = m.logits_graph(t, words, suffixes, cases).reshape(n)
+                s_corrupt = m.logits_graph(t, c_words, c_suffixes, cases).reshape(n)
+                return cg.max_margin(s_true, s_corrupt)
+        return loss_fn
+
+    def _eager_step(self, *args):
+        loss = self.loss_fn(*args)
         self.opt.zero_grad()
         loss.backward()
         self.opt.step()
+        self.opt.zero_grad()
         return loss.item()
+
+    def step(self, words, suffixes, cases, labels, rng=None):
+        """One step on a batch of windows; returns its mean loss (before the update)."""
+        cfg = self.model.config
+        if cfg.loss == "softmax":
+            return self._step(words, suffixes, cases, labels)
+        y = self.positive_tag[labels]
+        if cfg.loss == "logistic":
+            return self._step(words, suffixes, cases, y.astype(cfg.dtype))
+        pos = np.flatnonzero(y)
+        if len(pos) == 0:
+            return 0.0
+        w, sf, cs = words[pos], suffixes[pos], cases[pos]
+        wc, sc = w.copy(), sf.copy()
+        k = cfg.k
+        wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
+        sc[:, k] = self.suffix_of_word[wc[:, k]]
+        return self._step(w, sf, cs, wc, sc)
 
     def calibrate(self, enc, n=20000):
         """Max-margin scores have no natural zero: move the output bias so that
@@ -352,7 +338,14 @@ def _load_checkpoint(ckpt_dir, tcfg):
     except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise ModelError(f"{base}: cannot read the checkpoint ({type(e).__name__}: {e})") \
             from None
-    saved = TrainConfig(**meta["train"])
+    train_meta = dict(meta["train"])
+    if "fused" in train_meta:       # checkpoints written before cygrad.compile
+        train_meta["compile"] = train_meta.pop("fused")
+    try:
+        saved = TrainConfig(**train_meta)
+    except TypeError as e:
+        raise ModelError(f"{path}: cannot read the checkpoint's training settings ({e})") \
+            from None
     for field in ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors"):
         if getattr(saved, field) != getattr(tcfg, field):
             raise ModelError(f"resume: the checkpoint was trained with {field}="

@@ -1,0 +1,247 @@
+# cython: language_level=3
+"""The window model's scores in one compiled pass (inference of cygrad.ner).
+
+S = f(X Wᵀ + b) Uᵀ + c for a batch of windows, X being the concatenation, table
+by table, of each window's rows: gather, hidden layer and output layer per row
+block, so that X and the hidden layer of a block stay in cache. Rows are split
+between the pool's threads (cygrad._parallel) in parts on multiples of 8 rows;
+each row's scores do not depend on the split. cygrad.ner.model calls it for the
+model it describes (one hidden layer, concatenated windows); training runs on
+cygrad.compile.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from cython cimport floating
+from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
+from libc.string cimport memcpy
+
+from cygrad._common cimport index_array
+from cygrad import _config
+
+cnp.import_array()
+
+from cygrad._csrc cimport (
+    BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU,
+    bp_unary_fwd_f32, bp_unary_fwd_f64, bp_add_bias_f32, bp_add_bias_f64)
+from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
+
+
+cdef enum:
+    MIN_WORK = 400000       # B*H*D multiply-adds below which one thread runs
+    MAX_TABLES = 4
+    SCORE_CHUNK = 4096      # rows per pass
+
+
+cdef struct Net:
+    # shapes: batch, window width, input size, hidden units, classes
+    Py_ssize_t B, w, D, H, C
+    # embedding tables: pointer, row size, ids (B x w), first column in X
+    int ntab
+    void *tab[MAX_TABLES]
+    Py_ssize_t dim[MAX_TABLES]
+    Py_ssize_t off[MAX_TABLES]
+    const cnp.int64_t *ids[MAX_TABLES]
+    void *W
+    void *b
+    void *U
+    void *c
+    int act
+    double alpha
+
+cdef inline Py_ssize_t _part(Py_ssize_t n, int nt, int t, Py_ssize_t align) noexcept nogil:
+    """Where thread t's part of range(n) starts (part t ends where t + 1 starts);
+    parts are multiples of align long, the last one shorter."""
+    cdef Py_ssize_t chunk = (n + nt - 1) // nt
+    chunk = (chunk + align - 1) // align * align
+    return min(n, t * chunk)
+
+
+cdef inline int _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
+                      Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta,
+                      Py_ssize_t lda, const floating *B, int tb, Py_ssize_t ldb, floating *C,
+                      Py_ssize_t ldc, int acc) noexcept nogil:
+    if floating is float:
+        return gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+    else:
+        return gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
+
+
+cdef inline void _bias_act(floating *Z, const floating *b, Py_ssize_t i0, Py_ssize_t i1,
+                           Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t H, int act,
+                           double alpha) noexcept nogil:
+    """Z[i0:i1, h0:h1] = f(Z + b[h0:h1]) in place."""
+    cdef Py_ssize_t i
+    if h0 == 0 and h1 == H:
+        if floating is float:
+            bp_add_bias_f32(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
+            bp_unary_fwd_f32(act, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, alpha)
+        else:
+            bp_add_bias_f64(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
+            bp_unary_fwd_f64(act, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, alpha)
+        return
+    for i in range(i0, i1):
+        if floating is float:
+            bp_add_bias_f32(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
+            bp_unary_fwd_f32(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
+        else:
+            bp_add_bias_f64(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
+            bp_unary_fwd_f64(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
+
+
+cdef inline void _gather_rows(Net *net, floating *X, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    cdef Py_ssize_t i, j, d, w = net.w, D = net.D
+    cdef int t
+    cdef const floating *tab
+    cdef const cnp.int64_t *ids
+    for t in range(net.ntab):
+        tab = <const floating *>net.tab[t]
+        ids = net.ids[t]
+        d = net.dim[t]
+        for i in range(lo, hi):
+            for j in range(w):
+                memcpy(X + i * D + net.off[t] + j * d, tab + ids[i * w + j] * d,
+                       d * sizeof(floating))
+
+
+cdef struct _Fwd:
+    int nt, f32, failed
+    Net *net
+    void *X
+    void *Z
+    void *S
+    Py_ssize_t B
+
+
+cdef void _forward_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Fwd *f = <_Fwd *>ctx
+    cdef Py_ssize_t t
+    for t in range(lo, hi):
+        if f.f32:
+            if _forward_part[float](f.net, <float *>f.X, <float *>f.Z, <float *>f.S, f.B,
+                                    <int>t, f.nt):
+                bp_set_flag(&f.failed)
+        else:
+            if _forward_part[double](f.net, <double *>f.X, <double *>f.Z, <double *>f.S, f.B,
+                                     <int>t, f.nt):
+                bp_set_flag(&f.failed)
+
+
+cdef int _forward_rows(Net *net, floating *X, floating *Z, floating *S, Py_ssize_t B,
+                       int nt) noexcept nogil:
+    """Inference: S = f(X Wᵀ + b) Uᵀ + c for B windows, X gathered from the tables;
+    rows in nt parts on the pool's threads. Returns nonzero on a failed packing
+    allocation."""
+    if nt == 1:
+        return _forward_part(net, X, Z, S, B, 0, 1)
+    cdef _Fwd f
+    f.nt, f.f32, f.failed, f.net, f.X, f.Z, f.S, f.B = nt, floating is float, 0, net, X, Z, S, B
+    parallel_for(_forward_task, &f, nt, 1, nt)
+    return f.failed
+
+
+cdef int _forward_part(Net *net, floating *X, floating *Z, floating *S, Py_ssize_t B, int t,
+                       int nt) noexcept nogil:
+    """Thread t's rows of _forward_rows."""
+    cdef Py_ssize_t H = net.H, D = net.D, C = net.C
+    cdef Py_ssize_t lo = _part(B, nt, t, 8), hi = _part(B, nt, t + 1, 8)
+    cdef int failed = 0
+    if lo < hi:
+        _gather_rows(net, X, lo, hi)
+        failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, <floating *>net.W, 1, D, Z, H, 0) != 0
+        _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
+        failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, <floating *>net.U, 1, H, S, C, 0) != 0
+        if floating is float:
+            bp_add_bias_f32(S + lo * C, <float *>net.c, S + lo * C, hi - lo, C)
+        else:
+            bp_add_bias_f64(S + lo * C, <double *>net.c, S + lo * C, hi - lo, C)
+    return failed
+
+
+def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=None,
+                  threads=None):
+    """Scores S = f(X Wᵀ + b) Uᵀ + c of the window model for a batch, X being the
+    concatenation, table by table, of each window's rows (ids[k]: (B, w) into
+    tables[k]); gather, hidden layer and output layer in one compiled pass, rows
+    split between threads. Any activation of cygrad.kernels.ACTIVATIONS.
+
+    Returns ``out`` (B, C), allocated if None."""
+    fn = "window_scores"
+    codes = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
+             "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
+             "silu": BP_SILU}
+    if activation not in codes:
+        raise ValueError(f"{fn}: activation must be one of {sorted(codes)}, got {activation!r}")
+    tables = list(tables)
+    if not 1 <= len(tables) <= MAX_TABLES or len(ids) != len(tables):
+        raise ValueError(f"{fn}: 1 to {MAX_TABLES} tables and one id array per table")
+    dt = W.dtype
+    for name, a in [("W", W), ("b", b), ("U", U), ("c", c)] + \
+            [(f"tables[{k}]", t) for k, t in enumerate(tables)]:
+        if not isinstance(a, np.ndarray) or a.dtype != dt or dt not in (np.float32, np.float64) \
+                or not a.flags.c_contiguous:
+            raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
+                            f"W's dtype {dt}")
+    ids = [index_array(x, fn, f"ids[{k}]", 2, tables[k].shape[0]) for k, x in enumerate(ids)]
+    cdef Py_ssize_t B = ids[0].shape[0], w = ids[0].shape[1]
+    cdef Py_ssize_t H = W.shape[0], C = U.shape[0]
+    cdef Py_ssize_t D = w * sum(t.shape[1] for t in tables)
+    if any(x.shape != (B, w) for x in ids):
+        raise ValueError(f"{fn}: every id array must have shape ({B}, {w})")
+    if W.shape != (H, D) or b.shape != (H,) or U.shape != (C, H) or c.shape != (C,):
+        raise ValueError(f"{fn}: W {W.shape}, b {b.shape}, U {U.shape}, c {c.shape} do not "
+                         f"fit an input of size {D}")
+    if out is None:
+        out = np.empty((B, C), dt)
+    elif out.shape != (B, C) or out.dtype != dt or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
+    if B == 0:
+        return out
+    # rows in chunks, so that the work arrays stay bounded whatever B is
+    cdef Py_ssize_t chunk = min(B, SCORE_CHUNK), lo, nb
+    X = np.empty((chunk, D), dt)
+    Z = np.empty((chunk, H), dt)
+    cdef Net net
+    cdef const cnp.int64_t *base[MAX_TABLES]
+    cdef int k, failed = 0
+    off = 0
+    net.ntab = len(tables)
+    for k in range(net.ntab):
+        net.tab[k] = cnp.PyArray_DATA(<cnp.ndarray>tables[k])
+        net.dim[k] = tables[k].shape[1]
+        net.off[k] = off
+        off += w * tables[k].shape[1]
+        base[k] = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>ids[k])
+    net.w, net.D, net.H, net.C = w, D, H, C
+    net.W = cnp.PyArray_DATA(<cnp.ndarray>W)
+    net.b = cnp.PyArray_DATA(<cnp.ndarray>b)
+    net.U = cnp.PyArray_DATA(<cnp.ndarray>U)
+    net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
+    net.act, net.alpha = codes[activation], alpha
+    cdef int nt = 1
+    if chunk * H * D >= MIN_WORK:
+        nt = _config._check(threads) if threads is not None else _config.get_num_threads()
+        nt = pool_threads(nt)
+    cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
+    cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
+    cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef bint f32 = dt == np.float32
+    cdef Py_ssize_t row_bytes = C * (4 if f32 else 8)
+    with nogil:
+        lo = 0
+        while lo < B and not failed:
+            nb = min(chunk, B - lo)
+            net.B = nb
+            for k in range(net.ntab):
+                net.ids[k] = base[k] + lo * w
+            if f32:
+                failed = _forward_rows[float](&net, <float *>xp, <float *>zp,
+                                              <float *>(sp + lo * row_bytes), nb, nt)
+            else:
+                failed = _forward_rows[double](&net, <double *>xp, <double *>zp,
+                                               <double *>(sp + lo * row_bytes), nb, nt)
+            lo += nb
+    if failed:
+        raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
+    return out

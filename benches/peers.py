@@ -7,7 +7,7 @@ a class with ``step(windows, labels)`` (returns nothing; loss computed but not
 synchronised) and ``arrays()`` (the five arrays as NumPy, for the check).
 
 Implementations:
-    cygrad-fused   cygrad.ner.WindowTrainer (one compiled call per step)
+    cygrad-compiled cygrad.ner.WindowTrainer (cygrad.compile of the window model: one call per step)
     cygrad-graph   cygrad's graph executor + cygrad.optim.SGD, sparse rows for E
     numpy          cygrad.reference.WindowTrainer (hand-written NumPy, np.add.at)
     torch-dense    PyTorch eager autograd, dense gradient for E, torch.optim.SGD
@@ -48,8 +48,8 @@ def make_batches(B, n=8, seed=1):
     return [(perm[ranks[i]].astype(np.int64), rng.integers(0, C, B)) for i in range(n)]
 
 
-class CygradFused:
-    name = "cygrad-fused"
+class CygradCompiled:
+    name = "cygrad-compiled"
 
     def __init__(self, p, threads):
         self.t = WindowTrainer(**p, threads=threads)
@@ -162,7 +162,7 @@ class JaxStep:
 def available():
     """{name: factory(params, threads)} for every implementation importable here."""
     impls = {
-        "cygrad-fused": CygradFused,
+        "cygrad-compiled": CygradCompiled,
         "cygrad-graph": CygradGraph,
         "numpy": NumpyStep,
     }

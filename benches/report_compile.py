@@ -4,6 +4,9 @@ hand-fused window step they replaced, as ratios measured in one interleaved run.
     python benches/report_compile.py                    # idle
     python benches/report_compile.py --busy             # beside one busy process
     python benches/report_compile.py --quick            # fewer rounds and sizes
+    python benches/report_compile.py --baseline /path/to/python
+        # also the hand-fused step (cygrad._window._FusedStep) of an older cygrad
+        # installed for that interpreter, timed in a worker process between ours
 
 Each round times every contender on the same case back to back (order alternating),
 so the ratio of one round sees one machine state; the report gives the median ratio
@@ -28,6 +31,7 @@ import time
 import numpy as np
 
 import cygrad as cg
+import cygrad.optim  # noqa: F401  (older cygrads do not import it themselves)
 
 try:
     from cygrad._window import _FusedStep   # the hand-fused step, until it is removed
@@ -45,8 +49,9 @@ def _params(rng, shapes, dt):
     return out
 
 
-def make_case(name, B, dt=np.float32, V=20000):
-    """(contenders: name -> step(i)), for a case; step(i) runs step number i."""
+def make_case(name, B, dt=np.float32, V=20000, only=None):
+    """(contenders: name -> step(i)), for a case; step(i) runs step number i.
+    ``only``: build just that contender."""
     rng = np.random.default_rng(0)
     d, w, H, C = 50, 5, 300, 9
     n_batches = 8
@@ -86,9 +91,11 @@ def make_case(name, B, dt=np.float32, V=20000):
                 opt.step()
             return eager
 
-        contenders["compiled"] = build(True)
-        contenders["eager"] = build(False)
-        if _FusedStep is not None:
+        if only in (None, "compiled"):
+            contenders["compiled"] = build(True)
+        if only in (None, "eager"):
+            contenders["eager"] = build(False)
+        if _FusedStep is not None and only in (None, "fused"):
             arrs = [a.copy() for a in init]
             nt = len(tables)
             kw = {}
@@ -165,6 +172,43 @@ def time_steps(fn, seconds):
             return el / n
 
 
+def worker():
+    """Serve timings of the fused step: one JSON request per line on stdin."""
+    import json
+    cases = {}
+    for line in sys.stdin:
+        req = json.loads(line)
+        key = (req["case"], req["B"], req["threads"])
+        with cg.threads(req["threads"]):
+            if key not in cases:
+                cases[key] = make_case(req["case"], req["B"], only="fused")["fused"]
+            t = time_steps(cases[key], req["seconds"])
+        print(json.dumps({"t": t}), flush=True)
+
+
+class Baseline:
+    """The fused step of another cygrad (another interpreter), in a worker process."""
+
+    def __init__(self, python):
+        import json
+        self.json = json
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        self.p = subprocess.Popen([python, os.path.abspath(__file__), "--worker"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env=env, cwd="/")
+
+    def timer(self, case, B, nt, seconds):
+        def run(_):
+            self.p.stdin.write(self.json.dumps({"case": case, "B": B, "threads": nt,
+                                                "seconds": seconds}) + "\n")
+            self.p.stdin.flush()
+            return self.json.loads(self.p.stdout.readline())["t"]
+        return run
+
+    def close(self):
+        self.p.kill()
+
+
 def busy_loop():
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
@@ -177,7 +221,13 @@ def main():
     ap.add_argument("--cases", default=None, help="comma-separated case names")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--seconds", type=float, default=0.15, help="per contender and round")
+    ap.add_argument("--baseline", metavar="PYTHON",
+                    help="an interpreter with an older cygrad that has the fused step")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.worker:
+        return worker()
+    base_proc = Baseline(args.baseline) if args.baseline else None
     rounds = args.rounds or (3 if args.quick else 7)
     plan = [("window", B) for B in (1, 8, 32, 128, 512, 2048)] + \
            [("ner", B) for B in (1, 8, 32, 128, 512, 2048)] + \
@@ -195,12 +245,18 @@ def main():
             for nt in thread_counts:
                 with cg.threads(nt):
                     cont = make_case(case, B)
-                    names = list(cont)
+                    timers = {n: (lambda f: lambda: time_steps(f, args.seconds))(f)
+                              for n, f in cont.items()}
+                    if base_proc is not None and case in ("window", "ner") \
+                            and "fused" not in cont:
+                        timers["fused"] = (lambda f: lambda: f(0))(
+                            base_proc.timer(case, B, nt, args.seconds))
+                    names = list(timers)
                     per = {n: [] for n in names}
                     for r in range(rounds):
                         order = names if r % 2 == 0 else names[::-1]
                         for n in order:
-                            per[n].append(time_steps(cont[n], args.seconds))
+                            per[n].append(timers[n]())
                 rows.append((case, B, nt, per))
                 base = per["compiled"]
                 parts = []
@@ -215,6 +271,8 @@ def main():
     finally:
         if busy is not None:
             busy.kill()
+        if base_proc is not None:
+            base_proc.close()
     print(f"\n{'busy' if args.busy else 'idle'}; {rounds} rounds; cygrad {cg.__version__} "
           f"{cg.build_info()['gemm_path']}; ratio > 1: compiled faster", flush=True)
 

@@ -40,7 +40,7 @@ BATCHES = [1, 8, 32, 128, 512, 2048]
 ROUNDS = 11
 BLOCK_SECONDS = 0.04
 IDLE = 0.1
-ORDER = ["cygrad-fused", "cygrad-graph", "numpy", "torch-dense", "torch-sparse", "jax"]
+ORDER = ["cygrad-compiled", "cygrad-graph", "numpy", "torch-dense", "torch-sparse", "jax"]
 PEERS = ["numpy", "torch-dense", "torch-sparse", "jax"]
 # issue #6's targets for cygrad's fastest path at 2 threads: x best peer
 TARGETS = {1: 3.0, 32: 2.0, 512: 1.3, 2048: 1.3}
@@ -350,7 +350,7 @@ def report(results, out_dir):
                   f"and OpenBLAS {r['peak_gflops']['numpy']:.0f} GFLOP/s): the machine's limit "
                   f"is {_fmt(limit)} windows/s.", ""]
         names = [k for k in ORDER if k in next(iter(r["steps"].values()))]
-        lines.append("| B | " + " | ".join(names) + " | fused / best peer | fused / limit |")
+        lines.append("| B | " + " | ".join(names) + " | compiled / best peer | compiled / limit |")
         lines.append("|---:|" + "---:|" * (len(names) + 2))
         for B, s in r["steps"].items():
             med = {k: _median(v) for k, v in s.items()}
@@ -358,37 +358,37 @@ def report(results, out_dir):
             peers_here = [k for k in PEERS if k in med]
             best = max(peers_here, key=lambda k: med[k])
             lines.append(f"| {B} | " + " | ".join(cells) +
-                         f" | {med['cygrad-fused'] / med[best]:.2f}x ({best}) | "
-                         f"{med['cygrad-fused'] / limit:.0%} |")
-        lines += ["", "Ratio of cygrad-fused to each (median / median):", ""]
-        lines.append("| B | " + " | ".join(k for k in names if k != "cygrad-fused") + " |")
+                         f" | {med['cygrad-compiled'] / med[best]:.2f}x ({best}) | "
+                         f"{med['cygrad-compiled'] / limit:.0%} |")
+        lines += ["", "Ratio of cygrad-compiled to each (median / median):", ""]
+        lines.append("| B | " + " | ".join(k for k in names if k != "cygrad-compiled") + " |")
         lines.append("|---:|" + "---:|" * (len(names) - 1))
         for B, s in r["steps"].items():
             med = {k: _median(v) for k, v in s.items()}
             lines.append(f"| {B} | " + " | ".join(
-                f"{med['cygrad-fused'] / med[k]:.2f}x" for k in names if k != "cygrad-fused")
+                f"{med['cygrad-compiled'] / med[k]:.2f}x" for k in names if k != "cygrad-compiled")
                 + " |")
         if "cygrad-graph" in names:
             ratios = ", ".join(
-                f"B={B} {_median(s['cygrad-fused']) / _median(s['cygrad-graph']):.2f}"
+                f"B={B} {_median(s['cygrad-compiled']) / _median(s['cygrad-graph']):.2f}"
                 for B, s in r["steps"].items())
-            lines += ["", "cygrad's graph executor vs its fused step (time ratio, graph / "
-                      f"fused): {ratios}"]
+            lines += ["", "cygrad's graph executor vs its compiled step (time ratio, graph / "
+                      f"compiled): {ratios}"]
         if nt == max(x["threads"] for x in results):
-            lines += ["", f"Targets of issue #6 at {nt} threads (cygrad-fused / best peer):", ""]
+            lines += ["", f"Targets of issue #6 at {nt} threads (cygrad-compiled / best peer):", ""]
             for B, want in TARGETS.items():
                 s = r["steps"].get(str(B)) or r["steps"].get(B)
                 if s is None:
                     continue
                 med = {k: _median(v) for k, v in s.items()}
                 best = max((k for k in PEERS if k in med), key=lambda k: med[k])
-                got = med["cygrad-fused"] / med[best]
+                got = med["cygrad-compiled"] / med[best]
                 lines.append(f"- B = {B}: {got:.2f}x {best} (target ≥ {want}x): "
                              f"{'met' if got >= want else 'NOT met'}")
             s = r["steps"].get("32") or r["steps"].get(32)
             if s and "cygrad-graph" in s:
-                g = _median(s["cygrad-fused"]) / _median(s["cygrad-graph"])
-                lines.append(f"- graph executor within 1.5x of the fused step at B = 32: "
+                g = _median(s["cygrad-compiled"]) / _median(s["cygrad-graph"])
+                lines.append(f"- graph executor within 1.5x of the compiled step at B = 32: "
                              f"{g:.2f}x ({'met' if g <= 1.5 else 'NOT met'})")
         lines += ["", "Kernels (µs per call, median [min – max]; B = 512):", ""]
         kimpls = ["cygrad", "numpy", "torch", "jax"]
@@ -438,7 +438,7 @@ def _chart(results, path):
             lo = [min(r["steps"][b][name]) for b in r["steps"]]
             hi = [max(r["steps"][b][name]) for b in r["steps"]]
             line, = ax.plot(Bs, med, marker="o", label=name,
-                            linewidth=2.5 if name == "cygrad-fused" else 1.5)
+                            linewidth=2.5 if name == "cygrad-compiled" else 1.5)
             ax.fill_between(Bs, lo, hi, color=line.get_color(), alpha=0.15)
         limit = max(r["peak_gflops"].values()) * 1e9 / 466_200
         ax.axhline(limit, color="black", linestyle="--", linewidth=1,

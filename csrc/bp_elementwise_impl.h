@@ -1,5 +1,6 @@
 /* Template body for bp_elementwise.c: included once per element type with
- * T (float or double) and S (f32 or f64) defined. All arithmetic is in double. */
+ * T (float or double) and S (f32 or f64) defined. Elementwise arithmetic runs in T;
+ * long sums (column sums, softmax denominators, losses) run in double. */
 
 #define BP_CAT_(a, b) a##_##b
 #define BP_CAT(a, b) BP_CAT_(a, b)

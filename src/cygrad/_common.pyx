@@ -181,6 +181,6 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
 cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1:
     """Threads for a kernel with `work` units: 1 below `min_work` (threads make
     small work slower), else the configured count."""
-    if work < min_work or not pool_threaded():
+    if not pool_threaded():
         return 1
-    return _config.get_num_threads()
+    return _config.resolve(None, work, min_work)

@@ -63,6 +63,16 @@ def get_num_threads():
     return n
 
 
+def resolve(threads=None, work=None, min_work=0):
+    """The one thread resolver of the kernels and the compiled plans: ``threads``
+    (checked) if given, else the setting (:func:`get_num_threads`); 1 when ``work``
+    is below ``min_work`` (threads make small work slower). The pool may still run
+    a loop on fewer (cygrad._parallel.pool_threads)."""
+    if work is not None and work < min_work:
+        return 1
+    return _check(threads) if threads is not None else get_num_threads()
+
+
 @contextlib.contextmanager
 def threads(n):
     """Use ``n`` threads inside a ``with`` block, in this Python thread only, then

@@ -6,8 +6,8 @@ add, COL_GRAIN columns for the bias gradient), claimed by the threads of the
 pool (cygrad._parallel), each handed to a vectorised C loop
 (csrc/bp_elementwise.c, cloned per ISA level). Every output element is written
 by exactly one thread, and its value does not depend on the chunk it is in:
-results are identical for any thread count. All arithmetic is done in double, for float32 and float64 alike;
-exp is a branch-free polynomial (no overflow: only exp of non-positive numbers
+results are identical for any thread count. Elementwise arithmetic runs in the
+array's type (float32 stays float32, as in NumPy); exp is a branch-free polynomial (no overflow: only exp of non-positive numbers
 is ever taken), sigmoid and tanh are evaluated in their stable forms.
 Bias gradients are split by columns and summed in double, rows in order.
 """

@@ -1,6 +1,7 @@
 # cython: language_level=3
 """Embedding windows: gather rows into concatenated windows, scatter their
-gradients back, sparse SGD on the touched rows, dense SGD.
+gradients back, SGD and Adagrad on the touched rows; and the dense SGD and
+Adagrad steps (cygrad.optim's kernels).
 
 Design: gather is split by output rows (windows), in fixed chunks of about GRAIN
 elements claimed by the pool's threads (cygrad._parallel). Scatter-add and the

@@ -32,12 +32,9 @@ from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 
 cnp.import_array()
 
-from cygrad._csrc cimport (
-    bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
-    bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
-    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
-    bp_sigmoid_bce_f32, bp_sigmoid_bce_f64)
-from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
+from cygrad._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
+                             adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
+                             act_bwd as _act_bwd, softmax_xent, sigmoid_bce)
 
 
 cdef enum:
@@ -107,63 +104,6 @@ cdef struct Run:
     double gscale, lr, eps, inv_b
     double *losses
     int failed, f32, parts
-
-
-cdef inline int _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                      Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta,
-                      Py_ssize_t lda, const floating *B, int tb, Py_ssize_t ldb, floating *C,
-                      Py_ssize_t ldc, int acc) noexcept nogil:
-    if floating is float:
-        return gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
-    else:
-        return gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
-
-
-cdef inline void _axpy(Py_ssize_t n, double a, const floating *x, floating *y) noexcept nogil:
-    if floating is float:
-        bp_axpy_f32(n, a, x, y)
-    else:
-        bp_axpy_f64(n, a, x, y)
-
-
-cdef inline void _colsum(const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t ld,
-                         Py_ssize_t cols) noexcept nogil:
-    if floating is float:
-        bp_colsum_f32(x, out, rows, ld, cols)
-    else:
-        bp_colsum_f64(x, out, rows, ld, cols)
-
-
-cdef inline void _adagrad(floating *p, floating *G, const floating *g, Py_ssize_t n, double lr,
-                          double eps) noexcept nogil:
-    if floating is float:
-        bp_adagrad_f32(p, G, g, n, lr, eps)
-    else:
-        bp_adagrad_f64(p, G, g, n, lr, eps)
-
-
-cdef inline void _bias(const floating *z, const floating *b, floating *out, Py_ssize_t rows,
-                       Py_ssize_t cols) noexcept nogil:
-    if floating is float:
-        bp_add_bias_f32(z, b, out, rows, cols)
-    else:
-        bp_add_bias_f64(z, b, out, rows, cols)
-
-
-cdef inline void _act_fwd(int op, const floating *x, floating *y, Py_ssize_t n,
-                          double alpha) noexcept nogil:
-    if floating is float:
-        bp_unary_fwd_f32(op, x, y, n, alpha)
-    else:
-        bp_unary_fwd_f64(op, x, y, n, alpha)
-
-
-cdef inline void _act_bwd(int op, const floating *g, const floating *s, floating *o,
-                          Py_ssize_t n, double alpha) noexcept nogil:
-    if floating is float:
-        bp_unary_bwd_f32(op, g, s, o, n, alpha)
-    else:
-        bp_unary_bwd_f64(op, g, s, o, n, alpha)
 
 
 cdef inline char *_opt(Run *r, int v) noexcept nogil:
@@ -263,12 +203,8 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         r0 = lo
         while r0 < hi:
             r1 = min(hi, r0 + LOSS_BLOCK)
-            if floating is float:
-                r.losses[r0 // LOSS_BLOCK] = bp_softmax_xent_f32(x + r0 * h, ids + r0, y + r0 * h,
-                                                                 r1 - r0, h, scale)
-            else:
-                r.losses[r0 // LOSS_BLOCK] = bp_softmax_xent_f64(x + r0 * h, ids + r0, y + r0 * h,
-                                                                 r1 - r0, h, scale)
+            r.losses[r0 // LOSS_BLOCK] = softmax_xent(x + r0 * h, ids + r0, y + r0 * h, r1 - r0,
+                                                      h, scale)
             r0 = r1
     elif code == T_BCE:         # v0 scores (m,), v1 targets (m,) -> v2 d (m,)
         x = <floating *>ptr[t.v[0]]
@@ -278,12 +214,7 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         r0 = lo
         while r0 < hi:
             r1 = min(hi, r0 + LOSS_BLOCK)
-            if floating is float:
-                r.losses[r0 // LOSS_BLOCK] = bp_sigmoid_bce_f32(x + r0, P + r0, y + r0, r1 - r0,
-                                                                scale)
-            else:
-                r.losses[r0 // LOSS_BLOCK] = bp_sigmoid_bce_f64(x + r0, P + r0, y + r0, r1 - r0,
-                                                                scale)
+            r.losses[r0 // LOSS_BLOCK] = sigmoid_bce(x + r0, P + r0, y + r0, r1 - r0, scale)
             r0 = r1
     elif code == T_MARGIN:      # v0 s, v1 s_c -> v2 ds, v3 ds_c; margin alpha
         x = <floating *>ptr[t.v[0]]
@@ -371,7 +302,7 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
     elif code == T_UPDATE:      # elements: v0 param, v1 gradient buffer, v2 state
         P = <floating *>ptr[t.v[0]]
         G = <floating *>_opt(r, t.v[2])
-        _update(t.mode, P + lo, G + lo if G else NULL, NULL, <floating *>ptr[t.v[1]] + lo,
+        _update(t.mode, P + lo, G + lo if G else NULL, P + lo, <floating *>ptr[t.v[1]] + lo,
                 hi - lo, r)
     return failed
 
@@ -437,8 +368,8 @@ cdef void _stage_chunks(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noe
         b = min(hi, g.c0 + g.nchunks)
         if a >= b:
             continue
-        elo = _bound(g, a - g.c0)
-        ehi = _bound(g, b - g.c0)
+        elo = split_at(g.n, g.nchunks, a - g.c0, g.align)
+        ehi = split_at(g.n, g.nchunks, b - g.c0, g.align)
         if elo >= ehi:
             continue
         for ti in range(g.t0, g.t1):
@@ -448,16 +379,6 @@ cdef void _stage_chunks(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noe
             else:
                 if _task[double](&r.tasks[ti], r, <double *>NULL, elo, ehi):
                     bp_set_flag(&r.failed)
-
-
-cdef inline Py_ssize_t _bound(Group *g, Py_ssize_t c) noexcept nogil:
-    """Where chunk c of group g starts: c/nchunks of the range, on a multiple of
-    the group's alignment (so chunks are near-equal, whatever n is)."""
-    cdef Py_ssize_t e
-    if c >= g.nchunks:
-        return g.n
-    e = (c * g.n // g.nchunks + g.align // 2) // g.align * g.align
-    return min(e, g.n)
 
 
 cdef int _execute(Run *r, Stage *stages, int nstages, int nt) noexcept nogil:
@@ -567,7 +488,11 @@ cdef class Plan:
             self.vbuf[i], self.voff[i], self.vld[i] = b, off, ld
 
     def execute(self, list arrays, double gscale, double lr, double eps, losses, int nt,
-                int parts=2):
+                int parts=1):
+        return self._run(arrays, gscale, lr, eps, losses, nt, parts)
+
+    cdef double _run(self, list arrays, double gscale, double lr, double eps, losses, int nt,
+                     int parts) except? -1.0:
         """Run the plan: ``arrays[i]`` is buffer i (an ndarray, validated by the
         caller and not changed during the call); returns the sum of the loss
         blocks (the caller divides by the batch)."""
@@ -622,3 +547,105 @@ def copy_ids(x, out, str fn, str name, Py_ssize_t upper):
     if bad >= 0:
         where = ", ".join(str(int(j)) for j in np.unravel_index(bad, out.shape))
         raise IndexError(f"{fn}: {name}[{where}] = {dst[bad]} is out of range [0, {upper})")
+
+
+from cygrad import _config
+
+
+cdef class Runner:
+    """The per-call path of a compiled plan (cygrad.compiler._Compiled builds it and
+    keeps the slow paths): copy and check the index arguments into the workspace,
+    place the float ones, check by identity that the parameters' and the optimiser
+    state's arrays are those the plan was bound to (else ``owner._refresh_ext()``),
+    read the learning rate, resolve the threads and run."""
+
+    cdef Plan plan
+    cdef object owner, opt, losses, step
+    cdef list arrays, ids, floats, watch, watch_state
+    cdef bint adagrad, f32
+    cdef Py_ssize_t work, min_work, batch
+    cdef object arena
+    cdef char *base
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.plan = owner.plan
+        self.opt = owner.opt
+        self.step = owner.step
+        self.losses = owner.losses
+        self.arrays = owner.arrays
+        self.adagrad = owner.opt_kind == "adagrad"
+        self.f32 = owner.f32
+        self.work = owner.work
+        self.min_work = owner.min_work
+        self.batch = owner.batch
+        # (argument, byte offset in the workspace, elements, bound, op, name, shape)
+        self.ids = [(j, where[0], int(np.prod(where[1])), bound, op, name, where[1])
+                    for j, kind, where, bound, op, name in owner.inputs if kind == "ids"]
+        self.floats = [(j, where) for j, kind, where, bound, op, name in owner.inputs
+                       if kind == "float"]
+        self.watch = owner.watch
+        self.watch_state = owner.watch_state
+        self.arena = None
+
+    cdef _bind(self):
+        self.owner._bind_arena()
+        self.arena = self.step._arena
+        self.base = <char *>cnp.PyArray_DATA(<cnp.ndarray>self.arena)
+
+    def run(self, tuple args):
+        cdef Py_ssize_t i, n, upper, bad
+        cdef cnp.int64_t *dst
+        cdef object x
+        cdef list arrays = self.arrays
+        if self.step._arena is not self.arena:
+            self._bind()
+        for j, off, n, upper, op, name, shape in self.ids:
+            x = args[j]
+            dst = <cnp.int64_t *>(self.base + <Py_ssize_t>off)
+            if (cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_INT64
+                    and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
+                    and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x)):
+                memcpy(dst, cnp.PyArray_DATA(<cnp.ndarray>x), n * sizeof(cnp.int64_t))
+                bad = -1
+                with nogil:
+                    for i in range(n):
+                        if dst[i] < 0 or dst[i] >= upper:
+                            bad = i
+                            break
+                if bad < 0:
+                    continue
+            # other dtypes and layouts, and the error message
+            copy_ids(x, self.owner.id_arrays[j], op, name, upper)
+        for j, pos in self.floats:
+            x = args[j]
+            if not (cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
+                    and cnp.PyArray_ISALIGNED(<cnp.ndarray>x)
+                    and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x)):
+                x = np.ascontiguousarray(x)
+            arrays[pos] = x
+        stale = False
+        for pos, t in self.watch:
+            if t.data is not arrays[pos]:
+                stale = True
+                break
+        if not stale and self.watch_state:
+            state = self.opt.state
+            for pos, k in self.watch_state:
+                if state[k] is not arrays[pos]:
+                    stale = True
+                    break
+        if stale:
+            self.owner._refresh_ext()
+        cdef double lr = self.opt.lr, gscale, eps
+        if self.adagrad:
+            gscale, eps = 1.0, self.opt.eps
+        else:
+            gscale, eps = -lr, 0.0
+        cdef int nt = 1
+        if self.work >= self.min_work:
+            nt = _config.resolve(self.step.threads)
+        cdef double loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1) / self.batch
+        if self.f32:
+            return <double><float>loss
+        return loss

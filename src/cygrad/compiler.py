@@ -697,7 +697,8 @@ class _Compiled:
         self.ntasks = len(tasks)
         self.plan = _plan.Plan(tasks, groups, st_tab, views, 1 + len(ext_list), self.f32,
                                self.batch)
-        self.threaded_work = builder.work >= MIN_WORK
+        self.work = builder.work
+        self.min_work = MIN_WORK
         self.losses = np.zeros(-(-self.batch // 4), np.float64)
         self.ext = []            # (position, kind, payload, expected shape)
         self.arrays = [None] * (1 + len(ext_list))
@@ -774,41 +775,7 @@ class _Compiled:
         self.arena = arena
 
     def run(self, args):
-        step = self.step
-        if self.arena is not step._arena:
-            self._bind_arena()
-        arrays = self.arrays
-        for j, kind, where, bound, op, name in self.inputs:
-            a = args[j]
-            if kind == "ids":
-                _plan.copy_ids(a, self.id_arrays[j], op, name, bound)
-            else:
-                if not (a.flags.c_contiguous and a.flags.aligned and a.dtype.isnative):
-                    a = np.ascontiguousarray(a)
-                arrays[where] = a
-        opt = self.opt
-        for pos, t in self.watch:
-            if t.data is not arrays[pos]:
-                self._refresh_ext()
-                break
-        else:
-            if self.watch_state:
-                state = opt.state
-                for pos, i in self.watch_state:
-                    if state[i] is not arrays[pos]:
-                        self._refresh_ext()
-                        break
-        lr = opt.lr
-        if self.opt_kind == "adagrad":
-            gscale, eps = 1.0, opt.eps
-        else:
-            gscale, eps = -lr, 0.0
-        nt = 1
-        if self.threaded_work:
-            nt = step.threads if step.threads is not None else _config.get_num_threads()
-        total = self.plan.execute(arrays, gscale, lr, eps, self.losses, nt, PARTS)
-        loss = total / self.batch
-        return float(np.float32(loss)) if self.f32 else loss
+        return self.runner.run(args)
 
     opt_kind = "sgd"
 
@@ -857,6 +824,14 @@ class CompiledStep:
     # -- calls
     def _key(self, args):
         key = []
+        for a in args:
+            if type(a) is not np.ndarray:
+                return self._slow_key(args)
+            key.append((a.shape, a.dtype))
+        return tuple(key)
+
+    def _slow_key(self, args):
+        key = []
         for j, a in enumerate(args):
             if not isinstance(a, np.ndarray):
                 name = self.arg_names[j] if j < len(self.arg_names) else f"argument {j}"
@@ -875,7 +850,7 @@ class CompiledStep:
                 return self._eager(args)
             if entry.arena_bytes > self._arena.nbytes:
                 self._grow(entry.arena_bytes)
-            return entry.run(args)
+            return entry.runner.run(args)
 
     def _grow(self, nbytes):
         self._arena = np.zeros(nbytes, np.uint8)
@@ -940,6 +915,7 @@ class CompiledStep:
             stages = b.schedule()
             compiled = _Compiled(self, b, stages)
             compiled.opt_kind = "adagrad" if isinstance(opt, Adagrad) else "sgd"
+            compiled.runner = _plan.Runner(compiled)
         except _Unsupported as e:
             self._fallback(key, str(e))
             compiled = None

@@ -21,10 +21,9 @@ from cygrad import _config
 
 cnp.import_array()
 
-from cygrad._csrc cimport (
-    BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU, BP_SILU,
-    bp_unary_fwd_f32, bp_unary_fwd_f64, bp_add_bias_f32, bp_add_bias_f64)
-from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
+from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
+                           BP_SILU)
+from cygrad._nogil cimport split_at, gemm as _gemm, add_bias, act_fwd
 
 
 cdef enum:
@@ -49,44 +48,18 @@ cdef struct Net:
     int act
     double alpha
 
-cdef inline Py_ssize_t _part(Py_ssize_t n, int nt, int t, Py_ssize_t align) noexcept nogil:
-    """Where thread t's part of range(n) starts (part t ends where t + 1 starts);
-    parts are multiples of align long, the last one shorter."""
-    cdef Py_ssize_t chunk = (n + nt - 1) // nt
-    chunk = (chunk + align - 1) // align * align
-    return min(n, t * chunk)
-
-
-cdef inline int _gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,
-                      Py_ssize_t j0, Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta,
-                      Py_ssize_t lda, const floating *B, int tb, Py_ssize_t ldb, floating *C,
-                      Py_ssize_t ldc, int acc) noexcept nogil:
-    if floating is float:
-        return gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
-    else:
-        return gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc, acc)
-
-
 cdef inline void _bias_act(floating *Z, const floating *b, Py_ssize_t i0, Py_ssize_t i1,
                            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t H, int act,
                            double alpha) noexcept nogil:
     """Z[i0:i1, h0:h1] = f(Z + b[h0:h1]) in place."""
     cdef Py_ssize_t i
     if h0 == 0 and h1 == H:
-        if floating is float:
-            bp_add_bias_f32(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
-            bp_unary_fwd_f32(act, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, alpha)
-        else:
-            bp_add_bias_f64(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
-            bp_unary_fwd_f64(act, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, alpha)
+        add_bias(Z + i0 * H, b, Z + i0 * H, i1 - i0, H)
+        act_fwd(act, Z + i0 * H, Z + i0 * H, (i1 - i0) * H, alpha)
         return
     for i in range(i0, i1):
-        if floating is float:
-            bp_add_bias_f32(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
-            bp_unary_fwd_f32(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
-        else:
-            bp_add_bias_f64(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
-            bp_unary_fwd_f64(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
+        add_bias(Z + i * H + h0, b + h0, Z + i * H + h0, 1, h1 - h0)
+        act_fwd(act, Z + i * H + h0, Z + i * H + h0, h1 - h0, alpha)
 
 
 cdef inline void _gather_rows(Net *net, floating *X, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
@@ -144,17 +117,14 @@ cdef int _forward_part(Net *net, floating *X, floating *Z, floating *S, Py_ssize
                        int nt) noexcept nogil:
     """Thread t's rows of _forward_rows."""
     cdef Py_ssize_t H = net.H, D = net.D, C = net.C
-    cdef Py_ssize_t lo = _part(B, nt, t, 8), hi = _part(B, nt, t + 1, 8)
+    cdef Py_ssize_t lo = split_at(B, nt, t, 8), hi = split_at(B, nt, t + 1, 8)
     cdef int failed = 0
     if lo < hi:
         _gather_rows(net, X, lo, hi)
         failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, <floating *>net.W, 1, D, Z, H, 0) != 0
         _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
         failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, <floating *>net.U, 1, H, S, C, 0) != 0
-        if floating is float:
-            bp_add_bias_f32(S + lo * C, <float *>net.c, S + lo * C, hi - lo, C)
-        else:
-            bp_add_bias_f64(S + lo * C, <double *>net.c, S + lo * C, hi - lo, C)
+        add_bias(S + lo * C, <floating *>net.c, S + lo * C, hi - lo, C)
     return failed
 
 
@@ -219,10 +189,7 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
     net.U = cnp.PyArray_DATA(<cnp.ndarray>U)
     net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
     net.act, net.alpha = codes[activation], alpha
-    cdef int nt = 1
-    if chunk * H * D >= MIN_WORK:
-        nt = _config._check(threads) if threads is not None else _config.get_num_threads()
-        nt = pool_threads(nt)
+    cdef int nt = pool_threads(_config.resolve(threads, chunk * H * D, MIN_WORK))
     cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
     cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
     cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)

@@ -1,0 +1,104 @@
+# The nogil bodies of the kernel families, for Cython modules and compiled plans to
+# compose (as cython-blis publishes its cy.pxd): one fused-type wrapper per
+# float32/float64 pair of C loops (csrc/), so that no call site spells out
+# `if floating is float` again, and the one helper that cuts a range into parts.
+# Everything here is inline: cimporting it costs no call.
+
+cimport numpy as cnp
+from cython cimport floating
+
+from cygrad._csrc cimport (
+    bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
+    bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
+    bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
+    bp_sigmoid_bce_f32, bp_sigmoid_bce_f64)
+from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
+
+
+cdef inline Py_ssize_t split_at(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t t,
+                                Py_ssize_t align) noexcept nogil:
+    """Where part t of `parts` near-equal parts of range(n) starts (part t ends where
+    t + 1 starts): t/parts of n, rounded to a multiple of align; n for t >= parts."""
+    cdef Py_ssize_t e
+    if t >= parts:
+        return n
+    e = (t * n // parts + align // 2) // align * align
+    return min(e, n)
+
+
+cdef inline int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1, Py_ssize_t j0,
+                     Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta, Py_ssize_t lda,
+                     const floating *B, int tb, Py_ssize_t ldb, floating *C, Py_ssize_t ldc,
+                     int accumulate) noexcept nogil:
+    """C[i0:i1, j0:j1] (+)= (op(A) op(B))[i0:i1, j0:j1] (cygrad._gemm's block routine);
+    nonzero if a packing buffer could not be allocated."""
+    if floating is float:
+        return gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc,
+                              accumulate)
+    else:
+        return gemm_block_f64(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc,
+                              accumulate)
+
+
+cdef inline void axpy(Py_ssize_t n, double a, const floating *x, floating *y) noexcept nogil:
+    if floating is float:
+        bp_axpy_f32(n, a, x, y)
+    else:
+        bp_axpy_f64(n, a, x, y)
+
+
+cdef inline void colsum(const floating *x, floating *out, Py_ssize_t rows, Py_ssize_t ld,
+                        Py_ssize_t cols) noexcept nogil:
+    if floating is float:
+        bp_colsum_f32(x, out, rows, ld, cols)
+    else:
+        bp_colsum_f64(x, out, rows, ld, cols)
+
+
+cdef inline void adagrad(floating *p, floating *G, const floating *g, Py_ssize_t n, double lr,
+                         double eps) noexcept nogil:
+    if floating is float:
+        bp_adagrad_f32(p, G, g, n, lr, eps)
+    else:
+        bp_adagrad_f64(p, G, g, n, lr, eps)
+
+
+cdef inline void add_bias(const floating *z, const floating *b, floating *out, Py_ssize_t rows,
+                          Py_ssize_t cols) noexcept nogil:
+    if floating is float:
+        bp_add_bias_f32(z, b, out, rows, cols)
+    else:
+        bp_add_bias_f64(z, b, out, rows, cols)
+
+
+cdef inline void act_fwd(int op, const floating *x, floating *y, Py_ssize_t n,
+                         double alpha) noexcept nogil:
+    if floating is float:
+        bp_unary_fwd_f32(op, x, y, n, alpha)
+    else:
+        bp_unary_fwd_f64(op, x, y, n, alpha)
+
+
+cdef inline void act_bwd(int op, const floating *g, const floating *saved, floating *out,
+                         Py_ssize_t n, double alpha) noexcept nogil:
+    if floating is float:
+        bp_unary_bwd_f32(op, g, saved, out, n, alpha)
+    else:
+        bp_unary_bwd_f64(op, g, saved, out, n, alpha)
+
+
+cdef inline double softmax_xent(const floating *z, const cnp.int64_t *y, floating *d,
+                                Py_ssize_t rows, Py_ssize_t cols, double scale) noexcept nogil:
+    """Summed loss of the rows; d = (softmax(z) - onehot(y)) * scale (d may be z)."""
+    if floating is float:
+        return bp_softmax_xent_f32(z, y, d, rows, cols, scale)
+    else:
+        return bp_softmax_xent_f64(z, y, d, rows, cols, scale)
+
+
+cdef inline double sigmoid_bce(const floating *s, const floating *t, floating *d, Py_ssize_t n,
+                               double scale) noexcept nogil:
+    if floating is float:
+        return bp_sigmoid_bce_f32(s, t, d, n, scale)
+    else:
+        return bp_sigmoid_bce_f64(s, t, d, n, scale)

@@ -30,7 +30,6 @@ parameter or an input (a parameter used twice gets the sum of its gradients).
 """
 
 import inspect
-import math
 import threading
 import warnings
 
@@ -259,7 +258,6 @@ class _Builder:
         op, ctx = node._op, node._ctx
         name = op.name
         pa = [p for p in node._parents]
-        it = self.item
         if name == "embedding_windows":
             table = pa[0]
             if table._op is not None:
@@ -302,10 +300,10 @@ class _Builder:
                 raise _Unsupported("linear of a reshaped input")
             out = self.new(B, H)
             if B >= ROW_MODE or H < 2 * COL_GRAIN:
-                space, pat = (ROWS, B, _row_grain(B)), ROWS
+                space = (ROWS, B, _row_grain(B))
                 acc = [(xv, "r", ROWS), (Wv, "r", "all"), (bv, "r", "all"), (out, "w", ROWS)]
             else:
-                space, pat = (COLS, H, COL_GRAIN), COLS
+                space = (COLS, H, COL_GRAIN)
                 acc = [(xv, "r", "all"), (Wv, "r", "all"), (bv, "r", "all"), (out, "w", COLS)]
             self.add(_Task("linear", space, [xv, Wv, bv, out], acc, m=B, k=D, h=H))
             self.work += B * D * H
@@ -624,7 +622,7 @@ class _Builder:
 
 def _layout(builder, stages):
     """Arena offsets, buffer and view indices, and the C-level tables of the plan."""
-    views, bufs = [], []
+    views = []
     ext_list = []
     arena = 0
 

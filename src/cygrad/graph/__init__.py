@@ -1,0 +1,43 @@
+"""A computation graph with local gradients: the second half of CS224N lecture 3.
+
+A :class:`Tensor` holds a NumPy array. Every operation on tensors is an
+:class:`Op`: one class holding its ``forward`` and its local ``backward`` side
+by side; ``forward`` saves what ``backward`` needs on a context object. Calling
+``loss.backward()`` orders the graph topologically (iteratively: no recursion
+limit), walks it in reverse, and at each node turns the upstream gradient into
+one gradient per input with the node's local gradient. Gradients meeting at a
+value used twice are summed. Each node's upstream gradient is computed once and
+handed to every input below it (the lecture's delta, reused).
+
+The ops run on the compiled kernels (``cygrad.kernels``) by default; inside
+``use_backend("numpy")`` they run on ``cygrad.reference`` instead, with the
+same results.
+
+Gradient bookkeeping follows PyTorch: ``.grad`` is kept for leaves (tensors
+created by the user with ``requires_grad=True``) and for tensors that called
+:meth:`Tensor.retain_grad`. Calling ``backward()`` again (on the same or another
+graph) *adds* into ``.grad``; set ``.grad = None`` (or call ``zero_grad``)
+between steps.
+
+The package: ``engine`` (Tensor, the op protocol, backward, grad mode, backends,
+tracing for cygrad.compile), ``ops`` (the ops, forward beside backward) and
+``gradcheck``.
+"""
+
+from cygrad.graph.engine import (  # noqa: F401
+    Context, Op, Tensor, TraceRefused, Traced, _trace, _untraced, get_backend, is_grad_enabled,
+    no_grad, tensor, use_backend)
+from cygrad.graph.ops import (  # noqa: F401
+    ACTIVATIONS, Add, Concat, Div, EmbeddingWindows, Linear, MatMul, MaxMargin, Maximum, Mean,
+    Minimum, Mul, Neg, Reshape, SigmoidBCE, SoftmaxCrossEntropy, SparseRows, Sub, Sum, Transpose,
+    concat, embedding_windows, gelu, hardtanh, leaky_relu, linear, max_margin, maximum, minimum,
+    relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh)
+from cygrad.graph.gradcheck import GradcheckError, gradcheck  # noqa: F401
+
+__all__ = [
+    "Tensor", "tensor", "Op", "SparseRows", "no_grad", "is_grad_enabled", "use_backend",
+    "get_backend", "maximum", "minimum", "concat", "linear", "embedding_windows",
+    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin", "gradcheck",
+    "GradcheckError", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu", "silu",
+    "ACTIVATIONS",
+]

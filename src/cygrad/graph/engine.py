@@ -1,0 +1,494 @@
+"""The graph's engine: Tensor, the op protocol (Op, Context), topological
+backward, grad mode and backends, and the tracing hooks of cygrad.compile.
+See cygrad.graph for the whole picture."""
+
+import contextlib
+import threading
+
+import numpy as np
+
+from cygrad import kernels as _kernels
+from cygrad import reference as _reference
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+# ------------------------------------------------------------------ state
+
+_state = threading.local()
+_BACKENDS = {"cygrad": _kernels, "kernels": _kernels, "numpy": _reference,
+             "reference": _reference}
+_backend = [_kernels]   # process-wide, like cygrad.set_num_threads
+
+
+def is_grad_enabled():
+    return getattr(_state, "grad_enabled", True)
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block, operations record no graph (inference, SGD updates)."""
+    old = is_grad_enabled()
+    _state.grad_enabled = False
+    try:
+        yield
+    finally:
+        _state.grad_enabled = old
+
+
+class use_backend:
+    """Run graph ops on ``"cygrad"`` (compiled kernels, the default) or ``"numpy"``.
+
+    Takes effect at once; used as a context manager, the previous backend is
+    restored on exit::
+
+        cygrad.use_backend("numpy")            # from now on
+        with cygrad.use_backend("numpy"):      # only inside the block
+            ...
+    """
+
+    def __init__(self, name):
+        if name not in _BACKENDS:
+            raise ValueError(f"use_backend: unknown backend {name!r}; "
+                             f"choose 'cygrad' or 'numpy'")
+        self._previous = _backend[0]
+        _backend[0] = _BACKENDS[name]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        _backend[0] = self._previous
+        return False
+
+
+def get_backend():
+    """``"cygrad"`` or ``"numpy"``: where graph ops run now."""
+    return "numpy" if _backend[0] is _reference else "cygrad"
+
+
+# ------------------------------------------------------------------ tracing
+
+class TraceRefused(Exception):
+    """loss_fn did something with a traced argument that a plan cannot replay."""
+
+
+_TRACE_HINT = ("; a compiled plan replays cygrad ops only: compute it outside loss_fn and "
+               "pass the result as an argument")
+
+
+class Traced:
+    """An argument of a step being compiled (cygrad.compile): the array, which
+    cygrad's ops accept as they would the array itself, but which refuses to be
+    converted, indexed or computed on with NumPy (that computation would not be
+    replayed by the plan: JAX's tracers refuse it likewise)."""
+
+    __slots__ = ("array", "name")
+
+    def __init__(self, array, name):
+        self.array, self.name = array, name
+
+    shape = property(lambda self: self.array.shape)
+    dtype = property(lambda self: self.array.dtype)
+    ndim = property(lambda self: self.array.ndim)
+    size = property(lambda self: self.array.size)
+
+    def __len__(self):
+        return len(self.array)
+
+    def __repr__(self):
+        return f"Traced({self.name!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def _refuse(self, what):
+        raise TraceRefused(f"loss_fn {what} its argument {self.name!r}" + _TRACE_HINT)
+
+    def __array__(self, *args, **kw):
+        self._refuse("converts to a NumPy array")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kw):
+        self._refuse(f"applies numpy.{ufunc.__name__} to")
+
+    def __array_function__(self, func, types, args, kwargs):
+        self._refuse(f"calls numpy.{func.__name__} on")
+
+    def __getitem__(self, key):
+        self._refuse("indexes")
+
+    def __setitem__(self, key, value):
+        self._refuse("writes into")
+
+    def __iter__(self):
+        self._refuse("iterates over")
+
+    def __bool__(self):
+        self._refuse("takes the truth value of")
+
+    def __index__(self):
+        self._refuse("uses as an integer")
+
+    __int__ = __float__ = __index__
+
+    def _arith(self, *other):
+        self._refuse("computes arithmetic on")
+
+    __add__ = __radd__ = __sub__ = __rsub__ = __mul__ = __rmul__ = __truediv__ = _arith
+    __rtruediv__ = __floordiv__ = __mod__ = __pow__ = __neg__ = __eq__ = __ne__ = _arith
+    __lt__ = __le__ = __gt__ = __ge__ = __and__ = __or__ = __invert__ = __matmul__ = _arith
+    __hash__ = object.__hash__
+
+
+def _untraced(x):
+    return x.array if type(x) is Traced else x
+
+
+@contextlib.contextmanager
+def _trace():
+    """While cygrad.compile traces loss_fn."""
+    old = getattr(_state, "tracing", False), getattr(_state, "made", None)
+    _state.tracing, _state.made = True, set()
+    try:
+        yield _state.made
+    finally:
+        _state.tracing, _state.made = old
+
+
+# ------------------------------------------------------------------ tensor
+
+class Tensor:
+    """A node of the graph: a float32 or float64 NumPy array and, after
+    ``backward()``, its gradient ``.grad`` (a NumPy array of the same shape)."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_op", "_parents", "_ctx", "_retain",
+                 "name", "__weakref__")
+    __array_priority__ = 1000   # ndarray <op> Tensor defers to Tensor's reflected op
+
+    def __init__(self, data, requires_grad=False, name=None):
+        made = getattr(_state, "made", None)
+        if made is not None:         # compile: tensors made while loss_fn is traced
+            made.add(id(self))
+        data = _as_float_array(data, None)
+        self.data = data
+        self.grad = None
+        self.requires_grad = bool(requires_grad)
+        self._op = None
+        self._parents = ()
+        self._ctx = None
+        self._retain = False
+        self.name = name
+
+    # -- array facts
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def is_leaf(self):
+        return self._op is None
+
+    def numpy(self):
+        return self.data
+
+    def item(self):
+        return self.data.item()
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        extra = ", requires_grad=True" if self.requires_grad else ""
+        op = f", op={type(self._op).__name__}" if self._op is not None else ""
+        return f"Tensor({np.array2string(self.data, precision=4)}, dtype={self.dtype}{extra}{op})"
+
+    def retain_grad(self):
+        """Keep ``.grad`` for this (non-leaf) tensor too, e.g. to look at delta."""
+        self._retain = True
+        return self
+
+    def zero_grad(self):
+        self.grad = None
+
+    def detach(self):
+        return Tensor(self.data)
+
+    # -- operators
+    def __add__(self, other):
+        return _ops.Add.apply(self, other)
+
+    def __radd__(self, other):
+        return _ops.Add.apply(other, self)
+
+    def __sub__(self, other):
+        return _ops.Sub.apply(self, other)
+
+    def __rsub__(self, other):
+        return _ops.Sub.apply(other, self)
+
+    def __mul__(self, other):
+        return _ops.Mul.apply(self, other)
+
+    def __rmul__(self, other):
+        return _ops.Mul.apply(other, self)
+
+    def __truediv__(self, other):
+        return _ops.Div.apply(self, other)
+
+    def __rtruediv__(self, other):
+        return _ops.Div.apply(other, self)
+
+    def __neg__(self):
+        return _ops.Neg.apply(self)
+
+    def __matmul__(self, other):
+        return _ops.MatMul.apply(self, other)
+
+    def __rmatmul__(self, other):
+        return _ops.MatMul.apply(other, self)
+
+    @property
+    def T(self):
+        return _ops.Transpose.apply(self)
+
+    def sum(self, axis=None, keepdims=False):
+        return _ops.Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis=None, keepdims=False):
+        return _ops.Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape):
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.Reshape.apply(self, shape=shape)
+
+    # -- backprop
+    def backward(self, grad=None):
+        """Backpropagate from this tensor to every tensor that requires a gradient.
+
+        Parameters
+        ----------
+        grad : array-like, optional
+            The upstream gradient, shaped like this tensor. Required unless the
+            tensor holds a single element (then it is 1).
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward: this tensor does not require a gradient (no input "
+                               "of the graph that made it has requires_grad=True)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(f"backward: grad must be given for a non-scalar tensor "
+                                   f"(shape {self.shape}); only scalars start from 1")
+            grad = np.ones_like(self.data)
+        else:
+            grad = np.asarray(grad.data if isinstance(grad, Tensor) else grad)
+            if grad.shape != self.shape:
+                raise ValueError(f"backward: grad has shape {grad.shape}, the tensor has "
+                                 f"shape {self.shape}")
+            grad = grad.astype(self.dtype, copy=False)
+        _backprop(self, grad)
+
+
+def tensor(data, requires_grad=False, dtype=None, name=None):
+    """Make a :class:`Tensor` holding a copy of ``data`` (as torch.tensor does:
+    optimisers update ``.data`` in place, which must not write into the caller's array).
+
+    Floating arrays keep their dtype (float32 or float64); other data becomes
+    float64 unless ``dtype`` says otherwise.
+    """
+    if isinstance(data, Tensor):
+        data = data.data
+    if type(data) is Traced:    # compile: the argument itself, so the plan reads it
+        if data.dtype not in _FLOATS or (dtype is not None and np.dtype(dtype) != data.dtype):
+            data._refuse("converts the dtype of")
+        return Tensor(data.array, requires_grad=requires_grad, name=name)
+    arr = _as_float_array(data, dtype)
+    if isinstance(data, np.ndarray) and np.may_share_memory(arr, data):
+        arr = arr.copy()
+    return Tensor(arr, requires_grad=requires_grad, name=name)
+
+
+def _as_float_array(data, dtype):
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype not in _FLOATS:
+            raise TypeError(f"tensor: dtype must be float32 or float64, got {dtype}")
+        return np.array(data, dtype=dtype)
+    arr = np.asarray(data)
+    if arr.dtype in _FLOATS:
+        return arr
+    if arr.dtype.kind in "biuf":
+        return arr.astype(np.float64)
+    raise TypeError(f"tensor: cannot make a float tensor from dtype {arr.dtype}")
+
+
+def _backprop(root, grad):
+    order = _topological_order(root)
+    grads = {id(root): grad}
+    for node in reversed(order):
+        g = grads.pop(id(node), None)
+        if g is None:
+            continue
+        if node._op is None or node._retain:
+            node.grad = g if node.grad is None else node.grad + g
+        if node._op is None:
+            continue
+        in_grads = node._op.backward(node._ctx, g)
+        if not isinstance(in_grads, tuple):
+            in_grads = (in_grads,)
+        if len(in_grads) != len(node._parents):
+            raise RuntimeError(f"{node._op.name or node._op.__name__}: backward returned "
+                               f"{len(in_grads)} gradients for {len(node._parents)} inputs")
+        for parent, pg in zip(node._parents, in_grads):
+            if pg is None or not isinstance(parent, Tensor) or not parent.requires_grad:
+                continue
+            key = id(parent)
+            prev = grads.get(key)
+            grads[key] = pg if prev is None else prev + pg
+
+
+def _topological_order(root):
+    """Nodes that lead to root and require a gradient, parents before children.
+    Iterative depth-first search: a chain of 10^5 nodes is fine."""
+    order, seen = [], {id(root)}
+    stack = [(root, iter(root._parents))]
+    while stack:
+        node, parents = stack[-1]
+        for p in parents:
+            if isinstance(p, Tensor) and p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                stack.append((p, iter(p._parents)))
+                break
+        else:
+            stack.pop()
+            order.append(node)
+    return order
+
+
+# ------------------------------------------------------------------ op protocol
+
+class Context:
+    """Carries what a forward saves for its backward."""
+
+    __slots__ = ("saved", "needs", "shapes", "kw")
+
+    def save_for_backward(self, *arrays):
+        self.saved = arrays
+
+
+class Op:
+    """One operation: ``forward(ctx, *arrays, **kw) -> array`` beside
+    ``backward(ctx, grad) -> one gradient per input`` (None where an input
+    needs none; ``ctx.needs[i]`` says whether input i requires a gradient).
+
+    ``Op.apply(*inputs, **kw)`` checks and converts the inputs (Python scalars
+    take the dtype of the tensor inputs; mixing float32 and float64 tensors is
+    an error), runs forward, and records the node when a gradient is needed.
+    """
+
+    name = None
+    n_tensor_args = None   # trailing positional arguments beyond this are non-tensor
+
+    @classmethod
+    def apply(cls, *inputs, **kw):
+        # one pass over the inputs: this runs for every node of every step
+        dtype = None
+        for x in inputs:
+            if type(x) is Tensor or isinstance(x, Tensor):
+                d = x.data.dtype
+                if dtype is None:
+                    dtype = d
+                elif d != dtype:
+                    raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and "
+                                    f"{d}; convert one explicitly (no silent upcast)")
+        if dtype is None:
+            raise TypeError(f"{cls.name or cls.__name__}: at least one input must be a Tensor")
+        arrays = []
+        needs = []
+        for x in inputs:
+            if type(x) is Tensor or isinstance(x, Tensor):
+                arrays.append(x.data)
+                needs.append(x.requires_grad)
+            else:
+                arrays.append(_constant(cls, x, dtype))
+                needs.append(False)
+        ctx = Context()
+        ctx.needs = needs
+        result = Tensor.__new__(Tensor)
+        result.data = cls.forward(ctx, *arrays, **kw)
+        result.grad = None
+        result._retain = False
+        result.name = None
+        if is_grad_enabled() and any(needs):
+            result.requires_grad = True
+            result._op = cls
+            result._parents = inputs
+            result._ctx = ctx
+        elif getattr(_state, "tracing", False):     # compile records every op
+            result.requires_grad = False
+            result._op = cls
+            result._parents = inputs
+            result._ctx = ctx
+        else:
+            result.requires_grad = False
+            result._op = None
+            result._parents = ()
+            result._ctx = None
+        return result
+
+    @staticmethod
+    def forward(ctx, *arrays, **kw):
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError
+
+
+def _constant(cls, x, dtype):
+    """A non-tensor input: a Python number takes the tensors' dtype; a float array
+    must already have it."""
+    x = _untraced(x)
+    if isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
+        return np.asarray(x, dtype=dtype)
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        if x.dtype != dtype:
+            raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and {x.dtype}; "
+                            f"convert one explicitly (no silent upcast)")
+        return x
+    raise TypeError(f"{cls.name or cls.__name__}: cannot use {type(x).__name__} "
+                    f"{getattr(x, 'dtype', '')} as an input")
+
+
+def _B():
+    return _backend[0]
+
+
+def _broadcast_shape(name, a, b):
+    try:
+        return np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(f"{name}: shapes {a.shape} and {b.shape} do not broadcast") from None
+
+
+def _unbroadcast(g, shape):
+    """Sum g down to ``shape``: the backward of NumPy broadcasting."""
+    if g.shape == shape:
+        return g
+    if len(shape) == 1 and g.ndim == 2 and g.shape[1] == shape[0]:
+        return _B().bias_grad(g)            # the bias case: column sums, in double
+    lead = g.ndim - len(shape)
+    axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape)
+                                      if n == 1 and g.shape[i + lead] != 1)
+    return g.sum(axis=axes, keepdims=False).reshape(shape) if axes else g.reshape(shape)
+
+
+from cygrad.graph import ops as _ops   # noqa: E402  (the ops import this module)

@@ -1,0 +1,508 @@
+"""The graph's ops: each one class holding its forward and its local backward
+side by side (arithmetic, matmul, reshapes, max/min, concat, linear, the
+activations, embedding windows, the losses)."""
+
+import numpy as np
+
+from cygrad import kernels as _kernels
+from cygrad.graph.engine import Op, Tensor, _B, _broadcast_shape, _unbroadcast, _untraced
+
+# ------------------------------------------------------------------ arithmetic
+
+class Add(Op):
+    name = "add"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        if a.ndim == 2 and b.ndim == 1 and a.shape[1] == b.shape[0]:
+            return _B().add_bias(a, b)      # z = XWᵀ + b: the layer's bias add
+        _broadcast_shape("add", a, b)
+        return a + b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return (_unbroadcast(g, sa) if ctx.needs[0] else None,
+                _unbroadcast(g, sb) if ctx.needs[1] else None)
+
+
+class Sub(Op):
+    name = "sub"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.shapes = (a.shape, b.shape)
+        _broadcast_shape("sub", a, b)
+        return a - b
+
+    @staticmethod
+    def backward(ctx, g):
+        sa, sb = ctx.shapes
+        return (_unbroadcast(g, sa) if ctx.needs[0] else None,
+                _unbroadcast(-g, sb) if ctx.needs[1] else None)
+
+
+class Mul(Op):
+    name = "mul"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("mul", a, b)
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved     # x switches the gradient: each side gets g times the other
+        return (_unbroadcast(g * b, a.shape) if ctx.needs[0] else None,
+                _unbroadcast(g * a, b.shape) if ctx.needs[1] else None)
+
+
+class Div(Op):
+    name = "div"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("div", a, b)
+        ctx.save_for_backward(a, b)
+        return a / b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved
+        return (_unbroadcast(g / b, a.shape) if ctx.needs[0] else None,
+                _unbroadcast(-g * a / (b * b), b.shape) if ctx.needs[1] else None)
+
+
+class Neg(Op):
+    name = "neg"
+
+    @staticmethod
+    def forward(ctx, a):
+        return -a
+
+    @staticmethod
+    def backward(ctx, g):
+        return (-g,)
+
+
+def _c_operand(x):
+    """(array, transposed): a C-contiguous array and whether to read it transposed,
+    so that a transposed view (W.T) reaches the kernel without a copy."""
+    if x.flags.c_contiguous or not x.flags.f_contiguous or x.ndim != 2:
+        return x, False
+    return x.T, True
+
+
+class MatMul(Op):
+    """``a @ b`` with NumPy's rules for 1-D and 2-D operands."""
+
+    name = "matmul"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        if a.ndim not in (1, 2) or b.ndim not in (1, 2):
+            raise ValueError(f"matmul: operands must be 1-D or 2-D, got shapes {a.shape} "
+                             f"and {b.shape}")
+        a2 = a.reshape(1, -1) if a.ndim == 1 else a
+        b2 = b.reshape(-1, 1) if b.ndim == 1 else b
+        if a2.shape[1] != b2.shape[0]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not align "
+                             f"({a2.shape[1]} != {b2.shape[0]})")
+        ctx.save_for_backward(a2, b2)
+        ctx.shapes = (a.shape, b.shape)
+        (ac, ta), (bc, tb) = _c_operand(a2), _c_operand(b2)
+        out = _B().matmul(ac, bc, trans_a=ta, trans_b=tb)
+        if a.ndim == 1 and b.ndim == 1:
+            return out.reshape(())
+        if a.ndim == 1:
+            return out.reshape(-1)
+        if b.ndim == 1:
+            return out.reshape(-1)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        a2, b2 = ctx.saved
+        sa, sb = ctx.shapes
+        g2 = g.reshape(a2.shape[0], b2.shape[1])
+        da = db = None
+        if ctx.needs[0]:   # dA = G Bᵀ
+            bc, tb = _c_operand(b2)
+            da = _B().matmul(g2, bc, trans_b=not tb).reshape(sa)
+        if ctx.needs[1]:   # dB = Aᵀ G
+            ac, ta = _c_operand(a2)
+            db = _B().matmul(ac, g2, trans_a=not ta).reshape(sb)
+        return da, db
+
+
+class Transpose(Op):
+    name = "transpose"
+
+    @staticmethod
+    def forward(ctx, a):
+        return a.T
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.T,)
+
+
+class Reshape(Op):
+    name = "reshape"
+
+    @staticmethod
+    def forward(ctx, a, shape):
+        ctx.shapes = a.shape
+        try:
+            return a.reshape(shape)
+        except ValueError:
+            raise ValueError(f"reshape: cannot reshape shape {a.shape} into {shape}") from None
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.reshape(ctx.shapes),)
+
+
+class Sum(Op):
+    name = "sum"
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        ctx.shapes = a.shape
+        ctx.kw = (axis, keepdims)
+        return np.asarray(a.sum(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        axis, keepdims = ctx.kw
+        shape = ctx.shapes
+        if axis is not None and not keepdims:
+            g = np.expand_dims(g, axis)
+        return (np.broadcast_to(g, shape).copy(),)   # + distributes g to every element
+
+
+class Mean(Op):
+    name = "mean"
+
+    @staticmethod
+    def forward(ctx, a, axis=None, keepdims=False):
+        ctx.shapes = a.shape
+        ctx.kw = (axis, keepdims)
+        return np.asarray(a.mean(axis=axis, keepdims=keepdims))
+
+    @staticmethod
+    def backward(ctx, g):
+        axis, keepdims = ctx.kw
+        shape = ctx.shapes
+        n = np.prod(shape) if axis is None else np.prod(
+            [shape[i] for i in np.atleast_1d(axis)])
+        if axis is not None and not keepdims:
+            g = np.expand_dims(g, axis)
+        return (np.broadcast_to(g / g.dtype.type(n), shape).copy(),)
+
+
+class _MaxMin(Op):
+    """Route the gradient to the larger (smaller) input; at a tie it is split
+    equally, which is also what central differences measure there."""
+
+    take_first = None
+
+    @classmethod
+    def forward(cls, ctx, a, b):
+        _broadcast_shape(cls.name, a, b)
+        ctx.save_for_backward(a, b)
+        return cls.take_first(a, b)
+
+    @classmethod
+    def backward(cls, ctx, g):
+        a, b = ctx.saved
+        if cls is Maximum:
+            wa = (a > b) + 0.5 * (a == b)
+        else:
+            wa = (a < b) + 0.5 * (a == b)
+        wa = wa.astype(g.dtype)
+        return (_unbroadcast(g * wa, a.shape) if ctx.needs[0] else None,
+                _unbroadcast(g * (1 - wa), b.shape) if ctx.needs[1] else None)
+
+
+class Maximum(_MaxMin):
+    name = "maximum"
+    take_first = staticmethod(np.maximum)
+
+
+class Minimum(_MaxMin):
+    name = "minimum"
+    take_first = staticmethod(np.minimum)
+
+
+def maximum(a, b):
+    """Elementwise max; the gradient goes to the larger input (split at ties)."""
+    return Maximum.apply(a, b)
+
+
+def minimum(a, b):
+    """Elementwise min; the gradient goes to the smaller input (split at ties)."""
+    return Minimum.apply(a, b)
+
+
+class Concat(Op):
+    name = "concat"
+
+    @staticmethod
+    def forward(ctx, *arrays, axis=-1):
+        try:
+            out = np.concatenate(arrays, axis=axis)
+        except ValueError as e:
+            raise ValueError(f"concat: shapes {[a.shape for a in arrays]} do not concatenate "
+                             f"along axis {axis}: {e}") from None
+        ctx.kw = (axis, np.cumsum([a.shape[axis] for a in arrays])[:-1])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        axis, cuts = ctx.kw
+        return tuple(np.split(g, cuts, axis=axis))
+
+
+def concat(tensors, axis=-1):
+    """Concatenate tensors along ``axis``; the backward splits the gradient back."""
+    return Concat.apply(*tensors, axis=axis)
+
+
+# ------------------------------------------------------------------ layers
+
+class Linear(Op):
+    """``x Wᵀ + b`` for a batch x: (B, D), W: (H, D), b: (H,): the lecture's
+    z = Wx + b for every row. Backward: dx = G W, dW = Gᵀ x, db = column sums."""
+
+    name = "linear"
+
+    @staticmethod
+    def forward(ctx, x, W, b):
+        if x.ndim != 2 or W.ndim != 2 or b.ndim != 1 or x.shape[1] != W.shape[1] \
+                or b.shape[0] != W.shape[0]:
+            raise ValueError(f"linear: need x (B, D), W (H, D), b (H,); got x {x.shape}, "
+                             f"W {W.shape}, b {b.shape}")
+        ctx.save_for_backward(x, W)
+        z = _B().matmul(x, W, trans_b=True)
+        return _B().add_bias(z, b, out=z)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, W = ctx.saved
+        B = _B()
+        return (B.matmul(g, W) if ctx.needs[0] else None,
+                B.matmul(g, x, trans_a=True) if ctx.needs[1] else None,
+                B.bias_grad(g) if ctx.needs[2] else None)
+
+
+def linear(x, W, b):
+    """``x @ W.T + b`` in one node (no transpose materialised)."""
+    return Linear.apply(x, W, b)
+
+
+def _make_activation(act_name):
+    class Activation(Op):
+        name = act_name
+
+        @staticmethod
+        def forward(ctx, z, **kw):
+            f, _, saves = _B().ACTIVATIONS[act_name]
+            y = f(z, **kw)
+            ctx.save_for_backward(y if saves == "output" else z)
+            ctx.kw = kw
+            return y
+
+        @staticmethod
+        def backward(ctx, g):
+            _, fb, _ = _B().ACTIVATIONS[act_name]
+            return (fb(g, ctx.saved[0], **ctx.kw),)
+
+    Activation.__name__ = Activation.__qualname__ = act_name.title().replace("_", "")
+
+    def fn(z, **kw):
+        return Activation.apply(z, **kw)
+
+    fn.__name__ = act_name
+    fn.__doc__ = (f"{act_name} of a tensor, elementwise; backward uses "
+                  f"cygrad.kernels.{act_name}_backward.")
+    return Activation, fn
+
+
+ACTIVATIONS = {}
+for _n in _kernels.ACTIVATIONS:
+    ACTIVATIONS[_n] = _make_activation(_n)[1]
+sigmoid = ACTIVATIONS["sigmoid"]
+tanh = ACTIVATIONS["tanh"]
+relu = ACTIVATIONS["relu"]
+leaky_relu = ACTIVATIONS["leaky_relu"]
+hardtanh = ACTIVATIONS["hardtanh"]
+gelu = ACTIVATIONS["gelu"]
+silu = ACTIVATIONS["silu"]
+
+
+class SparseRows:
+    """A gradient that is zero outside a few rows of a (V, d) table: row
+    ``indices[k]`` receives ``rows[k]``; repeated indices add up.
+
+    ``embedding_windows(..., sparse=True)`` produces it, so that a training step
+    touches only the rows of the batch's windows instead of all V rows;
+    :class:`cygrad.optim.SGD` applies it in place, and :meth:`to_dense` gives
+    the ordinary array.
+    """
+
+    __slots__ = ("indices", "rows", "shape")
+
+    def __init__(self, indices, rows, shape):
+        self.indices = indices          # (n,) integer row ids
+        self.rows = rows                # (n, d) gradient rows
+        self.shape = tuple(shape)       # (V, d)
+
+    @property
+    def dtype(self):
+        return self.rows.dtype
+
+    def to_dense(self):
+        dense = np.zeros(self.shape, dtype=self.rows.dtype)
+        _B().embedding_scatter_add(dense, self.indices.reshape(-1, 1), self.rows)
+        return dense
+
+    def reshape(self, *shape):
+        return self.to_dense().reshape(*shape)
+
+    def __add__(self, other):
+        if isinstance(other, SparseRows):
+            return SparseRows(np.concatenate([self.indices, other.indices]),
+                              np.concatenate([self.rows, other.rows]), self.shape)
+        dense = np.array(other, dtype=self.rows.dtype, copy=True)
+        _B().embedding_scatter_add(dense, self.indices.reshape(-1, 1), self.rows)
+        return dense
+
+    __radd__ = __add__
+
+    def __repr__(self):
+        return f"SparseRows({len(self.indices)} rows of a {self.shape} table)"
+
+
+class EmbeddingWindows(Op):
+    """Gather the rows of each window and concatenate them; backward scatters
+    each slot's gradient back into its row (rows used twice get the sum), or,
+    with ``sparse=True``, hands back the touched rows only (:class:`SparseRows`)."""
+
+    name = "embedding_windows"
+
+    @staticmethod
+    def forward(ctx, table, windows, sparse=False):
+        ctx.save_for_backward(windows)
+        ctx.shapes = table.shape
+        ctx.kw = sparse
+        return _B().embedding_gather(table, windows)
+
+    @staticmethod
+    def backward(ctx, g):
+        (windows,) = ctx.saved
+        V, d = ctx.shapes
+        if ctx.kw:
+            return (SparseRows(windows.reshape(-1), g.reshape(windows.size, d), (V, d)),)
+        grad = np.zeros((V, d), dtype=g.dtype)
+        _B().embedding_scatter_add(grad, windows, g)
+        return (grad,)
+
+
+def _index_array(fn, name, x):
+    x = x.data if isinstance(x, Tensor) else _untraced(x)
+    x = np.asarray(x)
+    if x.dtype.kind not in "iu":
+        raise TypeError(f"{fn}: {name} must be integers, got {x.dtype}")
+    return x
+
+
+def embedding_windows(table, windows, sparse=False):
+    """``X[i] = concat(table[windows[i, 0]], ..., table[windows[i, w-1]])``.
+
+    Parameters
+    ----------
+    table : Tensor (V, d)
+    windows : integer array (B, w), row indices into ``table``
+    sparse : bool
+        If True, ``table.grad`` becomes a :class:`SparseRows` holding only the
+        rows of the windows (apply it with :class:`cygrad.optim.SGD`).
+
+    Returns
+    -------
+    Tensor (B, w*d)
+    """
+    windows = _index_array("embedding_windows", "windows", windows)
+    if windows.ndim != 2:
+        raise ValueError(f"embedding_windows: windows must be 2-D (B, w), got shape "
+                         f"{windows.shape}")
+    return EmbeddingWindows.apply(table, windows=windows, sparse=bool(sparse))
+
+
+# ------------------------------------------------------------------ losses
+
+class SoftmaxCrossEntropy(Op):
+    name = "softmax_cross_entropy"
+
+    @staticmethod
+    def forward(ctx, logits, labels):
+        loss, d = _B().softmax_cross_entropy(logits, labels)
+        ctx.save_for_backward(d)
+        ctx.kw = labels
+        return np.asarray(loss, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved      # (softmax - onehot) / B, from the fused forward
+        return (d * g,)
+
+
+def softmax_cross_entropy(logits, labels):
+    """Mean softmax cross-entropy of logits (B, C) against integer labels (B,)."""
+    labels = _index_array("softmax_cross_entropy", "labels", labels)
+    return SoftmaxCrossEntropy.apply(logits, labels=labels)
+
+
+class SigmoidBCE(Op):
+    name = "sigmoid_binary_cross_entropy"
+
+    @staticmethod
+    def forward(ctx, scores, targets):
+        loss, d = _B().sigmoid_binary_cross_entropy(scores, targets)
+        ctx.save_for_backward(d)
+        ctx.kw = targets
+        return np.asarray(loss, dtype=scores.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved
+        return (d * g,)
+
+
+def sigmoid_binary_cross_entropy(scores, targets):
+    """Mean logistic loss of scores (B,) against targets (B,) in [0, 1]."""
+    targets = np.asarray(targets.data if isinstance(targets, Tensor) else _untraced(targets))
+    return SigmoidBCE.apply(scores, targets=targets)
+
+
+class MaxMargin(Op):
+    name = "max_margin"
+
+    @staticmethod
+    def forward(ctx, s_true, s_corrupt, margin=1.0):
+        loss, ds, dsc = _B().max_margin(s_true, s_corrupt, margin)
+        ctx.save_for_backward(ds, dsc)
+        ctx.kw = margin
+        return np.asarray(loss, dtype=s_true.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        ds, dsc = ctx.saved
+        return ds * g, dsc * g
+
+
+def max_margin(s_true, s_corrupt, margin=1.0):
+    """Mean of max(0, margin - s + s_c) over a batch of (true, corrupt) window scores."""
+    return MaxMargin.apply(s_true, s_corrupt, margin=margin)

@@ -131,11 +131,12 @@ extensions = [
     ext("_common", "bp_cpu"),
     ext("_gemm", "bp_gemm", "bp_gemm_packed"),
     ext("_elementwise", "bp_elementwise"),
-    ext("_losses", "bp_elementwise"),
-    ext("_embedding", "bp_elementwise"),
+    ext("_losses", "bp_losses"),
+    ext("_embedding", "bp_elementwise", "bp_optim"),
+    ext("_optim", "bp_elementwise", "bp_optim"),
     ext("_decode"),
     ext("ner._scores", "bp_elementwise"),
-    ext("_plan", "bp_elementwise"),
+    ext("_plan", "bp_elementwise", "bp_losses", "bp_optim"),
 ]
 
 directives = {

@@ -1,6 +1,7 @@
-/* Elementwise, loss and row-update loops, for float (f32) and double (f64).
- * Each function works on one contiguous range; the Cython callers split the
- * ranges between threads by output ownership. */
+/* Elementwise loops (activations and their derivatives, axpy, bias add, column
+ * sums), for float (f32) and double (f64). Each function works on one contiguous
+ * range; the Cython callers split the ranges between threads by output ownership.
+ * The losses are in bp_losses.h, the optimiser steps in bp_optim.h. */
 #ifndef BP_ELEMENTWISE_H
 #define BP_ELEMENTWISE_H
 
@@ -19,16 +20,7 @@ enum bp_unary_op {
     void bp_add_bias_##S(const T *z, const T *b, T *out, ptrdiff_t rows,             \
                          ptrdiff_t cols);                                             \
     void bp_colsum_##S(const T *x, T *out, ptrdiff_t rows, ptrdiff_t ld,             \
-                       ptrdiff_t cols);                                               \
-    double bp_softmax_xent_##S(const T *z, const int64_t *y, T *d, ptrdiff_t rows,   \
-                               ptrdiff_t cols, double scale);                         \
-    double bp_sigmoid_bce_##S(const T *s, const T *t, T *d, ptrdiff_t n,             \
-                              double scale);                                          \
-    void bp_adagrad_##S(T *p, T *G, const T *g, ptrdiff_t n, double lr, double eps);    \
-    void bp_sparse_adagrad_##S(T *table, T *G, ptrdiff_t d, const int64_t *ids,          \
-                               ptrdiff_t n, ptrdiff_t w, const T *g, ptrdiff_t ld,       \
-                               int64_t *scratch, int64_t *head, T *row, double lr,     \
-                               double eps);
+                       ptrdiff_t cols);
 
 BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)

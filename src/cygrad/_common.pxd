@@ -10,3 +10,4 @@ cdef object no_overlap(object out, str oname, object x, str xname, str fn, bint 
 cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper)
 cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1
 cdef bint is_f32(object x)
+cdef object check_lr_eps(str fn, object lr, object eps)

@@ -184,3 +184,13 @@ cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1:
     if not pool_threaded():
         return 1
     return _config.resolve(None, work, min_work)
+
+
+cdef object check_lr_eps(str fn, object lr, object eps):
+    """(lr, eps) as floats, each positive and finite; ValueError naming it otherwise."""
+    lr, eps = float(lr), float(eps)
+    if not (np.isfinite(lr) and lr > 0):
+        raise ValueError(f"{fn}: lr must be a positive number, got {lr}")
+    if not (np.isfinite(eps) and eps > 0):
+        raise ValueError(f"{fn}: eps must be a positive number, got {eps}")
+    return lr, eps

@@ -20,6 +20,8 @@ cdef extern from "bp_elementwise.h" nogil:
                        Py_ssize_t cols)
     void bp_colsum_f64(const double *x, double *out, Py_ssize_t rows, Py_ssize_t ld,
                        Py_ssize_t cols)
+
+cdef extern from "bp_losses.h" nogil:
     double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,
                                Py_ssize_t rows, Py_ssize_t cols, double scale)
     double bp_softmax_xent_f64(const double *z, const cnp.int64_t *y, double *d,
@@ -28,6 +30,8 @@ cdef extern from "bp_elementwise.h" nogil:
                               double scale)
     double bp_sigmoid_bce_f64(const double *s, const double *t, double *d, Py_ssize_t n,
                               double scale)
+
+cdef extern from "bp_optim.h" nogil:
     void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
                         double eps)
     void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,

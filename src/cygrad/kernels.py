@@ -24,9 +24,9 @@ from cygrad._elementwise import (
     gelu, gelu_backward, silu, silu_backward,
 )
 from cygrad._embedding import (
-    adagrad_update, embedding_adagrad_update, embedding_gather, embedding_scatter_add,
-    embedding_sgd_update, sgd_update,
+    embedding_adagrad_update, embedding_gather, embedding_scatter_add, embedding_sgd_update,
 )
+from cygrad._optim import adagrad_update, sgd_update
 from cygrad._decode import constrained_viterbi
 from cygrad._gemm import matmul, outer_accumulate
 from cygrad._losses import max_margin, sigmoid_binary_cross_entropy, softmax_cross_entropy

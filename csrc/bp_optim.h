@@ -1,0 +1,19 @@
+/* Optimiser steps in place: Adagrad on a contiguous range, and sparse Adagrad on
+ * the table rows a batch of windows touched (SGD is an axpy: bp_elementwise.h). */
+#ifndef BP_OPTIM_H
+#define BP_OPTIM_H
+
+#include "bp_config.h"
+
+#define BP_DECLARE(T, S)                                                              \
+    void bp_adagrad_##S(T *p, T *G, const T *g, ptrdiff_t n, double lr, double eps);    \
+    void bp_sparse_adagrad_##S(T *table, T *G, ptrdiff_t d, const int64_t *ids,          \
+                               ptrdiff_t n, ptrdiff_t w, const T *g, ptrdiff_t ld,       \
+                               int64_t *scratch, int64_t *head, T *row, double lr,     \
+                               double eps);
+
+BP_DECLARE(float, f32)
+BP_DECLARE(double, f64)
+#undef BP_DECLARE
+
+#endif

@@ -1,0 +1,68 @@
+/* Template body for bp_optim.c: included once per element type with T (float or
+ * double) and S (f32 or f64) defined. */
+
+#define BP_CAT_(a, b) a##_##b
+#define BP_CAT(a, b) BP_CAT_(a, b)
+#define BP_FN(name) BP_CAT(name, S)
+
+/* Adagrad on a contiguous range: G += g^2; p -= lr g / (sqrt(G) + eps). */
+BP_CLONES
+void BP_FN(bp_adagrad)(T *restrict p, T *restrict G, const T *restrict g, ptrdiff_t n,
+                       double lr, double eps)
+{
+    const T l = (T)lr, e = (T)eps;
+    BP_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+        const T gi = g[i], Gi = G[i] + gi * gi;
+        G[i] = Gi;
+        p[i] -= l * gi / (BP_M(bp_sqrt)(Gi) + e);
+    }
+}
+
+/* Sparse Adagrad on the table rows that n slots touch: slot j (= i w + s) has row
+ * id ids[j] and gradient g + (j / w) ld + (j % w) d. Each row's slot gradients are
+ * summed, in slot order, into row (d values of scratch), then the row takes one
+ * step; untouched rows are not read or written. scratch holds 2 n int64 values.
+ * With head (one int64 per table row, all -1, left so), the slots of each row are
+ * chained in O(n); without, they are sorted by (row, slot). */
+void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, ptrdiff_t n,
+                              ptrdiff_t w, const T *g, ptrdiff_t ld, int64_t *scratch,
+                              int64_t *head, T *row, double lr, double eps)
+{
+    if (n <= 0 || d <= 0) return;
+    if (head) {
+        int64_t *next = scratch, *rows = scratch + n;
+        ptrdiff_t nrows = 0;
+        for (ptrdiff_t j = n - 1; j >= 0; j--) {    /* chains in increasing slot order */
+            const int64_t r = ids[j];
+            if (head[r] < 0) rows[nrows++] = r;
+            next[j] = head[r];
+            head[r] = j;
+        }
+        for (ptrdiff_t q = 0; q < nrows; q++) {
+            const int64_t r = rows[q];
+            for (ptrdiff_t k = 0; k < d; k++) row[k] = 0;
+            for (int64_t j = head[r]; j >= 0; j = next[j])
+                BP_FN(bp_axpy)(d, 1.0, g + (j / w) * ld + (j % w) * d, row);
+            BP_FN(bp_adagrad)(table + r * d, G + r * d, row, d, lr, eps);
+            head[r] = -1;
+        }
+        return;
+    }
+    sort_slots(ids, n, scratch);
+    ptrdiff_t a = 0;
+    while (a < n) {
+        const int64_t r = scratch[2 * a];
+        for (ptrdiff_t k = 0; k < d; k++) row[k] = 0;
+        ptrdiff_t b = a;
+        for (; b < n && scratch[2 * b] == r; b++) {
+            const ptrdiff_t slot = (ptrdiff_t)scratch[2 * b + 1];
+            BP_FN(bp_axpy)(d, 1.0, g + (slot / w) * ld + (slot % w) * d, row);
+        }
+        BP_FN(bp_adagrad)(table + r * d, G + r * d, row, d, lr, eps);
+        a = b;
+    }
+}
+
+#undef BP_FN
+#undef BP_CAT
+#undef BP_CAT_

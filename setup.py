@@ -129,7 +129,7 @@ def ext(name, *csrc):
 extensions = [
     ext("_parallel", "bp_pool"),
     ext("_common", "bp_cpu"),
-    ext("_gemm", "bp_gemm", "bp_gemm_packed"),
+    ext("_gemm", "bp_gemm", "bp_gemm_kernels"),
     ext("_elementwise", "bp_elementwise"),
     ext("_losses", "bp_losses"),
     ext("_embedding", "bp_elementwise", "bp_optim"),

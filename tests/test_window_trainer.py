@@ -1,4 +1,4 @@
-"""cygrad.ner.WindowTrainer, the fused training step of the window model, held to
+"""cygrad.ner.WindowTrainer, the window model's compiled training step, held to
 three independent oracles: the NumPy twin in cygrad.reference, the graph
 executor (the same model built from graph ops, with cygrad.optim.SGD), and
 numeric central-difference gradients of the loss."""
@@ -48,7 +48,7 @@ def test_matches_numpy_reference(B, dtype, nthreads, rng):
 
 
 def test_matches_graph_executor(rng):
-    """The fused step computes the gradients the graph computes (issue #5's condition
+    """The compiled step computes the gradients the eager graph computes (issue #5's condition
     for a fused path): same parameters after several SGD steps."""
     p = params(rng, w=3, H=20, C=4)
     fused = WindowTrainer(**p)
@@ -224,7 +224,7 @@ def test_window_scores_bad_input(rng):
 @pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("B", [1, 8, 40, 300])
 def test_every_gemm_path(path, B, rng):
-    """The fused step on each micro-kernel path the CPU supports (forced in turn)."""
+    """The compiled step on each micro-kernel path the CPU supports (forced in turn)."""
     from cygrad import _gemm
     if path not in _gemm._gemm_path()[1]:
         pytest.skip(f"this CPU cannot run the {path} micro-kernel")

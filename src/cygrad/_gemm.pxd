@@ -1,4 +1,4 @@
-# The GEMM entry points other compiled modules call (cygrad._window): through
+# The GEMM entry points other compiled modules call (cygrad._plan, cygrad.ner._scores): through
 # cygrad._gemm, so that one copy of the GEMM (its CPU dispatch and its per-thread
 # packing buffers) serves the whole package.
 cdef int gemm_block_f32(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1,

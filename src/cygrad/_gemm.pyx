@@ -4,7 +4,7 @@
 Design: C is split between threads by ownership, into row ranges (or column
 ranges when C has too few rows to go round), claimed from the pool
 (cygrad._parallel); each thread runs the packed,
-cache-blocked GEMM of csrc/bp_gemm_packed.c on its block: panels of op(A) and
+cache-blocked GEMM of csrc/bp_gemm_kernels.c on its block: panels of op(A) and
 op(B) packed into contiguous buffers (transposes are absorbed by the packing,
 never materialised; with a row split and an op(B) of over 2 MB the threads pack
 each slice of op(B) together, once, and each packs its own rows of op(A)),

@@ -1,4 +1,4 @@
-/* Template body for bp_gemm_packed.c: T, S and the path's MR/NR/kernel fields
+/* Template body for bp_gemm_kernels.c: T, S and the path's MR/NR/kernel fields
  * (MRF, NRF, KER) are defined by the includer. */
 
 /* op(A)[0:mc, 0:kc] -> panels of MR rows, each [kc][MR], zero-padded. Cloned per

@@ -1,5 +1,9 @@
-/* Packed, cache-blocked GEMM with register-blocked micro-kernels.
+/* The GEMM methods and their CPU dispatch: the packed, cache-blocked GEMM with
+ * register-blocked micro-kernels (below), the direct register-tile kernels over
+ * unpacked operands and the dot-row kernel for very small products (further
+ * down); csrc/bp_gemm.c picks one per product shape.
  *
+ * The packed GEMM:
  * C[i0:i1, j0:j1] (+)= op(A) op(B), op(A)(i, p) = A[i*ars + p*acs],
  * op(B)(p, j) = B[p*brs + j*bcs]: transposes are strides, absorbed by packing.
  *
@@ -596,7 +600,7 @@ static void *work_buffer(size_t bytes)
 #define HALF h32
 #define DIR d32
 #define ROWS w32
-#include "bp_gemm_packed_impl.h"
+#include "bp_gemm_kernels_impl.h"
 #undef T
 #undef BP_F32
 #undef S
@@ -618,7 +622,7 @@ static void *work_buffer(size_t bytes)
 #define HALF h64
 #define DIR d64
 #define ROWS w64
-#include "bp_gemm_packed_impl.h"
+#include "bp_gemm_kernels_impl.h"
 #undef T
 #undef BP_F32
 #undef S

@@ -226,6 +226,91 @@ def test_corrupted_or_foreign_model_rejected(tmp_path, toy):
         WindowModel.load(d)
 
 
+def _rewrite_params(d, params=None, data=None):
+    """Replace the arrays file of model directory d (by arrays or raw bytes), with
+    model.json's digest updated to match: only the content is wrong."""
+    import hashlib
+    meta = json.loads((d / "model.json").read_text())
+    npz = d / meta["params_file"]
+    if data is None:
+        buf = io.BytesIO()
+        np.savez(buf, **params)
+        data = buf.getvalue()
+    npz.write_bytes(data)
+    meta["params_sha256"] = hashlib.sha256(data).hexdigest()
+    (d / "model.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("damage,what", [
+    ("k_float", "k must be an integer, got 2.0"),
+    ("hidden_str", "hidden must be a list of integers"),
+    ("no_unk", "vocab words must start with"),
+    ("no_tags", "vocab has no tags"),
+    ("truncated", "cannot read the model"),
+    ("empty", "cannot read the model"),
+    ("nan", "array W0 holds NaN or infinity"),
+])
+def test_damaged_model_files_end_in_an_error_line(tmp_path, toy, capsys, damage, what):
+    """A model file whose digest matches but whose content is wrong (issue #13) is
+    refused with a ModelError, and the CLI prints one error line (no traceback)."""
+    m = _small_model(toy[0][:50])
+    d = tmp_path / "m"
+    m.save(d)
+    meta = json.loads((d / "model.json").read_text())
+    if damage == "k_float":
+        meta["config"]["k"] = 2.0
+    elif damage == "hidden_str":
+        meta["config"]["hidden"] = "300"
+    elif damage == "no_unk":
+        meta["vocab"]["words"] = [w for w in meta["vocab"]["words"] if w != "<unk>"]
+    elif damage == "no_tags":
+        meta["vocab"]["tags"] = []
+    if damage in ("k_float", "hidden_str", "no_unk", "no_tags"):
+        (d / "model.json").write_text(json.dumps(meta))
+    elif damage == "nan":
+        p = dict(m.params)
+        p["W0"] = p["W0"].copy()
+        p["W0"][0, 0] = np.nan
+        _rewrite_params(d, params=p)
+    else:
+        data = (d / meta["params_file"]).read_bytes()
+        _rewrite_params(d, data=data[: len(data) // 2] if damage == "truncated" else b"")
+    with pytest.raises(ModelError, match=what):
+        WindowModel.load(d)
+    sys_stdin = sys.stdin
+    try:
+        sys.stdin = io.StringIO("EU rejects German call .\n")
+        assert cli.main(["tag", "--model", str(d)]) == 2
+    finally:
+        sys.stdin = sys_stdin
+    err = capsys.readouterr().err
+    assert "cygrad tag: error:" in err and "Traceback" not in err
+
+
+def test_sparse_and_dense_gradients_add_in_either_order():
+    """ndarray + SparseRows and SparseRows + ndarray give the same dense sum (a table
+    that receives a sparse and a dense gradient: issue #13)."""
+    from cygrad.graph import SparseRows
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((6, 3))
+    sp = SparseRows(np.array([1, 4, 1]), rng.standard_normal((3, 3)), (6, 3))
+    want = dense.copy()
+    np.add.at(want, sp.indices, sp.rows)
+    np.testing.assert_allclose(dense + sp, want)
+    np.testing.assert_allclose(sp + dense, want)
+    E = cg.tensor(rng.standard_normal((6, 3)), requires_grad=True)
+    win = np.array([[1, 4], [1, 1]])
+    for order in (0, 1):
+        E.grad = None
+        a = cg.embedding_windows(E, win, sparse=True).sum()
+        b = cg.embedding_windows(E, win, sparse=False).sum()
+        ((a + b) if order else (b + a)).backward()
+        g = E.grad if isinstance(E.grad, np.ndarray) else E.grad.to_dense()
+        want = np.zeros((6, 3))
+        np.add.at(want, win.reshape(-1), 2.0)
+        np.testing.assert_allclose(g, want)
+
+
 def test_graph_forward_matches_direct_inference(toy):
     m = _small_model(toy[0][:50], activation="relu")
     enc = encode(toy[0][:20], m.vocab, m.config.k)

@@ -354,6 +354,7 @@ class SparseRows:
     """
 
     __slots__ = ("indices", "rows", "shape")
+    __array_ufunc__ = None      # ndarray + SparseRows defers to SparseRows.__radd__
 
     def __init__(self, indices, rows, shape):
         self.indices = indices          # (n,) integer row ids

@@ -163,7 +163,24 @@ class Vocab:
 
     @classmethod
     def from_json(cls, d):
-        return cls(list(d["words"]), list(d["suffixes"]), list(d["tags"]))
+        """The vocabulary of a model file; ValueError says what is malformed."""
+        if not isinstance(d, dict):
+            raise ValueError(f"vocab must be an object, got {type(d).__name__}")
+        out = {}
+        for key in ("words", "suffixes", "tags"):
+            v = d.get(key)
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"vocab {key} must be a list of strings")
+            if len(set(v)) != len(v):
+                raise ValueError(f"vocab {key} has repeated entries")
+            out[key] = v
+        for key in ("words", "suffixes"):
+            if out[key][:3] != [PAD_L, PAD_R, UNK]:
+                raise ValueError(f"vocab {key} must start with {[PAD_L, PAD_R, UNK]} "
+                                 f"(padding and the unknown-word entry), got {out[key][:3]}")
+        if not out["tags"]:
+            raise ValueError("vocab has no tags")
+        return cls(out["words"], out["suffixes"], out["tags"])
 
 
 def _tag_order(tag):

@@ -32,6 +32,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -63,6 +64,15 @@ class Config:
     positive: str = "LOC"            # the binary task: is the centre word of this type?
 
     def __post_init__(self):
+        for name in ("k", "dim", "suffix_dim", "case_dim"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        if not isinstance(self.hidden, (tuple, list)) or any(
+                isinstance(h, bool) or not isinstance(h, (int, np.integer)) for h in self.hidden):
+            raise ValueError(f"hidden must be a list of integers, got {self.hidden!r}")
+        if not isinstance(self.average, bool):
+            raise ValueError(f"average must be true or false, got {self.average!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
         if self.k < 0 or self.dim < 1 or self.suffix_dim < 0 or self.case_dim < 0:
             raise ValueError(f"bad model sizes: {self}")
@@ -315,8 +325,13 @@ class WindowModel:
                 params = {k: np.ascontiguousarray(z[k]) for k in z.files}
             config = Config(**meta["config"])
             vocab = Vocab.from_json(meta["vocab"])
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            raise ModelError(f"{directory}: cannot read the model ({e})") from None
+        except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as e:
+            raise ModelError(f"{directory}: cannot read the model ({type(e).__name__}: {e})") \
+                from None
+        for k, a in params.items():
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise ModelError(f"{npz_path}: array {k} holds NaN or infinity (a diverged "
+                                 f"training run?); refusing to tag with it")
         model = cls(config, vocab, params=params)
         model.meta = meta
         return model

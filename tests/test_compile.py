@@ -45,6 +45,14 @@ def _loss_fn(kind, ts, act="tanh"):
             x = f(cg.linear(x, layers[k], layers[k + 1]))
         return x
 
+    if kind == "written":       # the layers written out: x @ W.T + b
+        E, W, b, U, c = ts
+
+        def loss_fn(win, labels):
+            h = f(cg.embedding_windows(E, win, sparse=True) @ W.T + b)
+            return cg.softmax_cross_entropy(h @ U.T + c, labels)
+        return loss_fn
+
     if kind == "tables3":
         E, S, Cs, W, b, U, c = ts
 
@@ -143,7 +151,7 @@ def _compare(kind, dt, opt_name, sizes, **kw):
 @pytest.mark.parametrize("dt", [np.float64, np.float32])
 @pytest.mark.parametrize("opt_name", ["sgd", "adagrad"])
 @pytest.mark.parametrize("kind", ["window", "tables3", "deep2", "deep3", "average", "margin",
-                                  "logistic", "dense_input"])
+                                  "logistic", "dense_input", "written"])
 def test_compiled_step_equals_the_eager_step(kind, opt_name, dt, nthreads):
     # B = 37 twice (the plan replays), 1, 7 (new plans), then 37 again and 53 (a batch
     # larger than any seen: the workspace grows)
@@ -243,6 +251,19 @@ def test_an_op_without_plan_kernel_runs_eagerly_with_one_warning():
     assert results[0][0] == results[1][0]
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_array_equal(a, b)
+
+
+def test_matmul_without_a_transposed_parameter_falls_back():
+    (E, W, b, U, c), opt = _model()
+    Wt = cg.tensor(W.data.T.copy(), requires_grad=True)
+    opt = cg.optim.SGD([E, Wt, b, U, c], lr=0.1)
+
+    def loss_fn(win, labels):
+        h = cg.tanh(cg.embedding_windows(E, win) @ Wt + b)
+        return cg.softmax_cross_entropy(h @ U.T + c, labels)
+    step = cg.compile(loss_fn, optimizer=opt)
+    with pytest.warns(CompileWarning, match="matmul other than x @ W.T"):
+        step(*_batch("window", 5, np.float64, np.random.default_rng(0)))
 
 
 def test_strict_raises_before_any_update():

@@ -59,6 +59,7 @@ cdef enum:
     T_EMB_SGD = 11
     T_EMB_ADAGRAD = 12
     T_UPDATE = 13
+    T_BIAS = 14
 
 # index spaces
 cdef enum:
@@ -181,18 +182,30 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         y = <floating *>ptr[t.v[3]]
         if t.axis == A_ROWS:
             failed = _gemm(m, h, lo, hi, 0, h, k, x, 0, ld[t.v[0]], P, 1, k, y, ld[t.v[3]], 0)
-            if ld[t.v[3]] == h:
+            if t.v[2] < 0:      # x @ W.T: no bias
+                pass
+            elif ld[t.v[3]] == h:
                 _bias(y + lo * h, <floating *>ptr[t.v[2]], y + lo * h, hi - lo, h)
             else:
                 for i in range(lo, hi):
                     _bias(y + i * ld[t.v[3]], <floating *>ptr[t.v[2]], y + i * ld[t.v[3]], 1, h)
         else:
             failed = _gemm(m, h, 0, m, lo, hi, k, x, 0, ld[t.v[0]], P, 1, k, y, ld[t.v[3]], 0)
-            for i in range(m):
+            for i in range(m if t.v[2] >= 0 else 0):
                 _bias(y + i * ld[t.v[3]] + lo, <floating *>ptr[t.v[2]] + lo,
                       y + i * ld[t.v[3]] + lo, 1, hi - lo)
     elif code == T_ACT:
         _rows_or_cols_unary(t, r, dummy, lo, hi, 0)
+    elif code == T_BIAS:        # v0 z (m, h) + v1 b (h,) -> v2, over rows or columns
+        x = <floating *>ptr[t.v[0]]
+        P = <floating *>ptr[t.v[1]]
+        y = <floating *>ptr[t.v[2]]
+        if t.axis == A_ROWS:
+            for i in range(lo, hi):
+                _bias(x + i * ld[t.v[0]], P, y + i * ld[t.v[2]], 1, h)
+        else:
+            for i in range(m):
+                _bias(x + i * ld[t.v[0]] + lo, P + lo, y + i * ld[t.v[2]] + lo, 1, hi - lo)
     elif code == T_ACT_BWD:
         _rows_or_cols_unary(t, r, dummy, lo, hi, 1)
     elif code == T_XENT:        # v0 logits (m, h) -> v2 (softmax - onehot) * scale, v1 labels

@@ -21,7 +21,8 @@ kernel. ``strict=True`` raises :class:`CompileError` instead, before anything is
 updated. A compiled step leaves ``.grad`` None.
 
 Ops with plan kernels: ``embedding_windows`` (dense or sparse), ``concat`` (of
-2-D values along the last axis), ``linear``, every activation, ``reshape`` that
+2-D values along the last axis), ``linear``, ``x @ W.T`` and ``+ b`` (W, b leaf
+tensors: the layer written out), every activation, ``reshape`` that
 keeps the batch axis, ``mean`` over the window axis, and, as the loss (the
 graph's root), ``softmax_cross_entropy``, ``sigmoid_binary_cross_entropy`` and
 ``max_margin``. Optimisers: :class:`cygrad.optim.SGD` and
@@ -44,7 +45,7 @@ __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
 
 # task codes: the order of the T_* enum in _plan.pyx
 TASKS = ("gather", "linear", "act", "xent", "bce", "margin", "mean", "bias_bwd", "linear_bwd",
-         "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update")
+         "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update", "bias")
 _CODE = {name: i for i, name in enumerate(TASKS)}
 ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
 _AXIS = {ROWS: 0, COLS: 1, OWN: 0, FLAT: 0, ONE: 0}
@@ -290,24 +291,53 @@ class _Builder:
                 v.buf, v.off, v.ld = out.buf, col, total
                 col += p.shape[1]
             self.val[id(node)] = out
-        elif name == "linear":
-            x, W, b = pa
+        elif name in ("linear", "matmul"):
+            if name == "linear":
+                x, W, b = pa
+            else:       # x @ W.T, W a leaf (H, D): a linear layer without its bias
+                x, wt = pa
+                if not (isinstance(wt, Tensor) and wt._op is not None
+                        and wt._op.name == "transpose" and isinstance(wt._parents[0], Tensor)
+                        and wt._parents[0]._op is None and wt._parents[0].ndim == 2
+                        and isinstance(x, (Tensor, Traced)) and x.ndim == 2):
+                    raise _Unsupported("matmul other than x @ W.T (x 2-D, W a (H, D) leaf "
+                                       "tensor) has no plan kernel")
+                W, b = wt._parents[0], None
             xv = self.value(x)
-            Wv, bv = self.leaf(W), self.leaf(b)
+            Wv = self.leaf(W)
+            bv = self.leaf(b) if b is not None else None
             B, D = x.shape
             H = W.shape[0]
             if xv.cols != D:
-                raise _Unsupported("linear of a reshaped input")
+                raise _Unsupported(f"{name} of a reshaped input")
             out = self.new(B, H)
+            rd = [(bv, "r", "all")] if bv is not None else []
             if B >= ROW_MODE or H < 2 * COL_GRAIN:
                 space = (ROWS, B, _row_grain(B))
-                acc = [(xv, "r", ROWS), (Wv, "r", "all"), (bv, "r", "all"), (out, "w", ROWS)]
+                acc = [(xv, "r", ROWS), (Wv, "r", "all"), (out, "w", ROWS)] + rd
             else:
                 space = (COLS, H, COL_GRAIN)
-                acc = [(xv, "r", "all"), (Wv, "r", "all"), (bv, "r", "all"), (out, "w", COLS)]
+                acc = [(xv, "r", "all"), (Wv, "r", "all"), (out, "w", COLS)] + rd
             self.add(_Task("linear", space, [xv, Wv, bv, out], acc, m=B, k=D, h=H))
             self.work += B * D * H
             self.val[id(node)] = out
+            self.info[id(node)] = (x, W, b)
+        elif name == "transpose":
+            (a,) = pa      # only as the right operand of a matmul (checked there)
+            if not (isinstance(a, Tensor) and a._op is None and a.ndim == 2):
+                raise _Unsupported("transpose of a computed value")
+        elif name == "add":
+            a, b = pa
+            if not (isinstance(a, Tensor) and a._op is not None and a.ndim == 2
+                    and isinstance(b, Tensor) and b._op is None and b.ndim == 1
+                    and b.shape[0] == a.shape[1]):
+                raise _Unsupported("add other than a computed (B, H) value + a (H,) leaf "
+                                   "tensor (a bias) has no plan kernel")
+            av, bv = self.val[id(a)], self.leaf(b)
+            self.add(_Task("bias", ("elem", av.rows, av.cols), [av, bv, av],
+                           [(av, "r", "elem"), (bv, "r", "all"), (av, "w", "elem")],
+                           m=av.rows, h=av.cols))
+            self.val[id(node)] = av
         elif name in ACT_CODES:
             (z,) = pa
             if z._op is None:
@@ -399,10 +429,12 @@ class _Builder:
         # how many gradient contributions each dense parameter receives
         contrib = {}
         for node in order:
-            if node._op is not None and node._op.name == "linear":
-                for p in node._parents[1:]:
-                    if id(p) in self.pindex:
-                        contrib[id(p)] = contrib.get(id(p), 0) + 1
+            name = node._op.name if node._op is not None else None
+            ps = node._parents[1:] if name in ("linear", "add") else \
+                [node._parents[1]._parents[0]] if name == "matmul" else []
+            for p in ps:
+                if id(p) in self.pindex:
+                    contrib[id(p)] = contrib.get(id(p), 0) + 1
         self.contrib, self.seen = contrib, {}
         self.gbufs, self.segments = {}, {}
         for node in reversed(order):
@@ -410,8 +442,8 @@ class _Builder:
                 continue
             g = self.grad.get(id(node))
             name = node._op.name
-            if node is self.root:
-                continue
+            if node is self.root or name == "transpose":
+                continue        # (a transpose is folded into its matmul)
             if g is None:
                 raise _Unsupported(f"internal: no gradient reached {name}")
             self.bwd(node, name, g)
@@ -450,23 +482,37 @@ class _Builder:
         self.add(_Task("update", (FLAT, n, FLAT_GRAIN), v, acc,
                        mode=U_ADAGRAD if self.adagrad else U_SGD))
 
+    def bias_bwd(self, b, g):
+        """The bias gradient (column sums of g) and b's update."""
+        B, H = g.rows, b.shape[0]
+        bv = self.leaf(b)
+        mode, sv, last = self.param_mode(b, H)
+        scr = self.new(1, H)
+        v = [g, bv, sv, scr]
+        acc = [(g, "r", COLS), (bv, "w", COLS), (scr, "w", COLS)]
+        if sv is not None:
+            acc.append((sv, "w", COLS))
+        self.add(_Task("bias_bwd", (COLS, H, COL_GRAIN), v, acc, mode=mode, m=B, h=H))
+        if last:
+            self.dense_update(b, sv)
+
     def bwd(self, node, name, g):
         pa = node._parents
-        if name == "linear":
-            x, W, b = pa
+        if name == "add":
+            a, b = pa
+            if a.requires_grad:
+                self.grad[id(a)] = g         # + hands the gradient on
+            if id(b) in self.pindex:
+                self.bias_bwd(b, g)
+        elif name == "transpose":
+            pass                             # folded into its matmul
+        elif name in ("linear", "matmul"):
+            x, W, b = self.info[id(node)]
             B, D = x.shape
             H = W.shape[0]
-            xv, Wv, bv = self.value(x), self.leaf(W), self.leaf(b)
-            if id(b) in self.pindex:
-                mode, sv, last = self.param_mode(b, H)
-                scr = self.new(1, H)
-                v = [g, bv, sv, scr]
-                acc = [(g, "r", COLS), (bv, "w", COLS), (scr, "w", COLS)]
-                if sv is not None:
-                    acc.append((sv, "w", COLS))
-                self.add(_Task("bias_bwd", (COLS, H, COL_GRAIN), v, acc, mode=mode, m=B, h=H))
-                if last:
-                    self.dense_update(b, sv)
+            xv, Wv = self.value(x), self.leaf(W)
+            if b is not None and id(b) in self.pindex:
+                self.bias_bwd(b, g)
             dx = None
             if isinstance(x, Tensor) and x.requires_grad:
                 dx = self.new(B, D)

@@ -61,6 +61,27 @@ double BP_FN(bp_sigmoid_bce)(const T *restrict s, const T *restrict t, T *restri
     return total;
 }
 
+/* The lecture's max-margin (hinge) loss over n (true, corrupt) score pairs: returns
+ * the sum of max(0, margin - s + s_c); where the hinge is active ds = -scale and
+ * dsc = +scale, elsewhere (the tie margin - s + s_c == 0 included) both are 0. */
+double BP_FN(bp_max_margin)(const T *restrict s, const T *restrict sc, T *restrict ds,
+                            T *restrict dsc, ptrdiff_t n, double margin, double scale)
+{
+    double total = 0.0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        const double v = margin - (double)s[i] + (double)sc[i];
+        if (v > 0) {
+            total += v;
+            ds[i] = (T)(-scale);
+            dsc[i] = (T)scale;
+        } else {
+            ds[i] = 0;
+            dsc[i] = 0;
+        }
+    }
+    return total;
+}
+
 #undef BP_FN
 #undef BP_CAT
 #undef BP_CAT_

@@ -11,3 +11,7 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper)
 cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1
 cdef bint is_f32(object x)
 cdef object check_lr_eps(str fn, object lr, object eps)
+cdef Py_ssize_t first_out_of_range(const cnp.int64_t *ids, Py_ssize_t n,
+                                   Py_ssize_t upper) noexcept nogil
+cdef object check_ids(object ids, str fn, str name, Py_ssize_t upper)
+cdef object index_into(object x, object out, str fn, str name, Py_ssize_t upper)

@@ -3,6 +3,7 @@
 
 import numpy as np
 cimport numpy as cnp
+from libc.string cimport memcpy
 from cygrad._parallel cimport pool_threaded
 from cygrad import _config
 
@@ -158,24 +159,54 @@ cdef object index_array(object x, str fn, str name, int ndim, Py_ssize_t upper):
         raise TypeError(f"{fn}: {name} must have an integer dtype, got {x.dtype}")
     if cnp.PyArray_NDIM(<cnp.ndarray>x) != ndim:
         raise ValueError(f"{fn}: {name} must be {ndim}-D, got shape {x.shape}")
-    if x.dtype.kind == "u" and x.dtype.itemsize == 8 and x.size \
-            and x.max() > np.iinfo(np.int64).max:
-        raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
+    _check_u64(x, fn, name, upper)
     if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_INT64 and _plain(x):
         x = cnp.PyArray_NewCopy(<cnp.ndarray>x, cnp.NPY_CORDER)     # the C-API copy: fast
     else:
         x = np.array(x, dtype=np.int64, order="C", copy=True)
-    cdef const cnp.int64_t *flat = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>x)
-    cdef Py_ssize_t i, n = cnp.PyArray_SIZE(<cnp.ndarray>x), bad = -1
-    with nogil:
-        for i in range(n):
-            if flat[i] < 0 or flat[i] >= upper:
-                bad = i
-                break
-    if bad >= 0:
-        where = ", ".join(str(int(j)) for j in np.unravel_index(bad, x.shape))
-        raise IndexError(f"{fn}: {name}[{where}] = {flat[bad]} is out of range [0, {upper})")
+    check_ids(x, fn, name, upper)
     return x
+
+
+cdef inline object _check_u64(object x, str fn, str name, Py_ssize_t upper):
+    if x.dtype.kind == "u" and x.dtype.itemsize == 8 and x.size \
+            and x.max() > np.iinfo(np.int64).max:
+        raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
+
+
+cdef Py_ssize_t first_out_of_range(const cnp.int64_t *ids, Py_ssize_t n,
+                                   Py_ssize_t upper) noexcept nogil:
+    """The first i with ids[i] outside [0, upper), or -1."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if ids[i] < 0 or ids[i] >= upper:
+            return i
+    return -1
+
+
+cdef object check_ids(object ids, str fn, str name, Py_ssize_t upper):
+    """IndexError naming the first value of the int64 C-contiguous array ids that
+    lies outside [0, upper), and where."""
+    cdef const cnp.int64_t *flat = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>ids)
+    cdef Py_ssize_t bad, n = cnp.PyArray_SIZE(<cnp.ndarray>ids)
+    with nogil:
+        bad = first_out_of_range(flat, n, upper)
+    if bad >= 0:
+        where = ", ".join(str(int(j)) for j in np.unravel_index(bad, ids.shape))
+        raise IndexError(f"{fn}: {name}[{where}] = {flat[bad]} is out of range [0, {upper})")
+
+
+cdef object index_into(object x, object out, str fn, str name, Py_ssize_t upper):
+    """index_array into a given int64 C-contiguous array of x's shape (a compiled
+    plan's workspace): copy, then check the copy. Allocates nothing for int64
+    C-contiguous native input."""
+    _check_u64(x, fn, name, upper)
+    if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_INT64 and _plain(x):
+        memcpy(cnp.PyArray_DATA(<cnp.ndarray>out), cnp.PyArray_DATA(<cnp.ndarray>x),
+               cnp.PyArray_SIZE(<cnp.ndarray>x) * sizeof(cnp.int64_t))
+    else:
+        np.copyto(out, x, casting="unsafe")
+    check_ids(out, fn, name, upper)
 
 
 cdef int threads_for(Py_ssize_t work, Py_ssize_t min_work) except -1:

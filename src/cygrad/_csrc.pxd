@@ -30,6 +30,10 @@ cdef extern from "bp_losses.h" nogil:
                               double scale)
     double bp_sigmoid_bce_f64(const double *s, const double *t, double *d, Py_ssize_t n,
                               double scale)
+    double bp_max_margin_f32(const float *s, const float *sc, float *ds, float *dsc,
+                             Py_ssize_t n, double margin, double scale)
+    double bp_max_margin_f64(const double *s, const double *sc, double *ds, double *dsc,
+                             Py_ssize_t n, double margin, double scale)
 
 cdef extern from "bp_optim.h" nogil:
     void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,

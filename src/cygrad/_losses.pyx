@@ -20,7 +20,8 @@ from cygrad._parallel cimport parallel_for
 
 cnp.import_array()
 
-from cygrad._csrc cimport (bp_softmax_xent_f32, bp_softmax_xent_f64, bp_sigmoid_bce_f32,
+from cygrad._csrc cimport (bp_max_margin_f32, bp_max_margin_f64, bp_softmax_xent_f32,
+                           bp_softmax_xent_f64, bp_sigmoid_bce_f32,
                            bp_sigmoid_bce_f64)
 
 cdef enum:
@@ -166,22 +167,6 @@ def sigmoid_binary_cross_entropy(scores, targets, out=None):
     return total / B, out
 
 
-cdef double _max_margin(const floating[::1] s, const floating[::1] sc, floating[::1] ds,
-                        floating[::1] dsc, double margin) noexcept nogil:
-    cdef Py_ssize_t i, n = s.shape[0]
-    cdef double total = 0.0, v, g = 1.0 / n
-    for i in range(n):
-        v = margin - <double>s[i] + <double>sc[i]
-        if v > 0:
-            total += v
-            ds[i] = <floating>(-g)
-            dsc[i] = <floating>g
-        else:
-            ds[i] = 0
-            dsc[i] = 0
-    return total
-
-
 def max_margin(s_true, s_corrupt, margin=1.0):
     """Mean hinge loss J = max(0, margin - s + s_c) over a batch of window pairs.
 
@@ -220,16 +205,17 @@ def max_margin(s_true, s_corrupt, margin=1.0):
     ds = np.empty_like(s_true)
     dsc = np.empty_like(s_true)
     cdef double total
-    cdef const float[::1] a32, b32
-    cdef float[::1] c32, d32
-    cdef const double[::1] a64, b64
-    cdef double[::1] c64, d64
+    cdef Py_ssize_t n = s_true.shape[0]
+    cdef void *ps = cnp.PyArray_DATA(<cnp.ndarray>s_true)
+    cdef void *pc = cnp.PyArray_DATA(<cnp.ndarray>s_corrupt)
+    cdef void *pd = cnp.PyArray_DATA(<cnp.ndarray>ds)
+    cdef void *pdc = cnp.PyArray_DATA(<cnp.ndarray>dsc)
     if is_f32(s_true):
-        a32, b32, c32, d32 = s_true, s_corrupt, ds, dsc
         with nogil:
-            total = _max_margin[float](a32, b32, c32, d32, mg)
+            total = bp_max_margin_f32(<const float *>ps, <const float *>pc, <float *>pd,
+                                      <float *>pdc, n, mg, 1.0 / n)
     else:
-        a64, b64, c64, d64 = s_true, s_corrupt, ds, dsc
         with nogil:
-            total = _max_margin[double](a64, b64, c64, d64, mg)
+            total = bp_max_margin_f64(<const double *>ps, <const double *>pc, <double *>pd,
+                                      <double *>pdc, n, mg, 1.0 / n)
     return total / s_true.shape[0], ds, dsc

@@ -11,7 +11,7 @@ from cygrad._csrc cimport (
     bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
     bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
     bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
-    bp_sigmoid_bce_f32, bp_sigmoid_bce_f64)
+    bp_sigmoid_bce_f32, bp_sigmoid_bce_f64, bp_max_margin_f32, bp_max_margin_f64)
 from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
 
 
@@ -102,3 +102,12 @@ cdef inline double sigmoid_bce(const floating *s, const floating *t, floating *d
         return bp_sigmoid_bce_f32(s, t, d, n, scale)
     else:
         return bp_sigmoid_bce_f64(s, t, d, n, scale)
+
+
+cdef inline double max_margin(const floating *s, const floating *sc, floating *ds,
+                              floating *dsc, Py_ssize_t n, double margin,
+                              double scale) noexcept nogil:
+    if floating is float:
+        return bp_max_margin_f32(s, sc, ds, dsc, n, margin, scale)
+    else:
+        return bp_max_margin_f64(s, sc, ds, dsc, n, margin, scale)

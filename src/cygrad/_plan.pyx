@@ -29,12 +29,14 @@ from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
+from cygrad._common cimport first_out_of_range, index_into
 
 cnp.import_array()
 
 from cygrad._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
                              adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
-                             act_bwd as _act_bwd, softmax_xent, sigmoid_bce)
+                             act_bwd as _act_bwd, softmax_xent, sigmoid_bce,
+                             max_margin)
 
 
 cdef enum:
@@ -238,17 +240,8 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         r0 = lo
         while r0 < hi:
             r1 = min(hi, r0 + LOSS_BLOCK)
-            total = 0.0
-            for i in range(r0, r1):
-                v = t.alpha - <double>x[i] + <double>P[i]
-                if v > 0:
-                    total += v
-                    y[i] = <floating>(-scale)
-                    G[i] = <floating>scale
-                else:
-                    y[i] = 0
-                    G[i] = 0
-            r.losses[r0 // LOSS_BLOCK] = total
+            r.losses[r0 // LOSS_BLOCK] = max_margin(x + r0, P + r0, y + r0, G + r0, r1 - r0,
+                                                    t.alpha, scale)
             r0 = r1
     elif code == T_MEAN:        # v0 x (m, w h) -> v1 (m, h): the mean of the w slots
         x = <floating *>ptr[t.v[0]]
@@ -416,9 +409,6 @@ cdef int _execute(Run *r, Stage *stages, int nstages, int nt) noexcept nogil:
     return r.failed
 
 
-_TASK_FIELDS = ("code", "axis", "mode", "act", "m", "k", "h", "w", "alpha", "v", "segs")
-
-
 cdef class Plan:
     """A compiled step's tasks, groups and stages, and the views they read and
     write. Built by cygrad.compile (which validates everything it puts here);
@@ -456,7 +446,8 @@ cdef class Plan:
         free(self.bases)
 
     def __init__(self, tasks, groups, stages, views, nbufs, f32, batch):
-        """tasks: dicts with _TASK_FIELDS; groups: (t0, t1, n, grain); stages:
+        """tasks: dicts with the Task fields (code, axis, mode, act, m, k, h, w,
+        alpha, v, segs); groups: (t0, t1, n, grain); stages:
         (g0, g1); views: (buffer, offset in bytes, leading dimension). A group
         (t0, t1, n, align) is cut at run time into near-equal chunks on multiples
         of align, at most `parts` per thread."""
@@ -500,10 +491,6 @@ cdef class Plan:
         for i, (b, off, ld) in enumerate(views):
             self.vbuf[i], self.voff[i], self.vld[i] = b, off, ld
 
-    def execute(self, list arrays, double gscale, double lr, double eps, losses, int nt,
-                int parts=1):
-        return self._run(arrays, gscale, lr, eps, losses, nt, parts)
-
     cdef double _run(self, list arrays, double gscale, double lr, double eps, losses, int nt,
                      int parts) except? -1.0:
         """Run the plan: ``arrays[i]`` is buffer i (an ndarray, validated by the
@@ -536,30 +523,6 @@ cdef class Plan:
         for i in range(nb):
             total += r.losses[i]
         return total
-
-
-def copy_ids(x, out, str fn, str name, Py_ssize_t upper):
-    """Copy the integer array x into out (int64, C-contiguous, same shape), then
-    check the copy: every value in [0, upper). IndexError names the first bad one.
-    No allocation for int64 C-contiguous native input."""
-    cdef Py_ssize_t i, n = out.size, bad = -1
-    cdef cnp.int64_t *dst = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
-    if (cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_INT64 and
-            cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x) and x.dtype.isnative):
-        memcpy(dst, cnp.PyArray_DATA(<cnp.ndarray>x), n * sizeof(cnp.int64_t))
-    else:
-        if x.dtype.kind == "u" and x.dtype.itemsize == 8 and x.size \
-                and x.max() > np.iinfo(np.int64).max:
-            raise IndexError(f"{fn}: {name} holds {x.max()}, out of range [0, {upper})")
-        np.copyto(out, x, casting="unsafe")
-    with nogil:
-        for i in range(n):
-            if dst[i] < 0 or dst[i] >= upper:
-                bad = i
-                break
-    if bad >= 0:
-        where = ", ".join(str(int(j)) for j in np.unravel_index(bad, out.shape))
-        raise IndexError(f"{fn}: {name}[{where}] = {dst[bad]} is out of range [0, {upper})")
 
 
 from cygrad import _config
@@ -620,16 +583,12 @@ cdef class Runner:
                     and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
                     and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x)):
                 memcpy(dst, cnp.PyArray_DATA(<cnp.ndarray>x), n * sizeof(cnp.int64_t))
-                bad = -1
                 with nogil:
-                    for i in range(n):
-                        if dst[i] < 0 or dst[i] >= upper:
-                            bad = i
-                            break
+                    bad = first_out_of_range(dst, n, upper)
                 if bad < 0:
                     continue
             # other dtypes and layouts, and the error message
-            copy_ids(x, self.owner.id_arrays[j], op, name, upper)
+            index_into(x, self.owner.id_arrays[j], op, name, upper)
         for j, pos in self.floats:
             x = args[j]
             if not (cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)

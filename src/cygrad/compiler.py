@@ -117,24 +117,6 @@ class _Task:
         self.alpha, self.segs = alpha, list(segs)
 
 
-def _topo_all(root):
-    """Every tensor the root depends on (also through tensors without gradients),
-    parents first; iterative."""
-    order, seen = [], {id(root)}
-    stack = [(root, iter(root._parents))]
-    while stack:
-        node, parents = stack[-1]
-        for p in parents:
-            if isinstance(p, Tensor) and id(p) not in seen:
-                seen.add(id(p))
-                stack.append((p, iter(p._parents)))
-                break
-        else:
-            stack.pop()
-            order.append(node)
-    return order
-
-
 class _Builder:
     def __init__(self, root, traced, opt):
         self.root, self.traced, self.opt = root, traced, opt
@@ -238,7 +220,7 @@ class _Builder:
 
     # -- forward
     def forward(self):
-        order = _topo_all(self.root)
+        order = _g.engine._topological_order(self.root, every=True)
         uses = {}
         for node in order:
             for p in node._parents:
@@ -817,9 +799,6 @@ class _Compiled:
                 n = int(np.prod(shape))
                 self.id_arrays[j] = arena[off:off + 8 * n].view(np.int64).reshape(shape)
         self.arena = arena
-
-    def run(self, args):
-        return self.runner.run(args)
 
     opt_kind = "sgd"
 

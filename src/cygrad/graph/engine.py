@@ -355,15 +355,16 @@ def _backprop(root, grad):
             grads[key] = pg if prev is None else prev + pg
 
 
-def _topological_order(root):
-    """Nodes that lead to root and require a gradient, parents before children.
-    Iterative depth-first search: a chain of 10^5 nodes is fine."""
+def _topological_order(root, every=False):
+    """Nodes that lead to root and require a gradient (``every``: all of them, also
+    through tensors without gradients, as cygrad.compile needs), parents before
+    children. Iterative depth-first search: a chain of 10^5 nodes is fine."""
     order, seen = [], {id(root)}
     stack = [(root, iter(root._parents))]
     while stack:
         node, parents = stack[-1]
         for p in parents:
-            if isinstance(p, Tensor) and p.requires_grad and id(p) not in seen:
+            if isinstance(p, Tensor) and (every or p.requires_grad) and id(p) not in seen:
                 seen.add(id(p))
                 stack.append((p, iter(p._parents)))
                 break

@@ -259,9 +259,11 @@ def test_backward_needs_grad_for_non_scalar():
 def test_backward_twice_accumulates():
     x = t(3.0)
     y = x * x
-    y.backward()
+    y.backward(retain_graph=True)
     y.backward()
     assert x.grad == 12
+    with pytest.raises(RuntimeError, match="already backpropagated through mul.*retain_graph"):
+        y.backward()    # the second one freed what mul saved, as in PyTorch
     x.zero_grad()
     (x * 5).backward()
     assert x.grad == 5

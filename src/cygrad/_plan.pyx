@@ -526,6 +526,7 @@ cdef class Plan:
 
 
 from cygrad import _config
+from cygrad._guard import written as _written
 
 
 cdef class Runner:
@@ -617,6 +618,7 @@ cdef class Runner:
         cdef int nt = 1
         if self.work >= self.min_work:
             nt = _config.resolve(self.step.threads)
+        _written(self.opt.params)       # a live graph that saved one must refuse its backward
         cdef double loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1) / self.batch
         if self.f32:
             return <double><float>loss

@@ -9,6 +9,7 @@ import numpy as np
 
 from cygrad import kernels as _K
 from cygrad.graph import SparseRows, Tensor
+from cygrad.graph.engine import is_protected, writing
 
 
 class _Optimizer:
@@ -18,7 +19,8 @@ class _Optimizer:
             if not isinstance(p, Tensor) or not p.requires_grad or not p.is_leaf:
                 raise TypeError(f"{type(self).__name__}: parameters must be leaf Tensors "
                                 f"with requires_grad=True, got {p!r}")
-            if not p.data.flags.c_contiguous or not p.data.flags.writeable:
+            if not p.data.flags.c_contiguous or not (p.data.flags.writeable
+                                                     or is_protected(p.data)):
                 p.data = np.ascontiguousarray(p.data).copy()
         self.lr = lr
 
@@ -47,14 +49,15 @@ class SGD(_Optimizer):
     """``theta <- theta - lr * grad`` for every parameter that has a gradient."""
 
     def step(self):
-        for p in self.params:
-            g = p.grad
-            if g is None:
-                continue
-            if isinstance(g, SparseRows):
-                _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
-            else:
-                _K.sgd_update(p.data, np.ascontiguousarray(g, dtype=p.dtype), self.lr)
+        with writing([p for p in self.params if p.grad is not None]):
+            for p in self.params:
+                g = p.grad
+                if g is None:
+                    continue
+                if isinstance(g, SparseRows):
+                    _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
+                else:
+                    _K.sgd_update(p.data, np.ascontiguousarray(g, dtype=p.dtype), self.lr)
 
 
 class Adagrad(_Optimizer):
@@ -70,13 +73,14 @@ class Adagrad(_Optimizer):
         self.state = [np.full_like(p.data, initial_accumulator) for p in self.params]
 
     def step(self):
-        for p, G in zip(self.params, self.state):
-            g = p.grad
-            if g is None:
-                continue
-            if isinstance(g, SparseRows):
-                _K.embedding_adagrad_update(p.data, G, g.indices.reshape(-1, 1), g.rows,
-                                            self.lr, self.eps)
-            else:
-                _K.adagrad_update(p.data, G, np.ascontiguousarray(g, dtype=p.dtype), self.lr,
-                                  self.eps)
+        with writing([p for p in self.params if p.grad is not None]):
+            for p, G in zip(self.params, self.state):
+                g = p.grad
+                if g is None:
+                    continue
+                if isinstance(g, SparseRows):
+                    _K.embedding_adagrad_update(p.data, G, g.indices.reshape(-1, 1), g.rows,
+                                                self.lr, self.eps)
+                else:
+                    _K.adagrad_update(p.data, G, np.ascontiguousarray(g, dtype=p.dtype),
+                                      self.lr, self.eps)

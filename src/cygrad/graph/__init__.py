@@ -15,9 +15,17 @@ same results.
 
 Gradient bookkeeping follows PyTorch: ``.grad`` is kept for leaves (tensors
 created by the user with ``requires_grad=True``) and for tensors that called
-:meth:`Tensor.retain_grad`. Calling ``backward()`` again (on the same or another
-graph) *adds* into ``.grad``; set ``.grad = None`` (or call ``zero_grad``)
-between steps.
+:meth:`Tensor.retain_grad`. Calling ``backward()`` again *adds* into ``.grad``;
+set ``.grad = None`` (or call ``zero_grad``) between steps. Backward frees what
+the graph saved, so running it twice through the same nodes needs
+``retain_graph=True`` the first time.
+
+In-place writes are guarded as PyTorch's version counters guard them: while a
+node that saved a tensor's array can still be backpropagated, that array is
+read-only (``w.data[...] = 0`` raises NumPy's "assignment destination is
+read-only"); optimisers and compiled steps write it anyway and bump the
+tensor's version, and backward through such a node raises instead of using
+the new values. Backward, or dropping the graph, lifts the protection.
 
 The package: ``engine`` (Tensor, the op protocol, backward, grad mode, backends,
 tracing for cygrad.compile), ``ops`` (the ops, forward beside backward) and

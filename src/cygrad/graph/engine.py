@@ -7,7 +7,9 @@ import threading
 
 import numpy as np
 
+from cygrad import _guard
 from cygrad import kernels as _kernels
+from cygrad._guard import Context, is_protected, protect as _protect, written  # noqa: F401
 from cygrad import reference as _reference
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -271,7 +273,7 @@ class Tensor:
         return _ops.Reshape.apply(self, shape=shape)
 
     # -- backprop
-    def backward(self, grad=None):
+    def backward(self, grad=None, retain_graph=False):
         """Backpropagate from this tensor to every tensor that requires a gradient.
 
         Parameters
@@ -279,6 +281,10 @@ class Tensor:
         grad : array-like, optional
             The upstream gradient, shaped like this tensor. Required unless the
             tensor holds a single element (then it is 1).
+        retain_graph : bool
+            Keep what the graph's nodes saved for backward, so that backward can
+            run through them again (as in PyTorch). By default it is freed, and
+            the tensors it held become writable again.
         """
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require a gradient (no input "
@@ -294,7 +300,7 @@ class Tensor:
                 raise ValueError(f"backward: grad has shape {grad.shape}, the tensor has "
                                  f"shape {self.shape}")
             grad = grad.astype(self.dtype, copy=False)
-        _backprop(self, grad)
+        _backprop(self, grad, retain_graph)
 
 
 def tensor(data, requires_grad=False, dtype=None, name=None):
@@ -330,9 +336,30 @@ def _as_float_array(data, dtype):
     raise TypeError(f"tensor: cannot make a float tensor from dtype {arr.dtype}")
 
 
-def _backprop(root, grad):
+def _backprop(root, grad, retain_graph=False):
     order = _topological_order(root)
+    for node in order:
+        ctx = node._ctx
+        if ctx is not None:
+            if ctx.saved is _FREED:
+                raise RuntimeError(
+                    f"backward: the graph was already backpropagated through "
+                    f"{node._op.name or node._op.__name__} and what it saved was freed; "
+                    f"pass retain_graph=True to the first backward() to run it twice")
+            _check_versions(node)
     grads = {id(root): grad}
+    try:
+        _backward_walk(order, grads)
+    finally:
+        if not retain_graph:
+            for node in order:
+                ctx = node._ctx
+                if ctx is not None and ctx.saved and ctx.saved is not _FREED:
+                    ctx.release()
+                    ctx.saved = _FREED
+
+
+def _backward_walk(order, grads):
     for node in reversed(order):
         g = grads.pop(id(node), None)
         if g is None:
@@ -376,13 +403,40 @@ def _topological_order(root, every=False):
 
 # ------------------------------------------------------------------ op protocol
 
-class Context:
-    """Carries what a forward saves for its backward."""
+# Context (what a forward saves for its backward) and the write protection of the
+# saved arrays, PyTorch's version counters for NumPy, live in cygrad._guard.
 
-    __slots__ = ("saved", "needs", "shapes", "kw")
+_FREED = ("freed",)     # ctx.saved once backward ran through the node
 
-    def save_for_backward(self, *arrays):
-        self.saved = arrays
+
+def _check_versions(node):
+    changed = node._ctx.changed()
+    if changed is None:
+        return
+    i, then, now = changed
+    op = node._op
+    t = node._parents[i] if i >= 0 else node
+    what = f"{t.name!r} " if t.name else ""
+    role = "an input" if i >= 0 else "the output"
+    raise RuntimeError(
+        f"backward: {role} of {op.name or op.__name__} (tensor {what}of shape {t.shape}, "
+        f"{t.dtype}) that it saved for backward was updated in place after the forward "
+        f"pass (version {then}, now {now}: an optimiser or a compiled step wrote it); "
+        f"backward would use the new values. Call backward before updating, or run the "
+        f"forward again")
+
+
+@contextlib.contextmanager
+def writing(tensors):
+    """cygrad's in-place writers (optimisers) update tensors inside this: a tensor
+    that a live graph saved is written all the same, and its version is bumped so
+    that a backward through that graph refuses to run."""
+    opened = _guard.open_for_writing(tensors)
+    try:
+        yield
+    finally:
+        if opened:
+            _guard.close_for_writing(opened)
 
 
 class Op:
@@ -433,6 +487,8 @@ class Op:
             result._op = cls
             result._parents = inputs
             result._ctx = ctx
+            if ctx.saved and not getattr(_state, "tracing", False):
+                _protect(ctx, inputs, result.data, Tensor)
         elif getattr(_state, "tracing", False):     # compile records every op
             result.requires_grad = False
             result._op = cls

@@ -5,7 +5,8 @@ activations, embedding windows, the losses)."""
 import numpy as np
 
 from cygrad import kernels as _kernels
-from cygrad.graph.engine import Op, Tensor, _B, _broadcast_shape, _unbroadcast, _untraced
+from cygrad.graph.engine import (Op, Tensor, Traced, _B, _broadcast_shape, _unbroadcast,
+                                 _untraced)
 
 # ------------------------------------------------------------------ arithmetic
 
@@ -435,10 +436,13 @@ def embedding_windows(table, windows, sparse=False):
     -------
     Tensor (B, w*d)
     """
+    traced = type(windows) is Traced    # compile: the plan copies it at every call
     windows = _index_array("embedding_windows", "windows", windows)
     if windows.ndim != 2:
         raise ValueError(f"embedding_windows: windows must be 2-D (B, w), got shape "
                          f"{windows.shape}")
+    if not traced:      # backward must see the ids forward saw, whatever the caller does
+        windows = windows.copy()
     return EmbeddingWindows.apply(table, windows=windows, sparse=bool(sparse))
 
 

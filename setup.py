@@ -10,6 +10,11 @@ CYGRAD_REQUIRE_THREADS=1 fail the build when the compiler cannot build the threa
 CYGRAD_SERIAL=1          build serial kernels (no thread pool), e.g. to test that build.
 CYGRAD_DEBUG=1           Cython boundscheck/wraparound/initializedcheck on, -O1 -g.
 CYGRAD_NATIVE=1          add -march=native (local benchmarking only; never for a wheel).
+CYGRAD_SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g, every UB
+                         report fatal) in compile and link, the threads probe included.
+                         The interpreter is not instrumented: run it with
+                         LD_PRELOAD="$(gcc -print-file-name=libasan.so)" and
+                         ASAN_OPTIONS=detect_leaks=0 (see .ci/run).
 """
 
 import os
@@ -31,6 +36,9 @@ def _flag(name):
 
 DEBUG = _flag("CYGRAD_DEBUG")
 NATIVE = _flag("CYGRAD_NATIVE")
+SANITIZE = _flag("CYGRAD_SANITIZE")
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+                  "-fno-omit-frame-pointer"]
 SERIAL = _flag("CYGRAD_SERIAL")
 REQUIRE_THREADS = _flag("CYGRAD_REQUIRE_THREADS") or _flag("CYGRAD_REQUIRE_OPENMP")
 
@@ -74,7 +82,9 @@ class BuildExt(build_ext):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def build_extensions(self):
-        threads = not SERIAL and self._probe(THREADS_TEST, ["-std=c11", "-pthread"], ["-pthread"])
+        san = SANITIZE_FLAGS if SANITIZE else []
+        threads = not SERIAL and self._probe(THREADS_TEST, ["-std=c11", "-pthread"] + san,
+                                             ["-pthread"] + san)
         macros = []
         if threads:
             cflags, lflags = ["-pthread"], ["-pthread"]
@@ -93,7 +103,9 @@ class BuildExt(build_ext):
             cflags, lflags = [], []
             macros.append(("BP_NO_THREADS", "1"))
 
-        opt = ["-O1", "-g"] if DEBUG else ["-O3"]
+        opt = ["-O1", "-g"] if DEBUG or SANITIZE else ["-O3"]
+        if SANITIZE:
+            cflags, lflags = cflags + san, lflags + san
         common = opt + ["-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden",
                         "-std=c11", "-fopenmp-simd"]
         # Neither math flag changes a computed value (no reassociation, no flush to

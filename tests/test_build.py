@@ -39,6 +39,15 @@ def test_debug_flag_matches_environment():
     assert cygrad.build_info()["debug"] == (os.environ["CYGRAD_EXPECT_DEBUG"] == "1")
 
 
+def test_sanitizer_flag_matches_environment():
+    """CI's sanitizer step sets CYGRAD_EXPECT_SANITIZE=1: the build it tests must be one."""
+    if "CYGRAD_EXPECT_SANITIZE" not in os.environ:
+        pytest.skip("CYGRAD_EXPECT_SANITIZE is not set")
+    flags = cygrad.build_info()["flags"]
+    assert ("-fsanitize=address,undefined" in flags) == (
+        os.environ["CYGRAD_EXPECT_SANITIZE"] == "1"), flags
+
+
 def test_installed_package_is_tested():
     """The tests must exercise the built extension, not a source checkout."""
     pkg = pathlib.Path(cygrad.__file__).resolve().parent

@@ -442,3 +442,32 @@ def test_threads_calling_one_step_run_one_after_the_other():
         ref_step(win, lab)
     for a, b in zip(ts, ref_ts):
         np.testing.assert_array_equal(a.data, b.data)
+
+
+def _odd_layout(a, how):
+    if how == "big":
+        return a.astype(a.dtype.newbyteorder(">"))
+    if how == "strided":
+        big = np.zeros((2 * a.size,), a.dtype)
+        big[::2] = a.reshape(-1)
+        return big[::2].reshape(a.shape) if a.ndim == 1 else np.asfortranarray(a)
+    buf = np.zeros(a.nbytes + a.itemsize + 1, np.uint8)      # misaligned
+    start = 1 if buf.ctypes.data % a.itemsize == 0 else 0
+    out = np.frombuffer(buf, a.dtype, count=a.size, offset=start).reshape(a.shape)
+    out[...] = a
+    return out
+
+
+@pytest.mark.parametrize("how", ["big", "strided", "misaligned"])
+@pytest.mark.parametrize("kind", ["logistic", "dense_input"])
+def test_arguments_in_any_layout_are_read_as_plain_ones(kind, how):
+    """Float and index arguments that are byte-swapped, strided or misaligned are
+    copied into plain arrays before the plan's C loops read them."""
+    rng = np.random.default_rng(5)
+    batches = [_batch(kind, B, np.float64, rng) for B in (4, 4, 4, 7, 7)]
+    odd = [tuple(_odd_layout(a, how) for a in b) for b in batches]
+    want = _run(kind, np.float64, "adagrad", batches, compiled=True)
+    got = _run(kind, np.float64, "adagrad", odd, compiled=True)
+    assert got[0] == want[0]
+    for g, w_ in zip(got[1], want[1]):
+        np.testing.assert_array_equal(g, w_)

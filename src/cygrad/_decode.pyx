@@ -120,7 +120,7 @@ def constrained_viterbi(scores, offsets, allowed, start_allowed):
                          f"{allowed.shape} and {start_allowed.shape}")
     if C and not start_allowed.any():
         raise ValueError(f"{fn}: start_allowed allows no tag")
-    sc = np.ascontiguousarray(scores, dtype=np.float64)
+    sc = np.require(scores, dtype=np.float64, requirements="CA")     # aligned for C
     out = np.zeros(N, dtype=np.int64)
     delta = np.empty((N, C), dtype=np.float64)
     back = np.zeros((N, C), dtype=np.int32)

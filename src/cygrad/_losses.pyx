@@ -144,7 +144,7 @@ def sigmoid_binary_cross_entropy(scores, targets, out=None):
                         f"got {getattr(targets, 'dtype', type(targets).__name__)}")
     if targets.shape != scores.shape:
         raise ValueError(f"{fn}: targets must have shape {scores.shape}, got {targets.shape}")
-    t = np.ascontiguousarray(targets, dtype=scores.dtype)
+    t = np.require(targets, dtype=scores.dtype, requirements="CA")    # aligned for C
     bad = ~((t >= 0) & (t <= 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])

@@ -595,7 +595,7 @@ cdef class Runner:
             if not (cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
                     and cnp.PyArray_ISALIGNED(<cnp.ndarray>x)
                     and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x)):
-                x = np.ascontiguousarray(x)
+                x = np.array(x, dtype=x.dtype.newbyteorder("="), order="C")   # aligned
             arrays[pos] = x
         stale = False
         for pos, t in self.watch:

@@ -850,7 +850,9 @@ class CompiledStep:
         for a in args:
             if type(a) is not np.ndarray:
                 return self._slow_key(args)
-            key.append((a.shape, a.dtype))
+            d = a.dtype
+            # byte-swapped arguments share the native plan: the runner copies them
+            key.append((a.shape, d if d.isnative else d.newbyteorder("=")))
         return tuple(key)
 
     def _slow_key(self, args):
@@ -860,7 +862,8 @@ class CompiledStep:
                 name = self.arg_names[j] if j < len(self.arg_names) else f"argument {j}"
                 raise TypeError(f"compiled step: {name} must be a numpy.ndarray, got "
                                 f"{type(a).__name__}")
-            key.append((a.shape, a.dtype))
+            d = a.dtype
+            key.append((a.shape, d if d.isnative else d.newbyteorder("=")))
         return tuple(key)
 
     def __call__(self, *args):
@@ -908,7 +911,8 @@ class CompiledStep:
         opt = self.optimizer
         names = [self.arg_names[j] if j < len(self.arg_names) else f"argument {j}"
                  for j in range(len(args))]
-        traced = [Traced(np.array(a, copy=True) if a.dtype.kind in "iu" else a, n)
+        traced = [Traced(np.array(a, dtype=a.dtype.newbyteorder("="), copy=True)
+                         if a.dtype.kind in "iu" or not a.dtype.isnative else a, n)
                   for a, n in zip(args, names)]
         opt.zero_grad()
         try:

@@ -331,6 +331,8 @@ def _as_float_array(data, dtype):
     arr = np.asarray(data)
     if arr.dtype in _FLOATS:
         return arr
+    if arr.dtype.kind == "f" and arr.dtype.newbyteorder("=") in _FLOATS:
+        return arr.astype(arr.dtype.newbyteorder("="))     # byte-swapped: same precision
     if arr.dtype.kind in "biuf":
         return arr.astype(np.float64)
     raise TypeError(f"tensor: cannot make a float tensor from dtype {arr.dtype}")
@@ -517,6 +519,8 @@ def _constant(cls, x, dtype):
     if isinstance(x, (int, float, np.number)) and not isinstance(x, bool):
         return np.asarray(x, dtype=dtype)
     if isinstance(x, np.ndarray) and x.dtype.kind == "f":
+        if x.dtype != dtype and x.dtype.newbyteorder("=") == dtype:
+            x = x.astype(dtype)             # the same numbers in the other byte order
         if x.dtype != dtype:
             raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and {x.dtype}; "
                             f"convert one explicitly (no silent upcast)")

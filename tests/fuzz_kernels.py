@@ -261,6 +261,26 @@ def case_dense_updates(draw):
     close(got, want, dtype, kind + "_update")
 
 
+def case_viterbi(draw):
+    T = draw(st.integers(1, 6))
+    lengths = draw(st.lists(st.integers(0, 7), min_size=1, max_size=4))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    n = int(offsets[-1])
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    # distinct scores: the best path is unique, whatever the order of additions
+    seed = draw(st.integers(0, 2**32 - 1))
+    scores = (np.random.default_rng(seed).permutation(n * T).reshape(n, T) * 0.37).astype(dtype)
+    allowed = np.random.default_rng(seed + 1).random((T, T)) < 0.7
+    np.fill_diagonal(allowed, True)        # some path always exists
+    start = np.ones(T, bool)
+    hs, ho = draw(st.sampled_from(LAYOUTS)), draw(st.sampled_from(LAYOUTS))
+    describe(f"constrained_viterbi T={T} lengths={lengths} {np.dtype(dtype)} {hs}/{ho}")
+    got = K.constrained_viterbi(layout(scores, hs), layout(offsets, ho), layout(allowed, hs),
+                                start)
+    want = R.constrained_viterbi(f64(scores), offsets, allowed, start)
+    np.testing.assert_array_equal(got, want)
+
+
 # ------------------------------------------------------------------ invalid cases
 
 def case_invalid(draw):
@@ -361,7 +381,7 @@ def case_invalid(draw):
 
 
 CASES = [case_activation, case_matmul, case_bias, case_losses, case_embedding,
-         case_dense_updates, case_invalid]
+         case_dense_updates, case_viterbi, case_invalid]
 
 
 # ------------------------------------------------------------------ driver

@@ -32,3 +32,15 @@ def test_kernels_against_reference_in_a_child_process(tmp_path):
     assert counts["failures"] == 0
     # both kinds of case were drawn, many times
     assert counts["valid"] >= 200 and counts["clean_errors"] >= 20, counts
+
+
+def test_the_issues_reproducers_fail_cleanly_or_work():
+    """tests/probe_robustness.py: every reproducer class of issue 13 (threads, aliasing
+    and mutated index arrays, byte order, overlap, graph misuse, malformed model and
+    checkpoint files, CLI calls, fork), each in its own process: 0 crashes, hangs and
+    wrong answers."""
+    proc = subprocess.run([sys.executable, str(HERE / "probe_robustness.py")],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    counts = json.loads(proc.stdout.splitlines()[-1])
+    assert counts["cases"] >= 40 and counts.get("clean error", 0) >= 25, counts

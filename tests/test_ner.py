@@ -177,6 +177,35 @@ def test_model_round_trip(tmp_path, toy):
     assert not list(pathlib.Path(tmp_path / "m").glob(".*"))   # no temporary files left
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_model_files_follow_the_umask(tmp_path, toy, umask):
+    m = _small_model(toy[0][:20])
+    old = os.umask(umask)
+    try:
+        m.save(tmp_path / "m")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "m").iterdir() if p.is_file()]
+    assert files
+    for p in files:
+        assert p.stat().st_mode & 0o777 == 0o666 & ~umask, (p.name, oct(p.stat().st_mode))
+
+
+def test_tag_into_a_closed_pipe_is_quiet(tmp_path, toy):
+    m = _small_model(toy[0][:20])
+    m.save(tmp_path / "m")
+    (tmp_path / "in.txt").write_text("Police in Jordan arrested 12 people .\n" * 20000)
+    p = subprocess.Popen([sys.executable, "-m", "cygrad.ner.cli", "tag", "--model",
+                          str(tmp_path / "m"), "--input", str(tmp_path / "in.txt")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()          # `cygrad tag ... | head -1`
+    p.stdout.close()
+    err = p.stderr.read()
+    p.wait(timeout=120)
+    assert b"Traceback" not in err and b"error" not in err, err
+    assert p.returncode in (141, -13), p.returncode    # as a shell reports SIGPIPE
+
+
 def test_model_saved_as_one_unit_and_older_layout_still_loads(tmp_path, toy):
     m = _small_model(toy[0][:50])
     d = tmp_path / "m"

@@ -7,6 +7,7 @@
 """
 
 import argparse
+import os
 import sys
 import time
 
@@ -122,6 +123,12 @@ def main(argv=None):
             except ValueError as e:
                 raise ValueError(f"--threads: {e}") from None
         return args.func(args) or 0
+    except BrokenPipeError:
+        # the reader went away (`cygrad tag ... | head`): stop quietly, as cat does;
+        # stdout goes to /dev/null so that flushing it at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (DataError, ModelError, OSError, ValueError) as e:
         print(f"cygrad {args.command}: error: {e}", file=sys.stderr)
         return 2

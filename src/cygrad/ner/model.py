@@ -421,12 +421,19 @@ def _remove(path):
     _write_point()
 
 
+def _umask():
+    mask = os.umask(0o022)      # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path, write):
     """Write via a temporary file in the same directory, fsync, then rename into
     place (and sync the directory); returns the SHA-256 of what was written."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())    # as open() would have made it, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

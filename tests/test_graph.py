@@ -409,3 +409,17 @@ def test_sgd_optimizer_dense_and_sparse(rng):
     np.testing.assert_array_equal(after[1][0][untouched], E0[untouched])
     with pytest.raises(ValueError, match="lr must be a positive number"):
         SGD([t(E0)], lr=0)
+
+
+def test_repr_names_the_op():
+    x = cg.tensor([0.5, 1.0], requires_grad=True)
+    assert "op=tanh" in repr(cg.tanh(x)) and "op=mul" in repr(x * x)
+
+
+def test_tensor_dtypes_no_silent_upcast_of_floats():
+    with pytest.raises(TypeError, match="float16 is not supported"):
+        cg.tensor(np.ones(3, np.float16))
+    assert cg.tensor(np.ones(3, np.float16), dtype=np.float32).dtype == np.float32
+    assert cg.tensor(np.ones(3, ">f4")).dtype == np.float32
+    assert cg.tensor(np.arange(3)).dtype == np.float64          # integers: documented
+    assert cg.tensor(np.array([True, False])).dtype == np.float64

@@ -579,3 +579,14 @@ def test_cli_refuses_bad_threads_and_empty_data_with_an_error_line(tmp_path, cap
                          "--no-progress"]) == 2
         assert "error: no training sentences" in capsys.readouterr().err
         assert not (tmp_path / "e" / "model.json").exists()
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for option, default in [("--batch-size", "64"), ("--optimizer", "adagrad"),
+                            ("--activation", "tanh"), ("--hidden", "300"), ("--dim", "50"),
+                            ("--patience", "4"), ("--window", "2")]:
+        i = out.index(option + " ", out.index("options:"))
+        assert f"(default: {default})" in out[i:i + 300], (option, out[i:i + 300])

@@ -209,7 +209,7 @@ class Tensor:
 
     def __repr__(self):
         extra = ", requires_grad=True" if self.requires_grad else ""
-        op = f", op={type(self._op).__name__}" if self._op is not None else ""
+        op = f", op={self._op.name or self._op.__name__}" if self._op is not None else ""
         return f"Tensor({np.array2string(self.data, precision=4)}, dtype={self.dtype}{extra}{op})"
 
     def retain_grad(self):
@@ -307,8 +307,9 @@ def tensor(data, requires_grad=False, dtype=None, name=None):
     """Make a :class:`Tensor` holding a copy of ``data`` (as torch.tensor does:
     optimisers update ``.data`` in place, which must not write into the caller's array).
 
-    Floating arrays keep their dtype (float32 or float64); other data becomes
-    float64 unless ``dtype`` says otherwise.
+    Floating arrays keep their dtype (float32 or float64, either byte order);
+    other float types (float16, longdouble) raise TypeError unless ``dtype`` says
+    which to convert to; integer and bool data become float64 (or ``dtype``).
     """
     if isinstance(data, Tensor):
         data = data.data
@@ -331,9 +332,12 @@ def _as_float_array(data, dtype):
     arr = np.asarray(data)
     if arr.dtype in _FLOATS:
         return arr
-    if arr.dtype.kind == "f" and arr.dtype.newbyteorder("=") in _FLOATS:
-        return arr.astype(arr.dtype.newbyteorder("="))     # byte-swapped: same precision
-    if arr.dtype.kind in "biuf":
+    if arr.dtype.kind == "f":
+        if arr.dtype.newbyteorder("=") in _FLOATS:
+            return arr.astype(arr.dtype.newbyteorder("="))     # byte-swapped: same precision
+        raise TypeError(f"tensor: {arr.dtype} is not supported (float32 or float64); "
+                        f"convert explicitly, e.g. with dtype=np.float32")
+    if arr.dtype.kind in "biu":     # integers and bools: float64, as documented
         return arr.astype(np.float64)
     raise TypeError(f"tensor: cannot make a float tensor from dtype {arr.dtype}")
 

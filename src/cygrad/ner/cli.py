@@ -16,8 +16,24 @@ import numpy as np
 import cygrad as cg
 
 
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default, where it has one worth saying."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if (not action.option_strings or d is None or d is False or d is argparse.SUPPRESS
+                or "default" in text):
+            return text
+        shown = " ".join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+        return (text + " " if text else "") + "(default: " + shown.replace("%", "%%") + ")"
+
+
+_THREADS_HELP = "threads to run on (default: the machine's cores, see cygrad info)"
+
+
 def _add_train(sub):
-    p = sub.add_parser("train", help="train a window NER model",
+    p = sub.add_parser("train", help="train a window NER model", formatter_class=_Help,
                        description="Train the window model on CoNLL-format data. With no "
                                    "--train, use the small corpus bundled with cygrad.")
     p.add_argument("--train", metavar="FILE", help="training data (CoNLL format)")
@@ -25,14 +41,17 @@ def _add_train(sub):
     p.add_argument("--out", metavar="DIR", required=True, help="model directory to write")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 20; "
                    "8 on the bundled corpus)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--optimizer", choices=["adagrad", "sgd"], default="adagrad")
+    p.add_argument("--batch-size", type=int, default=64, help="windows per training step")
+    p.add_argument("--optimizer", choices=["adagrad", "sgd"], default="adagrad",
+                   help="update rule")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.03 "
                    "for adagrad, 0.1 for sgd)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed of the initialisation and the shuffling")
     p.add_argument("--patience", type=int, default=4, help="stop after this many epochs "
                    "without a better dev F1")
-    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--no-shuffle", action="store_true",
+                   help="visit the training windows in file order")
     p.add_argument("--window", type=int, default=2, metavar="K",
                    help="words each side of the centre (window 2K+1)")
     p.add_argument("--dim", type=int, default=50, help="word embedding size")
@@ -40,7 +59,8 @@ def _add_train(sub):
     p.add_argument("--case-dim", type=int, default=5, help="casing feature size (0: off)")
     p.add_argument("--hidden", type=int, nargs="+", default=[300],
                    help="hidden layer sizes")
-    p.add_argument("--activation", choices=sorted(cg.kernels.ACTIVATIONS), default="tanh")
+    p.add_argument("--activation", choices=sorted(cg.kernels.ACTIVATIONS), default="tanh",
+                   help="the hidden layers' f in h = f(Wx + b)")
     p.add_argument("--average", action="store_true",
                    help="average the window's vectors instead of concatenating them")
     p.add_argument("--loss", choices=["softmax", "logistic", "max-margin"], default="softmax",
@@ -48,7 +68,7 @@ def _add_train(sub):
                         "word a --positive entity?) with the logistic or the max-margin loss "
                         "against corrupt windows (centre word replaced by a random word)")
     p.add_argument("--positive", default="LOC", metavar="TYPE",
-                   help="entity type of the binary task (default LOC)")
+                   help="entity type of the binary task")
     p.add_argument("--decode", choices=["viterbi", "greedy"], default="viterbi",
                    help="tag sequences that obey IOB2 (viterbi) or each token's best tag")
     p.add_argument("--min-count", type=int, default=1,
@@ -56,7 +76,7 @@ def _add_train(sub):
     p.add_argument("--vectors", metavar="FILE", help="pretrained vectors, GloVe/word2vec text")
     p.add_argument("--freeze-vectors", action="store_true",
                    help="keep the word vectors fixed (train the rest)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,19 +89,19 @@ def _add_train(sub):
 
 
 def _add_evaluate(sub):
-    p = sub.add_parser("evaluate", help="score a model on CoNLL data",
+    p = sub.add_parser("evaluate", help="score a model on CoNLL data", formatter_class=_Help,
                        description="Entity-level precision/recall/F1 (conlleval's chunk "
                                    "rules), overall and per type, and token accuracy.")
     p.add_argument("--model", metavar="DIR", required=True)
     p.add_argument("--data", metavar="FILE", required=True)
     p.add_argument("--output", metavar="FILE",
                    help="write 'token gold predicted' per token, blank line between sentences")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=cmd_evaluate)
 
 
 def _add_tag(sub):
-    p = sub.add_parser("tag", help="tag text with a model",
+    p = sub.add_parser("tag", help="tag text with a model", formatter_class=_Help,
                        description="Tag raw text (split at spaces and punctuation) or "
                                    "tokenised text (--tokenized: one token a line, blank "
                                    "line between sentences), from a file or stdin.")
@@ -90,7 +110,7 @@ def _add_tag(sub):
     p.add_argument("--tokenized", action="store_true")
     p.add_argument("--format", choices=["lines", "inline"], default="lines",
                    help="'token tag' lines, or inline [TYPE words] brackets")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=cmd_tag)
 
 

@@ -96,6 +96,9 @@ def _add_evaluate(sub):
     p.add_argument("--data", metavar="FILE", required=True)
     p.add_argument("--output", metavar="FILE",
                    help="write 'token gold predicted' per token, blank line between sentences")
+    p.add_argument("--train", metavar="FILE",
+                   help="training data whose entity surface forms count as seen, for the "
+                        "seen/unseen rows (default: the forms the model stored when trained)")
     p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=cmd_evaluate)
 
@@ -231,9 +234,15 @@ def cmd_evaluate(a):
     sents = read_conll(a.data)
     from cygrad.ner.train import gold_tags
 
+    from cygrad.ner.data import entity_forms
+
+    seen = entity_forms(read_conll(a.train)) if a.train else model.vocab.entities
     pred = _predict_tags(model, sents)
-    sc = evaluate(gold_tags(model, sents), pred)
+    sc = evaluate(gold_tags(model, sents), pred, tokens=[s.tokens for s in sents],
+                  seen=seen or None)
     print(sc.table())
+    if sc.seen is None:
+        print("(no seen/unseen rows: this model stored no training entities; give --train)")
     print(f"token accuracy {100 * sc.accuracy:.2f}  ({sum(len(s.tokens) for s in sents)} "
           f"tokens, {sc.gold} gold entities, {sc.found} found, {sc.correct} correct)")
     if a.output:

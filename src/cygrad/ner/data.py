@@ -141,6 +141,9 @@ class Vocab:
     words: list
     suffixes: list
     tags: list
+    # surface forms ("New York") of the training data's entities, for the seen /
+    # unseen report of cygrad.ner.evaluate; empty for models saved before it
+    entities: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.word_index = {w: i for i, w in enumerate(self.words)}
@@ -156,10 +159,11 @@ class Vocab:
         tags = sorted({t for s in sentences for t in s.tags}, key=_tag_order)
         words = [PAD_L, PAD_R, UNK] + sorted(w for w, c in wc.items() if c >= min_count)
         sufs = [PAD_L, PAD_R, UNK] + sorted(x for x, c in sc.items() if c >= min_suffix_count)
-        return cls(words, sufs, tags)
+        return cls(words, sufs, tags, sorted(entity_forms(sentences)))
 
     def to_json(self):
-        return {"words": self.words, "suffixes": self.suffixes, "tags": self.tags}
+        return {"words": self.words, "suffixes": self.suffixes, "tags": self.tags,
+                "entities": self.entities}
 
     @classmethod
     def from_json(cls, d):
@@ -180,7 +184,18 @@ class Vocab:
                                  f"(padding and the unknown-word entry), got {out[key][:3]}")
         if not out["tags"]:
             raise ValueError("vocab has no tags")
-        return cls(out["words"], out["suffixes"], out["tags"])
+        ents = d.get("entities", [])
+        if not isinstance(ents, list) or not all(isinstance(x, str) for x in ents):
+            raise ValueError("vocab entities must be a list of strings")
+        return cls(out["words"], out["suffixes"], out["tags"], ents)
+
+
+def entity_forms(sentences):
+    """The set of entity surface forms of tagged sentences: each entity's tokens
+    joined by single spaces, exactly as written (case and all)."""
+    from cygrad.ner.evaluate import chunks
+
+    return {" ".join(s.tokens[a:b]) for s in sentences for _, a, b in chunks(s.tags)}
 
 
 def _tag_order(tag):

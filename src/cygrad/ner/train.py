@@ -62,9 +62,15 @@ def gold_tags(model, sentences):
     return [[t if t[2:] == keep else "O" for t in s.tags] for s in sentences]
 
 
-def score(model, sentences, enc=None):
+def score(model, sentences, enc=None, seen=None):
+    """Entity scores of ``model`` on tagged sentences; seen and unseen entities
+    apart too, by the surface forms ``seen`` (default: the model's training
+    entities, if it stored them)."""
     enc = enc if enc is not None else encode(sentences, model.vocab, model.config.k)
-    return evaluate(gold_tags(model, sentences), tags_of(model, enc))
+    seen = model.vocab.entities if seen is None else seen
+    return evaluate(gold_tags(model, sentences), tags_of(model, enc),
+                    tokens=[s.tokens for s in sentences] if seen else None,
+                    seen=seen or None)
 
 
 class Trainer:
@@ -220,6 +226,8 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         if dv is not None:
             sc = score(model, dev_sents, dv)
             entry.update(dev_p=sc.precision, dev_r=sc.recall, dev_f1=sc.f1, dev_acc=sc.accuracy)
+            if sc.seen is not None:
+                entry.update(dev_f1_seen=sc.seen.f1, dev_f1_unseen=sc.unseen.f1)
             improved = sc.f1 > best_f1
             log(f"epoch {epoch + 1:3d}  loss {loss:.4f}  dev {sc.summary()}  "
                 f"{secs:.2f}s ({len(tr) / secs:,.0f} windows/s)")

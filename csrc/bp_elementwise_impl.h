@@ -139,6 +139,24 @@ void BP_FN(bp_colsum)(const T *restrict x, T *restrict out, ptrdiff_t rows, ptrd
     }
 }
 
+/* y[i] = x[i] * m_i, m_i = scale if element first + i is kept (see bp_drop_hash)
+ * and 0 if dropped: inverted dropout's forward, and its backward with the same
+ * key (the mask is recomputed, never stored). A NaN stays NaN where dropped, as
+ * x * mask does. y may alias x. */
+BP_CLONES
+void BP_FN(bp_dropout)(const T *x, T *y, ptrdiff_t n, uint64_t first, uint64_t key,
+                       uint32_t stream, uint32_t thr, double scale)
+{
+    uint32_t s1, s2;
+    const T keep = (T)scale, zero = (T)0;
+    const uint32_t base = (uint32_t)first;
+    bp_drop_words(key, stream, &s1, &s2);
+    BP_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+        const uint32_t h = bp_drop_hash(base + (uint32_t)i, s1, s2);
+        y[i] = x[i] * (h >= thr ? keep : zero);
+    }
+}
+
 #undef BP_FN
 #undef BP_CAT
 #undef BP_CAT_

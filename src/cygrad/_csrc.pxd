@@ -20,6 +20,12 @@ cdef extern from "bp_elementwise.h" nogil:
                        Py_ssize_t cols)
     void bp_colsum_f64(const double *x, double *out, Py_ssize_t rows, Py_ssize_t ld,
                        Py_ssize_t cols)
+    void bp_dropout_f32(const float *x, float *y, Py_ssize_t n, cnp.uint64_t first,
+                        cnp.uint64_t key, cnp.uint32_t stream, cnp.uint32_t thr,
+                        double scale)
+    void bp_dropout_f64(const double *x, double *y, Py_ssize_t n, cnp.uint64_t first,
+                        cnp.uint64_t key, cnp.uint32_t stream, cnp.uint32_t thr,
+                        double scale)
 
 cdef extern from "bp_losses.h" nogil:
     double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,

@@ -24,7 +24,7 @@ cnp.import_array()
 from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
                            BP_SILU, bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32,
                            bp_unary_bwd_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32,
-                           bp_colsum_f64)
+                           bp_colsum_f64, bp_dropout_f32, bp_dropout_f64)
 
 cdef enum:
     GRAIN = 16384       # elements per chunk of a threaded loop (fixed: the chunks, and so
@@ -145,6 +145,94 @@ TypeError, ValueError
 """
 
 _SLOPE = "\nnegative_slope : float, default 0.01\n    Slope for z <= 0."
+
+
+cdef struct _Drop:
+    int f32
+    const void *x
+    void *y
+    cnp.uint64_t key
+    cnp.uint32_t stream, thr
+    double scale
+
+
+cdef void _drop_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Drop *u = <_Drop *>ctx
+    if u.f32:
+        bp_dropout_f32(<const float *>u.x + lo, <float *>u.y + lo, hi - lo, lo, u.key, u.stream, u.thr,
+                       u.scale)
+    else:
+        bp_dropout_f64(<const double *>u.x + lo, <double *>u.y + lo, hi - lo, lo, u.key, u.stream, u.thr,
+                       u.scale)
+
+
+DROPOUT_MAX_ELEMENTS = 2 ** 32
+DROPOUT_MAX_KEY = 2 ** 63 - 1     # keys are int64 values below it
+
+
+DROPOUT_MAX_STREAM = 2 ** 32
+
+
+def dropout_params(p, key, fn="dropout", stream=0):
+    """(p, key, threshold, scale) of a dropout call, checked: p a number in [0, 1),
+    key an integer in [0, 2**63 - 1). The threshold is floor(p * 2**32): an element is
+    dropped with probability threshold / 2**32, within 2**-32 of p."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{fn}: p must be a number, got {type(p).__name__}")
+    p = float(p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{fn}: p must be in [0, 1), got {p!r}")
+    if isinstance(key, np.ndarray) and key.size == 1 and key.dtype.kind in "iu":
+        key = key.reshape(()).item()
+    if isinstance(key, bool) or not isinstance(key, (int, np.integer)):
+        raise TypeError(f"{fn}: key must be an integer, got {type(key).__name__}")
+    key = int(key)
+    if not 0 <= key < DROPOUT_MAX_KEY:
+        raise ValueError(f"{fn}: key must be in [0, 2**63 - 1), got {key}")
+    if isinstance(stream, bool) or not isinstance(stream, (int, np.integer)) \
+            or not 0 <= stream < DROPOUT_MAX_STREAM:
+        raise ValueError(f"{fn}: stream must be an integer in [0, 2**32), got {stream!r}")
+    thr = int(p * 4294967296.0)
+    return p, key, thr, 1.0 / (1.0 - p)
+
+
+def dropout(x, p, key, out=None, stream=0):
+    """Inverted dropout: ``x * mask / (1 - p)``, elementwise.
+
+    The mask keeps element i (its flat index in C order) unless a keyed hash of
+    (key, i) falls below p * 2**32: it is a function of the key and the index
+    alone, so the result is the same for any thread count, and the backward is
+    this same call on the gradient with the same key (nothing is stored).
+
+    Parameters
+    ----------
+    x : ndarray of float32 or float64, any shape, below 2**32 elements
+    p : float in [0, 1)
+        Probability of dropping an element.
+    key : int in [0, 2**63 - 1)
+        Pick a new key for every step (e.g. from a seeded generator): the same key
+        gives the same mask.
+    out : ndarray, optional
+        C-contiguous, same shape and dtype as ``x``; may be ``x`` itself.
+    stream : int in [0, 2**32), default 0
+        Masks of different streams under one key are independent: give each
+        dropout of a step its own.
+    """
+    x = float_array(x, "dropout", "x", -1)
+    p, key, thr, scale = dropout_params(p, key, stream=stream)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+    if n > DROPOUT_MAX_ELEMENTS:
+        raise ValueError(f"dropout: x has {n} elements; at most 2**32 are supported")
+    out = out_array(out, x.shape, x.dtype, "dropout")
+    no_overlap(out, "out", x, "x", "dropout", True)
+    cdef int nt = threads_for(n, MIN_ELEMENTS)
+    cdef _Drop u
+    u.f32, u.key, u.stream, u.thr, u.scale = is_f32(x), key, stream, thr, scale
+    u.x = cnp.PyArray_DATA(<cnp.ndarray>x)
+    u.y = cnp.PyArray_DATA(<cnp.ndarray>out)
+    with nogil:
+        parallel_for(_drop_task, &u, n, GRAIN, nt)
+    return out
 
 
 def sigmoid(z, out=None):

@@ -11,7 +11,8 @@ from cygrad._csrc cimport (
     bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
     bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
     bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
-    bp_sigmoid_bce_f32, bp_sigmoid_bce_f64, bp_max_margin_f32, bp_max_margin_f64)
+    bp_sigmoid_bce_f32, bp_sigmoid_bce_f64, bp_max_margin_f32, bp_max_margin_f64,
+    bp_dropout_f32, bp_dropout_f64)
 from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
 
 
@@ -69,6 +70,16 @@ cdef inline void add_bias(const floating *z, const floating *b, floating *out, P
         bp_add_bias_f32(z, b, out, rows, cols)
     else:
         bp_add_bias_f64(z, b, out, rows, cols)
+
+
+cdef inline void dropout(const floating *x, floating *y, Py_ssize_t n, cnp.uint64_t first,
+                         cnp.uint64_t key, cnp.uint32_t stream, cnp.uint32_t thr,
+                         double scale) noexcept nogil:
+    """y = x * mask for flat elements [first, first + n) of a dropout with this key."""
+    if floating is float:
+        bp_dropout_f32(x, y, n, first, key, stream, thr, scale)
+    else:
+        bp_dropout_f64(x, y, n, first, key, stream, thr, scale)
 
 
 cdef inline void act_fwd(int op, const floating *x, floating *y, Py_ssize_t n,

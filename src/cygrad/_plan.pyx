@@ -36,7 +36,7 @@ cnp.import_array()
 from cygrad._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
                              adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
                              act_bwd as _act_bwd, softmax_xent, sigmoid_bce,
-                             max_margin)
+                             max_margin, dropout as _dropout)
 
 
 cdef enum:
@@ -62,6 +62,7 @@ cdef enum:
     T_EMB_ADAGRAD = 12
     T_UPDATE = 13
     T_BIAS = 14
+    T_DROPOUT = 15
 
 # index spaces
 cdef enum:
@@ -155,6 +156,25 @@ cdef inline void _rows_or_cols_unary(Task *t, Run *r, floating *dummy, Py_ssize_
             _act_fwd(t.act, a + i * la + j0, o + i * lo_ + j0, n, t.alpha)
 
 
+cdef inline void _rows_or_cols_dropout(Task *t, Run *r, floating *dummy, Py_ssize_t lo,
+                                       Py_ssize_t hi) noexcept nogil:
+    """Dropout (v0 -> v2, key v1, p = alpha, stream k) over rows [lo, hi) or columns [lo, hi) of
+    an m x h block; the mask of element (i, j) is that of flat index i h + j."""
+    cdef const floating *x = <const floating *>r.ptr[t.v[0]]
+    cdef floating *y = <floating *>r.ptr[t.v[2]]
+    cdef cnp.uint64_t key = <cnp.uint64_t>(<const cnp.int64_t *>r.ptr[t.v[1]])[0]
+    cdef cnp.uint32_t thr = <cnp.uint32_t>(t.alpha * 4294967296.0)
+    cdef double scale = 1.0 / (1.0 - t.alpha)
+    cdef cnp.uint32_t stream = <cnp.uint32_t>t.k
+    cdef Py_ssize_t lx = r.ld[t.v[0]], ly = r.ld[t.v[2]], h = t.h, i
+    if t.axis == A_ROWS:
+        for i in range(lo, hi):
+            _dropout(x + i * lx, y + i * ly, h, i * h, key, stream, thr, scale)
+    else:
+        for i in range(t.m):
+            _dropout(x + i * lx + lo, y + i * ly + lo, hi - lo, i * h + lo, key, stream, thr, scale)
+
+
 cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """Indices [lo, hi) of task t (rows, columns, elements or ownership classes).
     Returns nonzero if a GEMM packing buffer could not be allocated."""
@@ -210,6 +230,8 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
                 _bias(x + i * ld[t.v[0]] + lo, P + lo, y + i * ld[t.v[2]] + lo, 1, hi - lo)
     elif code == T_ACT_BWD:
         _rows_or_cols_unary(t, r, dummy, lo, hi, 1)
+    elif code == T_DROPOUT:
+        _rows_or_cols_dropout(t, r, dummy, lo, hi)
     elif code == T_XENT:        # v0 logits (m, h) -> v2 (softmax - onehot) * scale, v1 labels
         x = <floating *>ptr[t.v[0]]
         y = <floating *>ptr[t.v[2]]

@@ -22,7 +22,8 @@ updated. A compiled step leaves ``.grad`` None.
 
 Ops with plan kernels: ``embedding_windows`` (dense or sparse), ``concat`` (of
 2-D values along the last axis), ``linear``, ``x @ W.T`` and ``+ b`` (W, b leaf
-tensors: the layer written out), every activation, ``reshape`` that
+tensors: the layer written out), every activation, ``dropout`` (its key an
+argument of the step), ``reshape`` that
 keeps the batch axis, ``mean`` over the window axis, and, as the loss (the
 graph's root), ``softmax_cross_entropy``, ``sigmoid_binary_cross_entropy`` and
 ``max_margin``. Optimisers: :class:`cygrad.optim.SGD` and
@@ -45,7 +46,7 @@ __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
 
 # task codes: the order of the T_* enum in _plan.pyx
 TASKS = ("gather", "linear", "act", "xent", "bce", "margin", "mean", "bias_bwd", "linear_bwd",
-         "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update", "bias")
+         "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update", "bias", "dropout")
 _CODE = {name: i for i, name in enumerate(TASKS)}
 ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
 _AXIS = {ROWS: 0, COLS: 1, OWN: 0, FLAT: 0, ONE: 0}
@@ -197,7 +198,7 @@ class _Builder:
         """The view of an index array: a traced input (copied and checked at every
         call) or a constant (checked now, copied into the plan)."""
         j = self.arg_of.get(id(arr))
-        rows = arr.shape[0]
+        rows = arr.shape[0] if arr.ndim else 1
         cols = int(np.prod(arr.shape[1:])) if arr.ndim > 1 else 1
         if j is not None:
             spec = self.inputs.get(j)
@@ -333,6 +334,24 @@ class _Builder:
                            m=zv.rows, h=zv.cols, alpha=alpha))
             self.val[id(node)] = out
             self.info[id(node)] = (out if from_out else zv, ACT_CODES[name], alpha)
+        elif name == "dropout":
+            (x,) = pa
+            p, _, stream, karr = ctx.kw
+            if karr is None:
+                raise _Unsupported("dropout with a key that is not an argument of the step (the "
+                                   "plan would reuse one mask at every step); pass the key as "
+                                   "an int64 array argument")
+            if x._op is None:
+                raise _Unsupported("dropout of a leaf tensor")
+            xv = self.val[id(x)]
+            from cygrad._elementwise import DROPOUT_MAX_KEY
+            kv = self.ids(karr, "dropout", DROPOUT_MAX_KEY, "key")
+            out = self.new(xv.rows, xv.cols)
+            self.add(_Task("dropout", ("elem", xv.rows, xv.cols), [xv, kv, out],
+                           [(xv, "r", "elem"), (kv, "r", "all"), (out, "w", "elem")],
+                           m=xv.rows, h=xv.cols, k=stream, alpha=p))
+            self.val[id(node)] = out
+            self.info[id(node)] = (kv, p, stream)
         elif name == "reshape":
             (a,) = pa
             src = self.value(a)
@@ -525,6 +544,12 @@ class _Builder:
                            [(g, "r", "elem"), (saved, "r", "elem"), (g, "w", "elem")], act=code,
                            m=g.rows, h=g.cols, alpha=alpha))
             self.grad[id(z)] = g
+        elif name == "dropout":
+            kv, p, stream = self.info[id(node)]
+            self.add(_Task("dropout", ("elem", g.rows, g.cols), [g, kv, g],
+                           [(g, "r", "elem"), (kv, "r", "all"), (g, "w", "elem")],
+                           m=g.rows, h=g.cols, k=stream, alpha=p))
+            self.grad[id(pa[0])] = g
         elif name == "reshape":
             self.grad[id(pa[0])] = g
         elif name == "mean":

@@ -21,7 +21,7 @@ from cygrad._elementwise import (
     add_bias, bias_grad,
     sigmoid, sigmoid_backward, tanh, tanh_backward, relu, relu_backward,
     leaky_relu, leaky_relu_backward, hardtanh, hardtanh_backward,
-    gelu, gelu_backward, silu, silu_backward,
+    gelu, gelu_backward, silu, silu_backward, dropout,
 )
 from cygrad._embedding import (
     embedding_adagrad_update, embedding_gather, embedding_scatter_add, embedding_sgd_update,
@@ -47,7 +47,7 @@ __all__ = [
     "ACTIVATIONS", "matmul", "outer_accumulate", "add_bias", "bias_grad",
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
     "leaky_relu", "leaky_relu_backward", "hardtanh", "hardtanh_backward",
-    "gelu", "gelu_backward", "silu", "silu_backward",
+    "gelu", "gelu_backward", "silu", "silu_backward", "dropout",
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin",
     "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update",
     "constrained_viterbi", "adagrad_update", "embedding_adagrad_update",

@@ -126,6 +126,36 @@ def silu_backward(grad_out, saved, out=None):
     return _out(grad_out * s * (1 + saved * (1 - s)), out)
 
 
+def _fmix32(h):
+    h = h ^ (h >> np.uint32(16))
+    h = h * np.uint32(0x85EBCA6B)
+    h = h ^ (h >> np.uint32(13))
+    h = h * np.uint32(0xC2B2AE35)
+    return h ^ (h >> np.uint32(16))
+
+
+def dropout_mask(shape, p, key, stream=0):
+    """The keep mask of cygrad.kernels.dropout: element i (flat, C order) is kept
+    when fmix32(fmix32(i ^ s1) + s2) >= floor(p * 2**32), where s1 and s2 are
+    two words drawn from the key and the stream by the same finaliser
+    (csrc/bp_elementwise.h)."""
+    n = int(np.prod(shape))
+    with np.errstate(over="ignore"):
+        k = int(key)
+        s1 = _fmix32(np.uint32(k & 0xFFFFFFFF) ^ np.uint32(0x9E3779B9)
+                     ^ _fmix32(np.uint32(stream) + np.uint32(0x632BE5AB)))
+        s2 = _fmix32(np.uint32(k >> 32) ^ _fmix32(s1 + np.uint32(0x7F4A7C15)))
+        i = np.arange(n, dtype=np.uint32)
+        h = _fmix32(_fmix32(i ^ s1) + s2)
+    return (h >= np.uint32(int(p * 4294967296.0))).reshape(shape)
+
+
+def dropout(x, p, key, out=None, stream=0):
+    """Inverted dropout, x * mask / (1 - p), with cygrad's keyed mask."""
+    m = np.where(dropout_mask(x.shape, p, key, stream), x.dtype.type(1.0 / (1.0 - p)), x.dtype.type(0))
+    return _out(x * m, out)
+
+
 #: name -> (forward, backward, saves), as in cygrad.kernels.ACTIVATIONS.
 ACTIVATIONS = {
     "sigmoid": (sigmoid, sigmoid_backward, "output"),

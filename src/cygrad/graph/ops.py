@@ -388,6 +388,57 @@ class SparseRows:
         return f"SparseRows({len(self.indices)} rows of a {self.shape} table)"
 
 
+class Dropout(Op):
+    """Inverted dropout with a keyed mask (cygrad.kernels.dropout): backward is
+    the same mask on the gradient, recomputed from the key."""
+
+    name = "dropout"
+
+    @staticmethod
+    def forward(ctx, x, p, key, stream=0, key_array=None):
+        ctx.kw = (p, key, stream, key_array)
+        return _B().dropout(x, p, key, stream=stream)
+
+    @staticmethod
+    def backward(ctx, g):
+        p, key, stream, _ = ctx.kw
+        return (_B().dropout(g, p, key, stream=stream),)
+
+
+def dropout(x, p, key, stream=0, training=True):
+    """Inverted dropout: each element of ``x`` is zeroed with probability ``p``
+    and the others scaled by ``1 / (1 - p)``; ``training=False`` returns ``x``.
+
+    The mask is a keyed hash of (key, element index) (see
+    :func:`cygrad.kernels.dropout`), so it is the same for any thread count, and
+    it is new only when the key is: pass a new key every step. In a step
+    compiled with :func:`cygrad.compile`, the key must be one of the step's
+    arguments (an int64 array of shape () or (1,)), read at every call.
+
+    Parameters
+    ----------
+    x : Tensor
+    p : float in [0, 1)
+    key : int in [0, 2**63 - 1), or an integer array holding one
+    stream : int in [0, 2**32)
+        Give each dropout of a step its own stream: one key then draws
+        independent masks for them.
+    """
+    if not training:
+        return x
+    traced = type(key) is Traced
+    arr = _untraced(key)
+    if isinstance(arr, Tensor):
+        raise TypeError("dropout: key must be an integer or an integer array, got a Tensor")
+    if isinstance(arr, np.ndarray) and (arr.dtype.kind not in "iu" or arr.size != 1):
+        raise ValueError(f"dropout: key must be one integer, got an array of dtype "
+                         f"{arr.dtype} and shape {arr.shape}")
+    from cygrad._elementwise import dropout_params
+
+    p, k, _, _ = dropout_params(p, arr, stream=stream)
+    return Dropout.apply(x, p=p, key=k, stream=int(stream), key_array=arr if traced else None)
+
+
 class EmbeddingWindows(Op):
     """Gather the rows of each window and concatenate them; backward scatters
     each slot's gradient back into its row (rows used twice get the sum), or,

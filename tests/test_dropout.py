@@ -177,3 +177,27 @@ def test_compiled_dropout_needs_the_key_as_an_argument():
     step(win, lab, np.array(5))
     with pytest.raises(IndexError, match=r"dropout: key\[\] = -5 is out of range"):
         step(win, lab, np.array(-5))
+
+
+def test_ner_training_with_dropout_is_the_same_for_1_and_2_threads(tmp_path):
+    from cygrad.ner import corpus
+    from cygrad.ner.data import read_conll
+    from cygrad.ner.model import Config
+    from cygrad.ner.train import TrainConfig, train
+    tr, dv = read_conll(corpus.path("train"))[:400], read_conll(corpus.path("test"))[:50]
+    params = []
+    for nt in (1, 2):
+        m, _ = train(tr, dv, str(tmp_path / f"t{nt}"), Config(hidden=(64,), dim=16),
+                     TrainConfig(epochs=2, batch_size=256, dropout=0.5, hidden_dropout=0.3,
+                                 word_dropout=0.5),
+                     log=lambda *a: None, progress=False, threads=nt)
+        params.append(m.params)
+    for k in params[0]:
+        np.testing.assert_array_equal(params[0][k], params[1][k], err_msg=k)
+
+
+def test_dropout_options_are_checked():
+    from cygrad.ner.train import TrainConfig
+    for bad in (dict(dropout=1.0), dict(hidden_dropout=-0.1), dict(word_dropout=-1.0)):
+        with pytest.raises(ValueError, match=list(bad)[0]):
+            TrainConfig(**bad)

@@ -376,7 +376,9 @@ _MODELS = [dict(), dict(activation="relu"), dict(activation="sigmoid"), dict(act
 @pytest.mark.parametrize("freeze", [False, True])
 @pytest.mark.parametrize("model", _MODELS, ids=lambda m: ",".join(
     f"{k}={v}" for k, v in m.items()) or "default")
-def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model):
+@pytest.mark.parametrize("reg", [{}, dict(dropout=0.3, hidden_dropout=0.4, word_dropout=0.5)],
+                         ids=["plain", "dropout"])
+def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model, reg):
     """Every model the command line trains (1-3 hidden layers, any activation, the
     averaged window, logistic, max-margin with corrupt windows, without the feature
     tables, frozen vectors, SGD and Adagrad) trains compiled, and the compiled step
@@ -391,7 +393,8 @@ def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model):
     for compiled in (True, False):
         m = WindowModel(Config(**cfg), vocab, seed=3)
         tr = Trainer(m, TrainConfig(optimizer=optimizer, lr=0.1, compile=compiled,
-                                    freeze_vectors=freeze))
+                                    freeze_vectors=freeze, **reg))
+        tr.set_word_counts(enc)
         rng = np.random.default_rng(0)
         losses = []
         with warnings.catch_warnings():
@@ -414,15 +417,18 @@ def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model):
                                                            seed=3).params["E"])
 
 
-def test_resume_equals_uninterrupted(tmp_path, toy):
+@pytest.mark.parametrize("reg", [{}, dict(dropout=0.5, hidden_dropout=0.2, word_dropout=1.0)],
+                         ids=["plain", "dropout"])
+def test_resume_equals_uninterrupted(tmp_path, toy, reg):
     tr, dv = toy[0][:300], toy[1][:100]
     mcfg = Config(hidden=(32,), dim=16)
     kw = dict(log=lambda *a: None, progress=False)
     with cg.threads(2):
-        a, _ = train(tr, dv, str(tmp_path / "a"), mcfg, TrainConfig(epochs=3, patience=9), **kw)
-        train(tr, dv, str(tmp_path / "b"), mcfg, TrainConfig(epochs=1, patience=9), **kw)
-        b, hist = train(tr, dv, str(tmp_path / "b"), mcfg, TrainConfig(epochs=3, patience=9),
-                        resume=True, **kw)
+        a, _ = train(tr, dv, str(tmp_path / "a"), mcfg,
+                     TrainConfig(epochs=3, patience=9, **reg), **kw)
+        train(tr, dv, str(tmp_path / "b"), mcfg, TrainConfig(epochs=1, patience=9, **reg), **kw)
+        b, hist = train(tr, dv, str(tmp_path / "b"), mcfg,
+                        TrainConfig(epochs=3, patience=9, **reg), resume=True, **kw)
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     ckpt_a = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "a" / "checkpoint"), "model"))
     ckpt_b = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "b" / "checkpoint"), "model"))

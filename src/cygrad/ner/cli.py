@@ -71,6 +71,13 @@ def _add_train(sub):
                    help="entity type of the binary task")
     p.add_argument("--decode", choices=["viterbi", "greedy"], default="viterbi",
                    help="tag sequences that obey IOB2 (viterbi) or each token's best tag")
+    p.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                   help="dropout on the window input while training (0: off)")
+    p.add_argument("--hidden-dropout", type=float, default=0.0, metavar="P",
+                   help="dropout on each hidden layer's output while training (0: off)")
+    p.add_argument("--word-dropout", type=float, default=0.0, metavar="ALPHA",
+                   help="while training, a word becomes <unk> with probability "
+                        "ALPHA / (ALPHA + its count) (0: off)")
     p.add_argument("--min-count", type=int, default=1,
                    help="words rarer than this in training share the <unk> vector")
     p.add_argument("--vectors", metavar="FILE", help="pretrained vectors, GloVe/word2vec text")
@@ -205,7 +212,8 @@ def cmd_train(a):
     tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
                        seed=a.seed, patience=a.patience, shuffle=not a.no_shuffle,
                        min_count=a.min_count, freeze_vectors=a.freeze_vectors,
-                       compile=not a.no_compile)
+                       compile=not a.no_compile, dropout=a.dropout,
+                       hidden_dropout=a.hidden_dropout, word_dropout=a.word_dropout)
     vectors = read_vectors(a.vectors) if a.vectors else None
     t0 = time.perf_counter()
     model, history = train(train_sents, dev_sents, a.out, mcfg, tcfg, resume=a.resume,

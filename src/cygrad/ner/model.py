@@ -179,13 +179,17 @@ class WindowModel:
         """(weight, bias) names of the hidden layers, then of the output layer."""
         return [(f"W{i}", f"b{i}") for i in range(len(self.config.hidden))] + [("U", "c")]
 
-    def logits_graph(self, t, words, suffixes, cases, sparse=True):
-        """Scores (B, C) as a graph over the parameter tensors ``t`` (name -> Tensor)."""
+    def logits_graph(self, t, words, suffixes, cases, sparse=True, dropout=(0.0, 0.0),
+                     key=None):
+        """Scores (B, C) as a graph over the parameter tensors ``t`` (name -> Tensor);
+        ``dropout`` (on the window input, on the hidden layers) with ``key`` in
+        training."""
         ids = {"E": words, "S": suffixes, "Cs": cases}
         names = self.tables()
         return window_logits([t[k] for k in names], [ids[k] for k in names],
                              [(t[a], t[b]) for a, b in self.layers()],
-                             self.config.activation, self.config.average, sparse=sparse)
+                             self.config.activation, self.config.average, sparse=sparse,
+                             dropout=dropout, key=key)
 
     # ------------------------------------------------------------ inference
     def features(self, words, suffixes, cases):
@@ -337,7 +341,8 @@ class WindowModel:
         return model
 
 
-def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=True):
+def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=True,
+                  dropout=(0.0, 0.0), key=None):
     """The window model as graph ops: the one description that training (compiled
     or eager), cygrad.ner.WindowTrainer and the tests build on.
 
@@ -356,6 +361,12 @@ def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=
     sparse : bool
         Row-sparse gradients for tables of over 64 rows (the eager graph then
         touches only the batch's rows; compiled steps always do).
+    dropout : (float, float)
+        Dropout probabilities of the window input and of every hidden layer's
+        output (training only; 0 leaves the op out).
+    key : int or integer array
+        Dropout's key (cg.dropout): stream 0 for the input, i + 1 for hidden
+        layer i.
 
     Returns
     -------
@@ -368,11 +379,16 @@ def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=
             x = x.reshape(idx.shape[0], idx.shape[1], table.shape[1]).mean(axis=1)
         xs.append(x)
     h = cg.concat(xs, axis=1) if len(xs) > 1 else xs[0]
+    p_in, p_hidden = dropout
+    if p_in:
+        h = cg.dropout(h, p_in, key, stream=0)
     f = cg.ACTIVATIONS[activation]
     for i, (W, b) in enumerate(layers):
         h = cg.linear(h, W, b)
         if i + 1 < len(layers):
             h = f(h)
+            if p_hidden:
+                h = cg.dropout(h, p_hidden, key, stream=i + 1)
     return h
 
 

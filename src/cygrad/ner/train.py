@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import cygrad as cg
-from cygrad.ner.data import Vocab, encode
+from cygrad.ner.data import UNK, Vocab, encode
 from cygrad.ner.evaluate import evaluate
 from cygrad.ner.model import (Config, ModelError, WindowModel, _atomic_write, _fsync_dir,
                               _remove)
@@ -40,12 +40,20 @@ class TrainConfig:
     min_count: int = 1               # rarer training words share the <unk> row
     freeze_vectors: bool = False
     compile: bool = True             # the compiled step (cygrad.compile); False: eager graph
+    dropout: float = 0.0             # on the window input (training only)
+    hidden_dropout: float = 0.0      # on each hidden layer's output
+    word_dropout: float = 0.0        # alpha: a word becomes <unk> w.p. alpha / (alpha + count)
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adagrad"):
             raise ValueError(f"optimizer must be 'sgd' or 'adagrad', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+        for name in ("dropout", "hidden_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not 0.0 <= self.word_dropout < float("inf"):
+            raise ValueError(f"word_dropout must be >= 0, got {self.word_dropout!r}")
 
 
 def tags_of(model, enc):
@@ -88,6 +96,9 @@ class Trainer:
                                      dtype=np.int64)
         self.suffix_of_word = np.array([v.suffix_index.get(w[-3:], v.suffix_index["<unk>"])
                                         for w in v.words], dtype=np.int64)
+        self.drop = (tcfg.dropout, tcfg.hidden_dropout)
+        self.keyed = any(self.drop)
+        self.unk_prob = None
         self.loss_fn = self._loss_fn()
         self._step = cg.compile(self.loss_fn, optimizer=self.opt) if tcfg.compile \
             else self._eager_step
@@ -96,24 +107,39 @@ class Trainer:
         """The training loss as a function of the batch's arrays, over the model's
         one description (WindowModel.logits_graph)."""
         m, t, cfg = self.model, self.t, self.model.config
+        drop = self.drop
+
+        def logits(words, suffixes, cases, key):
+            return m.logits_graph(t, words, suffixes, cases, dropout=drop, key=key)
         if cfg.loss == "softmax":
-            def loss_fn(words, suffixes, cases, labels):
-                return cg.softmax_cross_entropy(m.logits_graph(t, words, suffixes, cases),
-                                                labels)
+            def loss_fn(words, suffixes, cases, labels, key=None):
+                return cg.softmax_cross_entropy(logits(words, suffixes, cases, key), labels)
         elif cfg.loss == "logistic":
-            def loss_fn(words, suffixes, cases, targets):
-                s = m.logits_graph(t, words, suffixes, cases)
+            def loss_fn(words, suffixes, cases, targets, key=None):
+                s = logits(words, suffixes, cases, key)
                 return cg.sigmoid_binary_cross_entropy(s.reshape(len(targets)), targets)
         else:
             # the lecture's max-margin objective: each window whose centre is a positive
             # should outscore, by 1, the same window with its centre word replaced by a
-            # random vocabulary word (the corrupt window)
-            def loss_fn(words, suffixes, cases, c_words, c_suffixes):
+            # random vocabulary word (the corrupt window); both under the same dropout masks
+            def loss_fn(words, suffixes, cases, c_words, c_suffixes, key=None):
                 n = len(words)
-                s_true = m.logits_graph(t, words, suffixes, cases).reshape(n)
-                s_corrupt = m.logits_graph(t, c_words, c_suffixes, cases).reshape(n)
+                s_true = logits(words, suffixes, cases, key).reshape(n)
+                s_corrupt = logits(c_words, c_suffixes, cases, key).reshape(n)
                 return cg.max_margin(s_true, s_corrupt)
         return loss_fn
+
+    def set_word_counts(self, enc):
+        """Word dropout's probabilities from the training windows' centre words:
+        alpha / (alpha + count) for each word id (never for padding or <unk>)."""
+        a = self.tcfg.word_dropout
+        if not a:
+            return
+        counts = np.bincount(enc.words[:, self.model.config.k],
+                             minlength=len(self.model.vocab.words)).astype(np.float64)
+        self.unk_prob = a / (a + counts)
+        self.unk_prob[:3] = 0.0                     # padding and <unk> itself
+        self.unk_id = self.model.vocab.word_index[UNK]
 
     def _eager_step(self, *args):
         loss = self.loss_fn(*args)
@@ -124,13 +150,20 @@ class Trainer:
         return loss.item()
 
     def step(self, words, suffixes, cases, labels, rng=None):
-        """One step on a batch of windows; returns its mean loss (before the update)."""
+        """One step on a batch of windows; returns its mean loss (before the update).
+        With dropout or word dropout, ``rng`` draws the step's key and <unk> words."""
         cfg = self.model.config
+        extra = ()
+        if self.unk_prob is not None:
+            drop = rng.random(words.shape) < self.unk_prob[words]
+            words = np.where(drop, self.unk_id, words)
+        if self.keyed:
+            extra = (np.array(rng.integers(0, 2 ** 62), dtype=np.int64),)
         if cfg.loss == "softmax":
-            return self._step(words, suffixes, cases, labels)
+            return self._step(words, suffixes, cases, labels, *extra)
         y = self.positive_tag[labels]
         if cfg.loss == "logistic":
-            return self._step(words, suffixes, cases, y.astype(cfg.dtype))
+            return self._step(words, suffixes, cases, y.astype(cfg.dtype), *extra)
         pos = np.flatnonzero(y)
         if len(pos) == 0:
             return 0.0
@@ -139,7 +172,7 @@ class Trainer:
         k = cfg.k
         wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
         sc[:, k] = self.suffix_of_word[wc[:, k]]
-        return self._step(w, sf, cs, wc, sc)
+        return self._step(w, sf, cs, wc, sc, *extra)
 
     def calibrate(self, enc, n=20000):
         """Max-margin scores have no natural zero: move the output bias so that
@@ -199,6 +232,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             log(f"pretrained vectors for {n} of {len(vocab.words)} words")
         trainer = Trainer(model, tcfg)
     tr = encode(train_sents, model.vocab, mcfg.k)
+    trainer.set_word_counts(tr)
     dv = encode(dev_sents, model.vocab, mcfg.k) if dev_sents else None
     rng = np.random.default_rng(tcfg.seed)
     history, best_f1, start, bad = [], -1.0, 0, 0
@@ -354,7 +388,8 @@ def _load_checkpoint(ckpt_dir, tcfg):
     except TypeError as e:
         raise ModelError(f"{path}: cannot read the checkpoint's training settings ({e})") \
             from None
-    for field in ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors"):
+    for field in ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors", "dropout",
+                  "hidden_dropout", "word_dropout"):
         if getattr(saved, field) != getattr(tcfg, field):
             raise ModelError(f"resume: the checkpoint was trained with {field}="
                              f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")

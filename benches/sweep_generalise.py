@@ -1,0 +1,113 @@
+"""Dev-set sweep of the tagger's generalisation options (issue 14).
+
+Trains the CoNLL-2003 window model once per configuration and seed with
+``cygrad.ner.train.train`` and reports dev F1, overall and on entities whose
+surface form is seen / unseen in training, as mean ± spread (min-max) over the
+seeds. Tune on the validation split only.
+
+    python benches/sweep_generalise.py --seeds 0 1 2 --out benches/results/generalise.md
+    python benches/sweep_generalise.py --configs base drop_in --seeds 0   # a quick look
+
+Needs the data in ../shared/data/conll2003 (or CYGRAD_CONLL_DIR).
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from cygrad.ner.data import read_conll
+from cygrad.ner.model import Config
+from cygrad.ner.train import TrainConfig, score, train
+
+# name -> (model settings, training settings), on top of the CLI's defaults
+CONFIGS = {
+    "base": ({}, {}),
+    "drop_in": ({}, {"dropout": 0.5}),
+    "drop_h": ({}, {"hidden_dropout": 0.5}),
+    "drop_both": ({}, {"dropout": 0.5, "hidden_dropout": 0.5}),
+    "drop_in.3": ({}, {"dropout": 0.3}),
+    "wdrop": ({}, {"word_dropout": 0.25}),
+    "wdrop1": ({}, {"word_dropout": 1.0}),
+    "drop_in+wdrop": ({}, {"dropout": 0.5, "word_dropout": 0.25}),
+    "drop_both+wdrop": ({}, {"dropout": 0.5, "hidden_dropout": 0.5, "word_dropout": 0.25}),
+}
+
+
+def data_dir():
+    d = os.environ.get("CYGRAD_CONLL_DIR")
+    if d:
+        return d
+    here = os.path.dirname(os.path.abspath(__file__))
+    return os.path.join(here, "..", "..", "shared", "data", "conll2003")
+
+
+def run(name, seed, train_s, dev_s):
+    mk, tk = CONFIGS[name]
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        model, hist = train(train_s, dev_s, out, Config(**mk), TrainConfig(seed=seed, **tk),
+                            log=lambda *a: None, progress=False)
+        secs = time.perf_counter() - t0
+    sc = score(model, dev_s)
+    best = max(hist, key=lambda h: h.get("dev_f1", 0))
+    return {"config": name, "seed": seed, "f1": sc.f1, "seen": sc.seen.f1,
+            "unseen": sc.unseen.f1, "best_epoch": best["epoch"], "epochs": len(hist),
+            "epoch_s": float(np.median([h["seconds"] for h in hist])), "total_s": secs}
+
+
+def table(rows):
+    out = ["| config | settings | dev F1 | seen F1 | unseen F1 | best epoch | s/epoch |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    by = {}
+    for r in rows:
+        by.setdefault(r["config"], []).append(r)
+    for name, rs in by.items():
+        def cell(k):
+            v = 100 * np.array([r[k] for r in rs])
+            return f"{v.mean():.2f} [{v.min():.2f}-{v.max():.2f}]" if len(v) > 1 else f"{v[0]:.2f}"
+        mk, tk = CONFIGS[name]
+        settings = ", ".join(f"{k}={v}" for k, v in {**mk, **tk}.items()) or "defaults"
+        out.append(f"| {name} | {settings} | {cell('f1')} | {cell('seen')} | {cell('unseen')} "
+                   f"| {np.mean([r['best_epoch'] for r in rs]):.1f} "
+                   f"| {np.median([r['epoch_s'] for r in rs]):.2f} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--out", help="write the markdown table here")
+    ap.add_argument("--jsonl", help="append every run as a JSON line here")
+    a = ap.parse_args()
+    d = data_dir()
+    train_s = read_conll(os.path.join(d, "train.txt"))
+    dev_s = read_conll(os.path.join(d, "valid.txt"))
+    rows = []
+    for name in a.configs:
+        for seed in a.seeds:
+            r = run(name, seed, train_s, dev_s)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+            if a.jsonl:
+                with open(a.jsonl, "a") as f:
+                    f.write(json.dumps(r) + "\n")
+    text = table(rows)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write("# Generalisation sweep (dev split of CoNLL-2003)\n\n"
+                    f"`python benches/sweep_generalise.py --configs {' '.join(a.configs)} "
+                    f"--seeds {' '.join(map(str, a.seeds))}`; mean [min-max] over the seeds. "
+                    "Seen / unseen: entities whose exact surface form occurs / does not occur "
+                    "as an entity in the training split.\n\n" + text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -35,6 +35,14 @@ CONFIGS = {
     "wdrop1": ({}, {"word_dropout": 1.0}),
     "drop_in+wdrop": ({}, {"dropout": 0.5, "word_dropout": 0.25}),
     "drop_both+wdrop": ({}, {"dropout": 0.5, "hidden_dropout": 0.5, "word_dropout": 0.25}),
+    "drop_in+wdrop1": ({}, {"dropout": 0.5, "word_dropout": 1.0}),
+    "drop_in.3+wdrop1": ({}, {"dropout": 0.3, "word_dropout": 1.0}),
+    "wdrop4": ({}, {"word_dropout": 4.0}),
+    "pre_shape": ({"prefix_dim": 20, "shape_dim": 10}, {}),
+    "pre_shape+drop_in+wdrop": ({"prefix_dim": 20, "shape_dim": 10},
+                                {"dropout": 0.5, "word_dropout": 0.25}),
+    "pre_shape+drop_in+wdrop1": ({"prefix_dim": 20, "shape_dim": 10},
+                                 {"dropout": 0.5, "word_dropout": 1.0}),
 }
 
 

@@ -369,7 +369,8 @@ def test_window_model_gradcheck(toy):
 _MODELS = [dict(), dict(activation="relu"), dict(activation="sigmoid"), dict(activation="gelu"),
            dict(hidden=(24, 16)), dict(hidden=(16, 12, 8), activation="leaky_relu"),
            dict(average=True), dict(loss="logistic"), dict(loss="max-margin"),
-           dict(suffix_dim=0, case_dim=0), dict(k=1, suffix_dim=0)]
+           dict(suffix_dim=0, case_dim=0), dict(k=1, suffix_dim=0),
+           dict(prefix_dim=4, shape_dim=3), dict(prefix_dim=3, loss="max-margin")]
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
@@ -402,7 +403,8 @@ def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model, reg):
             for lo in range(0, 400, 37):       # repeated words within and across batches
                 idx = np.arange(lo, min(lo + 37, len(enc)))
                 losses.append(tr.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx],
-                                      enc.labels[idx], rng))
+                                      enc.labels[idx], rng, enc.prefixes[idx],
+                                      enc.shapes[idx]))
         if compiled:
             assert tr._step.plans >= 1 and tr._step.fallbacks() == []
         runs[compiled] = (m.params, losses, getattr(tr.opt, "state", []))

@@ -28,7 +28,7 @@ from cygrad._nogil cimport split_at, gemm as _gemm, add_bias, act_fwd
 
 cdef enum:
     MIN_WORK = 400000       # B*H*D multiply-adds below which one thread runs
-    MAX_TABLES = 4
+    MAX_TABLES = 8
     SCORE_CHUNK = 4096      # rows per pass
 
 

@@ -57,6 +57,10 @@ def _add_train(sub):
     p.add_argument("--dim", type=int, default=50, help="word embedding size")
     p.add_argument("--suffix-dim", type=int, default=20, help="suffix feature size (0: off)")
     p.add_argument("--case-dim", type=int, default=5, help="casing feature size (0: off)")
+    p.add_argument("--prefix-dim", type=int, default=0,
+                   help="prefix feature size (first 3 letters; 0: off)")
+    p.add_argument("--shape-dim", type=int, default=0,
+                   help="word-shape feature size (Xxxx, XX, dd-dd, X.X.; 0: off)")
     p.add_argument("--hidden", type=int, nargs="+", default=[300],
                    help="hidden layer sizes")
     p.add_argument("--activation", choices=sorted(cg.kernels.ACTIVATIONS), default="tanh",
@@ -207,6 +211,7 @@ def cmd_train(a):
     epochs = a.epochs if a.epochs is not None else (8 if toy else 20)
     lr = a.lr if a.lr is not None else (0.03 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
+                  prefix_dim=a.prefix_dim, shape_dim=a.shape_dim,
                   hidden=tuple(a.hidden), activation=a.activation, average=a.average,
                   decode=a.decode, loss=a.loss, positive=a.positive)
     tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,

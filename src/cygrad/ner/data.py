@@ -134,9 +134,36 @@ def suffix(token, n=3):
     return normalise(token)[-n:]
 
 
+def prefix(token, n=3):
+    return normalise(token)[:n]
+
+
+def _char_class(c):
+    if c.isupper():
+        return "X"
+    if c.islower() or (c.isalpha() and not c.isupper()):
+        return "x"
+    if c.isdigit():
+        return "d"
+    return c
+
+
+def shape(token):
+    """The word's shape: upper case letters X, other letters x, digits d, other
+    characters as they are, runs longer than two cut to two ("Washington" -> "Xxx",
+    "EU" -> "XX", "U.S." -> "X.X.", "1996-08-22" -> "dd-dd-dd", "McDonald" -> "XxXxx")."""
+    out, prev, run = [], None, 0
+    for c in map(_char_class, token):
+        run = run + 1 if c == prev else 1
+        prev = c
+        if run <= 2:
+            out.append(c)
+    return "".join(out)
+
+
 @dataclasses.dataclass
 class Vocab:
-    """String <-> index maps for words, suffixes and tags."""
+    """String <-> index maps for words, suffixes, prefixes, word shapes and tags."""
 
     words: list
     suffixes: list
@@ -144,10 +171,16 @@ class Vocab:
     # surface forms ("New York") of the training data's entities, for the seen /
     # unseen report of cygrad.ner.evaluate; empty for models saved before it
     entities: list = dataclasses.field(default_factory=list)
+    # the prefix and word-shape features' entries (padding and <unk> first); empty
+    # for models saved before them (which do not use them)
+    prefixes: list = dataclasses.field(default_factory=list)
+    shapes: list = dataclasses.field(default_factory=list)
 
     def __post_init__(self):
         self.word_index = {w: i for i, w in enumerate(self.words)}
         self.suffix_index = {s: i for i, s in enumerate(self.suffixes)}
+        self.prefix_index = {s: i for i, s in enumerate(self.prefixes)}
+        self.shape_index = {s: i for i, s in enumerate(self.shapes)}
         self.tag_index = {t: i for i, t in enumerate(self.tags)}
 
     @classmethod
@@ -159,11 +192,15 @@ class Vocab:
         tags = sorted({t for s in sentences for t in s.tags}, key=_tag_order)
         words = [PAD_L, PAD_R, UNK] + sorted(w for w, c in wc.items() if c >= min_count)
         sufs = [PAD_L, PAD_R, UNK] + sorted(x for x, c in sc.items() if c >= min_suffix_count)
-        return cls(words, sufs, tags, sorted(entity_forms(sentences)))
+        pc = collections.Counter(prefix(t) for s in sentences for t in s.tokens)
+        hc = collections.Counter(shape(t) for s in sentences for t in s.tokens)
+        pres = [PAD_L, PAD_R, UNK] + sorted(x for x, c in pc.items() if c >= min_suffix_count)
+        shps = [PAD_L, PAD_R, UNK] + sorted(x for x, c in hc.items() if c >= min_suffix_count)
+        return cls(words, sufs, tags, sorted(entity_forms(sentences)), pres, shps)
 
     def to_json(self):
         return {"words": self.words, "suffixes": self.suffixes, "tags": self.tags,
-                "entities": self.entities}
+                "entities": self.entities, "prefixes": self.prefixes, "shapes": self.shapes}
 
     @classmethod
     def from_json(cls, d):
@@ -187,7 +224,18 @@ class Vocab:
         ents = d.get("entities", [])
         if not isinstance(ents, list) or not all(isinstance(x, str) for x in ents):
             raise ValueError("vocab entities must be a list of strings")
-        return cls(out["words"], out["suffixes"], out["tags"], ents)
+        for key in ("prefixes", "shapes"):      # optional: older models have none
+            v = d.get(key, [])
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"vocab {key} must be a list of strings")
+            if len(set(v)) != len(v):
+                raise ValueError(f"vocab {key} has repeated entries")
+            if v and v[:3] != [PAD_L, PAD_R, UNK]:
+                raise ValueError(f"vocab {key} must start with {[PAD_L, PAD_R, UNK]}, "
+                                 f"got {v[:3]}")
+            out[key] = v
+        return cls(out["words"], out["suffixes"], out["tags"], ents, out["prefixes"],
+                   out["shapes"])
 
 
 def entity_forms(sentences):
@@ -204,14 +252,20 @@ def _tag_order(tag):
 
 @dataclasses.dataclass
 class Encoded:
-    """A corpus as arrays: every token's window of word, suffix and casing ids
-    (N x (2k+1) each), its tag id (N,), and sentence boundaries."""
+    """A corpus as arrays: every token's window of word, suffix, casing, prefix
+    and shape ids (N x (2k+1) each), its tag id (N,), and sentence boundaries."""
 
     words: np.ndarray
     suffixes: np.ndarray
     cases: np.ndarray
     labels: np.ndarray
     offsets: np.ndarray      # sentence i is tokens offsets[i]:offsets[i+1]
+    prefixes: np.ndarray = None
+    shapes: np.ndarray = None
+
+    def feature(self, name):
+        """The id windows of a feature: "words", "suffixes", "cases", "prefixes", "shapes"."""
+        return getattr(self, name)
 
     def __len__(self):
         return len(self.labels)
@@ -224,7 +278,9 @@ def encode(sentences, vocab, k=2, with_labels=True):
     suffixes map to <unk>.
     """
     wi, si = vocab.word_index, vocab.suffix_index
+    pi, hi = vocab.prefix_index, vocab.shape_index
     unk_w, unk_s = wi[UNK], si[UNK]
+    unk_p, unk_h = pi.get(UNK, 0), hi.get(UNK, 0)   # 0: a vocabulary without the feature
     width = 2 * k + 1
     lens = np.fromiter((len(s.tokens) for s in sentences), dtype=np.int64,
                        count=len(sentences))
@@ -236,9 +292,10 @@ def encode(sentences, vocab, k=2, with_labels=True):
 
     def lookup(tok):
         norm = normalise(tok)
-        return wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok)
+        return (wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok),
+                pi.get(norm[:3], unk_p), hi.get(shape(tok), unk_h))
 
-    table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), 3)
+    table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), 5)
     triples = table[rows]
     # one padded stream: k left pads, the sentence, k right pads, per sentence
     sent = np.repeat(np.arange(S, dtype=np.int64), lens)
@@ -247,13 +304,14 @@ def encode(sentences, vocab, k=2, with_labels=True):
              + np.arange(k)[None, :]).reshape(-1)
     idx = pos[:, None] + np.arange(-k, k + 1)[None, :]
     out = []
-    for col, (pad_l, pad_r) in enumerate([(wi[PAD_L], wi[PAD_R]), (si[PAD_L], si[PAD_R]),
-                                          (0, 0)]):
+    pads = [(wi[PAD_L], wi[PAD_R]), (si[PAD_L], si[PAD_R]), (0, 0),
+            (pi.get(PAD_L, 0), pi.get(PAD_R, 0)), (hi.get(PAD_L, 0), hi.get(PAD_R, 0))]
+    for col, (pad_l, pad_r) in enumerate(pads):
         stream = np.full(n + 2 * k * S, pad_l, dtype=np.int64)
         stream[right] = pad_r
         stream[pos] = triples[:, col]
         out.append(stream[idx] if n else np.zeros((0, width), np.int64))
-    words, sufs, cases = out
+    words, sufs, cases, pres, shps = out
     if with_labels:
         try:
             labels = np.asarray([vocab.tag_index[t] for s in sentences for t in s.tags],
@@ -264,7 +322,7 @@ def encode(sentences, vocab, k=2, with_labels=True):
     else:
         labels = np.zeros(n, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    return Encoded(words, sufs, cases, labels, offsets)
+    return Encoded(words, sufs, cases, labels, offsets, pres, shps)
 
 
 _TOKEN = re.compile(r"(?:\w\.){2,}|\w+(?:[-'.]\w+)*|[^\w\s]", re.UNICODE)

@@ -42,6 +42,8 @@ from cygrad.ner._scores import window_scores
 from cygrad.ner.data import CASES, Vocab
 
 FORMAT = "cygrad-ner-window-model"
+# embedding table -> the Encoded feature whose ids index it, in concatenation order
+TABLES = {"E": "words", "S": "suffixes", "Cs": "cases", "P": "prefixes", "Sh": "shapes"}
 VERSION = 1
 
 
@@ -55,6 +57,8 @@ class Config:
     dim: int = 50                    # word embedding size d
     suffix_dim: int = 20             # 0: no suffix feature
     case_dim: int = 5                # 0: no casing feature
+    prefix_dim: int = 0              # 0: no prefix feature (first 3 letters)
+    shape_dim: int = 0               # 0: no word-shape feature (Xxxx, XX, dd-dd, X.X.)
     hidden: tuple = (300,)           # hidden layer sizes
     activation: str = "tanh"
     average: bool = False            # the lecture's "average the window" variant
@@ -64,7 +68,7 @@ class Config:
     positive: str = "LOC"            # the binary task: is the centre word of this type?
 
     def __post_init__(self):
-        for name in ("k", "dim", "suffix_dim", "case_dim"):
+        for name in ("k", "dim", "suffix_dim", "case_dim", "prefix_dim", "shape_dim"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {v!r}")
@@ -74,7 +78,8 @@ class Config:
         if not isinstance(self.average, bool):
             raise ValueError(f"average must be true or false, got {self.average!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
-        if self.k < 0 or self.dim < 1 or self.suffix_dim < 0 or self.case_dim < 0:
+        if (self.k < 0 or self.dim < 1 or self.suffix_dim < 0 or self.case_dim < 0
+                or self.prefix_dim < 0 or self.shape_dim < 0):
             raise ValueError(f"bad model sizes: {self}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")
@@ -98,7 +103,8 @@ class Config:
         return 2 * self.k + 1
 
     def input_size(self):
-        per_slot = self.dim + self.suffix_dim + self.case_dim
+        per_slot = (self.dim + self.suffix_dim + self.case_dim + self.prefix_dim
+                    + self.shape_dim)
         return per_slot if self.average else self.width * per_slot
 
 
@@ -121,6 +127,13 @@ class WindowModel:
             shapes["S"] = (len(v.suffixes), cfg.suffix_dim)
         if cfg.case_dim:
             shapes["Cs"] = (len(CASES), cfg.case_dim)
+        for name, dim, entries, what in (("P", cfg.prefix_dim, v.prefixes, "prefixes"),
+                                         ("Sh", cfg.shape_dim, v.shapes, "shapes")):
+            if dim:
+                if not entries:
+                    raise ModelError(f"the configuration has a {what} feature but the "
+                                     f"vocabulary lists no {what}")
+                shapes[name] = (len(entries), dim)
         fan_in = cfg.input_size()
         for i, h in enumerate(cfg.hidden):
             shapes[f"W{i}"] = (h, fan_in)
@@ -135,7 +148,7 @@ class WindowModel:
         dt = np.dtype(self.config.dtype)
         params = {}
         for name, shape in self.expected_shapes().items():
-            if name in ("E", "S", "Cs"):
+            if name in TABLES:
                 p = rng.uniform(-0.1, 0.1, shape)
             elif len(shape) == 1:
                 p = np.zeros(shape)
@@ -173,38 +186,47 @@ class WindowModel:
     def tables(self):
         """Names of the embedding tables, in the order their vectors are concatenated."""
         cfg = self.config
-        return ["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+        return (["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+                + (["P"] if cfg.prefix_dim else []) + (["Sh"] if cfg.shape_dim else []))
+
+    def feature_names(self):
+        """The Encoded features the model reads, in the order of :meth:`tables`."""
+        return [TABLES[k] for k in self.tables()]
 
     def layers(self):
         """(weight, bias) names of the hidden layers, then of the output layer."""
         return [(f"W{i}", f"b{i}") for i in range(len(self.config.hidden))] + [("U", "c")]
 
     def logits_graph(self, t, words, suffixes, cases, sparse=True, dropout=(0.0, 0.0),
-                     key=None):
+                     key=None, prefixes=None, shapes=None):
         """Scores (B, C) as a graph over the parameter tensors ``t`` (name -> Tensor);
         ``dropout`` (on the window input, on the hidden layers) with ``key`` in
         training."""
-        ids = {"E": words, "S": suffixes, "Cs": cases}
+        ids = self._ids(words, suffixes, cases, prefixes, shapes)
         names = self.tables()
         return window_logits([t[k] for k in names], [ids[k] for k in names],
                              [(t[a], t[b]) for a, b in self.layers()],
                              self.config.activation, self.config.average, sparse=sparse,
                              dropout=dropout, key=key)
 
+    def _ids(self, words, suffixes, cases, prefixes, shapes):
+        ids = {"E": words, "S": suffixes, "Cs": cases, "P": prefixes, "Sh": shapes}
+        for k, what in (("P", "prefixes"), ("Sh", "shapes")):
+            if ids[k] is None and k in self.tables():
+                raise ValueError(f"this model reads the {what} feature: pass {what}=")
+        return ids
+
     # ------------------------------------------------------------ inference
-    def features(self, words, suffixes, cases):
+    def features(self, words, suffixes, cases, prefixes=None, shapes=None):
         """The input matrix X (B, input_size) for a batch of windows."""
         cfg, p = self.config, self.params
-        blocks = [K.embedding_gather(p["E"], words)]
-        if cfg.suffix_dim:
-            blocks.append(K.embedding_gather(p["S"], suffixes))
-        if cfg.case_dim:
-            blocks.append(K.embedding_gather(p["Cs"], cases))
+        ids = self._ids(words, suffixes, cases, prefixes, shapes)
+        blocks = [K.embedding_gather(p[k], ids[k]) for k in self.tables()]
         if cfg.average:
             blocks = [b.reshape(b.shape[0], cfg.width, -1).mean(axis=1) for b in blocks]
         return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
-    def scores(self, words, suffixes, cases):
+    def scores(self, words, suffixes, cases, prefixes=None, shapes=None):
         """Tag scores (B, C) computed directly with the kernels (no graph): one
         compiled pass (gather, hidden layer, scores) for one hidden layer and
         concatenated windows, else kernel by kernel, layer by layer."""
@@ -212,12 +234,12 @@ class WindowModel:
         layers = self.layers()
         if len(layers) == 2 and not cfg.average:
             names = self.tables()
-            ids = {"E": words, "S": suffixes, "Cs": cases}
+            ids = self._ids(words, suffixes, cases, prefixes, shapes)
             (W, b), (U, c) = layers
             return window_scores([p[k] for k in names], [ids[k] for k in names], p[W], p[b],
                                  p[U], p[c], activation=cfg.activation)
         f = K.ACTIVATIONS[cfg.activation][0]
-        h = self.features(words, suffixes, cases)
+        h = self.features(words, suffixes, cases, prefixes, shapes)
         for i, (W, b) in enumerate(layers):
             h = K.add_bias(K.matmul(h, p[W], trans_b=True), p[b])
             if i + 1 < len(layers):
@@ -252,7 +274,8 @@ class WindowModel:
         logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
-            s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi])
+            s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi],
+                            _rows(enc.prefixes, lo, hi), _rows(enc.shapes, lo, hi))
             logp[lo:hi] = s
         if self.config.binary:     # 1 where the window's score is positive
             return (logp[:, 0] > 0).astype(np.int64)
@@ -339,6 +362,10 @@ class WindowModel:
         model = cls(config, vocab, params=params)
         model.meta = meta
         return model
+
+
+def _rows(a, lo, hi):
+    return None if a is None else a[lo:hi]
 
 
 def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=True,

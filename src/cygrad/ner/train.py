@@ -96,6 +96,8 @@ class Trainer:
                                      dtype=np.int64)
         self.suffix_of_word = np.array([v.suffix_index.get(w[-3:], v.suffix_index["<unk>"])
                                         for w in v.words], dtype=np.int64)
+        self.prefix_of_word = np.array([v.prefix_index.get(w[:3], v.prefix_index.get(UNK, 0))
+                                        for w in v.words], dtype=np.int64)
         self.drop = (tcfg.dropout, tcfg.hidden_dropout)
         self.keyed = any(self.drop)
         self.unk_prob = None
@@ -109,23 +111,28 @@ class Trainer:
         m, t, cfg = self.model, self.t, self.model.config
         drop = self.drop
 
-        def logits(words, suffixes, cases, key):
-            return m.logits_graph(t, words, suffixes, cases, dropout=drop, key=key)
+        def logits(words, suffixes, cases, prefixes, shapes, key):
+            return m.logits_graph(t, words, suffixes, cases, dropout=drop, key=key,
+                                  prefixes=prefixes, shapes=shapes)
         if cfg.loss == "softmax":
-            def loss_fn(words, suffixes, cases, labels, key=None):
-                return cg.softmax_cross_entropy(logits(words, suffixes, cases, key), labels)
+            def loss_fn(words, suffixes, cases, prefixes, shapes, labels, key=None):
+                return cg.softmax_cross_entropy(
+                    logits(words, suffixes, cases, prefixes, shapes, key), labels)
         elif cfg.loss == "logistic":
-            def loss_fn(words, suffixes, cases, targets, key=None):
-                s = logits(words, suffixes, cases, key)
+            def loss_fn(words, suffixes, cases, prefixes, shapes, targets, key=None):
+                s = logits(words, suffixes, cases, prefixes, shapes, key)
                 return cg.sigmoid_binary_cross_entropy(s.reshape(len(targets)), targets)
         else:
             # the lecture's max-margin objective: each window whose centre is a positive
             # should outscore, by 1, the same window with its centre word replaced by a
-            # random vocabulary word (the corrupt window); both under the same dropout masks
-            def loss_fn(words, suffixes, cases, c_words, c_suffixes, key=None):
+            # random vocabulary word (the corrupt window; its suffix and prefix follow the
+            # word, casing and shape stay); both under the same dropout masks
+            def loss_fn(words, suffixes, cases, prefixes, shapes, c_words, c_suffixes,
+                        c_prefixes, key=None):
                 n = len(words)
-                s_true = logits(words, suffixes, cases, key).reshape(n)
-                s_corrupt = logits(c_words, c_suffixes, cases, key).reshape(n)
+                s_true = logits(words, suffixes, cases, prefixes, shapes, key).reshape(n)
+                s_corrupt = logits(c_words, c_suffixes, cases, c_prefixes, shapes,
+                                   key).reshape(n)
                 return cg.max_margin(s_true, s_corrupt)
         return loss_fn
 
@@ -149,10 +156,14 @@ class Trainer:
         self.opt.zero_grad()
         return loss.item()
 
-    def step(self, words, suffixes, cases, labels, rng=None):
+    def step(self, words, suffixes, cases, labels, rng=None, prefixes=None, shapes=None):
         """One step on a batch of windows; returns its mean loss (before the update).
         With dropout or word dropout, ``rng`` draws the step's key and <unk> words."""
         cfg = self.model.config
+        self.model._ids(words, suffixes, cases, prefixes, shapes)    # needed ones given
+        # a feature the model does not read: any array of the batch's shape
+        prefixes = words if prefixes is None else prefixes
+        shapes = words if shapes is None else shapes
         extra = ()
         if self.unk_prob is not None:
             drop = rng.random(words.shape) < self.unk_prob[words]
@@ -160,19 +171,22 @@ class Trainer:
         if self.keyed:
             extra = (np.array(rng.integers(0, 2 ** 62), dtype=np.int64),)
         if cfg.loss == "softmax":
-            return self._step(words, suffixes, cases, labels, *extra)
+            return self._step(words, suffixes, cases, prefixes, shapes, labels, *extra)
         y = self.positive_tag[labels]
         if cfg.loss == "logistic":
-            return self._step(words, suffixes, cases, y.astype(cfg.dtype), *extra)
+            return self._step(words, suffixes, cases, prefixes, shapes, y.astype(cfg.dtype),
+                              *extra)
         pos = np.flatnonzero(y)
         if len(pos) == 0:
             return 0.0
-        w, sf, cs = words[pos], suffixes[pos], cases[pos]
-        wc, sc = w.copy(), sf.copy()
+        w, sf, cs, pf, sh = words[pos], suffixes[pos], cases[pos], prefixes[pos], shapes[pos]
+        wc, sc, pc = w.copy(), sf.copy(), pf.copy()
         k = cfg.k
         wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
         sc[:, k] = self.suffix_of_word[wc[:, k]]
-        return self._step(w, sf, cs, wc, sc, *extra)
+        if cfg.prefix_dim:
+            pc[:, k] = self.prefix_of_word[wc[:, k]]
+        return self._step(w, sf, cs, pf, sh, wc, sc, pc, *extra)
 
     def calibrate(self, enc, n=20000):
         """Max-margin scores have no natural zero: move the output bias so that
@@ -182,7 +196,8 @@ class Trainer:
         if self.model.config.loss != "max-margin":
             return
         m = min(n, len(enc))
-        s = self.model.scores(enc.words[:m], enc.suffixes[:m], enc.cases[:m])[:, 0]
+        s = self.model.scores(enc.words[:m], enc.suffixes[:m], enc.cases[:m],
+                                  enc.prefixes[:m], enc.shapes[:m])[:, 0]
         y = self.positive_tag[enc.labels[:m]]
         order = np.argsort(-s, kind="stable")
         tp = np.cumsum(y[order])
@@ -198,7 +213,7 @@ class Trainer:
         for lo in range(0, n, B):
             idx = np.sort(order[lo:lo + B])
             loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
-                             rng)
+                             rng, enc.prefixes[idx], enc.shapes[idx])
             total += loss * len(idx)
             seen += len(idx)
             if progress is not None:

@@ -312,3 +312,84 @@ class WindowTrainer:
         self.b -= lr * delta.sum(axis=0)
         np.add.at(E, windows, -lr * dX.reshape(windows.shape + (E.shape[1],)))
         return float(loss)
+
+
+# ----------------------------------------------------------------------- CRF
+
+def _crf_transitions(trans, allowed):
+    T = np.array(trans, dtype=np.float64)
+    if allowed is not None:
+        T[~allowed] = -np.inf
+    return T
+
+
+def _logsumexp(a, axis):
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):
+        return np.squeeze(m, axis) + np.log(np.sum(np.exp(a - m), axis=axis))
+
+
+def crf_nll(scores, lengths, tags, trans, allowed=None):
+    """Linear-chain CRF NLL per sentence and the gradients of their sum, by the
+    forward-backward recursions in log space (cygrad.kernels.crf_nll's model:
+    index C of trans is the sentence boundary)."""
+    s_all = np.asarray(scores, dtype=np.float64)
+    N, C = s_all.shape
+    T = _crf_transitions(trans, allowed)
+    A, start, end = T[:C, :C], T[C, :C], T[:C, C]
+    ds = np.zeros((N, C))
+    dT = np.zeros((C + 1, C + 1))
+    losses = []
+    lo = 0
+    for n in np.asarray(lengths):
+        s, y = s_all[lo:lo + n], np.asarray(tags[lo:lo + n])
+        al, be = np.zeros((n, C)), np.zeros((n, C))
+        al[0] = start + s[0]
+        for t in range(1, n):
+            al[t] = _logsumexp(al[t - 1][:, None] + A, 0) + s[t]
+        logZ = _logsumexp(al[-1] + end, 0)
+        be[-1] = end
+        for t in range(n - 2, -1, -1):
+            be[t] = _logsumexp(A + (s[t + 1] + be[t + 1])[None, :], 1)
+        marg = np.exp(al + be - logZ)
+        ds[lo:lo + n] = marg
+        dT[C, :C] += marg[0]
+        dT[:C, C] += marg[-1]
+        with np.errstate(invalid="ignore"):
+            for t in range(1, n):
+                pair = np.exp(al[t - 1][:, None] + A + (s[t] + be[t])[None, :] - logZ)
+                dT[:C, :C] += np.nan_to_num(pair, nan=0.0)
+        gold = start[y[0]] + end[y[-1]] + s[np.arange(n), y].sum() + A[y[:-1], y[1:]].sum()
+        ds[lo + np.arange(n), y] -= 1.0
+        dT[C, y[0]] -= 1.0
+        dT[y[-1], C] -= 1.0
+        np.add.at(dT, (y[:-1], y[1:]), -1.0)
+        losses.append(logZ - gold)
+        lo += n
+    dt = np.asarray(scores).dtype
+    return np.array(losses), ds.astype(dt), dT.astype(dt)
+
+
+def crf_viterbi(scores, lengths, trans, allowed=None):
+    """The best path per sentence under the CRF (ties to the lowest tag index)."""
+    s_all = np.asarray(scores, dtype=np.float64)
+    N, C = s_all.shape
+    T = _crf_transitions(trans, allowed)
+    A, start, end = T[:C, :C], T[C, :C], T[:C, C]
+    out = np.zeros(N, dtype=np.int64)
+    lo = 0
+    for n in np.asarray(lengths):
+        s = s_all[lo:lo + n]
+        d = start + s[0]
+        back = np.zeros((n, C), dtype=np.int64)
+        for t in range(1, n):
+            cand = d[:, None] + A
+            back[t] = np.argmax(cand, axis=0)
+            d = cand[back[t], np.arange(C)] + s[t]
+        c = int(np.argmax(d + end))
+        for t in range(n - 1, -1, -1):
+            out[lo + t] = c
+            c = back[t, c]
+        lo += n
+    return out

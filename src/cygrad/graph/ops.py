@@ -562,3 +562,55 @@ class MaxMargin(Op):
 def max_margin(s_true, s_corrupt, margin=1.0):
     """Mean of max(0, margin - s + s_c) over a batch of (true, corrupt) window scores."""
     return MaxMargin.apply(s_true, s_corrupt, margin=margin)
+
+
+class CrfNll(Op):
+    """Linear-chain CRF negative log-likelihood (cygrad.kernels.crf_nll); the
+    gradients come from the fused forward-backward pass."""
+
+    name = "crf_nll"
+
+    @staticmethod
+    def forward(ctx, scores, trans, lengths, tags, allowed=None, reduction="token_mean"):
+        loss, ds, dT = _B().crf_nll(scores, lengths, tags, trans, allowed)
+        div = {"sum": 1.0, "mean": max(len(lengths), 1),
+               "token_mean": max(scores.shape[0], 1)}[reduction]
+        ctx.save_for_backward(ds, dT)
+        ctx.kw = (lengths, tags, allowed, reduction, div)
+        return np.asarray(loss.sum() / div, dtype=scores.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        ds, dT = ctx.saved
+        div = ctx.kw[4]
+        scale = g / ds.dtype.type(div)
+        return ds * scale, dT * scale
+
+
+def crf_nll(scores, lengths, tags, trans, allowed=None, reduction="token_mean"):
+    """Negative log-likelihood of gold tag paths under a linear-chain CRF.
+
+    Parameters
+    ----------
+    scores : Tensor (N, C)
+        Per-token tag scores of whole sentences laid end to end.
+    lengths : integer array (S,), each >= 1, summing to N
+    tags : integer array (N,), the gold tags
+    trans : Tensor (C + 1, C + 1)
+        Transition scores; index C is the sentence boundary (row C: start -> tag,
+        column C: tag -> end).
+    allowed : bool array (C + 1, C + 1), optional
+        Permitted transitions (IOB2 constraints, say); forbidden ones get no
+        probability and no gradient.
+    reduction : "token_mean" (default: the sum over sentences divided by N, the
+        scale of a per-token cross-entropy), "mean" (over sentences) or "sum"
+    """
+    if reduction not in ("sum", "mean", "token_mean"):
+        raise ValueError(f"crf_nll: reduction must be 'sum', 'mean' or 'token_mean', got "
+                         f"{reduction!r}")
+    lengths = np.array(_index_array("crf_nll", "lengths", lengths), copy=True)
+    tags = np.array(_index_array("crf_nll", "tags", tags), copy=True)
+    if allowed is not None:
+        allowed = np.array(allowed, copy=True) if isinstance(allowed, np.ndarray) else allowed
+    return CrfNll.apply(scores, trans, lengths=lengths, tags=tags, allowed=allowed,
+                        reduction=reduction)

@@ -1,0 +1,333 @@
+# cython: language_level=3
+"""A linear-chain CRF over tag scores: its negative log-likelihood with
+gradients by forward-backward, and Viterbi decoding with learned transitions.
+
+Model (Collobert et al. 2011's sentence-level log-likelihood): a sentence of n
+tokens with per-token scores s[t, c] and transition scores T (C + 1, C + 1),
+where index C is the sentence boundary (row C: start -> tag, column C: tag ->
+end), scores the tag path y as
+
+    score(y) = T[C, y_1] + sum_t s[t, y_t] + sum_{t>1} T[y_{t-1}, y_t] + T[y_n, C]
+
+and NLL = log Z - score(gold), Z the sum of exp(score) over all paths. An
+optional bool mask ``allowed`` (C + 1, C + 1) forbids transitions (IOB2: I-X
+only after B-X or I-X): forbidden ones take no part in Z and get no gradient.
+
+Gradients: d s[t, c] = P(y_t = c) - [gold_t = c], d T[p, c] = expected minus
+observed count of the transition p -> c, from the forward (alpha) and backward
+(beta) recursions in log space (double precision throughout).
+
+Design: sentences are independent, so threads take chunks of SENT_GRAIN
+sentences from the pool (cygrad._parallel). Each sentence writes its own rows of
+the alpha/beta tables and of d s, and its own (C + 1)^2 block of transition
+counts; the blocks are summed afterwards in sentence order. So the result is
+the same for any thread count. Scratch memory is allocated once per call, at
+the Python boundary, before the GIL is released.
+"""
+
+import numpy as np
+cimport numpy as cnp
+from libc.math cimport INFINITY, exp, log
+from cygrad._parallel cimport parallel_for
+
+from cygrad._common cimport float_array, index_array, threads_for
+
+cnp.import_array()
+
+
+cdef enum:
+    SENT_GRAIN = 8      # sentences per chunk of a threaded loop
+
+
+cdef struct _Crf:
+    const double *s         # (N, C) scores
+    const double *T         # (C + 1, C + 1) transitions, -inf where forbidden
+    const cnp.int64_t *off
+    const cnp.int64_t *y    # gold tags (N,), or NULL (decoding)
+    Py_ssize_t C
+    double *alpha           # (N, C)
+    double *beta            # (N, C)
+    double *ds              # (N, C) gradient wrt s
+    double *dT              # (S, (C + 1)^2) per-sentence expected - observed counts
+    double *loss            # (S,)
+    cnp.int32_t *back       # (N, C) Viterbi back-pointers
+    cnp.int64_t *out        # (N,) Viterbi path
+
+
+cdef inline double _lse_add(double a, double b) noexcept nogil:
+    """log(exp(a) + exp(b)), -inf aware."""
+    if a == -INFINITY:
+        return b
+    if b == -INFINITY:
+        return a
+    if a > b:
+        return a + log(1.0 + exp(b - a))
+    return b + log(1.0 + exp(a - b))
+
+
+cdef void _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
+    cdef Py_ssize_t C = k.C, W = C + 1, t, c, p
+    cdef Py_ssize_t t0 = k.off[i], t1 = k.off[i + 1]
+    cdef const double *s = k.s
+    cdef const double *T = k.T
+    cdef double *al = k.alpha
+    cdef double *be = k.beta
+    cdef double *ds = k.ds
+    cdef double *dT = k.dT + i * W * W
+    cdef const cnp.int64_t *y = k.y
+    cdef double m, v, logZ, gold, pr
+    for c in range(W * W):
+        dT[c] = 0.0
+    # forward
+    for c in range(C):
+        al[t0 * C + c] = T[C * W + c] + s[t0 * C + c]
+    for t in range(t0 + 1, t1):
+        for c in range(C):
+            m = -INFINITY
+            for p in range(C):
+                v = al[(t - 1) * C + p] + T[p * W + c]
+                if v > m:
+                    m = v
+            if m == -INFINITY:
+                al[t * C + c] = -INFINITY
+                continue
+            v = 0.0
+            for p in range(C):
+                v += exp(al[(t - 1) * C + p] + T[p * W + c] - m)
+            al[t * C + c] = m + log(v) + s[t * C + c]
+    m = -INFINITY
+    for c in range(C):
+        v = al[(t1 - 1) * C + c] + T[c * W + C]
+        if v > m:
+            m = v
+    v = 0.0
+    for c in range(C):
+        v += exp(al[(t1 - 1) * C + c] + T[c * W + C] - m)
+    logZ = m + log(v)
+    # backward
+    for c in range(C):
+        be[(t1 - 1) * C + c] = T[c * W + C]
+    t = t1 - 2
+    while t >= t0:
+        for p in range(C):
+            m = -INFINITY
+            for c in range(C):
+                v = T[p * W + c] + s[(t + 1) * C + c] + be[(t + 1) * C + c]
+                if v > m:
+                    m = v
+            if m == -INFINITY:
+                be[t * C + p] = -INFINITY
+                continue
+            v = 0.0
+            for c in range(C):
+                v += exp(T[p * W + c] + s[(t + 1) * C + c] + be[(t + 1) * C + c] - m)
+            be[t * C + p] = m + log(v)
+        t -= 1
+    # marginals: token (d s) and transition (dT) expectations
+    for t in range(t0, t1):
+        for c in range(C):
+            ds[t * C + c] = exp(al[t * C + c] + be[t * C + c] - logZ)
+    for c in range(C):
+        dT[C * W + c] += ds[t0 * C + c]
+        dT[c * W + C] += ds[(t1 - 1) * C + c]
+    for t in range(t0 + 1, t1):
+        for p in range(C):
+            if al[(t - 1) * C + p] == -INFINITY:
+                continue
+            for c in range(C):
+                v = T[p * W + c]
+                if v == -INFINITY:
+                    continue
+                pr = exp(al[(t - 1) * C + p] + v + s[t * C + c] + be[t * C + c] - logZ)
+                dT[p * W + c] += pr
+    # minus the gold path's counts, and its score
+    gold = T[C * W + y[t0]] + T[y[t1 - 1] * W + C]
+    dT[C * W + y[t0]] -= 1.0
+    dT[y[t1 - 1] * W + C] -= 1.0
+    for t in range(t0, t1):
+        gold += s[t * C + y[t]]
+        ds[t * C + y[t]] -= 1.0
+        if t > t0:
+            gold += T[y[t - 1] * W + y[t]]
+            dT[y[t - 1] * W + y[t]] -= 1.0
+    k.loss[i] = logZ - gold
+
+
+cdef void _nll_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        _nll_one(<_Crf *>ctx, i)
+
+
+cdef void _viterbi_one(_Crf *k, Py_ssize_t i) noexcept nogil:
+    cdef Py_ssize_t C = k.C, W = C + 1, t, c, p, arg
+    cdef Py_ssize_t t0 = k.off[i], t1 = k.off[i + 1]
+    cdef const double *s = k.s
+    cdef const double *T = k.T
+    cdef double *d = k.alpha
+    cdef double best, v
+    for c in range(C):
+        d[t0 * C + c] = T[C * W + c] + s[t0 * C + c]
+    for t in range(t0 + 1, t1):
+        for c in range(C):
+            best = -INFINITY
+            arg = 0
+            for p in range(C):
+                v = d[(t - 1) * C + p] + T[p * W + c]
+                if v > best:            # ties: the lowest tag index
+                    best = v
+                    arg = p
+            d[t * C + c] = best + s[t * C + c]
+            k.back[t * C + c] = <cnp.int32_t>arg
+    arg = 0
+    best = -INFINITY
+    for c in range(C):
+        v = d[(t1 - 1) * C + c] + T[c * W + C]
+        if v > best:
+            best = v
+            arg = c
+    t = t1 - 1
+    while True:
+        k.out[t] = arg
+        if t == t0:
+            break
+        arg = k.back[t * C + arg]
+        t -= 1
+
+
+cdef void _viterbi_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(lo, hi):
+        _viterbi_one(<_Crf *>ctx, i)
+
+
+cdef object _setup(str fn, object scores, object lengths, object trans, object allowed):
+    """Checked float64 copies: scores (N, C), offsets (S + 1,), transitions with
+    -inf where forbidden; and the mask."""
+    scores = float_array(scores, fn, "scores", 2)
+    cdef Py_ssize_t N = scores.shape[0], C = scores.shape[1]
+    if C < 1:
+        raise ValueError(f"{fn}: scores must have at least one tag column, got shape "
+                         f"{scores.shape}")
+    lengths = index_array(lengths, fn, "lengths", 1, N + 1)
+    if lengths.shape[0] and lengths.min() < 1:
+        bad = int(np.flatnonzero(lengths < 1)[0])
+        raise ValueError(f"{fn}: lengths[{bad}] = {lengths[bad]}: every sentence needs at "
+                         f"least one token")
+    if int(lengths.sum()) != N:
+        raise ValueError(f"{fn}: lengths sum to {int(lengths.sum())} but scores has {N} rows")
+    trans = float_array(trans, fn, "trans", 2)
+    if trans.shape != (C + 1, C + 1):
+        raise ValueError(f"{fn}: trans must be ({C + 1}, {C + 1}) for {C} tags (index {C} is "
+                         f"the sentence boundary), got {trans.shape}")
+    if trans.dtype != scores.dtype:
+        raise TypeError(f"{fn}: trans has dtype {trans.dtype}, scores {scores.dtype}")
+    T = np.array(trans, dtype=np.float64, order="C", copy=True)
+    if not np.isfinite(T).all():
+        raise ValueError(f"{fn}: trans holds NaN or infinity (forbid transitions with "
+                         f"allowed= instead)")
+    if allowed is not None:
+        if not isinstance(allowed, np.ndarray) or allowed.dtype != np.bool_:
+            raise TypeError(f"{fn}: allowed must be a numpy.ndarray of bool (a mask), got "
+                            f"{getattr(allowed, 'dtype', type(allowed).__name__)}")
+        if allowed.shape != (C + 1, C + 1):
+            raise ValueError(f"{fn}: allowed must be ({C + 1}, {C + 1}), got {allowed.shape}")
+        if not allowed[C, :C].any() or not allowed[:C, C].any():
+            raise ValueError(f"{fn}: allowed permits no first tag or no last tag")
+        T[~allowed] = -np.inf
+    off = np.zeros(lengths.shape[0] + 1, dtype=np.int64)
+    np.cumsum(lengths, out=off[1:])
+    s = np.array(scores, dtype=np.float64, order="C", copy=True)
+    return scores, s, off, T
+
+
+def crf_nll(scores, lengths, tags, trans, allowed=None):
+    """Negative log-likelihood of gold tag paths under a linear-chain CRF, and its
+    gradients (see the module docstring for the model).
+
+    Parameters
+    ----------
+    scores : ndarray (N, C) of float32 or float64
+        Per-token tag scores of S sentences laid end to end.
+    lengths : ndarray (S,) of integers, each >= 1, summing to N
+    tags : ndarray (N,) of integers in [0, C): the gold path
+    trans : ndarray (C + 1, C + 1), the scores' dtype
+        Transition scores; row C holds start -> tag, column C tag -> end.
+    allowed : ndarray (C + 1, C + 1) of bool, optional
+        Permitted transitions; the gold path must use permitted ones only.
+
+    Returns
+    -------
+    (loss, d_scores, d_trans): loss an ndarray (S,) of float64, each sentence's
+    NLL; d_scores (N, C) and d_trans (C + 1, C + 1) in the scores' dtype, the
+    gradients of the sum of the losses.
+    """
+    fn = "crf_nll"
+    scores, s, off, T = _setup(fn, scores, lengths, trans, allowed)
+    cdef Py_ssize_t N = s.shape[0], C = s.shape[1], S = off.shape[0] - 1, W = C + 1
+    y = index_array(tags, fn, "tags", 1, C)
+    if y.shape[0] != N:
+        raise ValueError(f"{fn}: tags must have {N} entries (one per row of scores), got "
+                         f"{y.shape[0]}")
+    if allowed is not None and N:
+        starts, ends = off[:-1], off[1:] - 1
+        inner = np.ones(N, dtype=bool)
+        inner[starts] = False
+        bad = (~allowed[C, y[starts]]) | (~allowed[y[ends], C])
+        badt = np.zeros(N, dtype=bool)
+        badt[inner] = ~allowed[y[np.flatnonzero(inner) - 1], y[inner]]
+        if bad.any() or badt.any():
+            i = int(np.flatnonzero(bad)[0]) if bad.any() else \
+                int(np.searchsorted(off, np.flatnonzero(badt)[0], side="right") - 1)
+            raise ValueError(f"{fn}: the gold tags of sentence {i} use a transition that "
+                             f"allowed forbids")
+    alpha = np.empty((N, C))
+    beta = np.empty((N, C))
+    ds = np.empty((N, C))
+    dTs = np.empty((S, W * W))
+    loss = np.empty(S)
+    cdef _Crf k
+    k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>s)
+    k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
+    k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>off)
+    k.y = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>y)
+    k.C = C
+    k.alpha = <double *>cnp.PyArray_DATA(<cnp.ndarray>alpha)
+    k.beta = <double *>cnp.PyArray_DATA(<cnp.ndarray>beta)
+    k.ds = <double *>cnp.PyArray_DATA(<cnp.ndarray>ds)
+    k.dT = <double *>cnp.PyArray_DATA(<cnp.ndarray>dTs)
+    k.loss = <double *>cnp.PyArray_DATA(<cnp.ndarray>loss)
+    cdef int nt = threads_for(N * C * C, 100000)
+    with nogil:
+        parallel_for(_nll_task, &k, S, SENT_GRAIN, nt)
+    # the transition counts, summed in sentence order (np.add.reduce on axis 0 of a
+    # C-contiguous array adds row by row: the same bits for any thread count)
+    dT = np.zeros(W * W)
+    for i in range(S):
+        dT += dTs[i]
+    dt = scores.dtype
+    return loss, ds.astype(dt, copy=False), dT.reshape(W, W).astype(dt, copy=False)
+
+
+def crf_viterbi(scores, lengths, trans, allowed=None):
+    """The best tag path of each sentence under the CRF's scores and transitions
+    (ties to the lowest tag index); ``allowed`` forbids transitions. Returns an
+    ndarray (N,) of int64. Arguments as for :func:`crf_nll`."""
+    fn = "crf_viterbi"
+    scores, s, off, T = _setup(fn, scores, lengths, trans, allowed)
+    cdef Py_ssize_t N = s.shape[0], C = s.shape[1], S = off.shape[0] - 1
+    d = np.empty((N, C))
+    back = np.zeros((N, C), dtype=np.int32)
+    out = np.zeros(N, dtype=np.int64)
+    cdef _Crf k
+    k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>s)
+    k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
+    k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>off)
+    k.C = C
+    k.alpha = <double *>cnp.PyArray_DATA(<cnp.ndarray>d)
+    k.back = <cnp.int32_t *>cnp.PyArray_DATA(<cnp.ndarray>back)
+    k.out = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef int nt = threads_for(N * C * C, 200000)
+    with nogil:
+        parallel_for(_viterbi_task, &k, S, SENT_GRAIN, nt)
+    return out

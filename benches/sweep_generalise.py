@@ -43,6 +43,9 @@ CONFIGS = {
                                 {"dropout": 0.5, "word_dropout": 0.25}),
     "pre_shape+drop_in+wdrop1": ({"prefix_dim": 20, "shape_dim": 10},
                                  {"dropout": 0.5, "word_dropout": 1.0}),
+    "crf": ({"loss": "crf"}, {}),
+    "crf+pre_shape+drop_in+wdrop1": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                                     {"dropout": 0.5, "word_dropout": 1.0}),
 }
 
 

@@ -67,8 +67,11 @@ def _add_train(sub):
                    help="the hidden layers' f in h = f(Wx + b)")
     p.add_argument("--average", action="store_true",
                    help="average the window's vectors instead of concatenating them")
-    p.add_argument("--loss", choices=["softmax", "logistic", "max-margin"], default="softmax",
-                   help="softmax over all tags, or the lecture's binary task (is the centre "
+    p.add_argument("--loss", choices=["softmax", "crf", "logistic", "max-margin"],
+                   default="softmax",
+                   help="softmax over all tags; crf: sentence-level log-likelihood with "
+                        "learned tag transitions (batches of whole sentences); or the "
+                        "lecture's binary task (is the centre "
                         "word a --positive entity?) with the logistic or the max-margin loss "
                         "against corrupt windows (centre word replaced by a random word)")
     p.add_argument("--positive", default="LOC", metavar="TYPE",

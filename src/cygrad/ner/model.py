@@ -64,7 +64,8 @@ class Config:
     average: bool = False            # the lecture's "average the window" variant
     dtype: str = "float32"
     decode: str = "viterbi"          # or "greedy": per-token argmax
-    loss: str = "softmax"            # or the lecture's binary task: "logistic", "max-margin"
+    loss: str = "softmax"            # "crf": sentence-level log-likelihood with transitions;
+                                     # the lecture's binary task: "logistic", "max-margin"
     positive: str = "LOC"            # the binary task: is the centre word of this type?
 
     def __post_init__(self):
@@ -90,13 +91,13 @@ class Config:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.decode not in ("viterbi", "greedy"):
             raise ValueError(f"decode must be 'viterbi' or 'greedy', got {self.decode!r}")
-        if self.loss not in ("softmax", "logistic", "max-margin"):
-            raise ValueError(f"loss must be 'softmax', 'logistic' or 'max-margin', "
+        if self.loss not in ("softmax", "crf", "logistic", "max-margin"):
+            raise ValueError(f"loss must be 'softmax', 'crf', 'logistic' or 'max-margin', "
                              f"got {self.loss!r}")
 
     @property
     def binary(self):
-        return self.loss != "softmax"
+        return self.loss in ("logistic", "max-margin")
 
     @property
     def width(self):
@@ -142,6 +143,8 @@ class WindowModel:
         n_out = 1 if cfg.binary else len(v.tags)   # binary: one score s = u·h + c
         shapes["U"] = (n_out, fan_in)
         shapes["c"] = (n_out,)
+        if cfg.loss == "crf":       # transitions; index C is the sentence boundary
+            shapes["A"] = (n_out + 1, n_out + 1)
         return shapes
 
     def _init_params(self, rng):
@@ -150,7 +153,7 @@ class WindowModel:
         for name, shape in self.expected_shapes().items():
             if name in TABLES:
                 p = rng.uniform(-0.1, 0.1, shape)
-            elif len(shape) == 1:
+            elif len(shape) == 1 or name == "A":    # biases, CRF transitions
                 p = np.zeros(shape)
             else:   # Glorot uniform: keeps tanh units out of saturation at the start
                 lim = np.sqrt(6.0 / (shape[0] + shape[1]))
@@ -267,7 +270,8 @@ class WindowModel:
         ``decode="greedy"`` takes each token's best tag; ``"viterbi"`` (the
         default) the best tag sequence of each sentence in which every I-X
         follows B-X or I-X, scoring a sequence by the sum of its tokens'
-        log-probabilities.
+        log-probabilities, or, for a CRF model, by its scores and learned
+        transitions (cygrad.kernels.crf_viterbi).
         """
         decode = decode or self.config.decode
         n = len(enc)
@@ -281,6 +285,9 @@ class WindowModel:
             return (logp[:, 0] > 0).astype(np.int64)
         if decode == "greedy":
             return logp.argmax(axis=1)
+        if self.config.loss == "crf":
+            return K.crf_viterbi(logp.astype(self.params["A"].dtype), np.diff(enc.offsets),
+                                 self.params["A"], crf_constraints(self.vocab.tags))
         logp -= logp.max(axis=1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
         allowed, start = iob2_constraints(self.vocab.tags)
@@ -429,6 +436,18 @@ def iob2_constraints(tags):
             start[j] = False
             allowed[:, j] = [p in ("B-" + tag[2:], tag) for p in tags]
     return allowed, start
+
+
+def crf_constraints(tags):
+    """The IOB2 constraints as a CRF mask (C + 1, C + 1), index C the sentence
+    boundary: I-X only after B-X or I-X, never first; any tag may end."""
+    allowed, start = iob2_constraints(tags)
+    C = len(tags)
+    out = np.ones((C + 1, C + 1), dtype=bool)
+    out[:C, :C] = allowed
+    out[C, :C] = start
+    out[C, C] = False           # no empty sentence
+    return out
 
 
 def _fsync_dir(directory):

@@ -22,7 +22,7 @@ import cygrad as cg
 from cygrad.ner.data import UNK, Vocab, encode
 from cygrad.ner.evaluate import evaluate
 from cygrad.ner.model import (Config, ModelError, WindowModel, _atomic_write, _fsync_dir,
-                              _remove)
+                              _remove, crf_constraints)
 from cygrad.optim import SGD, Adagrad
 
 CHECKPOINT = "checkpoint"
@@ -102,7 +102,9 @@ class Trainer:
         self.keyed = any(self.drop)
         self.unk_prob = None
         self.loss_fn = self._loss_fn()
-        self._step = cg.compile(self.loss_fn, optimizer=self.opt) if tcfg.compile \
+        # the CRF loss has no plan kernel yet: it trains on the eager graph
+        compiled = tcfg.compile and model.config.loss != "crf"
+        self._step = cg.compile(self.loss_fn, optimizer=self.opt) if compiled \
             else self._eager_step
 
     def _loss_fn(self):
@@ -118,6 +120,12 @@ class Trainer:
             def loss_fn(words, suffixes, cases, prefixes, shapes, labels, key=None):
                 return cg.softmax_cross_entropy(
                     logits(words, suffixes, cases, prefixes, shapes, key), labels)
+        elif cfg.loss == "crf":
+            allowed = crf_constraints(m.vocab.tags)
+
+            def loss_fn(words, suffixes, cases, prefixes, shapes, labels, lengths, key=None):
+                return cg.crf_nll(logits(words, suffixes, cases, prefixes, shapes, key),
+                                  lengths, labels, t["A"], allowed)
         elif cfg.loss == "logistic":
             def loss_fn(words, suffixes, cases, prefixes, shapes, targets, key=None):
                 s = logits(words, suffixes, cases, prefixes, shapes, key)
@@ -156,9 +164,12 @@ class Trainer:
         self.opt.zero_grad()
         return loss.item()
 
-    def step(self, words, suffixes, cases, labels, rng=None, prefixes=None, shapes=None):
+    def step(self, words, suffixes, cases, labels, rng=None, prefixes=None, shapes=None,
+             lengths=None):
         """One step on a batch of windows; returns its mean loss (before the update).
-        With dropout or word dropout, ``rng`` draws the step's key and <unk> words."""
+        With dropout or word dropout, ``rng`` draws the step's key and <unk> words.
+        The CRF loss needs whole sentences: ``lengths`` (sentence lengths, summing
+        to the batch)."""
         cfg = self.model.config
         self.model._ids(words, suffixes, cases, prefixes, shapes)    # needed ones given
         # a feature the model does not read: any array of the batch's shape
@@ -172,6 +183,11 @@ class Trainer:
             extra = (np.array(rng.integers(0, 2 ** 62), dtype=np.int64),)
         if cfg.loss == "softmax":
             return self._step(words, suffixes, cases, prefixes, shapes, labels, *extra)
+        if cfg.loss == "crf":
+            if lengths is None:
+                raise ValueError("the crf loss trains on whole sentences: pass lengths=")
+            return self._step(words, suffixes, cases, prefixes, shapes, labels,
+                              np.asarray(lengths, dtype=np.int64), *extra)
         y = self.positive_tag[labels]
         if cfg.loss == "logistic":
             return self._step(words, suffixes, cases, prefixes, shapes, y.astype(cfg.dtype),
@@ -206,19 +222,41 @@ class Trainer:
         cut = (s[order[best]] + s[order[best + 1]]) / 2 if best + 1 < m else s[order[best]] - 1
         self.model.params["c"][0] -= cut
 
-    def epoch(self, enc, rng, progress=None):
+    def _batches(self, enc, rng):
+        """Token index arrays of the epoch's batches (and sentence lengths for the
+        CRF): shuffled windows in groups of batch_size, or, for the CRF, shuffled
+        whole sentences, each batch closed once it holds batch_size tokens."""
         n, B = len(enc), self.tcfg.batch_size
-        order = rng.permutation(n) if self.tcfg.shuffle else np.arange(n)
+        if self.model.config.loss != "crf":
+            order = rng.permutation(n) if self.tcfg.shuffle else np.arange(n)
+            for lo in range(0, n, B):
+                yield np.sort(order[lo:lo + B]), None
+            return
+        off = enc.offsets
+        S = len(off) - 1
+        order = rng.permutation(S) if self.tcfg.shuffle else np.arange(S)
+        lens = np.diff(off)[order]
+        ends = np.cumsum(lens)
+        lo = 0
+        while lo < S:
+            # the first sentence whose end reaches batch_size tokens past lo's start
+            base = ends[lo - 1] if lo else 0
+            hi = min(S, int(np.searchsorted(ends, base + B, side="left")) + 1)
+            sents = order[lo:hi]
+            idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in sents])
+            yield idx, lens[lo:hi]
+            lo = hi
+
+    def epoch(self, enc, rng, progress=None):
         total, seen = 0.0, 0
-        for lo in range(0, n, B):
-            idx = np.sort(order[lo:lo + B])
+        for b, (idx, lengths) in enumerate(self._batches(enc, rng)):
             loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
-                             rng, enc.prefixes[idx], enc.shapes[idx])
+                             rng, enc.prefixes[idx], enc.shapes[idx], lengths)
             total += loss * len(idx)
             seen += len(idx)
             if progress is not None:
                 progress.update(len(idx))
-                if (lo // B) % 50 == 0:
+                if b % 50 == 0:
                     progress.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
         return total / max(seen, 1)
 

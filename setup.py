@@ -148,6 +148,7 @@ extensions = [
     ext("_optim", "bp_elementwise", "bp_optim"),
     ext("_decode"),
     ext("_crf"),
+    ext("_bags"),
     ext("_guard"),
     ext("ner._scores", "bp_elementwise"),
     ext("_plan", "bp_elementwise", "bp_losses", "bp_optim"),

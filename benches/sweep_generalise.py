@@ -46,6 +46,9 @@ CONFIGS = {
     "crf": ({"loss": "crf"}, {}),
     "crf+pre_shape+drop_in+wdrop1": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
                                      {"dropout": 0.5, "word_dropout": 1.0}),
+    "ngram": ({"ngram_dim": 20}, {}),
+    "crf+all": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "ngram_dim": 20},
+                {"dropout": 0.5, "word_dropout": 1.0}),
 }
 
 

@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 from cygrad._config import get_num_threads, set_num_threads, threads
 from cygrad import kernels, reference
 from cygrad.graph import (
-    ACTIVATIONS, GradcheckError, Op, Tensor, concat, crf_nll, dropout, embedding_windows, gelu, get_backend,
+    ACTIVATIONS, GradcheckError, Op, Tensor, concat, crf_nll, dropout, embedding_bag_windows, embedding_windows, gelu, get_backend,
     gradcheck, hardtanh, is_grad_enabled, leaky_relu, linear, max_margin, maximum, minimum,
     no_grad, relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh,
     tensor, use_backend,
@@ -55,7 +55,7 @@ def build_info():
 __all__ = [
     "build_info", "get_num_threads", "set_num_threads", "threads", "kernels", "reference",
     "__version__", "Tensor", "tensor", "Op", "no_grad", "is_grad_enabled", "use_backend",
-    "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout", "crf_nll", "linear",
+    "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout", "crf_nll", "embedding_bag_windows", "linear",
     "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
     "max_margin", "ACTIVATIONS", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu",
     "silu", "optim", "compile", "CompiledStep", "CompileError", "CompileWarning",

@@ -29,6 +29,7 @@ from cygrad._embedding import (
 from cygrad._optim import adagrad_update, sgd_update
 from cygrad._decode import constrained_viterbi
 from cygrad._crf import crf_nll, crf_viterbi
+from cygrad._bags import embedding_bag_backward, embedding_bag_windows
 from cygrad._gemm import matmul, outer_accumulate
 from cygrad._losses import max_margin, sigmoid_binary_cross_entropy, softmax_cross_entropy
 
@@ -52,5 +53,5 @@ __all__ = [
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin",
     "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update",
     "constrained_viterbi", "adagrad_update", "embedding_adagrad_update", "crf_nll",
-    "crf_viterbi",
+    "crf_viterbi", "embedding_bag_windows", "embedding_bag_backward",
 ]

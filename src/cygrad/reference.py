@@ -393,3 +393,36 @@ def crf_viterbi(scores, lengths, trans, allowed=None):
             c = back[t, c]
         lo += n
     return out
+
+
+# ----------------------------------------------------------------------- bags
+
+def embedding_bag_windows(table, windows, ptr, items):
+    """Slot (i, j) of the output is the mean of table[items[ptr[b]:ptr[b+1]]],
+    b = windows[i, j]; zeros for an empty bag."""
+    B, w = windows.shape
+    d = table.shape[1]
+    out = np.zeros((B, w, d), dtype=table.dtype)
+    for i in range(B):
+        for j in range(w):
+            b = windows[i, j]
+            rows = items[ptr[b]:ptr[b + 1]]
+            if len(rows):
+                out[i, j] = table[rows].astype(np.float64).mean(axis=0)
+    return out.reshape(B, w * d)
+
+
+def embedding_bag_backward(grad, windows, ptr, items):
+    """(rows, values): each item of each slot's bag gets the slot's gradient / bag size."""
+    B, w = windows.shape
+    d = grad.shape[1] // w
+    rows, values = [], []
+    for i in range(B):
+        for j in range(w):
+            b = windows[i, j]
+            bag = items[ptr[b]:ptr[b + 1]]
+            for r in bag:
+                rows.append(r)
+                values.append(grad[i, j * d:(j + 1) * d] / grad.dtype.type(len(bag)))
+    return (np.array(rows, dtype=np.int64),
+            np.array(values, dtype=grad.dtype).reshape(len(rows), d))

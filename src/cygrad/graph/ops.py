@@ -464,6 +464,52 @@ class EmbeddingWindows(Op):
         return (grad,)
 
 
+class EmbeddingBagWindows(Op):
+    """Each window slot the mean of its bag's table rows (cygrad.kernels.
+    embedding_bag_windows); backward: row-sparse, each item gets the slot's
+    gradient over the bag's size (:class:`SparseRows`)."""
+
+    name = "embedding_bag_windows"
+
+    @staticmethod
+    def forward(ctx, table, windows, ptr, items):
+        ctx.save_for_backward(windows)
+        ctx.kw = (ptr, items)
+        ctx.shapes = table.shape
+        return _B().embedding_bag_windows(table, windows, ptr, items)
+
+    @staticmethod
+    def backward(ctx, g):
+        (windows,) = ctx.saved
+        ptr, items = ctx.kw
+        rows, values = _B().embedding_bag_backward(g, windows, ptr, items)
+        return (SparseRows(rows, values, ctx.shapes),)
+
+
+def embedding_bag_windows(table, windows, ptr, items):
+    """``X[i]`` = the window's slots side by side, slot j the mean of the table
+    rows in bag ``windows[i, j]``: ``items[ptr[b]:ptr[b + 1]]`` (zeros if empty).
+
+    Parameters
+    ----------
+    table : Tensor (V, d)
+    windows : integer array (B, w) of bag ids
+    ptr : integer array (nbags + 1,), non-decreasing from 0 to len(items)
+    items : integer array of row ids of ``table``
+
+    Returns
+    -------
+    Tensor (B, w*d); the table's gradient is a :class:`SparseRows`.
+    """
+    windows = np.array(_index_array("embedding_bag_windows", "windows", windows), copy=True)
+    ptr = np.array(_index_array("embedding_bag_windows", "ptr", ptr), dtype=np.int64)
+    items = np.array(_index_array("embedding_bag_windows", "items", items), dtype=np.int64)
+    if windows.ndim != 2:
+        raise ValueError(f"embedding_bag_windows: windows must be 2-D (B, w), got shape "
+                         f"{windows.shape}")
+    return EmbeddingBagWindows.apply(table, windows=windows, ptr=ptr, items=items)
+
+
 def _index_array(fn, name, x):
     x = x.data if isinstance(x, Tensor) else _untraced(x)
     x = np.asarray(x)

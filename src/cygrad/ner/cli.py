@@ -61,6 +61,11 @@ def _add_train(sub):
                    help="prefix feature size (first 3 letters; 0: off)")
     p.add_argument("--shape-dim", type=int, default=0,
                    help="word-shape feature size (Xxxx, XX, dd-dd, X.X.; 0: off)")
+    p.add_argument("--ngram-dim", type=int, default=0,
+                   help="character n-gram feature size: the mean of the word's hashed "
+                        "3-5-gram vectors (0: off)")
+    p.add_argument("--ngram-buckets", type=int, default=2 ** 17,
+                   help="rows of the hashed n-gram table")
     p.add_argument("--hidden", type=int, nargs="+", default=[300],
                    help="hidden layer sizes")
     p.add_argument("--activation", choices=sorted(cg.kernels.ACTIVATIONS), default="tanh",
@@ -214,7 +219,8 @@ def cmd_train(a):
     epochs = a.epochs if a.epochs is not None else (8 if toy else 20)
     lr = a.lr if a.lr is not None else (0.03 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
-                  prefix_dim=a.prefix_dim, shape_dim=a.shape_dim,
+                  prefix_dim=a.prefix_dim, shape_dim=a.shape_dim, ngram_dim=a.ngram_dim,
+                  ngram_buckets=a.ngram_buckets,
                   hidden=tuple(a.hidden), activation=a.activation, average=a.average,
                   decode=a.decode, loss=a.loss, positive=a.positive)
     tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
@@ -234,10 +240,9 @@ def cmd_train(a):
 
 
 def _predict_tags(model, sentences):
-    from cygrad.ner.data import encode
     from cygrad.ner.train import tags_of
 
-    enc = encode(sentences, model.vocab, model.config.k, with_labels=False)
+    enc = model.encode(sentences, with_labels=False)
     return tags_of(model, enc)
 
 

@@ -16,6 +16,7 @@ letters as a suffix feature. Windows of 2k+1 positions are padded with
 import collections
 import dataclasses
 import re
+import zlib
 
 import numpy as np
 
@@ -136,6 +137,22 @@ def suffix(token, n=3):
 
 def prefix(token, n=3):
     return normalise(token)[:n]
+
+
+NGRAM_SIZES = (3, 4, 5)
+
+
+def char_ngrams(token, sizes=NGRAM_SIZES):
+    """The character n-grams of a word (normalised, between the boundary marks
+    < and >), as fastText takes them: "EU" -> "<eu", "eu>", "<eu>"."""
+    w = "<" + normalise(token) + ">"
+    return [w[i:i + n] for n in sizes for i in range(len(w) - n + 1)]
+
+
+def ngram_bucket(gram, buckets):
+    """The hashed bucket of an n-gram: CRC-32 of its UTF-8 bytes, mod buckets
+    (a fixed function: the same bucket on every machine and run)."""
+    return zlib.crc32(gram.encode("utf-8")) % buckets
 
 
 def _char_class(c):
@@ -262,6 +279,12 @@ class Encoded:
     offsets: np.ndarray      # sentence i is tokens offsets[i]:offsets[i+1]
     prefixes: np.ndarray = None
     shapes: np.ndarray = None
+    # hashed character n-grams (encode(..., ngram_buckets=H)): token windows of bag
+    # ids (N x (2k+1); 0 and 1 are the pads' empty bags) and the bags as CSR rows,
+    # bag b = ngram_items[ngram_ptr[b]:ngram_ptr[b + 1]], one bag per distinct token
+    ngrams: np.ndarray = None
+    ngram_ptr: np.ndarray = None
+    ngram_items: np.ndarray = None
 
     def feature(self, name):
         """The id windows of a feature: "words", "suffixes", "cases", "prefixes", "shapes"."""
@@ -271,11 +294,12 @@ class Encoded:
         return len(self.labels)
 
 
-def encode(sentences, vocab, k=2, with_labels=True):
+def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
     """Turn sentences into window arrays for a window of 2k+1 tokens.
 
     Unknown tags (not in the training data) raise DataError; unknown words and
-    suffixes map to <unk>.
+    suffixes map to <unk>. With ``ngram_buckets`` > 0, also the bags of hashed
+    character n-grams of every token (no vocabulary: any word has them).
     """
     wi, si = vocab.word_index, vocab.suffix_index
     pi, hi = vocab.prefix_index, vocab.shape_index
@@ -322,7 +346,20 @@ def encode(sentences, vocab, k=2, with_labels=True):
     else:
         labels = np.zeros(n, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    return Encoded(words, sufs, cases, labels, offsets, pres, shps)
+    enc = Encoded(words, sufs, cases, labels, offsets, pres, shps)
+    if ngram_buckets:
+        # bag 0 and 1: the pads (empty); bag 2 + u: distinct token u
+        bags = [[], []] + [sorted({ngram_bucket(g, ngram_buckets) for g in char_ngrams(tok)})
+                           for tok in uniq]
+        sizes = np.fromiter(map(len, bags), dtype=np.int64, count=len(bags))
+        enc.ngram_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        enc.ngram_items = np.fromiter((b for bag in bags for b in bag), dtype=np.int64,
+                                      count=int(sizes.sum()))
+        stream = np.zeros(n + 2 * k * S, dtype=np.int64)
+        stream[right] = 1
+        stream[pos] = rows + 2
+        enc.ngrams = stream[idx] if n else np.zeros((0, width), np.int64)
+    return enc
 
 
 _TOKEN = re.compile(r"(?:\w\.){2,}|\w+(?:[-'.]\w+)*|[^\w\s]", re.UNICODE)

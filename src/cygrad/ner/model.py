@@ -39,7 +39,7 @@ import numpy as np
 import cygrad as cg
 from cygrad import kernels as K
 from cygrad.ner._scores import window_scores
-from cygrad.ner.data import CASES, Vocab
+from cygrad.ner.data import CASES, Vocab, encode
 
 FORMAT = "cygrad-ner-window-model"
 # embedding table -> the Encoded feature whose ids index it, in concatenation order
@@ -59,6 +59,8 @@ class Config:
     case_dim: int = 5                # 0: no casing feature
     prefix_dim: int = 0              # 0: no prefix feature (first 3 letters)
     shape_dim: int = 0               # 0: no word-shape feature (Xxxx, XX, dd-dd, X.X.)
+    ngram_dim: int = 0               # 0: no character n-gram feature (mean of hashed
+    ngram_buckets: int = 2 ** 17     # 3-5-gram vectors, fastText-style, in this many rows)
     hidden: tuple = (300,)           # hidden layer sizes
     activation: str = "tanh"
     average: bool = False            # the lecture's "average the window" variant
@@ -69,7 +71,8 @@ class Config:
     positive: str = "LOC"            # the binary task: is the centre word of this type?
 
     def __post_init__(self):
-        for name in ("k", "dim", "suffix_dim", "case_dim", "prefix_dim", "shape_dim"):
+        for name in ("k", "dim", "suffix_dim", "case_dim", "prefix_dim", "shape_dim",
+                     "ngram_dim", "ngram_buckets"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ValueError(f"{name} must be an integer, got {v!r}")
@@ -80,7 +83,8 @@ class Config:
             raise ValueError(f"average must be true or false, got {self.average!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
         if (self.k < 0 or self.dim < 1 or self.suffix_dim < 0 or self.case_dim < 0
-                or self.prefix_dim < 0 or self.shape_dim < 0):
+                or self.prefix_dim < 0 or self.shape_dim < 0 or self.ngram_dim < 0
+                or self.ngram_buckets < 1):
             raise ValueError(f"bad model sizes: {self}")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")
@@ -94,6 +98,9 @@ class Config:
         if self.loss not in ("softmax", "crf", "logistic", "max-margin"):
             raise ValueError(f"loss must be 'softmax', 'crf', 'logistic' or 'max-margin', "
                              f"got {self.loss!r}")
+        if self.ngram_dim and self.loss == "max-margin":
+            raise ValueError("the character n-gram feature does not work with the max-margin "
+                             "loss (its corrupt windows replace words by vocabulary entries)")
 
     @property
     def binary(self):
@@ -105,7 +112,7 @@ class Config:
 
     def input_size(self):
         per_slot = (self.dim + self.suffix_dim + self.case_dim + self.prefix_dim
-                    + self.shape_dim)
+                    + self.shape_dim + self.ngram_dim)
         return per_slot if self.average else self.width * per_slot
 
 
@@ -135,6 +142,8 @@ class WindowModel:
                     raise ModelError(f"the configuration has a {what} feature but the "
                                      f"vocabulary lists no {what}")
                 shapes[name] = (len(entries), dim)
+        if cfg.ngram_dim:
+            shapes["N"] = (cfg.ngram_buckets, cfg.ngram_dim)
         fan_in = cfg.input_size()
         for i, h in enumerate(cfg.hidden):
             shapes[f"W{i}"] = (h, fan_in)
@@ -151,7 +160,7 @@ class WindowModel:
         dt = np.dtype(self.config.dtype)
         params = {}
         for name, shape in self.expected_shapes().items():
-            if name in TABLES:
+            if name in TABLES or name == "N":
                 p = rng.uniform(-0.1, 0.1, shape)
             elif len(shape) == 1 or name == "A":    # biases, CRF transitions
                 p = np.zeros(shape)
@@ -192,6 +201,12 @@ class WindowModel:
         return (["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
                 + (["P"] if cfg.prefix_dim else []) + (["Sh"] if cfg.shape_dim else []))
 
+    def encode(self, sentences, with_labels=True):
+        """cygrad.ner.data.encode with this model's window and features."""
+        cfg = self.config
+        return encode(sentences, self.vocab, cfg.k, with_labels,
+                      ngram_buckets=cfg.ngram_buckets if cfg.ngram_dim else 0)
+
     def feature_names(self):
         """The Encoded features the model reads, in the order of :meth:`tables`."""
         return [TABLES[k] for k in self.tables()]
@@ -201,16 +216,22 @@ class WindowModel:
         return [(f"W{i}", f"b{i}") for i in range(len(self.config.hidden))] + [("U", "c")]
 
     def logits_graph(self, t, words, suffixes, cases, sparse=True, dropout=(0.0, 0.0),
-                     key=None, prefixes=None, shapes=None):
+                     key=None, prefixes=None, shapes=None, ngrams=None):
         """Scores (B, C) as a graph over the parameter tensors ``t`` (name -> Tensor);
         ``dropout`` (on the window input, on the hidden layers) with ``key`` in
-        training."""
+        training; ``ngrams`` = (bag windows, ptr, items) for the n-gram feature."""
         ids = self._ids(words, suffixes, cases, prefixes, shapes)
         names = self.tables()
+        bags = None
+        if self.config.ngram_dim:
+            if ngrams is None:
+                raise ValueError("this model reads the character n-gram feature: pass "
+                                 "ngrams=(windows, ptr, items)")
+            bags = (t["N"],) + tuple(ngrams)
         return window_logits([t[k] for k in names], [ids[k] for k in names],
                              [(t[a], t[b]) for a, b in self.layers()],
                              self.config.activation, self.config.average, sparse=sparse,
-                             dropout=dropout, key=key)
+                             dropout=dropout, key=key, bags=bags)
 
     def _ids(self, words, suffixes, cases, prefixes, shapes):
         ids = {"E": words, "S": suffixes, "Cs": cases, "P": prefixes, "Sh": shapes}
@@ -220,29 +241,34 @@ class WindowModel:
         return ids
 
     # ------------------------------------------------------------ inference
-    def features(self, words, suffixes, cases, prefixes=None, shapes=None):
+    def features(self, words, suffixes, cases, prefixes=None, shapes=None, ngrams=None):
         """The input matrix X (B, input_size) for a batch of windows."""
         cfg, p = self.config, self.params
         ids = self._ids(words, suffixes, cases, prefixes, shapes)
         blocks = [K.embedding_gather(p[k], ids[k]) for k in self.tables()]
+        if cfg.ngram_dim:
+            if ngrams is None:
+                raise ValueError("this model reads the character n-gram feature: pass "
+                                 "ngrams=(windows, ptr, items)")
+            blocks.append(K.embedding_bag_windows(p["N"], *ngrams))
         if cfg.average:
             blocks = [b.reshape(b.shape[0], cfg.width, -1).mean(axis=1) for b in blocks]
         return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
-    def scores(self, words, suffixes, cases, prefixes=None, shapes=None):
+    def scores(self, words, suffixes, cases, prefixes=None, shapes=None, ngrams=None):
         """Tag scores (B, C) computed directly with the kernels (no graph): one
         compiled pass (gather, hidden layer, scores) for one hidden layer and
         concatenated windows, else kernel by kernel, layer by layer."""
         p, cfg = self.params, self.config
         layers = self.layers()
-        if len(layers) == 2 and not cfg.average:
+        if len(layers) == 2 and not cfg.average and not cfg.ngram_dim:
             names = self.tables()
             ids = self._ids(words, suffixes, cases, prefixes, shapes)
             (W, b), (U, c) = layers
             return window_scores([p[k] for k in names], [ids[k] for k in names], p[W], p[b],
                                  p[U], p[c], activation=cfg.activation)
         f = K.ACTIVATIONS[cfg.activation][0]
-        h = self.features(words, suffixes, cases, prefixes, shapes)
+        h = self.features(words, suffixes, cases, prefixes, shapes, ngrams)
         for i, (W, b) in enumerate(layers):
             h = K.add_bias(K.matmul(h, p[W], trans_b=True), p[b])
             if i + 1 < len(layers):
@@ -278,8 +304,13 @@ class WindowModel:
         logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
         for lo in range(0, n, batch_size):
             hi = min(n, lo + batch_size)
+            bags = None if enc.ngrams is None else (enc.ngrams[lo:hi], enc.ngram_ptr,
+                                                    enc.ngram_items)
+            if self.config.ngram_dim and bags is None:
+                raise ValueError("this model reads character n-grams: encode with "
+                                 "model.encode(sentences)")
             s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi],
-                            _rows(enc.prefixes, lo, hi), _rows(enc.shapes, lo, hi))
+                            _rows(enc.prefixes, lo, hi), _rows(enc.shapes, lo, hi), bags)
             logp[lo:hi] = s
         if self.config.binary:     # 1 where the window's score is positive
             return (logp[:, 0] > 0).astype(np.int64)
@@ -376,7 +407,7 @@ def _rows(a, lo, hi):
 
 
 def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=True,
-                  dropout=(0.0, 0.0), key=None):
+                  dropout=(0.0, 0.0), key=None, bags=None):
     """The window model as graph ops: the one description that training (compiled
     or eager), cygrad.ner.WindowTrainer and the tests build on.
 
@@ -401,6 +432,8 @@ def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=
     key : int or integer array
         Dropout's key (cg.dropout): stream 0 for the input, i + 1 for hidden
         layer i.
+    bags : (Tensor, windows, ptr, items), optional
+        An embedding-bag feature (cg.embedding_bag_windows), after the tables.
 
     Returns
     -------
@@ -411,6 +444,12 @@ def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=
         x = cg.embedding_windows(table, idx, sparse=sparse and table.shape[0] > 64)
         if average:
             x = x.reshape(idx.shape[0], idx.shape[1], table.shape[1]).mean(axis=1)
+        xs.append(x)
+    if bags is not None:
+        table, win, ptr, items = bags
+        x = cg.embedding_bag_windows(table, win, ptr, items)
+        if average:
+            x = x.reshape(win.shape[0], win.shape[1], table.shape[1]).mean(axis=1)
         xs.append(x)
     h = cg.concat(xs, axis=1) if len(xs) > 1 else xs[0]
     p_in, p_hidden = dropout

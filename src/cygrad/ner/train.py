@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import cygrad as cg
-from cygrad.ner.data import UNK, Vocab, encode
+from cygrad.ner.data import UNK, Vocab
 from cygrad.ner.evaluate import evaluate
 from cygrad.ner.model import (Config, ModelError, WindowModel, _atomic_write, _fsync_dir,
                               _remove, crf_constraints)
@@ -74,7 +74,7 @@ def score(model, sentences, enc=None, seen=None):
     """Entity scores of ``model`` on tagged sentences; seen and unseen entities
     apart too, by the surface forms ``seen`` (default: the model's training
     entities, if it stored them)."""
-    enc = enc if enc is not None else encode(sentences, model.vocab, model.config.k)
+    enc = enc if enc is not None else model.encode(sentences)
     seen = model.vocab.entities if seen is None else seen
     return evaluate(gold_tags(model, sentences), tags_of(model, enc),
                     tokens=[s.tokens for s in sentences] if seen else None,
@@ -101,9 +101,10 @@ class Trainer:
         self.drop = (tcfg.dropout, tcfg.hidden_dropout)
         self.keyed = any(self.drop)
         self.unk_prob = None
+        self.bags = None            # (ptr, items) of the training data's n-gram bags
         self.loss_fn = self._loss_fn()
-        # the CRF loss has no plan kernel yet: it trains on the eager graph
-        compiled = tcfg.compile and model.config.loss != "crf"
+        # the CRF loss and the n-gram bags have no plan kernels yet: the eager graph
+        compiled = tcfg.compile and model.config.loss != "crf" and not model.config.ngram_dim
         self._step = cg.compile(self.loss_fn, optimizer=self.opt) if compiled \
             else self._eager_step
 
@@ -113,36 +114,44 @@ class Trainer:
         m, t, cfg = self.model, self.t, self.model.config
         drop = self.drop
 
-        def logits(words, suffixes, cases, prefixes, shapes, key):
+        def logits(words, suffixes, cases, prefixes, shapes, ngrams, key):
+            bags = (ngrams,) + self.bags if cfg.ngram_dim else None
             return m.logits_graph(t, words, suffixes, cases, dropout=drop, key=key,
-                                  prefixes=prefixes, shapes=shapes)
+                                  prefixes=prefixes, shapes=shapes, ngrams=bags)
         if cfg.loss == "softmax":
-            def loss_fn(words, suffixes, cases, prefixes, shapes, labels, key=None):
+            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, labels, key=None):
                 return cg.softmax_cross_entropy(
-                    logits(words, suffixes, cases, prefixes, shapes, key), labels)
+                    logits(words, suffixes, cases, prefixes, shapes, ngrams, key), labels)
         elif cfg.loss == "crf":
             allowed = crf_constraints(m.vocab.tags)
 
-            def loss_fn(words, suffixes, cases, prefixes, shapes, labels, lengths, key=None):
-                return cg.crf_nll(logits(words, suffixes, cases, prefixes, shapes, key),
+            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, labels, lengths, key=None):
+                return cg.crf_nll(logits(words, suffixes, cases, prefixes, shapes, ngrams, key),
                                   lengths, labels, t["A"], allowed)
         elif cfg.loss == "logistic":
-            def loss_fn(words, suffixes, cases, prefixes, shapes, targets, key=None):
-                s = logits(words, suffixes, cases, prefixes, shapes, key)
+            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, targets, key=None):
+                s = logits(words, suffixes, cases, prefixes, shapes, ngrams, key)
                 return cg.sigmoid_binary_cross_entropy(s.reshape(len(targets)), targets)
         else:
             # the lecture's max-margin objective: each window whose centre is a positive
             # should outscore, by 1, the same window with its centre word replaced by a
             # random vocabulary word (the corrupt window; its suffix and prefix follow the
             # word, casing and shape stay); both under the same dropout masks
-            def loss_fn(words, suffixes, cases, prefixes, shapes, c_words, c_suffixes,
+            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, c_words, c_suffixes,
                         c_prefixes, key=None):
                 n = len(words)
-                s_true = logits(words, suffixes, cases, prefixes, shapes, key).reshape(n)
-                s_corrupt = logits(c_words, c_suffixes, cases, c_prefixes, shapes,
+                s_true = logits(words, suffixes, cases, prefixes, shapes, ngrams, key).reshape(n)
+                s_corrupt = logits(c_words, c_suffixes, cases, c_prefixes, shapes, ngrams,
                                    key).reshape(n)
                 return cg.max_margin(s_true, s_corrupt)
         return loss_fn
+
+    def set_data(self, enc):
+        """What the steps need from the training data as a whole: word dropout's
+        probabilities, the n-gram bags."""
+        if enc.ngrams is not None:
+            self.bags = (enc.ngram_ptr, enc.ngram_items)
+        self.set_word_counts(enc)
 
     def set_word_counts(self, enc):
         """Word dropout's probabilities from the training windows' centre words:
@@ -165,7 +174,7 @@ class Trainer:
         return loss.item()
 
     def step(self, words, suffixes, cases, labels, rng=None, prefixes=None, shapes=None,
-             lengths=None):
+             lengths=None, ngrams=None):
         """One step on a batch of windows; returns its mean loss (before the update).
         With dropout or word dropout, ``rng`` draws the step's key and <unk> words.
         The CRF loss needs whole sentences: ``lengths`` (sentence lengths, summing
@@ -175,6 +184,10 @@ class Trainer:
         # a feature the model does not read: any array of the batch's shape
         prefixes = words if prefixes is None else prefixes
         shapes = words if shapes is None else shapes
+        if cfg.ngram_dim and (ngrams is None or self.bags is None):
+            raise ValueError("this model reads character n-grams: call set_data(enc) with the "
+                             "training data and pass ngrams=")
+        ngrams = words if ngrams is None else ngrams
         extra = ()
         if self.unk_prob is not None:
             drop = rng.random(words.shape) < self.unk_prob[words]
@@ -182,27 +195,28 @@ class Trainer:
         if self.keyed:
             extra = (np.array(rng.integers(0, 2 ** 62), dtype=np.int64),)
         if cfg.loss == "softmax":
-            return self._step(words, suffixes, cases, prefixes, shapes, labels, *extra)
+            return self._step(words, suffixes, cases, prefixes, shapes, ngrams, labels, *extra)
         if cfg.loss == "crf":
             if lengths is None:
                 raise ValueError("the crf loss trains on whole sentences: pass lengths=")
-            return self._step(words, suffixes, cases, prefixes, shapes, labels,
+            return self._step(words, suffixes, cases, prefixes, shapes, ngrams, labels,
                               np.asarray(lengths, dtype=np.int64), *extra)
         y = self.positive_tag[labels]
         if cfg.loss == "logistic":
-            return self._step(words, suffixes, cases, prefixes, shapes, y.astype(cfg.dtype),
+            return self._step(words, suffixes, cases, prefixes, shapes, ngrams, y.astype(cfg.dtype),
                               *extra)
         pos = np.flatnonzero(y)
         if len(pos) == 0:
             return 0.0
-        w, sf, cs, pf, sh = words[pos], suffixes[pos], cases[pos], prefixes[pos], shapes[pos]
+        w, sf, cs, pf, sh, ng = (words[pos], suffixes[pos], cases[pos], prefixes[pos],
+                                 shapes[pos], ngrams[pos])
         wc, sc, pc = w.copy(), sf.copy(), pf.copy()
         k = cfg.k
         wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
         sc[:, k] = self.suffix_of_word[wc[:, k]]
         if cfg.prefix_dim:
             pc[:, k] = self.prefix_of_word[wc[:, k]]
-        return self._step(w, sf, cs, pf, sh, wc, sc, pc, *extra)
+        return self._step(w, sf, cs, pf, sh, ng, wc, sc, pc, *extra)
 
     def calibrate(self, enc, n=20000):
         """Max-margin scores have no natural zero: move the output bias so that
@@ -212,8 +226,10 @@ class Trainer:
         if self.model.config.loss != "max-margin":
             return
         m = min(n, len(enc))
+        bags = None if enc.ngrams is None else (enc.ngrams[:m], enc.ngram_ptr,
+                                                enc.ngram_items)
         s = self.model.scores(enc.words[:m], enc.suffixes[:m], enc.cases[:m],
-                                  enc.prefixes[:m], enc.shapes[:m])[:, 0]
+                              enc.prefixes[:m], enc.shapes[:m], bags)[:, 0]
         y = self.positive_tag[enc.labels[:m]]
         order = np.argsort(-s, kind="stable")
         tp = np.cumsum(y[order])
@@ -251,7 +267,8 @@ class Trainer:
         total, seen = 0.0, 0
         for b, (idx, lengths) in enumerate(self._batches(enc, rng)):
             loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
-                             rng, enc.prefixes[idx], enc.shapes[idx], lengths)
+                             rng, enc.prefixes[idx], enc.shapes[idx], lengths,
+                             None if enc.ngrams is None else enc.ngrams[idx])
             total += loss * len(idx)
             seen += len(idx)
             if progress is not None:
@@ -284,9 +301,9 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             n = model.set_pretrained(vectors)
             log(f"pretrained vectors for {n} of {len(vocab.words)} words")
         trainer = Trainer(model, tcfg)
-    tr = encode(train_sents, model.vocab, mcfg.k)
-    trainer.set_word_counts(tr)
-    dv = encode(dev_sents, model.vocab, mcfg.k) if dev_sents else None
+    tr = model.encode(train_sents)
+    trainer.set_data(tr)
+    dv = model.encode(dev_sents) if dev_sents else None
     rng = np.random.default_rng(tcfg.seed)
     history, best_f1, start, bad = [], -1.0, 0, 0
     if state is not None:

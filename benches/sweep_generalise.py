@@ -49,6 +49,19 @@ CONFIGS = {
     "ngram": ({"ngram_dim": 20}, {}),
     "crf+all": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "ngram_dim": 20},
                 {"dropout": 0.5, "word_dropout": 1.0}),
+    "crf+all+hdrop": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "ngram_dim": 20},
+                      {"dropout": 0.5, "hidden_dropout": 0.3, "word_dropout": 1.0}),
+    "crf+pre_shape+drop_in+wdrop1+hdrop": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                                           {"dropout": 0.5, "hidden_dropout": 0.3,
+                                            "word_dropout": 1.0}),
+    "crf+all.6": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "ngram_dim": 20},
+                  {"dropout": 0.6, "word_dropout": 1.0}),
+    "crf+ps+d+w1.b128": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                         {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 128, "lr": 0.04}),
+    "crf+ps+d+w1.b256": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                         {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
+    "crf+all.b256": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "ngram_dim": 20},
+                     {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
 }
 
 

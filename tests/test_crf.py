@@ -190,3 +190,22 @@ def test_one_token_sentences_and_no_sentences():
     assert loss.shape == (0,) and ds.shape == (0, 4) and not dT.any()
     with pytest.raises(ValueError, match="reduction must be"):
         cg.crf_nll(cg.tensor(s), L, y, cg.tensor(T), reduction="avg")
+
+
+def test_extreme_scores_take_the_log_space_path():
+    """Scores spread by thousands within a token underflow the scaled recursions;
+    the kernel then runs that sentence in log space and still matches the
+    reference and brute force."""
+    C = 5
+    s, L, _, T = _problem(14, C, [3, 2, 4])
+    s = s * 2000.0
+    allowed = _iob_mask(C)
+    y = K.crf_viterbi(s, L, T, allowed)
+    y[2] = 0                            # a gold path far from the best one (O is always allowed)
+    loss, ds, dT = K.crf_nll(s, L, y, T, allowed)
+    rl, rds, rdT = R.crf_nll(s, L, y, T, allowed)
+    assert np.isfinite(loss).all() and np.isfinite(ds).all() and np.isfinite(dT).all()
+    np.testing.assert_allclose(loss, rl, rtol=1e-12, atol=1e-8)
+    # (log Z of size ~1e4 carries ~1e-12 rounding into the marginals)
+    np.testing.assert_allclose(ds, rds, atol=1e-9)
+    np.testing.assert_allclose(dT, rdT, atol=1e-9)

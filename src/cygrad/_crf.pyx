@@ -15,7 +15,8 @@ only after B-X or I-X): forbidden ones take no part in Z and get no gradient.
 
 Gradients: d s[t, c] = P(y_t = c) - [gold_t = c], d T[p, c] = expected minus
 observed count of the transition p -> c, from the forward (alpha) and backward
-(beta) recursions in log space (double precision throughout).
+(beta) recursions, scaled (each step normalised, log Z from the normalisers) in
+double precision; cygrad.reference.crf_nll runs them in log space.
 
 Design: sentences are independent, so threads take chunks of SENT_GRAIN
 sentences from the pool (cygrad._parallel). Each sentence writes its own rows of
@@ -42,6 +43,10 @@ cdef enum:
 cdef struct _Crf:
     const double *s         # (N, C) scores
     const double *T         # (C + 1, C + 1) transitions, -inf where forbidden
+    const double *E         # exp(T - tmax): 0 where forbidden
+    double tmax
+    double *e               # (N, C) exp(s - row max)
+    double *z               # (N,) forward normalisers
     const cnp.int64_t *off
     const cnp.int64_t *y    # gold tags (N,), or NULL (decoding)
     Py_ssize_t C
@@ -54,18 +59,113 @@ cdef struct _Crf:
     cnp.int64_t *out        # (N,) Viterbi path
 
 
-cdef inline double _lse_add(double a, double b) noexcept nogil:
-    """log(exp(a) + exp(b)), -inf aware."""
-    if a == -INFINITY:
-        return b
-    if b == -INFINITY:
-        return a
-    if a > b:
-        return a + log(1.0 + exp(b - a))
-    return b + log(1.0 + exp(a - b))
+cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
+    """One sentence by the scaled forward-backward recursions (Rabiner): in linear
+    space on exp(s - max_c s) and exp(T - max T), each step normalised to sum 1,
+    log Z gathered from the normalisers; C^2 multiply-adds per token and step, no
+    exp in the inner loops. Forbidden transitions are exact zeros. Returns False
+    (and writes nothing final) if a normaliser underflows."""
+    cdef Py_ssize_t C = k.C, W = C + 1, t, c, p
+    cdef Py_ssize_t t0 = k.off[i], t1 = k.off[i + 1]
+    cdef const double *s = k.s
+    cdef const double *E = k.E
+    cdef double *al = k.alpha
+    cdef double *be = k.beta
+    cdef double *e = k.e
+    cdef double *z = k.z
+    cdef double *ds = k.ds
+    cdef double *dT = k.dT + i * W * W
+    cdef const cnp.int64_t *y = k.y
+    cdef const double *T = k.T
+    cdef double m, v, logZ, gold, zend, a
+    for c in range(W * W):
+        dT[c] = 0.0
+    logZ = (t1 - t0 + 1) * k.tmax
+    for t in range(t0, t1):         # e = exp(s - max), the max into log Z
+        m = s[t * C]
+        for c in range(1, C):
+            if s[t * C + c] > m:
+                m = s[t * C + c]
+        for c in range(C):
+            e[t * C + c] = exp(s[t * C + c] - m)
+        logZ += m
+    # forward
+    v = 0.0
+    for c in range(C):
+        al[t0 * C + c] = E[C * W + c] * e[t0 * C + c]
+        v += al[t0 * C + c]
+    if not v > 1e-280:
+        return False
+    z[t0] = v
+    for c in range(C):
+        al[t0 * C + c] /= v
+    for t in range(t0 + 1, t1):
+        for c in range(C):
+            al[t * C + c] = 0.0
+        for p in range(C):
+            a = al[(t - 1) * C + p]
+            if a != 0.0:
+                for c in range(C):
+                    al[t * C + c] += a * E[p * W + c]
+        v = 0.0
+        for c in range(C):
+            al[t * C + c] *= e[t * C + c]
+            v += al[t * C + c]
+        if not v > 1e-280:      # underflow (or NaN): the log-space pass instead
+            return False
+        z[t] = v
+        for c in range(C):
+            al[t * C + c] /= v
+    zend = 0.0
+    for c in range(C):
+        zend += al[(t1 - 1) * C + c] * E[c * W + C]
+    if not zend > 1e-280:
+        return False
+    for t in range(t0, t1):
+        logZ += log(z[t])
+    logZ += log(zend)
+    # backward, with the forward's normalisers
+    for c in range(C):
+        be[(t1 - 1) * C + c] = E[c * W + C] / zend
+    t = t1 - 2
+    while t >= t0:
+        for p in range(C):
+            v = 0.0
+            for c in range(C):
+                v += E[p * W + c] * e[(t + 1) * C + c] * be[(t + 1) * C + c]
+            be[t * C + p] = v / z[t + 1]
+        t -= 1
+    # marginals: tokens (d s) and transitions (dT)
+    for t in range(t0, t1):
+        for c in range(C):
+            ds[t * C + c] = al[t * C + c] * be[t * C + c]
+    for c in range(C):
+        dT[C * W + c] += ds[t0 * C + c]
+        dT[c * W + C] += ds[(t1 - 1) * C + c]
+    for t in range(t0 + 1, t1):
+        for p in range(C):
+            a = al[(t - 1) * C + p] / z[t]
+            if a == 0.0:
+                continue
+            for c in range(C):
+                dT[p * W + c] += a * E[p * W + c] * e[t * C + c] * be[t * C + c]
+    # minus the gold path's counts, and its score
+    gold = T[C * W + y[t0]] + T[y[t1 - 1] * W + C]
+    dT[C * W + y[t0]] -= 1.0
+    dT[y[t1 - 1] * W + C] -= 1.0
+    for t in range(t0, t1):
+        gold += s[t * C + y[t]]
+        ds[t * C + y[t]] -= 1.0
+        if t > t0:
+            gold += T[y[t - 1] * W + y[t]]
+            dT[y[t - 1] * W + y[t]] -= 1.0
+    k.loss[i] = logZ - gold
+    return True
 
 
-cdef void _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
+cdef void _nll_one_log(_Crf *k, Py_ssize_t i) noexcept nogil:
+    """The same in log space: the fallback for a sentence whose scaled pass
+    underflows (scores spread by more than ~700 within a token)."""
     cdef Py_ssize_t C = k.C, W = C + 1, t, c, p
     cdef Py_ssize_t t0 = k.off[i], t1 = k.off[i + 1]
     cdef const double *s = k.s
@@ -156,7 +256,8 @@ cdef void _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
 cdef void _nll_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        _nll_one(<_Crf *>ctx, i)
+        if not _nll_one(<_Crf *>ctx, i):
+            _nll_one_log(<_Crf *>ctx, i)
 
 
 cdef void _viterbi_one(_Crf *k, Py_ssize_t i) noexcept nogil:
@@ -283,12 +384,21 @@ def crf_nll(scores, lengths, tags, trans, allowed=None):
                              f"allowed forbids")
     alpha = np.empty((N, C))
     beta = np.empty((N, C))
+    e = np.empty((N, C))
+    z = np.empty(N)
     ds = np.empty((N, C))
+    fin = T[np.isfinite(T)]
+    tmax = float(fin.max()) if fin.size else 0.0
+    E = np.exp(T - tmax)            # 0 where forbidden (-inf)
     dTs = np.empty((S, W * W))
     loss = np.empty(S)
     cdef _Crf k
     k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>s)
     k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
+    k.E = <const double *>cnp.PyArray_DATA(<cnp.ndarray>E)
+    k.tmax = tmax
+    k.e = <double *>cnp.PyArray_DATA(<cnp.ndarray>e)
+    k.z = <double *>cnp.PyArray_DATA(<cnp.ndarray>z)
     k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>off)
     k.y = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>y)
     k.C = C

@@ -62,6 +62,16 @@ CONFIGS = {
                          {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
     "crf+all.b256": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "ngram_dim": 20},
                      {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
+    "b256.d6": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                {"dropout": 0.6, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
+    "b256.w2": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                {"dropout": 0.5, "word_dropout": 2.0, "batch_size": 256, "lr": 0.06}),
+    "b256.lr04": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                  {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.04}),
+    "b256.h500": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "hidden": (500,)},
+                  {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
+    "b256.k3": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "k": 3},
+                {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
 }
 
 
@@ -111,7 +121,13 @@ def main():
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--jsonl", help="append every run as a JSON line here")
+    ap.add_argument("--table", metavar="JSONL", help="print the table of runs saved by --jsonl "
+                    "(no training)")
     a = ap.parse_args()
+    if a.table:
+        with open(a.table) as f:
+            print(table([json.loads(line) for line in f if line.strip()]))
+        return 0
     d = data_dir()
     train_s = read_conll(os.path.join(d, "train.txt"))
     dev_s = read_conll(os.path.join(d, "valid.txt"))

@@ -593,8 +593,8 @@ def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for option, default in [("--batch-size", "64"), ("--optimizer", "adagrad"),
+    for option, default in [("--batch-size", "256"), ("--loss", "crf"), ("--dropout", "0.5"), ("--optimizer", "adagrad"),
                             ("--activation", "tanh"), ("--hidden", "300"), ("--dim", "50"),
                             ("--patience", "4"), ("--window", "2")]:
         i = out.index(option + " ", out.index("options:"))
-        assert f"(default: {default})" in out[i:i + 300], (option, out[i:i + 300])
+        assert f"(default: {default})" in out[i:i + 700], (option, out[i:i + 700])

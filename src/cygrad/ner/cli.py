@@ -41,10 +41,12 @@ def _add_train(sub):
     p.add_argument("--out", metavar="DIR", required=True, help="model directory to write")
     p.add_argument("--epochs", type=int, default=None, help="maximum epochs (default 20; "
                    "8 on the bundled corpus)")
-    p.add_argument("--batch-size", type=int, default=64, help="windows per training step")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="windows (tokens) per training step; the crf loss takes whole "
+                        "sentences until a batch holds this many")
     p.add_argument("--optimizer", choices=["adagrad", "sgd"], default="adagrad",
                    help="update rule")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.03 "
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 0.06 "
                    "for adagrad, 0.1 for sgd)")
     p.add_argument("--seed", type=int, default=0,
                    help="random seed of the initialisation and the shuffling")
@@ -57,9 +59,9 @@ def _add_train(sub):
     p.add_argument("--dim", type=int, default=50, help="word embedding size")
     p.add_argument("--suffix-dim", type=int, default=20, help="suffix feature size (0: off)")
     p.add_argument("--case-dim", type=int, default=5, help="casing feature size (0: off)")
-    p.add_argument("--prefix-dim", type=int, default=0,
+    p.add_argument("--prefix-dim", type=int, default=20,
                    help="prefix feature size (first 3 letters; 0: off)")
-    p.add_argument("--shape-dim", type=int, default=0,
+    p.add_argument("--shape-dim", type=int, default=10,
                    help="word-shape feature size (Xxxx, XX, dd-dd, X.X.; 0: off)")
     p.add_argument("--ngram-dim", type=int, default=0,
                    help="character n-gram feature size: the mean of the word's hashed "
@@ -73,7 +75,7 @@ def _add_train(sub):
     p.add_argument("--average", action="store_true",
                    help="average the window's vectors instead of concatenating them")
     p.add_argument("--loss", choices=["softmax", "crf", "logistic", "max-margin"],
-                   default="softmax",
+                   default="crf",
                    help="softmax over all tags; crf: sentence-level log-likelihood with "
                         "learned tag transitions (batches of whole sentences); or the "
                         "lecture's binary task (is the centre "
@@ -83,11 +85,11 @@ def _add_train(sub):
                    help="entity type of the binary task")
     p.add_argument("--decode", choices=["viterbi", "greedy"], default="viterbi",
                    help="tag sequences that obey IOB2 (viterbi) or each token's best tag")
-    p.add_argument("--dropout", type=float, default=0.0, metavar="P",
+    p.add_argument("--dropout", type=float, default=0.5, metavar="P",
                    help="dropout on the window input while training (0: off)")
     p.add_argument("--hidden-dropout", type=float, default=0.0, metavar="P",
                    help="dropout on each hidden layer's output while training (0: off)")
-    p.add_argument("--word-dropout", type=float, default=0.0, metavar="ALPHA",
+    p.add_argument("--word-dropout", type=float, default=1.0, metavar="ALPHA",
                    help="while training, a word becomes <unk> with probability "
                         "ALPHA / (ALPHA + its count) (0: off)")
     p.add_argument("--min-count", type=int, default=1,
@@ -217,7 +219,7 @@ def cmd_train(a):
         train_sents = read_conll(a.train)
         dev_sents = read_conll(a.dev) if a.dev else []
     epochs = a.epochs if a.epochs is not None else (8 if toy else 20)
-    lr = a.lr if a.lr is not None else (0.03 if a.optimizer == "adagrad" else 0.1)
+    lr = a.lr if a.lr is not None else (0.06 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
                   prefix_dim=a.prefix_dim, shape_dim=a.shape_dim, ngram_dim=a.ngram_dim,
                   ngram_buckets=a.ngram_buckets,

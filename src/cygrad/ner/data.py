@@ -165,10 +165,18 @@ def _char_class(c):
     return c
 
 
+_ASCII_SHAPE = str.maketrans(
+    {**{chr(c): "X" for c in range(65, 91)}, **{chr(c): "x" for c in range(97, 123)},
+     **{chr(c): "d" for c in range(48, 58)}})
+_RUNS = re.compile(r"(.)\1{2,}")
+
+
 def shape(token):
     """The word's shape: upper case letters X, other letters x, digits d, other
     characters as they are, runs longer than two cut to two ("Washington" -> "Xxx",
     "EU" -> "XX", "U.S." -> "X.X.", "1996-08-22" -> "dd-dd-dd", "McDonald" -> "XxXxx")."""
+    if token.isascii():         # the fast path: one translate, one substitution
+        return _RUNS.sub(r"\1\1", token.translate(_ASCII_SHAPE))
     out, prev, run = [], None, 0
     for c in map(_char_class, token):
         run = run + 1 if c == prev else 1

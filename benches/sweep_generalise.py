@@ -108,7 +108,8 @@ def table(rows):
             v = 100 * np.array([r[k] for r in rs])
             return f"{v.mean():.2f} [{v.min():.2f}-{v.max():.2f}]" if len(v) > 1 else f"{v[0]:.2f}"
         mk, tk = CONFIGS[name]
-        settings = ", ".join(f"{k}={v}" for k, v in {**mk, **tk}.items()) or "defaults"
+        settings = (", ".join(f"{k}={v}" for k, v in {**mk, **tk}.items())
+                    or "Config() and TrainConfig() (the previous CLI defaults)")
         out.append(f"| {name} | {settings} | {cell('f1')} | {cell('seen')} | {cell('unseen')} "
                    f"| {np.mean([r['best_epoch'] for r in rs]):.1f} "
                    f"| {np.median([r['epoch_s'] for r in rs]):.2f} |")

@@ -419,8 +419,9 @@ def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model, reg):
                                                            seed=3).params["E"])
 
 
-@pytest.mark.parametrize("reg", [{}, dict(dropout=0.5, hidden_dropout=0.2, word_dropout=1.0)],
-                         ids=["plain", "dropout"])
+@pytest.mark.parametrize("reg", [{}, dict(dropout=0.5, hidden_dropout=0.2, word_dropout=1.0),
+                                 dict(average_params=True)],
+                         ids=["plain", "dropout", "average"])
 def test_resume_equals_uninterrupted(tmp_path, toy, reg):
     tr, dv = toy[0][:300], toy[1][:100]
     mcfg = Config(hidden=(32,), dim=16)
@@ -436,7 +437,30 @@ def test_resume_equals_uninterrupted(tmp_path, toy, reg):
     ckpt_b = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "b" / "checkpoint"), "model"))
     for k in ckpt_a.params:
         np.testing.assert_array_equal(ckpt_a.params[k], ckpt_b.params[k])
+        np.testing.assert_array_equal(a.params[k], b.params[k])     # the saved best models
     assert (tmp_path / "a" / "training.png").stat().st_size > 1000
+
+
+def test_average_params_saves_the_mean_of_the_epochs(tmp_path, toy):
+    """--average-params: the saved model is the mean of the parameters at the ends
+    of epochs 1..3, which separate runs of 1, 2 and 3 epochs give (averaging does
+    not change the training itself)."""
+    tr = toy[0][:200]
+    mcfg = Config(hidden=(16,), dim=8)
+    kw = dict(log=lambda *a: None, progress=False)
+    ends = []
+    for n in (1, 2, 3):
+        train(tr, [], str(tmp_path / f"e{n}"), mcfg, TrainConfig(epochs=n), **kw)
+        ends.append(WindowModel.load(os.path.join(
+            checkpoint_path(tmp_path / f"e{n}" / "checkpoint"), "model")).params)
+    avg, _ = train(tr, [], str(tmp_path / "avg"), mcfg,
+                   TrainConfig(epochs=3, average_params=True), **kw)
+    raw = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "avg" / "checkpoint"),
+                                        "model")).params
+    for k in avg.params:
+        want = np.mean([e[k].astype(np.float64) for e in ends], axis=0)
+        np.testing.assert_allclose(avg.params[k], want, rtol=1e-5, atol=1e-7, err_msg=k)
+        np.testing.assert_array_equal(raw[k], ends[2][k])          # training went on raw
 
 
 def test_window_beats_centre_word_baseline(tmp_path, toy):

@@ -92,6 +92,10 @@ def _add_train(sub):
     p.add_argument("--word-dropout", type=float, default=1.0, metavar="ALPHA",
                    help="while training, a word becomes <unk> with probability "
                         "ALPHA / (ALPHA + its count) (0: off)")
+    p.add_argument("--average-params", action="store_true",
+                   help="score and save the mean of the parameters at the ends of the "
+                        "epochs so far (Polyak averaging; training goes on from the "
+                        "parameters themselves)")
     p.add_argument("--min-count", type=int, default=1,
                    help="words rarer than this in training share the <unk> vector")
     p.add_argument("--vectors", metavar="FILE", help="pretrained vectors, GloVe/word2vec text")
@@ -229,7 +233,8 @@ def cmd_train(a):
                        seed=a.seed, patience=a.patience, shuffle=not a.no_shuffle,
                        min_count=a.min_count, freeze_vectors=a.freeze_vectors,
                        compile=not a.no_compile, dropout=a.dropout,
-                       hidden_dropout=a.hidden_dropout, word_dropout=a.word_dropout)
+                       hidden_dropout=a.hidden_dropout, word_dropout=a.word_dropout,
+                       average_params=a.average_params)
     vectors = read_vectors(a.vectors) if a.vectors else None
     t0 = time.perf_counter()
     model, history = train(train_sents, dev_sents, a.out, mcfg, tcfg, resume=a.resume,

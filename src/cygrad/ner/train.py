@@ -43,6 +43,8 @@ class TrainConfig:
     dropout: float = 0.0             # on the window input (training only)
     hidden_dropout: float = 0.0      # on each hidden layer's output
     word_dropout: float = 0.0        # alpha: a word becomes <unk> w.p. alpha / (alpha + count)
+    average_params: bool = False     # score and save the mean of the parameters at the ends
+                                     # of the epochs so far (Polyak averaging, per epoch)
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adagrad"):
@@ -306,10 +308,12 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     dv = model.encode(dev_sents) if dev_sents else None
     rng = np.random.default_rng(tcfg.seed)
     history, best_f1, start, bad = [], -1.0, 0, 0
+    average = None                  # name -> float64 mean over the epochs so far
     if state is not None:
         rng.bit_generator.state = state["rng"]
         history, best_f1, start, bad = state["history"], state["best_f1"], state["epoch"], \
             state["bad_epochs"]
+        average = state.get("average")
     log(f"{len(tr)} training windows, {len(dv) if dv else 0} dev windows, vocabulary "
         f"{len(model.vocab.words)} words, tags {model.vocab.tags}, threads "
         f"{cg.get_num_threads()}")
@@ -327,6 +331,18 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         secs = time.perf_counter() - t0
         entry = {"epoch": epoch + 1, "loss": loss, "seconds": secs,
                  "windows_per_s": len(tr) / secs}
+        raw = None
+        if tcfg.average_params:
+            # the running mean of the epochs' end points; scored and saved in place of
+            # the parameters, which training continues from
+            if average is None:
+                average = {k: a.astype(np.float64) for k, a in model.params.items()}
+            else:
+                for k, a in model.params.items():
+                    average[k] += (a - average[k]) / (epoch + 1)
+            raw = {k: a.copy() for k, a in model.params.items()}
+            for k, a in model.params.items():
+                a[...] = average[k]
         if dv is not None:
             sc = score(model, dev_sents, dv)
             entry.update(dev_p=sc.precision, dev_r=sc.recall, dev_f1=sc.f1, dev_acc=sc.accuracy)
@@ -345,7 +361,11 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             model.save(out_dir, extra={"history": history, "train": dataclasses.asdict(tcfg)})
         else:
             bad += 1
-        _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch + 1, bad)
+        if raw is not None:
+            for k, a in model.params.items():
+                a[...] = raw[k]
+        _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch + 1, bad,
+                         average)
         _plot(history, os.path.join(out_dir, "training.png"))
     if bad >= tcfg.patience:
         log(f"early stop: no better dev F1 for {tcfg.patience} epochs")
@@ -404,7 +424,8 @@ def checkpoint_path(ckpt_dir):
     return os.path.join(ckpt_dir, name)
 
 
-def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch, bad):
+def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch, bad,
+                     average=None):
     """The checkpoint as one unit: a new directory written whole (the model, the
     optimiser state, the training state and RNG), then ``current.json`` naming it
     (one atomic rename: the commit), then the older directories go. A process
@@ -419,6 +440,8 @@ def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoc
     if isinstance(trainer.opt, Adagrad):
         names = [k for k, t in trainer.t.items() if t.requires_grad]
         arrays.update({f"adagrad/{k}": g for k, g in zip(names, trainer.opt.state)})
+    if average is not None:
+        arrays.update({f"average/{k}": a for k, a in average.items()})
     model.save(os.path.join(d, "model"))
     digest = _atomic_write(os.path.join(d, "state.npz"), lambda f: np.savez(f, **arrays))
     meta = {"epoch": epoch, "history": history, "best_f1": best_f1, "bad_epochs": bad,
@@ -459,7 +482,7 @@ def _load_checkpoint(ckpt_dir, tcfg):
         raise ModelError(f"{path}: cannot read the checkpoint's training settings ({e})") \
             from None
     for field in ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors", "dropout",
-                  "hidden_dropout", "word_dropout"):
+                  "hidden_dropout", "word_dropout", "average_params"):
         if getattr(saved, field) != getattr(tcfg, field):
             raise ModelError(f"resume: the checkpoint was trained with {field}="
                              f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")
@@ -469,4 +492,12 @@ def _load_checkpoint(ckpt_dir, tcfg):
         if isinstance(trainer.opt, Adagrad):
             names = [k for k, t in trainer.t.items() if t.requires_grad]
             trainer.opt.state = [np.ascontiguousarray(z[f"adagrad/{k}"]) for k in names]
+        avg = {k[len("average/"):]: np.ascontiguousarray(z[k]) for k in z.files
+               if k.startswith("average/")}
+    if saved.average_params:
+        if set(avg) != set(model.params) or any(avg[k].shape != model.params[k].shape
+                                                 for k in avg):
+            raise ModelError(f"{npz}: the checkpoint lacks the averaged parameters "
+                             f"(or they do not fit the model)")
+        meta["average"] = avg
     return model, trainer, meta

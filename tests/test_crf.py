@@ -209,3 +209,24 @@ def test_extreme_scores_take_the_log_space_path():
     # (log Z of size ~1e4 carries ~1e-12 rounding into the marginals)
     np.testing.assert_allclose(ds, rds, atol=1e-9)
     np.testing.assert_allclose(dT, rdT, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_wide_score_and_transition_spreads_match_the_reference(seed):
+    """Spreads of 30-2000 in the scores and 1-200 in the transitions, under IOB2
+    masks: where the scaled pass would lose a path that matters (a state's weight
+    out of the normal range, found as it goes) the sentence is redone in log
+    space, so loss and gradients match the log-space reference."""
+    rng = np.random.default_rng(1000 + seed)
+    C = int(rng.choice([3, 5, 9]))
+    L = rng.integers(1, 30, 4)
+    s = rng.standard_normal((L.sum(), C)) * float(rng.choice([30, 100, 300, 700, 2000]))
+    T = rng.standard_normal((C + 1, C + 1)) * float(rng.choice([1, 5, 50, 200]))
+    allowed = _iob_mask(C)
+    y = K.crf_viterbi(s, L, T, allowed) if seed % 2 else np.zeros(L.sum(), np.int64)
+    loss, ds, dT = K.crf_nll(s, L, y, T, allowed)
+    rl, rds, rdT = R.crf_nll(s, L, y, T, allowed)
+    assert (loss >= -1e-9 * (1 + np.abs(rl))).all()
+    np.testing.assert_allclose(loss, rl, rtol=1e-9, atol=1e-6)
+    np.testing.assert_allclose(ds, rds, atol=1e-6)
+    np.testing.assert_allclose(dT, rdT, atol=1e-5)

@@ -179,7 +179,8 @@ def test_compiled_dropout_needs_the_key_as_an_argument():
         step(win, lab, np.array(-5))
 
 
-def test_ner_training_with_dropout_is_the_same_for_1_and_2_threads(tmp_path):
+@pytest.mark.parametrize("loss", ["softmax", "crf"])
+def test_ner_training_with_dropout_is_the_same_for_1_and_2_threads(tmp_path, loss):
     from cygrad.ner import corpus
     from cygrad.ner.data import read_conll
     from cygrad.ner.model import Config
@@ -187,7 +188,7 @@ def test_ner_training_with_dropout_is_the_same_for_1_and_2_threads(tmp_path):
     tr, dv = read_conll(corpus.path("train"))[:400], read_conll(corpus.path("test"))[:50]
     params = []
     for nt in (1, 2):
-        m, _ = train(tr, dv, str(tmp_path / f"t{nt}"), Config(hidden=(64,), dim=16),
+        m, _ = train(tr, dv, str(tmp_path / f"t{nt}"), Config(hidden=(64,), dim=16, loss=loss),
                      TrainConfig(epochs=2, batch_size=256, dropout=0.5, hidden_dropout=0.3,
                                  word_dropout=0.5),
                      log=lambda *a: None, progress=False, threads=nt)

@@ -420,11 +420,14 @@ def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model, reg):
 
 
 @pytest.mark.parametrize("reg", [{}, dict(dropout=0.5, hidden_dropout=0.2, word_dropout=1.0),
-                                 dict(average_params=True)],
-                         ids=["plain", "dropout", "average"])
+                                 dict(average_params=True), dict(crf=True, dropout=0.5)],
+                         ids=["plain", "dropout", "average", "crf"])
 def test_resume_equals_uninterrupted(tmp_path, toy, reg):
     tr, dv = toy[0][:300], toy[1][:100]
-    mcfg = Config(hidden=(32,), dim=16)
+    reg = dict(reg)
+    crf = reg.pop("crf", False)
+    mcfg = Config(hidden=(32,), dim=16, loss="crf" if crf else "softmax",
+                  prefix_dim=4 if crf else 0, shape_dim=3 if crf else 0)
     kw = dict(log=lambda *a: None, progress=False)
     with cg.threads(2):
         a, _ = train(tr, dv, str(tmp_path / "a"), mcfg,

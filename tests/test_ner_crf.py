@@ -7,7 +7,6 @@ import pytest
 from cygrad import kernels as K
 from cygrad.ner import cli, corpus
 from cygrad.ner.data import Vocab, encode, read_conll
-from cygrad.ner.evaluate import chunks
 from cygrad.ner.model import Config, WindowModel, crf_constraints, iob2_constraints
 from cygrad.ner.train import TrainConfig, Trainer, score, train
 
@@ -90,6 +89,23 @@ def test_cli_trains_a_crf(tmp_path, capsys):
     out = str(tmp_path / "m")
     assert cli.main(["train", "--out", out, "--epochs", "2", "--no-progress", "--hidden", "32",
                      "--dim", "16", "--loss", "crf"]) == 0
-    assert "unseen" in capsys.readouterr().out
-    assert chunks(["B-PER", "I-PER"]) == [("PER", 0, 2)]
+    log = capsys.readouterr().out
+    assert "unseen" in log and WindowModel.load(out).config.loss == "crf"
     assert cli.main(["evaluate", "--model", out, "--data", corpus.path("test")]) == 0
+    rows = {ln.split()[0]: ln.split()[1:] for ln in capsys.readouterr().out.splitlines()
+            if ln.strip()}
+    assert float(rows["all"][2]) > 80 and "unseen" in rows
+
+
+def test_crf_model_tags_empty_sentences(toy):
+    from cygrad.ner.data import Sentence
+    from cygrad.ner.train import tags_of
+    sents = toy[0][:30]
+    vocab = Vocab.build(sents, min_count=1)
+    m = WindowModel(Config(loss="crf", hidden=(8,), dim=4), vocab)
+    batch = [sents[0], Sentence([], []), sents[1]]
+    tags = tags_of(m, m.encode(batch))
+    assert [len(t) for t in tags] == [len(sents[0].tokens), 0, len(sents[1].tokens)]
+    alone = tags_of(m, m.encode([sents[0], sents[1]]))
+    assert tags[0] == alone[0] and tags[2] == alone[1]
+    assert tags_of(m, m.encode([Sentence([], [])])) == [[]]

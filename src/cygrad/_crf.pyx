@@ -28,7 +28,7 @@ the Python boundary, before the GIL is released.
 
 import numpy as np
 cimport numpy as cnp
-from libc.math cimport INFINITY, exp, log
+from libc.math cimport INFINITY, exp, fabs, log
 from cygrad._parallel cimport parallel_for
 
 from cygrad._common cimport float_array, index_array, threads_for
@@ -47,6 +47,9 @@ cdef struct _Crf:
     double tmax
     double *e               # (N, C) exp(s - row max)
     double *z               # (N,) forward normalisers
+    cnp.uint8_t *reach      # (N, C) state reachable from the start / can reach the end
+    cnp.uint8_t *coreach
+    bint fast               # the scaled pass may be tried (transitions spread <= 600)
     const cnp.int64_t *off
     const cnp.int64_t *y    # gold tags (N,), or NULL (decoding)
     Py_ssize_t C
@@ -63,8 +66,14 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     """One sentence by the scaled forward-backward recursions (Rabiner): in linear
     space on exp(s - max_c s) and exp(T - max T), each step normalised to sum 1,
     log Z gathered from the normalisers; C^2 multiply-adds per token and step, no
-    exp in the inner loops. Forbidden transitions are exact zeros. Returns False
-    (and writes nothing final) if a normaliser underflows."""
+    exp in the inner loops. Forbidden transitions are exact zeros.
+
+    Exact to rounding when no quantity leaves the normal range, which is checked
+    as it goes: every exp(s - max) and allowed exp(T - max T) at least 1e-280
+    (a spread of at most 600), every scaled alpha of a reachable state at least
+    1e-280, every scaled beta of a state that can reach the end within
+    [1e-280, 1e280]; then a dropped term is below 1e-300 of what it joins.
+    Returns False (the log-space pass takes the sentence) when a check fails."""
     cdef Py_ssize_t C = k.C, W = C + 1, t, c, p
     cdef Py_ssize_t t0 = k.off[i], t1 = k.off[i + 1]
     cdef const double *s = k.s
@@ -77,15 +86,25 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     cdef double *dT = k.dT + i * W * W
     cdef const cnp.int64_t *y = k.y
     cdef const double *T = k.T
-    cdef double m, v, logZ, gold, zend, a
+    cdef cnp.uint8_t *rf = k.reach
+    cdef cnp.uint8_t *rb = k.coreach
+    cdef double m, lo, v, logZ, gold, zend, a
+    cdef bint r
+    if not k.fast:
+        return False
     for c in range(W * W):
         dT[c] = 0.0
     logZ = (t1 - t0 + 1) * k.tmax
     for t in range(t0, t1):         # e = exp(s - max), the max into log Z
         m = s[t * C]
+        lo = m
         for c in range(1, C):
             if s[t * C + c] > m:
                 m = s[t * C + c]
+            if s[t * C + c] < lo:
+                lo = s[t * C + c]
+        if not m - lo <= 600.0:     # (NaN fails too)
+            return False
         for c in range(C):
             e[t * C + c] = exp(s[t * C + c] - m)
         logZ += m
@@ -99,6 +118,9 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     z[t0] = v
     for c in range(C):
         al[t0 * C + c] /= v
+        rf[t0 * C + c] = E[C * W + c] > 0.0
+        if rf[t0 * C + c] and not al[t0 * C + c] >= 1e-280:
+            return False
     for t in range(t0 + 1, t1):
         for c in range(C):
             al[t * C + c] = 0.0
@@ -116,6 +138,14 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
         z[t] = v
         for c in range(C):
             al[t * C + c] /= v
+            r = False
+            for p in range(C):
+                if rf[(t - 1) * C + p] and E[p * W + c] > 0.0:
+                    r = True
+                    break
+            rf[t * C + c] = r
+            if r and not al[t * C + c] >= 1e-280:
+                return False
     zend = 0.0
     for c in range(C):
         zend += al[(t1 - 1) * C + c] * E[c * W + C]
@@ -127,13 +157,22 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     # backward, with the forward's normalisers
     for c in range(C):
         be[(t1 - 1) * C + c] = E[c * W + C] / zend
+        rb[(t1 - 1) * C + c] = E[c * W + C] > 0.0
+        if rb[(t1 - 1) * C + c] and not 1e-280 <= be[(t1 - 1) * C + c] <= 1e280:
+            return False
     t = t1 - 2
     while t >= t0:
         for p in range(C):
             v = 0.0
+            r = False
             for c in range(C):
                 v += E[p * W + c] * e[(t + 1) * C + c] * be[(t + 1) * C + c]
+                if E[p * W + c] > 0.0 and rb[(t + 1) * C + c]:
+                    r = True
             be[t * C + p] = v / z[t + 1]
+            rb[t * C + p] = r
+            if r and not 1e-280 <= be[t * C + p] <= 1e280:
+                return False
         t -= 1
     # marginals: tokens (d s) and transitions (dT)
     for t in range(t0, t1):
@@ -159,6 +198,8 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
         if t > t0:
             gold += T[y[t - 1] * W + y[t]]
             dT[y[t - 1] * W + y[t]] -= 1.0
+    if not logZ - gold >= -1e-9 * (1.0 + fabs(logZ)):     # an NLL is never negative
+        return False
     k.loss[i] = logZ - gold
     return True
 
@@ -389,7 +430,10 @@ def crf_nll(scores, lengths, tags, trans, allowed=None):
     ds = np.empty((N, C))
     fin = T[np.isfinite(T)]
     tmax = float(fin.max()) if fin.size else 0.0
+    fast = bool(fin.size == 0 or tmax - float(fin.min()) <= 600.0)
     E = np.exp(T - tmax)            # 0 where forbidden (-inf)
+    reach = np.empty((N, C), dtype=np.uint8)
+    coreach = np.empty((N, C), dtype=np.uint8)
     dTs = np.empty((S, W * W))
     loss = np.empty(S)
     cdef _Crf k
@@ -397,6 +441,9 @@ def crf_nll(scores, lengths, tags, trans, allowed=None):
     k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
     k.E = <const double *>cnp.PyArray_DATA(<cnp.ndarray>E)
     k.tmax = tmax
+    k.fast = fast
+    k.reach = <cnp.uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>reach)
+    k.coreach = <cnp.uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>coreach)
     k.e = <double *>cnp.PyArray_DATA(<cnp.ndarray>e)
     k.z = <double *>cnp.PyArray_DATA(<cnp.ndarray>z)
     k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>off)

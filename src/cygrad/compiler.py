@@ -344,7 +344,9 @@ class _Builder:
             if x._op is None:
                 raise _Unsupported("dropout of a leaf tensor")
             xv = self.val[id(x)]
-            from cygrad._elementwise import DROPOUT_MAX_KEY
+            from cygrad._elementwise import DROPOUT_MAX_ELEMENTS, DROPOUT_MAX_KEY
+            if xv.rows * xv.cols > DROPOUT_MAX_ELEMENTS:
+                raise _Unsupported(f"dropout of {xv.rows * xv.cols} elements (at most 2**32)")
             kv = self.ids(karr, "dropout", DROPOUT_MAX_KEY, "key")
             out = self.new(xv.rows, xv.cols)
             self.add(_Task("dropout", ("elem", xv.rows, xv.cols), [xv, kv, out],

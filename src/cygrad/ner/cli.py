@@ -270,7 +270,8 @@ def cmd_evaluate(a):
                   seen=seen or None)
     print(sc.table())
     if sc.seen is None:
-        print("(no seen/unseen rows: this model stored no training entities; give --train)")
+        print("(no seen/unseen rows: " + ("the --train file has no entities)" if a.train else
+              "this model stored no training entities; give --train)"))
     print(f"token accuracy {100 * sc.accuracy:.2f}  ({sum(len(s.tokens) for s in sents)} "
           f"tokens, {sc.gold} gold entities, {sc.found} found, {sc.correct} correct)")
     if a.output:

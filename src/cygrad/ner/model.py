@@ -317,7 +317,11 @@ class WindowModel:
         if decode == "greedy":
             return logp.argmax(axis=1)
         if self.config.loss == "crf":
-            return K.crf_viterbi(logp.astype(self.params["A"].dtype), np.diff(enc.offsets),
+            lengths = np.diff(enc.offsets)
+            if n == 0:
+                return np.zeros(0, dtype=np.int64)
+            return K.crf_viterbi(logp.astype(self.params["A"].dtype),
+                                 lengths[lengths > 0],     # empty sentences have no rows
                                  self.params["A"], crf_constraints(self.vocab.tags))
         logp -= logp.max(axis=1, keepdims=True)
         logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))

@@ -183,6 +183,10 @@ class Trainer:
         to the batch)."""
         cfg = self.model.config
         self.model._ids(words, suffixes, cases, prefixes, shapes)    # needed ones given
+        if rng is None and (self.keyed or self.unk_prob is not None
+                            or cfg.loss == "max-margin"):
+            raise ValueError("this training step draws random numbers (dropout, word "
+                             "dropout or corrupt windows): pass rng=")
         # a feature the model does not read: any array of the batch's shape
         prefixes = words if prefixes is None else prefixes
         shapes = words if shapes is None else shapes
@@ -343,6 +347,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             raw = {k: a.copy() for k, a in model.params.items()}
             for k, a in model.params.items():
                 a[...] = average[k]
+            trainer.calibrate(tr)       # max-margin: the threshold of the averaged model
         if dv is not None:
             sc = score(model, dev_sents, dv)
             entry.update(dev_p=sc.precision, dev_r=sc.recall, dev_f1=sc.f1, dev_acc=sc.accuracy)

@@ -625,3 +625,32 @@ def test_help_shows_the_defaults(capsys):
                             ("--patience", "4"), ("--window", "2")]:
         i = out.index(option + " ", out.index("options:"))
         assert f"(default: {default})" in out[i:i + 700], (option, out[i:i + 700])
+
+
+def test_resume_takes_settings_not_given_again_from_the_checkpoint(tmp_path, capsys):
+    """A checkpoint written with other settings (here: those of an older release,
+    whose state.json lacks today's options) resumes under `--resume` alone, with its
+    own settings: the same final model as an uninterrupted run with them; a setting
+    given again that differs is refused."""
+    old = ["--batch-size", "64", "--lr", "0.03", "--dropout", "0", "--word-dropout", "0"]
+    common = ["--no-progress", "--hidden", "16", "--dim", "8", "--loss", "softmax",
+              "--prefix-dim", "0", "--shape-dim", "0"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    assert cli.main(["train", "--out", a, "--epochs", "2"] + common + old) == 0
+    assert cli.main(["train", "--out", b, "--epochs", "1"] + common + old) == 0
+    state = pathlib.Path(checkpoint_path(tmp_path / "b" / "checkpoint")) / "state.json"
+    meta = json.loads(state.read_text())
+    for key in ("dropout", "hidden_dropout", "word_dropout", "average_params"):
+        del meta["train"][key]          # as an older release wrote it
+    state.write_text(json.dumps(meta))
+    assert cli.main(["train", "--out", b, "--epochs", "2", "--resume"] + common) == 0
+    pa = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "a" / "checkpoint"),
+                                       "model")).params
+    pb = WindowModel.load(os.path.join(checkpoint_path(tmp_path / "b" / "checkpoint"),
+                                       "model")).params
+    for k in pa:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    capsys.readouterr()
+    assert cli.main(["train", "--out", b, "--epochs", "3", "--resume", "--batch-size", "32"]
+                    + common) == 2
+    assert "trained with batch_size=64, not 32" in capsys.readouterr().err

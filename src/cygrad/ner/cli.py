@@ -160,8 +160,21 @@ def build_parser():
     return parser
 
 
+def _explicit(argv):
+    """The destinations of the options given on the command line (not defaults)."""
+    parser = build_parser()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                for a in sub._actions:
+                    if not isinstance(a, argparse._HelpAction):
+                        a.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    args.explicit = _explicit(argv)
     from cygrad.ner.data import DataError
     from cygrad.ner.model import ModelError
     try:
@@ -229,6 +242,18 @@ def cmd_train(a):
                   ngram_buckets=a.ngram_buckets,
                   hidden=tuple(a.hidden), activation=a.activation, average=a.average,
                   decode=a.decode, loss=a.loss, positive=a.positive)
+    if a.resume and getattr(a, "explicit", None) is not None:
+        # settings not given again come from the checkpoint (which may predate today's
+        # defaults); settings given again must match it (train() checks)
+        from cygrad.ner.train import CHECKPOINT, checkpoint_settings
+        saved = checkpoint_settings(os.path.join(a.out, CHECKPOINT))
+        if saved is not None:
+            for field in ("batch_size", "optimizer", "seed", "min_count", "freeze_vectors",
+                          "dropout", "hidden_dropout", "word_dropout", "average_params"):
+                if field not in a.explicit:
+                    setattr(a, field, getattr(saved, field))
+            if "lr" not in a.explicit:
+                lr = saved.lr
     tcfg = TrainConfig(epochs=epochs, batch_size=a.batch_size, optimizer=a.optimizer, lr=lr,
                        seed=a.seed, patience=a.patience, shuffle=not a.no_shuffle,
                        min_count=a.min_count, freeze_vectors=a.freeze_vectors,

@@ -461,6 +461,22 @@ def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoc
             _remove(os.path.join(ckpt_dir, old))
 
 
+def checkpoint_settings(ckpt_dir):
+    """The TrainConfig a checkpoint was written with, or None if there is none or
+    it cannot be read (resuming then reports why)."""
+    base = checkpoint_path(ckpt_dir)
+    if base is None:
+        return None
+    try:
+        with open(os.path.join(base, "state.json"), encoding="utf-8") as f:
+            train_meta = dict(json.load(f)["train"])
+        if "fused" in train_meta:
+            train_meta["compile"] = train_meta.pop("fused")
+        return TrainConfig(**train_meta)
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return None
+
+
 def _load_checkpoint(ckpt_dir, tcfg):
     base = checkpoint_path(ckpt_dir)
     if base is None:

@@ -230,3 +230,20 @@ def test_wide_score_and_transition_spreads_match_the_reference(seed):
     np.testing.assert_allclose(loss, rl, rtol=1e-9, atol=1e-6)
     np.testing.assert_allclose(ds, rds, atol=1e-6)
     np.testing.assert_allclose(dT, rdT, atol=1e-5)
+
+
+def test_a_mask_whose_reachable_tags_alternate():
+    """Tags 0 -> 1 -> 2 -> 0 only (so which tags a position can hold cycles with
+    period 3), sentences longer than C: brute force agrees."""
+    C = 3
+    allowed = np.zeros((C + 1, C + 1), dtype=bool)
+    allowed[C, 0] = True
+    allowed[0, 1] = allowed[1, 2] = allowed[2, 0] = True
+    allowed[:C, C] = True
+    s, L, _, T = _problem(15, C, [7, 8, 4])
+    y = K.crf_viterbi(s, L, T, allowed)
+    loss, ds, dT = K.crf_nll(s, L, y, T, allowed)
+    bl, bds, bdT = _brute(s, L, y, T, allowed)
+    np.testing.assert_allclose(loss, bl, atol=1e-12)     # one path per sentence: loss 0
+    np.testing.assert_allclose(ds, bds, atol=1e-12)
+    np.testing.assert_allclose(dT, bdT, atol=1e-12)

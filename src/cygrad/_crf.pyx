@@ -47,8 +47,9 @@ cdef struct _Crf:
     double tmax
     double *e               # (N, C) exp(s - row max)
     double *z               # (N,) forward normalisers
-    cnp.uint8_t *reach      # (N, C) state reachable from the start / can reach the end
-    cnp.uint8_t *coreach
+    const cnp.uint8_t *reach    # (C + 1, C): state reachable at token j < C from the
+    const cnp.uint8_t *coreach  # start; able to end j tokens before the end; row C: on
+                                # any path (the mask's structure only)
     bint fast               # the scaled pass may be tried (transitions spread <= 600)
     const cnp.int64_t *off
     const cnp.int64_t *y    # gold tags (N,), or NULL (decoding)
@@ -86,10 +87,9 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     cdef double *dT = k.dT + i * W * W
     cdef const cnp.int64_t *y = k.y
     cdef const double *T = k.T
-    cdef cnp.uint8_t *rf = k.reach
-    cdef cnp.uint8_t *rb = k.coreach
+    cdef const cnp.uint8_t *rf
+    cdef const cnp.uint8_t *rb
     cdef double m, lo, v, logZ, gold, zend, a
-    cdef bint r
     if not k.fast:
         return False
     for c in range(W * W):
@@ -118,8 +118,7 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     z[t0] = v
     for c in range(C):
         al[t0 * C + c] /= v
-        rf[t0 * C + c] = E[C * W + c] > 0.0
-        if rf[t0 * C + c] and not al[t0 * C + c] >= 1e-280:
+        if k.reach[c] and not al[t0 * C + c] >= 1e-280:
             return False
     for t in range(t0 + 1, t1):
         for c in range(C):
@@ -136,15 +135,10 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
         if not v > 1e-280:      # underflow (or NaN): the log-space pass instead
             return False
         z[t] = v
+        rf = k.reach + min(t - t0, C) * C
         for c in range(C):
             al[t * C + c] /= v
-            r = False
-            for p in range(C):
-                if rf[(t - 1) * C + p] and E[p * W + c] > 0.0:
-                    r = True
-                    break
-            rf[t * C + c] = r
-            if r and not al[t * C + c] >= 1e-280:
+            if rf[c] and not al[t * C + c] >= 1e-280:
                 return False
     zend = 0.0
     for c in range(C):
@@ -157,21 +151,17 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     # backward, with the forward's normalisers
     for c in range(C):
         be[(t1 - 1) * C + c] = E[c * W + C] / zend
-        rb[(t1 - 1) * C + c] = E[c * W + C] > 0.0
-        if rb[(t1 - 1) * C + c] and not 1e-280 <= be[(t1 - 1) * C + c] <= 1e280:
+        if k.coreach[c] and not 1e-280 <= be[(t1 - 1) * C + c] <= 1e280:
             return False
     t = t1 - 2
     while t >= t0:
+        rb = k.coreach + min(t1 - 1 - t, C) * C
         for p in range(C):
             v = 0.0
-            r = False
             for c in range(C):
                 v += E[p * W + c] * e[(t + 1) * C + c] * be[(t + 1) * C + c]
-                if E[p * W + c] > 0.0 and rb[(t + 1) * C + c]:
-                    r = True
             be[t * C + p] = v / z[t + 1]
-            rb[t * C + p] = r
-            if r and not 1e-280 <= be[t * C + p] <= 1e280:
+            if rb[p] and not 1e-280 <= be[t * C + p] <= 1e280:
                 return False
         t -= 1
     # marginals: tokens (d s) and transitions (dT)
@@ -432,8 +422,21 @@ def crf_nll(scores, lengths, tags, trans, allowed=None):
     tmax = float(fin.max()) if fin.size else 0.0
     fast = bool(fin.size == 0 or tmax - float(fin.min()) <= 600.0)
     E = np.exp(T - tmax)            # 0 where forbidden (-inf)
-    reach = np.empty((N, C), dtype=np.uint8)
-    coreach = np.empty((N, C), dtype=np.uint8)
+    ok = np.isfinite(T)         # permitted transitions
+    reach = np.zeros((C + 1, C), dtype=np.uint8)
+    coreach = np.zeros((C + 1, C), dtype=np.uint8)
+    reach[0], coreach[0] = ok[C, :C], ok[:C, C]
+    for j in range(1, C):
+        reach[j] = (reach[j - 1].astype(bool)[:, None] & ok[:C, :C]).any(axis=0)
+        coreach[j] = (ok[:C, :C] & coreach[j - 1].astype(bool)[None, :]).any(axis=1)
+    # row C, for every later position: the states on any path at all (a superset of
+    # each later position's, whose sets may cycle): checking too many states only
+    # sends a sentence to the log-space pass, never skips a needed check
+    rc, cc = reach[0].astype(bool), coreach[0].astype(bool)
+    for _ in range(C):
+        rc = rc | (rc[:, None] & ok[:C, :C]).any(axis=0)
+        cc = cc | (ok[:C, :C] & cc[None, :]).any(axis=1)
+    reach[C], coreach[C] = rc, cc
     dTs = np.empty((S, W * W))
     loss = np.empty(S)
     cdef _Crf k

@@ -373,19 +373,29 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
 _TOKEN = re.compile(r"(?:\w\.){2,}|\w+(?:[-'.]\w+)*|[^\w\s]", re.UNICODE)
 
 
-def tokenize(text):
-    """Split raw text into sentences of tokens: abbreviations like U.S., words (with
-    inner - ' .) and single punctuation marks; a new sentence after . ! ? and at
-    blank lines."""
-    sentences = []
-    for para in re.split(r"\n\s*\n", text):
-        tokens = _TOKEN.findall(para)
+_PARAGRAPH = re.compile(r"\n\s*\n")
+
+
+def tokenize_spans(text):
+    """:func:`tokenize` with character offsets: sentences of (token, start, end),
+    ``text[start:end] == token``."""
+    sentences, pos = [], 0
+    bounds = [m.span() for m in _PARAGRAPH.finditer(text)] + [(len(text), len(text))]
+    for brk_start, brk_end in bounds:
         cur = []
-        for tok in tokens:
-            cur.append(tok)
-            if tok in (".", "!", "?"):
+        for m in _TOKEN.finditer(text, pos, brk_start):
+            cur.append((m.group(), m.start(), m.end()))
+            if m.group() in (".", "!", "?"):
                 sentences.append(cur)
                 cur = []
         if cur:
             sentences.append(cur)
+        pos = brk_end
     return sentences
+
+
+def tokenize(text):
+    """Split raw text into sentences of tokens: abbreviations like U.S., words (with
+    inner - ' .) and single punctuation marks; a new sentence after . ! ? and at
+    blank lines."""
+    return [[t for t, _, _ in sent] for sent in tokenize_spans(text)]

@@ -116,6 +116,15 @@ class Config:
         return per_slot if self.average else self.width * per_slot
 
 
+@dataclasses.dataclass
+class Tagged:
+    """One tagged sentence (WindowModel.tag): (token, tag) pairs, and entities as
+    (type, text, start, end)."""
+
+    tokens: list
+    entities: list
+
+
 class WindowModel:
     """Parameters (NumPy arrays) of the window model, its graph and its tagger."""
 
@@ -327,6 +336,37 @@ class WindowModel:
         logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
         allowed, start = iob2_constraints(self.vocab.tags)
         return K.constrained_viterbi(logp, enc.offsets, allowed, start)
+
+    def tag(self, text):
+        """Tag raw text (a str: split into sentences and tokens by
+        cygrad.ner.data.tokenize) or pre-tokenised sentences (a list of lists of
+        str). Returns one :class:`Tagged` per sentence: its (token, tag) pairs and
+        its entities as (type, text, start, end), start and end character offsets
+        into ``text`` for raw text (token indices, end exclusive, for tokens)."""
+        from cygrad.ner.data import Sentence, tokenize_spans
+        from cygrad.ner.evaluate import chunks
+        if isinstance(text, str):
+            spans = tokenize_spans(text)
+            sents = [[t for t, _, _ in s] for s in spans]
+        elif isinstance(text, (list, tuple)) and all(
+                isinstance(s, (list, tuple)) and all(isinstance(t, str) for t in s)
+                for s in text):
+            spans, sents = None, [list(s) for s in text]
+        else:
+            raise TypeError("tag: text must be a str or a list of token lists")
+        enc = self.encode([Sentence(s, ["O"] * len(s)) for s in sents], with_labels=False)
+        out = []
+        for i, (toks, tags) in enumerate(zip(sents, self.tags(self.predict(enc),
+                                                              enc.offsets))):
+            ents = []
+            for typ, a, b in chunks(tags):
+                if spans is None:
+                    ents.append((typ, " ".join(toks[a:b]), a, b))
+                else:
+                    s0, s1 = spans[i][a][1], spans[i][b - 1][2]
+                    ents.append((typ, text[s0:s1], s0, s1))
+            out.append(Tagged(list(zip(toks, tags)), ents))
+        return out
 
     # ------------------------------------------------------------ files
     def save(self, directory, extra=None):

@@ -17,6 +17,8 @@ CYGRAD_SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g, 
                          ASAN_OPTIONS=detect_leaks=0 (see .ci/run).
 """
 
+import glob
+import json
 import os
 import shutil
 import sys
@@ -59,8 +61,36 @@ THREADS_TEST = textwrap.dedent(
 )
 
 
+def _stamp_changed(path, settings):
+    """Whether the build settings differ from those recorded at ``path`` by the
+    previous build in this tree (then record them): a changed setting must rebuild
+    everything, an unchanged one lets an up-to-date file be skipped."""
+    text = json.dumps(settings, sort_keys=True)
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return False
+    except OSError:
+        pass
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+    return True
+
+
 class BuildExt(build_ext):
-    """Probe threads with the real compiler, then set flags on every extension."""
+    """Probe threads with the real compiler, then set flags on every extension.
+
+    Incremental: an extension whose sources, headers and flags did not change since
+    the last build in this tree is not compiled again (a second `pip install` with
+    another extra takes seconds); a change of flags (CYGRAD_DEBUG, CYGRAD_SANITIZE,
+    CYGRAD_SERIAL, ...) rebuilds all. Extensions compile in parallel.
+    """
+
+    def finalize_options(self):
+        super().finalize_options()
+        if not self.parallel:
+            self.parallel = os.cpu_count() or 1
 
     def _probe(self, source, compile_args, link_args):
         tmp = tempfile.mkdtemp(prefix="cygrad-probe-")
@@ -127,6 +157,18 @@ class BuildExt(build_ext):
                 ("BP_DEBUG", "1" if DEBUG else "0"),
                 ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
             ]
+        settings = {"flags": flags, "link": lflags, "macros": macros, "ldflags":
+                    os.environ.get("LDFLAGS", ""), "cflags": os.environ.get("CFLAGS", ""),
+                    "cc": os.environ.get("CC", ""), "cython": cython_version}
+        if _stamp_changed(os.path.join(self.build_temp, "cygrad-flags.json"), settings):
+            self.force = True
+        here = os.path.abspath(".")
+        for ext in self.extensions:
+            # cythonize lists the .pxd files of Cython and numpy among the depends; in
+            # pip's fresh build environment they are always new: only ours count (a
+            # new Cython or numpy changes the generated C, which is compared above)
+            ext.depends = [d for d in ext.depends
+                           if os.path.abspath(d).startswith(here + os.sep)]
         super().build_extensions()
 
 
@@ -135,6 +177,7 @@ def ext(name, *csrc):
         "cygrad." + name,
         sources=["src/cygrad/%s.pyx" % name.replace(".", "/")] + ["csrc/%s.c" % c for c in csrc],
         include_dirs=["csrc", np.get_include()],
+        depends=sorted(glob.glob("csrc/*.h")),
     )
 
 
@@ -163,7 +206,39 @@ directives = {
     "embedsignature": True,
 }
 
+# Cython regenerates a module's C when its .pyx or a cimported .pxd is newer than
+# the C, or when the directives (CYGRAD_DEBUG) or Cython differ from the last
+# build in this tree
+_regenerate = _stamp_changed(os.path.join("build", "cygrad-cython.json"),
+                             {"directives": directives, "cython": cython_version})
+
+
+def _generated_c():
+    """Hash (of the code, without Cython's metadata comment, which names the build
+    environment's paths) and times of the C files generated in an earlier build."""
+    import hashlib
+    import re
+    out = {}
+    for path in glob.glob("src/cygrad/*.c") + glob.glob("src/cygrad/ner/*.c"):
+        with open(path, "rb") as f:
+            code = re.sub(rb"/\* BEGIN: Cython Metadata.*?END: Cython Metadata \*/", b"",
+                          f.read(), count=1, flags=re.S)
+        out[path] = (hashlib.sha256(code).digest(), os.stat(path))
+    return out
+
+
+_before = _generated_c()
+_modules = cythonize(extensions, compiler_directives=directives, force=_regenerate,
+                     nthreads=os.cpu_count() or 1)
+# pip's isolated build environment is new at every install, so Cython's and numpy's
+# .pxd files look newer than our C and Cython writes every file again: where the new
+# code equals the old, give the file back its old times, so the compiler skips it
+_after = _generated_c()
+for path, (digest, st) in _before.items():
+    if path in _after and _after[path][0] == digest:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
 setup(
-    ext_modules=cythonize(extensions, compiler_directives=directives, force=True),
+    ext_modules=_modules,
     cmdclass={"build_ext": BuildExt},
 )

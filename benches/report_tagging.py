@@ -43,6 +43,9 @@ def main(argv=None):
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args(argv)
+    if not os.path.isfile(args.data):
+        sys.exit(f"report_tagging: no data file {args.data}: give --data FILE (CoNLL format), "
+                 f"or set CYGRAD_CONLL_DIR to the directory holding valid.txt")
     model = WindowModel.load(args.model)
     sents = [Sentence(s.tokens, ["O"] * len(s.tokens)) for s in read_conll(args.data)]
     n = sum(len(s.tokens) for s in sents)

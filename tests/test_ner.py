@@ -123,7 +123,7 @@ def test_tokenize_raw_text():
     assert tokenize("Paris Hilton wowed in a sequin gown. Then she left!\n\nU.S. officials "
                     "didn't.") == [
         ["Paris", "Hilton", "wowed", "in", "a", "sequin", "gown", "."],
-        ["Then", "she", "left", "!"], ["U.S.", "officials", "didn't", "."]]
+        ["Then", "she", "left", "!"], ["U.S.", "officials", "did", "n't", "."]]
 
 
 # ---------------------------------------------------------------- evaluator

@@ -130,7 +130,9 @@ def _add_evaluate(sub):
 
 def _add_tag(sub):
     p = sub.add_parser("tag", help="tag text with a model", formatter_class=_Help,
-                       description="Tag raw text (split at spaces and punctuation) or "
+                       description="Tag raw text (tokenised as CoNLL-2003 is: clitics "
+                                   "split off, abbreviations such as U.S. and Inc. kept "
+                                   "whole) or "
                                    "tokenised text (--tokenized: one token a line, blank "
                                    "line between sentences), from a file or stdin.")
     p.add_argument("--model", metavar="DIR", required=True)

@@ -370,7 +370,27 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
     return enc
 
 
-_TOKEN = re.compile(r"(?:\w\.){2,}|\w+(?:[-'.]\w+)*|[^\w\s]", re.UNICODE)
+# CoNLL-2003's conventions: clitics split off ("Germany 's", "do n't"), dotted
+# abbreviations and initials kept whole ("U.S.", "Inc.", "Mr.", "J."), numbers with
+# their separators ("1,200.50"), hyphenated words whole, "..." one token, every
+# other punctuation mark on its own
+ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof gen sen rep gov lt col capt sgt st mt jr sr inc ltd corp co bros "
+    "plc vs etc jan feb mar apr jun jul aug sep sept oct nov dec fig approx dept "
+    "est univ ave blvd rd".split())
+_TOKEN = re.compile(r"""
+      (?:[^\W\d_]\.){2,}                      # U.S.  U.K.  e.g.
+    | [^\W\d_]+\.(?=\s|$|[,;:)"'])(?<=\w\.)   # a word and its dot: kept if an abbreviation
+    | \d+(?:[.,:/]\d+)*(?:-\w+)*               # 1,200.50  12:30  1996-08-30  6-3  25-year-old
+    | [^\W\d_]'(?=[A-Z])\w{2,}(?:[-&]\w+)*      # O'Neill  D'Alema (no clitic)
+    | n't(?=\W|$)                             # do n't
+    | '(?:s|re|ve|ll|d|m|S|RE|VE|LL|D|M)(?=\W|$)   # Germany 's
+    | \w+?(?=n't(?:\W|$))                     # the "do" of "don't"
+    | \w+(?:[-&]\w+)*                          # words, hyphenated ones whole
+    | \.\.\.
+    | \S                                      # any other mark
+""", re.UNICODE | re.VERBOSE)
+_CLOSERS = frozenset(['"', "'", ")", "]", "''"])
 
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -382,12 +402,20 @@ def tokenize_spans(text):
     sentences, pos = [], 0
     bounds = [m.span() for m in _PARAGRAPH.finditer(text)] + [(len(text), len(text))]
     for brk_start, brk_end in bounds:
-        cur = []
+        cur, ending = [], False
         for m in _TOKEN.finditer(text, pos, brk_start):
-            cur.append((m.group(), m.start(), m.end()))
-            if m.group() in (".", "!", "?"):
+            tok, a, b = m.group(), m.start(), m.end()
+            if tok.endswith(".") and len(tok) > 1 and tok[:-1].isalpha() \
+                    and tok[:-1].lower() not in ABBREVIATIONS and len(tok) > 2:
+                # a word and a full stop, not an abbreviation: two tokens
+                cur.append((tok[:-1], a, b - 1))
+                tok, a = ".", b - 1
+            if ending and tok not in _CLOSERS:
                 sentences.append(cur)
-                cur = []
+                cur, ending = [], False
+            cur.append((tok, a, b))
+            if tok in (".", "!", "?", "..."):
+                ending = True
         if cur:
             sentences.append(cur)
         pos = brk_end

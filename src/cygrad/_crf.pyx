@@ -63,6 +63,23 @@ cdef struct _Crf:
     cnp.int64_t *out        # (N,) Viterbi path
 
 
+cdef double _gold(_Crf *k, Py_ssize_t t0, Py_ssize_t t1, double *dT) noexcept nogil:
+    """The gold path's score; its token and transition counts come off d s and dT."""
+    cdef Py_ssize_t C = k.C, W = C + 1, t
+    cdef const cnp.int64_t *y = k.y
+    cdef const double *T = k.T
+    cdef double gold = T[C * W + y[t0]] + T[y[t1 - 1] * W + C]
+    dT[C * W + y[t0]] -= 1.0
+    dT[y[t1 - 1] * W + C] -= 1.0
+    for t in range(t0, t1):
+        gold += k.s[t * C + y[t]]
+        k.ds[t * C + y[t]] -= 1.0
+        if t > t0:
+            gold += T[y[t - 1] * W + y[t]]
+            dT[y[t - 1] * W + y[t]] -= 1.0
+    return gold
+
+
 cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     """One sentence by the scaled forward-backward recursions (Rabiner): in linear
     space on exp(s - max_c s) and exp(T - max T), each step normalised to sum 1,
@@ -178,16 +195,7 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
                 continue
             for c in range(C):
                 dT[p * W + c] += a * E[p * W + c] * e[t * C + c] * be[t * C + c]
-    # minus the gold path's counts, and its score
-    gold = T[C * W + y[t0]] + T[y[t1 - 1] * W + C]
-    dT[C * W + y[t0]] -= 1.0
-    dT[y[t1 - 1] * W + C] -= 1.0
-    for t in range(t0, t1):
-        gold += s[t * C + y[t]]
-        ds[t * C + y[t]] -= 1.0
-        if t > t0:
-            gold += T[y[t - 1] * W + y[t]]
-            dT[y[t - 1] * W + y[t]] -= 1.0
+    gold = _gold(k, t0, t1, dT)
     if not logZ - gold >= -1e-9 * (1.0 + fabs(logZ)):     # an NLL is never negative
         return False
     k.loss[i] = logZ - gold
@@ -195,8 +203,8 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
 
 
 cdef void _nll_one_log(_Crf *k, Py_ssize_t i) noexcept nogil:
-    """The same in log space: the fallback for a sentence whose scaled pass
-    underflows (scores spread by more than ~700 within a token)."""
+    """The same in log space: the fallback for a sentence on which a range check
+    of the scaled pass failed."""
     cdef Py_ssize_t C = k.C, W = C + 1, t, c, p
     cdef Py_ssize_t t0 = k.off[i], t1 = k.off[i + 1]
     cdef const double *s = k.s
@@ -271,16 +279,7 @@ cdef void _nll_one_log(_Crf *k, Py_ssize_t i) noexcept nogil:
                     continue
                 pr = exp(al[(t - 1) * C + p] + v + s[t * C + c] + be[t * C + c] - logZ)
                 dT[p * W + c] += pr
-    # minus the gold path's counts, and its score
-    gold = T[C * W + y[t0]] + T[y[t1 - 1] * W + C]
-    dT[C * W + y[t0]] -= 1.0
-    dT[y[t1 - 1] * W + C] -= 1.0
-    for t in range(t0, t1):
-        gold += s[t * C + y[t]]
-        ds[t * C + y[t]] -= 1.0
-        if t > t0:
-            gold += T[y[t - 1] * W + y[t]]
-            dT[y[t - 1] * W + y[t]] -= 1.0
+    gold = _gold(k, t0, t1, dT)
     k.loss[i] = logZ - gold
 
 
@@ -462,9 +461,7 @@ def crf_nll(scores, lengths, tags, trans, allowed=None):
         parallel_for(_nll_task, &k, S, SENT_GRAIN, nt)
     # the transition counts, summed in sentence order (np.add.reduce on axis 0 of a
     # C-contiguous array adds row by row: the same bits for any thread count)
-    dT = np.zeros(W * W)
-    for i in range(S):
-        dT += dTs[i]
+    dT = dTs.sum(axis=0) if S else np.zeros(W * W)
     dt = scores.dtype
     return loss, ds.astype(dt, copy=False), dT.reshape(W, W).astype(dt, copy=False)
 

@@ -1,4 +1,5 @@
-/* Optimiser steps in place: Adagrad on a contiguous range, and sparse Adagrad on
+/* Optimiser steps in place: Adagrad, SGD with momentum and Adam/AdamW on a
+ * contiguous range, and sparse Adagrad on
  * the table rows a batch of windows touched (SGD is an axpy: bp_elementwise.h). */
 #ifndef BP_OPTIM_H
 #define BP_OPTIM_H
@@ -10,7 +11,12 @@
     void bp_sparse_adagrad_##S(T *table, T *G, ptrdiff_t d, const int64_t *ids,          \
                                ptrdiff_t n, ptrdiff_t w, const T *g, ptrdiff_t ld,       \
                                int64_t *scratch, int64_t *head, T *row, double lr,     \
-                               double eps);
+                               double eps);                                                \
+    void bp_sgd_momentum_##S(T *p, T *buf, const T *g, ptrdiff_t n, double lr,             \
+                             double momentum, double dampening, double wd, int nesterov,  \
+                             int first);                                                   \
+    void bp_adam_##S(T *p, T *m, T *v, const T *g, ptrdiff_t n, double step, double beta1, \
+                     double beta2, double eps, double sqrt_bc2, double wd, double decay);
 
 BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)

@@ -63,6 +63,52 @@ void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, p
     }
 }
 
+/* SGD with momentum on a contiguous range, PyTorch's rule: g' = g + wd p;
+ * buf = g' on the first step, else momentum buf + (1 - dampening) g';
+ * p -= lr (g' + momentum buf) with Nesterov, lr buf without. */
+BP_CLONES
+void BP_FN(bp_sgd_momentum)(T *restrict p, T *restrict buf, const T *restrict g, ptrdiff_t n,
+                            double lr, double momentum, double dampening, double wd,
+                            int nesterov, int first)
+{
+    const T l = (T)lr, mu = (T)momentum, keep = (T)(1.0 - dampening), w = (T)wd;
+    if (first) {
+        BP_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+            const T gi = g[i] + w * p[i];
+            buf[i] = gi;
+            p[i] -= l * (nesterov ? gi + mu * gi : gi);
+        }
+        return;
+    }
+    BP_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+        const T gi = g[i] + w * p[i];
+        const T bi = mu * buf[i] + keep * gi;
+        buf[i] = bi;
+        p[i] -= l * (nesterov ? gi + mu * bi : bi);
+    }
+}
+
+/* Adam / AdamW on a contiguous range (Kingma and Ba, algorithm 1, in PyTorch's
+ * arrangement): with decoupled weight decay (AdamW) p *= 1 - lr wd first, else
+ * g' = g + wd p; m = b1 m + (1 - b1) g'; v = b2 v + (1 - b2) g'^2;
+ * p -= step m / (sqrt(v) / sqrt_bc2 + eps), step = lr / (1 - b1^t) and
+ * sqrt_bc2 = sqrt(1 - b2^t) computed once per step by the caller. */
+BP_CLONES
+void BP_FN(bp_adam)(T *restrict p, T *restrict m, T *restrict v, const T *restrict g,
+                    ptrdiff_t n, double step, double beta1, double beta2, double eps,
+                    double sqrt_bc2, double wd, double decay)
+{
+    const T st = (T)step, b1 = (T)beta1, c1 = (T)(1.0 - beta1), b2 = (T)beta2,
+            c2 = (T)(1.0 - beta2), e = (T)eps, s2 = (T)sqrt_bc2, w = (T)wd, keep = (T)decay;
+    BP_SIMD for (ptrdiff_t i = 0; i < n; i++) {
+        const T pi = p[i] * keep, gi = g[i] + w * p[i];
+        const T mi = b1 * m[i] + c1 * gi, vi = b2 * v[i] + c2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi - st * mi / (BP_M(bp_sqrt)(vi) / s2 + e);
+    }
+}
+
 #undef BP_FN
 #undef BP_CAT
 #undef BP_CAT_

@@ -15,9 +15,12 @@ from cygrad.graph import (
     ACTIVATIONS, GradcheckError, Op, Tensor, concat, crf_nll, dropout, embedding_bag_windows, embedding_windows, gelu, get_backend,
     gradcheck, hardtanh, is_grad_enabled, leaky_relu, linear, max_margin, maximum, minimum,
     no_grad, relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh,
-    tensor, use_backend,
+    tensor, use_backend, exp, log, abs, pow, softmax, log_softmax,
 )
 from cygrad import optim
+from cygrad import nn
+from cygrad import data
+from cygrad.serialize import FormatError, load, save
 from cygrad.compiler import CompileError, CompiledStep, CompileWarning, compile
 
 
@@ -58,5 +61,5 @@ __all__ = [
     "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout", "crf_nll", "embedding_bag_windows", "linear",
     "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
     "max_margin", "ACTIVATIONS", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu",
-    "silu", "optim", "compile", "CompiledStep", "CompileError", "CompileWarning",
+    "silu", "exp", "log", "abs", "pow", "softmax", "log_softmax", "optim", "nn", "data", "save", "load", "FormatError", "compile", "CompiledStep", "CompileError", "CompileWarning",
 ]

@@ -55,6 +55,19 @@ cdef extern from "bp_optim.h" nogil:
                                cnp.int64_t *scratch, cnp.int64_t *head, double *row, double lr,
                                double eps)
 
+    void bp_sgd_momentum_f32(float *p, float *buf, const float *g, Py_ssize_t n, double lr,
+                             double momentum, double dampening, double wd, int nesterov,
+                             int first)
+    void bp_sgd_momentum_f64(double *p, double *buf, const double *g, Py_ssize_t n, double lr,
+                             double momentum, double dampening, double wd, int nesterov,
+                             int first)
+    void bp_adam_f32(float *p, float *m, float *v, const float *g, Py_ssize_t n, double step,
+                     double beta1, double beta2, double eps, double sqrt_bc2, double wd,
+                     double decay)
+    void bp_adam_f64(double *p, double *m, double *v, const double *g, Py_ssize_t n,
+                     double step, double beta1, double beta2, double eps, double sqrt_bc2,
+                     double wd, double decay)
+
 cdef extern from "bp_pool.h" nogil:
     ctypedef void (*bp_task_fn)(void *ctx, Py_ssize_t lo, Py_ssize_t hi,
                                 int worker) noexcept nogil

@@ -1,7 +1,8 @@
 # cython: language_level=3
 """Dense optimiser steps in place (the kernels of cygrad.optim for dense
-gradients): SGD, ``param -= lr * grad``, and Adagrad, ``accum += grad**2;
-param -= lr * grad / (sqrt(accum) + eps)``.
+gradients): SGD, ``param -= lr * grad``; Adagrad, ``accum += grad**2;
+param -= lr * grad / (sqrt(accum) + eps)``; SGD with momentum (and Nesterov,
+weight decay) and Adam / AdamW, each one pass over param, grad and state.
 
 Design: one flat loop over param, grad (and accum) in fixed chunks of GRAIN
 elements claimed by the pool's threads (cygrad._parallel); every element is
@@ -18,7 +19,8 @@ from cygrad._parallel cimport parallel_for
 
 cnp.import_array()
 
-from cygrad._csrc cimport bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64
+from cygrad._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
+                           bp_sgd_momentum_f32, bp_sgd_momentum_f64, bp_adam_f32, bp_adam_f64)
 
 cdef enum:
     GRAIN = 16384          # elements per chunk of a threaded loop (fixed, whatever the threads)
@@ -29,8 +31,11 @@ cdef struct _Dense:
     int f32
     void *p
     void *G
+    void *H
     const void *g
     double alpha, eps
+    double b1, b2, c, wd, decay
+    int flag, first
 
 
 cdef void _axpy_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
@@ -134,4 +139,159 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
     u.g = cnp.PyArray_DATA(<cnp.ndarray>grad)
     with nogil:
         parallel_for(_adagrad_task, &u, n, GRAIN, nt)
+    return param
+
+
+cdef void _momentum_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Dense *u = <_Dense *>ctx
+    if u.f32:
+        bp_sgd_momentum_f32(<float *>u.p + lo, <float *>u.G + lo, <const float *>u.g + lo,
+                            hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag, u.first)
+    else:
+        bp_sgd_momentum_f64(<double *>u.p + lo, <double *>u.G + lo, <const double *>u.g + lo,
+                            hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag, u.first)
+
+
+cdef void _adam_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Dense *u = <_Dense *>ctx
+    if u.f32:
+        bp_adam_f32(<float *>u.p + lo, <float *>u.G + lo, <float *>u.H + lo,
+                    <const float *>u.g + lo, hi - lo, u.alpha, u.b1, u.b2, u.eps, u.c, u.wd,
+                    u.decay)
+    else:
+        bp_adam_f64(<double *>u.p + lo, <double *>u.G + lo, <double *>u.H + lo,
+                    <const double *>u.g + lo, hi - lo, u.alpha, u.b1, u.b2, u.eps, u.c, u.wd,
+                    u.decay)
+
+
+cdef object _state_arrays(str fn, object param, object grad, tuple states):
+    """Validate param, its state arrays (in place) and grad: one dtype, one shape,
+    no two of them overlapping."""
+    param = inplace_array(param, fn, "param", -1)
+    grad = float_array(grad, fn, "grad", -1)
+    same_dtype(param, grad, fn, "param", "grad")
+    out = []
+    for name, a in states:
+        a = inplace_array(a, fn, name, -1)
+        same_dtype(param, a, fn, "param", name)
+        if a.shape != param.shape:
+            raise ValueError(f"{fn}: {name} must have the shape of param {param.shape}, "
+                             f"got {a.shape}")
+        out.append((name, a))
+    if grad.shape != param.shape:
+        raise ValueError(f"{fn}: grad must have the shape of param {param.shape}, "
+                         f"got {grad.shape}")
+    arrays = [("param", param)] + out + [("grad", grad)]
+    for i in range(len(arrays)):
+        for j in range(i + 1, len(arrays)):
+            no_overlap(arrays[i][1], arrays[i][0], arrays[j][1], arrays[j][0], fn, False)
+    return param, grad, [a for _, a in out]
+
+
+cdef double _unit(str fn, str name, object x, bint closed_top) except? -1:
+    x = float(x)
+    if not (0.0 <= x < 1.0 or (closed_top and x == 1.0)):
+        raise ValueError(f"{fn}: {name} must be in [0, {'1]' if closed_top else '1)'}, got {x}")
+    return x
+
+
+cdef double _nonneg(str fn, str name, object x) except? -1:
+    x = float(x)
+    if not (np.isfinite(x) and x >= 0):
+        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {x}")
+    return x
+
+
+def sgd_momentum_update(param, buf, grad, lr, momentum, dampening=0.0, weight_decay=0.0,
+                        nesterov=False, first=False):
+    """SGD with momentum in place, PyTorch's rule.
+
+    ``g' = grad + weight_decay * param``; ``buf = g'`` when ``first``, else
+    ``buf = momentum * buf + (1 - dampening) * g'``; then
+    ``param -= lr * (g' + momentum * buf)`` with ``nesterov``, else
+    ``param -= lr * buf``.
+
+    Parameters
+    ----------
+    param, buf : ndarray, same shape, C-contiguous, writeable, float32 or float64
+    grad : ndarray, same shape and dtype
+    lr : float >= 0
+    momentum, dampening : floats in [0, 1]
+    weight_decay : float >= 0
+    nesterov, first : bool
+
+    Returns
+    -------
+    param
+    """
+    fn = "sgd_momentum_update"
+    param, grad, (buf,) = _state_arrays(fn, param, grad, (("buf", buf),))
+    lr = _nonneg(fn, "lr", lr)
+    cdef _Dense u
+    u.b1 = _unit(fn, "momentum", momentum, True)
+    u.c = _unit(fn, "dampening", dampening, True)
+    u.wd = _nonneg(fn, "weight_decay", weight_decay)
+    if nesterov and (u.b1 <= 0 or u.c != 0):
+        raise ValueError(f"{fn}: nesterov needs momentum > 0 and dampening 0, got momentum "
+                         f"{u.b1}, dampening {u.c}")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
+    cdef int nt = threads_for(n, MIN_ELEMENTS)
+    u.f32, u.alpha, u.flag, u.first = is_f32(param), lr, bool(nesterov), bool(first)
+    u.p, u.G = cnp.PyArray_DATA(<cnp.ndarray>param), cnp.PyArray_DATA(<cnp.ndarray>buf)
+    u.g = cnp.PyArray_DATA(<cnp.ndarray>grad)
+    with nogil:
+        parallel_for(_momentum_task, &u, n, GRAIN, nt)
+    return param
+
+
+def adam_update(param, exp_avg, exp_avg_sq, grad, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0, decoupled=False):
+    """One Adam (or AdamW, ``decoupled=True``) step in place, bias-corrected.
+
+    With ``decoupled``: ``param *= 1 - lr * weight_decay``; otherwise
+    ``g = grad + weight_decay * param``. Then ``m = beta1 m + (1 - beta1) g``,
+    ``v = beta2 v + (1 - beta2) g**2`` and
+    ``param -= lr / (1 - beta1**step) * m / (sqrt(v) / sqrt(1 - beta2**step) + eps)``.
+
+    Parameters
+    ----------
+    param, exp_avg, exp_avg_sq : ndarray, same shape, C-contiguous, writeable,
+        float32 or float64 (``m`` and ``v``)
+    grad : ndarray, same shape and dtype
+    step : int >= 1, the number of this step (the bias corrections use it)
+    lr : float >= 0
+    eps : positive float
+    beta1, beta2 : floats in [0, 1)
+    weight_decay : float >= 0
+    decoupled : bool
+
+    Returns
+    -------
+    param
+    """
+    fn = "adam_update"
+    param, grad, (m, v) = _state_arrays(fn, param, grad, (("exp_avg", exp_avg),
+                                                          ("exp_avg_sq", exp_avg_sq)))
+    lr = _nonneg(fn, "lr", lr)      # 0 is allowed: the moments still move (a schedule's end)
+    _, eps = check_lr_eps(fn, 1.0, eps)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"{fn}: step must be an integer >= 1, got {step!r}")
+    cdef _Dense u
+    u.b1 = _unit(fn, "beta1", beta1, False)
+    u.b2 = _unit(fn, "beta2", beta2, False)
+    wd = _nonneg(fn, "weight_decay", weight_decay)
+    u.alpha = lr / (1.0 - u.b1 ** int(step))
+    u.c = np.sqrt(1.0 - u.b2 ** int(step))
+    u.eps = eps
+    if decoupled:
+        u.wd, u.decay = 0.0, 1.0 - lr * wd
+    else:
+        u.wd, u.decay = wd, 1.0
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
+    cdef int nt = threads_for(n, MIN_ELEMENTS)
+    u.f32 = is_f32(param)
+    u.p, u.G = cnp.PyArray_DATA(<cnp.ndarray>param), cnp.PyArray_DATA(<cnp.ndarray>m)
+    u.H, u.g = cnp.PyArray_DATA(<cnp.ndarray>v), cnp.PyArray_DATA(<cnp.ndarray>grad)
+    with nogil:
+        parallel_for(_adam_task, &u, n, GRAIN, nt)
     return param

@@ -561,7 +561,7 @@ cdef class Runner:
     cdef Plan plan
     cdef object owner, opt, losses, step
     cdef list arrays, ids, floats, watch, watch_state
-    cdef bint adagrad, f32
+    cdef bint adagrad, gradmode, f32
     cdef Py_ssize_t work, min_work, batch
     cdef object arena
     cdef char *base
@@ -574,6 +574,7 @@ cdef class Runner:
         self.losses = owner.losses
         self.arrays = owner.arrays
         self.adagrad = owner.opt_kind == "adagrad"
+        self.gradmode = owner.opt_kind == "grad"    # gradients only: the optimiser runs after
         self.f32 = owner.f32
         self.work = owner.work
         self.min_work = owner.min_work
@@ -624,7 +625,7 @@ cdef class Runner:
             if t.data is not arrays[pos]:
                 stale = True
                 break
-        if not stale and self.watch_state:
+        if not stale and self.watch_state and self.adagrad:
             state = self.opt.state
             for pos, k in self.watch_state:
                 if state[k] is not arrays[pos]:
@@ -635,6 +636,8 @@ cdef class Runner:
         cdef double lr = self.opt.lr, gscale, eps
         if self.adagrad:
             gscale, eps = 1.0, self.opt.eps
+        elif self.gradmode:
+            gscale, eps = 1.0, 0.0
         else:
             gscale, eps = -lr, 0.0
         cdef int nt = 1

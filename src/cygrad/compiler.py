@@ -26,8 +26,13 @@ tensors: the layer written out), every activation, ``dropout`` (its key an
 argument of the step), ``reshape`` that
 keeps the batch axis, ``mean`` over the window axis, and, as the loss (the
 graph's root), ``softmax_cross_entropy``, ``sigmoid_binary_cross_entropy`` and
-``max_margin``. Optimisers: :class:`cygrad.optim.SGD` and
-:class:`cygrad.optim.Adagrad`. A value may feed several ops only if it is a
+``max_margin``. Optimisers: plain :class:`cygrad.optim.SGD` and
+:class:`cygrad.optim.Adagrad` are folded into backward (each parameter updated
+as soon as its gradient is final); any other (SGD with momentum or weight
+decay, Adam, AdamW) runs in *gradient mode*: the plan leaves every gradient in
+a buffer of the workspace, then the optimiser's own fused step runs on them
+(embedding tables are not yet supported in that mode: such a step runs on the
+graph). A value may feed several ops only if it is a
 parameter or an input (a parameter used twice gets the sum of its gradients).
 """
 
@@ -40,7 +45,7 @@ import numpy as np
 from cygrad import _config, _plan
 from cygrad import graph as _g
 from cygrad.graph import Tensor, Traced
-from cygrad.optim import SGD, Adagrad
+from cygrad.optim import SGD, Adagrad, _Optimizer
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
 
@@ -124,6 +129,11 @@ class _Builder:
         self.dt = root.dtype
         self.item = self.dt.itemsize
         self.adagrad = isinstance(opt, Adagrad)
+        # gradient mode: the plan writes every gradient into a buffer of its own and the
+        # optimiser's own (fused, in-place) step runs after it, for the optimisers whose
+        # update a plan does not fold into backward (momentum, Adam, AdamW, weight decay)
+        self.gradmode = not (isinstance(opt, (SGD, Adagrad)) and opt._fusable())
+        self.gradbufs = {}          # parameter index -> gradient view (gradient mode)
         self.tasks = []
         self.ext = []               # (kind, payload): "param" i, "state" i, "input" j, "const" T/arr
         self.inputs = {}            # arg index -> {"buf", "view", "bound", "kind", "op"}
@@ -461,7 +471,7 @@ class _Builder:
         k = self.seen[id(p)] = self.seen.get(id(p), 0) + 1
         rows = p.shape[0] if p.ndim else 1
         cols = int(np.prod(p.shape[1:])) if p.ndim > 1 else 1
-        if total == 1:
+        if total == 1 and not self.gradmode:
             if self.adagrad:
                 return U_ADAGRAD, _View(self.ext_buf("state", i), rows, cols, self.item), False
             return U_SGD, None, False
@@ -472,6 +482,9 @@ class _Builder:
 
     def dense_update(self, p, gb):
         i = self.pindex[id(p)]
+        if self.gradmode:           # final: the optimiser reads it after the plan
+            self.gradbufs[i] = gb
+            return
         pv = self.leaf(p)
         n = p.size
         flat = lambda v: _View(v.buf, n, 1, self.item, off=v.off, ld=1)   # noqa: E731
@@ -582,6 +595,9 @@ class _Builder:
         w = segs[0][3]
         if any(s[3] != w for s in segs):
             raise _Unsupported("one embedding table used with windows of different widths")
+        if self.gradmode:
+            raise _Unsupported(f"embedding tables with {type(self.opt).__name__} (plans update "
+                               f"tables with plain SGD and Adagrad only, so far)")
         if not self.adagrad:
             for iv, g, B, w, d in segs:
                 self.add(_Task("emb_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g],
@@ -772,6 +788,10 @@ class _Compiled:
                 self.inputs.append((j, "float", pos, spec["shape"], None, name))
         self.arena = None
         self.id_arrays = {}
+        self.gradmode = builder.gradmode
+        self.grad_specs = [(i, v.buf.offset, opt.params[i].shape)
+                           for i, v in sorted(builder.gradbufs.items())]
+        self.grad_arrays = []
         self._refresh_ext(force=True)
         # what run() checks by identity at every call: the tensors' arrays, Adagrad's state
         self.watch = [(pos, opt.params[p] if kind == "param" else p)
@@ -825,7 +845,24 @@ class _Compiled:
                 off, shape = where
                 n = int(np.prod(shape))
                 self.id_arrays[j] = arena[off:off + 8 * n].view(np.int64).reshape(shape)
+        self.grad_arrays = []
+        for i, off, shape in self.grad_specs:
+            n = int(np.prod(shape)) * self.dtype.itemsize
+            self.grad_arrays.append((self.opt.params[i],
+                                     arena[off:off + n].view(self.dtype).reshape(shape)))
         self.arena = arena
+
+    def apply_update(self):
+        """Gradient mode: the optimiser's step on the gradients the plan left in the
+        workspace (then .grad is None again, as after every compiled step)."""
+        opt = self.opt
+        for p, g in self.grad_arrays:
+            p.grad = g
+        try:
+            opt.step()
+        finally:
+            for p, _ in self.grad_arrays:
+                p.grad = None
 
     opt_kind = "sgd"
 
@@ -836,8 +873,8 @@ class CompiledStep:
     def __init__(self, loss_fn, optimizer, strict=False, threads=None):
         if not callable(loss_fn):
             raise TypeError(f"compile: loss_fn must be callable, got {type(loss_fn).__name__}")
-        if not isinstance(optimizer, (SGD, Adagrad)):
-            raise TypeError(f"compile: optimizer must be a cygrad.optim.SGD or Adagrad, got "
+        if not isinstance(optimizer, _Optimizer):
+            raise TypeError(f"compile: optimizer must be a cygrad.optim optimiser, got "
                             f"{type(optimizer).__name__}")
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -903,7 +940,10 @@ class CompiledStep:
                 return self._eager(args)
             if entry.arena_bytes > self._arena.nbytes:
                 self._grow(entry.arena_bytes)
-            return entry.runner.run(args)
+            loss = entry.runner.run(args)
+            if entry.gradmode:
+                entry.apply_update()
+            return loss
 
     def _grow(self, nbytes):
         self._arena = np.zeros(nbytes, np.uint8)
@@ -968,7 +1008,8 @@ class CompiledStep:
             b.backward()
             stages = b.schedule()
             compiled = _Compiled(self, b, stages)
-            compiled.opt_kind = "adagrad" if isinstance(opt, Adagrad) else "sgd"
+            compiled.opt_kind = ("grad" if b.gradmode else
+                                 "adagrad" if isinstance(opt, Adagrad) else "sgd")
             compiled.runner = _plan.Runner(compiled)
         except _Unsupported as e:
             self._fallback(key, str(e))
@@ -993,7 +1034,7 @@ def compile(loss_fn, optimizer, strict=False, threads=None):
         ``loss_fn(*arrays) -> scalar Tensor``, written with cygrad's graph ops over
         the optimiser's parameters; its arguments are NumPy arrays (index arrays,
         labels, float inputs), passed only to cygrad ops.
-    optimizer : cygrad.optim.SGD or cygrad.optim.Adagrad
+    optimizer : a cygrad.optim optimiser
         Its parameters are updated in place at every call; its ``lr`` is read at
         every call (a schedule may change it).
     strict : bool

@@ -1,9 +1,28 @@
-"""Optimisers for graph parameters: plain SGD (the lecture's update) and Adagrad.
+"""Optimisers for graph parameters, after PyTorch's ``torch.optim``: SGD (the
+lecture's update, with momentum, Nesterov and weight decay), Adagrad, Adam and
+AdamW; gradient clipping by global norm; learning-rate schedules.
 
-Both update ``Tensor.data`` in place with the compiled kernels and understand
-the row-sparse gradients of ``embedding_windows(..., sparse=True)``: only the
-rows of the batch's windows are read or written.
+Every update is one fused, in-place kernel pass over the parameter, its
+gradient and its state (``cygrad.kernels.sgd_update``, ``sgd_momentum_update``,
+``adagrad_update``, ``adam_update``), threaded by fixed chunks of elements, so
+the result is the same for any thread count.
+
+Row-sparse gradients (``embedding_windows(..., sparse=True)``, or
+``nn.Embedding(..., sparse=True)``) touch only the rows of the batch: their
+rows of repeated ids are summed first (in order of appearance), then plain SGD
+and Adagrad update those rows in place. Adam and AdamW are *lazy* on them, as
+PyTorch's ``SparseAdam``: only the touched rows' moments decay and move, and
+weight decay reaches only those rows; a row's bias correction uses the
+parameter's step count. SGD with momentum or weight decay refuses a sparse
+gradient (the momentum of untouched rows would be silently wrong).
+
+``lr`` may be changed between steps (a schedule does it; compiled steps read it
+at every call). ``state_dict()`` / ``load_state_dict()`` give and take the
+optimiser's hyper-parameters and state as plain numbers and NumPy arrays (save
+them with :func:`cygrad.save`).
 """
+
+import math
 
 import numpy as np
 
@@ -11,14 +30,37 @@ from cygrad import kernels as _K
 from cygrad.graph import SparseRows, Tensor
 from cygrad.graph.engine import is_protected, writing
 
+__all__ = ["SGD", "Adagrad", "Adam", "AdamW", "clip_grad_norm", "StepLR", "CosineAnnealingLR",
+           "LinearWarmup"]
+
+
+def _coalesce(g):
+    """(unique row ids, summed rows) of a SparseRows, rows summed in order of appearance."""
+    rows, inverse = np.unique(g.indices.reshape(-1), return_inverse=True)
+    summed = np.zeros((len(rows),) + g.rows.shape[1:], dtype=g.rows.dtype)
+    np.add.at(summed, inverse.reshape(-1), g.rows)
+    return rows, summed
+
+
+def _dense(p, g):
+    return np.ascontiguousarray(g, dtype=p.dtype)
+
 
 class _Optimizer:
+    _hyper = ()        # names of the hyper-parameters state_dict carries besides lr
+
     def __init__(self, params, lr):
         self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list")
+        seen = set()
         for p in self.params:
             if not isinstance(p, Tensor) or not p.requires_grad or not p.is_leaf:
                 raise TypeError(f"{type(self).__name__}: parameters must be leaf Tensors "
                                 f"with requires_grad=True, got {p!r}")
+            if id(p) in seen:
+                raise ValueError(f"{type(self).__name__}: a parameter appears twice in the list")
+            seen.add(id(p))
             if not p.data.flags.c_contiguous or not (p.data.flags.writeable
                                                      or is_protected(p.data)):
                 p.data = np.ascontiguousarray(p.data).copy()
@@ -26,8 +68,9 @@ class _Optimizer:
 
     @property
     def lr(self):
-        """The learning rate: a positive finite number; a schedule may change it
-        between steps (compiled steps read it at every call)."""
+        """The learning rate: a finite number >= 0 (0 leaves the parameters as they
+        are); a schedule may change it between steps (compiled steps read it at
+        every call)."""
         return self._lr
 
     @lr.setter
@@ -36,28 +79,182 @@ class _Optimizer:
             lr = float(lr)
         except (TypeError, ValueError):
             raise TypeError(f"{type(self).__name__}: lr must be a number, got {lr!r}") from None
-        if not np.isfinite(lr) or lr <= 0:
-            raise ValueError(f"{type(self).__name__}: lr must be a positive number, got {lr}")
+        if not np.isfinite(lr) or lr < 0:
+            raise ValueError(f"{type(self).__name__}: lr must be a finite number >= 0, got {lr}")
         self._lr = lr
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
+    def _fusable(self):
+        """Whether a compiled plan folds this optimiser's update into backward."""
+        return False
+
+    def _with_grads(self):
+        return [(i, p, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+
+    # -- state
+    def _state_arrays(self):
+        """[{name: array}] per parameter (the arrays updated in place)."""
+        return [{} for _ in self.params]
+
+    def _state_numbers(self):
+        return [{} for _ in self.params]
+
+    def _set_state(self, i, numbers):
+        pass
+
+    def state_dict(self):
+        """``{"type", "lr", hyper-parameters..., "state": [per parameter {name: value}]}``:
+        numbers and copies of the state arrays, in parameter order."""
+        state = []
+        for arrays, numbers in zip(self._state_arrays(), self._state_numbers()):
+            entry = {k: a.copy() for k, a in arrays.items()}
+            entry.update(numbers)
+            state.append(entry)
+        out = {"type": type(self).__name__, "lr": self.lr}
+        out.update({k: getattr(self, k) for k in self._hyper})
+        out["state"] = state
+        return out
+
+    def _entries(self, state):
+        name = type(self).__name__
+        if not isinstance(state, dict) or "state" not in state or "type" not in state:
+            raise TypeError(f"{name}.load_state_dict: expected the dict of state_dict(), got "
+                            f"{type(state).__name__}")
+        if state["type"] != name:
+            raise ValueError(f"{name}.load_state_dict: the state is of a {state['type']}")
+        entries = list(state["state"])
+        if len(entries) != len(self.params):
+            raise ValueError(f"{name}.load_state_dict: the state has {len(entries)} "
+                             f"parameters, the optimiser {len(self.params)}")
+        for i, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise TypeError(f"{name}.load_state_dict: parameter {i}'s state must be a dict")
+        return entries
+
+    def _load_hyper(self, state):
+        """lr and the hyper-parameters, checked by the constructor's own rules."""
+        name = type(self).__name__
+        if "lr" not in state:
+            raise KeyError(f"{name}.load_state_dict: the state has no 'lr'")
+        hyper = {k: state[k] for k in self._hyper if k in state}
+        try:
+            type(self)(self.params, lr=state["lr"], **hyper)     # validates, changes nothing
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}.load_state_dict: {e}") from None
+        self.lr = state["lr"]
+        for k, v in hyper.items():
+            setattr(self, k, tuple(float(b) for b in v) if k == "betas" else
+                    (bool(v) if k == "nesterov" else float(v)))
+
+    def load_state_dict(self, state):
+        """Take the hyper-parameters and state of :meth:`state_dict` (same optimiser
+        type, same parameters' shapes and dtypes); checked whole before anything changes."""
+        name = type(self).__name__
+        entries = self._entries(state)
+        want = self._state_arrays()
+        nums = self._state_numbers()
+        for i, (entry, arrays, numbers) in enumerate(zip(entries, want, nums)):
+            for k in list(arrays) + list(numbers):
+                if k not in entry:
+                    raise KeyError(f"{name}.load_state_dict: parameter {i} has no {k!r}")
+            for k, a in arrays.items():
+                _check_state_array(name, i, k, entry[k], a)
+            self._check_numbers(i, {k: entry[k] for k in numbers})
+        self._load_hyper(state)
+        for i, (entry, arrays, numbers) in enumerate(zip(entries, want, nums)):
+            for k, a in arrays.items():
+                a[...] = entry[k]
+            self._set_state(i, {k: entry[k] for k in numbers})
+
+    def _check_numbers(self, i, numbers):
+        pass
+
+
+def _check_state_array(name, i, k, v, like):
+    if not isinstance(v, np.ndarray) or v.shape != like.shape or \
+            v.dtype.newbyteorder("=") != like.dtype:
+        raise ValueError(f"{name}.load_state_dict: parameter {i} {k!r} must be a {like.dtype} "
+                         f"array of shape {like.shape}, got "
+                         f"{getattr(v, 'dtype', type(v).__name__)} {getattr(v, 'shape', '')}")
+
 
 class SGD(_Optimizer):
-    """``theta <- theta - lr * grad`` for every parameter that has a gradient."""
+    """Stochastic gradient descent, PyTorch's rule.
+
+    ``g = grad + weight_decay * theta``; with ``momentum``,
+    ``buf = momentum * buf + (1 - dampening) * g`` (``buf = g`` on the first step)
+    and ``g = buf`` (``g + momentum * buf`` with ``nesterov``); then
+    ``theta -= lr * g``. With the defaults it is the lecture's
+    ``theta <- theta - lr * grad``, which compiled plans fold into backward.
+    """
+
+    _hyper = ("momentum", "dampening", "nesterov", "weight_decay")
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, nesterov=False,
+                 weight_decay=0.0):
+        super().__init__(params, lr)
+        momentum, dampening, weight_decay = float(momentum), float(dampening), float(weight_decay)
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1], got {momentum}")
+        if not 0.0 <= dampening <= 1.0:
+            raise ValueError(f"SGD: dampening must be in [0, 1], got {dampening}")
+        if not (np.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"SGD: weight_decay must be a finite number >= 0, got {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov needs momentum > 0 and dampening 0")
+        self.momentum, self.dampening = momentum, dampening
+        self.nesterov, self.weight_decay = bool(nesterov), weight_decay
+        self.buffers = [None] * len(self.params)
+
+    def _fusable(self):
+        return self.momentum == 0 and self.weight_decay == 0
 
     def step(self):
-        with writing([p for p in self.params if p.grad is not None]):
-            for p in self.params:
-                g = p.grad
-                if g is None:
-                    continue
+        work = self._with_grads()
+        plain = self.momentum == 0 and self.weight_decay == 0
+        with writing([p for _, p, _ in work]):
+            for i, p, g in work:
                 if isinstance(g, SparseRows):
-                    _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
+                    if not plain:
+                        raise ValueError(f"SGD: parameter {i} has a row-sparse gradient; "
+                                         f"momentum and weight_decay need dense gradients "
+                                         f"(use sparse=False, or Adam for lazy rows)")
+                    if self.lr:
+                        _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
+                elif plain:
+                    if self.lr:
+                        _K.sgd_update(p.data, _dense(p, g), self.lr)
                 else:
-                    _K.sgd_update(p.data, np.ascontiguousarray(g, dtype=p.dtype), self.lr)
+                    first = self.buffers[i] is None
+                    if first:
+                        self.buffers[i] = np.zeros_like(p.data) if self.momentum else None
+                    if self.momentum:
+                        _K.sgd_momentum_update(p.data, self.buffers[i], _dense(p, g), self.lr,
+                                               self.momentum, self.dampening, self.weight_decay,
+                                               self.nesterov, first)
+                    else:      # weight decay alone: theta -= lr (g + wd theta)
+                        scratch = np.zeros_like(p.data)
+                        _K.sgd_momentum_update(p.data, scratch, _dense(p, g), self.lr, 0.0, 0.0,
+                                               self.weight_decay, False, True)
+
+    def _state_arrays(self):
+        return [{} if b is None else {"momentum_buffer": b} for b in self.buffers]
+
+    def load_state_dict(self, state):
+        entries = self._entries(state)
+        bufs = []
+        for i, (e, p) in enumerate(zip(entries, self.params)):
+            if "momentum_buffer" in e:
+                _check_state_array(type(self).__name__, i, "momentum_buffer",
+                                   e["momentum_buffer"], p.data)
+                bufs.append(np.array(e["momentum_buffer"], dtype=p.dtype, copy=True))
+            else:
+                bufs.append(None)
+        self._load_hyper(state)
+        self.buffers = bufs
 
 
 class Adagrad(_Optimizer):
@@ -67,20 +264,266 @@ class Adagrad(_Optimizer):
     only the touched rows of ``theta`` and ``G`` change.
     """
 
+    _hyper = ("eps",)
+
     def __init__(self, params, lr=0.05, eps=1e-8, initial_accumulator=0.0):
         super().__init__(params, lr)
         self.eps = float(eps)
+        if not (np.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"Adagrad: eps must be a positive number, got {eps}")
         self.state = [np.full_like(p.data, initial_accumulator) for p in self.params]
 
+    def _fusable(self):
+        return True
+
     def step(self):
-        with writing([p for p in self.params if p.grad is not None]):
-            for p, G in zip(self.params, self.state):
-                g = p.grad
-                if g is None:
-                    continue
-                if isinstance(g, SparseRows):
+        work = self._with_grads()
+        with writing([p for _, p, _ in work]):
+            for i, p, g in work:
+                G = self.state[i]
+                if self.lr == 0:        # the accumulator still grows
+                    if isinstance(g, SparseRows):
+                        rows, summed = _coalesce(g)
+                        G[rows] += summed * summed
+                    else:
+                        gd = _dense(p, g)
+                        G += gd * gd
+                elif isinstance(g, SparseRows):
                     _K.embedding_adagrad_update(p.data, G, g.indices.reshape(-1, 1), g.rows,
                                                 self.lr, self.eps)
                 else:
-                    _K.adagrad_update(p.data, G, np.ascontiguousarray(g, dtype=p.dtype),
-                                      self.lr, self.eps)
+                    _K.adagrad_update(p.data, G, _dense(p, g), self.lr, self.eps)
+
+    def _state_arrays(self):
+        return [{"sum": G} for G in self.state]
+
+
+class Adam(_Optimizer):
+    """Adam (Kingma and Ba, 2015), bias-corrected, PyTorch's arrangement:
+    ``g = grad + weight_decay * theta`` (L2, coupled); ``m = b1 m + (1 - b1) g``;
+    ``v = b2 v + (1 - b2) g²``;
+    ``theta -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+
+    ``t`` counts the steps in which the parameter had a gradient. Lazy on
+    row-sparse gradients (see the module's note).
+    """
+
+    _hyper = ("betas", "eps", "weight_decay")
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr)
+        name = type(self).__name__
+        try:
+            b1, b2 = (float(b) for b in betas)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: betas must be two numbers, got {betas!r}") from None
+        for k, b in (("betas[0]", b1), ("betas[1]", b2)):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"{name}: {k} must be in [0, 1), got {b}")
+        self.betas = (b1, b2)
+        self.eps = float(eps)
+        if not (np.isfinite(self.eps) and self.eps > 0):
+            raise ValueError(f"{name}: eps must be a positive number, got {eps}")
+        self.weight_decay = float(weight_decay)
+        if not (np.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"{name}: weight_decay must be a finite number >= 0, got "
+                             f"{weight_decay}")
+        self.exp_avg = [np.zeros_like(p.data) for p in self.params]
+        self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
+        self.steps = [0] * len(self.params)
+
+    def step(self):
+        work = self._with_grads()
+        b1, b2 = self.betas
+        with writing([p for _, p, _ in work]):
+            for i, p, g in work:
+                self.steps[i] += 1
+                t = self.steps[i]
+                m, v = self.exp_avg[i], self.exp_avg_sq[i]
+                if isinstance(g, SparseRows):
+                    rows, summed = _coalesce(g)
+                    pr, mr, vr = p.data[rows], m[rows], v[rows]
+                    _K.adam_update(pr, mr, vr, summed, t, self.lr, b1, b2, self.eps,
+                                   self.weight_decay, self._decoupled)
+                    p.data[rows], m[rows], v[rows] = pr, mr, vr
+                else:
+                    _K.adam_update(p.data, m, v, _dense(p, g), t, self.lr, b1, b2, self.eps,
+                                   self.weight_decay, self._decoupled)
+
+    def _state_arrays(self):
+        return [{"exp_avg": m, "exp_avg_sq": v} for m, v in zip(self.exp_avg, self.exp_avg_sq)]
+
+    def _state_numbers(self):
+        return [{"step": t} for t in self.steps]
+
+    def _check_numbers(self, i, numbers):
+        t = numbers["step"]
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: parameter {i} step must "
+                             f"be an integer >= 0, got {t!r}")
+
+    def _set_state(self, i, numbers):
+        self.steps[i] = int(numbers["step"])
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter, 2019):
+    ``theta *= 1 - lr * weight_decay`` before the Adam step, instead of adding
+    ``weight_decay * theta`` to the gradient. Default weight_decay 0.01, as PyTorch."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+# ------------------------------------------------------------------ clipping
+
+def clip_grad_norm(parameters, max_norm, norm_type=2.0):
+    """Scale the gradients of ``parameters`` in place so that their global norm
+    is at most ``max_norm`` (PyTorch's ``clip_grad_norm_``: the factor is
+    ``max_norm / (norm + 1e-6)``, applied only when it is below 1).
+
+    The norm is taken over all gradients as one vector, in float64; a row-sparse
+    gradient's repeated rows are summed first (its norm is the dense one's).
+
+    Parameters
+    ----------
+    parameters : iterable of Tensor (those without a gradient are skipped)
+    max_norm : float > 0
+    norm_type : float >= 1 or inf
+
+    Returns
+    -------
+    float
+        The global norm before clipping (inf or nan if a gradient holds one:
+        then nothing is scaled, and the caller decides).
+    """
+    max_norm, norm_type = float(max_norm), float(norm_type)
+    if not (np.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"clip_grad_norm: max_norm must be a positive number, got {max_norm}")
+    if not norm_type >= 1:
+        raise ValueError(f"clip_grad_norm: norm_type must be >= 1 or inf, got {norm_type}")
+    params = [p for p in parameters if isinstance(p, Tensor) and p.grad is not None]
+    parts = []
+    for p in params:
+        if isinstance(p.grad, SparseRows):
+            rows, summed = _coalesce(p.grad)
+            p.grad = SparseRows(rows, summed, p.grad.shape)
+            a = summed
+        else:
+            a = np.asarray(p.grad)
+        parts.append(np.abs(a.astype(np.float64, copy=False)).ravel())
+    if not parts:
+        return 0.0
+    if norm_type == math.inf:
+        total = max(float(x.max(initial=0.0)) for x in parts)
+    else:
+        total = float(sum(float(np.sum(x ** norm_type)) for x in parts)) ** (1.0 / norm_type)
+    if not np.isfinite(total):
+        return total
+    factor = max_norm / (total + 1e-6)
+    if factor < 1.0:
+        for p in params:
+            g = p.grad
+            if isinstance(g, SparseRows):
+                p.grad = SparseRows(g.indices, g.rows * g.rows.dtype.type(factor), g.shape)
+            else:
+                p.grad = np.asarray(g) * np.asarray(g).dtype.type(factor)
+    return total
+
+
+# ------------------------------------------------------------------ schedules
+
+class _Schedule:
+    """A learning-rate schedule: it sets ``optimizer.lr`` from the lr the
+    optimiser had when the schedule was made (``base_lr``) and a step count;
+    call :meth:`step` once per epoch (or per batch: your choice of unit)."""
+
+    def __init__(self, optimizer):
+        if not isinstance(optimizer, _Optimizer):
+            raise TypeError(f"{type(self).__name__}: optimizer must be a cygrad optimiser, got "
+                            f"{type(optimizer).__name__}")
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.last_step = 0
+        self.optimizer.lr = self.lr_at(0)
+
+    def lr_at(self, t):
+        raise NotImplementedError
+
+    def step(self):
+        """Advance one step and set the optimiser's lr; returns the new lr."""
+        self.last_step += 1
+        self.optimizer.lr = self.lr_at(self.last_step)
+        return self.optimizer.lr
+
+    def get_last_lr(self):
+        return self.optimizer.lr
+
+    def state_dict(self):
+        return {"type": type(self).__name__, "base_lr": self.base_lr,
+                "last_step": self.last_step}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or state.get("type") != type(self).__name__:
+            raise ValueError(f"{type(self).__name__}.load_state_dict: not the state of a "
+                             f"{type(self).__name__}")
+        self.base_lr, self.last_step = float(state["base_lr"]), int(state["last_step"])
+        self.optimizer.lr = self.lr_at(self.last_step)
+
+
+def _positive_int(cls, name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{cls}: {name} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+class StepLR(_Schedule):
+    """``lr = base_lr * gamma ** (t // step_size)``."""
+
+    def __init__(self, optimizer, step_size, gamma=0.1):
+        self.step_size = _positive_int("StepLR", "step_size", step_size)
+        self.gamma = float(gamma)
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"StepLR: gamma must be in (0, 1], got {gamma}")
+        super().__init__(optimizer)
+
+    def lr_at(self, t):
+        return self.base_lr * self.gamma ** (t // self.step_size)
+
+
+class CosineAnnealingLR(_Schedule):
+    """``lr = eta_min + (base_lr - eta_min) (1 + cos(pi t / T_max)) / 2`` for
+    t <= T_max, then ``eta_min`` (no restart)."""
+
+    def __init__(self, optimizer, T_max, eta_min=0.0):   # noqa: N803 (PyTorch's name)
+        self.T_max = _positive_int("CosineAnnealingLR", "T_max", T_max)
+        self.eta_min = float(eta_min)
+        if not (np.isfinite(self.eta_min) and self.eta_min >= 0):
+            raise ValueError(f"CosineAnnealingLR: eta_min must be a number >= 0, got {eta_min}")
+        super().__init__(optimizer)
+
+    def lr_at(self, t):
+        t = min(t, self.T_max)
+        return self.eta_min + (self.base_lr - self.eta_min) * (1 + math.cos(math.pi * t /
+                                                                           self.T_max)) / 2
+
+
+class LinearWarmup(_Schedule):
+    """Linear warm-up: ``lr = base_lr * (start_factor + (1 - start_factor) t / warmup_steps)``
+    for t < warmup_steps, then ``base_lr`` (PyTorch's ``LinearLR`` with end factor 1)."""
+
+    def __init__(self, optimizer, warmup_steps, start_factor=1.0 / 3):
+        self.warmup_steps = _positive_int("LinearWarmup", "warmup_steps", warmup_steps)
+        self.start_factor = float(start_factor)
+        if not 0 < self.start_factor <= 1:
+            raise ValueError(f"LinearWarmup: start_factor must be in (0, 1], got {start_factor}")
+        super().__init__(optimizer)
+
+    def lr_at(self, t):
+        if t >= self.warmup_steps:
+            return self.base_lr
+        return self.base_lr * (self.start_factor
+                               + (1 - self.start_factor) * t / self.warmup_steps)

@@ -235,6 +235,35 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
     return param
 
 
+def sgd_momentum_update(param, buf, grad, lr, momentum, dampening=0.0, weight_decay=0.0,
+                        nesterov=False, first=False):
+    """SGD with momentum in place (PyTorch's rule; see cygrad.kernels)."""
+    t = param.dtype.type
+    g = grad + t(weight_decay) * param
+    if first:
+        buf[...] = g
+    else:
+        buf[...] = t(momentum) * buf + t(1.0 - dampening) * g
+    d = g + t(momentum) * buf if nesterov else buf
+    param -= t(lr) * d
+    return param
+
+
+def adam_update(param, exp_avg, exp_avg_sq, grad, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0, decoupled=False):
+    """One bias-corrected Adam / AdamW step in place (see cygrad.kernels)."""
+    t = param.dtype.type
+    g = grad if decoupled else grad + t(weight_decay) * param
+    if decoupled:
+        param *= t(1.0 - lr * weight_decay)
+    exp_avg[...] = t(beta1) * exp_avg + t(1.0 - beta1) * g
+    exp_avg_sq[...] = t(beta2) * exp_avg_sq + t(1.0 - beta2) * g * g
+    step_size = t(lr / (1.0 - beta1 ** step))
+    sqrt_bc2 = t(np.sqrt(1.0 - beta2 ** step))
+    param -= step_size * exp_avg / (np.sqrt(exp_avg_sq) / sqrt_bc2 + t(eps))
+    return param
+
+
 def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
     """Adagrad on the touched rows, each row's slot gradients summed first."""
     d = table.shape[1]

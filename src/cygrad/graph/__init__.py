@@ -36,10 +36,11 @@ from cygrad.graph.engine import (  # noqa: F401
     Context, Op, Tensor, TraceRefused, Traced, _trace, _untraced, get_backend, is_grad_enabled,
     no_grad, tensor, use_backend)
 from cygrad.graph.ops import (  # noqa: F401
-    ACTIVATIONS, Add, Concat, CrfNll, Div, Dropout, EmbeddingBagWindows, EmbeddingWindows, Linear, MatMul, MaxMargin, Maximum, Mean,
+    ACTIVATIONS, Abs, Add, Concat, Exp, Index, Log, LogSoftmax, Pow, Softmax, CrfNll, Div, Dropout, EmbeddingBagWindows, EmbeddingWindows, Linear, MatMul, MaxMargin, Maximum, Mean,
     Minimum, Mul, Neg, Reshape, SigmoidBCE, SoftmaxCrossEntropy, SparseRows, Sub, Sum, Transpose,
     concat, crf_nll, dropout, embedding_bag_windows, embedding_windows, gelu, hardtanh, leaky_relu, linear, max_margin, maximum, minimum,
-    relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh)
+    relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh,
+    exp, log, abs, pow, softmax, log_softmax)
 from cygrad.graph.gradcheck import GradcheckError, gradcheck  # noqa: F401
 
 __all__ = [
@@ -47,5 +48,5 @@ __all__ = [
     "get_backend", "maximum", "minimum", "concat", "dropout", "crf_nll", "embedding_bag_windows", "linear", "embedding_windows",
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin", "gradcheck",
     "GradcheckError", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu", "silu",
-    "ACTIVATIONS",
+    "ACTIVATIONS", "exp", "log", "abs", "pow", "softmax", "log_softmax",
 ]

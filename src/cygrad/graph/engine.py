@@ -257,9 +257,36 @@ class Tensor:
     def __rmatmul__(self, other):
         return _ops.MatMul.apply(other, self)
 
+    def __pow__(self, other):
+        return _ops.Pow.apply(self, other)
+
+    def __rpow__(self, other):
+        return _ops.Pow.apply(other, self)
+
+    def __abs__(self):
+        return _ops.Abs.apply(self)
+
+    def __getitem__(self, key):
+        return _ops.Index.apply(self, key=_ops._index_key(key))
+
     @property
     def T(self):
         return _ops.Transpose.apply(self)
+
+    def exp(self):
+        return _ops.Exp.apply(self)
+
+    def log(self):
+        return _ops.Log.apply(self)
+
+    def abs(self):
+        return _ops.Abs.apply(self)
+
+    def softmax(self, axis=-1):
+        return _ops.Softmax.apply(self, axis=axis)
+
+    def log_softmax(self, axis=-1):
+        return _ops.LogSoftmax.apply(self, axis=axis)
 
     def sum(self, axis=None, keepdims=False):
         return _ops.Sum.apply(self, axis=axis, keepdims=keepdims)

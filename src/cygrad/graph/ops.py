@@ -5,7 +5,7 @@ activations, embedding windows, the losses)."""
 import numpy as np
 
 from cygrad import kernels as _kernels
-from cygrad.graph.engine import (Op, Tensor, Traced, _B, _broadcast_shape, _unbroadcast,
+from cygrad.graph.engine import (Op, Tensor, TraceRefused, Traced, _B, _broadcast_shape, _unbroadcast,
                                  _untraced)
 
 # ------------------------------------------------------------------ arithmetic
@@ -660,3 +660,192 @@ def crf_nll(scores, lengths, tags, trans, allowed=None, reduction="token_mean"):
         allowed = np.array(allowed, copy=True) if isinstance(allowed, np.ndarray) else allowed
     return CrfNll.apply(scores, trans, lengths=lengths, tags=tags, allowed=allowed,
                         reduction=reduction)
+
+
+# ------------------------------------------------------------------ elementwise maths, softmax, indexing
+
+class Exp(Op):
+    name = "exp"
+
+    @staticmethod
+    def forward(ctx, a):
+        y = np.exp(a)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * ctx.saved[0],)          # d exp(a) = exp(a) da: the output is reused
+
+
+class Log(Op):
+    name = "log"
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.log(a)                # log(0) = -inf, log(<0) = nan, as NumPy and PyTorch
+
+    @staticmethod
+    def backward(ctx, g):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (g / ctx.saved[0],)
+
+
+class Pow(Op):
+    """``a ** b`` with broadcasting; ``b`` may be a tensor or a number."""
+
+    name = "pow"
+
+    @staticmethod
+    def forward(ctx, a, b):
+        _broadcast_shape("pow", a, b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            y = np.power(a, b)
+        ctx.save_for_backward(a, b, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b, y = ctx.saved
+        da = db = None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if ctx.needs[0]:    # b a^(b-1); where b = 0 that is 0 (also at a = 0, as PyTorch)
+                da = _unbroadcast(np.where(b == 0, 0, g * b * np.power(a, b - 1)), a.shape)
+            if ctx.needs[1]:    # a^b log a; where a = 0 and b > 0 the limit is 0
+                db = _unbroadcast(np.where((a == 0) & (b > 0), 0, g * y * np.log(a)), b.shape)
+        return da, db
+
+
+class Abs(Op):
+    name = "abs"
+
+    @staticmethod
+    def forward(ctx, a):
+        ctx.save_for_backward(a)
+        return np.abs(a)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g * np.sign(ctx.saved[0]),)   # 0 at 0, as PyTorch (a subgradient)
+
+
+def _axis(fn, axis, ndim):
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"{fn}: axis must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"{fn}: axis {axis} is out of range for a {ndim}-D tensor")
+    return int(axis) % ndim
+
+
+class Softmax(Op):
+    name = "softmax"
+
+    @staticmethod
+    def forward(ctx, a, axis=-1):
+        axis = _axis("softmax", axis, a.ndim)
+        e = np.exp(a - a.max(axis=axis, keepdims=True))     # shifted: no overflow
+        y = e / e.sum(axis=axis, keepdims=True)
+        ctx.save_for_backward(y)
+        ctx.kw = axis
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved      # J = diag(y) - y yᵀ, applied without forming it
+        return (y * (g - (g * y).sum(axis=ctx.kw, keepdims=True)),)
+
+
+class LogSoftmax(Op):
+    name = "log_softmax"
+
+    @staticmethod
+    def forward(ctx, a, axis=-1):
+        axis = _axis("log_softmax", axis, a.ndim)
+        s = a - a.max(axis=axis, keepdims=True)
+        y = s - np.log(np.exp(s).sum(axis=axis, keepdims=True))
+        ctx.save_for_backward(y)
+        ctx.kw = axis
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved      # d log_softmax: g - softmax * sum(g)
+        return (g - np.exp(y) * g.sum(axis=ctx.kw, keepdims=True),)
+
+
+def softmax(x, axis=-1):
+    """Softmax along ``axis`` (shifted by the maximum, so large inputs do not overflow)."""
+    return Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis=-1):
+    """``log(softmax(x))`` along ``axis``, computed without forming the softmax (stable)."""
+    return LogSoftmax.apply(x, axis=axis)
+
+
+def exp(x):
+    """``e ** x``, elementwise."""
+    return Exp.apply(x)
+
+
+def log(x):
+    """Natural logarithm, elementwise (``log(0) = -inf``; negative inputs give nan)."""
+    return Log.apply(x)
+
+
+def abs(x):     # noqa: A001  (the name users reach for, as torch.abs)
+    """``|x|``, elementwise; its gradient at 0 is 0."""
+    return Abs.apply(x)
+
+
+def pow(x, exponent):   # noqa: A001
+    """``x ** exponent`` (either may be a tensor or a number), with broadcasting."""
+    return Pow.apply(x, exponent)
+
+
+def _index_key(key):
+    """The key of ``tensor[key]`` with every array in it copied (backward must
+    scatter to the positions forward read, whatever the caller does next) and
+    checked: integers, booleans, slices, None and Ellipsis only."""
+    def one(k):
+        if isinstance(k, Traced):
+            raise TraceRefused(f"indexing a tensor with the step argument {k.name!r}")
+        if isinstance(k, Tensor):
+            raise TypeError("indexing: a Tensor cannot index a Tensor; index with an integer "
+                            "array (tensor.data if it holds indices)")
+        if k is None or k is Ellipsis or isinstance(k, slice):
+            return k
+        if isinstance(k, (bool, np.bool_, int, np.integer)):
+            return k
+        a = np.array(k)
+        if a.dtype.kind not in "iub":
+            raise TypeError(f"indexing: indices must be integers, booleans or slices, got "
+                            f"{a.dtype}")
+        return a
+    return tuple(one(k) for k in key) if isinstance(key, tuple) else one(key)
+
+
+class Index(Op):
+    """``a[key]`` with NumPy's basic and advanced indexing; backward adds the
+    gradient into the positions read (repeated indices add up)."""
+
+    name = "index"
+
+    @staticmethod
+    def forward(ctx, a, key):
+        try:
+            y = a[key]
+        except IndexError as e:
+            raise IndexError(f"indexing a tensor of shape {a.shape}: {e}") from None
+        ctx.shapes = a.shape
+        ctx.kw = key
+        return np.array(y, copy=True)       # a copy: the result owns its data, as PyTorch's
+
+    @staticmethod
+    def backward(ctx, g):
+        out = np.zeros(ctx.shapes, dtype=g.dtype)
+        np.add.at(out, ctx.kw, g)
+        return (out,)
+

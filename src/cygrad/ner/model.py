@@ -31,13 +31,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 import cygrad as cg
 from cygrad import kernels as K
+from cygrad import serialize as _ser
 from cygrad.ner._scores import window_scores
 from cygrad.ner.data import CASES, Vocab, encode
 
@@ -533,64 +533,8 @@ def crf_constraints(tags):
     return out
 
 
-def _fsync_dir(directory):
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_point():
-    """A point where a kill leaves the files as they are on disk. For tests:
-    CYGRAD_KILL_AT_WRITE=n makes the process exit (status 86) at the n-th point."""
-    global _points
-    n = os.environ.get("CYGRAD_KILL_AT_WRITE")
-    if n:
-        _points += 1
-        if _points == int(n):
-            os._exit(86)
-
-
-_points = 0
-
-
-def _remove(path):
-    """Delete a file or a directory tree, then sync its parent."""
-    import shutil
-    if os.path.isdir(path):
-        shutil.rmtree(path)
-    elif os.path.exists(path):
-        os.unlink(path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    _write_point()
-
-
-def _umask():
-    mask = os.umask(0o022)      # reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(path, write):
-    """Write via a temporary file in the same directory, fsync, then rename into
-    place (and sync the directory); returns the SHA-256 of what was written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())    # as open() would have made it, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        with open(tmp, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
-        _write_point()
-        os.replace(tmp, path)
-        _fsync_dir(directory)
-        _write_point()
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return digest
+# the files are written by the core's atomic writer (cygrad.serialize), as cygrad.save's are
+_fsync_dir = _ser.fsync_dir
+_write_point = _ser.write_point
+_remove = _ser.remove
+_atomic_write = _ser.atomic_write

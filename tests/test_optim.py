@@ -1,0 +1,272 @@
+"""Optimisers: the fused kernels against cygrad.reference, Adam/AdamW against
+updates computed by hand from the Adam paper, momentum against PyTorch's rule
+written out, lazy sparse Adam against a dense oracle on the touched rows,
+clipping, schedules, state_dict round trips, compiled steps in gradient mode."""
+
+import math
+
+import numpy as np
+import pytest
+
+import cygrad as cg
+from cygrad import kernels as K, nn, optim, reference as R
+from helpers import DTYPES, run_with_threads
+
+rng = np.random.default_rng(3)
+SIZES = [0, 1, 7, 33, 40_009]
+
+
+def _arrays(n, dt, k):
+    return [rng.standard_normal(n).astype(dt) for _ in range(k)]
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_kernel_matches_reference(dt, n, decoupled):
+    p, m, g = _arrays(n, dt, 3)
+    v = np.abs(_arrays(n, dt, 1)[0])
+    outs = []
+    for fn, threads in ((R.adam_update, 1), (K.adam_update, 1), (K.adam_update, 2)):
+        a = [x.copy() for x in (p, m, v)]
+        run_with_threads(threads, fn, *a, g, 4, 0.01, 0.8, 0.99, 1e-6, 0.1, decoupled)
+        outs.append(a)
+    tol = dict(rtol=2e-6, atol=1e-7) if dt == np.float32 else dict(rtol=1e-13, atol=1e-15)
+    for x, y in zip(outs[0], outs[1]):
+        np.testing.assert_allclose(y, x, **tol)
+    for x, y in zip(outs[1], outs[2]):      # any thread count: the same bits
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("nesterov,first", [(False, False), (True, False), (True, True)])
+def test_momentum_kernel_matches_reference(dt, n, nesterov, first):
+    p, b, g = _arrays(n, dt, 3)
+    outs = []
+    for fn, threads in ((R.sgd_momentum_update, 1), (K.sgd_momentum_update, 1),
+                        (K.sgd_momentum_update, 2)):
+        a = [x.copy() for x in (p, b)]
+        run_with_threads(threads, fn, *a, g, 0.1, 0.9, 0.0, 0.01, nesterov, first)
+        outs.append(a)
+    tol = dict(rtol=2e-6, atol=1e-7) if dt == np.float32 else dict(rtol=1e-13, atol=1e-15)
+    for x, y in zip(outs[0], outs[1]):
+        np.testing.assert_allclose(y, x, **tol)
+    for x, y in zip(outs[1], outs[2]):
+        np.testing.assert_array_equal(x, y)
+
+
+def _adam_by_hand(theta, grads, lr, b1, b2, eps, wd=0.0, decoupled=False):
+    """Kingma and Ba, algorithm 1, one scalar, in Python floats."""
+    m = v = 0.0
+    out = []
+    for t, g in enumerate(grads, 1):
+        if decoupled:
+            theta = theta * (1 - lr * wd)
+        else:
+            g = g + wd * theta
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mhat, vhat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        theta = theta - lr * mhat / (math.sqrt(vhat) + eps)
+        out.append(theta)
+    return out
+
+
+@pytest.mark.parametrize("cls,wd", [(optim.Adam, 0.0), (optim.Adam, 0.1), (optim.AdamW, 0.1)])
+def test_adam_step_by_step_against_the_paper(cls, wd):
+    grads = [0.5, -1.5, 2.0, 0.25]
+    w = cg.tensor(np.array([1.0]), requires_grad=True)
+    opt = cls([w], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=wd)
+    want = _adam_by_hand(1.0, grads, 0.1, 0.9, 0.999, 1e-8, wd, cls is optim.AdamW)
+    # the first step of Adam moves by lr * sign(g) (m_hat / sqrt(v_hat) = g / |g|)
+    if wd == 0:
+        assert abs(want[0] - (1.0 - 0.1)) < 1e-8       # (eps moves it by lr eps / |g|)
+    for g, theta in zip(grads, want):
+        w.grad = np.array([g])
+        opt.step()
+        # the paper puts eps after the bias correction of v; PyTorch (and cygrad) divide
+        # sqrt(v) by sqrt(1 - b2^t) first, which is the same number up to rounding
+        assert abs(w.data[0] - theta) < 1e-12
+
+
+def test_sgd_momentum_and_nesterov_by_hand():
+    for nesterov, damp in ((False, 0.0), (False, 0.5), (True, 0.0)):
+        w = cg.tensor(np.array([2.0]), requires_grad=True)
+        opt = optim.SGD([w], lr=0.1, momentum=0.9, dampening=damp, nesterov=nesterov,
+                        weight_decay=0.01)
+        theta, buf = 2.0, None
+        for g in (1.0, -0.5, 0.25):
+            w.grad = np.array([g])
+            opt.step()
+            gg = g + 0.01 * theta
+            buf = gg if buf is None else 0.9 * buf + (1 - damp) * gg
+            theta -= 0.1 * (gg + 0.9 * buf if nesterov else buf)
+            assert abs(w.data[0] - theta) < 1e-13
+
+
+def test_lazy_sparse_adam_updates_only_touched_rows():
+    V, d = 12, 3
+    E0 = rng.standard_normal((V, d))
+    windows = np.array([[1, 4, 4], [4, 7, 1]])
+    W0 = rng.standard_normal((2, 3 * d))
+    target = np.array([0, 1])
+
+    def run(sparse):
+        E = cg.tensor(E0, requires_grad=True)
+        W = cg.tensor(W0, requires_grad=True)
+        opt = optim.Adam([E, W], lr=0.05, weight_decay=0.01)
+        for _ in range(3):
+            opt.zero_grad()
+            x = cg.embedding_windows(E, windows, sparse=sparse)
+            cg.softmax_cross_entropy(x @ W.T, target).backward()
+            opt.step()
+        return E.data, W.data
+
+    Es, Ws = run(True)
+    Ed, Wd = run(False)
+    touched = np.unique(windows)
+    untouched = np.setdiff1d(np.arange(V), touched)
+    # the same rows are touched every step, so lazy = dense on them, and nothing elsewhere
+    np.testing.assert_allclose(Es[touched], Ed[touched], rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(Ws, Wd, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(Es[untouched], E0[untouched])
+    assert not np.allclose(Ed[untouched], E0[untouched])  # dense weight decay moved them
+
+
+def test_sparse_gradient_with_momentum_is_refused():
+    E = cg.tensor(rng.standard_normal((5, 2)), requires_grad=True)
+    opt = optim.SGD([E], lr=0.1, momentum=0.9)
+    cg.embedding_windows(E, np.array([[0, 1]]), sparse=True).sum().backward()
+    with pytest.raises(ValueError, match="row-sparse gradient"):
+        opt.step()
+
+
+def test_clip_grad_norm_matches_numpy():
+    a = cg.tensor(np.zeros((2, 3)), requires_grad=True)
+    b = cg.tensor(np.zeros(4), requires_grad=True)
+    ga, gb = rng.standard_normal((2, 3)), rng.standard_normal(4)
+    a.grad, b.grad = ga.copy(), gb.copy()
+    norm = np.sqrt((ga ** 2).sum() + (gb ** 2).sum())
+    got = optim.clip_grad_norm([a, b], 0.5)
+    assert abs(got - norm) < 1e-12
+    f = 0.5 / (norm + 1e-6)
+    np.testing.assert_allclose(a.grad, ga * f, rtol=1e-14)
+    np.testing.assert_allclose(b.grad, gb * f, rtol=1e-14)
+    # below the limit nothing changes; inf norm
+    a.grad = ga.copy()
+    assert optim.clip_grad_norm([a], 100.0) == pytest.approx(np.sqrt((ga ** 2).sum()))
+    np.testing.assert_array_equal(a.grad, ga)
+    assert optim.clip_grad_norm([a], 100.0, norm_type=math.inf) == np.abs(ga).max()
+    # a sparse gradient's norm is its dense gradient's (repeated rows summed first)
+    E = cg.tensor(np.zeros((6, 2)), requires_grad=True)
+    cg.embedding_windows(E, np.array([[1, 1], [3, 1]]), sparse=True).sum().backward()
+    dense = E.grad.to_dense()
+    assert optim.clip_grad_norm([E], 1e6) == pytest.approx(np.sqrt((dense ** 2).sum()))
+    with pytest.raises(ValueError, match="max_norm"):
+        optim.clip_grad_norm([a], 0)
+
+
+def test_schedules_follow_their_formulas():
+    w = cg.tensor(np.zeros(1), requires_grad=True)
+    opt = optim.SGD([w], lr=0.8)
+    s = optim.StepLR(opt, step_size=2, gamma=0.5)
+    assert [s.step() for _ in range(5)] == pytest.approx([0.8, 0.4, 0.4, 0.2, 0.2])
+    opt = optim.SGD([w], lr=1.0)
+    s = optim.CosineAnnealingLR(opt, T_max=4, eta_min=0.1)
+    want = [0.1 + 0.9 * (1 + math.cos(math.pi * t / 4)) / 2 for t in (1, 2, 3, 4, 4)]
+    assert [s.step() for _ in range(5)] == pytest.approx(want)
+    opt = optim.Adam([w], lr=0.3)
+    s = optim.LinearWarmup(opt, warmup_steps=3, start_factor=0.1)
+    assert opt.lr == pytest.approx(0.03)
+    assert [s.step() for _ in range(4)] == pytest.approx([0.12, 0.21, 0.3, 0.3])
+    s2 = optim.LinearWarmup(optim.Adam([w], lr=0.3), warmup_steps=3, start_factor=0.1)
+    s2.load_state_dict(s.state_dict())
+    assert s2.optimizer.lr == pytest.approx(0.3)
+
+
+def _mlp(seed, dt=np.float64):
+    return nn.Sequential(nn.Linear(6, 8, dtype=dt, generator=seed), nn.Tanh(),
+                         nn.Linear(8, 3, dtype=dt, generator=seed + 1))
+
+
+OPTS = [(optim.Adam, dict(lr=0.01)), (optim.AdamW, dict(lr=0.01)),
+        (optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
+        (optim.SGD, dict(lr=0.1)), (optim.Adagrad, dict(lr=0.1))]
+
+
+@pytest.mark.parametrize("cls,kw", OPTS, ids=[f"{c.__name__}{i}" for i, (c, _) in enumerate(OPTS)])
+def test_state_dict_round_trip_continues_identically(tmp_path, cls, kw):
+    X = rng.standard_normal((10, 6))
+    y = rng.integers(0, 3, 10)
+
+    def train(model, opt, n):
+        for _ in range(n):
+            opt.zero_grad()
+            cg.softmax_cross_entropy(model(cg.tensor(X)), y).backward()
+            opt.step()
+
+    a = _mlp(0)
+    oa = cls(a.parameters(), **kw)
+    train(a, oa, 3)
+    cg.save({"model": a.state_dict(), "optim": oa.state_dict()}, tmp_path / "ck")
+    train(a, oa, 3)
+    b = _mlp(5)
+    ob = cls(b.parameters(), **kw)
+    state = cg.load(tmp_path / "ck")
+    b.load_state_dict(state["model"])
+    ob.load_state_dict(state["optim"])
+    train(b, ob, 3)
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p.data, q.data)
+
+
+@pytest.mark.parametrize("cls,kw", OPTS[:3], ids=["Adam", "AdamW", "SGD-nesterov"])
+@pytest.mark.parametrize("dt", DTYPES)
+def test_compiled_step_in_gradient_mode_equals_eager(cls, kw, dt):
+    X = rng.standard_normal((16, 6)).astype(dt)
+    y = rng.integers(0, 3, 16)
+    a, b = _mlp(0, dt), _mlp(0, dt)
+    oa, ob = cls(a.parameters(), **kw), cls(b.parameters(), **kw)
+    step = cg.compile(lambda X, y: cg.softmax_cross_entropy(b(X), y), optimizer=ob, strict=True)
+    for _ in range(4):
+        oa.zero_grad()
+        la = cg.softmax_cross_entropy(a(cg.tensor(X)), y)
+        la.backward()
+        oa.step()
+        lb = step(X, y)
+        assert lb == pytest.approx(la.item(), rel=1e-6 if dt == np.float32 else 1e-13)
+    assert step.plans == 1
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_allclose(q.data, p.data, rtol=1e-5 if dt == np.float32 else 1e-12,
+                                   atol=1e-6 if dt == np.float32 else 1e-14)
+        assert q.grad is None
+
+
+def test_bad_hyper_parameters_and_states_are_refused():
+    w = cg.tensor(np.zeros(3), requires_grad=True)
+    with pytest.raises(ValueError, match="betas\\[1\\]"):
+        optim.Adam([w], betas=(0.9, 1.0))
+    with pytest.raises(ValueError, match="nesterov"):
+        optim.SGD([w], lr=0.1, nesterov=True)
+    with pytest.raises(ValueError, match="appears twice"):
+        optim.Adam([w, w])
+    opt = optim.Adam([w])
+    sd = opt.state_dict()
+    with pytest.raises(ValueError, match="of a Adam"):
+        optim.AdamW([w]).load_state_dict(sd)
+    bad = dict(sd, state=[dict(sd["state"][0], exp_avg=np.zeros(4))])
+    with pytest.raises(ValueError, match="exp_avg"):
+        opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match="betas"):
+        opt.load_state_dict(dict(sd, betas=[0.9, 2.0]))
+    assert opt.betas == (0.9, 0.999)        # nothing changed
+    with pytest.raises(ValueError, match="step must be an integer"):
+        opt.load_state_dict(dict(sd, state=[dict(sd["state"][0], step=-1)]))
+    with pytest.raises(ValueError, match="grad must have the shape"):
+        K.adam_update(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(4), 1, 0.1)
+    with pytest.raises(ValueError, match="step must be an integer >= 1"):
+        K.adam_update(np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(3), 0, 0.1)
+    p = np.zeros(3)
+    with pytest.raises(ValueError, match="overlap|share"):
+        K.adam_update(p, p, np.zeros(3), np.zeros(3), 1, 0.1)

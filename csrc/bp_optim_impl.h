@@ -65,13 +65,18 @@ void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, p
 
 /* SGD with momentum on a contiguous range, PyTorch's rule: g' = g + wd p;
  * buf = g' on the first step, else momentum buf + (1 - dampening) g';
- * p -= lr (g' + momentum buf) with Nesterov, lr buf without. */
+ * p -= lr (g' + momentum buf) with Nesterov, lr buf without. buf NULL (no
+ * momentum): p -= lr g'. */
 BP_CLONES
 void BP_FN(bp_sgd_momentum)(T *restrict p, T *restrict buf, const T *restrict g, ptrdiff_t n,
                             double lr, double momentum, double dampening, double wd,
                             int nesterov, int first)
 {
     const T l = (T)lr, mu = (T)momentum, keep = (T)(1.0 - dampening), w = (T)wd;
+    if (!buf) {
+        BP_SIMD for (ptrdiff_t i = 0; i < n; i++) p[i] -= l * (g[i] + w * p[i]);
+        return;
+    }
     if (first) {
         BP_SIMD for (ptrdiff_t i = 0; i < n; i++) {
             const T gi = g[i] + w * p[i];

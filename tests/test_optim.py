@@ -270,3 +270,27 @@ def test_bad_hyper_parameters_and_states_are_refused():
     p = np.zeros(3)
     with pytest.raises(ValueError, match="overlap|share"):
         K.adam_update(p, p, np.zeros(3), np.zeros(3), 1, 0.1)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+def test_weight_decay_without_momentum_needs_no_buffer(dt, n):
+    p, g = _arrays(n, dt, 2)
+    outs = []
+    for fn, threads in ((R.sgd_momentum_update, 1), (K.sgd_momentum_update, 1),
+                        (K.sgd_momentum_update, 2)):
+        a = p.copy()
+        run_with_threads(threads, fn, a, None, g, 0.1, 0.0, 0.0, 0.01)
+        outs.append(a)
+    tol = dict(rtol=2e-6, atol=1e-7) if dt == np.float32 else dict(rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(outs[1], outs[0], **tol)
+    np.testing.assert_array_equal(outs[1], outs[2])
+    # by hand, through the optimiser: theta -= lr (g + wd theta), and no state is kept
+    w = cg.tensor(np.array([2.0]), requires_grad=True)
+    opt = optim.SGD([w], lr=0.1, weight_decay=0.01)
+    w.grad = np.array([1.0])
+    opt.step()
+    assert abs(w.data[0] - (2.0 - 0.1 * (1.0 + 0.01 * 2.0))) < 1e-15
+    assert opt.state_dict()["state"] == [{}]
+    with pytest.raises(ValueError, match="needs a buf array"):
+        K.sgd_momentum_update(np.zeros(3), None, np.zeros(3), 0.1, 0.9)

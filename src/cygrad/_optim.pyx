@@ -143,13 +143,15 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
 
 
 cdef void _momentum_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
-    cdef _Dense *u = <_Dense *>ctx
+    cdef _Dense *u = <_Dense *>ctx      # (no buffer: G is NULL, and stays so: no offset)
     if u.f32:
-        bp_sgd_momentum_f32(<float *>u.p + lo, <float *>u.G + lo, <const float *>u.g + lo,
-                            hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag, u.first)
+        bp_sgd_momentum_f32(<float *>u.p + lo, <float *>u.G + lo if u.G else NULL,
+                            <const float *>u.g + lo, hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag,
+                            u.first)
     else:
-        bp_sgd_momentum_f64(<double *>u.p + lo, <double *>u.G + lo, <const double *>u.g + lo,
-                            hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag, u.first)
+        bp_sgd_momentum_f64(<double *>u.p + lo, <double *>u.G + lo if u.G else NULL,
+                            <const double *>u.g + lo, hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag,
+                            u.first)
 
 
 cdef void _adam_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
@@ -213,7 +215,9 @@ def sgd_momentum_update(param, buf, grad, lr, momentum, dampening=0.0, weight_de
 
     Parameters
     ----------
-    param, buf : ndarray, same shape, C-contiguous, writeable, float32 or float64
+    param : ndarray, C-contiguous, writeable, float32 or float64
+    buf : ndarray of param's shape and dtype (C-contiguous, writeable), or None
+        when momentum is 0 (weight decay alone: ``param -= lr * g'``)
     grad : ndarray, same shape and dtype
     lr : float >= 0
     momentum, dampening : floats in [0, 1]
@@ -225,10 +229,15 @@ def sgd_momentum_update(param, buf, grad, lr, momentum, dampening=0.0, weight_de
     param
     """
     fn = "sgd_momentum_update"
-    param, grad, (buf,) = _state_arrays(fn, param, grad, (("buf", buf),))
-    lr = _nonneg(fn, "lr", lr)
     cdef _Dense u
     u.b1 = _unit(fn, "momentum", momentum, True)
+    if buf is None and u.b1 != 0:
+        raise ValueError(f"{fn}: momentum {u.b1} needs a buf array")
+    if buf is None:
+        param, grad, _ = _state_arrays(fn, param, grad, ())
+    else:
+        param, grad, (buf,) = _state_arrays(fn, param, grad, (("buf", buf),))
+    lr = _nonneg(fn, "lr", lr)
     u.c = _unit(fn, "dampening", dampening, True)
     u.wd = _nonneg(fn, "weight_decay", weight_decay)
     if nesterov and (u.b1 <= 0 or u.c != 0):
@@ -237,7 +246,8 @@ def sgd_momentum_update(param, buf, grad, lr, momentum, dampening=0.0, weight_de
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>param)
     cdef int nt = threads_for(n, MIN_ELEMENTS)
     u.f32, u.alpha, u.flag, u.first = is_f32(param), lr, bool(nesterov), bool(first)
-    u.p, u.G = cnp.PyArray_DATA(<cnp.ndarray>param), cnp.PyArray_DATA(<cnp.ndarray>buf)
+    u.p = cnp.PyArray_DATA(<cnp.ndarray>param)
+    u.G = NULL if buf is None else cnp.PyArray_DATA(<cnp.ndarray>buf)
     u.g = cnp.PyArray_DATA(<cnp.ndarray>grad)
     with nogil:
         parallel_for(_momentum_task, &u, n, GRAIN, nt)

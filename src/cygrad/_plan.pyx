@@ -625,7 +625,7 @@ cdef class Runner:
             if t.data is not arrays[pos]:
                 stale = True
                 break
-        if not stale and self.watch_state and self.adagrad:
+        if not stale and self.watch_state:
             state = self.opt.state
             for pos, k in self.watch_state:
                 if state[k] is not arrays[pos]:

@@ -222,23 +222,16 @@ class SGD(_Optimizer):
                         raise ValueError(f"SGD: parameter {i} has a row-sparse gradient; "
                                          f"momentum and weight_decay need dense gradients "
                                          f"(use sparse=False, or Adam for lazy rows)")
-                    if self.lr:
-                        _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
+                    _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
                 elif plain:
-                    if self.lr:
-                        _K.sgd_update(p.data, _dense(p, g), self.lr)
-                else:
-                    first = self.buffers[i] is None
+                    _K.sgd_update(p.data, _dense(p, g), self.lr)
+                else:        # (no momentum: no buffer, the kernel applies weight decay alone)
+                    first = self.momentum and self.buffers[i] is None
                     if first:
-                        self.buffers[i] = np.zeros_like(p.data) if self.momentum else None
-                    if self.momentum:
-                        _K.sgd_momentum_update(p.data, self.buffers[i], _dense(p, g), self.lr,
-                                               self.momentum, self.dampening, self.weight_decay,
-                                               self.nesterov, first)
-                    else:      # weight decay alone: theta -= lr (g + wd theta)
-                        scratch = np.zeros_like(p.data)
-                        _K.sgd_momentum_update(p.data, scratch, _dense(p, g), self.lr, 0.0, 0.0,
-                                               self.weight_decay, False, True)
+                        self.buffers[i] = np.zeros_like(p.data)
+                    _K.sgd_momentum_update(p.data, self.buffers[i], _dense(p, g), self.lr,
+                                           self.momentum, self.dampening, self.weight_decay,
+                                           self.nesterov, first)
 
     def _state_arrays(self):
         return [{} if b is None else {"momentum_buffer": b} for b in self.buffers]

@@ -240,6 +240,9 @@ def sgd_momentum_update(param, buf, grad, lr, momentum, dampening=0.0, weight_de
     """SGD with momentum in place (PyTorch's rule; see cygrad.kernels)."""
     t = param.dtype.type
     g = grad + t(weight_decay) * param
+    if buf is None:
+        param -= t(lr) * g
+        return param
     if first:
         buf[...] = g
     else:

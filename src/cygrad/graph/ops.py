@@ -846,6 +846,12 @@ class Index(Op):
     @staticmethod
     def backward(ctx, g):
         out = np.zeros(ctx.shapes, dtype=g.dtype)
-        np.add.at(out, ctx.kw, g)
+        key = ctx.kw
+        if all(k is None or k is Ellipsis or isinstance(k, (slice, int, np.integer))
+               and not isinstance(k, (bool, np.bool_))
+               for k in (key if isinstance(key, tuple) else (key,))):
+            out[key] = g            # basic indexing reads each position once: a plain write
+        else:
+            np.add.at(out, key, g)  # advanced: repeated positions add up
         return (out,)
 

@@ -280,7 +280,7 @@ class Linear(Module):
                 f"bias={self.bias is not None}")
 
 
-def _ids(fn, ids, num):
+def _ids(fn, ids):
     """An integer index array (a step argument being traced passes through)."""
     if isinstance(ids, _g.Traced):
         return ids
@@ -328,7 +328,7 @@ class Embedding(Module):
         return m
 
     def forward(self, ids):
-        ids = _ids("Embedding", ids, self.num_embeddings)
+        ids = _ids("Embedding", ids)
         if ids.ndim == 2:        # (B, k): one gather, the plan's op
             x = _g.embedding_windows(self.weight, ids, sparse=self.sparse)
             return x.reshape(ids.shape[0], ids.shape[1], self.embedding_dim)
@@ -365,7 +365,7 @@ class WindowEncoder(Embedding):
         return self.embedding_dim * (self.window if self.mode == "concat" else 1)
 
     def forward(self, windows):
-        windows = _ids("WindowEncoder", windows, self.num_embeddings)
+        windows = _ids("WindowEncoder", windows)
         if windows.ndim != 2 or windows.shape[1] != self.window:
             raise ValueError(f"WindowEncoder: windows must be (B, {self.window}), got shape "
                              f"{windows.shape}")

@@ -293,7 +293,7 @@ def silu_backward(grad_out, saved, out=None):
 
 
 for _name, _title, _saves, _formula, _extra in [
-    ("sigmoid", "Logistic sigmoid 1 / (1 + exp(-z)), stable for large |z|", "output",
+    ("sigmoid", "Logistic sigmoid 1 / (1 + exp(-z)), stable for large abs(z)", "output",
      "f' = s (1 - s)", ""),
     ("tanh", "Hyperbolic tangent", "output", "f' = 1 - h^2", ""),
     ("relu", "ReLU max(z, 0) (NaN propagates)", "input", "f' = [z > 0]", ""),

@@ -24,6 +24,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -233,6 +234,7 @@ def load(path):
         raise
     except ValueError as e:       # np.load: a pickle (refused), or not an array file at all
         raise FormatError(f"{path}: not a cygrad archive ({e})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error, NotImplementedError,
+            RuntimeError) as e:     # zipfile: a mangled method ("not supported") or flag ("encrypted")
         raise FormatError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})") \
             from None

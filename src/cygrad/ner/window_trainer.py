@@ -49,6 +49,8 @@ class WindowTrainer:
         Threads to use; None follows cygrad.get_num_threads() at every step.
         Small batches run on one thread whatever the setting.
 
+    Notes
+    -----
     All five arrays must be float32, or all float64; they are copied in, so the
     caller's arrays are never modified. ``arrays()`` returns copies of the
     current values.

@@ -3,7 +3,7 @@
 Each takes a ``generator``: None (a fresh, unseeded NumPy generator), an int
 seed, or a ``numpy.random.Generator``; pass a seed or a generator for a
 reproducible model. ``fan_in`` and ``fan_out`` follow PyTorch: for a weight of
-shape (out, in, *k) they are ``in * prod(k)`` and ``out * prod(k)``, so
+shape ``(out, in, *k)`` they are ``in * prod(k)`` and ``out * prod(k)``, so
 ``Linear(in, out).weight`` (shape (out, in)) has fan_in = in.
 
 Xavier/Glorot (Glorot and Bengio, 2010) keeps the variance of activations and

@@ -145,6 +145,55 @@ BP_AVX512 BP_UKRS(ukr_avx512_f64_half, double, __m512d, 4, 8, 8, _mm512_setzero_
 /* dst[q * ldd + r] = src[r * ld + q] for a 16 x 16 block of floats: in registers,
  * 32-bit then 64-bit interleaves, then two rounds of 128-bit lane shuffles. Used
  * to pack a transposed B (the X Wᵀ of a forward pass) 16 values at a time. */
+/* dst[q * ldd + i] = src[i * ld + q] for an 8 x 8 block of floats: the transposed
+ * B panels of the AVX2 path (NR = 16, two blocks per 8 steps of k). */
+BP_AVX2 static void transpose8_f32(const float *src, ptrdiff_t ld, float *dst, ptrdiff_t ldd)
+{
+    __m256 r[8], t[8], s[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * ld);
+    for (int i = 0; i < 4; i++) {          /* t[2i], t[2i+1]: rows 2i, 2i+1 interleaved */
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++) {          /* s[4h + c]: rows 4h..4h+3 of columns c, c + 4 */
+        s[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+        s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+        s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+        s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+    }
+    for (int c = 0; c < 4; c++) {
+        _mm256_storeu_ps(dst + c * ldd, _mm256_permute2f128_ps(s[c], s[4 + c], 0x20));
+        _mm256_storeu_ps(dst + (c + 4) * ldd, _mm256_permute2f128_ps(s[c], s[4 + c], 0x31));
+    }
+}
+
+/* dst[q * 6 + i] = src[i * ld + q], q < 8, i < 6: eight steps of k of an AVX2 A panel
+ * (MR = 6) whose rows are contiguous. The 8 x 8 transpose of the rows (the last two
+ * rows repeat row 5, their columns are not stored); columns 0-6 are stored 8 wide, each
+ * store's last two values overwritten by the next one's, column 7 exactly 6 wide. */
+BP_AVX2 static void pack6x8_f32(const float *src, ptrdiff_t ld, float *dst)
+{
+    __m256 r[8], t[8], s[8], c[8];
+    for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + (i < 6 ? i : 5) * ld);
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int h = 0; h < 2; h++) {
+        s[4 * h + 0] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0x44);
+        s[4 * h + 1] = _mm256_shuffle_ps(t[4 * h], t[4 * h + 2], 0xEE);
+        s[4 * h + 2] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0x44);
+        s[4 * h + 3] = _mm256_shuffle_ps(t[4 * h + 1], t[4 * h + 3], 0xEE);
+    }
+    for (int q = 0; q < 4; q++) {
+        c[q] = _mm256_permute2f128_ps(s[q], s[4 + q], 0x20);
+        c[q + 4] = _mm256_permute2f128_ps(s[q], s[4 + q], 0x31);
+    }
+    for (int q = 0; q < 7; q++) _mm256_storeu_ps(dst + q * 6, c[q]);
+    _mm_storeu_ps(dst + 42, _mm256_castps256_ps128(c[7]));
+    _mm_storel_pi((__m64 *)(dst + 46), _mm256_extractf128_ps(c[7], 1));
+}
+
 BP_AVX512 static void transpose16_f32(const float *src, ptrdiff_t ld, float *dst, ptrdiff_t ldd)
 {
     __m512 r[16], t[16];
@@ -484,6 +533,7 @@ typedef void (*dotrow_f32)(ptrdiff_t j0, ptrdiff_t j1, ptrdiff_t k, const float 
 struct bp_path {
     const char *name;
     int mr32, nr32, mr64, nr64;
+    int t8;              /* AVX2: transposed B panels of 16 floats packed by 8 x 8 blocks */
     ukr_f32 k32;
     ukr_f64 k64;
     ukr_f32 h32;         /* the top half (MR / 2 rows) of a panel; NULL: none */
@@ -497,13 +547,13 @@ struct bp_path {
 
 static const struct bp_path PATHS[] = {
 #if BP_X86
-    {"avx512", 8, 32, 8, 16, ukr_avx512_f32, ukr_avx512_f64, ukr_avx512_f32_half,
+    {"avx512", 8, 32, 8, 16, 0, ukr_avx512_f32, ukr_avx512_f64, ukr_avx512_f32_half,
      ukr_avx512_f64_half, direct_avx512_f32,
      direct_avx512_f64, dotrow_avx512_f32, rows_avx512_f32, rows_avx512_f64},
-    {"avx2", 6, 16, 6, 8, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL, NULL, NULL, NULL, NULL,
+    {"avx2", 6, 16, 6, 8, 1, ukr_avx2_f32, ukr_avx2_f64, NULL, NULL, NULL, NULL, NULL, NULL,
      NULL},
 #endif
-    {"generic", GEN_MR, GEN_NR, GEN_MR, GEN_NR / 2, ukr_generic_f32, ukr_generic_f64, NULL,
+    {"generic", GEN_MR, GEN_NR, GEN_MR, GEN_NR / 2, 0, ukr_generic_f32, ukr_generic_f64, NULL,
      NULL, NULL, NULL, NULL, NULL, NULL},
 };
 #define N_PATHS ((int)(sizeof(PATHS) / sizeof(PATHS[0])))

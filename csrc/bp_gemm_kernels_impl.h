@@ -5,8 +5,8 @@
  * ISA; the branches for the full AVX-512 panel (MR = 8) have fixed sizes, so that
  * they compile to vector moves. */
 BP_CLONES
-static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdiff_t ars,
-                          ptrdiff_t acs, T *restrict Ap)
+static void BP_FN(pack_a)(int MR, int t8, ptrdiff_t mc, ptrdiff_t kc, const T *A,
+                          ptrdiff_t ars, ptrdiff_t acs, T *restrict Ap)
 {
     for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
         const int mr = mc - ir < MR ? (int)(mc - ir) : MR;
@@ -27,6 +27,17 @@ static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdif
                 for (int i = 0; i < 8; i++) dst[p * 8 + i] = src[p * acs + i];
             continue;
         }
+#if BP_X86 && BP_F32
+        if (t8 && acs == 1 && mr == 6 && MR == 6) {   /* the AVX2 panel: 8 steps at a time */
+            ptrdiff_t p = 0;
+            for (; p + 8 <= kc; p += 8) pack6x8_f32(src + p, ars, dst + p * 6);
+            for (; p < kc; p++)
+                for (int i = 0; i < 6; i++) dst[p * 6 + i] = src[i * ars + p];
+            continue;
+        }
+#else
+        (void)t8;
+#endif
         if (acs == 1) {            /* rows of op(A) contiguous: read along p */
             for (int i = 0; i < mr; i++)
                 for (ptrdiff_t p = 0; p < kc; p++) dst[p * MR + i] = src[i * ars + p];
@@ -41,8 +52,8 @@ static void BP_FN(pack_a)(int MR, ptrdiff_t mc, ptrdiff_t kc, const T *A, ptrdif
 
 /* op(B)[0:kc, 0:nc] -> panels of NR columns, each [kc][NR], zero-padded. */
 BP_CLONES
-static void BP_FN(pack_b)(int NR, ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdiff_t brs,
-                          ptrdiff_t bcs, T *restrict Bp)
+static void BP_FN(pack_b)(int NR, int t8, ptrdiff_t kc, ptrdiff_t nc, const T *B,
+                          ptrdiff_t brs, ptrdiff_t bcs, T *restrict Bp)
 {
     for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
         const int nr = nc - jr < NR ? (int)(nc - jr) : NR;
@@ -66,6 +77,13 @@ static void BP_FN(pack_b)(int NR, ptrdiff_t kc, ptrdiff_t nc, const T *B, ptrdif
                     transpose16_f32(src + p, bcs, dst + p * 32, 32);
                     transpose16_f32(src + 16 * bcs + p, bcs, dst + p * 32 + 16, 32);
                 }
+            if (t8 && NR == 16 && nr == 16 && brs == 1)   /* the AVX2 path */
+                for (; p + 8 <= kc; p += 8) {
+                    transpose8_f32(src + p, bcs, dst + p * 16, 16);
+                    transpose8_f32(src + 8 * bcs + p, bcs, dst + p * 16 + 8, 16);
+                }
+#else
+            (void)t8;
 #endif
             for (; p < kc; p++) {
                 T *d = dst + p * NR;
@@ -110,7 +128,7 @@ static inline void BP_FN(packed_rows)(const struct bp_path *pth, ptrdiff_t i0, p
     const int MR = pth->MRF, NR = pth->NRF;
     for (ptrdiff_t ic = i0; ic < i1; ic += MC) {
         const ptrdiff_t mc = i1 - ic < MC ? i1 - ic : MC;
-        BP_FN(pack_a)(MR, mc, kc, A + ic * ars + pc * acs, ars, acs, Ap);
+        BP_FN(pack_a)(MR, pth->t8, mc, kc, A + ic * ars + pc * acs, ars, acs, Ap);
         for (ptrdiff_t jr = 0; jr < nc; jr += NR) {
             const int nr = nc - jr < NR ? (int)(nc - jr) : NR;
             for (ptrdiff_t ir = 0; ir < mc; ir += MR) {
@@ -162,7 +180,7 @@ int BP_FN(bp_gemm_packed)(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1
         const ptrdiff_t nc = j1 - jc < NC ? j1 - jc : NC;
         for (ptrdiff_t pc = 0; pc < k; pc += kcmax) {
             const ptrdiff_t kc = k - pc < kcmax ? k - pc : kcmax;
-            BP_FN(pack_b)(NR, kc, nc, B + pc * brs + jc * bcs, brs, bcs, Bp);
+            BP_FN(pack_b)(NR, pth->t8, kc, nc, B + pc * brs + jc * bcs, brs, bcs, Bp);
             BP_FN(packed_rows)(pth, i0, i1, jc, nc, pc, kc, pc == 0 && !accumulate, A, ars, acs,
                                Bp, Ap, tile, C, ldc);
         }
@@ -193,7 +211,7 @@ static void BP_FN(shared_pack)(void *ctx, ptrdiff_t lo, ptrdiff_t hi, int worker
     (void)worker;
     for (ptrdiff_t p = lo; p < hi; p++) {
         const ptrdiff_t jr = p * NR;
-        BP_FN(pack_b)(NR, j->kc, j->nc - jr < NR ? j->nc - jr : NR,
+        BP_FN(pack_b)(NR, j->pth->t8, j->kc, j->nc - jr < NR ? j->nc - jr : NR,
                       j->B + j->pc * j->brs + (j->jc + jr) * j->bcs, j->brs, j->bcs,
                       j->Bp + jr * j->kc);
     }

@@ -294,3 +294,111 @@ def test_weight_decay_without_momentum_needs_no_buffer(dt, n):
     assert opt.state_dict()["state"] == [{}]
     with pytest.raises(ValueError, match="needs a buf array"):
         K.sgd_momentum_update(np.zeros(3), None, np.zeros(3), 0.1, 0.9)
+
+
+class _Tied(nn.Module):
+    """One square layer applied twice: its weight and bias get two gradient
+    contributions, so the plan sums them before Adam's update (the update task)."""
+
+    def __init__(self, dt):
+        super().__init__()
+        self.inp = nn.Linear(6, 16, dtype=dt, generator=11)
+        self.mid = nn.Linear(16, 16, dtype=dt, generator=12)
+        self.out = nn.Linear(16, 3, dtype=dt, generator=13)
+
+    def forward(self, x):
+        h = cg.tanh(self.mid(cg.relu(self.inp(x))))
+        return self.out(cg.tanh(self.mid(h)))
+
+
+def _adam_case(kind, dt):
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(6, 40, dtype=dt, generator=1), nn.ReLU(),
+                             nn.Linear(40, 3, dtype=dt, generator=2))
+    return _Tied(dt)
+
+
+@pytest.mark.parametrize("dt", DTYPES)
+@pytest.mark.parametrize("kind", ["mlp", "tied"])
+@pytest.mark.parametrize("cls,kw", [(optim.Adam, dict(lr=0.01)),
+                                    (optim.Adam, dict(lr=0.01, weight_decay=0.05)),
+                                    (optim.AdamW, dict(lr=0.01, weight_decay=0.1))],
+                         ids=["Adam", "Adam-L2", "AdamW"])
+def test_compiled_adam_is_folded_into_backward(cls, kw, kind, dt):
+    """Adam and AdamW run inside the plan (no gradient buffers, no optimiser pass):
+    the same parameters and state as the eager graph's steps to rounding, bitwise the
+    same for 1 and 2 threads, the schedule's lr read at every call, and the step
+    counts kept so that the optimiser's state_dict continues on the graph."""
+    X = rng.standard_normal((64, 6)).astype(dt)
+    y = rng.integers(0, 3, 64)
+    lrs = [0.01, 0.02, 0.005, 0.0, 0.01]
+
+    def compiled(nt):
+        m = _adam_case(kind, dt)
+        o = cls(m.parameters(), **kw)
+        step = cg.compile(lambda X, y: cg.softmax_cross_entropy(m(X), y), optimizer=o,
+                          strict=True, threads=nt)
+        losses = []
+        for lr in lrs:
+            o.lr = lr
+            losses.append(step(X, y))
+        (plan,) = step._plans.values()
+        assert plan.opt_kind == "adam" and not plan.gradmode and not plan.grad_specs
+        return m, o, losses
+
+    a = _adam_case(kind, dt)
+    oa = cls(a.parameters(), **kw)
+    eager = []
+    for lr in lrs:
+        oa.lr = lr
+        oa.zero_grad()
+        loss = cg.softmax_cross_entropy(a(cg.tensor(X)), y)
+        loss.backward()
+        oa.step()
+        eager.append(loss.item())
+    m1, o1, l1 = compiled(1)
+    m2, o2, l2 = compiled(2)
+    tight = dict(rtol=2e-5, atol=2e-6) if dt == np.float32 else dict(rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(l1, eager, **tight)
+    for p, q, r in zip(a.parameters(), m1.parameters(), m2.parameters()):
+        np.testing.assert_allclose(q.data, p.data, **tight)
+        np.testing.assert_array_equal(q.data, r.data)          # any thread count: same bits
+        assert q.grad is None
+    assert o1.steps == oa.steps == [len(lrs)] * len(oa.params)
+    for x, z in zip(o1.exp_avg_sq + o1.exp_avg, oa.exp_avg_sq + oa.exp_avg):
+        np.testing.assert_allclose(x, z, **tight)
+    # the state continues on the graph: one more eager step from each agrees
+    ob = cls(m1.parameters(), **kw)
+    ob.load_state_dict(o1.state_dict())
+    for opt, model in ((oa, a), (ob, m1)):
+        opt.zero_grad()
+        cg.softmax_cross_entropy(model(cg.tensor(X)), y).backward()
+        opt.step()
+    for p, q in zip(a.parameters(), m1.parameters()):
+        np.testing.assert_allclose(q.data, p.data, **tight)
+
+
+def test_compiled_adam_by_hand_one_parameter():
+    """A compiled Adam update of a linear softmax (constant zero bias), against
+    the Adam paper's formulas with the gradient (p - onehot) x / B written out."""
+    X = rng.standard_normal((8, 4))
+    y = rng.integers(0, 3, 8)
+    W0 = rng.standard_normal((3, 4)) * 0.1
+    W = cg.tensor(W0.copy(), requires_grad=True)
+    opt = optim.Adam([W], lr=0.1, betas=(0.8, 0.99), eps=1e-6)
+    zero = cg.tensor(np.zeros(3))           # a constant bias: only W is trained
+    step = cg.compile(lambda X, y: cg.softmax_cross_entropy(cg.linear(X, W, zero), y),
+                      optimizer=opt, strict=True)
+    step(X, y)                              # the first call runs on the graph
+    Wa = W.data.copy()
+    m, v = opt.exp_avg[0].copy(), opt.exp_avg_sq[0].copy()
+    step(X, y)                              # the second replays the plan
+    z = X @ Wa.T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    g = (p - np.eye(3)[y]).T @ X / 8
+    m = 0.8 * m + 0.2 * g
+    v = 0.99 * v + 0.01 * g * g
+    want = Wa - 0.1 / (1 - 0.8 ** 2) * m / (np.sqrt(v) / np.sqrt(1 - 0.99 ** 2) + 1e-6)
+    np.testing.assert_allclose(W.data, want, rtol=1e-12, atol=1e-14)
+    assert opt.steps == [2]

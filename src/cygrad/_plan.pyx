@@ -28,8 +28,10 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
+from libc.math cimport sqrt
 from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 from cygrad._common cimport first_out_of_range, index_into
+from cygrad._csrc cimport bp_adam_f32, bp_adam_f64
 
 cnp.import_array()
 
@@ -76,10 +78,11 @@ cdef enum:
     U_ADAGRAD = 2
     U_SET = 3       # gradient buffer = g (first of several uses)
     U_ADD = 4       # gradient buffer += g
+    U_ADAM = 5      # Adam / AdamW with moments m, v; the step's scalars per parameter in Run
 
 
 cdef struct Task:
-    int code, axis, mode, act
+    int code, axis, mode, act, pidx
     Py_ssize_t m, k, h, w
     double alpha
     int v[MAXV]
@@ -106,6 +109,8 @@ cdef struct Run:
     char **ptr
     Py_ssize_t *ld
     double gscale, lr, eps, inv_b
+    double b1, b2, wd, decay        # Adam: betas, coupled weight decay, decoupled decay factor
+    const double *adam              # Adam: per parameter, lr / (1 - b1^t) and sqrt(1 - b2^t)
     double *losses
     int failed, f32, parts
 
@@ -127,6 +132,16 @@ cdef inline void _update(int mode, floating *p, floating *G, floating *gbuf, flo
         memcpy(gbuf, g, n * sizeof(floating))
     elif mode == U_ADD:
         _axpy(n, 1.0, g, gbuf)
+
+
+cdef inline void _adam(Task *t, Run *r, floating *p, floating *m, floating *v,
+                       const floating *g, Py_ssize_t n) noexcept nogil:
+    """Adam's step on n elements of the task's parameter (its scalars: Run.adam)."""
+    cdef double alpha = r.adam[2 * t.pidx], c = r.adam[2 * t.pidx + 1]
+    if floating is float:
+        bp_adam_f32(p, m, v, g, n, alpha, r.b1, r.b2, r.eps, c, r.wd, r.decay)
+    else:
+        bp_adam_f64(p, m, v, g, n, alpha, r.b1, r.b2, r.eps, c, r.wd, r.decay)
 
 
 cdef inline void _rows_or_cols_unary(Task *t, Run *r, floating *dummy, Py_ssize_t lo,
@@ -288,6 +303,10 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         scr = <floating *>ptr[t.v[3]]
         if t.mode == U_SET:
             _colsum(G + lo, <floating *>ptr[t.v[2]] + lo, m, ld[t.v[0]], hi - lo)
+        elif t.mode == U_ADAM:      # v2 m, v4 v
+            _colsum(G + lo, scr + lo, m, ld[t.v[0]], hi - lo)
+            _adam(t, r, P + lo, <floating *>ptr[t.v[2]] + lo, <floating *>ptr[t.v[4]] + lo,
+                  scr + lo, hi - lo)
         else:
             _colsum(G + lo, scr + lo, m, ld[t.v[0]], hi - lo)
             G = <floating *>_opt(r, t.v[2])
@@ -312,6 +331,15 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
             for i in range(h):
                 _adagrad(P + i * k + lo, y + i * k + lo, scr + i * k + lo, hi - lo, r.lr,
                          r.eps)
+        elif t.mode == U_ADAM:          # v4 m, v6 v, v5 scratch
+            scr = <floating *>ptr[t.v[5]]
+            y = <floating *>ptr[t.v[4]]
+            G = <floating *>ptr[t.v[6]]
+            failed += _gemm(h, k, 0, h, lo, hi, m, <floating *>ptr[t.v[0]], 1, ld[t.v[0]], x, 0,
+                            ld[t.v[2]], scr, k, 0) != 0
+            for i in range(h):
+                _adam(t, r, P + i * k + lo, y + i * k + lo, G + i * k + lo, scr + i * k + lo,
+                      hi - lo)
     elif code == T_EMB_SGD:     # ownership classes: v0 table (V, h), v1 ids (m, w), v2 g rows
         P = <floating *>ptr[t.v[0]]
         ids = <const cnp.int64_t *>ptr[t.v[1]]
@@ -327,9 +355,13 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
                     _axpy(h, 1.0, G + (q // w) * ld[t.v[2]] + (q % w) * h, P + row * h)
     elif code == T_EMB_ADAGRAD:
         _emb_adagrad(t, r, dummy)
-    elif code == T_UPDATE:      # elements: v0 param, v1 gradient buffer, v2 state
+    elif code == T_UPDATE:      # elements: v0 param, v1 gradient buffer, v2 state (v3: Adam's v)
         P = <floating *>ptr[t.v[0]]
         G = <floating *>_opt(r, t.v[2])
+        if t.mode == U_ADAM:
+            _adam(t, r, P + lo, G + lo, <floating *>ptr[t.v[3]] + lo,
+                  <floating *>ptr[t.v[1]] + lo, hi - lo)
+            return failed
         _update(t.mode, P + lo, G + lo if G else NULL, P + lo, <floating *>ptr[t.v[1]] + lo,
                 hi - lo, r)
     return failed
@@ -494,6 +526,7 @@ cdef class Plan:
             memset(t, 0, sizeof(Task))
             t.code, t.axis, t.mode, t.act = d["code"], d["axis"], d["mode"], d["act"]
             t.m, t.k, t.h, t.w, t.alpha = d["m"], d["k"], d["h"], d["w"], d["alpha"]
+            t.pidx = d["pidx"]
             vs = list(d["v"]) + [-1] * (MAXV - len(d["v"]))
             for j in range(MAXV):
                 t.v[j] = vs[j]
@@ -514,7 +547,7 @@ cdef class Plan:
             self.vbuf[i], self.voff[i], self.vld[i] = b, off, ld
 
     cdef double _run(self, list arrays, double gscale, double lr, double eps, losses, int nt,
-                     int parts) except? -1.0:
+                     int parts, adam=None) except? -1.0:
         """Run the plan: ``arrays[i]`` is buffer i (an ndarray, validated by the
         caller and not changed during the call); returns the sum of the loss
         blocks (the caller divides by the batch)."""
@@ -528,6 +561,10 @@ cdef class Plan:
             self.vptr[i] = self.bases[self.vbuf[i]] + self.voff[i]
         r.tasks, r.groups, r.ptr, r.ld = self.tasks, self.groups, self.vptr, self.vld
         r.gscale, r.lr, r.eps = gscale, lr, eps
+        r.adam = NULL
+        if adam is not None:        # (scalars array float64 (2 * params,), b1, b2, wd, decay)
+            r.adam = <const double *>cnp.PyArray_DATA(<cnp.ndarray>adam[0])
+            r.b1, r.b2, r.wd, r.decay = adam[1], adam[2], adam[3], adam[4]
         r.inv_b = 1.0 / self.batch
         r.f32 = self.f32
         r.losses = <double *>cnp.PyArray_DATA(<cnp.ndarray>losses)
@@ -561,7 +598,9 @@ cdef class Runner:
     cdef Plan plan
     cdef object owner, opt, losses, step
     cdef list arrays, ids, floats, watch, watch_state
-    cdef bint adagrad, gradmode, f32
+    cdef bint adagrad, gradmode, adam, f32
+    cdef list adam_params
+    cdef object adam_scalars
     cdef Py_ssize_t work, min_work, batch
     cdef object arena
     cdef char *base
@@ -575,6 +614,9 @@ cdef class Runner:
         self.arrays = owner.arrays
         self.adagrad = owner.opt_kind == "adagrad"
         self.gradmode = owner.opt_kind == "grad"    # gradients only: the optimiser runs after
+        self.adam = owner.opt_kind == "adam"
+        self.adam_params = owner.adam_params
+        self.adam_scalars = owner.adam_scalars
         self.f32 = owner.f32
         self.work = owner.work
         self.min_work = owner.min_work
@@ -592,6 +634,24 @@ cdef class Runner:
         self.owner._bind_arena()
         self.arena = self.step._arena
         self.base = <char *>cnp.PyArray_DATA(<cnp.ndarray>self.arena)
+
+    cdef tuple _adam_scalars(self, double lr):
+        """Count this step for every parameter the plan updates (as Adam.step does for
+        those with a gradient) and give the kernels its scalars: per parameter
+        lr / (1 - b1^t) and sqrt(1 - b2^t); then b1, b2, the coupled weight decay and
+        the decoupled decay factor."""
+        opt = self.opt
+        cdef double b1 = opt.betas[0], b2 = opt.betas[1], wd = opt.weight_decay
+        cdef double[::1] s = self.adam_scalars
+        steps = opt.steps
+        for i in self.adam_params:
+            steps[i] += 1
+            t = steps[i]
+            s[2 * i] = lr / (1.0 - b1 ** t)
+            s[2 * i + 1] = sqrt(1.0 - b2 ** t)     # as cygrad.kernels.adam_update computes them
+        if opt._decoupled:
+            return (self.adam_scalars, b1, b2, 0.0, 1.0 - lr * wd)
+        return (self.adam_scalars, b1, b2, wd, 1.0)
 
     def run(self, tuple args):
         cdef Py_ssize_t i, n, upper, bad
@@ -626,16 +686,19 @@ cdef class Runner:
                 stale = True
                 break
         if not stale and self.watch_state:
-            state = self.opt.state
-            for pos, k in self.watch_state:
-                if state[k] is not arrays[pos]:
+            for pos, attr, k in self.watch_state:
+                if getattr(self.opt, attr)[k] is not arrays[pos]:
                     stale = True
                     break
         if stale:
             self.owner._refresh_ext()
         cdef double lr = self.opt.lr, gscale, eps
+        adam = None
         if self.adagrad:
             gscale, eps = 1.0, self.opt.eps
+        elif self.adam:
+            gscale, eps = 1.0, self.opt.eps
+            adam = self._adam_scalars(lr)
         elif self.gradmode:
             gscale, eps = 1.0, 0.0
         else:
@@ -644,7 +707,8 @@ cdef class Runner:
         if self.work >= self.min_work:
             nt = _config.resolve(self.step.threads)
         _written(self.opt.params)       # a live graph that saved one must refuse its backward
-        cdef double loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1) / self.batch
+        cdef double loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1,
+                                          adam) / self.batch
         if self.f32:
             return <double><float>loss
         return loss

@@ -45,7 +45,7 @@ import numpy as np
 from cygrad import _config, _plan
 from cygrad import graph as _g
 from cygrad.graph import Tensor, Traced
-from cygrad.optim import SGD, Adagrad, _Optimizer
+from cygrad.optim import SGD, Adagrad, Adam, _Optimizer
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
 
@@ -55,7 +55,9 @@ TASKS = ("gather", "linear", "act", "xent", "bce", "margin", "mean", "bias_bwd",
 _CODE = {name: i for i, name in enumerate(TASKS)}
 ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
 _AXIS = {ROWS: 0, COLS: 1, OWN: 0, FLAT: 0, ONE: 0}
-U_NONE, U_SGD, U_ADAGRAD, U_SET, U_ADD = range(5)
+U_NONE, U_SGD, U_ADAGRAD, U_SET, U_ADD, U_ADAM = range(6)
+# the optimiser state a plan binds, by kind: the optimiser's list attribute holding it
+_STATE_ATTR = {"state": "state", "adam_m": "exp_avg", "adam_v": "exp_avg_sq"}
 ACT_CODES = {"sigmoid": 0, "tanh": 1, "relu": 2, "leaky_relu": 3, "hardtanh": 4, "gelu": 5,
              "silu": 6}
 # activations whose derivative follows from the output (for relu, leaky_relu with a
@@ -114,13 +116,13 @@ class _View:
 
 class _Task:
     __slots__ = ("name", "space", "mode", "act", "m", "k", "h", "w", "alpha", "v", "segs",
-                 "access")
+                 "access", "pidx")
 
     def __init__(self, name, space, v, access, mode=U_NONE, act=0, m=0, k=0, h=0, w=0,
-                 alpha=0.0, segs=()):
+                 alpha=0.0, segs=(), pidx=0):
         self.name, self.space, self.v, self.access = name, space, v, access
         self.mode, self.act, self.m, self.k, self.h, self.w = mode, act, m, k, h, w
-        self.alpha, self.segs = alpha, list(segs)
+        self.alpha, self.segs, self.pidx = alpha, list(segs), pidx
 
 
 class _Builder:
@@ -129,10 +131,12 @@ class _Builder:
         self.dt = root.dtype
         self.item = self.dt.itemsize
         self.adagrad = isinstance(opt, Adagrad)
+        self.adam = isinstance(opt, Adam)       # and AdamW: folded into backward too
         # gradient mode: the plan writes every gradient into a buffer of its own and the
         # optimiser's own (fused, in-place) step runs after it, for the optimisers whose
-        # update a plan does not fold into backward (momentum, Adam, AdamW, weight decay)
-        self.gradmode = not (isinstance(opt, (SGD, Adagrad)) and opt._fusable())
+        # update a plan does not fold into backward (SGD with momentum or weight decay)
+        self.gradmode = not (self.adam or isinstance(opt, (SGD, Adagrad)) and opt._fusable())
+        self.updated = set()        # indices of the parameters the plan updates
         self.gradbufs = {}          # parameter index -> gradient view (gradient mode)
         self.tasks = []
         self.ext = []               # (kind, payload): "param" i, "state" i, "input" j, "const" T/arr
@@ -471,14 +475,25 @@ class _Builder:
         k = self.seen[id(p)] = self.seen.get(id(p), 0) + 1
         rows = p.shape[0] if p.ndim else 1
         cols = int(np.prod(p.shape[1:])) if p.ndim > 1 else 1
+        self.updated.add(i)
         if total == 1 and not self.gradmode:
             if self.adagrad:
                 return U_ADAGRAD, _View(self.ext_buf("state", i), rows, cols, self.item), False
+            if self.adam:       # m here, v from adam_v()
+                return U_ADAM, _View(self.ext_buf("adam_m", i), rows, cols, self.item), False
             return U_SGD, None, False
         gb = self.gbufs.get(id(p))
         if gb is None:
             gb = self.gbufs[id(p)] = self.new(rows, cols)
         return (U_SET if k == 1 else U_ADD), gb, k == total
+
+    def adam_v(self, p, mode):
+        """Adam's second moment of p as a view, when p's update (mode) is Adam's."""
+        if mode != U_ADAM:
+            return None
+        rows = p.shape[0] if p.ndim else 1
+        cols = int(np.prod(p.shape[1:])) if p.ndim > 1 else 1
+        return _View(self.ext_buf("adam_v", self.pindex[id(p)]), rows, cols, self.item)
 
     def dense_update(self, p, gb):
         i = self.pindex[id(p)]
@@ -495,8 +510,13 @@ class _Builder:
             S = flat(_View(self.ext_buf("state", i), 1, n, self.item))
             v.append(S)
             acc.append((S, "w", FLAT))
-        self.add(_Task("update", (FLAT, n, FLAT_GRAIN), v, acc,
-                       mode=U_ADAGRAD if self.adagrad else U_SGD))
+        elif self.adam:
+            for kind in ("adam_m", "adam_v"):
+                S = flat(_View(self.ext_buf(kind, i), 1, n, self.item))
+                v.append(S)
+                acc.append((S, "w", FLAT))
+        mode = U_ADAGRAD if self.adagrad else U_ADAM if self.adam else U_SGD
+        self.add(_Task("update", (FLAT, n, FLAT_GRAIN), v, acc, mode=mode, pidx=i))
 
     def bias_bwd(self, b, g):
         """The bias gradient (column sums of g) and b's update."""
@@ -504,11 +524,15 @@ class _Builder:
         bv = self.leaf(b)
         mode, sv, last = self.param_mode(b, H)
         scr = self.new(1, H)
-        v = [g, bv, sv, scr]
+        sv2 = self.adam_v(b, mode)
+        v = [g, bv, sv, scr, sv2]
         acc = [(g, "r", COLS), (bv, "w", COLS), (scr, "w", COLS)]
         if sv is not None:
             acc.append((sv, "w", COLS))
-        self.add(_Task("bias_bwd", (COLS, H, COL_GRAIN), v, acc, mode=mode, m=B, h=H))
+        if sv2 is not None:
+            acc.append((sv2, "w", COLS))
+        self.add(_Task("bias_bwd", (COLS, H, COL_GRAIN), v, acc, mode=mode, m=B, h=H,
+                       pidx=self.pindex[id(b)]))
         if last:
             self.dense_update(b, sv)
 
@@ -537,10 +561,14 @@ class _Builder:
             if id(W) in self.pindex:
                 wmode, wsv, wlast = self.param_mode(W, D)
             if dx is not None or wmode != U_NONE:
-                scr = self.new(H, D) if wmode == U_ADAGRAD else None
-                v = [g, Wv, xv, dx, wsv, scr]
-                acc = [(g, "r", "all"), (Wv, "w" if wmode in (U_SGD, U_ADAGRAD) else "r", COLS),
+                scr = self.new(H, D) if wmode in (U_ADAGRAD, U_ADAM) else None
+                wsv2 = self.adam_v(W, wmode)
+                v = [g, Wv, xv, dx, wsv, scr, wsv2]
+                acc = [(g, "r", "all"),
+                       (Wv, "w" if wmode in (U_SGD, U_ADAGRAD, U_ADAM) else "r", COLS),
                        (xv, "r", COLS)]
+                if wsv2 is not None:
+                    acc.append((wsv2, "w", COLS))
                 if dx is not None:
                     acc.append((dx, "w", COLS))
                 if wsv is not None:
@@ -548,7 +576,7 @@ class _Builder:
                 if scr is not None:
                     acc.append((scr, "w", COLS))
                 self.add(_Task("linear_bwd", (COLS, D, COL_GRAIN), v, acc, mode=wmode, m=B, k=D,
-                               h=H))
+                               h=H, pidx=self.pindex.get(id(W), 0)))
                 self.work += 2 * B * D * H
             if wlast:
                 self.dense_update(W, wsv)
@@ -595,7 +623,7 @@ class _Builder:
         w = segs[0][3]
         if any(s[3] != w for s in segs):
             raise _Unsupported("one embedding table used with windows of different widths")
-        if self.gradmode:
+        if self.gradmode or self.adam:
             raise _Unsupported(f"embedding tables with {type(self.opt).__name__} (plans update "
                                f"tables with plain SGD and Adagrad only, so far)")
         if not self.adagrad:
@@ -731,6 +759,7 @@ def _layout(builder, stages):
                 tasks.append({
                     "code": _CODE[t.name], "axis": _AXIS[t.space[0]], "mode": t.mode,
                     "act": t.act, "m": t.m, "k": t.k, "h": t.h, "w": t.w, "alpha": t.alpha,
+                    "pidx": t.pidx,
                     "v": [view_index(v) for v in t.v],
                     "segs": [(view_index(iv), view_index(gv), B) for iv, gv, B in t.segs]})
             groups.append((t0, len(tasks), g["space"][1], g["space"][2]))
@@ -797,7 +826,10 @@ class _Compiled:
         self.watch = [(pos, opt.params[p] if kind == "param" else p)
                       for pos, kind, p in self.ext
                       if kind == "param" or (kind == "const" and isinstance(p, Tensor))]
-        self.watch_state = [(pos, p) for pos, kind, p in self.ext if kind == "state"]
+        self.watch_state = [(pos, _STATE_ATTR[kind], p) for pos, kind, p in self.ext
+                            if kind in _STATE_ATTR]
+        self.adam_params = sorted(builder.updated) if builder.adam else []
+        self.adam_scalars = np.zeros(2 * len(opt.params), np.float64)
 
     def _refresh_ext(self, force=False):
         opt = self.opt
@@ -805,8 +837,8 @@ class _Compiled:
             if kind == "param":
                 a = opt.params[payload].data
                 what = f"parameter {payload} (shape {opt.params[payload].shape})"
-            elif kind == "state":
-                a = opt.state[payload]
+            elif kind in _STATE_ATTR:
+                a = getattr(opt, _STATE_ATTR[kind])[payload]
                 what = f"the optimiser state of parameter {payload}"
             elif kind == "const":
                 a = payload.data if isinstance(payload, Tensor) else payload
@@ -1008,7 +1040,7 @@ class CompiledStep:
             b.backward()
             stages = b.schedule()
             compiled = _Compiled(self, b, stages)
-            compiled.opt_kind = ("grad" if b.gradmode else
+            compiled.opt_kind = ("grad" if b.gradmode else "adam" if b.adam else
                                  "adagrad" if isinstance(opt, Adagrad) else "sgd")
             compiled.runner = _plan.Runner(compiled)
         except _Unsupported as e:

@@ -169,7 +169,44 @@ class BuildExt(build_ext):
             # new Cython or numpy changes the generated C, which is compared above)
             ext.depends = [d for d in ext.depends
                            if os.path.abspath(d).startswith(here + os.sep)]
+        self._csrc_objects()
         super().build_extensions()
+
+    def _csrc_objects(self):
+        """Compile each C helper of csrc/ once, into an object of its own, before the
+        extensions, and link the extensions with those objects. Several extensions
+        share a helper (bp_elementwise.c: six of them): compiled as each extension's
+        source, in parallel, they would write one object file at the same time, and an
+        extension linked while another rewrote it lacks its symbols."""
+        from concurrent.futures import ThreadPoolExecutor
+        out_dir = os.path.join(self.build_temp, "csrc-objects")
+        first = self.extensions[0]
+        headers = sorted(glob.glob("csrc/*.h"))
+        shared = sorted({s for e in self.extensions for s in e.sources
+                         if s.startswith("csrc" + os.sep) or s.startswith("csrc/")})
+        objects = {s: self.compiler.object_filenames([s], output_dir=out_dir)[0] for s in shared}
+
+        def stale(src):
+            obj = objects[src]
+            if self.force or not os.path.exists(obj):
+                return True
+            t = os.path.getmtime(obj)
+            return any(os.path.getmtime(d) > t for d in [src] + headers)
+
+        def build(src):
+            self.compiler.compile([src], output_dir=out_dir, macros=first.define_macros,
+                                  include_dirs=first.include_dirs,
+                                  extra_postargs=first.extra_compile_args)
+
+        todo = [s for s in shared if stale(s)]
+        if todo:
+            with ThreadPoolExecutor(max_workers=max(1, int(self.parallel or 1))) as pool:
+                list(pool.map(build, todo))     # distinct files: no two write one object
+        for ext in self.extensions:
+            own = [s for s in ext.sources if s in objects]
+            ext.sources = [s for s in ext.sources if s not in objects]
+            ext.extra_objects = [objects[s] for s in own] + list(ext.extra_objects or [])
+            ext.depends = list(ext.depends) + [objects[s] for s in own]
 
 
 def ext(name, *csrc):

@@ -16,7 +16,12 @@
                              double momentum, double dampening, double wd, int nesterov,  \
                              int first);                                                   \
     void bp_adam_##S(T *p, T *m, T *v, const T *g, ptrdiff_t n, double step, double beta1, \
-                     double beta2, double eps, double sqrt_bc2, double wd, double decay);
+                     double beta2, double eps, double sqrt_bc2, double wd, double decay);  \
+    void bp_sparse_adam_##S(T *table, T *m, T *v, ptrdiff_t d, const int64_t *ids,          \
+                            ptrdiff_t n, ptrdiff_t w, const T *g, ptrdiff_t ld,              \
+                            int64_t *scratch, int64_t *head, T *row, double step,            \
+                            double beta1, double beta2, double eps, double sqrt_bc2,         \
+                            double wd, double decay);
 
 BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)

@@ -18,15 +18,17 @@ void BP_FN(bp_adagrad)(T *restrict p, T *restrict G, const T *restrict g, ptrdif
     }
 }
 
-/* Sparse Adagrad on the table rows that n slots touch: slot j (= i w + s) has row
- * id ids[j] and gradient g + (j / w) ld + (j % w) d. Each row's slot gradients are
- * summed, in slot order, into row (d values of scratch), then the row takes one
- * step; untouched rows are not read or written. scratch holds 2 n int64 values.
+/* The table rows that n slots touch: slot j (= i w + s) has row id ids[j] and
+ * gradient g + (j / w) ld + (j % w) d. Each row's slot gradients are summed, in slot
+ * order, into row (d values of scratch), then update(ctx, r, row) gives the row its
+ * one step; untouched rows are not read or written. scratch holds 2 n int64 values.
  * With head (one int64 per table row, all -1, left so), the slots of each row are
  * chained in O(n); without, they are sorted by (row, slot). */
-void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, ptrdiff_t n,
-                              ptrdiff_t w, const T *g, ptrdiff_t ld, int64_t *scratch,
-                              int64_t *head, T *row, double lr, double eps)
+typedef void (*BP_FN(row_update))(void *ctx, int64_t r, const T *row);
+
+static void BP_FN(sparse_rows)(ptrdiff_t d, const int64_t *ids, ptrdiff_t n, ptrdiff_t w,
+                               const T *g, ptrdiff_t ld, int64_t *scratch, int64_t *head,
+                               T *row, BP_FN(row_update) update, void *ctx)
 {
     if (n <= 0 || d <= 0) return;
     if (head) {
@@ -43,7 +45,7 @@ void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, p
             for (ptrdiff_t k = 0; k < d; k++) row[k] = 0;
             for (int64_t j = head[r]; j >= 0; j = next[j])
                 BP_FN(bp_axpy)(d, 1.0, g + (j / w) * ld + (j % w) * d, row);
-            BP_FN(bp_adagrad)(table + r * d, G + r * d, row, d, lr, eps);
+            update(ctx, r, row);
             head[r] = -1;
         }
         return;
@@ -58,9 +60,25 @@ void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, p
             const ptrdiff_t slot = (ptrdiff_t)scratch[2 * b + 1];
             BP_FN(bp_axpy)(d, 1.0, g + (slot / w) * ld + (slot % w) * d, row);
         }
-        BP_FN(bp_adagrad)(table + r * d, G + r * d, row, d, lr, eps);
+        update(ctx, r, row);
         a = b;
     }
+}
+
+struct BP_FN(adagrad_rows) { T *table, *G; ptrdiff_t d; double lr, eps; };
+
+static void BP_FN(adagrad_row)(void *ctx, int64_t r, const T *row)
+{
+    const struct BP_FN(adagrad_rows) *c = ctx;
+    BP_FN(bp_adagrad)(c->table + r * c->d, c->G + r * c->d, row, c->d, c->lr, c->eps);
+}
+
+void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, ptrdiff_t n,
+                              ptrdiff_t w, const T *g, ptrdiff_t ld, int64_t *scratch,
+                              int64_t *head, T *row, double lr, double eps)
+{
+    struct BP_FN(adagrad_rows) c = {table, G, d, lr, eps};
+    BP_FN(sparse_rows)(d, ids, n, w, g, ld, scratch, head, row, BP_FN(adagrad_row), &c);
 }
 
 /* SGD with momentum on a contiguous range, PyTorch's rule: g' = g + wd p;
@@ -112,6 +130,31 @@ void BP_FN(bp_adam)(T *restrict p, T *restrict m, T *restrict v, const T *restri
         v[i] = vi;
         p[i] = pi - st * mi / (BP_M(bp_sqrt)(vi) / s2 + e);
     }
+}
+
+/* Lazy Adam on the rows the slots touch (as bp_sparse_adagrad gathers them): each
+ * touched row's summed gradient gets one bp_adam step on its d values; the moments
+ * of untouched rows do not move. */
+struct BP_FN(adam_rows) {
+    T *table, *m, *v;
+    ptrdiff_t d;
+    double step, beta1, beta2, eps, sqrt_bc2, wd, decay;
+};
+
+static void BP_FN(adam_row)(void *ctx, int64_t r, const T *row)
+{
+    const struct BP_FN(adam_rows) *c = ctx;
+    BP_FN(bp_adam)(c->table + r * c->d, c->m + r * c->d, c->v + r * c->d, row, c->d, c->step,
+                   c->beta1, c->beta2, c->eps, c->sqrt_bc2, c->wd, c->decay);
+}
+
+void BP_FN(bp_sparse_adam)(T *table, T *m, T *v, ptrdiff_t d, const int64_t *ids, ptrdiff_t n,
+                           ptrdiff_t w, const T *g, ptrdiff_t ld, int64_t *scratch,
+                           int64_t *head, T *row, double step, double beta1, double beta2,
+                           double eps, double sqrt_bc2, double wd, double decay)
+{
+    struct BP_FN(adam_rows) c = {table, m, v, d, step, beta1, beta2, eps, sqrt_bc2, wd, decay};
+    BP_FN(sparse_rows)(d, ids, n, w, g, ld, scratch, head, row, BP_FN(adam_row), &c);
 }
 
 #undef BP_FN

@@ -204,7 +204,7 @@ def case_embedding(draw):
     table = floats(draw, (V, d), dtype)
     win = ints(draw, (B, w), V, draw(st.sampled_from([np.int64, np.int32, np.uint16])))
     dX = floats(draw, (B, w * d), dtype)
-    kind = draw(st.sampled_from(["gather", "scatter", "sgd", "adagrad"]))
+    kind = draw(st.sampled_from(["gather", "scatter", "sgd", "adagrad", "adam"]))
     ht, hw, hx = (draw(st.sampled_from(LAYOUTS)) for _ in range(3))
     lr = draw(st.sampled_from([0.1, 1e-3, 2.5]))
     describe(f"embedding_{kind} V={V} d={d} B={B} w={w} {np.dtype(dtype)} {win.dtype} "
@@ -222,6 +222,17 @@ def case_embedding(draw):
         got, want = np.array(table, copy=True), f64(table)
         K.embedding_sgd_update(got, layout(win, hw), layout(dX, hx), lr)
         R.embedding_sgd_update(want, win, f64(dX), lr)
+    elif kind == "adam":
+        step, wd, dec = (draw(st.sampled_from(c)) for c in ([1, 3, 10], [0.0, 0.01], [0, 1]))
+        m0, v0 = floats(draw, (V, d), dtype), np.abs(floats(draw, (V, d), dtype)) + 0.1
+        got, want = np.array(table, copy=True), f64(table)
+        ms, wms = [np.array(m0, copy=True), np.array(v0, copy=True)], [f64(m0), f64(v0)]
+        K.embedding_adam_update(got, *ms, layout(win, hw), layout(dX, hx), step, lr,
+                                weight_decay=wd, decoupled=bool(dec))
+        R.embedding_adam_update(want, *wms, win, f64(dX), step, lr, weight_decay=wd,
+                                decoupled=bool(dec))
+        for a, b, n in zip(ms, wms, ("exp_avg", "exp_avg_sq")):
+            close(a, b, dtype, "embedding_adam " + n, scale=(w * B + 1) ** 2)
     else:
         acc0 = np.abs(floats(draw, (V, d), dtype))
         got, want = np.array(table, copy=True), f64(table)
@@ -237,7 +248,7 @@ def case_dense_updates(draw):
     shape = (draw(st.integers(0, 30)), draw(st.integers(1, 30)))
     p0, g = floats(draw, shape, dtype), floats(draw, shape, dtype)
     hg = draw(st.sampled_from(LAYOUTS))
-    kind = draw(st.sampled_from(["sgd", "adagrad", "outer"]))
+    kind = draw(st.sampled_from(["sgd", "adagrad", "outer", "adam"]))
     lr = draw(st.sampled_from([0.1, 1e-3, 2.5]))
     describe(f"{kind} {shape} {np.dtype(dtype)} {hg}")
     got, want = np.array(p0, copy=True), f64(p0)
@@ -250,6 +261,14 @@ def case_dense_updates(draw):
         K.adagrad_update(got, acc, layout(g, hg), lr)
         R.adagrad_update(want, wacc, f64(g), lr)
         close(acc, wacc, dtype, "adagrad accum")
+    elif kind == "adam":
+        step, wd, dec = (draw(st.sampled_from(c)) for c in ([1, 3, 10], [0.0, 0.01], [0, 1]))
+        m0, v0 = floats(draw, shape, dtype), np.abs(floats(draw, shape, dtype)) + 0.1
+        ms, wms = [np.array(m0, copy=True), np.array(v0, copy=True)], [f64(m0), f64(v0)]
+        K.adam_update(got, *ms, layout(g, hg), step, lr, weight_decay=wd, decoupled=bool(dec))
+        R.adam_update(want, *wms, f64(g), step, lr, weight_decay=wd, decoupled=bool(dec))
+        for a, b, n in zip(ms, wms, ("exp_avg", "exp_avg_sq")):
+            close(a, b, dtype, "adam " + n, scale=16)
     else:
         B = draw(st.integers(1, 12))
         delta = floats(draw, (B, shape[0]), dtype)

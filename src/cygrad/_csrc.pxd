@@ -55,6 +55,17 @@ cdef extern from "bp_optim.h" nogil:
                                cnp.int64_t *scratch, cnp.int64_t *head, double *row, double lr,
                                double eps)
 
+    void bp_sparse_adam_f32(float *table, float *m, float *v, Py_ssize_t d,
+                            const cnp.int64_t *ids, Py_ssize_t n, Py_ssize_t w, const float *g,
+                            Py_ssize_t ld, cnp.int64_t *scratch, cnp.int64_t *head, float *row,
+                            double step, double beta1, double beta2, double eps, double sqrt_bc2,
+                            double wd, double decay)
+    void bp_sparse_adam_f64(double *table, double *m, double *v, Py_ssize_t d,
+                            const cnp.int64_t *ids, Py_ssize_t n, Py_ssize_t w, const double *g,
+                            Py_ssize_t ld, cnp.int64_t *scratch, cnp.int64_t *head, double *row,
+                            double step, double beta1, double beta2, double eps,
+                            double sqrt_bc2, double wd, double decay)
+
     void bp_sgd_momentum_f32(float *p, float *buf, const float *g, Py_ssize_t n, double lr,
                              double momentum, double dampening, double wd, int nesterov,
                              int first)

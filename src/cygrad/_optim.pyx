@@ -14,13 +14,14 @@ import numpy as np
 cimport numpy as cnp
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, threads_for, is_f32,
-                             no_overlap, check_lr_eps)
+                             no_overlap, check_lr_eps, index_array)
 from cygrad._parallel cimport parallel_for
 
 cnp.import_array()
 
 from cygrad._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
-                           bp_sgd_momentum_f32, bp_sgd_momentum_f64, bp_adam_f32, bp_adam_f64)
+                           bp_sgd_momentum_f32, bp_sgd_momentum_f64, bp_adam_f32, bp_adam_f64,
+                           bp_sparse_adam_f32, bp_sparse_adam_f64)
 
 cdef enum:
     GRAIN = 16384          # elements per chunk of a threaded loop (fixed, whatever the threads)
@@ -305,3 +306,86 @@ def adam_update(param, exp_avg, exp_avg_sq, grad, step, lr, beta1=0.9, beta2=0.9
     with nogil:
         parallel_for(_adam_task, &u, n, GRAIN, nt)
     return param
+
+
+def embedding_adam_update(table, exp_avg, exp_avg_sq, windows, dX, step, lr, beta1=0.9,
+                          beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
+    """Lazy Adam (or AdamW) on the rows a batch touched, in place.
+
+    The slot gradients of each row are summed first (in slot order, as a dense
+    Adam on the scattered gradient would see them), then each touched row gets the
+    step of :func:`adam_update` with that sum; the rows of ``table``,
+    ``exp_avg`` and ``exp_avg_sq`` that no window holds are not read or written
+    (their moments do not decay: the "lazy" variant).
+
+    Parameters
+    ----------
+    table, exp_avg, exp_avg_sq : ndarray (V, d), C-contiguous, writeable, float32 or float64
+    windows : ndarray (B, w) of integers in [0, V)
+    dX : ndarray (B, w*d), same dtype as ``table``
+    step : int >= 1, the number of this step (the bias corrections use it)
+    lr : float >= 0
+    beta1, beta2 : floats in [0, 1)
+    eps : positive float
+    weight_decay : float >= 0
+    decoupled : bool
+
+    Returns
+    -------
+    table
+    """
+    fn = "embedding_adam_update"
+    table = inplace_array(table, fn, "table", 2)
+    states = []
+    for name, a in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        a = inplace_array(a, fn, name, 2)
+        same_dtype(table, a, fn, "table", name)
+        if a.shape != table.shape:
+            raise ValueError(f"{fn}: {name} must have the shape of table {table.shape}, "
+                             f"got {a.shape}")
+        states.append(a)
+    m, v = states
+    windows = index_array(windows, fn, "windows", 2, table.shape[0])
+    dX = float_array(dX, fn, "dX", 2)
+    same_dtype(table, dX, fn, "table", "dX")
+    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
+    if dX.shape != (B, w * d):
+        raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
+                         f"and table {table.shape}, got {dX.shape}")
+    arrays = (("table", table), ("exp_avg", m), ("exp_avg_sq", v), ("dX", dX))
+    for i in range(4):
+        for j in range(i + 1, 4):
+            no_overlap(arrays[i][1], arrays[i][0], arrays[j][1], arrays[j][0], fn, False)
+    lr = _nonneg(fn, "lr", lr)
+    _, eps = check_lr_eps(fn, 1.0, eps)
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"{fn}: step must be an integer >= 1, got {step!r}")
+    cdef double b1 = _unit(fn, "beta1", beta1, False), b2 = _unit(fn, "beta2", beta2, False)
+    cdef double wd = _nonneg(fn, "weight_decay", weight_decay)
+    cdef double alpha = lr / (1.0 - b1 ** int(step))
+    cdef double c = np.sqrt(1.0 - b2 ** int(step))
+    cdef double wdc = 0.0 if decoupled else wd
+    cdef double decay = 1.0 - lr * wd if decoupled else 1.0
+    cdef double e = eps
+    if d == 0 or B * w == 0:
+        return table
+    pairs = np.empty(2 * B * w, dtype=np.int64)
+    row = np.empty(d, dtype=table.dtype)
+    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    cdef cnp.int64_t *pp = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>pairs)
+    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
+    cdef void *mp = cnp.PyArray_DATA(<cnp.ndarray>m)
+    cdef void *vp = cnp.PyArray_DATA(<cnp.ndarray>v)
+    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
+    cdef void *rp = cnp.PyArray_DATA(<cnp.ndarray>row)
+    cdef bint f32 = is_f32(table)
+    with nogil:
+        if f32:
+            bp_sparse_adam_f32(<float *>tp, <float *>mp, <float *>vp, d, wp, B * w, w,
+                               <const float *>gp, w * d, pp, NULL, <float *>rp, alpha, b1, b2,
+                               e, c, wdc, decay)
+        else:
+            bp_sparse_adam_f64(<double *>tp, <double *>mp, <double *>vp, d, wp, B * w, w,
+                               <const double *>gp, w * d, pp, NULL, <double *>rp, alpha, b1,
+                               b2, e, c, wdc, decay)
+    return table

@@ -65,6 +65,7 @@ cdef enum:
     T_UPDATE = 13
     T_BIAS = 14
     T_DROPOUT = 15
+    T_EMB_ADAM = 16
 
 # index spaces
 cdef enum:
@@ -353,7 +354,7 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
                 row = ids[q]
                 if lo <= (row // ROW_BLOCK) % K < hi:
                     _axpy(h, 1.0, G + (q // w) * ld[t.v[2]] + (q % w) * h, P + row * h)
-    elif code == T_EMB_ADAGRAD:
+    elif code == T_EMB_ADAGRAD or code == T_EMB_ADAM:
         _emb_adagrad(t, r, dummy)
     elif code == T_UPDATE:      # elements: v0 param, v1 gradient buffer, v2 state (v3: Adam's v)
         P = <floating *>ptr[t.v[0]]
@@ -368,9 +369,10 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
 
 
 cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
-    """Adagrad on the table rows the segments' slots touch (v0 table, v1 accumulator,
-    v2 chain heads (one per row, -1 between steps), v3 slot scratch, v4 one row):
-    each row's slot gradients summed in slot order (segments in order), one step."""
+    """Adagrad (T_EMB_ADAGRAD) or lazy Adam (T_EMB_ADAM) on the table rows the
+    segments' slots touch (v0 table, v1 accumulator or Adam's m, v2 chain heads (one
+    per row, -1 between steps), v3 slot scratch, v4 one row, v5 Adam's v): each row's
+    slot gradients summed in slot order (segments in order), one step."""
     cdef floating *P = <floating *>r.ptr[t.v[0]]
     cdef floating *A = <floating *>r.ptr[t.v[1]]
     cdef cnp.int64_t *head = <cnp.int64_t *>r.ptr[t.v[2]]
@@ -409,7 +411,10 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
             g = <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] + (q % w) * h
             _axpy(h, 1.0, g, row)
             jj = nxt[jj]
-        _adagrad(P + rr * h, A + rr * h, row, h, r.lr, r.eps)
+        if t.code == T_EMB_ADAM:
+            _adam(t, r, P + rr * h, A + rr * h, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
+        else:
+            _adagrad(P + rr * h, A + rr * h, row, h, r.lr, r.eps)
         head[rr] = -1
 
 
@@ -644,6 +649,7 @@ cdef class Runner:
         cdef double b1 = opt.betas[0], b2 = opt.betas[1], wd = opt.weight_decay
         cdef double[::1] s = self.adam_scalars
         steps = opt.steps
+        cdef Py_ssize_t i
         for i in self.adam_params:
             steps[i] += 1
             t = steps[i]

@@ -51,7 +51,8 @@ __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
 
 # task codes: the order of the T_* enum in _plan.pyx
 TASKS = ("gather", "linear", "act", "xent", "bce", "margin", "mean", "bias_bwd", "linear_bwd",
-         "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update", "bias", "dropout")
+         "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update", "bias", "dropout",
+         "emb_adam")
 _CODE = {name: i for i, name in enumerate(TASKS)}
 ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
 _AXIS = {ROWS: 0, COLS: 1, OWN: 0, FLAT: 0, ONE: 0}
@@ -623,10 +624,11 @@ class _Builder:
         w = segs[0][3]
         if any(s[3] != w for s in segs):
             raise _Unsupported("one embedding table used with windows of different widths")
-        if self.gradmode or self.adam:
-            raise _Unsupported(f"embedding tables with {type(self.opt).__name__} (plans update "
-                               f"tables with plain SGD and Adagrad only, so far)")
-        if not self.adagrad:
+        if self.gradmode:
+            raise _Unsupported(f"embedding tables with {type(self.opt).__name__} and momentum "
+                               f"or weight decay (plans update tables with plain SGD, Adagrad, "
+                               f"Adam and AdamW)")
+        if not (self.adagrad or self.adam):
             for iv, g, B, w, d in segs:
                 self.add(_Task("emb_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g],
                                [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all")],
@@ -635,7 +637,8 @@ class _Builder:
         if len(segs) > 4:
             raise _Unsupported("an embedding table used more than 4 times")
         total = sum(s[2] * w for s in segs)
-        sv = _View(self.ext_buf("state", i), V, d, self.item)
+        self.updated.add(i)
+        sv = _View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
         heads = _View(self.ext_buf("heads", i, np.full(V, -1, np.int64)), V, 1, 8)
         slots = self.new(2 * total, 1, 8)
         row = self.new(1, d)
@@ -643,8 +646,13 @@ class _Builder:
         acc = [(tv, "w", "all"), (sv, "w", "all"), (heads, "w", "all"), (slots, "w", "all"),
                (row, "w", "all")] + [(iv, "r", "all") for iv, _, _ in segv] + \
               [(g, "r", "all") for _, g, _ in segv]
-        self.add(_Task("emb_adagrad", (ONE, 1, 1), [tv, sv, heads, slots, row], acc, h=d, w=w,
-                       segs=segv))
+        v = [tv, sv, heads, slots, row]
+        if self.adam:
+            sv2 = _View(self.ext_buf("adam_v", i), V, d, self.item)
+            v.append(sv2)
+            acc.append((sv2, "w", "all"))
+        self.add(_Task("emb_adam" if self.adam else "emb_adagrad", (ONE, 1, 1), v, acc, h=d,
+                       w=w, segs=segv, pidx=i))
 
     # -- stages
     def schedule(self):

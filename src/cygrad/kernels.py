@@ -26,7 +26,8 @@ from cygrad._elementwise import (
 from cygrad._embedding import (
     embedding_adagrad_update, embedding_gather, embedding_scatter_add, embedding_sgd_update,
 )
-from cygrad._optim import adagrad_update, adam_update, sgd_momentum_update, sgd_update
+from cygrad._optim import (adagrad_update, adam_update, embedding_adam_update,
+                           sgd_momentum_update, sgd_update)
 from cygrad._decode import constrained_viterbi
 from cygrad._crf import crf_nll, crf_viterbi
 from cygrad._bags import embedding_bag_backward, embedding_bag_windows
@@ -51,7 +52,7 @@ __all__ = [
     "leaky_relu", "leaky_relu_backward", "hardtanh", "hardtanh_backward",
     "gelu", "gelu_backward", "silu", "silu_backward", "dropout",
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin",
-    "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update", "sgd_momentum_update", "adam_update",
+    "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update", "sgd_momentum_update", "adam_update", "embedding_adam_update",
     "constrained_viterbi", "adagrad_update", "embedding_adagrad_update", "crf_nll",
     "crf_viterbi", "embedding_bag_windows", "embedding_bag_backward",
 ]

@@ -334,12 +334,10 @@ class Adam(_Optimizer):
                 self.steps[i] += 1
                 t = self.steps[i]
                 m, v = self.exp_avg[i], self.exp_avg_sq[i]
-                if isinstance(g, SparseRows):
-                    rows, summed = _coalesce(g)
-                    pr, mr, vr = p.data[rows], m[rows], v[rows]
-                    _K.adam_update(pr, mr, vr, summed, t, self.lr, b1, b2, self.eps,
-                                   self.weight_decay, self._decoupled)
-                    p.data[rows], m[rows], v[rows] = pr, mr, vr
+                if isinstance(g, SparseRows):       # lazy: only the touched rows
+                    _K.embedding_adam_update(p.data, m, v, g.indices.reshape(-1, 1), g.rows,
+                                             t, self.lr, b1, b2, self.eps, self.weight_decay,
+                                             self._decoupled)
                 else:
                     _K.adam_update(p.data, m, v, _dense(p, g), t, self.lr, b1, b2, self.eps,
                                    self.weight_decay, self._decoupled)

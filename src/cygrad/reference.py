@@ -278,6 +278,19 @@ def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
     return table
 
 
+def embedding_adam_update(table, exp_avg, exp_avg_sq, windows, dX, step, lr, beta1=0.9,
+                          beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False):
+    """Lazy Adam on the touched rows, each row's slot gradients summed first."""
+    d = table.shape[1]
+    rows, inverse = np.unique(windows.reshape(-1), return_inverse=True)
+    g = np.zeros((len(rows), d), dtype=table.dtype)
+    np.add.at(g, inverse.reshape(-1), dX.reshape(windows.size, d))
+    p, m, v = table[rows], exp_avg[rows], exp_avg_sq[rows]
+    adam_update(p, m, v, g, step, lr, beta1, beta2, eps, weight_decay, decoupled)
+    table[rows], exp_avg[rows], exp_avg_sq[rows] = p, m, v
+    return table
+
+
 # ----------------------------------------------------------------------- decoding
 
 def constrained_viterbi(scores, offsets, allowed, start_allowed):

@@ -483,3 +483,18 @@ def test_compiled_window_model_with_lazy_adam(cls, dt):
     init = model()[0].data
     np.testing.assert_array_equal(p1[0].data[45:], init[45:])     # rows no window holds
     assert not o1.exp_avg_sq[0][45:].any()
+
+
+def test_schedule_state_is_checked_before_it_is_used():
+    w = nn.Parameter(np.zeros(2))
+    s = optim.StepLR(optim.SGD([w], lr=0.1), step_size=2)
+    good = s.state_dict()
+    for bad, what in (({**good, "last_step": -1}, "last_step"), ({**good, "last_step": 1.5}, "last_step"),
+                      ({**good, "base_lr": float("nan")}, "base_lr"), ({**good, "base_lr": "x"}, "base_lr"),
+                      ({k: v for k, v in good.items() if k != "base_lr"}, "base_lr"),
+                      ({**good, "type": "CosineAnnealingLR"}, "not the state")):
+        with pytest.raises(ValueError, match=what):
+            s.load_state_dict(bad)
+    assert s.optimizer.lr == 0.1 and s.last_step == 0      # nothing half-applied
+    s.load_state_dict({**good, "last_step": 4})
+    assert s.optimizer.lr == pytest.approx(0.1 * 0.1 ** 2)

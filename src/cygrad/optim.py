@@ -461,7 +461,17 @@ class _Schedule:
         if not isinstance(state, dict) or state.get("type") != type(self).__name__:
             raise ValueError(f"{type(self).__name__}.load_state_dict: not the state of a "
                              f"{type(self).__name__}")
-        self.base_lr, self.last_step = float(state["base_lr"]), int(state["last_step"])
+        name = f"{type(self).__name__}.load_state_dict"
+        for k in ("base_lr", "last_step"):
+            if k not in state:
+                raise ValueError(f"{name}: the state has no {k!r}")
+        base, last = state["base_lr"], state["last_step"]
+        if isinstance(base, bool) or not isinstance(base, (int, float, np.integer, np.floating)) \
+                or not (np.isfinite(base) and base >= 0):
+            raise ValueError(f"{name}: base_lr must be a finite number >= 0, got {base!r}")
+        if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 0:
+            raise ValueError(f"{name}: last_step must be an integer >= 0, got {last!r}")
+        self.base_lr, self.last_step = float(base), int(last)
         self.optimizer.lr = self.lr_at(self.last_step)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import cygrad
 import cygrad.data
+import cygrad.distributed
 import cygrad.kernels
 import cygrad.ner
 import cygrad.ner.model
@@ -27,7 +28,7 @@ DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 needs_docs = pytest.mark.skipif(not os.path.isdir(DOCS), reason="docs/ is not beside tests/")
 PAGES = sorted(f for f in os.listdir(DOCS) if f.endswith(".rst")) if os.path.isdir(DOCS) else []
 PUBLIC = [cygrad, cygrad.nn, cygrad.nn.init, cygrad.optim, cygrad.data, cygrad.kernels,
-          cygrad.ner]
+          cygrad.ner, cygrad.distributed]
 
 
 def _blocks(page):

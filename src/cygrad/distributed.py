@@ -1,0 +1,271 @@
+"""Data-parallel training over MPI (through mpi4py): every rank holds the whole
+model, computes the gradients of its share of the global batch, and the ranks
+average those gradients before each update, so that every rank applies the same
+update and the parameters stay identical.
+
+Run a script on several processes with MPI's launcher::
+
+    mpiexec -n 2 python train.py
+
+where ``train.py`` does::
+
+    import cygrad as cg
+    from cygrad import distributed as dist
+
+    rank, size = dist.init()                        # threads: cores / ranks per host
+    dist.broadcast_parameters(model.parameters())   # rank 0's initial values everywhere
+    opt = dist.DistributedOptimizer(cg.optim.Adam(model.parameters(), lr=1e-3))
+    for xb, yb in my_shard_of_each_global_batch:    # rank r: rows r::size, say
+        opt.zero_grad()
+        cg.softmax_cross_entropy(model(cg.tensor(xb)), yb).backward()
+        opt.step()                                  # averaged gradients, then Adam
+
+Each rank's loss is the mean over its share; the average of the ranks' gradients
+is then the gradient of the mean over the global batch of ``size`` shares, as one
+process would compute it (to rounding). Dense gradients travel in one fused buffer
+per dtype and step (one in-place ``Allreduce``); row-sparse embedding gradients
+(``sparse=True``) as (row ids, rows) gathered from every rank with ``Allgatherv`` and
+applied in rank order, so every rank sums the duplicates in the same order and
+applies bitwise the same update. A compiled step (:func:`cygrad.compile`) takes a
+``DistributedOptimizer`` like any optimiser: its plan leaves the gradients in its
+workspace (gradient mode), and the wrapper averages them before the update.
+
+Only this module needs mpi4py (``pip install "cygrad[mpi]"``: mpi4py and the
+MPICH wheel); ``import cygrad`` does not.
+"""
+
+import hashlib
+import os
+import sys
+
+import numpy as np
+
+from cygrad import _config
+from cygrad.graph.ops import SparseRows
+from cygrad.optim import _Optimizer
+
+__all__ = ["init", "rank", "size", "broadcast_parameters", "DistributedOptimizer",
+           "allreduce_gradients", "parameters_digest", "check_identical", "abort_on_error"]
+
+_state = {"comm": None}
+
+
+def _mpi():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise ImportError("cygrad.distributed needs mpi4py and an MPI library: "
+                          "pip install \"cygrad[mpi]\" (mpi4py and the mpich wheel)") from e
+    return MPI
+
+
+def _comm(comm=None):
+    if comm is not None:
+        return comm
+    if _state["comm"] is None:
+        _state["comm"] = _mpi().COMM_WORLD
+    return _state["comm"]
+
+
+def init(threads=None, comm=None, abort=True):
+    """Join the MPI job; returns ``(rank, size)``.
+
+    Parameters
+    ----------
+    threads : int or None
+        Kernel threads of this rank (:func:`cygrad.set_num_threads`). None: the
+        cores this process may use divided by the ranks on this host (at least 1),
+        so that ranks x threads does not exceed the cores.
+    comm : mpi4py communicator or None
+        The ranks taking part (default ``MPI.COMM_WORLD``).
+    abort : bool
+        Install :func:`abort_on_error`: an exception that ends this rank's program
+        aborts the whole job (instead of leaving the other ranks waiting forever in
+        a collective call).
+    """
+    comm = _comm(comm)
+    _state["comm"] = comm
+    if threads is None:
+        MPI = _mpi()
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        threads = max(1, cores // max(1, local))
+    _config.set_num_threads(int(threads))
+    if abort:
+        abort_on_error(comm)
+    return comm.Get_rank(), comm.Get_size()
+
+
+def rank(comm=None):
+    """This process's rank (0 when mpi4py is absent or only one process runs)."""
+    return _comm(comm).Get_rank()
+
+
+def size(comm=None):
+    return _comm(comm).Get_size()
+
+
+def abort_on_error(comm=None):
+    """Make an uncaught exception on this rank abort every rank of the job
+    (``MPI_Abort``), after printing its traceback with the rank's number: a rank
+    that dies then ends the job within moments instead of hanging it."""
+    comm = _comm(comm)
+    previous = sys.excepthook
+    if getattr(previous, "_cygrad_abort", False):
+        return
+
+    def hook(kind, value, tb):
+        sys.stderr.write(f"cygrad.distributed: rank {comm.Get_rank()} of {comm.Get_size()} "
+                         f"failed; aborting the job\n")
+        previous(kind, value, tb)
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    hook._cygrad_abort = True
+    sys.excepthook = hook
+
+
+def broadcast_parameters(params, root=0, comm=None):
+    """Give every rank the root's values of ``params`` (in place, one ``Bcast`` of a
+    fused buffer per dtype). Call it once after building the model."""
+    comm = _comm(comm)
+    params = list(params)
+    for group in _by_dtype([p.data for p in params]):
+        buf = np.concatenate([a.reshape(-1) for a in group]) if group else None
+        comm.Bcast(buf, root=root)
+        off = 0
+        for a in group:
+            a.reshape(-1)[...] = buf[off:off + a.size]
+            off += a.size
+
+
+def _by_dtype(arrays):
+    groups = {}
+    for a in arrays:
+        groups.setdefault(a.dtype.str, []).append(a)
+    return [groups[k] for k in sorted(groups)]
+
+
+def _kinds(params):
+    return np.array([0 if p.grad is None else 2 if isinstance(p.grad, SparseRows) else 1
+                     for p in params], dtype=np.int8)
+
+
+def allreduce_gradients(params, comm=None, average=True):
+    """Replace each parameter's gradient by the sum (``average``: the mean) of that
+    gradient over the ranks, in place of ``p.grad``.
+
+    Every rank must hold gradients for the same parameters, of the same kinds (dense
+    or row-sparse); otherwise every rank raises the same ValueError. Dense gradients
+    go in one fused buffer per dtype through one in-place ``Allreduce``; row-sparse
+    ones become the concatenation, in rank order, of every rank's (rows, values)
+    (``Allgatherv``), which the optimisers' sparse kernels sum row by row in that
+    order: the same bits on every rank.
+    """
+    comm = _comm(comm)
+    MPI = _mpi()
+    params = list(params)
+    n = comm.Get_size()
+    kinds = _kinds(params)
+    everyone = np.empty((n, len(params)), dtype=np.int8)
+    comm.Allgather(kinds, everyone)
+    if (everyone != kinds).any():
+        r, i = np.argwhere(everyone != everyone[0])[0]
+        names = {0: "no gradient", 1: "a dense gradient", 2: "a row-sparse gradient"}
+        raise ValueError(f"allreduce_gradients: parameter {i} has {names[everyone[0, i]]} on "
+                         f"rank 0 but {names[everyone[r, i]]} on rank {r}: every rank must "
+                         f"backpropagate the same graph")
+    groups = {}
+    for p, k in zip(params, kinds):
+        if k == 1:
+            groups.setdefault(p.dtype.str, []).append(p)
+    for key in sorted(groups):
+        owners = groups[key]
+        buf = np.concatenate([np.asarray(p.grad, dtype=p.dtype).reshape(-1) for p in owners])
+        comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+        if average and n > 1:
+            buf *= buf.dtype.type(1.0 / n)
+        off = 0
+        for p in owners:
+            p.grad = buf[off:off + p.size].reshape(p.shape)
+            off += p.size
+    for p, k in zip(params, kinds):
+        if k != 2:
+            continue
+        g = p.grad
+        idx = np.ascontiguousarray(g.indices.reshape(-1), dtype=np.int64)
+        rows = np.ascontiguousarray(g.rows.reshape(len(idx), -1))
+        d = rows.shape[1]
+        counts = np.array(comm.allgather(len(idx)), dtype=np.int64)
+        all_idx = np.empty(int(counts.sum()), dtype=np.int64)
+        comm.Allgatherv(idx, [all_idx, counts])
+        all_rows = np.empty((int(counts.sum()), d), dtype=rows.dtype)
+        comm.Allgatherv(rows, [all_rows, counts * d])
+        if average and n > 1:
+            all_rows *= all_rows.dtype.type(1.0 / n)
+        p.grad = SparseRows(all_idx, all_rows, g.shape)
+
+
+class DistributedOptimizer(_Optimizer):
+    """An optimiser whose ``step()`` first averages the gradients over the ranks
+    (:func:`allreduce_gradients`), then runs the wrapped optimiser's step. The
+    learning rate, schedules and ``state_dict()`` are the wrapped optimiser's."""
+
+    def __init__(self, optimizer, comm=None, average=True):
+        if not isinstance(optimizer, _Optimizer):
+            raise TypeError(f"DistributedOptimizer: optimizer must be a cygrad optimiser, got "
+                            f"{type(optimizer).__name__}")
+        if isinstance(optimizer, DistributedOptimizer):
+            raise TypeError("DistributedOptimizer: the optimiser is already distributed")
+        self.optimizer = optimizer
+        self.params = optimizer.params
+        self.comm = _comm(comm)
+        self.average = average
+
+    @property
+    def lr(self):
+        return self.optimizer.lr
+
+    @lr.setter
+    def lr(self, lr):
+        self.optimizer.lr = lr
+
+    def step(self):
+        allreduce_gradients(self.params, self.comm, self.average)
+        self.optimizer.step()
+
+    def state_dict(self):
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(state)
+
+    def __getattr__(self, name):        # the wrapped optimiser's state (exp_avg, steps, ...)
+        if name == "optimizer":
+            raise AttributeError(name)
+        return getattr(self.optimizer, name)
+
+
+def parameters_digest(params):
+    """SHA-256 of the parameters' bytes, in order (equal digests: identical values)."""
+    h = hashlib.sha256()
+    for p in params:
+        a = np.ascontiguousarray(p.data if hasattr(p, "data") else p)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def check_identical(params, comm=None):
+    """Raise RuntimeError on every rank unless all ranks hold bitwise the same
+    parameters (compares :func:`parameters_digest`; one small ``allgather``)."""
+    comm = _comm(comm)
+    digests = comm.allgather(parameters_digest(params))
+    if len(set(digests)) > 1:
+        bad = [r for r, d in enumerate(digests) if d != digests[0]]
+        raise RuntimeError(f"cygrad.distributed: the parameters of rank(s) {bad} differ from "
+                           f"rank 0's")
+    return digests[0]

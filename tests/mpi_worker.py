@@ -1,0 +1,96 @@
+"""The training runs of tests/test_distributed.py, as one process or as an MPI job.
+
+    mpiexec -n 2 python tests/mpi_worker.py train OPT DTYPE MODE STEPS OUT
+    mpiexec -n 2 python tests/mpi_worker.py die
+
+``train``: the window model (a sparse embedding table over a small vocabulary, so
+that the ranks' batches share rows) or, for MODE "compiled", a dense MLP through
+cygrad.compile; every step's global batch of 64 is split into contiguous shares
+by rank. Rank 0 writes the final parameters to OUT (.npz). ``die``: rank 1 raises
+in its third step while rank 0 goes on into the gradient exchange.
+"""
+
+import sys
+
+import numpy as np
+
+import cygrad as cg
+from cygrad import nn, optim
+
+GLOBAL_BATCH = 64
+V, D, W, H, C = 40, 6, 3, 12, 4
+
+
+def _optimizer(name, params):
+    if name == "sgd":
+        return optim.SGD(params, lr=0.1)
+    if name == "adagrad":
+        return optim.Adagrad(params, lr=0.1)
+    if name == "adam":
+        return optim.Adam(params, lr=0.01)
+    raise ValueError(name)
+
+
+def batches(steps, seed=5):
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        windows = rng.integers(0, 25, (GLOBAL_BATCH, W))       # rows shared across shares
+        labels = rng.integers(0, C, GLOBAL_BATCH)
+        x = rng.standard_normal((GLOBAL_BATCH, 10))
+        yield windows, labels, x
+
+
+def train(opt_name, dtype, mode, steps, rank=0, size=1, wrap=None):
+    """Parameters after ``steps`` steps on this rank's share of every global batch;
+    ``wrap(opt)`` makes the optimiser distributed."""
+    dtype = np.dtype(dtype)
+    rng = np.random.default_rng(1)
+    share = GLOBAL_BATCH // size
+    lo, hi = rank * share, (rank + 1) * share
+    if mode == "compiled":
+        model = nn.Sequential(nn.Linear(10, 16, dtype=dtype, generator=2), nn.Tanh(),
+                              nn.Linear(16, C, dtype=dtype, generator=3))
+        params = list(model.parameters())
+        opt = _optimizer(opt_name, params)
+        opt = wrap(opt) if wrap else opt
+        step = cg.compile(lambda x, y: cg.softmax_cross_entropy(model(x), y), optimizer=opt,
+                          strict=True)
+        for _, labels, x in batches(steps):
+            step(np.ascontiguousarray(x[lo:hi], dtype=dtype), labels[lo:hi])
+        return params
+    params = [cg.tensor(rng.normal(0, 0.3, s).astype(dtype), requires_grad=True)
+              for s in ((V, D), (H, W * D), (H,), (C, H), (C,))]
+    E, Wt, b, U, c = params
+    opt = _optimizer(opt_name, params)
+    opt = wrap(opt) if wrap else opt
+    for windows, labels, _ in batches(steps):
+        opt.zero_grad()
+        x = cg.embedding_windows(E, windows[lo:hi], sparse=True)
+        h = cg.tanh(cg.linear(x, Wt, b))
+        cg.softmax_cross_entropy(cg.linear(h, U, c), labels[lo:hi]).backward()
+        opt.step()
+    return params
+
+
+def main(argv):
+    from cygrad import distributed as dist
+    rank, size = dist.init(threads=1)
+    if argv[0] == "die":
+        params = [cg.tensor(np.ones((4, 3)), requires_grad=True)]
+        opt = dist.DistributedOptimizer(optim.SGD(params, lr=0.1))
+        for i in range(10):
+            opt.zero_grad()
+            if rank == 1 and i == 2:
+                raise RuntimeError("rank 1 fails on purpose")
+            (params[0] * 2.0).sum().backward()
+            opt.step()
+        return
+    _, opt_name, dtype, mode, steps, out = argv
+    params = train(opt_name, dtype, mode, int(steps), rank, size, dist.DistributedOptimizer)
+    digest = dist.check_identical(params)       # every rank: the same bits
+    if rank == 0:
+        np.savez(out, *[p.data for p in params], digest=np.array(digest))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

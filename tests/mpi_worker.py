@@ -63,6 +63,15 @@ def train(opt_name, dtype, mode, steps, rank=0, size=1, wrap=None):
     E, Wt, b, U, c = params
     opt = _optimizer(opt_name, params)
     opt = wrap(opt) if wrap else opt
+
+    def loss_fn(windows, labels):
+        x = cg.embedding_windows(E, windows, sparse=True)
+        return cg.softmax_cross_entropy(cg.linear(cg.tanh(cg.linear(x, Wt, b)), U, c), labels)
+    if mode == "compiled-table":      # the window model compiled (gradient mode if wrapped)
+        step = cg.compile(loss_fn, optimizer=opt, strict=True)
+        for windows, labels, _ in batches(steps):
+            step(np.ascontiguousarray(windows[lo:hi]), labels[lo:hi])
+        return params
     for windows, labels, _ in batches(steps):
         opt.zero_grad()
         x = cg.embedding_windows(E, windows[lo:hi], sparse=True)

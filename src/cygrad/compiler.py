@@ -45,6 +45,7 @@ import numpy as np
 from cygrad import _config, _plan
 from cygrad import graph as _g
 from cygrad.graph import Tensor, Traced
+from cygrad.graph.ops import SparseRows
 from cygrad.optim import SGD, Adagrad, Adam, _Optimizer
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
@@ -139,6 +140,7 @@ class _Builder:
         self.gradmode = not (self.adam or isinstance(opt, (SGD, Adagrad)) and opt._fusable())
         self.updated = set()        # indices of the parameters the plan updates
         self.gradbufs = {}          # parameter index -> gradient view (gradient mode)
+        self.gradsparse = {}        # table index -> its segments (gradient mode)
         self.tasks = []
         self.ext = []               # (kind, payload): "param" i, "state" i, "input" j, "const" T/arr
         self.inputs = {}            # arg index -> {"buf", "view", "bound", "kind", "op"}
@@ -624,10 +626,13 @@ class _Builder:
         w = segs[0][3]
         if any(s[3] != w for s in segs):
             raise _Unsupported("one embedding table used with windows of different widths")
-        if self.gradmode:
-            raise _Unsupported(f"embedding tables with {type(self.opt).__name__} and momentum "
-                               f"or weight decay (plans update tables with plain SGD, Adagrad, "
-                               f"Adam and AdamW)")
+        if self.gradmode:           # the optimiser gets the rows' gradients after the plan
+            for iv, g, B, w, d in segs:
+                if iv.buf.ext is not None:
+                    raise _Unsupported("an embedding table indexed by constant ids, with "
+                                       f"{type(self.opt).__name__}")
+            self.gradsparse[i] = list(segs)
+            return
         if not (self.adagrad or self.adam):
             for iv, g, B, w, d in segs:
                 self.add(_Task("emb_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g],
@@ -828,7 +833,12 @@ class _Compiled:
         self.gradmode = builder.gradmode
         self.grad_specs = [(i, v.buf.offset, opt.params[i].shape)
                            for i, v in sorted(builder.gradbufs.items())]
+        self.sparse_specs = [
+            (i, [(iv.buf.offset + 8 * iv.off, B * w, g.buf.offset + g.item * g.off, g.ld, B, w, d)
+                 for iv, g, B, w, d in segs])
+            for i, segs in sorted(builder.gradsparse.items())]
         self.grad_arrays = []
+        self.sparse_arrays = []
         self._refresh_ext(force=True)
         # what run() checks by identity at every call: the tensors' arrays, Adagrad's state
         self.watch = [(pos, opt.params[p] if kind == "param" else p)
@@ -890,6 +900,16 @@ class _Compiled:
             n = int(np.prod(shape)) * self.dtype.itemsize
             self.grad_arrays.append((self.opt.params[i],
                                      arena[off:off + n].view(self.dtype).reshape(shape)))
+        item = self.dtype.itemsize
+        self.sparse_arrays = []     # (table, [(ids (n,), gradient rows (B, w d))])
+        for i, segs in self.sparse_specs:
+            views = []
+            for ioff, n, goff, ld, B, w, d in segs:
+                ids = arena[ioff:ioff + 8 * n].view(np.int64)
+                g = np.ndarray((B, w * d), self.dtype, buffer=arena, offset=goff,
+                               strides=(ld * item, item))
+                views.append((ids, g))
+            self.sparse_arrays.append((self.opt.params[i], views))
         self.arena = arena
 
     def apply_update(self):
@@ -898,10 +918,14 @@ class _Compiled:
         opt = self.opt
         for p, g in self.grad_arrays:
             p.grad = g
+        for p, views in self.sparse_arrays:     # a table's rows: copies, the slots in order
+            d = p.shape[1]
+            p.grad = SparseRows(np.concatenate([ids for ids, _ in views]),
+                                np.concatenate([g.reshape(-1, d) for _, g in views]), p.shape)
         try:
             opt.step()
         finally:
-            for p, _ in self.grad_arrays:
+            for p, _ in self.grad_arrays + self.sparse_arrays:
                 p.grad = None
 
     opt_kind = "sgd"

@@ -28,7 +28,8 @@ per dtype and step (one in-place ``Allreduce``); row-sparse embedding gradients
 applied in rank order, so every rank sums the duplicates in the same order and
 applies bitwise the same update. A compiled step (:func:`cygrad.compile`) takes a
 ``DistributedOptimizer`` like any optimiser: its plan leaves the gradients in its
-workspace (gradient mode), and the wrapper averages them before the update.
+workspace (gradient mode; an embedding table's as row ids and rows), and the
+wrapper averages them before the update.
 
 Only this module needs mpi4py (``pip install "cygrad[mpi]"``: mpi4py and the
 MPICH wheel); ``import cygrad`` does not.

@@ -118,3 +118,68 @@ def test_readme_mpi_example_runs(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     digests = [(tmp_path / f"digest{r}").read_text() for r in (0, 1)]   # (ranks' stdout interleave)
     assert len(digests[0]) == 64 and digests[0] == digests[1]
+
+
+def _cli(args, n=None, **kw):
+    cmd = [sys.executable, "-m", "cygrad", "train", *args]
+    if n:
+        cmd = [_mpiexec(), "-n", str(n)] + cmd
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), **kw)
+
+
+def _epoch_of(out):
+    import json
+    with open(os.path.join(out, "checkpoint", "current.json")) as f:
+        return json.load(f)["epoch"]
+
+
+@needs_mpi
+def test_cli_distributed_trains_and_resumes_with_any_rank_count(tmp_path):
+    out = str(tmp_path / "m")
+    common = ["--out", out, "--loss", "softmax", "--no-progress", "--distributed"]
+    r = _cli(common + ["--epochs", "2"], n=2, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("epoch   1 ") == 1            # rank 0 alone reports
+    assert "2 ranks (global batch" in r.stdout and os.path.isfile(os.path.join(out, "model.json"))
+    assert _epoch_of(out) == 2
+    r = _cli(common + ["--epochs", "3", "--resume"], timeout=300)        # 1 rank
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming after epoch 2" in r.stdout and _epoch_of(out) == 3
+    r = _cli(common + ["--epochs", "4", "--resume"], n=2, timeout=300)   # 2 ranks again
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming after epoch 3" in r.stdout and _epoch_of(out) == 4
+
+
+@needs_mpi
+def test_cli_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path):
+    import signal
+    out = str(tmp_path / "m")
+    cmd = [_mpiexec(), "-n", "2", sys.executable, "-m", "cygrad", "train", "--out", out,
+           "--loss", "softmax", "--epochs", "200", "--patience", "1000", "--no-progress",
+           "--distributed"]
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=_env())
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.path.join(out, "checkpoint", "current.json")):
+            assert job.poll() is None, job.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.2)
+        ranks = subprocess.run(["pgrep", "-f", f"cygrad train --out {out}"], capture_output=True,
+                               text=True).stdout.split()
+        ranks = [int(p) for p in ranks if int(p) != job.pid]
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        _, err = job.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert took < 30, f"the job took {took:.0f} s to end after a rank was killed"
+    done = _epoch_of(out)
+    r = _cli(["--out", out, "--loss", "softmax", "--no-progress", "--distributed", "--resume",
+              "--epochs", str(done + 1)], timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resuming after epoch {done}" in r.stdout and _epoch_of(out) == done + 1

@@ -130,11 +130,12 @@ def abort_on_error(comm=None):
 
 
 def broadcast_parameters(params, root=0, comm=None):
-    """Give every rank the root's values of ``params`` (in place, one ``Bcast`` of a
-    fused buffer per dtype). Call it once after building the model."""
+    """Give every rank the root's values of ``params`` (tensors or NumPy arrays, in
+    place; one ``Bcast`` of a fused buffer per dtype). Call it once after building
+    the model (and for optimiser state, on resuming)."""
     comm = _comm(comm)
-    params = list(params)
-    for group in _by_dtype([p.data for p in params]):
+    arrays = [p if isinstance(p, np.ndarray) else p.data for p in params]
+    for group in _by_dtype(arrays):
         buf = np.concatenate([a.reshape(-1) for a in group]) if group else None
         comm.Bcast(buf, root=root)
         off = 0

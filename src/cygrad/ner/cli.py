@@ -105,6 +105,10 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="one rank of an MPI job (mpiexec -n N cygrad train ... --distributed; "
+                        "needs the mpi extra): each rank trains on its share of every global "
+                        "batch of N x batch-size windows; rank 0 writes the model")
     p.add_argument("--no-compile", action="store_true",
                    help="train on the eager graph instead of the compiled step (for "
                         "comparison; same result to rounding)")
@@ -225,6 +229,11 @@ def cmd_train(a):
     from cygrad.ner.model import Config
     from cygrad.ner.train import TrainConfig, score, train
 
+    rank = 0
+    if a.distributed:
+        from cygrad import distributed as dist
+        rank, _ = dist.init(threads=a.threads)
+    say = print if rank == 0 else (lambda *x, **k: None)
     toy = a.train is None
     if toy:
         if a.dev:
@@ -232,8 +241,8 @@ def cmd_train(a):
         train_sents = read_conll(corpus.path("train"))
         test_sents = read_conll(corpus.path("test"))
         dev_sents = test_sents
-        print(f"training on the bundled toy corpus ({len(train_sents)} sentences; "
-              f"held-out part {len(test_sents)} sentences)")
+        say(f"training on the bundled toy corpus ({len(train_sents)} sentences; "
+            f"held-out part {len(test_sents)} sentences)")
     else:
         train_sents = read_conll(a.train)
         dev_sents = read_conll(a.dev) if a.dev else []
@@ -265,8 +274,12 @@ def cmd_train(a):
     vectors = read_vectors(a.vectors) if a.vectors else None
     t0 = time.perf_counter()
     model, history = train(train_sents, dev_sents, a.out, mcfg, tcfg, resume=a.resume,
-                           vectors=vectors, progress=not a.no_progress)
-    print(f"trained in {time.perf_counter() - t0:.1f}s; best model in {a.out}")
+                           vectors=vectors, progress=not a.no_progress,
+                           threads=a.threads if a.distributed else None,
+                           distributed=a.distributed)
+    say(f"trained in {time.perf_counter() - t0:.1f}s; best model in {a.out}")
+    if rank != 0:
+        return 0
     if dev_sents:
         sc = score(model, dev_sents)
         print(("held-out" if toy else "dev") + f" scores of the best model:\n{sc.table()}")

@@ -84,13 +84,19 @@ def score(model, sentences, enc=None, seen=None):
 
 
 class Trainer:
-    def __init__(self, model, tcfg):
+    def __init__(self, model, tcfg, comm=None):
         self.model, self.tcfg = model, tcfg
+        self.comm = comm            # an MPI communicator: data-parallel training
         self.t = {k: cg.tensor(v, requires_grad=not (k == "E" and tcfg.freeze_vectors))
                   for k, v in model.params.items()}
         trainable = [t for t in self.t.values() if t.requires_grad]
         opt = Adagrad if tcfg.optimizer == "adagrad" else SGD
         self.opt = opt(trainable, lr=tcfg.lr)
+        self.rank, self.size, self.step_opt = 0, 1, self.opt
+        if comm is not None:        # the ranks' gradients averaged before each update
+            from cygrad import distributed as dist
+            self.rank, self.size = comm.Get_rank(), comm.Get_size()
+            self.step_opt = dist.DistributedOptimizer(self.opt, comm)
         # the model's arrays are the tensors' arrays: it sees every update
         model.params = {k: t.data for k, t in self.t.items()}
         v = model.vocab
@@ -107,7 +113,7 @@ class Trainer:
         self.loss_fn = self._loss_fn()
         # the CRF loss and the n-gram bags have no plan kernels yet: the eager graph
         compiled = tcfg.compile and model.config.loss != "crf" and not model.config.ngram_dim
-        self._step = cg.compile(self.loss_fn, optimizer=self.opt) if compiled \
+        self._step = cg.compile(self.loss_fn, optimizer=self.step_opt) if compiled \
             else self._eager_step
 
     def _loss_fn(self):
@@ -169,10 +175,10 @@ class Trainer:
 
     def _eager_step(self, *args):
         loss = self.loss_fn(*args)
-        self.opt.zero_grad()
+        self.step_opt.zero_grad()
         loss.backward()
-        self.opt.step()
-        self.opt.zero_grad()
+        self.step_opt.step()
+        self.step_opt.zero_grad()
         return loss.item()
 
     def step(self, words, suffixes, cases, labels, rng=None, prefixes=None, shapes=None,
@@ -198,8 +204,9 @@ class Trainer:
         if self.unk_prob is not None:
             drop = rng.random(words.shape) < self.unk_prob[words]
             words = np.where(drop, self.unk_id, words)
-        if self.keyed:
-            extra = (np.array(rng.integers(0, 2 ** 62), dtype=np.int64),)
+        if self.keyed:              # (each rank its own masks)
+            key = (int(rng.integers(0, 2 ** 62)) + self.rank * 0x9E3779B97F4A7C15) % 2 ** 62
+            extra = (np.array(key, dtype=np.int64),)
         if cfg.loss == "softmax":
             return self._step(words, suffixes, cases, prefixes, shapes, ngrams, labels, *extra)
         if cfg.loss == "crf":
@@ -251,8 +258,14 @@ class Trainer:
         n, B = len(enc), self.tcfg.batch_size
         if self.model.config.loss != "crf":
             order = rng.permutation(n) if self.tcfg.shuffle else np.arange(n)
-            for lo in range(0, n, B):
-                yield np.sort(order[lo:lo + B]), None
+            G = B * self.size       # distributed: a global batch, this rank's share of it
+            for lo in range(0, n, G):
+                batch = np.sort(order[lo:lo + G])
+                if self.size > 1:
+                    if len(batch) < self.size:
+                        continue    # (the epoch's last windows, fewer than the ranks)
+                    batch = np.array_split(batch, self.size)[self.rank]
+                yield batch, None
             return
         off = enc.offsets
         S = len(off) - 1
@@ -260,35 +273,72 @@ class Trainer:
         lens = np.diff(off)[order]
         ends = np.cumsum(lens)
         lo = 0
+        G = B * self.size           # distributed: this rank's sentences of a global batch
         while lo < S:
-            # the first sentence whose end reaches batch_size tokens past lo's start
+            # the first sentence whose end reaches G tokens past lo's start
             base = ends[lo - 1] if lo else 0
-            hi = min(S, int(np.searchsorted(ends, base + B, side="left")) + 1)
-            sents = order[lo:hi]
+            hi = min(S, int(np.searchsorted(ends, base + G, side="left")) + 1)
+            a, b = lo, hi
+            if self.size > 1:
+                if hi - lo < self.size:
+                    lo = hi
+                    continue        # (the epoch's last sentences, fewer than the ranks)
+                # consecutive sentences, about the same number of tokens per rank
+                cut = np.searchsorted(ends[lo:hi] - base, np.arange(1, self.size) *
+                                      (ends[hi - 1] - base) / self.size, side="left") + lo
+                cut = np.clip(cut, lo + np.arange(1, self.size), hi - self.size
+                              + np.arange(1, self.size))
+                edges = [lo, *cut.tolist(), hi]
+                a, b = edges[self.rank], edges[self.rank + 1]
+            sents = order[a:b]
             idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in sents])
-            yield idx, lens[lo:hi]
+            yield idx, lens[a:b]
             lo = hi
 
-    def epoch(self, enc, rng, progress=None):
+    def epoch(self, enc, rng, progress=None, order_rng=None):
+        """One pass over the training windows in batches (shuffled by ``order_rng``,
+        default ``rng``); returns the mean loss (over every rank's windows)."""
         total, seen = 0.0, 0
-        for b, (idx, lengths) in enumerate(self._batches(enc, rng)):
+        for b, (idx, lengths) in enumerate(self._batches(enc, order_rng or rng)):
             loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
                              rng, enc.prefixes[idx], enc.shapes[idx], lengths,
                              None if enc.ngrams is None else enc.ngrams[idx])
             total += loss * len(idx)
             seen += len(idx)
             if progress is not None:
-                progress.update(len(idx))
+                progress.update(len(idx) * self.size)
                 if b % 50 == 0:
                     progress.set_postfix(loss=f"{total / seen:.4f}", refresh=False)
+        if self.comm is not None:
+            from mpi4py import MPI
+            both = np.array([total, seen], dtype=np.float64)
+            self.comm.Allreduce(MPI.IN_PLACE, both, op=MPI.SUM)
+            total, seen = both
         return total / max(seen, 1)
 
 
 def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, vectors=None,
-          log=print, progress=True, threads=None):
-    """Train a window model; returns (model, history). See the module docstring."""
+          log=print, progress=True, threads=None, distributed=False):
+    """Train a window model; returns (model, history). See the module docstring.
+
+    ``distributed``: one rank of an MPI job (``mpiexec -n N cygrad train ...
+    --distributed``): each rank trains on its share of every global batch of N x
+    batch_size windows (the same shuffle on every rank, from the seed and the epoch),
+    the gradients averaged over the ranks before each update; rank 0 alone logs,
+    evaluates, writes the model and the checkpoints; the ranks' parameters are
+    checked identical after every epoch. Returns the model on rank 0, None on the
+    others."""
     mcfg = mcfg or Config()
     tcfg = tcfg or TrainConfig()
+    comm, rank = None, 0
+    if distributed:
+        from cygrad import distributed as dist
+        rank, size = dist.init(threads=threads)
+        threads = None
+        from mpi4py import MPI
+        comm = MPI.COMM_WORLD
+        if rank != 0:
+            log, progress = (lambda *a, **k: None), False
     if not resume and not any(len(s.tokens) for s in train_sents):
         raise ValueError("no training sentences (an empty file, or only -DOCSTART- lines?)")
     if threads is not None:
@@ -297,7 +347,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     ckpt_dir = os.path.join(out_dir, CHECKPOINT)
     state = None
     if resume:
-        model, trainer, state = _load_checkpoint(ckpt_dir, tcfg)
+        model, trainer, state = _load_checkpoint(ckpt_dir, tcfg, comm)
         mcfg = model.config
         log(f"resuming after epoch {state['epoch']} from {ckpt_dir}")
     else:
@@ -306,7 +356,12 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         if vectors is not None:
             n = model.set_pretrained(vectors)
             log(f"pretrained vectors for {n} of {len(vocab.words)} words")
-        trainer = Trainer(model, tcfg)
+        trainer = Trainer(model, tcfg, comm)
+    if comm is not None:            # every rank starts from rank 0's parameters and state
+        from cygrad import distributed as dist
+        dist.broadcast_parameters(list(trainer.t.values()), comm=comm)
+        if isinstance(trainer.opt, Adagrad):
+            dist.broadcast_parameters(trainer.opt.state, comm=comm)
     tr = model.encode(train_sents)
     trainer.set_data(tr)
     dv = model.encode(dev_sents) if dev_sents else None
@@ -320,7 +375,8 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         average = state.get("average")
     log(f"{len(tr)} training windows, {len(dv) if dv else 0} dev windows, vocabulary "
         f"{len(model.vocab.words)} words, tags {model.vocab.tags}, threads "
-        f"{cg.get_num_threads()}")
+        f"{cg.get_num_threads()}" + (f", {trainer.size} ranks (global batch "
+                                     f"{trainer.size * tcfg.batch_size})" if comm else ""))
     bar_cls = _tqdm() if progress else None
     for epoch in range(start, tcfg.epochs):
         if bad >= tcfg.patience:
@@ -328,7 +384,12 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         t0 = time.perf_counter()
         bar = bar_cls(total=len(tr), desc=f"epoch {epoch + 1}", unit="win",
                       unit_scale=True, leave=False) if bar_cls else None
-        loss = trainer.epoch(tr, rng, bar)
+        if comm is None:
+            loss = trainer.epoch(tr, rng, bar)
+        else:       # the shuffle from (seed, epoch), the same on every rank and rank count
+            loss = trainer.epoch(tr, np.random.default_rng([tcfg.seed, epoch, 1 + rank]), bar,
+                                 order_rng=np.random.default_rng([tcfg.seed, epoch]))
+            dist.check_identical(list(trainer.t.values()), comm)     # else every rank raises
         trainer.calibrate(tr)
         if bar is not None:
             bar.close()
@@ -348,7 +409,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             for k, a in model.params.items():
                 a[...] = average[k]
             trainer.calibrate(tr)       # max-margin: the threshold of the averaged model
-        if dv is not None:
+        if dv is not None and rank == 0:
             sc = score(model, dev_sents, dv)
             entry.update(dev_p=sc.precision, dev_r=sc.recall, dev_f1=sc.f1, dev_acc=sc.accuracy)
             if sc.seen is not None:
@@ -359,21 +420,30 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         else:
             improved = True
             log(f"epoch {epoch + 1:3d}  loss {loss:.4f}  {secs:.2f}s")
+        if comm is not None:        # rank 0's verdict (and dev scores) for every rank
+            improved, entry = comm.bcast((improved, entry), root=0)
         history.append(entry)
         if improved:
             best_f1 = entry.get("dev_f1", best_f1)
             bad = 0
-            model.save(out_dir, extra={"history": history, "train": dataclasses.asdict(tcfg)})
+            if rank == 0:
+                model.save(out_dir, extra={"history": history,
+                                           "train": dataclasses.asdict(tcfg)})
         else:
             bad += 1
         if raw is not None:
             for k, a in model.params.items():
                 a[...] = raw[k]
-        _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch + 1, bad,
-                         average)
-        _plot(history, os.path.join(out_dir, "training.png"))
+        if rank == 0:
+            _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch + 1,
+                             bad, average)
+            _plot(history, os.path.join(out_dir, "training.png"))
+        if comm is not None:
+            comm.Barrier()          # the checkpoint is committed before any rank goes on
     if bad >= tcfg.patience:
         log(f"early stop: no better dev F1 for {tcfg.patience} epochs")
+    if rank != 0:
+        return None, history
     best = WindowModel.load(out_dir)
     return best, history
 
@@ -477,7 +547,7 @@ def checkpoint_settings(ckpt_dir):
         return None
 
 
-def _load_checkpoint(ckpt_dir, tcfg):
+def _load_checkpoint(ckpt_dir, tcfg, comm=None):
     base = checkpoint_path(ckpt_dir)
     if base is None:
         raise ModelError(f"{ckpt_dir}: no checkpoint to resume from")
@@ -509,7 +579,7 @@ def _load_checkpoint(ckpt_dir, tcfg):
                              f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")
     model = WindowModel.load(os.path.join(base, "model"))
     with np.load(npz, allow_pickle=False) as z:
-        trainer = Trainer(model, tcfg)
+        trainer = Trainer(model, tcfg, comm)
         if isinstance(trainer.opt, Adagrad):
             names = [k for k, t in trainer.t.items() if t.requires_grad]
             trainer.opt.state = [np.ascontiguousarray(z[f"adagrad/{k}"]) for k in names]

@@ -72,6 +72,17 @@ def train(opt_name, dtype, mode, steps, rank=0, size=1, wrap=None):
         for windows, labels, _ in batches(steps):
             step(np.ascontiguousarray(windows[lo:hi]), labels[lo:hi])
         return params
+    if mode == "uneven":    # shares of 40 and 24 windows, and a step where rank 1 has none
+        for k, (windows, labels, _) in enumerate(batches(steps)):
+            n = 40 if k == 2 else GLOBAL_BATCH
+            a, z = ((0, 40), (40, n))[rank] if size == 2 else (0, n)
+            opt.zero_grad()
+            if z > a:
+                loss_fn(windows[a:z], labels[a:z]).backward()
+            if wrap:
+                opt.weight = z - a
+            opt.step()
+        return params
     for windows, labels, _ in batches(steps):
         opt.zero_grad()
         x = cg.embedding_windows(E, windows[lo:hi], sparse=True)

@@ -22,8 +22,8 @@ sys.path.insert(0, HERE)
 import mpi_worker  # noqa: E402
 
 try:
-    import mpi4py  # noqa: F401
-    HAVE_MPI4PY = True
+    import mpi4py
+    HAVE_MPI4PY = mpi4py is not None
 except ImportError:
     HAVE_MPI4PY = False
 
@@ -54,7 +54,8 @@ def _mpirun(args, n=2, timeout=240):
 CASES = [("sgd", "float64", "eager"), ("adagrad", "float64", "eager"),
          ("adam", "float64", "eager"), ("sgd", "float32", "eager"),
          ("adam", "float64", "compiled"), ("sgd", "float32", "compiled"),
-         ("adagrad", "float64", "compiled-table"), ("adam", "float32", "compiled-table")]
+         ("adagrad", "float64", "compiled-table"), ("adam", "float32", "compiled-table"),
+         ("adagrad", "float64", "uneven"), ("sgd", "float64", "uneven")]
 
 
 @needs_mpi
@@ -183,3 +184,50 @@ def test_cli_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path):
               "--epochs", str(done + 1)], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"resuming after epoch {done}" in r.stdout and _epoch_of(out) == done + 1
+
+
+class _FakeComm:
+    """Just enough of a communicator for Trainer's batch sharding (no MPI calls)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size
+
+
+@pytest.mark.parametrize("loss", ["crf", "softmax"])
+@pytest.mark.parametrize("size", [2, 3, 5])
+def test_shards_cover_every_global_batch_once(loss, size):
+    """Every rank's share of every global batch is non-empty, and the shares of one
+    global batch are disjoint and make it up whole (whole sentences for the CRF),
+    whatever the sentence lengths."""
+    from cygrad.ner import corpus
+    from cygrad.ner.data import read_conll
+    from cygrad.ner.model import Config, WindowModel
+    from cygrad.ner.data import Vocab
+    from cygrad.ner.train import Trainer, TrainConfig
+    sents = read_conll(corpus.path("train"))[:300]
+    tcfg = TrainConfig(batch_size=40)
+    model = WindowModel(Config(loss=loss), Vocab.build(sents), seed=0)
+    enc = model.encode(sents)
+    shares = []
+    for r in range(size):
+        tr = Trainer(model, tcfg, _FakeComm(r, size))
+        shares.append(list(tr._batches(enc, np.random.default_rng(4))))
+    # one process with the global batch size groups the windows the same way
+    one = [idx for idx, _ in Trainer(model, TrainConfig(batch_size=40 * size))._batches(
+        enc, np.random.default_rng(4)) if len(idx) >= size]
+    assert len({len(s) for s in shares}) == 1       # every rank takes as many steps
+    assert len(shares[0]) >= len(one) - 1
+    for k in range(len(shares[0])):
+        parts = [shares[r][k] for r in range(size)]
+        assert all(len(idx) for idx, _ in parts)
+        got = np.concatenate([idx for idx, _ in parts])
+        assert len(np.unique(got)) == len(got)
+        np.testing.assert_array_equal(np.sort(got), np.sort(one[k]))
+        if loss == "crf":
+            assert all(lens.sum() == len(idx) for idx, lens in parts)

@@ -713,8 +713,14 @@ cdef class Runner:
         if self.work >= self.min_work:
             nt = _config.resolve(self.step.threads)
         _written(self.opt.params)       # a live graph that saved one must refuse its backward
-        cdef double loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1,
-                                          adam) / self.batch
+        cdef double loss
+        try:
+            loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1, adam) / self.batch
+        except BaseException:
+            if adam is not None:        # the step did not happen: nor does its count
+                for i in self.adam_params:
+                    self.opt.steps[i] -= 1
+            raise
         if self.f32:
             return <double><float>loss
         return loss

@@ -136,11 +136,11 @@ def broadcast_parameters(params, root=0, comm=None):
     comm = _comm(comm)
     arrays = [p if isinstance(p, np.ndarray) else p.data for p in params]
     for group in _by_dtype(arrays):
-        buf = np.concatenate([a.reshape(-1) for a in group]) if group else None
+        buf = np.concatenate([a.reshape(-1) for a in group])
         comm.Bcast(buf, root=root)
         off = 0
         for a in group:
-            a.reshape(-1)[...] = buf[off:off + a.size]
+            np.copyto(a, buf[off:off + a.size].reshape(a.shape))
             off += a.size
 
 
@@ -156,16 +156,23 @@ def _kinds(params):
                      for p in params], dtype=np.int8)
 
 
-def allreduce_gradients(params, comm=None, average=True):
+def allreduce_gradients(params, comm=None, average=True, weight=None):
     """Replace each parameter's gradient by the sum (``average``: the mean) of that
     gradient over the ranks, in place of ``p.grad``.
 
-    Every rank must hold gradients for the same parameters, of the same kinds (dense
-    or row-sparse); otherwise every rank raises the same ValueError. Dense gradients
-    go in one fused buffer per dtype through one in-place ``Allreduce``; row-sparse
-    ones become the concatenation, in rank order, of every rank's (rows, values)
-    (``Allgatherv``), which the optimisers' sparse kernels sum row by row in that
-    order: the same bits on every rank.
+    ``weight``: this rank's number of examples behind its gradient (a mean over
+    them); the ranks' gradients are then combined as sum_r w_r g_r / sum_r w_r, the
+    gradient of the mean over all the ranks' examples even when the shares differ
+    (the last batch of an epoch, sentences of different lengths). None: every rank
+    weighs the same.
+
+    A parameter may have a gradient on some ranks and none (zero) on others, as
+    when a rank's share held nothing to learn from; the kinds (dense, row-sparse)
+    must agree where present, else every rank raises the same ValueError. Dense
+    gradients go in one fused buffer per dtype through one in-place ``Allreduce``;
+    row-sparse ones become the concatenation, in rank order, of every rank's (rows,
+    values) (``Allgatherv``), which the optimisers' sparse kernels sum row by row in
+    that order: the same bits on every rank.
     """
     comm = _comm(comm)
     MPI = _mpi()
@@ -174,41 +181,61 @@ def allreduce_gradients(params, comm=None, average=True):
     kinds = _kinds(params)
     everyone = np.empty((n, len(params)), dtype=np.int8)
     comm.Allgather(kinds, everyone)
-    if (everyone != kinds).any():
-        r, i = np.argwhere(everyone != everyone[0])[0]
-        names = {0: "no gradient", 1: "a dense gradient", 2: "a row-sparse gradient"}
-        raise ValueError(f"allreduce_gradients: parameter {i} has {names[everyone[0, i]]} on "
-                         f"rank 0 but {names[everyone[r, i]]} on rank {r}: every rank must "
+    agreed = everyone.max(axis=0) if len(params) else kinds
+    clash = (everyone != 0) & (everyone != agreed)
+    if clash.any():
+        r, i = np.argwhere(clash)[0]
+        names = {1: "a dense gradient", 2: "a row-sparse gradient"}
+        raise ValueError(f"allreduce_gradients: parameter {i} has {names[everyone[r, i]]} on "
+                         f"rank {r} but {names[agreed[i]]} elsewhere: every rank must "
                          f"backpropagate the same graph")
+    w = 1.0 if weight is None else float(weight)
+    if not (np.isfinite(w) and w >= 0):
+        raise ValueError(f"allreduce_gradients: weight must be a number >= 0, got {weight!r}")
+    scale = weight is not None
+    total = None                # sum of the ranks' weights, from the first exchange
     groups = {}
-    for p, k in zip(params, kinds):
+    for p, k in zip(params, agreed):
         if k == 1:
             groups.setdefault(p.dtype.str, []).append(p)
     for key in sorted(groups):
         owners = groups[key]
-        buf = np.concatenate([np.asarray(p.grad, dtype=p.dtype).reshape(-1) for p in owners])
+        parts = [np.zeros(p.size, p.dtype) if p.grad is None
+                 else np.asarray(p.grad, dtype=p.dtype).reshape(-1) for p in owners]
+        buf = np.concatenate(parts + [np.array([w], dtype=owners[0].dtype)])
+        if scale:
+            buf[:-1] *= buf.dtype.type(w)
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
-        if average and n > 1:
-            buf *= buf.dtype.type(1.0 / n)
+        if total is None:
+            total = float(buf[-1])
+        if average and total > 0:
+            buf[:-1] /= buf.dtype.type(total)
         off = 0
         for p in owners:
             p.grad = buf[off:off + p.size].reshape(p.shape)
             off += p.size
-    for p, k in zip(params, kinds):
+    for p, k in zip(params, agreed):
         if k != 2:
             continue
+        if total is None:
+            total = comm.allreduce(w, op=MPI.SUM)
         g = p.grad
-        idx = np.ascontiguousarray(g.indices.reshape(-1), dtype=np.int64)
-        rows = np.ascontiguousarray(g.rows.reshape(len(idx), -1))
-        d = rows.shape[1]
+        d = int(np.prod(p.shape[1:]))
+        if g is None:
+            idx, rows = np.zeros(0, np.int64), np.zeros((0, d), p.dtype)
+        else:
+            idx = np.ascontiguousarray(g.indices.reshape(-1), dtype=np.int64)
+            rows = np.array(g.rows, dtype=p.dtype).reshape(len(idx), d)
+            if scale:
+                rows *= rows.dtype.type(w)
         counts = np.array(comm.allgather(len(idx)), dtype=np.int64)
         all_idx = np.empty(int(counts.sum()), dtype=np.int64)
         comm.Allgatherv(idx, [all_idx, counts])
-        all_rows = np.empty((int(counts.sum()), d), dtype=rows.dtype)
+        all_rows = np.empty((int(counts.sum()), d), dtype=p.dtype)
         comm.Allgatherv(rows, [all_rows, counts * d])
-        if average and n > 1:
-            all_rows *= all_rows.dtype.type(1.0 / n)
-        p.grad = SparseRows(all_idx, all_rows, g.shape)
+        if average and total > 0:
+            all_rows /= all_rows.dtype.type(total)
+        p.grad = SparseRows(all_idx, all_rows, p.shape)
 
 
 class DistributedOptimizer(_Optimizer):
@@ -217,6 +244,7 @@ class DistributedOptimizer(_Optimizer):
     learning rate, schedules and ``state_dict()`` are the wrapped optimiser's."""
 
     def __init__(self, optimizer, comm=None, average=True):
+        self.weight = None          # this rank's examples behind the next step's gradient
         if not isinstance(optimizer, _Optimizer):
             raise TypeError(f"DistributedOptimizer: optimizer must be a cygrad optimiser, got "
                             f"{type(optimizer).__name__}")
@@ -236,7 +264,10 @@ class DistributedOptimizer(_Optimizer):
         self.optimizer.lr = lr
 
     def step(self):
-        allreduce_gradients(self.params, self.comm, self.average)
+        """Average the gradients over the ranks (weighted by ``self.weight``, this
+        rank's examples, when set), then the wrapped optimiser's step. Every rank
+        must call it at every step, a rank without gradients included."""
+        allreduce_gradients(self.params, self.comm, self.average, self.weight)
         self.optimizer.step()
 
     def state_dict(self):

@@ -195,10 +195,22 @@ def main(argv=None):
         # stdout goes to /dev/null so that flushing it at exit does not fail again
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        _abort_job(args, 141)
         return 141
     except (DataError, ModelError, OSError, ValueError) as e:
         print(f"cygrad {args.command}: error: {e}", file=sys.stderr)
+        _abort_job(args, 2)
         return 2
+
+
+def _abort_job(args, code):
+    """A --distributed rank that stops on an error stops the whole MPI job (the
+    other ranks would wait for it forever in the next exchange)."""
+    if getattr(args, "distributed", False) and "mpi4py" in sys.modules:
+        from mpi4py import MPI
+        if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
+            sys.stderr.flush()
+            MPI.COMM_WORLD.Abort(code)
 
 
 def read_vectors(path):

@@ -204,6 +204,9 @@ class Trainer:
         if self.unk_prob is not None:
             drop = rng.random(words.shape) < self.unk_prob[words]
             words = np.where(drop, self.unk_id, words)
+        if self.comm is not None:   # this rank's examples: the weight of its gradient
+            self.step_opt.weight = (len(words) if cfg.loss != "max-margin"
+                                    else int(np.count_nonzero(self.positive_tag[labels])))
         if self.keyed:              # (each rank its own masks)
             key = (int(rng.integers(0, 2 ** 62)) + self.rank * 0x9E3779B97F4A7C15) % 2 ** 62
             extra = (np.array(key, dtype=np.int64),)
@@ -220,6 +223,10 @@ class Trainer:
                               *extra)
         pos = np.flatnonzero(y)
         if len(pos) == 0:
+            if self.comm is not None:   # the other ranks' exchange needs this rank too
+                self.step_opt.zero_grad()
+                self.step_opt.step()
+                self.step_opt.zero_grad()
             return 0.0
         w, sf, cs, pf, sh, ng = (words[pos], suffixes[pos], cases[pos], prefixes[pos],
                                  shapes[pos], ngrams[pos])
@@ -288,6 +295,8 @@ class Trainer:
                                       (ends[hi - 1] - base) / self.size, side="left") + lo
                 cut = np.clip(cut, lo + np.arange(1, self.size), hi - self.size
                               + np.arange(1, self.size))
+                for j in range(1, len(cut)):    # no rank without sentences
+                    cut[j] = max(cut[j], cut[j - 1] + 1)
                 edges = [lo, *cut.tolist(), hi]
                 a, b = edges[self.rank], edges[self.rank + 1]
             sents = order[a:b]

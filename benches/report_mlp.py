@@ -27,7 +27,6 @@ How it is fair:
 """
 
 import argparse
-import atexit
 import json
 import os
 import platform
@@ -320,27 +319,7 @@ def _versions():
 
 # ------------------------------------------------------------- the coordinator
 
-_BUSY = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nparent = os.getppid()\n"
-         "while os.getppid() == parent:\n    for _ in range(1000000):\n        pass\n")
-
-
-class Busy:
-    """A CPU-bound process pinned to one core, started and stopped on demand."""
-
-    def __init__(self, core):
-        self.core, self.p = core, None
-        atexit.register(self.stop)
-
-    def start(self):
-        if self.p is None:
-            self.p = subprocess.Popen([sys.executable, "-c", _BUSY, str(self.core)])
-            time.sleep(0.1)
-
-    def stop(self):
-        if self.p is not None:
-            self.p.kill()
-            self.p.wait()
-            self.p = None
+from report_contention import Busy  # noqa: E402  (one busy loop for every report)
 
 
 class Worker:

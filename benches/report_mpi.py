@@ -22,7 +22,6 @@ rows ((N - 1) x S bytes received, N - 1 latencies), over 10 and 100 Gbit/s links
 """
 
 import argparse
-import atexit
 import json
 import os
 import platform
@@ -96,25 +95,7 @@ def worker(B, seconds, distributed, out):
                        "dense_bytes": dense, "sparse_bytes": sparse}, f)
 
 
-_BUSY = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nparent = os.getppid()\n"
-         "while os.getppid() == parent:\n    for _ in range(1000000):\n        pass\n")
-
-
-class Busy:
-    def __init__(self, core):
-        self.core, self.p = core, None
-        atexit.register(self.stop)
-
-    def start(self):
-        if self.p is None:
-            self.p = subprocess.Popen([sys.executable, "-c", _BUSY, str(self.core)])
-            time.sleep(0.1)
-
-    def stop(self):
-        if self.p is not None:
-            self.p.kill()
-            self.p.wait()
-            self.p = None
+from report_contention import Busy  # noqa: E402  (one busy loop for every report)
 
 
 def run(arrangement, B, seconds, tmp):

@@ -22,3 +22,14 @@ def readonly(a):
 def run_with_threads(n, fn, *args, **kw):
     with cygrad.threads(n):
         return fn(*args, **kw)
+
+
+def subprocess_env():
+    """os.environ for a child Python that must import the cygrad under test, wherever
+    this process imported it from (its directory first on PYTHONPATH)."""
+    import os
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(cygrad.__file__)))]
+        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env

@@ -15,11 +15,11 @@ import time
 import numpy as np
 import pytest
 
-import cygrad
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import mpi_worker  # noqa: E402
+from helpers import subprocess_env  # noqa: E402
 
 try:
     import mpi4py
@@ -39,11 +39,7 @@ needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and _mpiexec()),
 
 
 def _env():
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(cygrad.__file__)))]
-        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return env
+    return subprocess_env()
 
 
 def _mpirun(args, n=2, timeout=240):

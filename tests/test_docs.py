@@ -13,6 +13,8 @@ import types
 
 import pytest
 
+from helpers import subprocess_env
+
 import cygrad
 import cygrad.data
 import cygrad.distributed
@@ -47,10 +49,7 @@ def test_the_guide_pages_have_examples():
 @pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p)])
 def test_page_examples_run(tmp_path, page):
     code = "\n\n".join(_blocks(page))
-    env = dict(os.environ)      # the cygrad under test, wherever it was imported from
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(cygrad.__file__)))]
-        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = subprocess_env()
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, timeout=600, env=env)
     assert r.returncode == 0, f"docs/{page}: its examples failed:\n{r.stderr[-3000:]}"

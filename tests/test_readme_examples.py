@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from helpers import subprocess_env
+
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
@@ -26,11 +28,7 @@ def test_readme_has_examples():
 
 @pytest.mark.parametrize("name,code", _examples(), ids=[n for n, _ in _examples()])
 def test_readme_example_runs(tmp_path, name, code):
-    import cygrad
-    env = dict(os.environ)      # the cygrad under test, wherever it was imported from
-    env["PYTHONPATH"] = os.pathsep.join(
-        [os.path.dirname(os.path.dirname(os.path.abspath(cygrad.__file__)))]
-        + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env = subprocess_env()
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, timeout=300, env=env)
     assert r.returncode == 0, f"README example {name} failed:\n{r.stderr[-3000:]}"

@@ -157,7 +157,12 @@ def _trace():
 
 class Tensor:
     """A node of the graph: a float32 or float64 NumPy array and, after
-    ``backward()``, its gradient ``.grad`` (a NumPy array of the same shape)."""
+    ``backward()``, its gradient ``.grad`` (a NumPy array of the same shape).
+
+    An integer (or bool) tensor holds labels, ids or masks: it can be passed
+    wherever an op takes those (``labels``, ``windows``, ``tags``), never
+    requires a gradient, and is refused as an input of arithmetic (no silent
+    upcast: convert it with ``cg.tensor(t, dtype=np.float64)``)."""
 
     __slots__ = ("data", "grad", "requires_grad", "_op", "_parents", "_ctx", "_retain",
                  "name", "__weakref__")
@@ -167,7 +172,10 @@ class Tensor:
         made = getattr(_state, "made", None)
         if made is not None:         # compile: tensors made while loss_fn is traced
             made.add(id(self))
-        data = _as_float_array(data, None)
+        data = _as_array(data, None)
+        if requires_grad and data.dtype not in _FLOATS:
+            raise TypeError(f"tensor: only float32 and float64 tensors can require "
+                            f"gradients, got dtype {data.dtype}")
         self.data = data
         self.grad = None
         self.requires_grad = bool(requires_grad)
@@ -336,7 +344,9 @@ def tensor(data, requires_grad=False, dtype=None, name=None):
 
     Floating arrays keep their dtype (float32 or float64, either byte order);
     other float types (float16, longdouble) raise TypeError unless ``dtype`` says
-    which to convert to; integer and bool data become float64 (or ``dtype``).
+    which to convert to. Integer and bool data keep their dtype (an integer
+    tensor, for labels and ids, which cannot require a gradient); pass
+    ``dtype=np.float64`` (or float32) to make numbers of them.
     """
     if isinstance(data, Tensor):
         data = data.data
@@ -344,17 +354,24 @@ def tensor(data, requires_grad=False, dtype=None, name=None):
         if data.dtype not in _FLOATS or (dtype is not None and np.dtype(dtype) != data.dtype):
             data._refuse("converts the dtype of")
         return Tensor(data.array, requires_grad=requires_grad, name=name)
-    arr = _as_float_array(data, dtype)
+    arr = _as_array(data, dtype)
     if isinstance(data, np.ndarray) and np.may_share_memory(arr, data):
         arr = arr.copy()
     return Tensor(arr, requires_grad=requires_grad, name=name)
 
 
-def _as_float_array(data, dtype):
+def _as_array(data, dtype):
     if dtype is not None:
         dtype = np.dtype(dtype)
+        if dtype.kind in "iub":
+            arr = np.asarray(data)
+            if arr.dtype.kind not in "iub":
+                raise TypeError(f"tensor: dtype {dtype} asked for data of dtype {arr.dtype}; "
+                                f"an integer tensor is made from integer data only")
+            return np.array(arr, dtype=dtype.newbyteorder("="))
         if dtype not in _FLOATS:
-            raise TypeError(f"tensor: dtype must be float32 or float64, got {dtype}")
+            raise TypeError(f"tensor: dtype must be float32, float64 or an integer type, "
+                            f"got {dtype}")
         return np.array(data, dtype=dtype)
     arr = np.asarray(data)
     if arr.dtype in _FLOATS:
@@ -364,9 +381,9 @@ def _as_float_array(data, dtype):
             return arr.astype(arr.dtype.newbyteorder("="))     # byte-swapped: same precision
         raise TypeError(f"tensor: {arr.dtype} is not supported (float32 or float64); "
                         f"convert explicitly, e.g. with dtype=np.float32")
-    if arr.dtype.kind in "biu":     # integers and bools: float64, as documented
-        return arr.astype(np.float64)
-    raise TypeError(f"tensor: cannot make a float tensor from dtype {arr.dtype}")
+    if arr.dtype.kind in "biu":     # integers and bools: an integer tensor, native order
+        return arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
+    raise TypeError(f"tensor: cannot make a tensor from dtype {arr.dtype}")
 
 
 def _backprop(root, grad, retain_graph=False):
@@ -493,6 +510,11 @@ class Op:
             if type(x) is Tensor or isinstance(x, Tensor):
                 d = x.data.dtype
                 if dtype is None:
+                    if d not in _FLOATS:
+                        raise TypeError(
+                            f"{cls.name or cls.__name__}: an input is an integer tensor "
+                            f"({d}); convert it explicitly, e.g. cg.tensor(t, "
+                            f"dtype=np.float64) (no silent upcast)")
                     dtype = d
                 elif d != dtype:
                     raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and "

@@ -1,0 +1,58 @@
+"""Integer tensors: labels and ids as cygrad tensors, never silently made floats."""
+
+import numpy as np
+import pytest
+
+import cygrad as cg
+from cygrad import reference as ref
+
+
+def test_integer_data_keeps_its_dtype_and_cannot_require_grad():
+    for dt in (np.int8, np.int32, np.int64, np.uint16, np.bool_):
+        t = cg.tensor(np.array([1, 0, 1], dtype=dt))
+        assert t.dtype == dt and not t.requires_grad
+    assert cg.tensor([3, 1]).dtype == np.array([3, 1]).dtype
+    assert cg.tensor(np.array([1, 2], dtype=">i4")).dtype == np.dtype("=i4")
+    assert cg.tensor([1, 2], dtype=np.float32).dtype == np.float32     # explicit: numbers
+    assert cg.tensor([1, 2], dtype=np.int16).dtype == np.int16
+    with pytest.raises(TypeError, match="only float32 and float64 tensors can require "
+                                        "gradients, got dtype int64"):
+        cg.tensor(np.array([1, 2]), requires_grad=True)
+    with pytest.raises(TypeError, match="an integer tensor is made from integer data only"):
+        cg.tensor([0.5, 1.5], dtype=np.int64)
+
+
+def test_arithmetic_on_an_integer_tensor_is_refused_by_name():
+    i = cg.tensor(np.array([1, 2, 3]))
+    f = cg.tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(TypeError, match=r"add: an input is an integer tensor \(int64\); "
+                                        r"convert it explicitly"):
+        i + 1.0
+    with pytest.raises(TypeError, match="mul: inputs mix float64 and int64"):
+        f * i
+    with pytest.raises(TypeError, match="tanh: an input is an integer tensor"):
+        cg.tanh(i)
+
+
+@pytest.mark.parametrize("dt", [np.int32, np.int64, np.uint8])
+def test_integer_label_and_id_tensors_are_accepted_where_labels_are_expected(dt):
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((5, 4))
+    y = np.array([0, 3, 1, 1, 2], dtype=dt)
+    L = cg.tensor(logits, requires_grad=True)
+    loss = cg.softmax_cross_entropy(L, cg.tensor(y))
+    loss.backward()
+    want_loss, want_d = ref.softmax_cross_entropy(logits, y.astype(np.int64))
+    np.testing.assert_allclose(loss.item(), want_loss, rtol=1e-12)
+    np.testing.assert_allclose(L.grad, want_d, rtol=1e-12)
+
+    E = cg.tensor(rng.standard_normal((7, 2)), requires_grad=True)
+    w = np.array([[0, 6, 2], [1, 1, 5]], dtype=dt)
+    X = cg.embedding_windows(E, cg.tensor(w))
+    np.testing.assert_array_equal(X.data, E.data[w.astype(np.int64)].reshape(2, 6))
+
+
+def test_a_float_label_tensor_is_still_refused():
+    L = cg.tensor(np.zeros((2, 3)), requires_grad=True)
+    with pytest.raises(TypeError, match="labels must be integers, got float64"):
+        cg.softmax_cross_entropy(L, cg.tensor(np.array([0., 1.])))

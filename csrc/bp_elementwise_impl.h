@@ -87,7 +87,7 @@ void BP_FN(bp_unary_bwd)(int op, const T *g, const T *saved, T *out, ptrdiff_t n
     case BP_HARDTANH:
         BP_SIMD for (i = 0; i < n; i++) {
             const T gv = g[i], zero = (T)0 * gv, v = saved[i];
-            out[i] = (v > -1) & (v < 1) ? gv : zero;
+            out[i] = ((v > -1) & (v < 1)) ? gv : zero;
         }
         break;
     case BP_GELU:

@@ -22,6 +22,7 @@
  * Dispatch: the first call picks AVX-512, AVX2+FMA or portable C from the CPU;
  * CYGRAD_GEMM_PATH=avx2|generic forces a lower path (for tests and comparison).
  */
+#define _POSIX_C_SOURCE 200112L     /* posix_memalign under -std=c11 on every libc */
 #include <stdlib.h>
 #include <string.h>
 
@@ -693,6 +694,7 @@ int bp_gemm_dotrows_f32(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, 
     const struct bp_path *pth = path();
     if (!pth->r32) return 1;
     ptrdiff_t i = i0;
+#if BP_X86      /* elsewhere no path has a one-row kernel: returned above */
     for (; i + 4 <= i1; i += 4) {
         ptrdiff_t j = j0;
         for (; j + 4 <= j1; j += 4)
@@ -701,6 +703,7 @@ int bp_gemm_dotrows_f32(ptrdiff_t i0, ptrdiff_t i1, ptrdiff_t j0, ptrdiff_t j1, 
         for (; j < j1; j++)
             dot4x1_avx512_f32(k, A + i * lda, lda, B + j * ldb, C + i * ldc + j, ldc, accumulate);
     }
+#endif
     for (; i < i1; i++)
         pth->r32(j0, j1, k, A + i * lda, B, ldb, C + i * ldc, accumulate);
     return 0;

@@ -1,6 +1,6 @@
 """``cygrad train | evaluate | tag``: the window NER tagger from the command line.
 
-    cygrad train --out model                                  # the bundled toy corpus
+    cygrad train --out model                                  # the bundled demo corpus
     cygrad train --train train.txt --dev valid.txt --out model   # CoNLL-2003
     cygrad evaluate --model model --data valid.txt [--output pred.txt]
     echo "Jordan flew to Jordan ." | cygrad tag --model model --format inline
@@ -246,19 +246,19 @@ def cmd_train(a):
         from cygrad import distributed as dist
         rank, _ = dist.init(threads=a.threads)
     say = print if rank == 0 else (lambda *x, **k: None)
-    toy = a.train is None
-    if toy:
+    demo = a.train is None
+    if demo:
         if a.dev:
             raise ValueError("--dev needs --train")
         train_sents = read_conll(corpus.path("train"))
         test_sents = read_conll(corpus.path("test"))
         dev_sents = test_sents
-        say(f"training on the bundled toy corpus ({len(train_sents)} sentences; "
+        say(f"training on the bundled demo corpus ({len(train_sents)} sentences; "
             f"held-out part {len(test_sents)} sentences)")
     else:
         train_sents = read_conll(a.train)
         dev_sents = read_conll(a.dev) if a.dev else []
-    epochs = a.epochs if a.epochs is not None else (8 if toy else 20)
+    epochs = a.epochs if a.epochs is not None else (8 if demo else 20)
     lr = a.lr if a.lr is not None else (0.06 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
                   prefix_dim=a.prefix_dim, shape_dim=a.shape_dim, ngram_dim=a.ngram_dim,
@@ -294,7 +294,7 @@ def cmd_train(a):
         return 0
     if dev_sents:
         sc = score(model, dev_sents)
-        print(("held-out" if toy else "dev") + f" scores of the best model:\n{sc.table()}")
+        print(("held-out" if demo else "dev") + f" scores of the best model:\n{sc.table()}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Tagging speed of a trained NER model, in tokens/s.
 
-    python benches/report_tagging.py --model DIR [--data FILE] [--threads 1 2]
+    python benches/report_tagging.py --model DIR [--data FILE] [--threads 1 2] [--busy]
 
 Two figures for every thread count, over the tokens of a CoNLL file (default: the
 CoNLL-2003 validation split from $CYGRAD_CONLL_DIR or ../shared/data/conll2003):
@@ -8,6 +8,8 @@ the tagger in process (encode, scores, Viterbi, tag strings: what `cygrad tag`
 does between reading and writing text), median of 7 runs; and the `cygrad tag
 --tokenized` command on the same tokens, its wall time minus the time of the same
 command on empty input (start-up: interpreter, imports, model load), median of 3.
+``--busy``: the same beside a CPU-bound process pinned to the last core
+(report_contention.py's), started before the first timing and stopped after the last.
 """
 
 import argparse
@@ -20,6 +22,8 @@ import time
 import numpy as np
 
 import cygrad
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report_contention import Busy  # noqa: E402
 from cygrad.ner import cli
 from cygrad.ner.data import Sentence, read_conll
 from cygrad.ner.model import WindowModel
@@ -42,6 +46,8 @@ def main(argv=None):
     ap.add_argument("--model", required=True)
     ap.add_argument("--data", default=DEFAULT_DATA)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--busy", action="store_true",
+                    help="beside a CPU-bound process pinned to the last core")
     args = ap.parse_args(argv)
     if not os.path.isfile(args.data):
         sys.exit(f"report_tagging: no data file {args.data}: give --data FILE (CoNLL format), "
@@ -54,7 +60,12 @@ def main(argv=None):
         with open(tokens, "w", encoding="utf-8") as f:
             f.write("\n\n".join("\n".join(s.tokens) for s in sents) + "\n")
         open(empty, "w").close()
-        print(f"{n} tokens from {args.data}\n")
+        busy = None
+        if args.busy:
+            busy = Busy(sorted(os.sched_getaffinity(0))[-1])
+            busy.start()
+        print(f"{n} tokens from {args.data}" + (", one core busy" if busy else ", idle")
+              + "\n")
         print("| threads | tagger tokens/s (median of 7) | `cygrad tag` tokens/s after start-up |")
         print("|---:|---:|---:|")
         for nt in args.threads:
@@ -67,6 +78,8 @@ def main(argv=None):
             run = np.median([_command_seconds(args.model, tokens, nt) for _ in range(3)])
             start = np.median([_command_seconds(args.model, empty, nt) for _ in range(3)])
             print(f"| {nt} | {n / np.median(ts):,.0f} | {n / max(run - start, 1e-9):,.0f} |")
+        if busy is not None:
+            busy.stop()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Raw-text tokenisation to CoNLL-2003 conventions (issue 15): 41 sentences written
+"""Raw-text tokenisation to CoNLL-2003 conventions (issue 15): 45 sentences written
 for it, with the tokens and sentence boundaries CoNLL-2003 would have; and
 `cygrad tag` gives the same tokens."""
 
@@ -94,6 +94,14 @@ CASES = [
      [['It', 'ended', '.'], ['The', 'next', 'match', 'is', 'on', 'Monday', '.']]),
     ("I'll go.",
      [['I', "'ll", 'go', '.']]),
+    ("Prices rose in the U.S. The dollar fell.",
+     [['Prices', 'rose', 'in', 'the', 'U.S.'], ['The', 'dollar', 'fell', '.']]),
+    ("He works for Apple Inc. It makes phones.",
+     [['He', 'works', 'for', 'Apple', 'Inc.'], ['It', 'makes', 'phones', '.']]),
+    ("The U.S. President met Mr. Smith in Washington.",
+     [['The', 'U.S.', 'President', 'met', 'Mr.', 'Smith', 'in', 'Washington', '.']]),
+    ("Sales grew 5% in Jan. The rest of the year was flat.",
+     [['Sales', 'grew', '5', '%', 'in', 'Jan.'], ['The', 'rest', 'of', 'the', 'year', 'was', 'flat', '.']]),
     ("Paris Hilton wowed in a sequin gown. Then she left!\n\nU.S. officials didn't.",
      [['Paris', 'Hilton', 'wowed', 'in', 'a', 'sequin', 'gown', '.'], ['Then', 'she', 'left', '!'], ['U.S.', 'officials', 'did', "n't", '.']]),
 ]

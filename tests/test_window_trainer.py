@@ -207,6 +207,23 @@ def test_window_scores_matches_the_reference(activation, B, dtype, nthreads, rng
     np.testing.assert_allclose(got, want, **tol)
 
 
+def test_window_scores_do_not_depend_on_threads_or_parts(rng):
+    """Rows are cut into parts that threads claim one at a time: the same bits for
+    1 and 2 threads (the parts are fixed by B alone)."""
+    from cygrad.ner._scores import window_scores
+    E = rng.standard_normal((500, 12)).astype(np.float32)
+    W = (rng.standard_normal((64, 5 * 12)) / 8).astype(np.float32)
+    b, U, c = (rng.standard_normal(s).astype(np.float32) for s in [(64,), (9, 64), (9,)])
+    we = rng.integers(0, 500, (4100, 5))
+    with cg.threads(1):
+        one = window_scores([E], [we], W, b, U, c)
+    with cg.threads(2):
+        two = window_scores([E], [we], W, b, U, c)
+    np.testing.assert_array_equal(one, two)
+    want = R.tanh(R.embedding_gather(E, we) @ W.T + b) @ U.T + c
+    np.testing.assert_allclose(one, want, rtol=2e-5, atol=2e-5)
+
+
 def test_window_scores_bad_input(rng):
     from cygrad.ner._scores import window_scores
     E = rng.standard_normal((10, 4))

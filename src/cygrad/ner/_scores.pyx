@@ -3,9 +3,9 @@
 
 S = f(X Wᵀ + b) Uᵀ + c for a batch of windows, X being the concatenation, table
 by table, of each window's rows: gather, hidden layer and output layer per row
-block, so that X and the hidden layer of a block stay in cache. Rows are split
-between the pool's threads (cygrad._parallel) in parts on multiples of 8 rows;
-each row's scores do not depend on the split. cygrad.ner.model calls it for the
+block, so that X and the hidden layer of a block stay in cache. Rows are cut
+into parts (multiples of 8 rows) that the pool's threads (cygrad._parallel)
+claim one at a time; each row's scores do not depend on the split. cygrad.ner.model calls it for the
 model it describes (one hidden layer, concatenated windows); training runs on
 cygrad.compile.
 """
@@ -30,6 +30,7 @@ cdef enum:
     MIN_WORK = 400000       # B*H*D multiply-adds below which one thread runs
     MAX_TABLES = 8
     SCORE_CHUNK = 4096      # rows per pass
+    PART_ROWS = 256         # rows per part that a thread claims
 
 
 cdef struct Net:
@@ -103,13 +104,17 @@ cdef void _forward_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noe
 cdef int _forward_rows(Net *net, floating *X, floating *Z, floating *S, Py_ssize_t B,
                        int nt) noexcept nogil:
     """Inference: S = f(X Wᵀ + b) Uᵀ + c for B windows, X gathered from the tables;
-    rows in nt parts on the pool's threads. Returns nonzero on a failed packing
+    rows in parts of about PART_ROWS that the pool's threads claim one at a time
+    (a thread that is not running leaves its parts to the others, rather than
+    holding up the pass with a fixed half). Returns nonzero on a failed packing
     allocation."""
     if nt == 1:
         return _forward_part(net, X, Z, S, B, 0, 1)
     cdef _Fwd f
-    f.nt, f.f32, f.failed, f.net, f.X, f.Z, f.S, f.B = nt, floating is float, 0, net, X, Z, S, B
-    parallel_for(_forward_task, &f, nt, 1, nt)
+    cdef Py_ssize_t parts = max(nt, (B + PART_ROWS - 1) // PART_ROWS)
+    f.nt, f.f32, f.failed, f.net, f.X, f.Z, f.S, f.B = <int>parts, floating is float, 0, net, \
+        X, Z, S, B
+    parallel_for(_forward_task, &f, parts, 1, nt)
     return f.failed
 
 

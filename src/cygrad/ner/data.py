@@ -391,6 +391,16 @@ _TOKEN = re.compile(r"""
     | \S                                      # any other mark
 """, re.UNICODE | re.VERBOSE)
 _CLOSERS = frozenset(['"', "'", ")", "]", "''"])
+# titles stand before a name: never the end of a sentence
+_TITLES = frozenset("mr mrs ms dr prof gen sen rep gov lt col capt sgt st mt".split())
+# after another abbreviation ("U.S.", "Inc.", "etc."), one of these capitalised
+# closed-class words starts a new sentence; a name or any other word does not
+# ("the U.S. The ..." ends, "the U.S. President" runs on)
+_STARTERS = frozenset(
+    "The A An He She It They We I You This That These Those There Then But And Or So Yet "
+    "In On At For By With From After Before When While If As Its His Her Their Our My "
+    "No Not Some Most Many All Both Each Such What Who Why How Where However Meanwhile "
+    "Also Still Earlier Later Last Next".split())
 
 
 _PARAGRAPH = re.compile(r"\n\s*\n")
@@ -402,7 +412,7 @@ def tokenize_spans(text):
     sentences, pos = [], 0
     bounds = [m.span() for m in _PARAGRAPH.finditer(text)] + [(len(text), len(text))]
     for brk_start, brk_end in bounds:
-        cur, ending = [], False
+        cur, ending, abbrev = [], False, False
         for m in _TOKEN.finditer(text, pos, brk_start):
             tok, a, b = m.group(), m.start(), m.end()
             if tok.endswith(".") and len(tok) > 1 and tok[:-1].isalpha() \
@@ -410,12 +420,17 @@ def tokenize_spans(text):
                 # a word and a full stop, not an abbreviation: two tokens
                 cur.append((tok[:-1], a, b - 1))
                 tok, a = ".", b - 1
+            if abbrev and tok in _STARTERS:
+                ending = True
+            abbrev = False
             if ending and tok not in _CLOSERS:
                 sentences.append(cur)
                 cur, ending = [], False
             cur.append((tok, a, b))
             if tok in (".", "!", "?", "..."):
                 ending = True
+            elif len(tok) > 1 and tok.endswith(".") and tok[:-1].lower() not in _TITLES:
+                abbrev = True       # "U.S.", "Inc.": a sentence may end here
         if cur:
             sentences.append(cur)
         pos = brk_end

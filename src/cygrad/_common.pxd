@@ -14,4 +14,5 @@ cdef object check_lr_eps(str fn, object lr, object eps)
 cdef Py_ssize_t first_out_of_range(const cnp.int64_t *ids, Py_ssize_t n,
                                    Py_ssize_t upper) noexcept nogil
 cdef object check_ids(object ids, str fn, str name, Py_ssize_t upper)
+cdef tuple sparse_update_args(str fn, object table, tuple states, object windows, object dX)
 cdef object index_into(object x, object out, str fn, str name, Py_ssize_t upper)

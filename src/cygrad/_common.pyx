@@ -225,3 +225,33 @@ cdef object check_lr_eps(str fn, object lr, object eps):
     if not (np.isfinite(eps) and eps > 0):
         raise ValueError(f"{fn}: eps must be a positive number, got {eps}")
     return lr, eps
+
+
+cdef tuple sparse_update_args(str fn, object table, tuple states, object windows, object dX):
+    """The checks of a sparse (row-wise) optimiser step: ``table`` (V, d) and its
+    state arrays ``states`` ((name, array), ...) C-contiguous, writeable, of one
+    float dtype and one shape; ``windows`` (B, w) ids in [0, V), copied; ``dX``
+    (B, w*d) of that dtype; no two of them overlapping. Returns (table, [states],
+    windows, dX) as the kernel may use them."""
+    table = inplace_array(table, fn, "table", 2)
+    out = []
+    for name, a in states:
+        a = inplace_array(a, fn, name, 2)
+        same_dtype(table, a, fn, "table", name)
+        if a.shape != table.shape:
+            raise ValueError(f"{fn}: {name} must have the shape of table {table.shape}, "
+                             f"got {a.shape}")
+        out.append(a)
+    windows = index_array(windows, fn, "windows", 2, table.shape[0])
+    dX = float_array(dX, fn, "dX", 2)
+    same_dtype(table, dX, fn, "table", "dX")
+    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
+    if dX.shape != (B, w * d):
+        raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
+                         f"and table {table.shape}, got {dX.shape}")
+    arrays = [("table", table)] + [(n, a) for (n, _), a in zip(states, out)] + [("dX", dX)]
+    cdef Py_ssize_t i, j
+    for i in range(len(arrays)):
+        for j in range(i + 1, len(arrays)):
+            no_overlap(arrays[i][1], arrays[i][0], arrays[j][1], arrays[j][0], fn, False)
+    return table, out, windows, dX

@@ -22,7 +22,8 @@ from cython cimport floating
 from libc.string cimport memcpy
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
-                             index_array, threads_for, is_f32, no_overlap, check_lr_eps)
+                             index_array, threads_for, is_f32, no_overlap, check_lr_eps,
+                             sparse_update_args)
 from cygrad._parallel cimport parallel_for, pool_threads
 
 cnp.import_array()
@@ -255,22 +256,9 @@ def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
         As for embedding_sgd_update; also a bad ``accum``.
     """
     fn = "embedding_adagrad_update"
-    table = inplace_array(table, fn, "table", 2)
-    accum = inplace_array(accum, fn, "accum", 2)
-    same_dtype(table, accum, fn, "table", "accum")
-    if accum.shape != table.shape:
-        raise ValueError(f"{fn}: accum must have the shape of table {table.shape}, "
-                         f"got {accum.shape}")
-    windows = index_array(windows, fn, "windows", 2, table.shape[0])
-    dX = float_array(dX, fn, "dX", 2)
-    same_dtype(table, dX, fn, "table", "dX")
+    table, (accum,), windows, dX = sparse_update_args(fn, table, (("accum", accum),),
+                                                      windows, dX)
     cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
-    if dX.shape != (B, w * d):
-        raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
-                         f"and table {table.shape}, got {dX.shape}")
-    no_overlap(table, "table", accum, "accum", fn, False)
-    no_overlap(table, "table", dX, "dX", fn, False)
-    no_overlap(accum, "accum", dX, "dX", fn, False)
     lr, eps = check_lr_eps(fn, lr, eps)
     if d == 0 or B * w == 0:
         return table

@@ -14,7 +14,7 @@ import numpy as np
 cimport numpy as cnp
 
 from cygrad._common cimport (float_array, inplace_array, same_dtype, threads_for, is_f32,
-                             no_overlap, check_lr_eps, index_array)
+                             no_overlap, check_lr_eps, index_array, sparse_update_args)
 from cygrad._parallel cimport parallel_for
 
 cnp.import_array()
@@ -335,27 +335,9 @@ def embedding_adam_update(table, exp_avg, exp_avg_sq, windows, dX, step, lr, bet
     table
     """
     fn = "embedding_adam_update"
-    table = inplace_array(table, fn, "table", 2)
-    states = []
-    for name, a in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
-        a = inplace_array(a, fn, name, 2)
-        same_dtype(table, a, fn, "table", name)
-        if a.shape != table.shape:
-            raise ValueError(f"{fn}: {name} must have the shape of table {table.shape}, "
-                             f"got {a.shape}")
-        states.append(a)
-    m, v = states
-    windows = index_array(windows, fn, "windows", 2, table.shape[0])
-    dX = float_array(dX, fn, "dX", 2)
-    same_dtype(table, dX, fn, "table", "dX")
+    table, (m, v), windows, dX = sparse_update_args(
+        fn, table, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)), windows, dX)
     cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
-    if dX.shape != (B, w * d):
-        raise ValueError(f"{fn}: dX must have shape {(B, w * d)} for windows {windows.shape} "
-                         f"and table {table.shape}, got {dX.shape}")
-    arrays = (("table", table), ("exp_avg", m), ("exp_avg_sq", v), ("dX", dX))
-    for i in range(4):
-        for j in range(i + 1, 4):
-            no_overlap(arrays[i][1], arrays[i][0], arrays[j][1], arrays[j][0], fn, False)
     lr = _nonneg(fn, "lr", lr)
     _, eps = check_lr_eps(fn, 1.0, eps)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:

@@ -228,7 +228,8 @@ def allreduce_gradients(params, comm=None, average=True, weight=None):
             rows = np.array(g.rows, dtype=p.dtype).reshape(len(idx), d)
             if scale:
                 rows *= rows.dtype.type(w)
-        counts = np.array(comm.allgather(len(idx)), dtype=np.int64)
+        counts = np.empty(n, dtype=np.int64)        # a buffer exchange, not a pickled one
+        comm.Allgather(np.array([len(idx)], dtype=np.int64), counts)
         all_idx = np.empty(int(counts.sum()), dtype=np.int64)
         comm.Allgatherv(idx, [all_idx, counts])
         all_rows = np.empty((int(counts.sum()), d), dtype=p.dtype)

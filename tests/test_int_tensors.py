@@ -56,3 +56,43 @@ def test_a_float_label_tensor_is_still_refused():
     L = cg.tensor(np.zeros((2, 3)), requires_grad=True)
     with pytest.raises(TypeError, match="labels must be integers, got float64"):
         cg.softmax_cross_entropy(L, cg.tensor(np.array([0., 1.])))
+
+
+def test_shape_ops_move_integer_tensors_and_gradcheck_keeps_them():
+    y = cg.tensor(np.array([[2, 0, 1], [1, 1, 0]]))
+    assert y[0].dtype == y.dtype and np.array_equal(y[0].data, [2, 0, 1])
+    assert np.array_equal(y.reshape(6).data, [2, 0, 1, 1, 1, 0]) and y.T.shape == (3, 2)
+    with pytest.raises(TypeError, match="sum: an input is an integer tensor"):
+        y.sum()
+    rng = np.random.default_rng(1)
+    L = cg.tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    labels = cg.tensor(np.array([3, 0, 2]))
+    assert cg.gradcheck(lambda L, lab: cg.softmax_cross_entropy(L, lab), [L, labels])
+
+
+def test_modules_take_integer_id_tensors():
+    from cygrad import nn
+    emb = nn.Embedding(10, 3, generator=0)
+    ids = np.array([[1, 9], [0, 0]])
+    np.testing.assert_array_equal(emb(cg.tensor(ids)).data, emb(ids).data)
+    with pytest.raises(TypeError, match="indices must be integers, got float64"):
+        emb(cg.tensor(ids, dtype=np.float64))
+    with pytest.raises(TypeError, match="Parameter: data must be float32 or float64, got int64"):
+        nn.Parameter(np.arange(3))
+
+
+def test_an_integer_dtype_that_cannot_hold_the_data_is_refused():
+    with pytest.raises(ValueError, match=r"do not fit dtype int8 \(values -1..300\)"):
+        cg.tensor(np.array([300, -1]), dtype=np.int8)
+    assert cg.tensor(np.array([100, -1]), dtype=np.int8).data.tolist() == [100, -1]
+
+
+def test_compile_names_an_integer_tensor_made_of_an_argument():
+    W = cg.tensor(np.zeros((3, 4)), requires_grad=True)
+    opt = cg.optim.SGD([W], lr=0.1)
+    x, y = np.ones((2, 4)), np.array([0, 2])
+    step = cg.compile(lambda x, y: cg.softmax_cross_entropy(cg.tensor(x) @ W.T, cg.tensor(y)),
+                      optimizer=opt, strict=True)
+    with pytest.raises(cg.CompileError, match="makes an integer tensor of its argument"):
+        step(x, y)
+    assert np.all(W.data == 0)          # nothing updated

@@ -568,6 +568,19 @@ def test_pretrained_vectors_frozen_and_fine_tuned(tmp_path, capsys):
     assert "has 2 values" in capsys.readouterr().err
 
 
+def test_training_stops_once_dev_f1_is_100(tmp_path):
+    """Nothing can improve on a perfect dev F1: no patience epochs after it."""
+    s = Sentence(["Police", "in", "Lagos", "arrested", "Maria", "Okafor", "."],
+                 ["O", "O", "B-LOC", "O", "B-PER", "I-PER", "O"])
+    logs = []
+    _, history = train([s] * 40, [s] * 5, str(tmp_path / "m"), Config(hidden=(16,), dim=8),
+                       TrainConfig(epochs=12, patience=4, lr=0.1), log=logs.append,
+                       progress=False)
+    f1 = [h["dev_f1"] for h in history]
+    assert f1[-1] == 1.0 and all(x < 1.0 for x in f1[:-1]), f1
+    assert len(f1) < 12 and any("dev F1 is 100.00" in m for m in logs), logs
+
+
 @pytest.mark.parametrize("loss,floor", [("logistic", 0.9), ("max-margin", 0.5)])
 def test_binary_location_task(tmp_path, toy, loss, floor):
     """The lecture's binary task: is the centre word a location?"""

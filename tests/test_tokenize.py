@@ -1,4 +1,4 @@
-"""Raw-text tokenisation to CoNLL-2003 conventions (issue 15): 45 sentences written
+"""Raw-text tokenisation to CoNLL-2003 conventions (issue 15): 49 texts written
 for it, with the tokens and sentence boundaries CoNLL-2003 would have; and
 `cygrad tag` gives the same tokens."""
 
@@ -102,6 +102,14 @@ CASES = [
      [['The', 'U.S.', 'President', 'met', 'Mr.', 'Smith', 'in', 'Washington', '.']]),
     ("Sales grew 5% in Jan. The rest of the year was flat.",
      [['Sales', 'grew', '5', '%', 'in', 'Jan.'], ['The', 'rest', 'of', 'the', 'year', 'was', 'flat', '.']]),
+    ("Hi. Bye.",
+     [['Hi', '.'], ['Bye', '.']]),
+    ("It rained. Yes. The end.",
+     [['It', 'rained', '.'], ['Yes', '.'], ['The', 'end', '.']]),
+    ("Some papers, e.g. The Times, said so.",
+     [['Some', 'papers', ',', 'e.g.', 'The', 'Times', ',', 'said', 'so', '.']]),
+    ("Arsenal vs. The Rovers ended 2-2.",
+     [['Arsenal', 'vs.', 'The', 'Rovers', 'ended', '2-2', '.']]),
     ("Paris Hilton wowed in a sequin gown. Then she left!\n\nU.S. officials didn't.",
      [['Paris', 'Hilton', 'wowed', 'in', 'a', 'sequin', 'gown', '.'], ['Then', 'she', 'left', '!'], ['U.S.', 'officials', 'did', "n't", '.']]),
 ]

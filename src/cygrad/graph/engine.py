@@ -351,7 +351,11 @@ def tensor(data, requires_grad=False, dtype=None, name=None):
     if isinstance(data, Tensor):
         data = data.data
     if type(data) is Traced:    # compile: the argument itself, so the plan reads it
-        if data.dtype not in _FLOATS or (dtype is not None and np.dtype(dtype) != data.dtype):
+        if data.dtype not in _FLOATS:
+            raise TraceRefused(f"loss_fn makes an integer tensor of its argument "
+                               f"{data.name!r}: pass the argument itself to the op that "
+                               f"takes labels or ids (a plan reads it at every call)")
+        if dtype is not None and np.dtype(dtype) != data.dtype:
             data._refuse("converts the dtype of")
         return Tensor(data.array, requires_grad=requires_grad, name=name)
     arr = _as_array(data, dtype)
@@ -368,7 +372,11 @@ def _as_array(data, dtype):
             if arr.dtype.kind not in "iub":
                 raise TypeError(f"tensor: dtype {dtype} asked for data of dtype {arr.dtype}; "
                                 f"an integer tensor is made from integer data only")
-            return np.array(arr, dtype=dtype.newbyteorder("="))
+            out = np.array(arr, dtype=dtype.newbyteorder("="))
+            if out.size and not np.array_equal(out, arr):
+                raise ValueError(f"tensor: the data do not fit dtype {dtype} (values "
+                                 f"{arr.min()}..{arr.max()})")
+            return out
         if dtype not in _FLOATS:
             raise TypeError(f"tensor: dtype must be float32, float64 or an integer type, "
                             f"got {dtype}")
@@ -501,6 +509,7 @@ class Op:
 
     name = None
     n_tensor_args = None   # trailing positional arguments beyond this are non-tensor
+    int_ok = False         # True: integer tensors pass (ops that move, not compute)
 
     @classmethod
     def apply(cls, *inputs, **kw):
@@ -510,7 +519,7 @@ class Op:
             if type(x) is Tensor or isinstance(x, Tensor):
                 d = x.data.dtype
                 if dtype is None:
-                    if d not in _FLOATS:
+                    if d not in _FLOATS and not cls.int_ok:
                         raise TypeError(
                             f"{cls.name or cls.__name__}: an input is an integer tensor "
                             f"({d}); convert it explicitly, e.g. cg.tensor(t, "

@@ -29,7 +29,7 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, raise_exception=True, 
         raise ValueError(f"gradcheck: eps must be a positive finite number, got {eps!r}")
     inputs = list(inputs)
     xs = [Tensor(np.array(x.data, dtype=np.float64), requires_grad=x.requires_grad)
-          if isinstance(x, Tensor) else x for x in inputs]
+          if isinstance(x, Tensor) and x.dtype.kind == "f" else x for x in inputs]
     out = fn(*xs)
     if not isinstance(out, Tensor):
         raise TypeError(f"gradcheck: fn must return a Tensor, got {type(out).__name__}")

@@ -140,6 +140,7 @@ class MatMul(Op):
 
 class Transpose(Op):
     name = "transpose"
+    int_ok = True       # moves integers (labels, ids) without arithmetic
 
     @staticmethod
     def forward(ctx, a):
@@ -152,6 +153,7 @@ class Transpose(Op):
 
 class Reshape(Op):
     name = "reshape"
+    int_ok = True       # moves integers (labels, ids) without arithmetic
 
     @staticmethod
     def forward(ctx, a, shape):
@@ -830,6 +832,8 @@ def _index_key(key):
 class Index(Op):
     """``a[key]`` with NumPy's basic and advanced indexing; backward adds the
     gradient into the positions read (repeated indices add up)."""
+
+    int_ok = True
 
     name = "index"
 

@@ -391,8 +391,9 @@ _TOKEN = re.compile(r"""
     | \S                                      # any other mark
 """, re.UNICODE | re.VERBOSE)
 _CLOSERS = frozenset(['"', "'", ")", "]", "''"])
-# titles stand before a name: never the end of a sentence
-_TITLES = frozenset("mr mrs ms dr prof gen sen rep gov lt col capt sgt st mt".split())
+# titles stand before a name, and these stand inside a sentence: never its end
+_NO_END = frozenset("mr mrs ms dr prof gen sen rep gov lt col capt sgt st mt "
+                    "eg ie vs cf approx fig".split())
 # after another abbreviation ("U.S.", "Inc.", "etc."), one of these capitalised
 # closed-class words starts a new sentence; a name or any other word does not
 # ("the U.S. The ..." ends, "the U.S. President" runs on)
@@ -415,22 +416,24 @@ def tokenize_spans(text):
         cur, ending, abbrev = [], False, False
         for m in _TOKEN.finditer(text, pos, brk_start):
             tok, a, b = m.group(), m.start(), m.end()
+            pieces = [(tok, a, b)]
             if tok.endswith(".") and len(tok) > 1 and tok[:-1].isalpha() \
                     and tok[:-1].lower() not in ABBREVIATIONS and len(tok) > 2:
                 # a word and a full stop, not an abbreviation: two tokens
-                cur.append((tok[:-1], a, b - 1))
-                tok, a = ".", b - 1
-            if abbrev and tok in _STARTERS:
-                ending = True
-            abbrev = False
-            if ending and tok not in _CLOSERS:
-                sentences.append(cur)
-                cur, ending = [], False
-            cur.append((tok, a, b))
-            if tok in (".", "!", "?", "..."):
-                ending = True
-            elif len(tok) > 1 and tok.endswith(".") and tok[:-1].lower() not in _TITLES:
-                abbrev = True       # "U.S.", "Inc.": a sentence may end here
+                pieces = [(tok[:-1], a, b - 1), (".", b - 1, b)]
+            for tok, a, b in pieces:
+                if abbrev and tok in _STARTERS:
+                    ending = True
+                abbrev = False
+                if ending and tok not in _CLOSERS:
+                    sentences.append(cur)
+                    cur, ending = [], False
+                cur.append((tok, a, b))
+                if tok in (".", "!", "?", "..."):
+                    ending = True
+                elif len(tok) > 1 and tok.endswith(".") \
+                        and tok.replace(".", "").lower() not in _NO_END:
+                    abbrev = True       # "U.S.", "Inc.": a sentence may end here
         if cur:
             sentences.append(cur)
         pos = brk_end

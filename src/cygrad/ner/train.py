@@ -388,7 +388,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
                                      f"{trainer.size * tcfg.batch_size})" if comm else ""))
     bar_cls = _tqdm() if progress else None
     for epoch in range(start, tcfg.epochs):
-        if bad >= tcfg.patience or best_f1 >= 100.0:    # 100: nothing left to gain
+        if bad >= tcfg.patience or best_f1 >= 1.0:      # F1 100%: nothing left to gain
             break
         t0 = time.perf_counter()
         bar = bar_cls(total=len(tr), desc=f"epoch {epoch + 1}", unit="win",
@@ -449,7 +449,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             _plot(history, os.path.join(out_dir, "training.png"))
         if comm is not None:
             comm.Barrier()          # the checkpoint is committed before any rank goes on
-    if best_f1 >= 100.0 and len(history) < tcfg.epochs:
+    if best_f1 >= 1.0 and len(history) < tcfg.epochs:
         log("early stop: dev F1 is 100.00, no epoch can improve on it")
     elif bad >= tcfg.patience:
         log(f"early stop: no better dev F1 for {tcfg.patience} epochs")

@@ -40,10 +40,12 @@ class Parameter(Tensor):
     def __init__(self, data, requires_grad=True):
         if isinstance(data, Tensor):
             data = data.data
+        kind = np.asarray(data).dtype
+        if kind not in (np.float32, np.float64) and kind.newbyteorder("=") not in (
+                np.float32, np.float64):
+            raise TypeError(f"Parameter: data must be float32 or float64, got {kind}")
         super().__init__(np.array(data, copy=True) if isinstance(data, np.ndarray)
                          else data, requires_grad=requires_grad)
-        if self.data.dtype not in (np.float32, np.float64):
-            raise TypeError(f"Parameter: data must be float32 or float64, got {self.data.dtype}")
         if not self.data.dtype.isnative or not self.data.flags.c_contiguous:
             self.data = np.ascontiguousarray(self.data, dtype=self.data.dtype.newbyteorder("="))
 
@@ -285,7 +287,7 @@ def _ids(fn, ids):
     if isinstance(ids, _g.Traced):
         return ids
     if isinstance(ids, Tensor):
-        raise TypeError(f"{fn}: indices must be an integer array, got a Tensor")
+        ids = ids.data          # an integer tensor of ids (a float one is refused below)
     a = np.asarray(ids)
     if a.dtype.kind not in "iu":
         raise TypeError(f"{fn}: indices must be integers, got {a.dtype}")

@@ -47,8 +47,9 @@ def test_readme_demo_is_true_for_the_model_its_command_trains(tmp_path):
     states (training is deterministic for a seed; a rounding difference between
     SIMD paths may move F1 a little), and the tag example prints README's line."""
     text = _readme()
-    m = re.search(r"reaches held-out F1 ([\d.]+) after the first\s+epoch and ([\d.]+) at "
-                  r"its best \(seen names ([\d.]+), unseen ([\d.]+)\)", text)
+    m = re.search(r"reaches\s+held-out\s+F1\s+([\d.]+)\s+after\s+the\s+first\s+epoch\s+and\s+"
+                  r"([\d.]+)\s+at\s+its\s+best\s+\(seen\s+names\s+([\d.]+),\s+unseen\s+([\d.]+)\)",
+                  text)
     assert m, "README no longer states the demo's figures"
     first, best, seen, unseen = map(float, m.groups())
     env = subprocess_env()

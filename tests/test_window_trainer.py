@@ -208,8 +208,8 @@ def test_window_scores_matches_the_reference(activation, B, dtype, nthreads, rng
 
 
 def test_window_scores_do_not_depend_on_threads_or_parts(rng):
-    """Rows are cut into parts that threads claim one at a time: the same bits for
-    1 and 2 threads (the parts are fixed by B alone)."""
+    """Rows are cut into parts that threads claim one at a time (the whole range on
+    one thread, parts of 256 rows on two): the same bits either way."""
     from cygrad.ner._scores import window_scores
     E = rng.standard_normal((500, 12)).astype(np.float32)
     W = (rng.standard_normal((64, 5 * 12)) / 8).astype(np.float32)

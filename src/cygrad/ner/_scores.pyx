@@ -5,9 +5,9 @@ S = f(X Wᵀ + b) Uᵀ + c for a batch of windows, X being the concatenation, ta
 by table, of each window's rows: gather, hidden layer and output layer per row
 block, so that X and the hidden layer of a block stay in cache. Rows are cut
 into parts (multiples of 8 rows) that the pool's threads (cygrad._parallel)
-claim one at a time; each row's scores do not depend on the split. cygrad.ner.model calls it for the
-model it describes (one hidden layer, concatenated windows); training runs on
-cygrad.compile.
+claim one at a time; each row's scores do not depend on the split.
+cygrad.ner.model calls it for the model it describes (one hidden layer,
+concatenated windows); training runs on cygrad.compile.
 """
 
 import numpy as np

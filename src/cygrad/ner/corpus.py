@@ -105,34 +105,32 @@ class _Writer:
             return self.pick(real)
         return self.pick(self.inv[kind])
 
+    def span(self, name, typ, p_second, second):
+        """``name`` as a B-typ token, followed with probability ``p_second`` by the
+        word ``second()`` draws, as I-typ."""
+        if self.rng.random() < p_second:
+            return [(name, "B-" + typ), (second(), "I-" + typ)]
+        return [(name, "B-" + typ)]
+
     def person(self):
-        first = self.name(FIRST, "first", p_ambig=0.3)
-        if self.rng.random() < 0.3:
-            return [(first, "B-PER"), (self.name(SURNAMES, "surname"), "I-PER")]
-        return [(first, "B-PER")]
+        return self.span(self.name(FIRST, "first", p_ambig=0.3), "PER", 0.3,
+                         lambda: self.name(SURNAMES, "surname"))
 
     def surname(self):
         return [(self.name(SURNAMES, "surname"), "B-PER")]
 
     def place(self):
-        name = self.name(PLACES, "place", p_ambig=0.3)
-        if self.rng.random() < 0.12:
-            return [(name, "B-LOC"), (self.pick(PLACE_WORDS), "I-LOC")]
-        return [(name, "B-LOC")]
+        return self.span(self.name(PLACES, "place", p_ambig=0.3), "LOC", 0.12,
+                         lambda: self.pick(PLACE_WORDS))
 
     def org(self):
-        r = self.rng.random()
-        name = self.pick(ORGS) if r < 0.3 else self.pick(self.inv["org"])
-        if self.rng.random() < 0.25:
-            return [(name, "B-ORG"), (self.pick(ORG_WORDS), "I-ORG")]
-        return [(name, "B-ORG")]
+        name = self.pick(ORGS) if self.rng.random() < 0.3 else self.pick(self.inv["org"])
+        return self.span(name, "ORG", 0.25, lambda: self.pick(ORG_WORDS))
 
     def club(self):
         """A team named after its city: ORG (as CoNLL-2003 tags clubs)."""
-        city = self.name(PLACES, "place", p_ambig=0.2)
-        if self.rng.random() < 0.4:
-            return [(city, "B-ORG"), (self.pick(CLUB_WORDS), "I-ORG")]
-        return [(city, "B-ORG")]
+        return self.span(self.name(PLACES, "place", p_ambig=0.2), "ORG", 0.4,
+                         lambda: self.pick(CLUB_WORDS))
 
     def misc(self):
         if self.rng.random() < 0.5:

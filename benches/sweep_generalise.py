@@ -72,6 +72,12 @@ CONFIGS = {
                   {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
     "b256.k3": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "k": 3},
                 {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
+    "b256.avg": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
+                 {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06,
+                  "average_params": True}),
+    "b256.k3.avg": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "k": 3},
+                    {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06,
+                     "average_params": True}),
 }
 
 

@@ -161,8 +161,8 @@ def toy():
 
 def _small_model(sents, **kw):
     vocab = Vocab.build(sents, min_count=1)
-    return WindowModel(Config(hidden=(16,), dim=8, suffix_dim=4, case_dim=2, **kw), vocab,
-                       seed=3)
+    return WindowModel(Config(**{"hidden": (16,), "dim": 8, "suffix_dim": 4, "case_dim": 2,
+                                 **kw}), vocab, seed=3)
 
 
 def test_model_round_trip(tmp_path, toy):
@@ -347,6 +347,37 @@ def test_graph_forward_matches_direct_inference(toy):
     g = m.logits_graph(t, enc.words, enc.suffixes, enc.cases).data
     np.testing.assert_allclose(g, m.scores(enc.words, enc.suffixes, enc.cases), rtol=1e-5,
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(activation="relu", k=1),
+                                dict(prefix_dim=4, shape_dim=3, loss="crf"),
+                                dict(ngram_dim=5, ngram_buckets=97, prefix_dim=3),
+                                dict(hidden=(12, 8)), dict(average=True)],
+                         ids=["default", "relu,k=1", "crf,prefix,shape", "ngram", "deep",
+                              "average"])
+def test_tagger_scores_from_type_projections(toy, kw):
+    """predict's pass over the distinct tokens' slot projections gives the graph's
+    logits, and the tags of the window-by-window pass (deep and averaged models:
+    no projections, the window-by-window pass itself)."""
+    m = _small_model(toy[0][:50], **kw)
+    sents = toy[1][:40]
+    enc = m.encode(sents, with_labels=False)
+    assert enc.types.shape == enc.words.shape and enc.type_ids.shape[1] == 5
+    # every window position's type carries that position's feature ids
+    for col, name in enumerate(["words", "suffixes", "cases", "prefixes", "shapes"]):
+        np.testing.assert_array_equal(enc.type_ids[enc.types, col], enc.feature(name))
+    typed = m._typed_scores(enc)
+    if kw.get("average") or len(kw.get("hidden", (16,))) > 1:
+        assert typed is None
+    else:
+        t = {k: cg.tensor(v) for k, v in m.params.items()}
+        bags = (enc.ngrams, enc.ngram_ptr, enc.ngram_items) if m.config.ngram_dim else None
+        g = m.logits_graph(t, enc.words, enc.suffixes, enc.cases, prefixes=enc.prefixes,
+                           shapes=enc.shapes, ngrams=bags).data
+        np.testing.assert_allclose(typed, g, rtol=1e-5, atol=1e-5)
+    got = m.predict(enc)
+    enc.types = None
+    np.testing.assert_array_equal(got, m.predict(enc))
 
 
 def test_window_model_gradcheck(toy):

@@ -15,7 +15,7 @@ from cygrad.ner.model import Config, ModelError, WindowModel
 @pytest.mark.parametrize("token, want", [
     ("Washington", "Xxx"), ("EU", "XX"), ("U.S.", "X.X."), ("1996-08-22", "dd-dd-dd"),
     ("McDonald", "XxXxx"), ("a", "x"), ("--", "--"), ("Müller", "Xxx"), ("3.5", "d.d"),
-    ("iPhone", "xXxx"), ("AAAA", "XX"),
+    ("iPhone", "xXxx"), ("AAAA", "XX"), ("...", ".."), ("1,000,000", "d,dd,dd"), ("xxxx", "xx"),
 ])
 def test_shape(token, want):
     assert shape(token) == want

@@ -238,6 +238,54 @@ def test_window_scores_bad_input(rng):
         window_scores([E], [np.zeros((1, 2), int)], W, b, U, c)
 
 
+@pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
+@pytest.mark.parametrize("B", [1, 7, 300, 4100])
+def test_window_scores_typed_matches_the_reference(activation, B, dtype, nthreads, rng):
+    """Scores from per-type slot projections against the reference model on the
+    windows the types describe: X = the types' input vectors slot by slot."""
+    from cygrad.ner._scores import window_scores_typed
+    T, d, w, H, C = 40, 7, 5, 33, 4
+    Xt = rng.standard_normal((T, d)).astype(dtype)
+    W = (rng.standard_normal((H, w * d)) / 6).astype(dtype)
+    b, U, c = (rng.standard_normal(s).astype(dtype) for s in [(H,), (C, H), (C,)])
+    types = rng.integers(0, T, (B, w))
+    # P[t, j*H:(j+1)*H] = W[:, j*d:(j+1)*d] @ Xt[t]
+    P = np.concatenate([Xt @ W[:, j * d:(j + 1) * d].T for j in range(w)], axis=1)
+    got = window_scores_typed(np.ascontiguousarray(P), types, b, U, c, activation=activation)
+    X = Xt[types].reshape(B, w * d)
+    f = getattr(R, activation)
+    want = f(X @ W.T + b) @ U.T + c
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(got, want, **tol)
+
+
+def test_window_scores_typed_do_not_depend_on_threads(rng):
+    from cygrad.ner._scores import window_scores_typed
+    P = rng.standard_normal((300, 5 * 64)).astype(np.float32)
+    b, U, c = (rng.standard_normal(s).astype(np.float32) for s in [(64,), (9, 64), (9,)])
+    types = rng.integers(0, 300, (4100, 5))
+    with cg.threads(1):
+        one = window_scores_typed(P, types, b, U, c)
+    with cg.threads(2):
+        two = window_scores_typed(P, types, b, U, c)
+    np.testing.assert_array_equal(one, two)
+
+
+def test_window_scores_typed_bad_input(rng):
+    from cygrad.ner._scores import window_scores_typed
+    P, b, U, c = np.zeros((4, 6)), np.zeros(3), np.zeros((2, 3)), np.zeros(2)
+    with pytest.raises(IndexError, match=r"types\[1, 1\] = 4 is out of range"):
+        window_scores_typed(P, np.array([[0, 1], [2, 4]]), b, U, c)
+    with pytest.raises(ValueError, match=r"must have w\*H = 3\*3 columns"):
+        window_scores_typed(P, np.zeros((1, 3), int), b, U, c)
+    with pytest.raises(ValueError, match="do not fit 3 hidden units"):
+        window_scores_typed(P, np.zeros((1, 2), int), b, np.zeros((2, 4)), c)
+    with pytest.raises(TypeError, match="b must be a C-contiguous float32/float64"):
+        window_scores_typed(P, np.zeros((1, 2), int), b.astype(np.float32), U, c)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        window_scores_typed(P, np.zeros((1, 2), int), b, U, c, activation="softplus")
+
+
 @pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])
 @pytest.mark.parametrize("B", [1, 8, 40, 300])
 def test_every_gemm_path(path, B, rng):

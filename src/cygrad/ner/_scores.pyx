@@ -23,7 +23,7 @@ cnp.import_array()
 
 from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
                            BP_SILU)
-from cygrad._nogil cimport split_at, gemm as _gemm, add_bias, act_fwd
+from cygrad._nogil cimport split_at, gemm as _gemm, add_bias, act_fwd, axpy
 
 
 cdef enum:
@@ -48,6 +48,10 @@ cdef struct Net:
     void *c
     int act
     double alpha
+    # the typed pass (window_scores_typed): slot projections P (T x w*H) and the
+    # windows' type ids (B x w) in place of the tables and X Wᵀ
+    const void *P
+    const cnp.int64_t *types
 
 cdef inline void _bias_act(floating *Z, const floating *b, Py_ssize_t i0, Py_ssize_t i1,
                            Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t H, int act,
@@ -76,6 +80,17 @@ cdef inline void _gather_rows(Net *net, floating *X, Py_ssize_t lo, Py_ssize_t h
             for j in range(w):
                 memcpy(X + i * D + net.off[t] + j * d, tab + ids[i * w + j] * d,
                        d * sizeof(floating))
+
+
+cdef inline void _typed_rows(Net *net, floating *Z, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """Z[i] = b + sum over slots j of P[types[i, j], j*H:(j+1)*H], slot by slot in order."""
+    cdef Py_ssize_t i, j, w = net.w, H = net.H
+    cdef const floating *P = <const floating *>net.P
+    cdef const floating *b = <const floating *>net.b
+    for i in range(lo, hi):
+        memcpy(Z + i * H, b, H * sizeof(floating))
+        for j in range(w):
+            axpy(H, 1.0, P + net.types[i * w + j] * w * H + j * H, Z + i * H)
 
 
 cdef struct _Fwd:
@@ -125,12 +140,22 @@ cdef int _forward_part(Net *net, floating *X, floating *Z, floating *S, Py_ssize
     cdef Py_ssize_t lo = split_at(B, nt, t, 8), hi = split_at(B, nt, t + 1, 8)
     cdef int failed = 0
     if lo < hi:
-        _gather_rows(net, X, lo, hi)
-        failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, <floating *>net.W, 1, D, Z, H, 0) != 0
-        _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
+        if net.P != NULL:
+            _typed_rows(net, Z, lo, hi)
+            act_fwd(net.act, Z + lo * H, Z + lo * H, (hi - lo) * H, net.alpha)
+        else:
+            _gather_rows(net, X, lo, hi)
+            failed += _gemm(B, H, lo, hi, 0, H, D, X, 0, D, <floating *>net.W, 1, D, Z, H,
+                            0) != 0
+            _bias_act(Z, <floating *>net.b, lo, hi, 0, H, H, net.act, net.alpha)
         failed += _gemm(B, C, lo, hi, 0, C, H, Z, 0, H, <floating *>net.U, 1, H, S, C, 0) != 0
         add_bias(S + lo * C, <floating *>net.c, S + lo * C, hi - lo, C)
     return failed
+
+
+_CODES = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
+          "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
+          "silu": BP_SILU}
 
 
 def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=None,
@@ -142,9 +167,7 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
 
     Returns ``out`` (B, C), allocated if None."""
     fn = "window_scores"
-    codes = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
-             "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
-             "silu": BP_SILU}
+    codes = _CODES
     if activation not in codes:
         raise ValueError(f"{fn}: activation must be one of {sorted(codes)}, got {activation!r}")
     tables = list(tables)
@@ -194,6 +217,7 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
     net.U = cnp.PyArray_DATA(<cnp.ndarray>U)
     net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
     net.act, net.alpha = codes[activation], alpha
+    net.P, net.types = NULL, NULL
     cdef int nt = pool_threads(_config.resolve(threads, chunk * H * D, MIN_WORK))
     cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
     cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
@@ -212,6 +236,79 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
                                               <float *>(sp + lo * row_bytes), nb, nt)
             else:
                 failed = _forward_rows[double](&net, <double *>xp, <double *>zp,
+                                               <double *>(sp + lo * row_bytes), nb, nt)
+            lo += nb
+    if failed:
+        raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
+    return out
+
+
+def window_scores_typed(P, types, b, U, c, activation="tanh", alpha=0.01, out=None,
+                        threads=None):
+    """The scores of :func:`window_scores` from slot projections: ``P`` (T, w*H)
+    holds, for each of T token types (the distinct tokens of a corpus, and the
+    pads), the products of its input vector with the hidden layer's columns of
+    each window slot j in columns j*H:(j+1)*H; ``types`` (B, w) names each
+    window's token types. S = f(b + sum_j P[types[:, j], j]) Uᵀ + c: the same
+    function, with the first layer's multiply-adds done once per type rather
+    than once per window (rounding differs from window_scores: the dot products
+    are summed slot by slot).
+
+    Returns ``out`` (B, C), allocated if None."""
+    fn = "window_scores_typed"
+    if activation not in _CODES:
+        raise ValueError(f"{fn}: activation must be one of {sorted(_CODES)}, got {activation!r}")
+    if not isinstance(P, np.ndarray) or P.ndim != 2:
+        raise TypeError(f"{fn}: P must be a 2-d ndarray, got {type(P).__name__}")
+    dt = P.dtype
+    for name, a in (("P", P), ("b", b), ("U", U), ("c", c)):
+        if not isinstance(a, np.ndarray) or a.dtype != dt or dt not in (np.float32, np.float64) \
+                or not a.flags.c_contiguous:
+            raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
+                            f"P's dtype {dt}")
+    types = index_array(types, fn, "types", 2, P.shape[0])
+    cdef Py_ssize_t B = types.shape[0], w = types.shape[1]
+    cdef Py_ssize_t H = b.shape[0] if b.ndim == 1 else -1, C = U.shape[0]
+    if H < 1 or w < 1 or P.shape[1] != w * H:
+        raise ValueError(f"{fn}: P {P.shape} must have w*H = {w}*{H} columns for types "
+                         f"{types.shape} and b {b.shape}")
+    if U.ndim != 2 or U.shape[1] != H or c.shape != (C,):
+        raise ValueError(f"{fn}: U {U.shape} and c {c.shape} do not fit {H} hidden units")
+    if out is None:
+        out = np.empty((B, C), dt)
+    elif out.shape != (B, C) or out.dtype != dt or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
+    if B == 0:
+        return out
+    cdef Py_ssize_t chunk = min(B, SCORE_CHUNK), lo, nb
+    Z = np.empty((chunk, H), dt)
+    cdef Net net
+    net.ntab, net.w, net.D, net.H, net.C = 0, w, 0, H, C
+    net.W = NULL
+    net.P = cnp.PyArray_DATA(<cnp.ndarray>P)
+    net.b = cnp.PyArray_DATA(<cnp.ndarray>b)
+    net.U = cnp.PyArray_DATA(<cnp.ndarray>U)
+    net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
+    net.act, net.alpha = _CODES[activation], alpha
+    cdef const cnp.int64_t *base = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>types)
+    cdef int failed = 0
+    cdef int nt = pool_threads(_config.resolve(threads, chunk * H * (w + C), MIN_WORK // 20))
+    cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
+    cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef bint f32 = dt == np.float32
+    cdef Py_ssize_t row_bytes = C * (4 if f32 else 8)
+    with nogil:
+        lo = 0
+        while lo < B and not failed:
+            nb = min(chunk, B - lo)
+            net.B = nb
+            net.types = base + lo * w
+            if f32:
+                failed = _forward_rows[float](&net, NULL, <float *>zp,
+                                              <float *>(sp + lo * row_bytes), nb, nt)
+            else:
+                failed = _forward_rows[double](&net, NULL, <double *>zp,
                                                <double *>(sp + lo * row_bytes), nb, nt)
             lo += nb
     if failed:

@@ -169,14 +169,19 @@ _ASCII_SHAPE = str.maketrans(
     {**{chr(c): "X" for c in range(65, 91)}, **{chr(c): "x" for c in range(97, 123)},
      **{chr(c): "d" for c in range(48, 58)}})
 _RUNS = re.compile(r"(.)\1{2,}")
+# the common runs, with literal replacements (no template to expand per match)
+_CLASS_RUNS = [(re.compile(c + "{3,}"), c + c) for c in "xXd"]
 
 
 def shape(token):
     """The word's shape: upper case letters X, other letters x, digits d, other
     characters as they are, runs longer than two cut to two ("Washington" -> "Xxx",
     "EU" -> "XX", "U.S." -> "X.X.", "1996-08-22" -> "dd-dd-dd", "McDonald" -> "XxXxx")."""
-    if token.isascii():         # the fast path: one translate, one substitution
-        return _RUNS.sub(r"\1\1", token.translate(_ASCII_SHAPE))
+    if token.isascii():         # the fast path: one translate, literal substitutions
+        s = token.translate(_ASCII_SHAPE)
+        for run, two in _CLASS_RUNS:
+            s = run.sub(two, s)
+        return _RUNS.sub(r"\1\1", s) if _RUNS.search(s) else s   # "...", "---"
     out, prev, run = [], None, 0
     for c in map(_char_class, token):
         run = run + 1 if c == prev else 1
@@ -293,6 +298,11 @@ class Encoded:
     ngrams: np.ndarray = None
     ngram_ptr: np.ndarray = None
     ngram_items: np.ndarray = None
+    # token types: each window position's type (N x (2k+1); 0 and 1 the pads, 2 + u
+    # the corpus's u-th distinct token) and each type's (word, suffix, casing, prefix,
+    # shape) ids (T x 5): what the tagger's per-type projections read
+    types: np.ndarray = None
+    type_ids: np.ndarray = None
 
     def feature(self, name):
         """The id windows of a feature: "words", "suffixes", "cases", "prefixes", "shapes"."""
@@ -355,6 +365,12 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
         labels = np.zeros(n, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     enc = Encoded(words, sufs, cases, labels, offsets, pres, shps)
+    stream = np.zeros(n + 2 * k * S, dtype=np.int64)
+    stream[right] = 1
+    stream[pos] = rows + 2
+    enc.types = stream[idx] if n else np.zeros((0, width), np.int64)
+    enc.type_ids = np.concatenate([np.array(pads, dtype=np.int64).T, table]) if len(uniq) \
+        else np.array(pads, dtype=np.int64).T.copy()
     if ngram_buckets:
         # bag 0 and 1: the pads (empty); bag 2 + u: distinct token u
         bags = [[], []] + [sorted({ngram_bucket(g, ngram_buckets) for g in char_ngrams(tok)})
@@ -363,10 +379,7 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
         enc.ngram_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         enc.ngram_items = np.fromiter((b for bag in bags for b in bag), dtype=np.int64,
                                       count=int(sizes.sum()))
-        stream = np.zeros(n + 2 * k * S, dtype=np.int64)
-        stream[right] = 1
-        stream[pos] = rows + 2
-        enc.ngrams = stream[idx] if n else np.zeros((0, width), np.int64)
+        enc.ngrams = enc.types     # bag b is type b's
     return enc
 
 

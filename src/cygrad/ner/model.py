@@ -38,7 +38,7 @@ import numpy as np
 import cygrad as cg
 from cygrad import kernels as K
 from cygrad import serialize as _ser
-from cygrad.ner._scores import window_scores
+from cygrad.ner._scores import window_scores, window_scores_typed
 from cygrad.ner.data import CASES, Vocab, encode
 
 FORMAT = "cygrad-ner-window-model"
@@ -284,6 +284,54 @@ class WindowModel:
                 h = f(h, out=h)
         return h
 
+    def type_projections(self, enc):
+        """P (T, w*H): for each token type of ``enc`` (Encoded.types), its input
+        vector (the tables' rows, and its n-gram mean) times the first layer's
+        weights of each window slot, in columns j*H:(j+1)*H for slot j. The
+        window's first layer is then b + the sum of its tokens' slot rows, so its
+        multiply-adds are done once per distinct token instead of once per window.
+        None for the averaged window, or an Encoded without types."""
+        cfg, p = self.config, self.params
+        if cfg.average or enc.types is None or enc.type_ids is None:
+            return None
+        col = {"E": 0, "S": 1, "Cs": 2, "P": 3, "Sh": 4}
+        names = self.tables()
+        blocks = [p[k][enc.type_ids[:, col[k]]] for k in names]
+        dims = [p[k].shape[1] for k in names]
+        if cfg.ngram_dim:
+            T = len(enc.type_ids)
+            if enc.ngram_ptr is None or len(enc.ngram_ptr) != T + 1:
+                return None
+            blocks.append(K.embedding_bag_windows(
+                p["N"], np.arange(T, dtype=np.int64)[:, None], enc.ngram_ptr,
+                enc.ngram_items))
+            dims.append(cfg.ngram_dim)
+        X = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
+        # X's columns in the window's input (window_logits): table by table, slot by slot
+        w, starts, off = cfg.width, [], 0
+        for d in dims:
+            starts.append(off)
+            off += w * d
+        cols = np.concatenate([np.concatenate([np.arange(s + j * d, s + (j + 1) * d)
+                                               for s, d in zip(starts, dims)])
+                               for j in range(w)])
+        W = p["W0"]
+        Wj = np.ascontiguousarray(W[:, cols].reshape(W.shape[0], w, -1).transpose(1, 0, 2)
+                                  .reshape(w * W.shape[0], -1))
+        return K.matmul(np.ascontiguousarray(X), Wj, trans_b=True)
+
+    def _typed_scores(self, enc):
+        """All of ``enc``'s scores (N, C) from :meth:`type_projections`, or None
+        where that does not apply (then :meth:`scores` runs window by window)."""
+        if len(self.config.hidden) != 1:
+            return None
+        P = self.type_projections(enc)
+        if P is None:
+            return None
+        p = self.params
+        return window_scores_typed(P, enc.types, p["b0"], p["U"], p["c"],
+                                   activation=self.config.activation)
+
     def tags(self, ids, offsets):
         """Tag strings per sentence for predicted ids. In the binary task, positive
         tokens become B-/I-<positive> entities (a run of positives is one entity)."""
@@ -310,8 +358,11 @@ class WindowModel:
         """
         decode = decode or self.config.decode
         n = len(enc)
+        typed = self._typed_scores(enc) if n else None
         logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
-        for lo in range(0, n, batch_size):
+        if typed is not None:
+            logp[...] = typed
+        for lo in range(0, n if typed is None else 0, batch_size):
             hi = min(n, lo + batch_size)
             bags = None if enc.ngrams is None else (enc.ngrams[lo:hi], enc.ngram_ptr,
                                                     enc.ngram_items)

@@ -4,8 +4,9 @@
 
 Two figures for every thread count, over the tokens of a CoNLL file (default: the
 CoNLL-2003 validation split from $CYGRAD_CONLL_DIR or ../shared/data/conll2003):
-the tagger in process (encode, scores, Viterbi, tag strings: what `cygrad tag`
-does between reading and writing text), median of 7 runs; and the `cygrad tag
+the tagger in process (encode, scores, the model's sharing of scores within
+each document, Viterbi, tag strings: what `cygrad tag` does between reading and
+writing text), median of 7 runs; and the `cygrad tag
 --tokenized` command on the same tokens, its wall time minus the time of the same
 command on empty input (start-up: interpreter, imports, model load), median of 3.
 ``--busy``: the same beside a CPU-bound process pinned to the last core
@@ -53,12 +54,14 @@ def main(argv=None):
         sys.exit(f"report_tagging: no data file {args.data}: give --data FILE (CoNLL format), "
                  f"or set CYGRAD_CONLL_DIR to the directory holding valid.txt")
     model = WindowModel.load(args.model)
-    sents = [Sentence(s.tokens, ["O"] * len(s.tokens)) for s in read_conll(args.data)]
+    sents = [Sentence(s.tokens, ["O"] * len(s.tokens), s.doc) for s in read_conll(args.data)]
     n = sum(len(s.tokens) for s in sents)
     with tempfile.TemporaryDirectory() as tmp:
         tokens, empty = os.path.join(tmp, "tokens.txt"), os.path.join(tmp, "empty.txt")
-        with open(tokens, "w", encoding="utf-8") as f:
-            f.write("\n\n".join("\n".join(s.tokens) for s in sents) + "\n")
+        with open(tokens, "w", encoding="utf-8") as f:     # the documents kept
+            f.write("\n\n".join(("-DOCSTART-\n\n" if i == 0 or s.doc != sents[i - 1].doc
+                                  else "") + "\n".join(s.tokens)
+                                 for i, s in enumerate(sents)) + "\n")
         open(empty, "w").close()
         busy = None
         if args.busy:

@@ -678,7 +678,8 @@ def test_resume_takes_settings_not_given_again_from_the_checkpoint(tmp_path, cap
     whose state.json lacks today's options) resumes under `--resume` alone, with its
     own settings: the same final model as an uninterrupted run with them; a setting
     given again that differs is refused."""
-    old = ["--batch-size", "64", "--lr", "0.03", "--dropout", "0", "--word-dropout", "0"]
+    old = ["--batch-size", "64", "--lr", "0.03", "--dropout", "0", "--word-dropout", "0",
+           "--no-average-params"]
     common = ["--no-progress", "--hidden", "16", "--dim", "8", "--loss", "softmax",
               "--prefix-dim", "0", "--shape-dim", "0"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")

@@ -85,6 +85,10 @@ def _add_train(sub):
                    help="entity type of the binary task")
     p.add_argument("--decode", choices=["viterbi", "greedy"], default="viterbi",
                    help="tag sequences that obey IOB2 (viterbi) or each token's best tag")
+    p.add_argument("--doc-context", type=float, default=0.5, metavar="A",
+                   help="decoding: move each token's scores this far (0-1) toward the mean "
+                        "scores of the same word in its document (-DOCSTART- lines part a "
+                        "CoNLL file into documents; `cygrad tag` input is one document)")
     p.add_argument("--dropout", type=float, default=0.5, metavar="P",
                    help="dropout on the window input while training (0: off)")
     p.add_argument("--hidden-dropout", type=float, default=0.0, metavar="P",
@@ -92,7 +96,7 @@ def _add_train(sub):
     p.add_argument("--word-dropout", type=float, default=1.0, metavar="ALPHA",
                    help="while training, a word becomes <unk> with probability "
                         "ALPHA / (ALPHA + its count) (0: off)")
-    p.add_argument("--average-params", action="store_true",
+    p.add_argument("--average-params", action=argparse.BooleanOptionalAction, default=True,
                    help="score and save the mean of the parameters at the ends of the "
                         "epochs so far (Polyak averaging; training goes on from the "
                         "parameters themselves)")
@@ -138,7 +142,10 @@ def _add_tag(sub):
                                    "split off, abbreviations such as U.S. and Inc. kept "
                                    "whole) or "
                                    "tokenised text (--tokenized: one token a line, blank "
-                                   "line between sentences), from a file or stdin.")
+                                   "line between sentences, -DOCSTART- lines between "
+                                   "documents), from a file or stdin. Raw text is one "
+                                   "document: with the model's --doc-context, the "
+                                   "occurrences of a word share their evidence.")
     p.add_argument("--model", metavar="DIR", required=True)
     p.add_argument("--input", metavar="FILE", help="default: standard input")
     p.add_argument("--tokenized", action="store_true")
@@ -264,7 +271,8 @@ def cmd_train(a):
                   prefix_dim=a.prefix_dim, shape_dim=a.shape_dim, ngram_dim=a.ngram_dim,
                   ngram_buckets=a.ngram_buckets,
                   hidden=tuple(a.hidden), activation=a.activation, average=a.average,
-                  decode=a.decode, loss=a.loss, positive=a.positive)
+                  decode=a.decode, loss=a.loss, positive=a.positive,
+                  doc_context=a.doc_context)
     if a.resume and getattr(a, "explicit", None) is not None:
         # settings not given again come from the checkpoint (which may predate today's
         # defaults); settings given again must match it (train() checks)
@@ -362,13 +370,23 @@ def cmd_tag(a):
             text = f.read()
     else:
         text = sys.stdin.read()
-    if a.tokenized:
-        toks = [[ln.split()[0] for ln in block.splitlines() if ln.strip()]
-                for block in text.split("\n\n")]
-        toks = [t for t in toks if t]
+    if a.tokenized:     # one token a line, a blank line after each sentence; -DOCSTART-
+        sents, doc = [], 0  # lines (CoNLL's) start a new document
+        for block in text.split("\n\n"):
+            toks = []
+            for ln in block.splitlines():
+                if ln.split()[:1] == ["-DOCSTART-"]:
+                    if toks:
+                        sents.append(Sentence(toks, ["O"] * len(toks), doc))
+                        toks = []
+                    if sents and sents[-1].doc == doc:
+                        doc += 1
+                elif ln.strip():
+                    toks.append(ln.split()[0])
+            if toks:
+                sents.append(Sentence(toks, ["O"] * len(toks), doc))
     else:
-        toks = tokenize(text)
-    sents = [Sentence(t, ["O"] * len(t)) for t in toks]
+        sents = [Sentence(t, ["O"] * len(t)) for t in tokenize(text)]
     pred = _predict_tags(model, sents)
     out = sys.stdout
     for s, p in zip(sents, pred):

@@ -242,8 +242,11 @@ def generate(n_sentences, seed, held_out=False):
 
 
 def write(path, sentences):
+    """CoNLL lines; each sentence is a document of its own (the templates' sentences
+    are unrelated: a name in one says nothing of the same name in another)."""
     with open(path, "w", encoding="utf-8") as f:
         for s in sentences:
+            f.write("-DOCSTART- O\n\n")
             for tok, tag in s:
                 f.write(f"{tok} {tag}\n")
             f.write("\n")

@@ -35,6 +35,7 @@ class DataError(ValueError):
 class Sentence:
     tokens: list
     tags: list
+    doc: int = 0        # the document it belongs to (read_conll: -DOCSTART- lines part them)
 
 
 def read_conll(path, require_tags=True):
@@ -55,13 +56,15 @@ def read_conll(path, require_tags=True):
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from None
-    sentences, tokens, tags, start = [], [], [], 1
+    sentences, tokens, tags, start, doc = [], [], [], 1, 0
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-":
             if tokens:
-                sentences.append(_finish(path, start, tokens, tags))
+                sentences.append(_finish(path, start, tokens, tags, doc))
             tokens, tags = [], []
+            if parts and sentences and sentences[-1].doc == doc:
+                doc += 1        # a new document (the first -DOCSTART- opens document 0)
             continue
         if not tokens:
             start = lineno
@@ -79,12 +82,12 @@ def read_conll(path, require_tags=True):
         tokens.append(parts[0])
         tags.append(tag)
     if tokens:
-        sentences.append(_finish(path, start, tokens, tags))
+        sentences.append(_finish(path, start, tokens, tags, doc))
     return sentences
 
 
-def _finish(path, start, tokens, tags):
-    return Sentence(tokens, to_iob2(tags))
+def _finish(path, start, tokens, tags, doc):
+    return Sentence(tokens, to_iob2(tags), doc)
 
 
 def to_iob2(tags):
@@ -303,6 +306,7 @@ class Encoded:
     # shape) ids (T x 5): what the tagger's per-type projections read
     types: np.ndarray = None
     type_ids: np.ndarray = None
+    docs: np.ndarray = None     # each token's document (Sentence.doc), N
 
     def feature(self, name):
         """The id windows of a feature: "words", "suffixes", "cases", "prefixes", "shapes"."""
@@ -369,6 +373,8 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
     stream[right] = 1
     stream[pos] = rows + 2
     enc.types = stream[idx] if n else np.zeros((0, width), np.int64)
+    enc.docs = np.repeat(np.fromiter((getattr(s, "doc", 0) for s in sentences),
+                                     dtype=np.int64, count=S), lens)
     enc.type_ids = np.concatenate([np.array(pads, dtype=np.int64).T, table]) if len(uniq) \
         else np.array(pads, dtype=np.int64).T.copy()
     if ngram_buckets:

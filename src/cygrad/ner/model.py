@@ -69,6 +69,8 @@ class Config:
     loss: str = "softmax"            # "crf": sentence-level log-likelihood with transitions;
                                      # the lecture's binary task: "logistic", "max-margin"
     positive: str = "LOC"            # the binary task: is the centre word of this type?
+    doc_context: float = 0.0         # decoding: a token's scores move this far toward the
+                                     # mean scores of its word's occurrences in the document
 
     def __post_init__(self):
         for name in ("k", "dim", "suffix_dim", "case_dim", "prefix_dim", "shape_dim",
@@ -79,6 +81,10 @@ class Config:
         if not isinstance(self.hidden, (tuple, list)) or any(
                 isinstance(h, bool) or not isinstance(h, (int, np.integer)) for h in self.hidden):
             raise ValueError(f"hidden must be a list of integers, got {self.hidden!r}")
+        if isinstance(self.doc_context, bool) or not isinstance(
+                self.doc_context, (int, float, np.floating)) or not 0 <= self.doc_context <= 1:
+            raise ValueError(f"doc_context must be a number in [0, 1], got {self.doc_context!r}")
+        self.doc_context = float(self.doc_context)
         if not isinstance(self.average, bool):
             raise ValueError(f"average must be true or false, got {self.average!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -332,6 +338,24 @@ class WindowModel:
         return window_scores_typed(P, enc.types, p["b0"], p["U"], p["c"],
                                    activation=self.config.activation)
 
+    def _share_in_documents(self, scores, enc):
+        """In place: each token's scores become (1 - a) of its own plus a of the
+        mean over the occurrences of the same token (exact string) in its document,
+        a = config.doc_context: a name's clear mentions inform its unclear ones.
+        Nothing for a = 0 or an Encoded without token types and documents."""
+        a = self.config.doc_context
+        if not a or enc.types is None or enc.docs is None or not len(scores):
+            return
+        k = self.config.k
+        T = len(enc.type_ids)
+        _, group, counts = np.unique(enc.docs * T + enc.types[:, k], return_inverse=True,
+                                     return_counts=True)
+        group = group.reshape(-1)
+        mean = np.stack([np.bincount(group, weights=scores[:, c], minlength=len(counts))
+                         for c in range(scores.shape[1])], axis=1) / counts[:, None]
+        scores *= 1.0 - a
+        scores += a * mean[group]
+
     def tags(self, ids, offsets):
         """Tag strings per sentence for predicted ids. In the binary task, positive
         tokens become B-/I-<positive> entities (a run of positives is one entity)."""
@@ -372,6 +396,7 @@ class WindowModel:
             s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi],
                             _rows(enc.prefixes, lo, hi), _rows(enc.shapes, lo, hi), bags)
             logp[lo:hi] = s
+        self._share_in_documents(logp, enc)
         if self.config.binary:     # 1 where the window's score is positive
             return (logp[:, 0] > 0).astype(np.int64)
         if decode == "greedy":

@@ -1,0 +1,122 @@
+"""Documents (issue 14): read_conll's document ids, and the decoder's sharing of
+scores between the occurrences of a word in its document, against a brute-force
+oracle written with Python loops."""
+
+import io
+import sys
+
+import numpy as np
+import pytest
+
+from cygrad.ner import cli, corpus
+from cygrad.ner.data import Sentence, Vocab, read_conll
+from cygrad.ner.model import Config, WindowModel
+
+
+def test_read_conll_numbers_the_documents(tmp_path):
+    p = tmp_path / "d.txt"
+    p.write_text("-DOCSTART- O\n\nA B-PER\n.\tO\n\nb O\n\n-DOCSTART- O\n\n-DOCSTART- O\n\n"
+                 "C B-LOC\n-DOCSTART- O\nD O\n")
+    sents = read_conll(str(p))
+    assert [s.tokens for s in sents] == [["A", "."], ["b"], ["C"], ["D"]]
+    assert [s.doc for s in sents] == [0, 0, 1, 2]      # empty documents take no number
+    p.write_text("A B-PER\n\nb O\n")                     # no -DOCSTART-: one document
+    assert [s.doc for s in read_conll(str(p))] == [0, 0]
+
+
+def _shared_oracle(scores, sents, a):
+    """Each token's scores: (1 - a) its own + a the mean over the tokens with the
+    same string in the same document, by loops."""
+    flat = [(s.doc, t) for s in sents for t in s.tokens]
+    out = np.empty_like(scores)
+    for i, key in enumerate(flat):
+        same = [j for j, other in enumerate(flat) if other == key]
+        out[i] = (1 - a) * scores[i] + a * scores[same].mean(axis=0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model():
+    sents = read_conll(corpus.path("train"))[:80]
+    return WindowModel(Config(hidden=(12,), dim=6, suffix_dim=3, case_dim=2, loss="crf"),
+                       Vocab.build(sents, min_count=1), seed=1), sents
+
+
+@pytest.mark.parametrize("a", [0.0, 0.3, 1.0])
+def test_scores_shared_within_documents_equal_the_oracle(model, a):
+    m, sents = model
+    rng = np.random.default_rng(0)
+    # repeated words within and across documents; a word unknown to the model too
+    words = ["Jordan", "police", "in", "Jordan", "Zqx", "the", "jordan"]
+    docs = [Sentence(list(rng.choice(words, int(rng.integers(1, 9)))), [], int(d))
+            for d in rng.integers(0, 3, 25)]
+    enc = m.encode(docs, with_labels=False)
+    scores = rng.standard_normal((len(enc), 9))
+    want = _shared_oracle(scores, docs, a)
+    m.config.doc_context = a
+    try:
+        got = scores.copy()
+        m._share_in_documents(got, enc)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        # decoding uses the shared scores: tags from the model's scores, shared by hand
+        typed = m._typed_scores(enc).astype(np.float64)
+        shared = _shared_oracle(typed, docs, a)
+        m.config.doc_context = 0.0
+        plain = m.predict(enc)
+        m.config.doc_context = a
+        pred = m.predict(enc)
+        from cygrad import kernels as K
+        from cygrad.ner.model import crf_constraints
+        lengths = np.diff(enc.offsets)
+        want_ids = K.crf_viterbi(shared.astype(m.params["A"].dtype), lengths, m.params["A"],
+                                 crf_constraints(m.vocab.tags))
+        np.testing.assert_array_equal(pred, want_ids)
+        if a == 0:
+            np.testing.assert_array_equal(pred, plain)
+    finally:
+        m.config.doc_context = 0.0
+
+
+def test_documents_do_not_share(model):
+    """The same word in two documents keeps its own scores; one document's words mix."""
+    m, _ = model
+    m.config.doc_context = 1.0
+    try:
+        sents = [Sentence(["Jordan", "said"], [], 0), Sentence(["in", "Jordan"], [], 1)]
+        enc = m.encode(sents, with_labels=False)
+        s = np.arange(4 * 9, dtype=np.float64).reshape(4, 9)
+        got = s.copy()
+        m._share_in_documents(got, enc)
+        np.testing.assert_array_equal(got, s)
+        for x in sents:
+            x.doc = 0
+        enc = m.encode(sents, with_labels=False)
+        got = s.copy()
+        m._share_in_documents(got, enc)
+        np.testing.assert_array_equal(got[0], got[3])
+        np.testing.assert_array_equal(got[0], (s[0] + s[3]) / 2)
+        np.testing.assert_array_equal(got[1:3], s[1:3])
+    finally:
+        m.config.doc_context = 0.0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.5", True, float("nan")])
+def test_doc_context_must_be_in_0_1(bad):
+    with pytest.raises(ValueError, match="doc_context must be a number in \\[0, 1\\]"):
+        Config(doc_context=bad)
+
+
+def test_cli_stores_doc_context_and_tag_reads_docstart(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "m")
+    assert cli.main(["train", "--out", out, "--epochs", "1", "--no-progress", "--hidden",
+                     "16", "--doc-context", "0.25"]) == 0
+    capsys.readouterr()
+    m = WindowModel.load(out)
+    assert m.config.doc_context == 0.25
+    monkeypatch.setattr(sys, "stdin", io.StringIO(
+        "-DOCSTART-\n\nHeavy\nrain\n\nin\nLincoln\n-DOCSTART-\nLincoln\nwon\n"))
+    assert cli.main(["tag", "--model", out, "--tokenized"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    toks = [ln.split("\t")[0] for ln in lines if ln]
+    assert toks == ["Heavy", "rain", "in", "Lincoln", "Lincoln", "won"]
+    assert lines.count("") == 4        # three sentences, each closed by a blank line, + end

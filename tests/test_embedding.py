@@ -145,6 +145,30 @@ def test_embedding_adagrad_update(B, dtype, rng):
     np.testing.assert_array_equal(table[untouched], before[untouched])
 
 
+@pytest.mark.parametrize("V", [1, 255, 256, 70_000, 2 ** 20 + 3])   # 1 to 3 radix passes
+def test_sparse_adagrad_sums_each_rows_slots_in_order(V, rng):
+    """The slots of a row are summed in slot order before the row's one update
+    (sorting the slots by row: any id range, many repeats): against a loop."""
+    B, w, d = 600, 5, 2
+    ids = rng.choice(np.unique(np.r_[rng.integers(0, V, 40), V - 1, 0]), (B, w))
+    rows = np.unique(ids)
+    dX = rng.standard_normal((B, w * d))
+    table, G = np.zeros((V, d)), np.zeros((V, d))
+    table[rows] = rng.standard_normal((len(rows), d))
+    G[rows] = rng.uniform(0.1, 1, (len(rows), d))
+    want_t, want_G = table[rows], G[rows]
+    flat = ids.reshape(-1)
+    for q, r in enumerate(rows):
+        g = np.zeros(d)
+        for j in np.flatnonzero(flat == r):
+            g = g + dX[j // w, (j % w) * d:(j % w + 1) * d]
+        want_G[q] += g * g
+        want_t[q] -= 0.1 * g / (np.sqrt(want_G[q]) + 1e-8)
+    K.embedding_adagrad_update(table, G, ids, dX, 0.1)
+    np.testing.assert_allclose(G[rows], want_G, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(table[rows], want_t, rtol=1e-14, atol=1e-15)
+
+
 def test_sparse_adagrad_equals_dense_adagrad_of_scatter(rng):
     table, windows, dX = _problem(rng, 40, 6, 20, 5, np.float64, repeats=True)
     G = np.full_like(table, 0.1)

@@ -115,13 +115,15 @@ _DIGITS = re.compile(r"\d")
 def normalise(token):
     """The vocabulary form: lower case, every digit replaced by 0."""
     low = token.lower()
+    if low.isalpha():       # most tokens: no digit to replace
+        return low
     # \d (Unicode Nd) implies str.isdigit, so a token without isdigit needs no sub
     return _DIGITS.sub("0", low) if any(map(str.isdigit, low)) else low
 
 
 def casing(token):
     """Index into :data:`CASES` for a raw token."""
-    if any(map(str.isdigit, token)):
+    if not token.isalpha() and any(map(str.isdigit, token)):
         return 5
     if not any(map(str.isalpha, token)):
         return 6
@@ -180,7 +182,14 @@ def shape(token):
     """The word's shape: upper case letters X, other letters x, digits d, other
     characters as they are, runs longer than two cut to two ("Washington" -> "Xxx",
     "EU" -> "XX", "U.S." -> "X.X.", "1996-08-22" -> "dd-dd-dd", "McDonald" -> "XxXxx")."""
-    if token.isascii():         # the fast path: one translate, literal substitutions
+    if token.isascii() and token.isalpha():     # most tokens: x, xx, X, XX, Xx, Xxx
+        if token.islower():
+            return "xx" if len(token) > 1 else "x"
+        if token.isupper():
+            return "XX" if len(token) > 1 else "X"
+        if token[1:].islower():
+            return "Xxx"[:len(token)]
+    if token.isascii():         # one translate, literal substitutions
         s = token.translate(_ASCII_SHAPE)
         for run, two in _CLASS_RUNS:
             s = run.sub(two, s)

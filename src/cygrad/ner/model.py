@@ -360,8 +360,9 @@ class WindowModel:
         """Tag strings per sentence for predicted ids. In the binary task, positive
         tokens become B-/I-<positive> entities (a run of positives is one entity)."""
         if not self.config.binary:
-            return [[self.vocab.tags[i] for i in ids[a:b]] for a, b in zip(offsets[:-1],
-                                                                         offsets[1:])]
+            names = np.array(self.vocab.tags, dtype=object)[np.asarray(ids)].tolist()
+            off = np.asarray(offsets).tolist()
+            return [names[a:b] for a, b in zip(off[:-1], off[1:])]
         typ, out = self.config.positive, []
         for a, b in zip(offsets[:-1], offsets[1:]):
             sent, prev = [], 0

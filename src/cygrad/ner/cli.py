@@ -375,14 +375,15 @@ def cmd_tag(a):
         for block in text.split("\n\n"):
             toks = []
             for ln in block.splitlines():
-                if ln.split()[:1] == ["-DOCSTART-"]:
+                first = ln.split(None, 1)[:1]
+                if first == ["-DOCSTART-"]:
                     if toks:
                         sents.append(Sentence(toks, ["O"] * len(toks), doc))
                         toks = []
                     if sents and sents[-1].doc == doc:
                         doc += 1
-                elif ln.strip():
-                    toks.append(ln.split()[0])
+                elif first:
+                    toks.append(first[0])
             if toks:
                 sents.append(Sentence(toks, ["O"] * len(toks), doc))
     else:
@@ -393,9 +394,7 @@ def cmd_tag(a):
         if a.format == "inline":
             out.write(inline(s.tokens, p) + "\n")
         else:
-            for tok, t in zip(s.tokens, p):
-                out.write(f"{tok}\t{t}\n")
-            out.write("\n")
+            out.write("".join([f"{tok}\t{t}\n" for tok, t in zip(s.tokens, p)]) + "\n")
     return 0
 
 

@@ -23,7 +23,8 @@ from report_contention import Busy  # noqa: E402
 
 # the defaults before issue 14 (a per-token softmax over windows of 64)
 PREVIOUS = ["--loss", "softmax", "--prefix-dim", "0", "--shape-dim", "0", "--dropout", "0",
-            "--word-dropout", "0", "--batch-size", "64", "--lr", "0.03"]
+            "--word-dropout", "0", "--batch-size", "64", "--lr", "0.03", "--no-average-params",
+            "--doc-context", "0"]
 CONFIGS = {"defaults": [], "previous defaults": PREVIOUS}
 
 

@@ -375,6 +375,13 @@ def test_tagger_scores_from_type_projections(toy, kw):
         g = m.logits_graph(t, enc.words, enc.suffixes, enc.cases, prefixes=enc.prefixes,
                            shapes=enc.shapes, ngrams=bags).data
         np.testing.assert_allclose(typed, g, rtol=1e-5, atol=1e-5)
+        # a corpus too large for one set of projections goes by parts: the same scores
+        m.PROJECTION_BUDGET = 16 * m.config.width * m.config.hidden[0]
+        try:
+            parts = m._typed_scores(enc)
+        finally:
+            del m.PROJECTION_BUDGET
+        np.testing.assert_allclose(parts, typed, rtol=1e-6, atol=1e-6)
     got = m.predict(enc)
     enc.types = None
     np.testing.assert_array_equal(got, m.predict(enc))

@@ -290,27 +290,31 @@ class WindowModel:
                 h = f(h, out=h)
         return h
 
-    def type_projections(self, enc):
-        """P (T, w*H): for each token type of ``enc`` (Encoded.types), its input
-        vector (the tables' rows, and its n-gram mean) times the first layer's
-        weights of each window slot, in columns j*H:(j+1)*H for slot j. The
-        window's first layer is then b + the sum of its tokens' slot rows, so its
-        multiply-adds are done once per distinct token instead of once per window.
-        None for the averaged window, or an Encoded without types."""
+    # elements of slot projections held at once (T x w x H): larger corpora go by parts
+    PROJECTION_BUDGET = 2 ** 24
+
+    def type_projections(self, enc, types=None):
+        """P (len(types), w*H): for each token type of ``enc`` (Encoded.types; all
+        of them by default), its input vector (the tables' rows, and its n-gram
+        mean) times the first layer's weights of each window slot, in columns
+        j*H:(j+1)*H for slot j. The window's first layer is then b + the sum of its
+        tokens' slot rows, so its multiply-adds are done once per distinct token
+        instead of once per window. None for the averaged window, or an Encoded
+        without types."""
         cfg, p = self.config, self.params
         if cfg.average or enc.types is None or enc.type_ids is None:
             return None
+        T = len(enc.type_ids)
+        types = np.arange(T, dtype=np.int64) if types is None else types
         col = {"E": 0, "S": 1, "Cs": 2, "P": 3, "Sh": 4}
         names = self.tables()
-        blocks = [p[k][enc.type_ids[:, col[k]]] for k in names]
+        blocks = [p[k][enc.type_ids[types, col[k]]] for k in names]
         dims = [p[k].shape[1] for k in names]
         if cfg.ngram_dim:
-            T = len(enc.type_ids)
             if enc.ngram_ptr is None or len(enc.ngram_ptr) != T + 1:
                 return None
-            blocks.append(K.embedding_bag_windows(
-                p["N"], np.arange(T, dtype=np.int64)[:, None], enc.ngram_ptr,
-                enc.ngram_items))
+            blocks.append(K.embedding_bag_windows(p["N"], types[:, None], enc.ngram_ptr,
+                                                  enc.ngram_items))
             dims.append(cfg.ngram_dim)
         X = np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
         # X's columns in the window's input (window_logits): table by table, slot by slot
@@ -328,15 +332,31 @@ class WindowModel:
 
     def _typed_scores(self, enc):
         """All of ``enc``'s scores (N, C) from :meth:`type_projections`, or None
-        where that does not apply (then :meth:`scores` runs window by window)."""
-        if len(self.config.hidden) != 1:
+        where that does not apply (then :meth:`scores` runs window by window).
+        A corpus with more distinct tokens than PROJECTION_BUDGET allows goes in
+        parts of consecutive windows, each with the projections of its own types."""
+        cfg, p = self.config, self.params
+        if len(cfg.hidden) != 1 or cfg.average or enc.types is None or enc.type_ids is None:
             return None
-        P = self.type_projections(enc)
-        if P is None:
-            return None
-        p = self.params
-        return window_scores_typed(P, enc.types, p["b0"], p["U"], p["c"],
-                                   activation=self.config.activation)
+        wH = cfg.width * cfg.hidden[0]
+        if len(enc.type_ids) * wH <= self.PROJECTION_BUDGET:
+            P = self.type_projections(enc)
+            return None if P is None else window_scores_typed(
+                P, enc.types, p["b0"], p["U"], p["c"], activation=cfg.activation)
+        n = len(enc)
+        out = np.empty((n, p["c"].shape[0]), dtype=p["c"].dtype)
+        # R consecutive windows name at most R + 2k + 2 types: their own centre
+        # tokens, k more on each side, and the two pads
+        rows = max(1, self.PROJECTION_BUDGET // wH - 2 * cfg.k - 2)
+        for lo in range(0, n, rows):
+            hi = min(n, lo + rows)
+            types, local = np.unique(enc.types[lo:hi], return_inverse=True)
+            P = self.type_projections(enc, types)
+            if P is None:
+                return None
+            window_scores_typed(P, local.reshape(hi - lo, cfg.width), p["b0"], p["U"], p["c"],
+                                activation=cfg.activation, out=out[lo:hi])
+        return out
 
     def _share_in_documents(self, scores, enc):
         """In place: each token's scores become (1 - a) of its own plus a of the

@@ -376,7 +376,7 @@ def test_tagger_scores_from_type_projections(toy, kw):
                            shapes=enc.shapes, ngrams=bags).data
         np.testing.assert_allclose(typed, g, rtol=1e-5, atol=1e-5)
         # a corpus too large for one set of projections goes by parts: the same scores
-        m.PROJECTION_BUDGET = 16 * m.config.width * m.config.hidden[0]
+        m.PROJECTION_BUDGET = 16 * m.config.width * m.config.hidden[0] * typed.itemsize
         try:
             parts = m._typed_scores(enc)
         finally:

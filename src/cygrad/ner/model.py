@@ -290,8 +290,9 @@ class WindowModel:
                 h = f(h, out=h)
         return h
 
-    # elements of slot projections held at once (T x w x H): larger corpora go by parts
-    PROJECTION_BUDGET = 2 ** 24
+    # bytes of slot projections held at once (T x w x H values; CoNLL-2003's training
+    # split, 23,625 distinct tokens, needs 142 MB in float32): larger corpora go by parts
+    PROJECTION_BUDGET = 2 ** 28
 
     def type_projections(self, enc, types=None):
         """P (len(types), w*H): for each token type of ``enc`` (Encoded.types; all
@@ -333,13 +334,15 @@ class WindowModel:
     def _typed_scores(self, enc):
         """All of ``enc``'s scores (N, C) from :meth:`type_projections`, or None
         where that does not apply (then :meth:`scores` runs window by window).
-        A corpus with more distinct tokens than PROJECTION_BUDGET allows goes in
-        parts of consecutive windows, each with the projections of its own types."""
+        A corpus with more distinct tokens than PROJECTION_BUDGET (bytes) allows
+        goes in parts of consecutive windows, each with the projections of its own
+        types."""
         cfg, p = self.config, self.params
         if len(cfg.hidden) != 1 or cfg.average or enc.types is None or enc.type_ids is None:
             return None
         wH = cfg.width * cfg.hidden[0]
-        if len(enc.type_ids) * wH <= self.PROJECTION_BUDGET:
+        budget = self.PROJECTION_BUDGET // p["c"].dtype.itemsize     # in values
+        if len(enc.type_ids) * wH <= budget:
             P = self.type_projections(enc)
             return None if P is None else window_scores_typed(
                 P, enc.types, p["b0"], p["U"], p["c"], activation=cfg.activation)
@@ -347,7 +350,7 @@ class WindowModel:
         out = np.empty((n, p["c"].shape[0]), dtype=p["c"].dtype)
         # R consecutive windows name at most R + 2k + 2 types: their own centre
         # tokens, k more on each side, and the two pads
-        rows = max(1, self.PROJECTION_BUDGET // wH - 2 * cfg.k - 2)
+        rows = max(1, budget // wH - 2 * cfg.k - 2)
         for lo in range(0, n, rows):
             hi = min(n, lo + rows)
             types, local = np.unique(enc.types[lo:hi], return_inverse=True)

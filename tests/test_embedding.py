@@ -145,28 +145,39 @@ def test_embedding_adagrad_update(B, dtype, rng):
     np.testing.assert_array_equal(table[untouched], before[untouched])
 
 
-@pytest.mark.parametrize("V", [1, 255, 256, 70_000, 2 ** 20 + 3])   # 1 to 3 radix passes
+@pytest.mark.parametrize("V", [1, 255, 256, 1000, 65_536, 70_000, 2 ** 20 + 3])  # 1-3 passes
 def test_sparse_adagrad_sums_each_rows_slots_in_order(V, rng):
     """The slots of a row are summed in slot order before the row's one update
-    (sorting the slots by row: any id range, many repeats): against a loop."""
+    (sorting the slots by row: any id range, many repeats), against a loop. The
+    slot gradients span 16 orders of magnitude, so that another order of the
+    additions would give other sums (checked: the reversed order misses)."""
     B, w, d = 600, 5, 2
     ids = rng.choice(np.unique(np.r_[rng.integers(0, V, 40), V - 1, 0]), (B, w))
     rows = np.unique(ids)
-    dX = rng.standard_normal((B, w * d))
+    dX = rng.choice([-1.0, 1.0], (B, w * d)) * 10.0 ** rng.integers(0, 16, (B, w * d)) \
+        * rng.uniform(1, 2, (B, w * d))
     table, G = np.zeros((V, d)), np.zeros((V, d))
     table[rows] = rng.standard_normal((len(rows), d))
     G[rows] = rng.uniform(0.1, 1, (len(rows), d))
-    want_t, want_G = table[rows], G[rows]
     flat = ids.reshape(-1)
-    for q, r in enumerate(rows):
-        g = np.zeros(d)
-        for j in np.flatnonzero(flat == r):
-            g = g + dX[j // w, (j % w) * d:(j % w + 1) * d]
-        want_G[q] += g * g
-        want_t[q] -= 0.1 * g / (np.sqrt(want_G[q]) + 1e-8)
+
+    def expected(order):
+        t, acc = table[rows], G[rows]
+        for q, r in enumerate(rows):
+            g = np.zeros(d)
+            for j in order(np.flatnonzero(flat == r)):
+                g = g + dX[j // w, (j % w) * d:(j % w + 1) * d]
+            acc[q] += g * g
+            t[q] -= 0.1 * g / (np.sqrt(acc[q]) + 1e-8)
+        return t, acc
+    want_t, want_G = expected(lambda js: js)
+    rev_t, rev_G = expected(lambda js: js[::-1])
     K.embedding_adagrad_update(table, G, ids, dX, 0.1)
-    np.testing.assert_allclose(G[rows], want_G, rtol=1e-14, atol=1e-15)
-    np.testing.assert_allclose(table[rows], want_t, rtol=1e-14, atol=1e-15)
+    np.testing.assert_allclose(G[rows], want_G, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(table[rows], want_t, rtol=1e-13, atol=1e-15)
+    if V > 1:   # the test can tell the orders apart (one row of 3,000 slots: a sum so
+        # large that both orders round alike)
+        assert not np.allclose(G[rows], rev_G, rtol=1e-14, atol=0)
 
 
 def test_sparse_adagrad_equals_dense_adagrad_of_scatter(rng):

@@ -106,6 +106,15 @@ def test_doc_context_must_be_in_0_1(bad):
         Config(doc_context=bad)
 
 
+def test_tokenized_input_documents():
+    text = ("-DOCSTART- -X- O\n\nA\nb\n\nc\n-DOCSTART-\nd\n\n\n-DOCSTART-\n\n"
+            "-DOCSTART-\n\ne x\r\nf\n")
+    sents = cli.read_tokenized(text)
+    assert [(s.tokens, s.doc) for s in sents] == [(["A", "b"], 0), (["c"], 0), (["d"], 1),
+                                                  (["e", "f"], 2)]
+    assert cli.read_tokenized("") == [] and cli.read_tokenized("-DOCSTART-\n") == []
+
+
 def test_cli_stores_doc_context_and_tag_reads_docstart(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "m")
     assert cli.main(["train", "--out", out, "--epochs", "1", "--no-progress", "--hidden",
@@ -120,3 +129,32 @@ def test_cli_stores_doc_context_and_tag_reads_docstart(tmp_path, capsys, monkeyp
     toks = [ln.split("\t")[0] for ln in lines if ln]
     assert toks == ["Heavy", "rain", "in", "Lincoln", "Lincoln", "won"]
     assert lines.count("") == 4        # three sentences, each closed by a blank line, + end
+
+
+def test_evaluate_and_tag_override_the_doc_context(tmp_path, capsys, monkeypatch):
+    out = str(tmp_path / "m")
+    assert cli.main(["train", "--out", out, "--epochs", "1", "--no-progress", "--hidden",
+                     "16", "--doc-context", "1.0"]) == 0
+    capsys.readouterr()
+    m = WindowModel.load(out)
+    sents = read_conll(corpus.path("test"))[:60]
+    for x in sents:
+        x.doc = 0           # one document: the context matters
+    data = tmp_path / "one-doc.conll"
+    data.write_text("\n\n".join("\n".join(f"{t} {g}" for t, g in zip(x.tokens, x.tags))
+                                for x in sents) + "\n")
+    from cygrad.ner.train import tags_of
+    rows = {}
+    for a in (None, 0.0):
+        args = ["evaluate", "--model", out, "--data", str(data), "--output",
+                str(tmp_path / "p.txt")] + ([] if a is None else ["--doc-context", str(a)])
+        assert cli.main(args) == 0
+        capsys.readouterr()
+        rows[a] = [ln.split()[2] for ln in (tmp_path / "p.txt").read_text().splitlines() if ln]
+        m.config.doc_context = 1.0 if a is None else a
+        assert rows[a] == [t for s in tags_of(m, m.encode(sents)) for t in s]
+    assert rows[None] != rows[0.0]      # (a model whose tags do not move would not test it)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Lincoln won .\n"))
+    assert cli.main(["tag", "--model", out, "--doc-context", "2"]) == 2
+    assert "--doc-context: doc_context must be a number in [0, 1], got 2.0" in \
+        capsys.readouterr().err

@@ -236,6 +236,10 @@ def test_window_scores_bad_input(rng):
         window_scores([E.astype(np.float32)], [np.zeros((1, 3), int)], W, b, U, c)
     with pytest.raises(ValueError, match="do not fit an input of size 8"):
         window_scores([E], [np.zeros((1, 2), int)], W, b, U, c)
+    with pytest.raises(ValueError, match=r"U must be 2-d, got shape \(\)"):
+        window_scores([E], [np.zeros((1, 3), int)], W, b, np.zeros(()), c)
+    with pytest.raises(ValueError, match=r"tables\[0\] must be 2-d"):
+        window_scores([E.reshape(-1)], [np.zeros((1, 3), int)], W, b, U, c)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu", "gelu"])
@@ -284,6 +288,10 @@ def test_window_scores_typed_bad_input(rng):
         window_scores_typed(P, np.zeros((1, 2), int), b.astype(np.float32), U, c)
     with pytest.raises(ValueError, match="activation must be one of"):
         window_scores_typed(P, np.zeros((1, 2), int), b, U, c, activation="softplus")
+    for bad in [dict(U=np.zeros(())), dict(b=np.zeros((3, 1))), dict(c=np.zeros((2, 1)))]:
+        args = {**dict(b=b, U=U, c=c), **bad}
+        with pytest.raises(ValueError, match=r"must be [12]-d, got shape"):
+            window_scores_typed(P, np.zeros((1, 2), int), **args)
 
 
 @pytest.mark.parametrize("path", ["avx512", "avx2", "generic"])

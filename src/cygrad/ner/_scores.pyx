@@ -180,6 +180,10 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
                 or not a.flags.c_contiguous:
             raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
                             f"W's dtype {dt}")
+    for name, a, nd in [("W", W, 2), ("b", b, 1), ("U", U, 2), ("c", c, 1)] + \
+            [(f"tables[{k}]", t, 2) for k, t in enumerate(tables)]:
+        if a.ndim != nd:
+            raise ValueError(f"{fn}: {name} must be {nd}-d, got shape {a.shape}")
     ids = [index_array(x, fn, f"ids[{k}]", 2, tables[k].shape[0]) for k, x in enumerate(ids)]
     cdef Py_ssize_t B = ids[0].shape[0], w = ids[0].shape[1]
     cdef Py_ssize_t H = W.shape[0], C = U.shape[0]
@@ -266,9 +270,12 @@ def window_scores_typed(P, types, b, U, c, activation="tanh", alpha=0.01, out=No
                 or not a.flags.c_contiguous:
             raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
                             f"P's dtype {dt}")
+    for name, a, nd in (("b", b, 1), ("U", U, 2), ("c", c, 1)):
+        if a.ndim != nd:
+            raise ValueError(f"{fn}: {name} must be {nd}-d, got shape {a.shape}")
     types = index_array(types, fn, "types", 2, P.shape[0])
     cdef Py_ssize_t B = types.shape[0], w = types.shape[1]
-    cdef Py_ssize_t H = b.shape[0] if b.ndim == 1 else -1, C = U.shape[0]
+    cdef Py_ssize_t H = b.shape[0], C = U.shape[0]
     if H < 1 or w < 1 or P.shape[1] != w * H:
         raise ValueError(f"{fn}: P {P.shape} must have w*H = {w}*{H} columns for types "
                          f"{types.shape} and b {b.shape}")

@@ -87,8 +87,10 @@ def _add_train(sub):
                    help="tag sequences that obey IOB2 (viterbi) or each token's best tag")
     p.add_argument("--doc-context", type=float, default=0.5, metavar="A",
                    help="decoding: move each token's scores this far (0-1) toward the mean "
-                        "scores of the same word in its document (-DOCSTART- lines part a "
-                        "CoNLL file into documents; `cygrad tag` input is one document)")
+                        "scores of the same token in its document (-DOCSTART- lines part a "
+                        "CoNLL file, or `cygrad tag --tokenized` input, into documents; "
+                        "raw text given to `cygrad tag` is one document); stored in the "
+                        "model, `evaluate` and `tag` can override it")
     p.add_argument("--dropout", type=float, default=0.5, metavar="P",
                    help="dropout on the window input while training (0: off)")
     p.add_argument("--hidden-dropout", type=float, default=0.0, metavar="P",
@@ -132,6 +134,8 @@ def _add_evaluate(sub):
     p.add_argument("--train", metavar="FILE",
                    help="training data whose entity surface forms count as seen, for the "
                         "seen/unseen rows (default: the forms the model stored when trained)")
+    p.add_argument("--doc-context", type=float, default=None, metavar="A",
+                   help="override the model's document context (0: each sentence alone)")
     p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=cmd_evaluate)
 
@@ -143,14 +147,17 @@ def _add_tag(sub):
                                    "whole) or "
                                    "tokenised text (--tokenized: one token a line, blank "
                                    "line between sentences, -DOCSTART- lines between "
-                                   "documents), from a file or stdin. Raw text is one "
-                                   "document: with the model's --doc-context, the "
-                                   "occurrences of a word share their evidence.")
+                                   "documents, which are not echoed), from a file or "
+                                   "stdin. Raw text is one document: with the model's "
+                                   "--doc-context, the occurrences of a token share their "
+                                   "evidence.")
     p.add_argument("--model", metavar="DIR", required=True)
     p.add_argument("--input", metavar="FILE", help="default: standard input")
     p.add_argument("--tokenized", action="store_true")
     p.add_argument("--format", choices=["lines", "inline"], default="lines",
                    help="'token tag' lines, or inline [TYPE words] brackets")
+    p.add_argument("--doc-context", type=float, default=None, metavar="A",
+                   help="override the model's document context (0: each sentence alone)")
     p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.set_defaults(func=cmd_tag)
 
@@ -313,12 +320,26 @@ def _predict_tags(model, sentences):
     return tags_of(model, enc)
 
 
-def cmd_evaluate(a):
-    from cygrad.ner.data import read_conll
-    from cygrad.ner.evaluate import evaluate
+def _load_model(a):
+    """The model of --model, with --doc-context (if given) in place of its own."""
+    import dataclasses
+
     from cygrad.ner.model import WindowModel
 
     model = WindowModel.load(a.model)
+    if getattr(a, "doc_context", None) is not None:
+        try:
+            model.config = dataclasses.replace(model.config, doc_context=a.doc_context)
+        except ValueError as e:
+            raise ValueError(f"--doc-context: {e}") from None
+    return model
+
+
+def cmd_evaluate(a):
+    from cygrad.ner.data import read_conll
+    from cygrad.ner.evaluate import evaluate
+
+    model = _load_model(a)
     sents = read_conll(a.data)
     from cygrad.ner.train import gold_tags
 
@@ -360,32 +381,41 @@ def inline(tokens, tags):
     return " ".join(out)
 
 
+def read_tokenized(text):
+    """Sentences of ``cygrad tag --tokenized`` input: one token a line (its first
+    column), a blank line after each sentence, -DOCSTART- lines (CoNLL's) starting
+    a new document (numbered 0, 1, ... as read_conll numbers them; not tokens)."""
+    from cygrad.ner.data import Sentence
+
+    sents, doc = [], 0
+    for block in text.split("\n\n"):
+        toks = []
+        for ln in block.splitlines():
+            first = ln.split(None, 1)[:1]
+            if first == ["-DOCSTART-"]:
+                if toks:
+                    sents.append(Sentence(toks, ["O"] * len(toks), doc))
+                    toks = []
+                if sents and sents[-1].doc == doc:
+                    doc += 1
+            elif first:
+                toks.append(first[0])
+        if toks:
+            sents.append(Sentence(toks, ["O"] * len(toks), doc))
+    return sents
+
+
 def cmd_tag(a):
     from cygrad.ner.data import Sentence, tokenize
-    from cygrad.ner.model import WindowModel
 
-    model = WindowModel.load(a.model)
+    model = _load_model(a)
     if a.input:
         with open(a.input, encoding="utf-8") as f:
             text = f.read()
     else:
         text = sys.stdin.read()
-    if a.tokenized:     # one token a line, a blank line after each sentence; -DOCSTART-
-        sents, doc = [], 0  # lines (CoNLL's) start a new document
-        for block in text.split("\n\n"):
-            toks = []
-            for ln in block.splitlines():
-                first = ln.split(None, 1)[:1]
-                if first == ["-DOCSTART-"]:
-                    if toks:
-                        sents.append(Sentence(toks, ["O"] * len(toks), doc))
-                        toks = []
-                    if sents and sents[-1].doc == doc:
-                        doc += 1
-                elif first:
-                    toks.append(first[0])
-            if toks:
-                sents.append(Sentence(toks, ["O"] * len(toks), doc))
+    if a.tokenized:
+        sents = read_tokenized(text)
     else:
         sents = [Sentence(t, ["O"] * len(t)) for t in tokenize(text)]
     pred = _predict_tags(model, sents)

@@ -39,7 +39,9 @@ class Sentence:
 
 
 def read_conll(path, require_tags=True):
-    """Read a CoNLL file into a list of :class:`Sentence` with IOB2 tags.
+    """Read a CoNLL file into a list of :class:`Sentence` with IOB2 tags, each
+    with the number of its document (``Sentence.doc``: -DOCSTART- lines part the
+    file into documents 0, 1, ...; a file without them is document 0).
 
     Raises :class:`DataError` naming the file and line for a binary or
     undecodable file, a line with a token but no tag column, or a tag whose
@@ -394,7 +396,7 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
         enc.ngram_ptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         enc.ngram_items = np.fromiter((b for bag in bags for b in bag), dtype=np.int64,
                                       count=int(sizes.sum()))
-        enc.ngrams = enc.types     # bag b is type b's
+        enc.ngrams = enc.types.copy()       # bag b is type b's
     return enc
 
 

@@ -82,7 +82,8 @@ class Config:
                 isinstance(h, bool) or not isinstance(h, (int, np.integer)) for h in self.hidden):
             raise ValueError(f"hidden must be a list of integers, got {self.hidden!r}")
         if isinstance(self.doc_context, bool) or not isinstance(
-                self.doc_context, (int, float, np.floating)) or not 0 <= self.doc_context <= 1:
+                self.doc_context, (int, float, np.integer, np.floating)) \
+                or not 0 <= self.doc_context <= 1:
             raise ValueError(f"doc_context must be a number in [0, 1], got {self.doc_context!r}")
         self.doc_context = float(self.doc_context)
         if not isinstance(self.average, bool):
@@ -363,11 +364,13 @@ class WindowModel:
 
     def _share_in_documents(self, scores, enc):
         """In place: each token's scores become (1 - a) of its own plus a of the
-        mean over the occurrences of the same token (exact string) in its document,
+        mean over the occurrences of the same token (the exact string: "Jordan"
+        and "jordan" are two) in its document,
         a = config.doc_context: a name's clear mentions inform its unclear ones.
         Nothing for a = 0 or an Encoded without token types and documents."""
         a = self.config.doc_context
-        if not a or enc.types is None or enc.docs is None or not len(scores):
+        if not a or enc.types is None or enc.type_ids is None or enc.docs is None \
+                or not len(scores):
             return
         k = self.config.k
         T = len(enc.type_ids)
@@ -383,7 +386,8 @@ class WindowModel:
         """Tag strings per sentence for predicted ids. In the binary task, positive
         tokens become B-/I-<positive> entities (a run of positives is one entity)."""
         if not self.config.binary:
-            names = np.array(self.vocab.tags, dtype=object)[np.asarray(ids)].tolist()
+            names = np.array(self.vocab.tags, dtype=object)[np.asarray(ids, dtype=np.intp)]\
+                .tolist()
             off = np.asarray(offsets).tolist()
             return [names[a:b] for a, b in zip(off[:-1], off[1:])]
         typ, out = self.config.positive, []
@@ -442,7 +446,10 @@ class WindowModel:
         cygrad.ner.data.tokenize) or pre-tokenised sentences (a list of lists of
         str). Returns one :class:`Tagged` per sentence: its (token, tag) pairs and
         its entities as (type, text, start, end), start and end character offsets
-        into ``text`` for raw text (token indices, end exclusive, for tokens)."""
+        into ``text`` for raw text (token indices, end exclusive, for tokens).
+        The sentences of one call are one document: with ``config.doc_context``,
+        a token's scores are shared with the other occurrences of the same token
+        in the call (tag unrelated texts in separate calls)."""
         from cygrad.ner.data import Sentence, tokenize_spans
         from cygrad.ner.evaluate import chunks
         if isinstance(text, str):

@@ -115,12 +115,17 @@ def test_tokenized_input_documents():
     assert cli.read_tokenized("") == [] and cli.read_tokenized("-DOCSTART-\n") == []
 
 
-def test_cli_stores_doc_context_and_tag_reads_docstart(tmp_path, capsys, monkeypatch):
+def _train(tmp_path, capsys, doc_context):
+    """A one-epoch demo model trained by the CLI with --doc-context; (dir, model)."""
     out = str(tmp_path / "m")
     assert cli.main(["train", "--out", out, "--epochs", "1", "--no-progress", "--hidden",
-                     "16", "--doc-context", "0.25"]) == 0
+                     "16", "--doc-context", str(doc_context)]) == 0
     capsys.readouterr()
-    m = WindowModel.load(out)
+    return out, WindowModel.load(out)
+
+
+def test_cli_stores_doc_context_and_tag_reads_docstart(tmp_path, capsys, monkeypatch):
+    out, m = _train(tmp_path, capsys, 0.25)
     assert m.config.doc_context == 0.25
     monkeypatch.setattr(sys, "stdin", io.StringIO(
         "-DOCSTART-\n\nHeavy\nrain\n\nin\nLincoln\n-DOCSTART-\nLincoln\nwon\n"))
@@ -132,11 +137,7 @@ def test_cli_stores_doc_context_and_tag_reads_docstart(tmp_path, capsys, monkeyp
 
 
 def test_evaluate_and_tag_override_the_doc_context(tmp_path, capsys, monkeypatch):
-    out = str(tmp_path / "m")
-    assert cli.main(["train", "--out", out, "--epochs", "1", "--no-progress", "--hidden",
-                     "16", "--doc-context", "1.0"]) == 0
-    capsys.readouterr()
-    m = WindowModel.load(out)
+    out, m = _train(tmp_path, capsys, 1.0)
     sents = read_conll(corpus.path("test"))[:60]
     for x in sents:
         x.doc = 0           # one document: the context matters

@@ -153,6 +153,54 @@ cdef int _forward_part(Net *net, floating *X, floating *Z, floating *S, Py_ssize
     return failed
 
 
+cdef int _score_chunks(Net *net, const cnp.int64_t **base, const cnp.int64_t *types,
+                       void *X, void *Z, char *S, Py_ssize_t B, Py_ssize_t chunk, int nt,
+                       bint f32) noexcept nogil:
+    """Both entry points' pass: rows in chunks of ``chunk`` (the work arrays X, Z
+    hold one), each chunk's id windows (``base``, one per table) or type windows
+    (``types``) set in ``net``; the scores into S. Nonzero on a failed packing
+    allocation."""
+    cdef Py_ssize_t lo = 0, nb, w = net.w, row_bytes = net.C * (4 if f32 else 8)
+    cdef int k, failed = 0
+    while lo < B and not failed:
+        nb = min(chunk, B - lo)
+        net.B = nb
+        for k in range(net.ntab):
+            net.ids[k] = base[k] + lo * w
+        if types != NULL:
+            net.types = types + lo * w
+        if f32:
+            failed = _forward_rows[float](net, <float *>X, <float *>Z, <float *>(S + lo * row_bytes),
+                                          nb, nt)
+        else:
+            failed = _forward_rows[double](net, <double *>X, <double *>Z,
+                                           <double *>(S + lo * row_bytes), nb, nt)
+        lo += nb
+    return failed
+
+
+def _check_arrays(fn, named, dt, ref):
+    """Each (name, array, ndim) of ``named``: a C-contiguous ndarray of dtype dt
+    (float32 or float64, that of ``ref``) with that many dimensions."""
+    for name, a, nd in named:
+        if not isinstance(a, np.ndarray) or a.dtype != dt or dt not in (np.float32, np.float64) \
+                or not a.flags.c_contiguous:
+            raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
+                            f"{ref}'s dtype {dt}")
+        if a.ndim != nd:
+            raise ValueError(f"{fn}: {name} must be {nd}-d, got shape {a.shape}")
+
+
+def _out_array(fn, out, B, C, dt):
+    """``out`` checked (a writeable C-contiguous (B, C) array of dtype dt), or a new one."""
+    if out is None:
+        return np.empty((B, C), dt)
+    if out.shape != (B, C) or out.dtype != dt or not out.flags.c_contiguous \
+            or not out.flags.writeable:
+        raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
+    return out
+
+
 _CODES = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
           "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
           "silu": BP_SILU}
@@ -167,23 +215,14 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
 
     Returns ``out`` (B, C), allocated if None."""
     fn = "window_scores"
-    codes = _CODES
-    if activation not in codes:
-        raise ValueError(f"{fn}: activation must be one of {sorted(codes)}, got {activation!r}")
+    if activation not in _CODES:
+        raise ValueError(f"{fn}: activation must be one of {sorted(_CODES)}, got {activation!r}")
     tables = list(tables)
     if not 1 <= len(tables) <= MAX_TABLES or len(ids) != len(tables):
         raise ValueError(f"{fn}: 1 to {MAX_TABLES} tables and one id array per table")
-    dt = W.dtype
-    for name, a in [("W", W), ("b", b), ("U", U), ("c", c)] + \
-            [(f"tables[{k}]", t) for k, t in enumerate(tables)]:
-        if not isinstance(a, np.ndarray) or a.dtype != dt or dt not in (np.float32, np.float64) \
-                or not a.flags.c_contiguous:
-            raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
-                            f"W's dtype {dt}")
-    for name, a, nd in [("W", W, 2), ("b", b, 1), ("U", U, 2), ("c", c, 1)] + \
-            [(f"tables[{k}]", t, 2) for k, t in enumerate(tables)]:
-        if a.ndim != nd:
-            raise ValueError(f"{fn}: {name} must be {nd}-d, got shape {a.shape}")
+    dt = getattr(W, "dtype", None)
+    _check_arrays(fn, [("W", W, 2), ("b", b, 1), ("U", U, 2), ("c", c, 1)]
+                  + [(f"tables[{k}]", t, 2) for k, t in enumerate(tables)], dt, "W")
     ids = [index_array(x, fn, f"ids[{k}]", 2, tables[k].shape[0]) for k, x in enumerate(ids)]
     cdef Py_ssize_t B = ids[0].shape[0], w = ids[0].shape[1]
     cdef Py_ssize_t H = W.shape[0], C = U.shape[0]
@@ -193,15 +232,11 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
     if W.shape != (H, D) or b.shape != (H,) or U.shape != (C, H) or c.shape != (C,):
         raise ValueError(f"{fn}: W {W.shape}, b {b.shape}, U {U.shape}, c {c.shape} do not "
                          f"fit an input of size {D}")
-    if out is None:
-        out = np.empty((B, C), dt)
-    elif out.shape != (B, C) or out.dtype != dt or not out.flags.c_contiguous \
-            or not out.flags.writeable:
-        raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
+    out = _out_array(fn, out, B, C, dt)
     if B == 0:
         return out
     # rows in chunks, so that the work arrays stay bounded whatever B is
-    cdef Py_ssize_t chunk = min(B, SCORE_CHUNK), lo, nb
+    cdef Py_ssize_t chunk = min(B, SCORE_CHUNK)
     X = np.empty((chunk, D), dt)
     Z = np.empty((chunk, H), dt)
     cdef Net net
@@ -220,28 +255,15 @@ def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=No
     net.b = cnp.PyArray_DATA(<cnp.ndarray>b)
     net.U = cnp.PyArray_DATA(<cnp.ndarray>U)
     net.c = cnp.PyArray_DATA(<cnp.ndarray>c)
-    net.act, net.alpha = codes[activation], alpha
+    net.act, net.alpha = _CODES[activation], alpha
     net.P, net.types = NULL, NULL
     cdef int nt = pool_threads(_config.resolve(threads, chunk * H * D, MIN_WORK))
     cdef void *xp = cnp.PyArray_DATA(<cnp.ndarray>X)
     cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
     cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef bint f32 = dt == np.float32
-    cdef Py_ssize_t row_bytes = C * (4 if f32 else 8)
     with nogil:
-        lo = 0
-        while lo < B and not failed:
-            nb = min(chunk, B - lo)
-            net.B = nb
-            for k in range(net.ntab):
-                net.ids[k] = base[k] + lo * w
-            if f32:
-                failed = _forward_rows[float](&net, <float *>xp, <float *>zp,
-                                              <float *>(sp + lo * row_bytes), nb, nt)
-            else:
-                failed = _forward_rows[double](&net, <double *>xp, <double *>zp,
-                                               <double *>(sp + lo * row_bytes), nb, nt)
-            lo += nb
+        failed = _score_chunks(&net, base, NULL, xp, zp, sp, B, chunk, nt, f32)
     if failed:
         raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
     return out
@@ -262,33 +284,20 @@ def window_scores_typed(P, types, b, U, c, activation="tanh", alpha=0.01, out=No
     fn = "window_scores_typed"
     if activation not in _CODES:
         raise ValueError(f"{fn}: activation must be one of {sorted(_CODES)}, got {activation!r}")
-    if not isinstance(P, np.ndarray) or P.ndim != 2:
-        raise TypeError(f"{fn}: P must be a 2-d ndarray, got {type(P).__name__}")
-    dt = P.dtype
-    for name, a in (("P", P), ("b", b), ("U", U), ("c", c)):
-        if not isinstance(a, np.ndarray) or a.dtype != dt or dt not in (np.float32, np.float64) \
-                or not a.flags.c_contiguous:
-            raise TypeError(f"{fn}: {name} must be a C-contiguous float32/float64 ndarray of "
-                            f"P's dtype {dt}")
-    for name, a, nd in (("b", b, 1), ("U", U, 2), ("c", c, 1)):
-        if a.ndim != nd:
-            raise ValueError(f"{fn}: {name} must be {nd}-d, got shape {a.shape}")
+    dt = getattr(P, "dtype", None)
+    _check_arrays(fn, [("P", P, 2), ("b", b, 1), ("U", U, 2), ("c", c, 1)], dt, "P")
     types = index_array(types, fn, "types", 2, P.shape[0])
     cdef Py_ssize_t B = types.shape[0], w = types.shape[1]
     cdef Py_ssize_t H = b.shape[0], C = U.shape[0]
     if H < 1 or w < 1 or P.shape[1] != w * H:
         raise ValueError(f"{fn}: P {P.shape} must have w*H = {w}*{H} columns for types "
                          f"{types.shape} and b {b.shape}")
-    if U.ndim != 2 or U.shape[1] != H or c.shape != (C,):
+    if U.shape[1] != H or c.shape != (C,):
         raise ValueError(f"{fn}: U {U.shape} and c {c.shape} do not fit {H} hidden units")
-    if out is None:
-        out = np.empty((B, C), dt)
-    elif out.shape != (B, C) or out.dtype != dt or not out.flags.c_contiguous \
-            or not out.flags.writeable:
-        raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
+    out = _out_array(fn, out, B, C, dt)
     if B == 0:
         return out
-    cdef Py_ssize_t chunk = min(B, SCORE_CHUNK), lo, nb
+    cdef Py_ssize_t chunk = min(B, SCORE_CHUNK)
     Z = np.empty((chunk, H), dt)
     cdef Net net
     net.ntab, net.w, net.D, net.H, net.C = 0, w, 0, H, C
@@ -304,20 +313,8 @@ def window_scores_typed(P, types, b, U, c, activation="tanh", alpha=0.01, out=No
     cdef void *zp = cnp.PyArray_DATA(<cnp.ndarray>Z)
     cdef char *sp = <char *>cnp.PyArray_DATA(<cnp.ndarray>out)
     cdef bint f32 = dt == np.float32
-    cdef Py_ssize_t row_bytes = C * (4 if f32 else 8)
     with nogil:
-        lo = 0
-        while lo < B and not failed:
-            nb = min(chunk, B - lo)
-            net.B = nb
-            net.types = base + lo * w
-            if f32:
-                failed = _forward_rows[float](&net, NULL, <float *>zp,
-                                              <float *>(sp + lo * row_bytes), nb, nt)
-            else:
-                failed = _forward_rows[double](&net, NULL, <double *>zp,
-                                               <double *>(sp + lo * row_bytes), nb, nt)
-            lo += nb
+        failed = _score_chunks(&net, NULL, base, NULL, zp, sp, B, chunk, nt, f32)
     if failed:
         raise MemoryError(f"{fn}: could not allocate the GEMM packing buffers")
     return out

@@ -384,25 +384,12 @@ def inline(tokens, tags):
 def read_tokenized(text):
     """Sentences of ``cygrad tag --tokenized`` input: one token a line (its first
     column), a blank line after each sentence, -DOCSTART- lines (CoNLL's) starting
-    a new document (numbered 0, 1, ... as read_conll numbers them; not tokens)."""
-    from cygrad.ner.data import Sentence
+    a new document (cygrad.ner.data.conll_blocks: numbered as read_conll numbers
+    them; not tokens)."""
+    from cygrad.ner.data import Sentence, conll_blocks
 
-    sents, doc = [], 0
-    for block in text.split("\n\n"):
-        toks = []
-        for ln in block.splitlines():
-            first = ln.split(None, 1)[:1]
-            if first == ["-DOCSTART-"]:
-                if toks:
-                    sents.append(Sentence(toks, ["O"] * len(toks), doc))
-                    toks = []
-                if sents and sents[-1].doc == doc:
-                    doc += 1
-            elif first:
-                toks.append(first[0])
-        if toks:
-            sents.append(Sentence(toks, ["O"] * len(toks), doc))
-    return sents
+    return [Sentence([parts[0] for _, parts in rows], ["O"] * len(rows), doc)
+            for doc, rows in conll_blocks(text.splitlines())]
 
 
 def cmd_tag(a):

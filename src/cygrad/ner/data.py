@@ -58,38 +58,45 @@ def read_conll(path, require_tags=True):
     except UnicodeDecodeError as e:
         line = raw[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from None
-    sentences, tokens, tags, start, doc = [], [], [], 1, 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts or parts[0] == "-DOCSTART-":
-            if tokens:
-                sentences.append(_finish(path, start, tokens, tags, doc))
-            tokens, tags = [], []
-            if parts and sentences and sentences[-1].doc == doc:
-                doc += 1        # a new document (the first -DOCSTART- opens document 0)
-            continue
-        if not tokens:
-            start = lineno
-        if len(parts) < 2:
-            if require_tags:
-                raise DataError(f"{path}:{lineno}: expected a token and a tag, got one column "
-                                f"{line.strip()!r}")
-            parts = parts + ["O"]
-        tag = parts[-1]
-        if tag != "O":
-            prefix, _, typ = tag.partition("-")
-            if prefix not in PREFIXES or not typ:
-                raise DataError(f"{path}:{lineno}: tag {tag!r} is not O or B-/I-/E-/S- "
-                                f"followed by a type")
-        tokens.append(parts[0])
-        tags.append(tag)
-    if tokens:
-        sentences.append(_finish(path, start, tokens, tags, doc))
+    sentences = []
+    for doc, rows in conll_blocks(text.splitlines()):
+        tokens, tags = [], []
+        for lineno, parts in rows:
+            if len(parts) < 2:
+                if require_tags:
+                    raise DataError(f"{path}:{lineno}: expected a token and a tag, got one "
+                                    f"column {parts[0]!r}")
+                parts = parts + ["O"]
+            tag = parts[-1]
+            if tag != "O":
+                prefix, _, typ = tag.partition("-")
+                if prefix not in PREFIXES or not typ:
+                    raise DataError(f"{path}:{lineno}: tag {tag!r} is not O or B-/I-/E-/S- "
+                                    f"followed by a type")
+            tokens.append(parts[0])
+            tags.append(tag)
+        sentences.append(Sentence(tokens, to_iob2(tags), doc))
     return sentences
 
 
-def _finish(path, start, tokens, tags, doc):
-    return Sentence(tokens, to_iob2(tags), doc)
+def conll_blocks(lines):
+    """The sentences of CoNLL lines, as (document, rows), rows the (line number,
+    columns) of the sentence's token lines. A blank line ends a sentence; a
+    -DOCSTART- line ends it too and starts a new document (documents are numbered
+    0, 1, ... in order; one without sentences takes no number)."""
+    rows, doc, used = [], 0, False
+    for lineno, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if rows:
+                yield doc, rows
+                rows, used = [], True
+            if parts and used:
+                doc, used = doc + 1, False
+            continue
+        rows.append((lineno, parts))
+    if rows:
+        yield doc, rows
 
 
 def to_iob2(tags):
@@ -353,22 +360,23 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
                 pi.get(norm[:3], unk_p), hi.get(shape(tok), unk_h))
 
     table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), 5)
-    triples = table[rows]
-    # one padded stream: k left pads, the sentence, k right pads, per sentence
+    # type 0 and 1: the left and right pads; type 2 + u: distinct token u
+    pads = [(wi[PAD_L], wi[PAD_R]), (si[PAD_L], si[PAD_R]), (0, 0),
+            (pi.get(PAD_L, 0), pi.get(PAD_R, 0)), (hi.get(PAD_L, 0), hi.get(PAD_R, 0))]
+    type_ids = np.concatenate([np.array(pads, dtype=np.int64).T, table])
+    # one padded stream of types: k left pads, the sentence, k right pads, per sentence
     sent = np.repeat(np.arange(S, dtype=np.int64), lens)
     pos = np.arange(n, dtype=np.int64) + k * (2 * sent + 1)
     right = ((np.cumsum(lens) + 2 * k * np.arange(S) + k)[:, None]
              + np.arange(k)[None, :]).reshape(-1)
-    idx = pos[:, None] + np.arange(-k, k + 1)[None, :]
-    out = []
-    pads = [(wi[PAD_L], wi[PAD_R]), (si[PAD_L], si[PAD_R]), (0, 0),
-            (pi.get(PAD_L, 0), pi.get(PAD_R, 0)), (hi.get(PAD_L, 0), hi.get(PAD_R, 0))]
-    for col, (pad_l, pad_r) in enumerate(pads):
-        stream = np.full(n + 2 * k * S, pad_l, dtype=np.int64)
-        stream[right] = pad_r
-        stream[pos] = triples[:, col]
-        out.append(stream[idx] if n else np.zeros((0, width), np.int64))
-    words, sufs, cases, pres, shps = out
+    stream = np.zeros(n + 2 * k * S, dtype=np.int64)
+    stream[right] = 1
+    stream[pos] = rows + 2
+    types = stream[pos[:, None] + np.arange(-k, k + 1)[None, :]] if n \
+        else np.zeros((0, width), np.int64)
+    # each feature's id windows: its column of the types' ids
+    words, sufs, cases, pres, shps = (np.ascontiguousarray(type_ids[:, col])[types]
+                                      for col in range(5))
     if with_labels:
         try:
             labels = np.asarray([vocab.tag_index[t] for s in sentences for t in s.tags],
@@ -379,15 +387,10 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
     else:
         labels = np.zeros(n, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    enc = Encoded(words, sufs, cases, labels, offsets, pres, shps)
-    stream = np.zeros(n + 2 * k * S, dtype=np.int64)
-    stream[right] = 1
-    stream[pos] = rows + 2
-    enc.types = stream[idx] if n else np.zeros((0, width), np.int64)
+    enc = Encoded(words, sufs, cases, labels, offsets, pres, shps, types=types,
+                  type_ids=type_ids)
     enc.docs = np.repeat(np.fromiter((getattr(s, "doc", 0) for s in sentences),
                                      dtype=np.int64, count=S), lens)
-    enc.type_ids = np.concatenate([np.array(pads, dtype=np.int64).T, table]) if len(uniq) \
-        else np.array(pads, dtype=np.int64).T.copy()
     if ngram_buckets:
         # bag 0 and 1: the pads (empty); bag 2 + u: distinct token u
         bags = [[], []] + [sorted({ngram_bucket(g, ngram_buckets) for g in char_ngrams(tok)})

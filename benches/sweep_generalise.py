@@ -72,22 +72,23 @@ CONFIGS = {
                   {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
     "b256.k3": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "k": 3},
                 {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
-    "b256.avg": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10},
-                 {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06,
-                  "average_params": True}),
-    "b256.doc5": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "doc_context": 0.5},
-                  {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
-    "b256.avg.doc5": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "doc_context": 0.5},
-                      {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06,
-                       "average_params": True}),
-    "b256.doc3": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "doc_context": 0.3},
-                  {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
-    "b256.doc7": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "doc_context": 0.7},
-                  {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06}),
-    "b256.k3.avg": ({"loss": "crf", "prefix_dim": 20, "shape_dim": 10, "k": 3},
-                    {"dropout": 0.5, "word_dropout": 1.0, "batch_size": 256, "lr": 0.06,
-                     "average_params": True}),
 }
+
+
+def _on(base, model=None, train=None):
+    """The settings of configuration ``base`` with these added."""
+    mk, tk = CONFIGS[base]
+    return {**mk, **(model or {})}, {**tk, **(train or {})}
+
+
+# parameter averaging, and the scores shared within documents (doc_context)
+CONFIGS.update({
+    "b256.avg": _on("crf+ps+d+w1.b256", train={"average_params": True}),
+    "b256.doc5": _on("crf+ps+d+w1.b256", model={"doc_context": 0.5}),
+    "b256.avg.doc5": _on("crf+ps+d+w1.b256", model={"doc_context": 0.5},
+                         train={"average_params": True}),
+    "b256.k3.avg": _on("b256.k3", train={"average_params": True}),
+})
 
 
 def data_dir():

@@ -159,3 +159,29 @@ def test_evaluate_and_tag_override_the_doc_context(tmp_path, capsys, monkeypatch
     assert cli.main(["tag", "--model", out, "--doc-context", "2"]) == 2
     assert "--doc-context: doc_context must be a number in [0, 1], got 2.0" in \
         capsys.readouterr().err
+
+
+def test_cli_defaults_are_the_sweeps_choice(tmp_path, monkeypatch):
+    """README and the sweep's results name `b256.avg.doc5` as `cygrad train`'s
+    defaults on a data file: the settings the command hands to train() are those."""
+    import importlib.util
+    import os
+
+    from cygrad.ner import train as train_mod
+    from cygrad.ner.train import TrainConfig
+
+    path = os.path.join(os.path.dirname(__file__), "..", "benches", "sweep_generalise.py")
+    spec = importlib.util.spec_from_file_location("sweep_generalise", path)
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    mk, tk = sweep.CONFIGS["b256.avg.doc5"]
+    seen = {}
+
+    def fake_train(train_sents, dev_sents, out, mcfg, tcfg, **kw):
+        seen.update(mcfg=mcfg, tcfg=tcfg)
+        raise SystemExit(0)
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--train", corpus.path("train"), "--out", str(tmp_path / "m")])
+    assert seen["mcfg"] == Config(**mk)
+    assert seen["tcfg"] == TrainConfig(**tk)

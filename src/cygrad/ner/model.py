@@ -291,6 +291,13 @@ class WindowModel:
                 h = f(h, out=h)
         return h
 
+    def _projectable(self, enc):
+        """Whether ``enc`` has the token types (and, for an n-gram model, one bag per
+        type) that slot projections need; the averaged window has no slots."""
+        return not (self.config.average or enc.types is None or enc.type_ids is None
+                    or (self.config.ngram_dim and (enc.ngram_ptr is None or len(
+                        enc.ngram_ptr) != len(enc.type_ids) + 1)))
+
     # bytes of slot projections held at once (T x w x H values; CoNLL-2003's training
     # split, 23,625 distinct tokens, needs 142 MB in float32): larger corpora go by parts
     PROJECTION_BUDGET = 2 ** 28
@@ -304,7 +311,7 @@ class WindowModel:
         instead of once per window. None for the averaged window, or an Encoded
         without types."""
         cfg, p = self.config, self.params
-        if cfg.average or enc.types is None or enc.type_ids is None:
+        if not self._projectable(enc):
             return None
         T = len(enc.type_ids)
         types = np.arange(T, dtype=np.int64) if types is None else types
@@ -313,8 +320,6 @@ class WindowModel:
         blocks = [p[k][enc.type_ids[types, col[k]]] for k in names]
         dims = [p[k].shape[1] for k in names]
         if cfg.ngram_dim:
-            if enc.ngram_ptr is None or len(enc.ngram_ptr) != T + 1:
-                return None
             blocks.append(K.embedding_bag_windows(p["N"], types[:, None], enc.ngram_ptr,
                                                   enc.ngram_items))
             dims.append(cfg.ngram_dim)
@@ -339,14 +344,13 @@ class WindowModel:
         goes in parts of consecutive windows, each with the projections of its own
         types."""
         cfg, p = self.config, self.params
-        if len(cfg.hidden) != 1 or cfg.average or enc.types is None or enc.type_ids is None:
+        if len(cfg.hidden) != 1 or not self._projectable(enc):
             return None
         wH = cfg.width * cfg.hidden[0]
         budget = self.PROJECTION_BUDGET // p["c"].dtype.itemsize     # in values
         if len(enc.type_ids) * wH <= budget:
-            P = self.type_projections(enc)
-            return None if P is None else window_scores_typed(
-                P, enc.types, p["b0"], p["U"], p["c"], activation=cfg.activation)
+            return window_scores_typed(self.type_projections(enc), enc.types, p["b0"], p["U"],
+                                       p["c"], activation=cfg.activation)
         n = len(enc)
         out = np.empty((n, p["c"].shape[0]), dtype=p["c"].dtype)
         # R consecutive windows name at most R + 2k + 2 types: their own centre
@@ -356,8 +360,6 @@ class WindowModel:
             hi = min(n, lo + rows)
             types, local = np.unique(enc.types[lo:hi], return_inverse=True)
             P = self.type_projections(enc, types)
-            if P is None:
-                return None
             window_scores_typed(P, local.reshape(hi - lo, cfg.width), p["b0"], p["U"], p["c"],
                                 activation=cfg.activation, out=out[lo:hi])
         return out
@@ -411,19 +413,20 @@ class WindowModel:
         decode = decode or self.config.decode
         n = len(enc)
         typed = self._typed_scores(enc) if n else None
-        logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
         if typed is not None:
-            logp[...] = typed
-        for lo in range(0, n if typed is None else 0, batch_size):
-            hi = min(n, lo + batch_size)
-            bags = None if enc.ngrams is None else (enc.ngrams[lo:hi], enc.ngram_ptr,
-                                                    enc.ngram_items)
-            if self.config.ngram_dim and bags is None:
-                raise ValueError("this model reads character n-grams: encode with "
-                                 "model.encode(sentences)")
-            s = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi], enc.cases[lo:hi],
-                            _rows(enc.prefixes, lo, hi), _rows(enc.shapes, lo, hi), bags)
-            logp[lo:hi] = s
+            logp = typed.astype(np.float64)
+        else:
+            logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
+            for lo in range(0, n, batch_size):
+                hi = min(n, lo + batch_size)
+                bags = None if enc.ngrams is None else (enc.ngrams[lo:hi], enc.ngram_ptr,
+                                                        enc.ngram_items)
+                if self.config.ngram_dim and bags is None:
+                    raise ValueError("this model reads character n-grams: encode with "
+                                     "model.encode(sentences)")
+                logp[lo:hi] = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi],
+                                          enc.cases[lo:hi], _rows(enc.prefixes, lo, hi),
+                                          _rows(enc.shapes, lo, hi), bags)
         self._share_in_documents(logp, enc)
         if self.config.binary:     # 1 where the window's score is positive
             return (logp[:, 0] > 0).astype(np.int64)

@@ -7,6 +7,10 @@ hand-fused window step they replaced, as ratios measured in one interleaved run.
     python benches/report_compile.py --baseline /path/to/python
         # also the hand-fused step (cygrad._window._FusedStep) of an older cygrad
         # installed for that interpreter, timed in a worker process between ours
+    python benches/report_compile.py --before /path/to/old/checkout --cases window,ner
+        # also the compiled step of another checkout (built in place: python setup.py
+        # build_ext --inplace), timed in a worker process between ours ("before/compiled":
+        # the cost of what changed, e.g. the guards)
 
 Each round times every contender on the same case back to back (order alternating),
 so the ratio of one round sees one machine state; the report gives the median ratio
@@ -172,8 +176,9 @@ def time_steps(fn, seconds):
             return el / n
 
 
-def worker():
-    """Serve timings of the fused step: one JSON request per line on stdin."""
+def worker(only):
+    """Serve timings of one contender (the fused step, or the compiled step of the
+    cygrad this process imports): one JSON request per line on stdin."""
     import json
     cases = {}
     for line in sys.stdin:
@@ -181,7 +186,7 @@ def worker():
         key = (req["case"], req["B"], req["threads"])
         with cg.threads(req["threads"]):
             if key not in cases:
-                cases[key] = make_case(req["case"], req["B"], only="fused")["fused"]
+                cases[key] = make_case(req["case"], req["B"], only=only)[only]
             t = time_steps(cases[key], req["seconds"])
         print(json.dumps({"t": t}), flush=True)
 
@@ -189,11 +194,15 @@ def worker():
 class Baseline:
     """The fused step of another cygrad (another interpreter), in a worker process."""
 
-    def __init__(self, python):
+    def __init__(self, python, src=None):
         import json
         self.json = json
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-        self.p = subprocess.Popen([python, os.path.abspath(__file__), "--worker"],
+        only = "fused"
+        if src is not None:         # another checkout's compiled step
+            env["PYTHONPATH"] = os.path.join(os.path.abspath(src), "src")
+            only = "compiled"
+        self.p = subprocess.Popen([python, os.path.abspath(__file__), "--worker", only],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                   env=env, cwd="/")
 
@@ -223,11 +232,14 @@ def main():
     ap.add_argument("--seconds", type=float, default=0.15, help="per contender and round")
     ap.add_argument("--baseline", metavar="PYTHON",
                     help="an interpreter with an older cygrad that has the fused step")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--before", metavar="CHECKOUT",
+                    help="another checkout, built in place, whose compiled step is timed too")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        return worker()
+        return worker(args.worker)
     base_proc = Baseline(args.baseline) if args.baseline else None
+    before_proc = Baseline(sys.executable, args.before) if args.before else None
     rounds = args.rounds or (3 if args.quick else 7)
     plan = [("window", B) for B in (1, 8, 32, 128, 512, 2048)] + \
            [("ner", B) for B in (1, 8, 32, 128, 512, 2048)] + \
@@ -251,6 +263,9 @@ def main():
                             and "fused" not in cont:
                         timers["fused"] = (lambda f: lambda: f(0))(
                             base_proc.timer(case, B, nt, args.seconds))
+                    if before_proc is not None:
+                        timers["before"] = (lambda f: lambda: f(0))(
+                            before_proc.timer(case, B, nt, args.seconds))
                     names = list(timers)
                     per = {n: [] for n in names}
                     for r in range(rounds):
@@ -260,7 +275,7 @@ def main():
                 rows.append((case, B, nt, per))
                 base = per["compiled"]
                 parts = []
-                for other in ("fused", "eager"):
+                for other in ("before", "fused", "eager"):
                     if other in per:
                         rat = [o / c for o, c in zip(per[other], base)]
                         parts.append(f"{other}/compiled {statistics.median(rat):.2f}x "
@@ -271,8 +286,9 @@ def main():
     finally:
         if busy is not None:
             busy.kill()
-        if base_proc is not None:
-            base_proc.close()
+        for proc in (base_proc, before_proc):
+            if proc is not None:
+                proc.close()
     print(f"\n{'busy' if args.busy else 'idle'}; {rounds} rounds; cygrad {cg.__version__} "
           f"{cg.build_info()['gemm_path']}; ratio > 1: compiled faster", flush=True)
 

@@ -113,17 +113,34 @@ def test_dropout_train_and_eval():
     assert all(m.training for m in net.modules())
 
 
-def test_dropout_without_a_key_falls_back_when_compiled():
-    net = Net()
-    opt = cg.optim.SGD(net.parameters(), lr=0.1)
-    step = cg.compile(lambda w, y: cg.softmax_cross_entropy(net(w), y), optimizer=opt)
-    with pytest.warns(cg.CompileWarning, match="Dropout: called without a key"):
-        step(np.array([[1, 2, 3]]), np.array([1]))
-    net.eval()              # no dropout: the window model compiles
-    step2 = cg.compile(lambda w, y: cg.softmax_cross_entropy(net(w), y), optimizer=opt,
-                       strict=True)
-    step2(np.array([[1, 2, 3]]), np.array([1]))
-    assert step2.plans == 1
+def test_dropout_without_a_key_compiles_and_draws_the_eager_masks():
+    """drop(x) inside a model: the compiled step advances the layer's counter at every
+    call as the eager layer does, so both train the same model (not one mask reused)."""
+    nets = [Net(), Net()]
+    for n in nets:
+        n.drop.stream = 3           # both layers draw from one stream
+    opts = [cg.optim.SGD(n.parameters(), lr=0.1) for n in nets]
+    step = cg.compile(lambda w, y: cg.softmax_cross_entropy(nets[0](w), y), optimizer=opts[0],
+                      strict=True)
+    rng = np.random.default_rng(0)
+    for k in range(5):
+        w, y = rng.integers(0, 20, (6, 3)), rng.integers(0, 5, 6)
+        step(w, y)
+        opts[1].zero_grad()
+        cg.softmax_cross_entropy(nets[1](w), y).backward()
+        opts[1].step()
+        for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+            np.testing.assert_allclose(p.data, q.data, rtol=1e-10, atol=1e-12)
+    assert step.plans == 1 and nets[0].drop._count == nets[1].drop._count == 5
+    nets[0].eval()          # no dropout: traced again, as the eager graph has none
+    nets[1].eval()
+    w, y = np.array([[1, 2, 3]]), np.array([1])
+    step(w, y)
+    opts[1].zero_grad()
+    cg.softmax_cross_entropy(nets[1](w), y).backward()
+    opts[1].step()
+    for p, q in zip(nets[0].parameters(), nets[1].parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-10, atol=1e-12)
 
 
 def test_load_state_dict_checks_and_round_trips(tmp_path):

@@ -14,7 +14,7 @@ from cygrad import kernels, reference
 from cygrad.graph import (
     ACTIVATIONS, GradcheckError, Op, Tensor, concat, crf_nll, dropout, embedding_bag_windows, embedding_windows, gelu, get_backend,
     gradcheck, hardtanh, is_grad_enabled, leaky_relu, linear, max_margin, maximum, minimum,
-    no_grad, relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh,
+    no_grad, relu, sigmoid, sigmoid_binary_cross_entropy, silu, mse_loss, softmax_cross_entropy, tanh,
     tensor, use_backend, exp, log, abs, pow, softmax, log_softmax,
 )
 from cygrad import optim
@@ -59,7 +59,7 @@ __all__ = [
     "build_info", "get_num_threads", "set_num_threads", "threads", "kernels", "reference",
     "__version__", "Tensor", "tensor", "Op", "no_grad", "is_grad_enabled", "use_backend",
     "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout", "crf_nll", "embedding_bag_windows", "linear",
-    "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy",
+    "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse_loss",
     "max_margin", "ACTIVATIONS", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu",
     "silu", "exp", "log", "abs", "pow", "softmax", "log_softmax", "optim", "nn", "data", "save", "load", "FormatError", "compile", "CompiledStep", "CompileError", "CompileWarning",
 ]

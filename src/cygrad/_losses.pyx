@@ -17,6 +17,7 @@ from cython cimport floating
 from cygrad._common cimport (float_array, same_dtype, out_array, index_array, no_overlap,
                              threads_for, is_f32)
 from cygrad._parallel cimport parallel_for
+from cygrad._nogil cimport weighted_xent, mse as _mse
 
 cnp.import_array()
 
@@ -37,6 +38,33 @@ cdef struct _Xent:
     double *partial         # one loss sum per block of ROW_BLOCK rows
     Py_ssize_t rows, cols
     double scale
+    const double *w         # class weights, or NULL
+
+
+def reduction_divisor(reduction, n, fn):
+    """What a summed loss is divided by: n for "mean", 1 for "sum"."""
+    if reduction == "mean":
+        return n
+    if reduction == "sum":
+        return 1
+    raise ValueError(f"{fn}: reduction must be 'mean' or 'sum', got {reduction!r}")
+
+
+def class_weights(weight, Py_ssize_t C, fn):
+    """Class weights as a float64 (C,) array (the caller's own when it is one): finite,
+    >= 0."""
+    w = np.asarray(weight)
+    if w.dtype.kind not in "biuf":
+        raise TypeError(f"{fn}: weight must be a numeric array of shape ({C},), got "
+                        f"{w.dtype}")
+    if w.shape != (C,):
+        raise ValueError(f"{fn}: weight must have shape ({C},) (one per class), got {w.shape}")
+    w = np.require(w, dtype=np.float64, requirements="CA")
+    bad = ~(np.isfinite(w) & (w >= 0))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{fn}: weight[{i}] = {w[i]} must be a finite number >= 0")
+    return w
 
 
 cdef void _xent_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
@@ -46,7 +74,15 @@ cdef void _xent_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexce
     for blk in range(lo, hi):
         r0 = blk * ROW_BLOCK
         r1 = min(x.rows, r0 + ROW_BLOCK)
-        if x.f32:
+        if x.w != NULL and x.f32:
+            x.partial[blk] = weighted_xent(<const float *>x.z + r0 * x.cols, x.y + r0,
+                                           <float *>x.d + r0 * x.cols, r1 - r0, x.cols, x.w,
+                                           x.scale)
+        elif x.w != NULL:
+            x.partial[blk] = weighted_xent(<const double *>x.z + r0 * x.cols, x.y + r0,
+                                           <double *>x.d + r0 * x.cols, r1 - r0, x.cols, x.w,
+                                           x.scale)
+        elif x.f32:
             x.partial[blk] = bp_softmax_xent_f32(<const float *>x.z + r0 * x.cols, x.y + r0,
                                                  <float *>x.d + r0 * x.cols, r1 - r0, x.cols,
                                                  x.scale)
@@ -56,18 +92,23 @@ cdef void _xent_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexce
                                                  x.scale)
 
 
-def softmax_cross_entropy(logits, labels, out=None):
+def softmax_cross_entropy(logits, labels, out=None, reduction="mean", weight=None):
     """Mean softmax cross-entropy and its gradient with respect to the logits.
 
     loss = mean_i [ logsumexp(logits[i]) - logits[i, labels[i]] ],
     dlogits = (softmax(logits) - onehot(labels)) / B, computed stably (the row
-    max is subtracted) in one pass over each row.
+    max is subtracted) in one pass over each row. ``reduction="sum"``: the sum,
+    and dlogits without the 1/B. With class weights (PyTorch's rule): loss =
+    sum_i w[y_i] nll_i / sum_i w[y_i] (mean) or sum_i w[y_i] nll_i (sum), each
+    row's gradient scaled by w[y_i] likewise.
 
     Parameters
     ----------
     logits : ndarray (B, C) of float32 or float64, B >= 1, C >= 1
     labels : ndarray (B,) of integers in [0, C)
     out : ndarray (B, C), optional, for dlogits; may be ``logits`` itself.
+    reduction : "mean" (default) or "sum"
+    weight : array (C,) of finite numbers >= 0, optional (used in float64)
 
     Returns
     -------
@@ -93,36 +134,107 @@ def softmax_cross_entropy(logits, labels, out=None):
     if labels.shape[0] != B:
         raise ValueError(f"{fn}: labels must have shape ({B},) to match logits "
                          f"{logits.shape}, got {labels.shape}")
+    cdef double div = reduction_divisor(reduction, B, fn)
+    w = None
+    if weight is not None:
+        w = class_weights(weight, C, fn)
+        if reduction == "mean":
+            div = xent_weight_sum(w, labels, fn)
     out = out_array(out, logits.shape, logits.dtype, fn)
     no_overlap(out, "out", logits, "logits", fn, True)
     cdef int nt = threads_for(B * C, MIN_ELEMENTS)
     cdef Py_ssize_t nblocks = (B + ROW_BLOCK - 1) // ROW_BLOCK, i
     partial = np.empty(nblocks, dtype=np.float64)
     cdef _Xent x
-    x.f32, x.rows, x.cols, x.scale = is_f32(logits), B, C, 1.0 / B
+    x.f32, x.rows, x.cols, x.scale = is_f32(logits), B, C, 1.0 / div
     x.z, x.d = cnp.PyArray_DATA(<cnp.ndarray>logits), cnp.PyArray_DATA(<cnp.ndarray>out)
     x.y = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>labels)
     x.partial = <double *>cnp.PyArray_DATA(<cnp.ndarray>partial)
+    x.w = NULL if w is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>w)
     cdef double total = 0.0
     with nogil:
         parallel_for(_xent_task, &x, nblocks, 1, nt)
         for i in range(nblocks):        # block order: the same sum for any thread count
             total += x.partial[i]
-    return total / B, out
+    return total / div, out
 
 
-def sigmoid_binary_cross_entropy(scores, targets, out=None):
+def xent_weight_sum(w, labels, fn="softmax_cross_entropy"):
+    """sum_i w[labels[i]] in float64, in row order (the weighted mean's divisor); > 0."""
+    cdef const double[::1] wv = w
+    cdef const cnp.int64_t[::1] y = np.ascontiguousarray(labels, dtype=np.int64)
+    cdef double total = 0.0
+    cdef Py_ssize_t i
+    for i in range(y.shape[0]):
+        total += wv[y[i]]
+    if not total > 0:
+        raise ValueError(f"{fn}: the class weights of the batch's labels sum to {total}; "
+                         f"a weighted mean needs a positive sum")
+    return total
+
+
+def mse_loss(pred, target, out=None, reduction="mean"):
+    """Mean squared error and its gradient: loss = mean((pred - target)**2) over every
+    element (``reduction="sum"``: the sum); dpred = 2 (pred - target) / N (or without
+    the 1/N). Summed in double, in element order.
+
+    Parameters
+    ----------
+    pred : ndarray of float32 or float64, at least one element
+    target : ndarray of pred's shape, numbers (converted to pred's dtype)
+    out : ndarray of pred's shape, optional, for dpred (may be ``pred``)
+
+    Returns
+    -------
+    loss : float
+    dpred : ndarray, pred's shape and dtype
+    """
+    fn = "mse_loss"
+    if not isinstance(pred, np.ndarray) or pred.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{fn}: pred must be a float32 or float64 numpy.ndarray, got "
+                        f"{getattr(pred, 'dtype', type(pred).__name__)}")
+    pred = np.require(pred, requirements="CA")
+    if not isinstance(target, np.ndarray) or target.dtype.kind not in "biuf":
+        raise TypeError(f"{fn}: target must be a numeric numpy.ndarray, got "
+                        f"{getattr(target, 'dtype', type(target).__name__)}")
+    if target.shape != pred.shape:
+        raise ValueError(f"{fn}: target must have pred's shape {pred.shape}, got "
+                         f"{target.shape}")
+    cdef Py_ssize_t n = pred.size
+    if n == 0:
+        raise ValueError(f"{fn}: pred must not be empty")
+    cdef double div = reduction_divisor(reduction, n, fn)
+    t = np.require(target, dtype=pred.dtype, requirements="CA")
+    out = out_array(out, pred.shape, pred.dtype, fn)
+    no_overlap(out, "out", pred, "pred", fn, True)
+    cdef double total
+    cdef void *pp = cnp.PyArray_DATA(<cnp.ndarray>pred)
+    cdef void *pt = cnp.PyArray_DATA(<cnp.ndarray>t)
+    cdef void *pd = cnp.PyArray_DATA(<cnp.ndarray>out)
+    if is_f32(pred):
+        with nogil:
+            total = _mse(<const float *>pp, <const float *>pt, <float *>pd, n, 1.0 / div)
+    else:
+        with nogil:
+            total = _mse(<const double *>pp, <const double *>pt, <double *>pd, n, 1.0 / div)
+    return total / div, out
+
+
+def sigmoid_binary_cross_entropy(scores, targets, out=None, reduction="mean"):
     """Mean logistic loss of scores against binary (or soft) targets.
 
     loss = mean_i [ log(1 + exp(s_i)) - t_i s_i ], the cross-entropy of
     sigmoid(s_i) against t_i; dscores = (sigmoid(s) - t) / B. Stable for any s.
+    ``reduction="sum"``: the sum, dscores without the 1/B.
 
     Parameters
     ----------
-    scores : ndarray (B,) of float32 or float64, B >= 1
-    targets : ndarray (B,), numbers in [0, 1] (bool and int arrays of 0/1 are fine);
-        converted to the dtype of ``scores``
-    out : ndarray (B,), optional, for dscores
+    scores : ndarray (B,) or (B, 1) (the output of a Linear(n, 1)) of float32 or
+        float64, B >= 1
+    targets : ndarray of the scores' shape, numbers in [0, 1] (bool and int arrays of
+        0/1 are fine); converted to the dtype of ``scores``
+    out : ndarray of the scores' shape, optional, for dscores
+    reduction : "mean" (default) or "sum"
 
     Returns
     -------
@@ -135,6 +247,11 @@ def sigmoid_binary_cross_entropy(scores, targets, out=None):
         Non-float scores, wrong shapes, an empty batch, a target outside [0, 1] or NaN.
     """
     fn = "sigmoid_binary_cross_entropy"
+    shape = getattr(scores, "shape", None)
+    if isinstance(scores, np.ndarray) and scores.ndim == 2 and scores.shape[1] == 1:
+        scores = scores.reshape(scores.shape[0])        # (B, 1): one score a row
+        if out is not None and getattr(out, "shape", None) == shape:
+            out = out.reshape(shape[0])
     scores = float_array(scores, fn, "scores", 1)
     cdef Py_ssize_t B = scores.shape[0]
     if B == 0:
@@ -142,13 +259,15 @@ def sigmoid_binary_cross_entropy(scores, targets, out=None):
     if not isinstance(targets, np.ndarray) or targets.dtype.kind not in "biuf":
         raise TypeError(f"{fn}: targets must be a numeric numpy.ndarray, "
                         f"got {getattr(targets, 'dtype', type(targets).__name__)}")
-    if targets.shape != scores.shape:
-        raise ValueError(f"{fn}: targets must have shape {scores.shape}, got {targets.shape}")
-    t = np.require(targets, dtype=scores.dtype, requirements="CA")    # aligned for C
+    if targets.shape != shape:
+        raise ValueError(f"{fn}: targets must have shape {shape}, got "
+                         f"{targets.shape}")
+    cdef double div = reduction_divisor(reduction, B, fn)
+    t = np.require(targets.reshape(B), dtype=scores.dtype, requirements="CA")    # aligned
     bad = ~((t >= 0) & (t <= 1))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise ValueError(f"{fn}: targets[{i}] = {targets[i]} is outside [0, 1]")
+        raise ValueError(f"{fn}: targets[{i}] = {targets.reshape(B)[i]} is outside [0, 1]")
     out = out_array(out, scores.shape, scores.dtype, fn)
     cdef double total
     no_overlap(out, "out", scores, "scores", fn, True)
@@ -159,15 +278,15 @@ def sigmoid_binary_cross_entropy(scores, targets, out=None):
     if is_f32(scores):
         s32, t32, d32 = scores, t, out
         with nogil:
-            total = bp_sigmoid_bce_f32(&s32[0], &t32[0], &d32[0], B, 1.0 / B)
+            total = bp_sigmoid_bce_f32(&s32[0], &t32[0], &d32[0], B, 1.0 / div)
     else:
         s64, t64, d64 = scores, t, out
         with nogil:
-            total = bp_sigmoid_bce_f64(&s64[0], &t64[0], &d64[0], B, 1.0 / B)
-    return total / B, out
+            total = bp_sigmoid_bce_f64(&s64[0], &t64[0], &d64[0], B, 1.0 / div)
+    return total / div, (out if out.shape == shape else out.reshape(shape))
 
 
-def max_margin(s_true, s_corrupt, margin=1.0):
+def max_margin(s_true, s_corrupt, margin=1.0, reduction="mean"):
     """Mean hinge loss J = max(0, margin - s + s_c) over a batch of window pairs.
 
     The lecture's max-margin objective: the true window's score s should beat
@@ -179,6 +298,7 @@ def max_margin(s_true, s_corrupt, margin=1.0):
     ----------
     s_true, s_corrupt : ndarray (B,), float32 or float64, same dtype, B >= 1
     margin : float
+    reduction : "mean" (default) or "sum" (then the gradients are -1 and +1)
 
     Returns
     -------
@@ -202,6 +322,7 @@ def max_margin(s_true, s_corrupt, margin=1.0):
     cdef double mg = float(margin)
     if mg != mg:
         raise ValueError(f"{fn}: margin must be a number, got {margin!r}")
+    cdef double div = reduction_divisor(reduction, s_true.shape[0], fn)
     ds = np.empty_like(s_true)
     dsc = np.empty_like(s_true)
     cdef double total
@@ -213,9 +334,9 @@ def max_margin(s_true, s_corrupt, margin=1.0):
     if is_f32(s_true):
         with nogil:
             total = bp_max_margin_f32(<const float *>ps, <const float *>pc, <float *>pd,
-                                      <float *>pdc, n, mg, 1.0 / n)
+                                      <float *>pdc, n, mg, 1.0 / div)
     else:
         with nogil:
             total = bp_max_margin_f64(<const double *>ps, <const double *>pc, <double *>pd,
-                                      <double *>pdc, n, mg, 1.0 / n)
-    return total / s_true.shape[0], ds, dsc
+                                      <double *>pdc, n, mg, 1.0 / div)
+    return total / div, ds, dsc

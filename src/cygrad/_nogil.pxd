@@ -107,6 +107,31 @@ cdef inline double softmax_xent(const floating *z, const cnp.int64_t *y, floatin
         return bp_softmax_xent_f64(z, y, d, rows, cols, scale)
 
 
+cdef inline double weighted_xent(const floating *z, const cnp.int64_t *y, floating *d,
+                                 Py_ssize_t rows, Py_ssize_t cols, const double *w,
+                                 double scale) noexcept nogil:
+    """Class-weighted softmax cross-entropy of the rows: returns sum_r w[y_r] loss_r;
+    d_r = (softmax(z_r) - onehot(y_r)) * w[y_r] * scale (d may be z)."""
+    cdef double total = 0.0, wr
+    cdef Py_ssize_t r
+    for r in range(rows):
+        wr = w[y[r]]
+        total += wr * softmax_xent(z + r * cols, y + r, d + r * cols, 1, cols, wr * scale)
+    return total
+
+
+cdef inline double mse(const floating *p, const floating *t, floating *d, Py_ssize_t n,
+                       double scale) noexcept nogil:
+    """Summed squared error of n values, in double; d = 2 (p - t) * scale (d may be p)."""
+    cdef double total = 0.0, e
+    cdef Py_ssize_t i
+    for i in range(n):
+        e = <double>p[i] - <double>t[i]
+        total += e * e
+        d[i] = <floating>(2.0 * e * scale)
+    return total
+
+
 cdef inline double sigmoid_bce(const floating *s, const floating *t, floating *d, Py_ssize_t n,
                                double scale) noexcept nogil:
     if floating is float:

@@ -38,7 +38,7 @@ cnp.import_array()
 from cygrad._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
                              adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
                              act_bwd as _act_bwd, softmax_xent, sigmoid_bce,
-                             max_margin, dropout as _dropout)
+                             max_margin, dropout as _dropout, weighted_xent, mse as _mse)
 
 
 cdef enum:
@@ -66,6 +66,7 @@ cdef enum:
     T_BIAS = 14
     T_DROPOUT = 15
     T_EMB_ADAM = 16
+    T_MSE = 17
 
 # index spaces
 cdef enum:
@@ -256,8 +257,24 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         r0 = lo
         while r0 < hi:
             r1 = min(hi, r0 + LOSS_BLOCK)
-            r.losses[r0 // LOSS_BLOCK] = softmax_xent(x + r0 * h, ids + r0, y + r0 * h, r1 - r0,
-                                                      h, scale)
+            if t.v[3] >= 0:     # v3: class weights (float64, C)
+                r.losses[r0 // LOSS_BLOCK] = weighted_xent(
+                    x + r0 * h, ids + r0, y + r0 * h, r1 - r0, h,
+                    <const double *>ptr[t.v[3]], scale)
+            else:
+                r.losses[r0 // LOSS_BLOCK] = softmax_xent(x + r0 * h, ids + r0, y + r0 * h,
+                                                          r1 - r0, h, scale)
+            r0 = r1
+    elif code == T_MSE:         # v0 pred (m, h), v1 target (m, h) -> v2 2 (pred - target) s
+        x = <floating *>ptr[t.v[0]]
+        P = <floating *>ptr[t.v[1]]
+        y = <floating *>ptr[t.v[2]]
+        scale = r.gscale * r.inv_b
+        r0 = lo
+        while r0 < hi:
+            r1 = min(hi, r0 + LOSS_BLOCK)
+            r.losses[r0 // LOSS_BLOCK] = _mse(x + r0 * h, P + r0 * h, y + r0 * h,
+                                              (r1 - r0) * h, scale)
             r0 = r1
     elif code == T_BCE:         # v0 scores (m,), v1 targets (m,) -> v2 d (m,)
         x = <floating *>ptr[t.v[0]]
@@ -552,10 +569,10 @@ cdef class Plan:
             self.vbuf[i], self.voff[i], self.vld[i] = b, off, ld
 
     cdef double _run(self, list arrays, double gscale, double lr, double eps, losses, int nt,
-                     int parts, adam=None) except? -1.0:
+                     int parts, double div, adam=None) except? -1.0:
         """Run the plan: ``arrays[i]`` is buffer i (an ndarray, validated by the
-        caller and not changed during the call); returns the sum of the loss
-        blocks (the caller divides by the batch)."""
+        caller and not changed during the call); the loss's gradient carries 1/div;
+        returns the sum of the loss blocks (the caller divides it by div)."""
         cdef Py_ssize_t i, nb
         cdef Run r
         if len(arrays) != self.nbufs:
@@ -570,7 +587,7 @@ cdef class Plan:
         if adam is not None:        # (scalars array float64 (2 * params,), b1, b2, wd, decay)
             r.adam = <const double *>cnp.PyArray_DATA(<cnp.ndarray>adam[0])
             r.b1, r.b2, r.wd, r.decay = adam[1], adam[2], adam[3], adam[4]
-        r.inv_b = 1.0 / self.batch
+        r.inv_b = 1.0 / div
         r.f32 = self.f32
         r.losses = <double *>cnp.PyArray_DATA(<cnp.ndarray>losses)
         r.failed = 0
@@ -593,6 +610,26 @@ from cygrad import _config
 from cygrad._guard import written as _written
 
 
+cdef Py_ssize_t _outside_unit(floating *t, Py_ssize_t n) noexcept nogil:
+    """The first i with t[i] outside [0, 1] or NaN, else -1."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        if not (t[i] >= 0 and t[i] <= 1):
+            return i
+    return -1
+
+
+cdef bint _overlaps(cnp.ndarray x, cnp.int64_t[:, ::1] spans):
+    """Whether x's bytes overlap one of the byte ranges [lo, hi) in spans."""
+    cdef cnp.int64_t lo = <cnp.int64_t>cnp.PyArray_DATA(x)
+    cdef cnp.int64_t hi = lo + cnp.PyArray_NBYTES(x)
+    cdef Py_ssize_t i
+    for i in range(spans.shape[0]):
+        if lo < spans[i, 1] and spans[i, 0] < hi:
+            return True
+    return False
+
+
 cdef class Runner:
     """The per-call path of a compiled plan (cygrad.compiler._Compiled builds it and
     keeps the slow paths): copy and check the index arguments into the workspace,
@@ -601,12 +638,18 @@ cdef class Runner:
     read the learning rate, resolve the threads and run."""
 
     cdef Plan plan
-    cdef object owner, opt, losses, step
-    cdef list arrays, ids, floats, watch, watch_state
-    cdef bint adagrad, gradmode, adam, f32
+    cdef object owner, opt, losses, step, dtype
+    cdef list arrays, ids, floats, targets, watch, watch_state
+    cdef bint adagrad, gradmode, adam, f32, decoupled
     cdef list adam_params
     cdef object adam_scalars
+    # guards (cygrad.compiler._Compiled.stale says what changed when one fails)
+    cdef object g_type, g_form_fn, g_form, g_version_cell
+    cdef list g_params, g_requires
+    cdef public Py_ssize_t g_version
     cdef Py_ssize_t work, min_work, batch
+    cdef double div                 # the loss's divisor (B, 1, B n), or 0: per call
+    cdef object xent_w              # weighted mean: (weights float64 (C,), labels' offset, B)
     cdef object arena
     cdef char *base
 
@@ -623,17 +666,51 @@ cdef class Runner:
         self.adam_params = owner.adam_params
         self.adam_scalars = owner.adam_scalars
         self.f32 = owner.f32
+        self.dtype = owner.dtype
+        self.decoupled = owner.decoupled
         self.work = owner.work
         self.min_work = owner.min_work
         self.batch = owner.batch
+        self.div = owner.div
+        self.xent_w = owner.xent_w
         # (argument, byte offset in the workspace, elements, bound, op, name, shape)
         self.ids = [(j, where[0], int(np.prod(where[1])), bound, op, name, where[1])
                     for j, kind, where, bound, op, name in owner.inputs if kind == "ids"]
         self.floats = [(j, where) for j, kind, where, bound, op, name in owner.inputs
                        if kind == "float"]
+        self.targets = [(j, where, name, kind == "target")
+                        for j, kind, where, bound, op, name in owner.inputs
+                        if kind in ("target", "value")]
         self.watch = owner.watch
         self.watch_state = owner.watch_state
         self.arena = None
+        self.g_type = owner.g_type
+        self.g_params = owner.g_params
+        self.g_requires = owner.g_requires
+        self.g_form_fn = owner.g_form_fn
+        self.g_form = owner.g_form
+        self.g_version_cell = owner.g_version_cell
+        self.g_version = owner.g_version
+
+    cdef bint _guards_hold(self):
+        """The guards' fast path: identities and a few comparisons, no allocation."""
+        opt = self.opt
+        if type(opt) is not self.g_type:
+            return False
+        cdef list ps = opt.params
+        cdef list want = self.g_params, req = self.g_requires
+        cdef Py_ssize_t i, n = len(want)
+        if len(ps) != n:
+            return False
+        for i in range(n):
+            p = ps[i]
+            if p is not want[i] or p.requires_grad is not req[i]:
+                return False
+        if self.g_form_fn is not None and self.g_form_fn() != self.g_form:
+            return False
+        if self.g_version_cell is not None and self.g_version_cell[0] != self.g_version:
+            return False
+        return True
 
     cdef _bind(self):
         self.owner._bind_arena()
@@ -655,15 +732,18 @@ cdef class Runner:
             t = steps[i]
             s[2 * i] = lr / (1.0 - b1 ** t)
             s[2 * i + 1] = sqrt(1.0 - b2 ** t)     # as cygrad.kernels.adam_update computes them
-        if opt._decoupled:
+        if self.decoupled:
             return (self.adam_scalars, b1, b2, 0.0, 1.0 - lr * wd)
         return (self.adam_scalars, b1, b2, wd, 1.0)
 
-    def run(self, tuple args):
+    def run(self, tuple args, bint checked=False):
+        """One step; None (nothing done) when a guard fails, unless ``checked``."""
         cdef Py_ssize_t i, n, upper, bad
         cdef cnp.int64_t *dst
         cdef object x
         cdef list arrays = self.arrays
+        if not checked and not self._guards_hold():
+            return None
         if self.step._arena is not self.arena:
             self._bind()
         for j, off, n, upper, op, name, shape in self.ids:
@@ -679,12 +759,37 @@ cdef class Runner:
                     continue
             # other dtypes and layouts, and the error message
             index_into(x, self.owner.id_arrays[j], op, name, upper)
+        for j, pos, name, unit in self.targets:
+            # as the eager loss: converted to the scores' dtype (binary targets: every
+            # value in [0, 1])
+            x = args[j]
+            if not (cnp.PyArray_TYPE(<cnp.ndarray>x) == (cnp.NPY_FLOAT32 if self.f32
+                                                        else cnp.NPY_FLOAT64)
+                    and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
+                    and cnp.PyArray_ISALIGNED(<cnp.ndarray>x)
+                    and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x)):
+                x = np.require(x, dtype=self.dtype, requirements="CA")
+            n = cnp.PyArray_SIZE(<cnp.ndarray>x)
+            bad = -1
+            if not unit:
+                pass
+            elif self.f32:
+                bad = _outside_unit[float](<float *>cnp.PyArray_DATA(<cnp.ndarray>x), n)
+            else:
+                bad = _outside_unit[double](<double *>cnp.PyArray_DATA(<cnp.ndarray>x), n)
+            if bad >= 0:
+                raise ValueError(f"sigmoid_binary_cross_entropy: targets[{bad}] = "
+                                 f"{args[j].reshape(-1)[bad]} is outside [0, 1] (argument "
+                                 f"{name!r}; nothing was updated)")
+            arrays[pos] = x
         for j, pos in self.floats:
             x = args[j]
             if not (cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
                     and cnp.PyArray_ISALIGNED(<cnp.ndarray>x)
                     and cnp.PyArray_ISNOTSWAPPED(<cnp.ndarray>x)):
                 x = np.array(x, dtype=x.dtype.newbyteorder("="), order="C")   # aligned
+            elif _overlaps(<cnp.ndarray>x, self.owner.written):
+                x = x.copy()    # a parameter's own array: read whole before any update
             arrays[pos] = x
         stale = False
         for pos, t in self.watch:
@@ -698,7 +803,9 @@ cdef class Runner:
                     break
         if stale:
             self.owner._refresh_ext()
-        cdef double lr = self.opt.lr, gscale, eps
+        cdef double lr = 0.0, gscale, eps
+        if not self.gradmode:       # (an optimiser of the user's may have no lr)
+            lr = self.opt.lr
         adam = None
         if self.adagrad:
             gscale, eps = 1.0, self.opt.eps
@@ -709,13 +816,25 @@ cdef class Runner:
             gscale, eps = 1.0, 0.0
         else:
             gscale, eps = -lr, 0.0
+        cdef double div = self.div
+        cdef const double[::1] wts
+        cdef const cnp.int64_t *lab
+        if div == 0:                # the weighted mean: the batch's label weights, in order
+            wts = self.xent_w[0]
+            lab = <const cnp.int64_t *>(self.base + <Py_ssize_t>self.xent_w[1])
+            for i in range(self.xent_w[2]):
+                div += wts[lab[i]]
+            if not div > 0:
+                raise ValueError(f"softmax_cross_entropy: the class weights of the batch's "
+                                 f"labels sum to {div}; a weighted mean needs a positive sum "
+                                 f"(nothing was updated)")
         cdef int nt = 1
         if self.work >= self.min_work:
             nt = _config.resolve(self.step.threads)
         _written(self.opt.params)       # a live graph that saved one must refuse its backward
         cdef double loss
         try:
-            loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1, adam) / self.batch
+            loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1, div, adam) / div
         except BaseException:
             if adam is not None:        # the step did not happen: nor does its count
                 for i in self.adam_params:

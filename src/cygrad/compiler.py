@@ -23,17 +23,26 @@ updated. A compiled step leaves ``.grad`` None.
 Ops with plan kernels: ``embedding_windows`` (dense or sparse), ``concat`` (of
 2-D values along the last axis), ``linear``, ``x @ W.T`` and ``+ b`` (W, b leaf
 tensors: the layer written out), every activation, ``dropout`` (its key an
-argument of the step), ``reshape`` that
-keeps the batch axis, ``mean`` over the window axis, and, as the loss (the
-graph's root), ``softmax_cross_entropy``, ``sigmoid_binary_cross_entropy`` and
-``max_margin``. Optimisers: plain :class:`cygrad.optim.SGD` and
-:class:`cygrad.optim.Adagrad` are folded into backward (each parameter updated
-as soon as its gradient is final); any other (SGD with momentum or weight
-decay, Adam, AdamW) runs in *gradient mode*: the plan leaves every gradient in
-a buffer of the workspace, then the optimiser's own fused step runs on them
-(embedding tables are not yet supported in that mode: such a step runs on the
-graph). A value may feed several ops only if it is a
-parameter or an input (a parameter used twice gets the sum of its gradients).
+argument of the step, or nn.Dropout's own counter, which the step advances at
+every call), ``reshape`` that keeps the batch axis, ``mean`` over the window
+axis, and, as the loss (the graph's root), ``softmax_cross_entropy`` (with
+``reduction`` and class ``weight``), ``sigmoid_binary_cross_entropy`` (scores
+(B,) or (B, 1)), ``max_margin`` and ``mse_loss``. Optimisers state the update a plan may fuse
+(``fused_update()``): plain SGD, Adagrad, Adam and AdamW are folded into backward
+(each parameter updated as soon as its gradient is final; row-sparse tables on
+the batch's rows); any other (SGD with momentum or weight decay, Adam on a
+dense-gradient table, a subclass whose ``step`` is its own, an object of the
+user's with ``params``, ``step()`` and ``zero_grad()``) runs in *gradient mode*:
+the plan leaves every gradient in a buffer of the workspace, ``.grad`` is set
+from them as eager backward would set it, then the optimiser's ``step()`` runs.
+A value may feed several ops only if it is a parameter or an input (a parameter
+used twice gets the sum of its gradients).
+
+Guards: a plan records what it baked in (each parameter's identity and
+``requires_grad``, the optimiser's class and ``fused_update()``, the settings of
+the nn modules called while tracing) and every call compares them; a change
+traces the step again, or under ``strict=True`` raises naming it. Values are
+checked at every call before anything is updated (ids, targets).
 """
 
 import inspect
@@ -43,18 +52,20 @@ import warnings
 import numpy as np
 
 from cygrad import _config, _plan
+from cygrad import kernels as _K
 from cygrad import graph as _g
 from cygrad.graph import Tensor, Traced
 from cygrad.graph.ops import SparseRows
-from cygrad.optim import SGD, Adagrad, Adam, _Optimizer
+from cygrad import optim as _optim
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]
 
 # task codes: the order of the T_* enum in _plan.pyx
 TASKS = ("gather", "linear", "act", "xent", "bce", "margin", "mean", "bias_bwd", "linear_bwd",
          "act_bwd", "mean_bwd", "emb_sgd", "emb_adagrad", "update", "bias", "dropout",
-         "emb_adam")
+         "emb_adam", "mse")
 _CODE = {name: i for i, name in enumerate(TASKS)}
+_LOSSES = ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin", "mse_loss")
 ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
 _AXIS = {ROWS: 0, COLS: 1, OWN: 0, FLAT: 0, ONE: 0}
 U_NONE, U_SGD, U_ADAGRAD, U_SET, U_ADD, U_ADAM = range(6)
@@ -127,17 +138,42 @@ class _Task:
         self.alpha, self.segs, self.pidx = alpha, list(segs), pidx
 
 
+def _fused_form(opt):
+    """The optimiser's own statement of the update a plan may fuse (None: gradient mode)."""
+    f = getattr(opt, "fused_update", None)
+    return f() if callable(f) else None
+
+
+def _dense_tables(order, params):
+    """Whether a parameter table is gathered by a dense-gradient embedding_windows."""
+    return any(n._op is not None and n._op.name == "embedding_windows" and not n._ctx.kw
+               and id(n._parents[0]) in params for n in order)
+
+
 class _Builder:
-    def __init__(self, root, traced, opt):
+    def __init__(self, root, traced, opt, form, clip=False):
         self.root, self.traced, self.opt = root, traced, opt
         self.dt = root.dtype
         self.item = self.dt.itemsize
-        self.adagrad = isinstance(opt, Adagrad)
-        self.adam = isinstance(opt, Adam)       # and AdamW: folded into backward too
+        # the parameters a plan updates: those that require a gradient now (a frozen
+        # one is read like a constant tensor; the guards re-trace when that changes)
+        self.pindex = {id(p): i for i, p in enumerate(opt.params) if p.requires_grad}
+        order = _g.engine._topological_order(root, every=True)
+        if form is not None and form[0] == "adam" and _dense_tables(order, self.pindex):
+            # Adam on a dense-gradient table moves every row's moments (eager Adam does):
+            # the table's gradient is made dense and the optimiser's own step runs
+            form = None
+        self.form = form
+        self.adagrad = form == ("adagrad",)
+        self.adam = form is not None and form[0] == "adam"      # and AdamW
+        self.decoupled = bool(self.adam and form[1])
         # gradient mode: the plan writes every gradient into a buffer of its own and the
-        # optimiser's own (fused, in-place) step runs after it, for the optimisers whose
-        # update a plan does not fold into backward (SGD with momentum or weight decay)
-        self.gradmode = not (self.adam or isinstance(opt, (SGD, Adagrad)) and opt._fusable())
+        # optimiser's own step() runs after it, for the updates a plan does not fold into
+        # backward (SGD with momentum or weight decay, an optimiser of the user's, a
+        # subclass whose step() is its own, clipping)
+        self.gradmode = clip or not (self.adam or self.adagrad or form == ("sgd",))
+        if self.gradmode:
+            self.adagrad = self.adam = False
         self.updated = set()        # indices of the parameters the plan updates
         self.gradbufs = {}          # parameter index -> gradient view (gradient mode)
         self.gradsparse = {}        # table index -> its segments (gradient mode)
@@ -146,9 +182,9 @@ class _Builder:
         self.inputs = {}            # arg index -> {"buf", "view", "bound", "kind", "op"}
         self.val = {}               # id(tensor) -> _View
         self.grad = {}
-        self.pindex = {id(p): i for i, p in enumerate(opt.params)}
         self.arg_of = {id(a.array): j for j, a in enumerate(traced)}
         self.ext_bufs = {}
+        self.live, self.live_used = {}, {}      # id(key array) -> LiveKey
         self.info = {}
         self.made = set()
         self.work = 0
@@ -273,7 +309,7 @@ class _Builder:
                            [(tv, "r", "all"), (iv, "r", ROWS), (out, "w", ROWS)], w=w, h=d,
                            m=B))
             self.val[id(node)] = out
-            self.info[id(node)] = ("emb", table, iv, B, w, d)
+            self.info[id(node)] = ("emb", table, iv, B, w, d, bool(ctx.kw))
         elif name == "concat":
             axis, _ = ctx.kw
             if any(p.ndim != 2 for p in pa) or axis not in (1, -1):
@@ -364,7 +400,12 @@ class _Builder:
             from cygrad._elementwise import DROPOUT_MAX_ELEMENTS, DROPOUT_MAX_KEY
             if xv.rows * xv.cols > DROPOUT_MAX_ELEMENTS:
                 raise _Unsupported(f"dropout of {xv.rows * xv.cols} elements (at most 2**32)")
-            kv = self.ids(karr, "dropout", DROPOUT_MAX_KEY, "key")
+            live = self.live.get(id(karr))
+            if live is not None:    # nn.Dropout's own counter: the step advances it
+                kv = _View(self.ext_buf("live", id(karr), karr), 1, 1, 8)
+                self.live_used[id(karr)] = live
+            else:
+                kv = self.ids(karr, "dropout", DROPOUT_MAX_KEY, "key")
             out = self.new(xv.rows, xv.cols)
             self.add(_Task("dropout", ("elem", xv.rows, xv.cols), [xv, kv, out],
                            [(xv, "r", "elem"), (kv, "r", "all"), (out, "w", "elem")],
@@ -391,43 +432,84 @@ class _Builder:
             self.add(_Task("mean", (ROWS, B, _row_grain(B)), [src, out],
                            [(src, "r", ROWS), (out, "w", ROWS)], m=B, w=w, h=d))
             self.val[id(node)] = out
-        elif name in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin"):
+        elif name in _LOSSES:
             if node is not self.root:
                 raise _Unsupported(f"{name} that is not the loss returned")
             self.loss_fwd(node, name, pa, ctx)
         else:
             raise _Unsupported(f"op {name!r} has no plan kernel")
 
+    def _saved(self, v):
+        """Whether an activation's backward reads view v's buffer (its saved output):
+        a loss must not overwrite it with its gradient."""
+        return any(isinstance(i[0], _View) and i[0].buf is v.buf for i in self.info.values())
+
+    def _targets(self, targets, j, kind, rows, cols):
+        """The view of a loss's targets: an argument, read at every call in its own
+        dtype and converted (kind "target": binary, checked in [0, 1]; "value"), or a
+        constant, converted once."""
+        if j is not None:
+            spec = self.inputs.setdefault(j, {"kind": kind, "shape": targets.shape})
+            if spec["kind"] != kind:
+                raise _Unsupported(f"argument {self.traced[j].name!r} is used both as "
+                                   f"targets and otherwise")
+            return _View(self.ext_buf("input", j), rows, cols, self.item)
+        return _View(self.ext_buf("const", id(targets),
+                                  np.ascontiguousarray(targets, dtype=self.dt).copy()),
+                     rows, cols, self.item)
+
     def loss_fwd(self, node, name, pa, ctx):
+        self.div = None         # the loss's divisor; None: per call (weighted mean)
         if name == "softmax_cross_entropy":
             (logits,) = pa
+            reduction, weight = ctx.shapes
             lv = self.value(logits)
             B, C = logits.shape
             if logits._op is None or lv.ld != C:
                 raise _Unsupported("softmax_cross_entropy of a leaf or strided value")
             yv = self.ids(ctx.kw, name, C, "labels")
-            self.add(_Task("xent", (ROWS, B, _row_grain(B)), [lv, yv, lv],
-                           [(lv, "r", ROWS), (yv, "r", ROWS), (lv, "w", ROWS)], m=B, h=C))
-            self.grad[id(logits)] = lv
+            d = self.new(B, C) if self._saved(lv) else lv
+            v = [lv, yv, d]
+            acc = [(lv, "r", ROWS), (yv, "r", ROWS), (d, "w", ROWS)]
+            self.div = float(B if reduction == "mean" else 1)
+            if weight is not None:
+                wv = _View(self.ext_buf("weights", id(weight), weight), C, 1, 8)
+                v.append(wv)
+                acc.append((wv, "r", "all"))
+                if reduction == "mean":
+                    if yv.buf.ext is not None:
+                        raise _Unsupported("a weighted mean over constant labels")
+                    self.div = None
+                    self.xent_w = (weight, yv.buf, B)
+            self.add(_Task("xent", (ROWS, B, _row_grain(B)), v, acc, m=B, h=C))
+            self.grad[id(logits)] = d
+        elif name == "mse_loss":
+            (pred,) = pa
+            pv = self.value(pred)
+            if pred._op is None or pred.ndim not in (1, 2) or pv.ld != pv.cols:
+                raise _Unsupported("mse_loss of a leaf, strided or more than 2-D value")
+            B, n = pv.rows, pv.cols
+            targets = ctx.kw
+            tv = self._targets(targets, self.arg_of.get(id(targets)), "value", B, n)
+            d = self.new(B, n)
+            self.add(_Task("mse", (ROWS, B, _row_grain(B)), [pv, tv, d],
+                           [(pv, "r", ROWS), (tv, "r", ROWS), (d, "w", ROWS)], m=B, h=n))
+            self.grad[id(pred)] = d
+            self.div = float(B * n if ctx.shapes == "mean" else 1)
         elif name == "sigmoid_binary_cross_entropy":
             (s,) = pa
             sv = self.value(s)
             B = s.shape[0]
-            if s.ndim != 1 or s._op is None or sv.ld != 1:
+            if not (s.ndim == 1 or s.ndim == 2 and s.shape[1] == 1) or s._op is None \
+                    or sv.ld != 1:
                 raise _Unsupported("sigmoid_binary_cross_entropy of a leaf or strided value")
             targets = ctx.kw
-            j = self.arg_of.get(id(targets))
-            if j is not None:
-                tv = _View(self.ext_buf("input", j), B, 1, self.item)
-                self.inputs.setdefault(j, {"kind": "float", "shape": targets.shape})
-            else:
-                tv = _View(self.ext_buf("const", id(targets),
-                                        np.ascontiguousarray(targets, dtype=self.dt).copy()),
-                           B, 1, self.item)
+            tv = self._targets(targets, self.arg_of.get(id(targets)), "target", B, 1)
             d = self.new(B, 1)
             self.add(_Task("bce", (ROWS, B, _row_grain(B)), [sv, tv, d],
                            [(sv, "r", ROWS), (tv, "r", ROWS), (d, "w", ROWS)], m=B))
             self.grad[id(s)] = d
+            self.div = float(B if ctx.shapes == "mean" else 1)
         else:
             s, sc = pa
             if s._op is None or sc._op is None:
@@ -441,6 +523,7 @@ class _Builder:
                            [(sv, "r", ROWS), (scv, "r", ROWS), (ds, "w", ROWS),
                             (dsc, "w", ROWS)], m=B, alpha=float(ctx.kw)))
             self.grad[id(s)], self.grad[id(sc)] = ds, dsc
+            self.div = float(B if ctx.shapes == "mean" else 1)
         self.batch = B
 
     # -- backward
@@ -456,7 +539,7 @@ class _Builder:
                 if id(p) in self.pindex:
                     contrib[id(p)] = contrib.get(id(p), 0) + 1
         self.contrib, self.seen = contrib, {}
-        self.gbufs, self.segments = {}, {}
+        self.gbufs, self.segments, self.dense_tables = {}, {}, set()
         for node in reversed(order):
             if node._op is None or not node.requires_grad:
                 continue
@@ -613,9 +696,11 @@ class _Builder:
                     self.grad[id(p)] = _View(g.buf, g.rows, c, self.item, off=g.off + col, ld=g.ld)
                 col += c
         elif name == "embedding_windows":
-            _, table, iv, B, w, d = self.info[id(node)]
+            _, table, iv, B, w, d, sparse = self.info[id(node)]
             if id(table) in self.pindex:
                 self.segments.setdefault(id(table), (table, []))[1].append((iv, g, B, w, d))
+                if not sparse:
+                    self.dense_tables.add(id(table))
         else:
             raise _Unsupported(f"op {name!r} has no plan kernel")
 
@@ -631,7 +716,7 @@ class _Builder:
                 if iv.buf.ext is not None:
                     raise _Unsupported("an embedding table indexed by constant ids, with "
                                        f"{type(self.opt).__name__}")
-            self.gradsparse[i] = list(segs)
+            self.gradsparse[i] = (list(segs), id(table) in self.dense_tables)
             return
         if not (self.adagrad or self.adam):
             for iv, g, B, w, d in segs:
@@ -825,9 +910,9 @@ class _Compiled:
                 v = spec["view"]
                 self.inputs.append((j, "ids", (v.buf.offset, spec["shape"]), spec["bound"],
                                     spec["op"], name))
-            else:
+            else:       # "float" (an op's input) or "target" (converted and checked)
                 pos = [b.index for b in ext_list if b.ext == ("input", j)][0]
-                self.inputs.append((j, "float", pos, spec["shape"], None, name))
+                self.inputs.append((j, spec["kind"], pos, spec["shape"], None, name))
         self.arena = None
         self.id_arrays = {}
         self.gradmode = builder.gradmode
@@ -835,8 +920,8 @@ class _Compiled:
                            for i, v in sorted(builder.gradbufs.items())]
         self.sparse_specs = [
             (i, [(iv.buf.offset + 8 * iv.off, B * w, g.buf.offset + g.item * g.off, g.ld, B, w, d)
-                 for iv, g, B, w, d in segs])
-            for i, segs in sorted(builder.gradsparse.items())]
+                 for iv, g, B, w, d in segs], dense)
+            for i, (segs, dense) in sorted(builder.gradsparse.items())]
         self.grad_arrays = []
         self.sparse_arrays = []
         self._refresh_ext(force=True)
@@ -848,6 +933,75 @@ class _Compiled:
                             if kind in _STATE_ATTR]
         self.adam_params = sorted(builder.updated) if builder.adam else []
         self.adam_scalars = np.zeros(2 * len(opt.params), np.float64)
+        self.decoupled = builder.decoupled
+        self.div = builder.div or 0.0          # 0: the weighted mean's, per call
+        xw = getattr(builder, "xent_w", None)
+        self.xent_w = None if xw is None or builder.div is not None else \
+            (xw[0], xw[1].offset, xw[2])
+        # the keys of nn.Dropout calls, advanced in the order the calls were traced
+        self.live = [k for k in builder.live_keys if id(k.array) in builder.live_used]
+        self._guards(builder)
+        self._ranges()
+
+    # -- guards: what the plan baked in, compared at every call (a few comparisons)
+    def _guards(self, builder):
+        opt = self.opt
+        self.g_params = list(opt.params)
+        self.g_nparams = len(opt.params)
+        self.g_requires = [bool(p.requires_grad) for p in opt.params]     # True/False objects
+        f = getattr(opt, "fused_update", None)
+        self.g_form_fn = f if callable(f) else None
+        self.g_form = f() if self.g_form_fn is not None else None
+        self.g_type = type(opt)
+        mods = []
+        for m in builder.modules:
+            if all(m is not n for n, _ in mods):
+                mods.append((m, _settings(m)))
+        self.g_modules = mods
+        self.g_version_cell = _nn_version_cell() if mods else None
+        self.g_version = self.g_version_cell[0] if mods else 0
+
+    def stale(self):
+        """None while every guard holds; else what changed since the plan was built."""
+        opt = self.opt
+        if type(opt) is not self.g_type:
+            return f"the optimiser's class changed to {type(opt).__name__}"
+        ps = opt.params
+        if len(ps) != self.g_nparams:
+            return f"the optimiser's parameter list changed ({len(ps)} parameters, was " \
+                   f"{self.g_nparams})"
+        for i, (p, q, r) in enumerate(zip(ps, self.g_params, self.g_requires)):
+            if p is not q:
+                return f"parameter {i} of the optimiser was replaced by another tensor"
+            if bool(p.requires_grad) != r:
+                return f"parameter {i} ({p.shape}) now has requires_grad={bool(p.requires_grad)}"
+        if self.g_form_fn is not None:
+            form = self.g_form_fn()
+            if form != self.g_form:
+                return (f"{type(opt).__name__}'s update changed from {_describe(self.g_form)} "
+                        f"to {_describe(form)} (a hyper-parameter that changes its form)")
+        if self.g_modules:
+            v = self.g_version_cell[0]
+            if v != self.runner.g_version:
+                for m, was in self.g_modules:
+                    now = _settings(m)
+                    if now != was:
+                        return f"{type(m).__name__} {_changed(was, now)}"
+                self.runner.g_version = v       # changes elsewhere: the fast path again
+        return None
+
+    def _ranges(self):
+        """The byte ranges of the arrays a plan writes (parameters, optimiser state): a
+        float argument that overlaps one is copied before the plan runs, as the eager
+        graph reads it whole before the optimiser changes anything."""
+        spans = []
+        for pos, kind, payload in self.ext:
+            if kind == "param" or kind in _STATE_ATTR:
+                a = self.arrays[pos]
+                if a is not None and a.nbytes:
+                    lo = a.__array_interface__["data"][0]
+                    spans.append((lo, lo + a.nbytes))
+        self.written = np.array(spans or np.zeros((0, 2)), np.int64).reshape(-1, 2)
 
     def _refresh_ext(self, force=False):
         opt = self.opt
@@ -861,7 +1015,7 @@ class _Compiled:
             elif kind == "const":
                 a = payload.data if isinstance(payload, Tensor) else payload
                 what = "a constant tensor"
-            elif kind == "heads":
+            elif kind in ("heads", "live", "weights"):     # the plan's own arrays
                 a = payload
                 what = None
             else:
@@ -870,6 +1024,8 @@ class _Compiled:
                 if what is not None:
                     self._check_array(a, pos, what, writeable=kind != "const")
                 self.arrays[pos] = a
+        if not force:
+            self._ranges()
 
     def _check_array(self, a, pos, what, writeable):
         old = self.arrays[pos]
@@ -901,48 +1057,117 @@ class _Compiled:
             self.grad_arrays.append((self.opt.params[i],
                                      arena[off:off + n].view(self.dtype).reshape(shape)))
         item = self.dtype.itemsize
-        self.sparse_arrays = []     # (table, [(ids (n,), gradient rows (B, w d))])
-        for i, segs in self.sparse_specs:
+        self.sparse_arrays = []     # (table, [(ids (n,), gradient rows (B, w d))], dense)
+        for i, segs, dense in self.sparse_specs:
             views = []
             for ioff, n, goff, ld, B, w, d in segs:
                 ids = arena[ioff:ioff + 8 * n].view(np.int64)
                 g = np.ndarray((B, w * d), self.dtype, buffer=arena, offset=goff,
                                strides=(ld * item, item))
-                views.append((ids, g))
-            self.sparse_arrays.append((self.opt.params[i], views))
+                views.append((ids.reshape(B, w), g))
+            self.sparse_arrays.append((self.opt.params[i], views, dense))
         self.arena = arena
 
     def apply_update(self):
-        """Gradient mode: the optimiser's step on the gradients the plan left in the
-        workspace (then .grad is None again, as after every compiled step)."""
-        opt = self.opt
+        """Gradient mode: the gradients the plan left in the workspace go to ``.grad``
+        (as eager backward leaves them: a dense table's gradient dense, a sparse one's
+        row-sparse), the step's clipping, then the optimiser's own ``step()``; then
+        .grad is None again, as after every compiled step."""
+        step = self.step
+        own = self.copy_grads       # a step of the user's may keep what it is handed
         for p, g in self.grad_arrays:
-            p.grad = g
-        for p, views in self.sparse_arrays:     # a table's rows: copies, the slots in order
+            p.grad = g.copy() if own else g
+        for p, views, dense in self.sparse_arrays:
             d = p.shape[1]
-            p.grad = SparseRows(np.concatenate([ids for ids, _ in views]),
-                                np.concatenate([g.reshape(-1, d) for _, g in views]), p.shape)
+            if dense:       # as EmbeddingWindows.backward: scattered into zeros, per use
+                total = None
+                for ids, g in views:
+                    one = np.zeros(p.shape, self.dtype)
+                    _K.embedding_scatter_add(one, ids, np.ascontiguousarray(g))
+                    total = one if total is None else total + one
+                p.grad = total
+            else:           # a table's rows: copies, the slots in order
+                p.grad = SparseRows(np.concatenate([ids.reshape(-1) for ids, _ in views]),
+                                    np.concatenate([g.reshape(-1, d) for _, g in views]),
+                                    p.shape)
         try:
-            opt.step()
+            step._clip()
+            self.opt.step()
         finally:
-            for p, _ in self.grad_arrays + self.sparse_arrays:
+            for p, *_ in self.grad_arrays + self.sparse_arrays:
                 p.grad = None
 
     opt_kind = "sgd"
+    copy_grads = False
+
+
+def _nn_version_cell():
+    from cygrad import nn
+    return nn._version
+
+
+def _freeze(v):
+    if v is None or isinstance(v, (bool, str)):
+        return v
+    if isinstance(v, (int, float, complex, np.number, np.bool_)):
+        return (type(v).__name__, repr(v))          # repr: NaN equals NaN
+    if isinstance(v, (tuple, list)):
+        return (type(v).__name__,) + tuple(_freeze(x) for x in v)
+    if isinstance(v, dict):
+        return ("dict",) + tuple((k, _freeze(x)) for k, x in v.items())
+    return ("object", id(v))        # a tensor, an array, a generator, a module: by identity
+
+
+def _settings(m):
+    """A module's settings as the guards compare them: its attributes, its parameters'
+    and sub-modules' identities (counters it declares in ``_unguarded`` left out)."""
+    skip = getattr(type(m), "_unguarded", ())
+    out = {}
+    for k, v in vars(m).items():
+        if k in skip:
+            continue
+        if k in ("_parameters", "_modules"):
+            out[k] = tuple((n, id(x)) for n, x in v.items())
+        else:
+            out[k] = _freeze(v)
+    return out
+
+
+def _show(v):
+    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], str):
+        return v[1]             # a number, as repr wrote it
+    return "another object" if isinstance(v, tuple) and v[:1] == ("object",) else repr(v)
+
+
+def _changed(was, now):
+    for k in sorted(set(was) | set(now)):
+        if was.get(k) != now.get(k):
+            if k in ("_parameters", "_modules"):
+                what = "parameters" if k == "_parameters" else "sub-modules"
+                return f"{what} were replaced, added or removed since the step was compiled"
+            return (f"{k!r} changed from {_show(was.get(k))} to {_show(now.get(k))} since the "
+                    f"step was compiled")
+    return "changed"
+
+
+def _describe(form):
+    return "gradient mode (its own step())" if form is None else repr(form)
 
 
 class CompiledStep:
     """A training step compiled from ``loss_fn`` (see :func:`compile`)."""
 
-    def __init__(self, loss_fn, optimizer, strict=False, threads=None):
+    def __init__(self, loss_fn, optimizer, strict=False, threads=None, clip_grad_norm=None,
+                 clip_grad_value=None):
         if not callable(loss_fn):
             raise TypeError(f"compile: loss_fn must be callable, got {type(loss_fn).__name__}")
-        if not isinstance(optimizer, _Optimizer):
-            raise TypeError(f"compile: optimizer must be a cygrad.optim optimiser, got "
-                            f"{type(optimizer).__name__}")
+        _check_optimizer(optimizer)
         self.loss_fn = loss_fn
         self.optimizer = optimizer
         self.strict = bool(strict)
+        self.clip_grad_norm = _positive("clip_grad_norm", clip_grad_norm)
+        self.clip_grad_value = _positive("clip_grad_value", clip_grad_value)
+        self.retraces = 0
         self.threads = None if threads is None else _config._check(threads)
         try:
             params = list(inspect.signature(loss_fn).parameters)
@@ -1004,7 +1229,35 @@ class CompiledStep:
                 return self._eager(args)
             if entry.arena_bytes > self._arena.nbytes:
                 self._grow(entry.arena_bytes)
-            loss = entry.runner.run(args)
+            for k in entry.live:                # nn.Dropout: the next key, as eagerly
+                k.advance()
+            try:
+                loss = entry.runner.run(args)   # None: a guard failed, nothing was done
+            except BaseException:
+                for k in entry.live:
+                    k.undo()
+                raise
+            if loss is None:
+                for k in entry.live:
+                    k.undo()
+                why = entry.stale()
+                if why is not None:     # the plan is not the model any more
+                    if self.strict:
+                        raise CompileError(f"cygrad.compile: {why}; the plan built for these "
+                                           f"arguments no longer describes the step "
+                                           f"(strict=True refuses to trace it again); nothing "
+                                           f"was updated")
+                    self.retraces += 1
+                    del self._plans[key]
+                    return self._first(key, args)
+                for k in entry.live:
+                    k.advance()
+                try:
+                    loss = entry.runner.run(args, True)
+                except BaseException:
+                    for k in entry.live:
+                        k.undo()
+                    raise
             if entry.gradmode:
                 entry.apply_update()
             return loss
@@ -1022,12 +1275,28 @@ class CompiledStep:
                           CompileWarning, stacklevel=3)
         self._plans[key] = _EAGER
 
+    def _clip(self):
+        """The step's gradient clipping, on ``.grad`` (before the optimiser's step)."""
+        if self.clip_grad_norm is not None:
+            _optim.clip_grad_norm(self.optimizer.params, self.clip_grad_norm)
+        if self.clip_grad_value is not None:
+            v = self.clip_grad_value
+            for p in self.optimizer.params:
+                g = p.grad
+                if g is None:
+                    continue
+                if isinstance(g, SparseRows):
+                    p.grad = SparseRows(g.indices, np.clip(g.rows, -v, v), g.shape)
+                else:
+                    p.grad = np.clip(g, -v, v)
+
     def _eager(self, args):
         opt = self.optimizer
         opt.zero_grad()
         loss = self.loss_fn(*args)
         self._check_loss(loss)
         loss.backward()
+        self._clip()
         opt.step()
         opt.zero_grad()
         return loss.item()
@@ -1047,7 +1316,7 @@ class CompiledStep:
                   for a, n in zip(args, names)]
         opt.zero_grad()
         try:
-            with _g._trace() as made:
+            with _g._trace() as (made, modules, live_keys):
                 loss = self.loss_fn(*traced)
         except _g.TraceRefused as e:
             self._fallback(key, str(e))
@@ -1056,16 +1325,20 @@ class CompiledStep:
         try:
             if not loss.requires_grad:
                 raise _Unsupported("the loss does not depend on any parameter")
-            b = _Builder(loss, traced, opt)
-            b.made = made
-            if loss._op is None or loss._op.name not in (
-                    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin"):
+            b = _Builder(loss, traced, opt, _fused_form(opt),
+                         clip=self.clip_grad_norm is not None or self.clip_grad_value is not None)
+            b.made, b.modules = made, modules
+            b.live = {id(k.array): k for k in live_keys}
+            b.live_keys = live_keys
+            if loss._op is None or loss._op.name not in _LOSSES:
                 raise _Unsupported(f"the loss is {getattr(loss._op, 'name', 'a leaf')!r}; a plan "
-                                   f"needs softmax_cross_entropy, sigmoid_binary_cross_entropy "
-                                   f"or max_margin as the returned loss")
+                                   f"needs one of {', '.join(_LOSSES)} as the returned loss")
             if loss.dtype not in (np.float32, np.float64):
                 raise _Unsupported(f"dtype {loss.dtype}")
             for p in opt.params:
+                if not isinstance(p, Tensor):
+                    raise TypeError(f"compile: the optimiser's parameters must be Tensors, "
+                                    f"got {type(p).__name__}")
                 if p.dtype != loss.dtype:
                     raise _Unsupported(f"a parameter has dtype {p.dtype}, the loss {loss.dtype}")
             b.forward()
@@ -1073,13 +1346,18 @@ class CompiledStep:
             stages = b.schedule()
             compiled = _Compiled(self, b, stages)
             compiled.opt_kind = ("grad" if b.gradmode else "adam" if b.adam else
-                                 "adagrad" if isinstance(opt, Adagrad) else "sgd")
+                                 "adagrad" if b.adagrad else "sgd")
+            # a step() of the user's gets gradients of its own (it may keep them)
+            own_step = getattr(type(opt), "step", None)
+            compiled.copy_grads = own_step not in _OWN_STEPS and not getattr(
+                own_step, "_keeps_no_grads", False)
             compiled.runner = _plan.Runner(compiled)
         except _Unsupported as e:
             self._fallback(key, str(e))
             compiled = None
         # the first step completes on the graph
         loss.backward()
+        self._clip()
         opt.step()
         opt.zero_grad()
         if compiled is not None:
@@ -1089,7 +1367,35 @@ class CompiledStep:
         return loss.item()
 
 
-def compile(loss_fn, optimizer, strict=False, threads=None):
+_OWN_STEPS = (_optim.SGD.step, _optim.Adagrad.step, _optim.Adam.step)
+
+
+def _check_optimizer(opt):
+    """The optimiser protocol: ``params`` (a list of Tensors), ``step()`` and
+    ``zero_grad()``; ``fused_update()`` optional (without it: gradient mode)."""
+    params = getattr(opt, "params", None)
+    if not (callable(getattr(opt, "step", None)) and callable(getattr(opt, "zero_grad", None))
+            and isinstance(params, list) and params
+            and all(isinstance(p, Tensor) for p in params)):
+        raise TypeError(f"compile: optimizer must have the optimiser protocol (a non-empty list "
+                        f"of Tensors as .params, step() and zero_grad(): every cygrad.optim "
+                        f"optimiser has it), got {type(opt).__name__}")
+
+
+def _positive(name, v):
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"compile: {name} must be a number or None, got {v!r}") from None
+    if not (np.isfinite(f) and f > 0):
+        raise ValueError(f"compile: {name} must be a positive number, got {v!r}")
+    return f
+
+
+def compile(loss_fn, optimizer, strict=False, threads=None, clip_grad_norm=None,
+            clip_grad_value=None):
     """Compile a training step: forward, backward and the optimiser's update in one call.
 
     Parameters
@@ -1098,14 +1404,34 @@ def compile(loss_fn, optimizer, strict=False, threads=None):
         ``loss_fn(*arrays) -> scalar Tensor``, written with cygrad's graph ops over
         the optimiser's parameters; its arguments are NumPy arrays (index arrays,
         labels, float inputs), passed only to cygrad ops.
-    optimizer : a cygrad.optim optimiser
-        Its parameters are updated in place at every call; its ``lr`` is read at
-        every call (a schedule may change it).
+    optimizer : a cygrad.optim optimiser, or any object with the optimiser protocol
+        ``params`` (a list of Tensors), ``step()`` and ``zero_grad()``. Its
+        parameters are updated in place at every call; its ``lr`` is read at every
+        call (a schedule may change it). An update the optimiser states through
+        ``fused_update()`` is folded into the plan; any other (a subclass whose
+        ``step`` is its own, an object of the user's) runs in gradient mode: the
+        plan leaves the gradients in ``.grad`` and ``step()`` runs.
     strict : bool
         Raise :class:`CompileError` when the step cannot be compiled, instead of
-        running it on the eager graph with a :class:`CompileWarning`.
+        running it on the eager graph with a :class:`CompileWarning`, and when a
+        guard fails (see below), instead of tracing the step again.
     threads : int or None
         Threads for the step; None follows :func:`cygrad.get_num_threads`.
+    clip_grad_norm, clip_grad_value : float or None
+        Clip the gradients before the optimiser's step, as
+        :func:`cygrad.optim.clip_grad_norm` (global norm) or to
+        ``[-value, value]`` elementwise (the step runs in gradient mode).
+
+    Notes
+    -----
+    A plan records what it baked in, and every call checks it (guards, a few
+    comparisons): the arguments' shapes and dtypes (the plan's key), each
+    parameter's identity and ``requires_grad``, the optimiser's class and the form
+    of the update it states (momentum or weight decay set after compiling, say),
+    and the settings of every module called while tracing (``train()``/``eval()``,
+    a dropout rate...). When one changes the step is traced again (strict: it
+    raises :class:`CompileError` naming the change). Values checked at every call
+    before anything is updated: index ranges, targets in [0, 1].
 
     Returns
     -------
@@ -1113,4 +1439,5 @@ def compile(loss_fn, optimizer, strict=False, threads=None):
         ``step(*arrays)`` runs one step and returns the loss (a float, computed
         before the update).
     """
-    return CompiledStep(loss_fn, optimizer, strict=strict, threads=threads)
+    return CompiledStep(loss_fn, optimizer, strict=strict, threads=threads,
+                        clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)

@@ -271,6 +271,8 @@ class DistributedOptimizer(_Optimizer):
         allreduce_gradients(self.params, self.comm, self.average, self.weight)
         self.optimizer.step()
 
+    step._keeps_no_grads = True     # a compiled step may lend it its workspace's gradients
+
     def state_dict(self):
         return self.optimizer.state_dict()
 

@@ -32,7 +32,8 @@ from cygrad._decode import constrained_viterbi
 from cygrad._crf import crf_nll, crf_viterbi
 from cygrad._bags import embedding_bag_backward, embedding_bag_windows
 from cygrad._gemm import matmul, outer_accumulate
-from cygrad._losses import max_margin, sigmoid_binary_cross_entropy, softmax_cross_entropy
+from cygrad._losses import (max_margin, mse_loss, sigmoid_binary_cross_entropy,
+                            softmax_cross_entropy)
 
 #: name -> (forward, backward, saves); ``saves`` says whether the backward's
 #: ``saved`` argument is the forward "input" or the forward "output".
@@ -51,7 +52,7 @@ __all__ = [
     "sigmoid", "sigmoid_backward", "tanh", "tanh_backward", "relu", "relu_backward",
     "leaky_relu", "leaky_relu_backward", "hardtanh", "hardtanh_backward",
     "gelu", "gelu_backward", "silu", "silu_backward", "dropout",
-    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin",
+    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin", "mse_loss",
     "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update", "sgd_momentum_update", "adam_update", "embedding_adam_update",
     "constrained_viterbi", "adagrad_update", "embedding_adagrad_update", "crf_nll",
     "crf_viterbi", "embedding_bag_windows", "embedding_bag_backward",

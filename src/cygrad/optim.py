@@ -87,9 +87,19 @@ class _Optimizer:
         for p in self.params:
             p.grad = None
 
-    def _fusable(self):
-        """Whether a compiled plan folds this optimiser's update into backward."""
-        return False
+    def fused_update(self):
+        """The update a compiled plan may fuse into its backward pass, as a hashable
+        description of its form, or None.
+
+        None (the default, and the answer of any subclass that overrides ``step``)
+        makes a compiled step run in *gradient mode*: the plan leaves each gradient
+        in ``p.grad`` and calls :meth:`step`, so a subclass's own step always runs.
+        A compiled plan records this answer and compares it at every call: when it
+        changes (momentum set after compiling, say), the step is traced again.
+        Only what changes the update's form belongs here; values a plan reads at
+        every call (``lr``, betas, eps, weight decay of Adam) do not.
+        """
+        return None
 
     def _with_grads(self):
         return [(i, p, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
@@ -209,19 +219,25 @@ class SGD(_Optimizer):
         self.nesterov, self.weight_decay = bool(nesterov), weight_decay
         self.buffers = [None] * len(self.params)
 
-    def _fusable(self):
-        return self.momentum == 0 and self.weight_decay == 0
+    def fused_update(self):
+        """``("sgd",)``, the lecture's rule, when neither momentum nor weight decay is
+        set and ``step`` is SGD's own; else None (gradient mode)."""
+        if type(self).step is not SGD.step or self.momentum != 0 or self.weight_decay != 0:
+            return None
+        return ("sgd",)
 
     def step(self):
         work = self._with_grads()
         plain = self.momentum == 0 and self.weight_decay == 0
+        if not plain:       # refused before any parameter changes
+            for i, p, g in work:
+                if isinstance(g, SparseRows):
+                    raise ValueError(f"SGD: parameter {i} has a row-sparse gradient; "
+                                     f"momentum and weight_decay need dense gradients "
+                                     f"(use sparse=False, or Adam for lazy rows)")
         with writing([p for _, p, _ in work]):
             for i, p, g in work:
                 if isinstance(g, SparseRows):
-                    if not plain:
-                        raise ValueError(f"SGD: parameter {i} has a row-sparse gradient; "
-                                         f"momentum and weight_decay need dense gradients "
-                                         f"(use sparse=False, or Adam for lazy rows)")
                     _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
                 elif plain:
                     _K.sgd_update(p.data, _dense(p, g), self.lr)
@@ -266,8 +282,9 @@ class Adagrad(_Optimizer):
             raise ValueError(f"Adagrad: eps must be a positive number, got {eps}")
         self.state = [np.full_like(p.data, initial_accumulator) for p in self.params]
 
-    def _fusable(self):
-        return True
+    def fused_update(self):
+        """``("adagrad",)`` unless a subclass overrides ``step``."""
+        return ("adagrad",) if type(self).step is Adagrad.step else None
 
     def step(self):
         work = self._with_grads()
@@ -325,6 +342,11 @@ class Adam(_Optimizer):
         self.exp_avg = [np.zeros_like(p.data) for p in self.params]
         self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
         self.steps = [0] * len(self.params)
+
+    def fused_update(self):
+        """``("adam", decoupled)`` (AdamW: decoupled weight decay) unless a subclass
+        overrides ``step``."""
+        return ("adam", self._decoupled) if type(self).step is Adam.step else None
 
     def step(self):
         work = self._with_grads()

@@ -170,35 +170,59 @@ ACTIVATIONS = {
 
 # ----------------------------------------------------------------------- losses
 
-def softmax_cross_entropy(logits, labels, out=None):
-    """Mean cross-entropy of softmax(logits) against integer labels, and (p - onehot) / B."""
+def _divisor(reduction, n):
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return n if reduction == "mean" else 1
+
+
+def softmax_cross_entropy(logits, labels, out=None, reduction="mean", weight=None):
+    """Mean (or summed) cross-entropy of softmax(logits) against integer labels, and
+    (p - onehot) / B; with class weights w: sum_i w[y_i] nll_i / sum_i w[y_i] (mean)
+    and each row's gradient times w[y_i]."""
     B = logits.shape[0]
     z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     logsumexp = np.log(np.exp(z).sum(axis=1))
     rows = np.arange(B)
-    loss = float(np.mean(logsumexp - z[rows, labels]))
+    nll = logsumexp - z[rows, labels]
     p = np.exp(z - logsumexp[:, None])
     p[rows, labels] -= 1
-    return loss, _out((p / B).astype(logits.dtype), out)
+    wr = np.ones(B) if weight is None else np.asarray(weight, np.float64)[labels]
+    div = _divisor(reduction, B)
+    if weight is not None and reduction == "mean":
+        div = float(wr.sum())
+    loss = float((wr * nll).sum() / div)
+    return loss, _out((p * (wr / div)[:, None]).astype(logits.dtype), out)
 
 
-def sigmoid_binary_cross_entropy(scores, targets, out=None):
-    """Mean of log(1 + e^s) - t s, and (sigmoid(s) - t) / B."""
+def sigmoid_binary_cross_entropy(scores, targets, out=None, reduction="mean"):
+    """Mean (or summed) log(1 + e^s) - t s, and (sigmoid(s) - t) / B; scores (B,) or
+    (B, 1), targets of their shape."""
     s = scores.astype(np.float64)
     t = np.asarray(targets, dtype=np.float64)
-    loss = float(np.mean(np.logaddexp(0, s) - t * s))
-    d = (_sigmoid(s) - t) / s.shape[0]
+    div = _divisor(reduction, s.size)
+    loss = float(np.sum(np.logaddexp(0, s) - t * s) / div)
+    d = (_sigmoid(s) - t) / div
     return loss, _out(d.astype(scores.dtype), out)
 
 
-def max_margin(s_true, s_corrupt, margin=1.0):
-    """Mean of max(0, margin - s + s_c); gradients -1/B and +1/B where active."""
+def max_margin(s_true, s_corrupt, margin=1.0, reduction="mean"):
+    """Mean (or summed) max(0, margin - s + s_c); gradients -1/B and +1/B where active."""
     B = s_true.shape[0]
+    div = _divisor(reduction, B)
     v = margin - s_true.astype(np.float64) + s_corrupt.astype(np.float64)
     active = v > 0
-    loss = float(np.mean(np.where(active, v, 0.0)))
-    ds = np.where(active, -1.0 / B, 0.0).astype(s_true.dtype)
+    loss = float(np.sum(np.where(active, v, 0.0)) / div)
+    ds = np.where(active, -1.0 / div, 0.0).astype(s_true.dtype)
     return loss, ds, -ds
+
+
+def mse_loss(pred, target, out=None, reduction="mean"):
+    """Mean (or summed) squared error over every element, and 2 (pred - target) / N."""
+    e = pred.astype(np.float64) - np.asarray(target, dtype=np.float64)
+    div = _divisor(reduction, e.size)
+    loss = float(np.sum(e * e) / div)
+    return loss, _out((2.0 * e / div).astype(pred.dtype), out)
 
 
 # -------------------------------------------------------------------- embedding

@@ -37,16 +37,16 @@ from cygrad.graph.engine import (  # noqa: F401
     no_grad, tensor, use_backend)
 from cygrad.graph.ops import (  # noqa: F401
     ACTIVATIONS, Abs, Add, Concat, Exp, Index, Log, LogSoftmax, Pow, Softmax, CrfNll, Div, Dropout, EmbeddingBagWindows, EmbeddingWindows, Linear, MatMul, MaxMargin, Maximum, Mean,
-    Minimum, Mul, Neg, Reshape, SigmoidBCE, SoftmaxCrossEntropy, SparseRows, Sub, Sum, Transpose,
+    Minimum, MSELoss, Mul, Neg, Reshape, SigmoidBCE, SoftmaxCrossEntropy, SparseRows, Sub, Sum, Transpose,
     concat, crf_nll, dropout, embedding_bag_windows, embedding_windows, gelu, hardtanh, leaky_relu, linear, max_margin, maximum, minimum,
-    relu, sigmoid, sigmoid_binary_cross_entropy, silu, softmax_cross_entropy, tanh,
+    relu, sigmoid, sigmoid_binary_cross_entropy, silu, mse_loss, softmax_cross_entropy, tanh,
     exp, log, abs, pow, softmax, log_softmax)
 from cygrad.graph.gradcheck import GradcheckError, gradcheck  # noqa: F401
 
 __all__ = [
     "Tensor", "tensor", "Op", "SparseRows", "no_grad", "is_grad_enabled", "use_backend",
     "get_backend", "maximum", "minimum", "concat", "dropout", "crf_nll", "embedding_bag_windows", "linear", "embedding_windows",
-    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin", "gradcheck",
+    "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse_loss", "max_margin", "gradcheck",
     "GradcheckError", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu", "silu",
     "ACTIVATIONS", "exp", "log", "abs", "pow", "softmax", "log_softmax",
 ]

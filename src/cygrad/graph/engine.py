@@ -124,6 +124,11 @@ class Traced:
     def __bool__(self):
         self._refuse("takes the truth value of")
 
+    def __getattr__(self, name):        # only for names the slots above do not define
+        if hasattr(np.ndarray, name):   # labels.max(), x.astype(...), x.reshape(...)
+            self._refuse(f"calls the NumPy method .{name}() (or reads .{name}) of")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __index__(self):
         self._refuse("uses as an integer")
 
@@ -144,13 +149,42 @@ def _untraced(x):
 
 @contextlib.contextmanager
 def _trace():
-    """While cygrad.compile traces loss_fn."""
-    old = getattr(_state, "tracing", False), getattr(_state, "made", None)
-    _state.tracing, _state.made = True, set()
+    """While cygrad.compile traces loss_fn: yields (the ids of tensors made from
+    NumPy data, the modules called, the LiveKeys of dropouts without a key
+    argument), which the plan's guards and its per-call keys use."""
+    old = (getattr(_state, "tracing", False), getattr(_state, "made", None),
+           getattr(_state, "modules", None), getattr(_state, "live_keys", None))
+    _state.tracing, _state.made, _state.modules, _state.live_keys = True, set(), [], []
     try:
-        yield _state.made
+        yield _state.made, _state.modules, _state.live_keys
     finally:
-        _state.tracing, _state.made = old
+        _state.tracing, _state.made, _state.modules, _state.live_keys = old
+
+
+class LiveKey:
+    """A dropout key that a compiled step advances itself at every call (nn.Dropout
+    without a key): ``array`` (int64, shape (1,)) holds the key of the call being
+    traced; ``advance()`` writes the next one (as the eager layer would draw it) and
+    ``undo()`` takes it back when a step fails before updating anything."""
+
+    __slots__ = ("array", "advance", "undo")
+
+    def __init__(self, array, advance, undo):
+        self.array, self.advance, self.undo = array, advance, undo
+
+
+def _live_key(key):
+    """ops.dropout while tracing: the plan reads this key array at every call."""
+    keys = getattr(_state, "live_keys", None)
+    if keys is not None and getattr(_state, "tracing", False):
+        keys.append(key)
+
+
+def _traced_module(m):
+    """Module.__call__ while tracing: the plan guards the module's settings."""
+    mods = getattr(_state, "modules", None)
+    if mods is not None and getattr(_state, "tracing", False):
+        mods.append(m)
 
 
 # ------------------------------------------------------------------ tensor

@@ -428,8 +428,13 @@ def dropout(x, p, key, stream=0, training=True):
     """
     if not training:
         return x
-    traced = type(key) is Traced
-    arr = _untraced(key)
+    from cygrad.graph.engine import LiveKey, _live_key
+    if type(key) is LiveKey:        # nn.Dropout in a compiled step: the step advances it
+        _live_key(key)
+        traced, arr = True, key.array
+    else:
+        traced = type(key) is Traced
+        arr = _untraced(key)
     if isinstance(arr, Tensor):
         raise TypeError("dropout: key must be an integer or an integer array, got a Tensor")
     if isinstance(arr, np.ndarray) and (arr.dtype.kind not in "iu" or arr.size != 1):
@@ -551,10 +556,16 @@ class SoftmaxCrossEntropy(Op):
     name = "softmax_cross_entropy"
 
     @staticmethod
-    def forward(ctx, logits, labels):
-        loss, d = _B().softmax_cross_entropy(logits, labels)
+    def forward(ctx, logits, labels, reduction="mean", weight=None):
+        if weight is None:          # (a backend without the keyword still serves)
+            loss, d = _B().softmax_cross_entropy(logits, labels) if reduction == "mean" \
+                else _B().softmax_cross_entropy(logits, labels, reduction=reduction)
+        else:
+            loss, d = _B().softmax_cross_entropy(logits, labels, reduction=reduction,
+                                                 weight=weight)
         ctx.save_for_backward(d)
         ctx.kw = labels
+        ctx.shapes = (reduction, weight)
         return np.asarray(loss, dtype=logits.dtype)
 
     @staticmethod
@@ -563,20 +574,35 @@ class SoftmaxCrossEntropy(Op):
         return (d * g,)
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean softmax cross-entropy of logits (B, C) against integer labels (B,)."""
-    labels = _index_array("softmax_cross_entropy", "labels", labels)
-    return SoftmaxCrossEntropy.apply(logits, labels=labels)
+def softmax_cross_entropy(logits, labels, reduction="mean", weight=None):
+    """Softmax cross-entropy of logits (B, C) against integer labels (B,).
+
+    reduction : "mean" (default) or "sum" over the batch
+    weight : array (C,) of class weights, optional (PyTorch's rule: the weighted mean
+        divides by the sum of the batch's label weights). Used in float64; a float64
+        C-contiguous array is used as it is, so a compiled step reads it at every call.
+    """
+    from cygrad._losses import class_weights, reduction_divisor
+    fn = "softmax_cross_entropy"
+    labels = _index_array(fn, "labels", labels)
+    reduction_divisor(reduction, 1, fn)
+    if weight is not None:
+        if isinstance(weight, Tensor):
+            weight = weight.data
+        weight = class_weights(_untraced(weight), getattr(logits, "shape", (0, 0))[-1], fn)
+    return SoftmaxCrossEntropy.apply(logits, labels=labels, reduction=reduction, weight=weight)
 
 
 class SigmoidBCE(Op):
     name = "sigmoid_binary_cross_entropy"
 
     @staticmethod
-    def forward(ctx, scores, targets):
-        loss, d = _B().sigmoid_binary_cross_entropy(scores, targets)
+    def forward(ctx, scores, targets, reduction="mean"):
+        loss, d = _B().sigmoid_binary_cross_entropy(scores, targets) if reduction == "mean" \
+            else _B().sigmoid_binary_cross_entropy(scores, targets, reduction=reduction)
         ctx.save_for_backward(d)
         ctx.kw = targets
+        ctx.shapes = reduction
         return np.asarray(loss, dtype=scores.dtype)
 
     @staticmethod
@@ -585,20 +611,25 @@ class SigmoidBCE(Op):
         return (d * g,)
 
 
-def sigmoid_binary_cross_entropy(scores, targets):
-    """Mean logistic loss of scores (B,) against targets (B,) in [0, 1]."""
+def sigmoid_binary_cross_entropy(scores, targets, reduction="mean"):
+    """Logistic loss of scores (B,) or (B, 1) against targets of their shape, in [0, 1];
+    ``reduction`` "mean" (default) or "sum"."""
+    from cygrad._losses import reduction_divisor
+    reduction_divisor(reduction, 1, "sigmoid_binary_cross_entropy")
     targets = np.asarray(targets.data if isinstance(targets, Tensor) else _untraced(targets))
-    return SigmoidBCE.apply(scores, targets=targets)
+    return SigmoidBCE.apply(scores, targets=targets, reduction=reduction)
 
 
 class MaxMargin(Op):
     name = "max_margin"
 
     @staticmethod
-    def forward(ctx, s_true, s_corrupt, margin=1.0):
-        loss, ds, dsc = _B().max_margin(s_true, s_corrupt, margin)
+    def forward(ctx, s_true, s_corrupt, margin=1.0, reduction="mean"):
+        loss, ds, dsc = _B().max_margin(s_true, s_corrupt, margin) if reduction == "mean" \
+            else _B().max_margin(s_true, s_corrupt, margin, reduction=reduction)
         ctx.save_for_backward(ds, dsc)
         ctx.kw = margin
+        ctx.shapes = reduction
         return np.asarray(loss, dtype=s_true.dtype)
 
     @staticmethod
@@ -607,9 +638,46 @@ class MaxMargin(Op):
         return ds * g, dsc * g
 
 
-def max_margin(s_true, s_corrupt, margin=1.0):
-    """Mean of max(0, margin - s + s_c) over a batch of (true, corrupt) window scores."""
-    return MaxMargin.apply(s_true, s_corrupt, margin=margin)
+def max_margin(s_true, s_corrupt, margin=1.0, reduction="mean"):
+    """Mean (``reduction="sum"``: sum) of max(0, margin - s + s_c) over a batch of
+    (true, corrupt) window scores."""
+    from cygrad._losses import reduction_divisor
+    reduction_divisor(reduction, 1, "max_margin")
+    return MaxMargin.apply(s_true, s_corrupt, margin=margin, reduction=reduction)
+
+
+class MSELoss(Op):
+    """Mean squared error over every element (cygrad.kernels.mse_loss)."""
+
+    name = "mse_loss"
+
+    @staticmethod
+    def forward(ctx, pred, target, reduction="mean"):
+        loss, d = _B().mse_loss(pred, target, reduction=reduction)
+        ctx.save_for_backward(d)
+        ctx.kw = target
+        ctx.shapes = reduction
+        return np.asarray(loss, dtype=pred.dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        (d,) = ctx.saved
+        return (d * g,)
+
+
+def mse_loss(pred, target, reduction="mean"):
+    """Mean squared error of pred (any shape) against target of its shape (an array
+    or a tensor, converted to pred's dtype); ``reduction`` "mean" (over every
+    element, the default) or "sum"."""
+    from cygrad._losses import reduction_divisor
+    reduction_divisor(reduction, 1, "mse_loss")
+    if isinstance(target, Tensor):
+        if target.requires_grad:
+            raise TypeError("mse_loss: target must not require a gradient (it is the "
+                            "regression target; detach it)")
+        target = target.data
+    target = np.asarray(_untraced(target))
+    return MSELoss.apply(pred, target=target, reduction=reduction)
 
 
 class CrfNll(Op):

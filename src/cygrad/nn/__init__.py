@@ -60,6 +60,12 @@ def _dtype(fn, dtype):
     return dt
 
 
+# bumped by every change of any module's attributes (assignment, deletion, train/eval):
+# a compiled step compares it at every call and, when it moved, the settings of the
+# modules it traced (cygrad.compiler's guards)
+_version = [0]
+
+
 class Module:
     """Base class of every layer: subclasses set their parameters and
     sub-modules as attributes in ``__init__`` (after ``super().__init__()``)
@@ -75,6 +81,7 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call super().__init__() before "
                                f"assigning attributes (setting {name!r})")
+        _version[0] += 1
         params, mods = self.__dict__["_parameters"], self.__dict__["_modules"]
         params.pop(name, None)
         mods.pop(name, None)
@@ -95,6 +102,7 @@ class Module:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __delattr__(self, name):
+        _version[0] += 1
         if name in self._parameters:
             del self._parameters[name]
         elif name in self._modules:
@@ -158,6 +166,7 @@ class Module:
     # -- modes
     def train(self, mode=True):
         """Training mode (dropout active) for this module and its sub-modules."""
+        _version[0] += 1
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
@@ -227,6 +236,8 @@ class Module:
         raise NotImplementedError(f"{type(self).__name__} defines no forward")
 
     def __call__(self, *args, **kw):
+        if _g.engine._state.__dict__.get("tracing", False):
+            _g.engine._traced_module(self)
         return self.forward(*args, **kw)
 
     def extra_repr(self):
@@ -390,10 +401,12 @@ class Dropout(Module):
 
     The mask comes from a key: ``drop(x, key)`` uses the given key (in a
     compiled step, pass it as one of the step's arguments so that each step
-    draws a new mask); ``drop(x)`` draws from the module's own counter
-    (seeded by ``seed``), which a compiled step cannot replay, so such a step
-    runs on the eager graph.
+    draws a new mask); ``drop(x)`` draws the next key from the module's own
+    counter (seeded by ``seed``), in a compiled step too: the step advances the
+    counter at every call as the eager layer would, so both train the same
+    model.
     """
+
 
     def __init__(self, p=0.5, seed=0, stream=None):
         super().__init__()
@@ -404,18 +417,37 @@ class Dropout(Module):
         self.seed = int(seed)
         self.stream = stream
         self._stream = next(_streams)    # each Dropout its own masks, in construction order
-        self._count = 0
+        # the masks drawn so far (an array, changed in place: no setting of the layer);
+        # a compiled step advances it at every call as the eager layer does
+        self._counter = np.zeros(1, np.int64)
+
+    @property
+    def _count(self):
+        return int(self._counter[0])
+
+    def _next_key(self):
+        key = (self.seed * 1_000_003 + int(self._counter[0])) % (2 ** 62)
+        self._counter[0] += 1
+        return key
+
+    def _undo(self):
+        self._counter[0] -= 1
 
     def forward(self, x, key=None):
         if not self.training or self.p == 0.0:
             return x
         stream = self._stream if self.stream is None else self.stream
         if key is None:
+            key = self._next_key()
             if _g.engine._state.__dict__.get("tracing", False):
-                raise _g.TraceRefused("Dropout: called without a key while being compiled; "
-                                      "pass the key as a step argument: drop(x, key)")
-            key = (self.seed * 1_000_003 + self._count) % (2 ** 62)
-            self._count += 1
+                # compiled: the plan reads this call's own key array, which the step
+                # advances at every call, in call order (as eagerly: a layer called
+                # twice in a step draws two keys)
+                live = np.array([key], np.int64)
+
+                def advance():
+                    live[0] = self._next_key()
+                key = _g.engine.LiveKey(live, advance, self._undo)
         return _g.dropout(x, self.p, key, stream=stream)
 
     def extra_repr(self):

@@ -239,7 +239,7 @@ extensions = [
     ext("_bags"),
     ext("_guard"),
     ext("ner._scores", "bp_elementwise"),
-    ext("_plan", "bp_elementwise", "bp_losses", "bp_optim"),
+    ext("compiler._plan", "bp_elementwise", "bp_losses", "bp_optim"),
 ]
 
 directives = {
@@ -264,7 +264,7 @@ def _generated_c():
     import hashlib
     import re
     out = {}
-    for path in glob.glob("src/cygrad/*.c") + glob.glob("src/cygrad/ner/*.c"):
+    for path in glob.glob("src/cygrad/*.c") + glob.glob("src/cygrad/*/*.c"):
         with open(path, "rb") as f:
             code = re.sub(rb"/\* BEGIN: Cython Metadata.*?END: Cython Metadata \*/", b"",
                           f.read(), count=1, flags=re.S)

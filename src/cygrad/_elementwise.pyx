@@ -26,6 +26,12 @@ from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDT
                            bp_unary_bwd_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32,
                            bp_colsum_f64, bp_dropout_f32, bp_dropout_f64)
 
+#: activation name -> its code in the C enum (csrc/bp_elementwise.h): the registry every
+#: other place reads (the compiler's plan tasks, the NER scoring kernels)
+ACT_CODES = {"sigmoid": BP_SIGMOID, "tanh": BP_TANH, "relu": BP_RELU,
+             "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
+             "silu": BP_SILU}
+
 cdef enum:
     GRAIN = 16384       # elements per chunk of a threaded loop (fixed: the chunks, and so
                         # the bits, do not depend on the thread count); one chunk = one thread

@@ -577,10 +577,15 @@ class SoftmaxCrossEntropy(Op):
 def softmax_cross_entropy(logits, labels, reduction="mean", weight=None):
     """Softmax cross-entropy of logits (B, C) against integer labels (B,).
 
+    Parameters
+    ----------
+    logits : Tensor (B, C)
+    labels : integer array (B,)
     reduction : "mean" (default) or "sum" over the batch
-    weight : array (C,) of class weights, optional (PyTorch's rule: the weighted mean
-        divides by the sum of the batch's label weights). Used in float64; a float64
-        C-contiguous array is used as it is, so a compiled step reads it at every call.
+    weight : array (C,) of class weights, optional
+        PyTorch's rule: the weighted mean divides by the sum of the batch's label
+        weights. Used in float64; a float64 C-contiguous array is used as it is, so
+        a compiled step reads it at every call.
     """
     from cygrad._losses import class_weights, reduction_divisor
     fn = "softmax_cross_entropy"

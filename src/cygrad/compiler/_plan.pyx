@@ -47,7 +47,7 @@ cdef enum:
     LOSS_BLOCK = 4
     ROW_BLOCK = 16
 
-# task codes (cygrad/compile.py names them in TASKS, same order)
+# task codes (the compiler reads them from TASK_CODES below: one source)
 cdef enum:
     T_GATHER = 0
     T_LINEAR = 1
@@ -81,6 +81,20 @@ cdef enum:
     U_SET = 3       # gradient buffer = g (first of several uses)
     U_ADD = 4       # gradient buffer += g
     U_ADAM = 5      # Adam / AdamW with moments m, v; the step's scalars per parameter in Run
+
+#: task name -> code, for the compiler (cygrad.compiler.builder); the one place that
+#: pairs a task's name with its code
+TASK_CODES = {
+    "gather": T_GATHER, "linear": T_LINEAR, "act": T_ACT, "xent": T_XENT, "bce": T_BCE,
+    "margin": T_MARGIN, "mean": T_MEAN, "bias_bwd": T_BIAS_BWD, "linear_bwd": T_LINEAR_BWD,
+    "act_bwd": T_ACT_BWD, "mean_bwd": T_MEAN_BWD, "emb_sgd": T_EMB_SGD,
+    "emb_adagrad": T_EMB_ADAGRAD, "update": T_UPDATE, "bias": T_BIAS, "dropout": T_DROPOUT,
+    "emb_adam": T_EMB_ADAM, "mse": T_MSE}
+#: index space name -> axis code
+AXES = {"rows": A_ROWS, "cols": A_COLS}
+#: update mode name -> code
+UPDATE_MODES = {"none": U_NONE, "sgd": U_SGD, "adagrad": U_ADAGRAD, "set": U_SET,
+                "add": U_ADD, "adam": U_ADAM}
 
 
 cdef struct Task:
@@ -631,7 +645,7 @@ cdef bint _overlaps(cnp.ndarray x, cnp.int64_t[:, ::1] spans):
 
 
 cdef class Runner:
-    """The per-call path of a compiled plan (cygrad.compiler._Compiled builds it and
+    """The per-call path of a compiled plan (cygrad.compiler.runtime.BoundPlan builds it and
     keeps the slow paths): copy and check the index arguments into the workspace,
     place the float ones, check by identity that the parameters' and the optimiser
     state's arrays are those the plan was bound to (else ``owner._refresh_ext()``),
@@ -643,7 +657,7 @@ cdef class Runner:
     cdef bint adagrad, gradmode, adam, f32, decoupled
     cdef list adam_params
     cdef object adam_scalars
-    # guards (cygrad.compiler._Compiled.stale says what changed when one fails)
+    # guards (cygrad.compiler.runtime.BoundPlan.stale says what changed when one fails)
     cdef object g_type, g_form_fn, g_form, g_version_cell
     cdef list g_params, g_requires
     cdef public Py_ssize_t g_version

@@ -238,6 +238,7 @@ extensions = [
     ext("_crf"),
     ext("_bags"),
     ext("_guard"),
+    ext("_cygrad_threads"),
     ext("ner._scores", "bp_elementwise"),
     ext("compiler._plan", "bp_elementwise", "bp_losses", "bp_optim"),
 ]

@@ -315,3 +315,37 @@ def test_correct_and_terminating_beside_a_busy_process():
     finally:
         busy.kill()
         busy.wait()
+
+
+# ---------------------------------------------------------------- threadpoolctl (issue 29)
+
+def test_threadpoolctl_lists_and_limits_cygrads_pool():
+    threadpoolctl = pytest.importorskip("threadpoolctl", minversion="3.5")
+    from cygrad import _config
+    before = cygrad.get_num_threads()
+    (info,) = [i for i in threadpoolctl.threadpool_info() if i["internal_api"] == "cygrad"]
+    assert info["user_api"] == "cygrad" and info["num_threads"] == before
+    assert info["version"] == cygrad.__version__
+    assert "_cygrad_threads" in info["filepath"]
+    with threadpoolctl.threadpool_limits(1):
+        assert cygrad.get_num_threads() == 1 and _config.resolve() == 1
+        (inside,) = [i for i in threadpoolctl.threadpool_info()
+                     if i["internal_api"] == "cygrad"]
+        assert inside["num_threads"] == 1
+    assert cygrad.get_num_threads() == before          # restored
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        assert cygrad.get_num_threads() == before      # another library's limit only
+    with threadpoolctl.threadpool_limits({"cygrad": 1}):
+        assert cygrad.get_num_threads() == 1
+    with cygrad.threads(2), threadpoolctl.threadpool_limits(1):
+        assert cygrad.get_num_threads() == 2            # a threads() block keeps its own
+    assert cygrad.get_num_threads() == before
+
+
+def test_threadpoolctl_limits_give_the_same_bits():
+    threadpoolctl = pytest.importorskip("threadpoolctl", minversion="3.5")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((300, 200)), rng.standard_normal((250, 200))
+    with threadpoolctl.threadpool_limits(1):
+        one = cygrad.kernels.matmul(a, b, trans_b=True)
+    np.testing.assert_array_equal(one, cygrad.kernels.matmul(a, b, trans_b=True))

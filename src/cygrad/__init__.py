@@ -22,6 +22,10 @@ from cygrad import nn
 from cygrad import data
 from cygrad.serialize import FormatError, load, save
 from cygrad.compiler import CompileError, CompiledStep, CompileWarning, compile
+from cygrad import _cygrad_threads  # noqa: F401  (the file name threadpoolctl finds)
+from cygrad import _threadpool
+
+_threadpool.register()      # threadpool_info() / threadpool_limits() see cygrad's pool
 
 
 def build_info():

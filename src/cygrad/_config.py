@@ -48,6 +48,19 @@ def set_num_threads(n):
         _num_threads = n
 
 
+def process_threads():
+    """The process-wide setting (what set_num_threads set, else the default), whatever
+    a threads() block of the calling thread says (threadpoolctl reads this)."""
+    global _num_threads
+    n = _num_threads
+    if n is None:
+        with _lock:
+            if _num_threads is None:
+                _num_threads = _default_threads()
+            n = _num_threads
+    return n
+
+
 def get_num_threads():
     """The number of threads the kernels use for inputs large enough to split."""
     global _num_threads

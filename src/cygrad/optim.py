@@ -43,7 +43,8 @@ def _coalesce(g):
 
 
 def _dense(p, g):
-    return np.ascontiguousarray(g, dtype=p.dtype)
+    # (np.ascontiguousarray would make a 0-d gradient 1-d)
+    return np.require(np.asarray(g, dtype=p.dtype), requirements="C")
 
 
 class _Optimizer:
@@ -63,7 +64,7 @@ class _Optimizer:
             seen.add(id(p))
             if not p.data.flags.c_contiguous or not (p.data.flags.writeable
                                                      or is_protected(p.data)):
-                p.data = np.ascontiguousarray(p.data).copy()
+                p.data = np.array(p.data, order="C", copy=True)    # (0-d stays 0-d)
         self.lr = lr
 
     @property
@@ -183,12 +184,26 @@ class _Optimizer:
         pass
 
 
+# state arrays that hold sums of squares: a negative or NaN entry would make the next
+# step's parameters NaN (sqrt of a negative)
+_NONNEGATIVE = ("sum", "exp_avg_sq")
+
+
 def _check_state_array(name, i, k, v, like):
     if not isinstance(v, np.ndarray) or v.shape != like.shape or \
             v.dtype.newbyteorder("=") != like.dtype:
         raise ValueError(f"{name}.load_state_dict: parameter {i} {k!r} must be a {like.dtype} "
                          f"array of shape {like.shape}, got "
                          f"{getattr(v, 'dtype', type(v).__name__)} {getattr(v, 'shape', '')}")
+    bad = ~np.isfinite(v)
+    if k in _NONNEGATIVE:
+        bad |= v < 0
+    if bad.any():
+        j = np.unravel_index(int(np.flatnonzero(bad)[0]), v.shape)
+        what = "a finite number >= 0" if k in _NONNEGATIVE else "a finite number"
+        raise ValueError(f"{name}.load_state_dict: parameter {i} {k!r}{[int(q) for q in j]} = "
+                         f"{v[j]}; "
+                         f"every entry must be {what}")
 
 
 class SGD(_Optimizer):

@@ -22,6 +22,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -31,6 +32,7 @@ import numpy as np
 FORMAT = "cygrad-state"
 VERSION = 1
 HEADER = "__cygrad__"
+MAX_DEPTH = 64          # nesting of dicts and lists, saved or loaded
 
 __all__ = ["save", "load", "FormatError"]
 
@@ -83,11 +85,19 @@ def _umask():
 
 def atomic_write(path, write):
     """Write via a temporary file in the same directory, fsync, then rename into
-    place (and sync the directory); returns the SHA-256 of what was written."""
+    place (and sync the directory); returns the SHA-256 of what was written. A file
+    replaced keeps its permissions; a new one gets open()'s (0666 less the umask)."""
+    path = os.fsdecode(os.fspath(path))
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", dir=directory)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())    # as open() would have made it, not mkstemp's 0600
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = 0o666 & ~_umask()
+    # the temporary name stays short (a legal 255-byte name plus a prefix would not be)
+    fd, tmp = tempfile.mkstemp(prefix=".cg-" + os.path.basename(path)[:48] + ".",
+                               suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, mode)             # not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -114,8 +124,10 @@ def _array_digest(a):
     return h.hexdigest()
 
 
-def _encode(obj, arrays, where):
-    """The JSON-able structure of obj; arrays go into ``arrays``."""
+def _encode(obj, arrays, where, stack=()):
+    """The JSON-able structure of obj; arrays go into ``arrays`` (copies: what is
+    written and its checksum are one snapshot, whatever another thread does to the
+    caller's arrays meanwhile)."""
     from cygrad.graph import Tensor
     if isinstance(obj, Tensor):
         obj = obj.data
@@ -124,9 +136,16 @@ def _encode(obj, arrays, where):
             raise TypeError(f"save: {where} is an array of dtype {obj.dtype}; only numeric and "
                             f"boolean arrays can be saved (no pickled objects)")
         name = f"a{len(arrays)}"
-        arrays[name] = obj
-        return {"__array__": name, "shape": list(obj.shape), "dtype": obj.dtype.str,
-                "sha256": _array_digest(obj)}
+        snap = np.array(obj, copy=True, order="C")
+        arrays[name] = snap
+        return {"__array__": name, "shape": list(snap.shape), "dtype": snap.dtype.str,
+                "sha256": _array_digest(snap)}
+    if isinstance(obj, (list, tuple, dict)):
+        if any(o is obj for o in stack):
+            raise ValueError(f"save: {where} contains itself (a reference cycle)")
+        if len(stack) >= MAX_DEPTH:
+            raise ValueError(f"save: {where} is nested more than {MAX_DEPTH} levels deep")
+        stack = stack + (obj,)
     if obj is None or isinstance(obj, (bool, str)):
         return obj
     if isinstance(obj, (int, np.integer)):
@@ -136,7 +155,7 @@ def _encode(obj, arrays, where):
     if isinstance(obj, np.bool_):
         return bool(obj)
     if isinstance(obj, (list, tuple)):
-        return [_encode(v, arrays, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [_encode(v, arrays, f"{where}[{i}]", stack) for i, v in enumerate(obj)]
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
@@ -145,7 +164,7 @@ def _encode(obj, arrays, where):
                                 f"keys must be strings")
             if k.startswith("__") and k.endswith("__"):
                 raise ValueError(f"save: {where} has the reserved key {k!r}")
-            out[k] = _encode(v, arrays, f"{where}[{k!r}]")
+            out[k] = _encode(v, arrays, f"{where}[{k!r}]", stack)
         return out
     raise TypeError(f"save: {where} is a {type(obj).__name__}; cygrad.save takes dicts, lists, "
                     f"numbers, strings, None and NumPy arrays (use state_dict() for modules "
@@ -158,9 +177,10 @@ def save(obj, path):
 
     Parameters
     ----------
-    obj : dict, list, number, str, None or ndarray, nested
-    path : str or os.PathLike
+    obj : dict, list, number, str, None or ndarray, nested (at most MAX_DEPTH levels)
+    path : str, bytes or os.PathLike
     """
+    path = _path(path, "save")
     arrays = {}
     tree = _encode(obj, arrays, "obj")
     header = json.dumps({"format": FORMAT, "version": VERSION, "tree": tree},
@@ -170,12 +190,22 @@ def save(obj, path):
 
     def write(f):
         np.savez(f, **members)
-    atomic_write(os.fspath(path), write)
+    atomic_write(path, write)
 
 
-def _decode(node, z, where, path):
+def _path(path, fn):
+    try:
+        return os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise TypeError(f"{fn}: path must be a str, bytes or os.PathLike, got "
+                        f"{type(path).__name__}") from None
+
+
+def _decode(node, z, where, path, depth=0):
+    if depth > MAX_DEPTH:
+        raise FormatError(f"{path}: the structure is nested more than {MAX_DEPTH} levels deep")
     if isinstance(node, list):
-        return [_decode(v, z, f"{where}[{i}]", path) for i, v in enumerate(node)]
+        return [_decode(v, z, f"{where}[{i}]", path, depth + 1) for i, v in enumerate(node)]
     if isinstance(node, dict):
         if "__array__" in node:
             name = node["__array__"]
@@ -183,14 +213,16 @@ def _decode(node, z, where, path):
                 raise FormatError(f"{path}: the header names an array {name!r} the file does "
                                   f"not hold")
             a = z[name]
+            if not isinstance(a, np.ndarray):
+                raise FormatError(f"{path}: member {name!r} is not a NumPy array")
             if list(a.shape) != node.get("shape") or a.dtype.str != node.get("dtype"):
                 raise FormatError(f"{path}: array {where} is {a.dtype.str} {a.shape}, the "
                                   f"header says {node.get('dtype')} {node.get('shape')}")
             if _array_digest(a) != node.get("sha256"):
                 raise FormatError(f"{path}: array {where} does not match its checksum: the "
                                   f"file is corrupt")
-            return np.ascontiguousarray(a)
-        return {k: _decode(v, z, f"{where}[{k!r}]", path) for k, v in node.items()}
+            return np.require(a, requirements="C")     # (0-d arrays stay 0-d)
+        return {k: _decode(v, z, f"{where}[{k!r}]", path, depth + 1) for k, v in node.items()}
     return node
 
 
@@ -205,31 +237,42 @@ def load(path):
         Not a cygrad archive (a foreign .npz, a pickle, any other file), another
         format version, a truncated or corrupt file.
     """
-    path = os.fspath(path)
+    path = _path(path, "load")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"load: {path!r} is a directory, not a file written by "
+                                f"cygrad.save")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"load: no such file {path!r}")
     try:
         with open(path, "rb") as f:
             data = f.read()
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise FormatError(f"{path}: not a cygrad archive (a single .npy array)")
+        z = np.load(io.BytesIO(data), allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise FormatError(f"{path}: not a cygrad archive (a single .npy array)")
+        with z:
             if HEADER not in z.files:
+                if any(n.endswith("data.pkl") for n in z.zip.namelist()):
+                    raise FormatError(f"{path}: a PyTorch checkpoint (torch.save); "
+                                      f"cygrad.load reads files written by cygrad.save (load "
+                                      f"it with torch.load and copy the tensors' .numpy() "
+                                      f"into a state_dict)")
                 raise FormatError(f"{path}: not a cygrad archive (no {HEADER} header: a "
                                   f"foreign .npz?)")
             raw = z[HEADER]
-            if raw.dtype != np.uint8 or raw.ndim != 1:
+            if not isinstance(raw, np.ndarray) or raw.dtype != np.uint8 or raw.ndim != 1:
                 raise FormatError(f"{path}: corrupt header")
             try:
                 meta = json.loads(raw.tobytes().decode("utf-8"))
-            except (UnicodeDecodeError, ValueError) as e:
-                raise FormatError(f"{path}: corrupt header ({e})") from None
+            except (UnicodeDecodeError, ValueError, RecursionError) as e:
+                raise FormatError(f"{path}: corrupt header ({type(e).__name__})") from None
             if not isinstance(meta, dict) or meta.get("format") != FORMAT:
                 raise FormatError(f"{path}: not a cygrad state archive")
             if meta.get("version") != VERSION:
                 raise FormatError(f"{path}: format version {meta.get('version')!r}; this "
                                   f"cygrad reads version {VERSION}")
-            return _decode(meta.get("tree"), z, "obj", path)
+            if "tree" not in meta:
+                raise FormatError(f"{path}: corrupt header (no tree)")
+            return _decode(meta["tree"], z, "obj", path)
     except FormatError:
         raise
     except ValueError as e:       # np.load: a pickle (refused), or not an array file at all

@@ -5,8 +5,10 @@ graph, builds its plan (cygrad.compiler.builder, lowering, schedule) and binds i
 (cygrad.compiler.runtime); later calls check the plan's guards and replay it."""
 
 import inspect
+import os
 import threading
 import warnings
+import weakref
 
 import numpy as np
 
@@ -34,6 +36,18 @@ class CompileWarning(UserWarning):
 
 
 _EAGER = object()
+_STEPS = weakref.WeakSet()      # every CompiledStep, for the fork handler below
+
+
+def _after_fork_in_child():
+    """A fork while another thread ran a step copies its lock held: the child's
+    steps get new locks (the thread that held it does not exist in the child)."""
+    for step in list(_STEPS):
+        step._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class CompiledStep:
@@ -61,6 +75,7 @@ class CompiledStep:
         self.workspace_allocations = 0
         self._warned = set()
         self._lock = threading.Lock()
+        _STEPS.add(self)
 
     # -- introspection
     @property

@@ -645,7 +645,8 @@ def _unbroadcast(g, shape):
     lead = g.ndim - len(shape)
     axes = tuple(range(lead)) + tuple(i + lead for i, n in enumerate(shape)
                                       if n == 1 and g.shape[i + lead] != 1)
-    return g.sum(axis=axes, keepdims=False).reshape(shape) if axes else g.reshape(shape)
+    out = g.sum(axis=axes, keepdims=False).reshape(shape) if axes else g.reshape(shape)
+    return np.asarray(out)          # (a sum over every axis is a NumPy scalar)
 
 
 from cygrad.graph import ops as _ops   # noqa: E402  (the ops import this module)

@@ -1,6 +1,8 @@
-"""Seconds per `cygrad train` epoch on CoNLL-2003: the current defaults against
-the previous ones, at the default thread count and at one thread, idle and
-beside a busy loop, interleaved round by round.
+"""Seconds per `cygrad train` epoch on CoNLL-2003: the current defaults compiled
+(cygrad.compile, the default) and on the eager graph (--no-compile), and the
+previous defaults, at the default thread count and at one thread, idle and beside
+a busy loop, interleaved round by round; with the number of plans the compiled
+step built over the epoch.
 
     python benches/report_epoch.py [--rounds 3] [--conll ../shared/data/conll2003]
 
@@ -25,7 +27,8 @@ from report_contention import Busy  # noqa: E402
 PREVIOUS = ["--loss", "softmax", "--prefix-dim", "0", "--shape-dim", "0", "--dropout", "0",
             "--word-dropout", "0", "--batch-size", "64", "--lr", "0.03", "--no-average-params",
             "--doc-context", "0"]
-CONFIGS = {"defaults": [], "previous defaults": PREVIOUS}
+CONFIGS = {"defaults": [], "defaults --no-compile": ["--no-compile"],
+           "previous defaults": PREVIOUS}
 
 
 def epoch_seconds(data, args, threads):
@@ -36,10 +39,14 @@ def epoch_seconds(data, args, threads):
     with tempfile.TemporaryDirectory() as out:
         r = subprocess.run(cmd + ["--out", os.path.join(out, "m")], capture_output=True,
                            text=True, check=True)
-    m = re.search(r"epoch\s+1\s+loss\s+\S+\s+([\d.]+)s", r.stdout)
+    m = re.search(r"epoch\s+1\s+loss\s+\S+\s+([\d.]+)s(?:\s+\((\d+) plans)?", r.stdout)
     if not m:
         raise RuntimeError(f"no epoch line in: {r.stdout[-500:]}")
+    PLANS.setdefault(tuple(args), set()).add(m.group(2) or "-")
     return float(m.group(1))
+
+
+PLANS = {}
 
 
 def main():
@@ -64,7 +71,8 @@ def main():
             print(f"round {r + 1}/{a.rounds} done", file=sys.stderr)
     finally:
         busy.stop()
-    lines = ["# `cygrad train` epoch on CoNLL-2003, current and previous defaults", "",
+    lines = ["# `cygrad train` epoch on CoNLL-2003: the defaults compiled and eager, and the "
+             "previous defaults", "",
              f"`python benches/report_epoch.py {' '.join(sys.argv[1:])}`: {len(cores)} cores, "
              f"{time.strftime('%Y-%m-%d %H:%M')}; busy: a CPU-bound loop pinned to core "
              f"{cores[-1]}. Seconds per epoch as `cygrad train` prints it, median [min-max] "
@@ -78,6 +86,9 @@ def main():
         for load in a.loads:
             lines.append(f"| {name} | {load} | {cell(times[load, name, None])} "
                          f"| {cell(times[load, name, 1])} |")
+    lines += ["", "Plans the compiled step built over the epoch: " + "; ".join(
+        f"{name}: {', '.join(sorted(PLANS.get(tuple(args), {'-'})))}"
+        for name, args in CONFIGS.items()) + " (- : the eager graph)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

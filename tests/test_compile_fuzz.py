@@ -1,7 +1,8 @@
 """Hypothesis drives the compiled step against the eager graph (issue 28): a random
 model (dense or sparse table, activation, dropout layer with or without a key), loss
 (reductions, class weights, (B, 1) scores, the mean squared error, max-margin),
-optimiser (subclasses and an object of the user's included), dtype, clipping, and a
+optimiser (subclasses and an object of the user's included), dtype, clipping, dynamic
+rows or not, and a
 random sequence of batch sizes and changes made after compiling (train/eval,
 freezing, hyper-parameters, the learning rate, a dropout rate). Every step must leave
 both models with equal parameters (test_compile_guards.py's tolerance).
@@ -51,7 +52,7 @@ def cases(draw):
         drop_p=draw(st.sampled_from([0.0, 0.3])), keyless=draw(st.booleans()),
         clip=draw(st.sampled_from([None, ("clip_grad_norm", 0.5),
                                    ("clip_grad_value", 0.05)])),
-        steps=steps, seed=draw(st.integers(0, 2 ** 16)))
+        steps=steps, seed=draw(st.integers(0, 2 ** 16)), dynamic=draw(st.booleans()))
 
 
 @settings(max_examples=int(os.environ.get("CYGRAD_COMPILE_FUZZ_EXAMPLES", "30")),
@@ -64,7 +65,8 @@ def test_random_models_and_changes_train_as_the_eager_graph(case):
         batches += G._batches(case["loss"], 1, B, case["dt"], rng)
         if ev is not None and k > 0:
             events[k] = EVENTS[ev]
-    kw = {case["clip"][0]: case["clip"][1]} if case["clip"] else None
+    kw = {case["clip"][0]: case["clip"][1]} if case["clip"] else {}
+    kw["dynamic_rows"] = case["dynamic"]
     step = G._side_by_side(case["opt"], dt=case["dt"], sparse=case["sparse"],
                            loss=case["loss"], events=events, batches=batches,
                            drop_p=case["drop_p"], act=case["act"], strict=False,

@@ -396,7 +396,35 @@ def test_an_unrelated_module_change_does_not_retrace():
     assert step.retraces == 0
 
 
-# ---------------------------------------------------------------- the common losses
+# ---------------------------------------------------------------- dynamic rows
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("opt_name", ["sgd", "adagrad", "adam", "sgd_momentum"])
+@pytest.mark.parametrize("loss", ["softmax", "xent_w", "bce_col", "mse", "margin"])
+def test_dynamic_rows_serve_every_batch_up_to_the_capacity(loss, opt_name, dt):
+    """One plan for every batch of up to the rows it was traced with; a larger batch
+    traces one of its size, which replaces the smaller."""
+    rng = np.random.default_rng(4)
+    sizes = [13, 13, 7, 1, 13, 20, 3, 20, 19]
+    batches = [b for B in sizes for b in _batches(loss, 1, B, dt, rng)]
+    step = _side_by_side(opt_name, dt=dt, loss=loss, sparse=opt_name != "sgd_momentum",
+                         batches=batches, drop_p=0.3, keyless=True,
+                         compile_kw={"dynamic_rows": True})
+    assert step.plans_built == 2 and step.plans == 1 and step.fallbacks() == []
+
+
+def test_dynamic_rows_keep_exact_plans_where_rows_are_not_the_batch():
+    """A key argument (1,) and a constant table of rows are not the batch's rows."""
+    m = _model(np.float64, True, C)
+    opt = optim.SGD(m.params, lr=0.1)
+    const_x = np.ones((5, w * d))
+    step = cg.compile(lambda win, y: cg.softmax_cross_entropy(
+        m.out(m.act(m.lin(cg.tensor(const_x)))), y), optimizer=opt, dynamic_rows=True)
+    step(np.zeros((5, w), np.int64), np.zeros(5, np.int64))
+    assert step._poly == []         # a constant read by rows: exact sizes only
+
+
+
 
 LOSSES = ["xent_sum", "xent_w", "xent_w_sum", "xent_on_tanh", "mse", "mse_sum", "bce_col",
           "bce_col_sum", "margin_sum"]

@@ -40,27 +40,7 @@ cdef enum:
     SENT_GRAIN = 8      # sentences per chunk of a threaded loop
 
 
-cdef struct _Crf:
-    const double *s         # (N, C) scores
-    const double *T         # (C + 1, C + 1) transitions, -inf where forbidden
-    const double *E         # exp(T - tmax): 0 where forbidden
-    double tmax
-    double *e               # (N, C) exp(s - row max)
-    double *z               # (N,) forward normalisers
-    const cnp.uint8_t *reach    # (C + 1, C): state reachable at token j < C from the
-    const cnp.uint8_t *coreach  # start; able to end j tokens before the end; row C: on
-                                # any path (the mask's structure only)
-    bint fast               # the scaled pass may be tried (transitions spread <= 600)
-    const cnp.int64_t *off
-    const cnp.int64_t *y    # gold tags (N,), or NULL (decoding)
-    Py_ssize_t C
-    double *alpha           # (N, C)
-    double *beta            # (N, C)
-    double *ds              # (N, C) gradient wrt s
-    double *dT              # (S, (C + 1)^2) per-sentence expected - observed counts
-    double *loss            # (S,)
-    cnp.int32_t *back       # (N, C) Viterbi back-pointers
-    cnp.int64_t *out        # (N,) Viterbi path
+# the _Crf struct: cygrad/_crf.pxd (compiled plans run the same sentences)
 
 
 cdef double _gold(_Crf *k, Py_ssize_t t0, Py_ssize_t t1, double *dT) noexcept nogil:
@@ -80,7 +60,7 @@ cdef double _gold(_Crf *k, Py_ssize_t t0, Py_ssize_t t1, double *dT) noexcept no
     return gold
 
 
-cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
+cdef bint nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     """One sentence by the scaled forward-backward recursions (Rabiner): in linear
     space on exp(s - max_c s) and exp(T - max T), each step normalised to sum 1,
     log Z gathered from the normalisers; C^2 multiply-adds per token and step, no
@@ -202,7 +182,7 @@ cdef bint _nll_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     return True
 
 
-cdef void _nll_one_log(_Crf *k, Py_ssize_t i) noexcept nogil:
+cdef void nll_one_log(_Crf *k, Py_ssize_t i) noexcept nogil:
     """The same in log space: the fallback for a sentence on which a range check
     of the scaled pass failed."""
     cdef Py_ssize_t C = k.C, W = C + 1, t, c, p
@@ -286,8 +266,8 @@ cdef void _nll_one_log(_Crf *k, Py_ssize_t i) noexcept nogil:
 cdef void _nll_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef Py_ssize_t i
     for i in range(lo, hi):
-        if not _nll_one(<_Crf *>ctx, i):
-            _nll_one_log(<_Crf *>ctx, i)
+        if not nll_one(<_Crf *>ctx, i):
+            nll_one_log(<_Crf *>ctx, i)
 
 
 cdef void _viterbi_one(_Crf *k, Py_ssize_t i) noexcept nogil:

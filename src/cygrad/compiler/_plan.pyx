@@ -32,6 +32,7 @@ from libc.math cimport sqrt
 from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 from cygrad._common cimport first_out_of_range, index_into
 from cygrad._csrc cimport bp_adam_f32, bp_adam_f64
+from cygrad._crf cimport _Crf, nll_one, nll_one_log
 
 cnp.import_array()
 
@@ -67,6 +68,8 @@ cdef enum:
     T_DROPOUT = 15
     T_EMB_ADAM = 16
     T_MSE = 17
+    T_CRF = 18          # the CRF's sentences: forward-backward, gradient of the scores
+    T_CRF_DT = 19       # the transitions' gradient (summed in sentence order) and update
 
 # index spaces
 cdef enum:
@@ -89,7 +92,9 @@ TASK_CODES = {
     "margin": T_MARGIN, "mean": T_MEAN, "bias_bwd": T_BIAS_BWD, "linear_bwd": T_LINEAR_BWD,
     "act_bwd": T_ACT_BWD, "mean_bwd": T_MEAN_BWD, "emb_sgd": T_EMB_SGD,
     "emb_adagrad": T_EMB_ADAGRAD, "update": T_UPDATE, "bias": T_BIAS, "dropout": T_DROPOUT,
-    "emb_adam": T_EMB_ADAM, "mse": T_MSE}
+    "emb_adam": T_EMB_ADAM, "mse": T_MSE, "crf": T_CRF, "crf_dt": T_CRF_DT}
+#: a group's index space that follows a run-time count: the batch's rows, its sentences
+DIMS = {"fixed": 0, "rows": 1, "sents": 2}
 #: index space name -> axis code
 AXES = {"rows": A_ROWS, "cols": A_COLS}
 #: update mode name -> code
@@ -111,6 +116,7 @@ cdef struct Task:
 cdef struct Group:
     int t0, t1
     Py_ssize_t n, align, nchunks, c0
+    int dim             # DIMS: n follows the batch's rows (1) or sentences (2) at run time
 
 
 cdef struct Stage:
@@ -129,6 +135,9 @@ cdef struct Run:
     const double *adam              # Adam: per parameter, lr / (1 - b1^t) and sqrt(1 - b2^t)
     double *losses
     int failed, f32, parts
+    _Crf *crf               # the CRF's sentences of this call (T_CRF, T_CRF_DT), or NULL
+    double *crf_s           # its scores in float64 (the kernel's own input)
+    Py_ssize_t sents
 
 
 cdef inline char *_opt(Run *r, int v) noexcept nogil:
@@ -219,6 +228,7 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
     cdef floating *scr
     cdef const cnp.int64_t *ids
     cdef double scale, total, v
+    cdef floating fs
     cdef char **ptr = r.ptr
     cdef Py_ssize_t *ld = r.ld
     cdef int code = t.code
@@ -279,6 +289,35 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
                 r.losses[r0 // LOSS_BLOCK] = softmax_xent(x + r0 * h, ids + r0, y + r0 * h,
                                                           r1 - r0, h, scale)
             r0 = r1
+    elif code == T_CRF:         # sentences [lo, hi): v0 scores (m, h), v2 d scores (m, h)
+        x = <floating *>ptr[t.v[0]]
+        y = <floating *>ptr[t.v[2]]
+        fs = <floating>(r.gscale * r.inv_b)     # as the graph op: the kernel's gradient in
+        for i in range(lo, hi):                 # the scores' dtype, times the scale in it
+            r0, r1 = r.crf.off[i] * h, r.crf.off[i + 1] * h
+            for j in range(r0, r1):
+                r.crf_s[j] = <double>x[j]
+            if not nll_one(r.crf, i):
+                nll_one_log(r.crf, i)
+            for j in range(r0, r1):
+                y[j] = <floating>r.crf.ds[j] * fs
+            r.losses[i] = r.crf.loss[i]
+    elif code == T_CRF_DT:      # v0 trans (h = (C + 1)^2), v1 state / gradient buffer,
+        P = <floating *>ptr[t.v[0]]     # v2 scratch, v3 Adam's v: the sentences' counts
+        scr = <floating *>ptr[t.v[2]]   # summed in sentence order, then the update
+        fs = <floating>(r.gscale * r.inv_b)
+        for j in range(h):
+            v = 0.0
+            for i in range(r.sents):
+                v += r.crf.dT[i * h + j]
+            scr[j] = <floating>v * fs
+        if t.mode == U_SET:
+            memcpy(<floating *>ptr[t.v[1]], scr, h * sizeof(floating))
+        elif t.mode == U_ADAM:
+            _adam(t, r, P, <floating *>ptr[t.v[1]], <floating *>ptr[t.v[3]], scr, h)
+        else:
+            G = <floating *>_opt(r, t.v[1])
+            _update(t.mode, P, G, G, scr, h, r)
     elif code == T_MSE:         # v0 pred (m, h), v1 target (m, h) -> v2 2 (pred - target) s
         x = <floating *>ptr[t.v[0]]
         P = <floating *>ptr[t.v[1]]
@@ -516,7 +555,9 @@ cdef class Plan:
     cdef char **bases
     cdef Py_ssize_t nbufs
     cdef readonly bint f32
-    cdef readonly Py_ssize_t batch
+    cdef readonly Py_ssize_t batch      # the rows the plan was built for: its capacity
+    cdef Py_ssize_t cur_rows            # the rows the tables now say (<= batch)
+    cdef Py_ssize_t cur_sents           # the sentences they say (CRF plans)
 
     def __cinit__(self):
         self.tasks = NULL
@@ -546,6 +587,7 @@ cdef class Plan:
         self.ntasks, self.ngroups, self.nstages = len(tasks), len(groups), len(stages)
         self.nviews, self.nbufs = len(views), nbufs
         self.f32, self.batch = f32, batch
+        self.cur_rows, self.cur_sents = batch, -1
         self.tasks = <Task *>malloc(max(1, self.ntasks) * sizeof(Task))
         self.groups = <Group *>malloc(max(1, self.ngroups) * sizeof(Group))
         self.stages = <Stage *>malloc(max(1, self.nstages) * sizeof(Stage))
@@ -572,9 +614,10 @@ cdef class Plan:
             t.nseg = len(segs)
             for j, (ids, g, m) in enumerate(segs):
                 t.seg_ids[j], t.seg_g[j], t.seg_m[j] = ids, g, m
-        for i, (t0, t1, n, align) in enumerate(groups):
+        for i, (t0, t1, n, align, dim) in enumerate(groups):
             self.groups[i].t0, self.groups[i].t1 = t0, t1
             self.groups[i].n, self.groups[i].align = n, align
+            self.groups[i].dim = dim
             self.groups[i].nchunks = self.groups[i].c0 = 0
         for i, (g0, g1) in enumerate(stages):
             self.stages[i].g0, self.stages[i].g1 = g0, g1
@@ -582,12 +625,38 @@ cdef class Plan:
         for i, (b, off, ld) in enumerate(views):
             self.vbuf[i], self.voff[i], self.vld[i] = b, off, ld
 
+    cdef void _set_rows(self, Py_ssize_t rows, Py_ssize_t sents) noexcept:
+        """Point every batch dimension of the tables at ``rows`` (<= the capacity):
+        every task's row count (a task's m is the batch's rows wherever it is set),
+        its segments', and the row spaces of the groups; sentence spaces at
+        ``sents``."""
+        cdef Py_ssize_t i, j
+        cdef Task *t
+        for i in range(self.ntasks):
+            t = &self.tasks[i]
+            if t.m > 0:
+                t.m = rows
+            for j in range(t.nseg):
+                t.seg_m[j] = rows
+        for i in range(self.ngroups):
+            if self.groups[i].dim == 1:
+                self.groups[i].n = rows
+            elif self.groups[i].dim == 2:
+                self.groups[i].n = sents
+        self.cur_rows, self.cur_sents = rows, sents
+
     cdef double _run(self, list arrays, double gscale, double lr, double eps, losses, int nt,
-                     int parts, double div, adam=None) except? -1.0:
+                     int parts, double div, adam=None, Py_ssize_t rows=-1,
+                     _Crf *crf=NULL, double *crf_s=NULL, Py_ssize_t sents=-1) except? -1.0:
         """Run the plan: ``arrays[i]`` is buffer i (an ndarray, validated by the
         caller and not changed during the call); the loss's gradient carries 1/div;
-        returns the sum of the loss blocks (the caller divides it by div)."""
+        ``rows`` (default: the capacity) the batch's rows; returns the sum of the loss
+        blocks (the caller divides it by div)."""
         cdef Py_ssize_t i, nb
+        if rows < 0:
+            rows = self.batch
+        if rows != self.cur_rows or sents != self.cur_sents:
+            self._set_rows(rows, sents)
         cdef Run r
         if len(arrays) != self.nbufs:
             raise ValueError("compile: wrong number of buffers")
@@ -606,6 +675,7 @@ cdef class Plan:
         r.losses = <double *>cnp.PyArray_DATA(<cnp.ndarray>losses)
         r.failed = 0
         r.parts = max(1, parts)
+        r.crf, r.crf_s, r.sents = crf, crf_s, sents
         with nogil:
             # 1 while the pool runs loops on their callers (helpers do not pay): then
             # every group is one chunk, its whole range, as on one thread
@@ -614,7 +684,7 @@ cdef class Plan:
         if r.failed:
             raise MemoryError("compiled step: could not allocate the GEMM packing buffers")
         cdef double total = 0.0
-        nb = (self.batch + LOSS_BLOCK - 1) // LOSS_BLOCK
+        nb = sents if crf != NULL else (rows + LOSS_BLOCK - 1) // LOSS_BLOCK
         for i in range(nb):
             total += r.losses[i]
         return total
@@ -662,8 +732,10 @@ cdef class Runner:
     cdef list g_params, g_requires
     cdef public Py_ssize_t g_version
     cdef Py_ssize_t work, min_work, batch
-    cdef double div                 # the loss's divisor (B, 1, B n), or 0: per call
-    cdef object xent_w              # weighted mean: (weights float64 (C,), labels' offset, B)
+    cdef double div_per_row         # a mean's divisor per row; 0: a sum; -1: weighted
+    cdef object crf                 # the CRF loss's arrays (cygrad.compiler.runtime.CrfArrays)
+    cdef _Crf kcrf
+    cdef object xent_w              # weighted mean: (weights float64 (C,), labels' offset)
     cdef object arena
     cdef char *base
 
@@ -685,10 +757,13 @@ cdef class Runner:
         self.work = owner.work
         self.min_work = owner.min_work
         self.batch = owner.batch
-        self.div = owner.div
+        self.div_per_row = owner.div_per_row
         self.xent_w = owner.xent_w
-        # (argument, byte offset in the workspace, elements, bound, op, name, shape)
-        self.ids = [(j, where[0], int(np.prod(where[1])), bound, op, name, where[1])
+        self.crf = owner.crf
+        # (argument, byte offset in the workspace, elements, bound, op, name, shape,
+        # elements per row of the batch or 0: not the batch's rows)
+        self.ids = [(j, where[0], int(np.prod(where[1])), bound, op, name, where[1],
+                     int(np.prod(where[1][1:])) if j in owner.row_args else 0)
                     for j, kind, where, bound, op, name in owner.inputs if kind == "ids"]
         self.floats = [(j, where) for j, kind, where, bound, op, name in owner.inputs
                        if kind == "float"]
@@ -731,6 +806,80 @@ cdef class Runner:
         self.arena = self.step._arena
         self.base = <char *>cnp.PyArray_DATA(<cnp.ndarray>self.arena)
 
+    cdef Py_ssize_t _crf_setup(self, tuple args, Py_ssize_t rows) except -1:
+        """The CRF loss's per-call part, before anything runs: the sentence lengths
+        checked (each >= 1, summing to the rows) into offsets; the gold paths checked
+        against the allowed transitions; the transitions' kernel tables from the
+        parameter as it is now (exp(T - max), -inf where forbidden). As
+        cygrad.kernels.crf_nll does for each call."""
+        c = self.crf
+        lengths = args[c.lengths_arg]
+        fn = "crf_nll"
+        if lengths.ndim != 1 or lengths.dtype.kind not in "iu":
+            raise TypeError(f"{fn}: lengths must be a 1-D integer array, got "
+                            f"{lengths.dtype} {lengths.shape}")
+        cdef Py_ssize_t S = lengths.shape[0]
+        if S > c.capacity:      # (the caller's shape checks keep it within)
+            raise ValueError(f"{fn}: {S} sentences, the plan holds {c.capacity}")
+        if S and lengths.min() < 1:
+            bad = int(np.flatnonzero(lengths < 1)[0])
+            raise ValueError(f"{fn}: lengths[{bad}] = {lengths[bad]}: every sentence needs "
+                             f"at least one token (nothing was updated)")
+        total = int(lengths.sum())
+        if total != rows:
+            raise ValueError(f"{fn}: lengths sum to {total} but scores has {rows} rows "
+                             f"(nothing was updated)")
+        off = c.off
+        off[0] = 0
+        np.cumsum(lengths, out=off[1:S + 1])
+        y = self.owner.id_arrays[c.tags_arg][:rows]
+        C = c.C
+        if c.allowed is not None and rows:
+            al = c.allowed
+            o = off[:S + 1]
+            starts, ends = o[:-1], o[1:] - 1
+            inner = np.ones(rows, dtype=bool)
+            inner[starts] = False
+            idx = np.flatnonzero(inner)
+            bad = (~al[C, y[starts]]) | (~al[y[ends], C])
+            badt = ~al[y[idx - 1], y[idx]]
+            if bad.any() or badt.any():
+                i = int(np.flatnonzero(bad)[0]) if bad.any() else \
+                    int(np.searchsorted(o, idx[np.flatnonzero(badt)[0]], side="right") - 1)
+                raise ValueError(f"{fn}: the gold tags of sentence {i} use a transition that "
+                                 f"allowed forbids (nothing was updated)")
+        A = self.opt.params[c.trans_param].data
+        T = c.T
+        T[...] = A
+        if not np.isfinite(T).all():
+            raise ValueError(f"{fn}: trans holds NaN or infinity (nothing was updated)")
+        if c.allowed is not None:
+            T[c.forbidden] = -np.inf
+        fin = T[c.permitted]
+        tmax = float(fin.max()) if fin.size else 0.0
+        np.exp(T - tmax, out=c.E)
+        k = &self.kcrf
+        k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>c.s)
+        k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
+        k.E = <const double *>cnp.PyArray_DATA(<cnp.ndarray>c.E)
+        k.tmax = tmax
+        k.fast = bool(fin.size == 0 or tmax - float(fin.min()) <= 600.0)
+        k.reach = <const cnp.uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>c.reach)
+        k.coreach = <const cnp.uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>c.coreach)
+        k.e = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.e)
+        k.z = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.z)
+        k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>off)
+        k.y = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>self.owner.id_arrays[c.tags_arg])
+        k.C = C
+        k.alpha = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.alpha)
+        k.beta = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.beta)
+        k.ds = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.ds)
+        k.dT = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.dT)
+        k.loss = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.loss)
+        k.back = NULL
+        k.out = NULL
+        return S
+
     cdef tuple _adam_scalars(self, double lr):
         """Count this step for every parameter the plan updates (as Adam.step does for
         those with a gradient) and give the kernels its scalars: per parameter
@@ -750,9 +899,11 @@ cdef class Runner:
             return (self.adam_scalars, b1, b2, 0.0, 1.0 - lr * wd)
         return (self.adam_scalars, b1, b2, wd, 1.0)
 
-    def run(self, tuple args, bint checked=False):
-        """One step; None (nothing done) when a guard fails, unless ``checked``."""
-        cdef Py_ssize_t i, n, upper, bad
+    def run(self, tuple args, bint checked=False, Py_ssize_t rows=-1):
+        """One step; None (nothing done) when a guard fails, unless ``checked``;
+        ``rows``: the batch's rows (default: the plan's capacity; the caller checked
+        that the arguments' shapes say so)."""
+        cdef Py_ssize_t i, n, upper, bad, per
         cdef cnp.int64_t *dst
         cdef object x
         cdef list arrays = self.arrays
@@ -760,8 +911,12 @@ cdef class Runner:
             return None
         if self.step._arena is not self.arena:
             self._bind()
-        for j, off, n, upper, op, name, shape in self.ids:
+        if rows < 0:
+            rows = self.batch
+        for j, off, n, upper, op, name, shape, per in self.ids:
             x = args[j]
+            if per:
+                n = rows * per
             dst = <cnp.int64_t *>(self.base + <Py_ssize_t>off)
             if (cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_INT64
                     and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>x)
@@ -772,7 +927,8 @@ cdef class Runner:
                 if bad < 0:
                     continue
             # other dtypes and layouts, and the error message
-            index_into(x, self.owner.id_arrays[j], op, name, upper)
+            index_into(x, self.owner.id_arrays[j][:rows] if per else self.owner.id_arrays[j],
+                       op, name, upper)
         for j, pos, name, unit in self.targets:
             # as the eager loss: converted to the scores' dtype (binary targets: every
             # value in [0, 1])
@@ -830,25 +986,35 @@ cdef class Runner:
             gscale, eps = 1.0, 0.0
         else:
             gscale, eps = -lr, 0.0
-        cdef double div = self.div
+        cdef double div = 1.0
         cdef const double[::1] wts
         cdef const cnp.int64_t *lab
-        if div == 0:                # the weighted mean: the batch's label weights, in order
+        if self.div_per_row > 0:    # a mean
+            div = rows * self.div_per_row
+        elif self.div_per_row < 0:  # the weighted mean: the batch's label weights, in order
+            div = 0.0
             wts = self.xent_w[0]
             lab = <const cnp.int64_t *>(self.base + <Py_ssize_t>self.xent_w[1])
-            for i in range(self.xent_w[2]):
+            for i in range(rows):
                 div += wts[lab[i]]
             if not div > 0:
                 raise ValueError(f"softmax_cross_entropy: the class weights of the batch's "
                                  f"labels sum to {div}; a weighted mean needs a positive sum "
                                  f"(nothing was updated)")
+        cdef Py_ssize_t sents = -1
+        cdef double *crf_s = NULL
+        if self.crf is not None:    # the sentences of this call, checked; the kernel's tables
+            sents = self._crf_setup(args, rows)
+            crf_s = <double *>cnp.PyArray_DATA(<cnp.ndarray>self.crf.s)
         cdef int nt = 1
         if self.work >= self.min_work:
             nt = _config.resolve(self.step.threads)
         _written(self.opt.params)       # a live graph that saved one must refuse its backward
         cdef double loss
         try:
-            loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1, div, adam) / div
+            loss = self.plan._run(arrays, gscale, lr, eps, self.losses, nt, 1, div, adam,
+                                  rows, &self.kcrf if crf_s != NULL else NULL, crf_s,
+                                  sents) / div
         except BaseException:
             if adam is not None:        # the step did not happen: nor does its count
                 for i in self.adam_params:

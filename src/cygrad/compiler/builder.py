@@ -124,7 +124,9 @@ class Builder:
         self.made = set()           # ids of tensors loss_fn made from NumPy data
         self.modules = []           # the nn modules called while tracing (guarded)
         self.live_keys = []         # nn.Dropout's LiveKeys, in call order
-        self.div = None
+        self.div_per_row = None
+        self.row_consts = False     # some op reads a constant's rows (no dynamic rows)
+        self.crf = None             # crf_nll as the loss: what the runtime prepares per call
         self.work = 0
 
     # -- buffers
@@ -182,6 +184,8 @@ class Builder:
 
     def value(self, t):
         if type(t) is Traced or t._op is None:
+            if type(t) is not Traced and id(t.data) not in self.arg_of:
+                self.row_consts = True      # a parameter or constant read by rows
             return self.leaf(t)
         return self.val[id(t)]
 
@@ -202,6 +206,8 @@ class Builder:
             spec["bound"] = min(spec["bound"], bound)
             return spec["view"]
         a = np.ascontiguousarray(arr, dtype=np.int64)
+        if op != "dropout":
+            self.row_consts = True          # constant ids or labels: of fixed rows
         if a.size and (a.min() < 0 or a.max() >= bound):
             raise Unsupported(f"{op}: constant {shape_what} out of range [0, {bound})")
         buf = self.ext_buf("const", id(a), a.copy())
@@ -234,7 +240,7 @@ class Builder:
         if low.loss:
             if node is not self.root:
                 raise Unsupported(f"{node._op.name} that is not the loss returned")
-            self.div = None     # the loss's divisor (None: per call, a weighted mean)
+            self.div_per_row = None     # set by the loss's lowering
         low.fwd(self, node, node._op.name, list(node._parents), node._ctx)
         if low.loss:
             self.batch = node._parents[0].shape[0]
@@ -254,6 +260,7 @@ class Builder:
                 raise Unsupported(f"argument {self.traced[j].name!r} is used both as "
                                    f"targets and otherwise")
             return View(self.ext_buf("input", j), rows, cols, self.item)
+        self.row_consts = True
         return View(self.ext_buf("const", id(targets),
                                   np.ascontiguousarray(targets, dtype=self.dt).copy()),
                      rows, cols, self.item)
@@ -276,7 +283,12 @@ class Builder:
                 continue
             g = self.grad.get(id(node))
             name = node._op.name
-            if node is self.root or _lowering(name).folded:
+            low = _lowering(name)
+            if node is self.root:       # a loss: its backward part, if it has one
+                if low.bwd is not None:
+                    low.bwd(self, node, name, node._parents, None)
+                continue
+            if low.folded:
                 continue        # (a transpose is folded into its matmul)
             if g is None:
                 raise Unsupported(f"internal: no gradient reached {name}")

@@ -11,7 +11,8 @@ parents' (``bld.grad[id(parent)]``) and into parameter updates (``bld.bias_bwd``
 parameters whose dense gradient the op contributes to (the builder counts them, so
 that a parameter used twice is updated once, from the sum). Losses are forward-only
 (the graph's root): their forward writes the gradient of the loss too, and sets
-``bld.div``, the loss's divisor.
+``bld.div_per_row``, the loss's divisor per row of the batch (a mean's; 0: a sum, the
+divisor 1; None: a weighted mean's, per call).
 
 Adding an op with a plan kernel: its task in ``_plan.pyx`` (an enum code, its name
 in ``TASK_CODES``, its branch of ``_task``) and its entry here.
@@ -309,7 +310,7 @@ def _loss_softmax_cross_entropy(bld, node, name, pa, ctx):
     d = bld.new(B, C) if bld._saved(lv) else lv
     v = [lv, yv, d]
     acc = [(lv, "r", ROWS), (yv, "r", ROWS), (d, "w", ROWS)]
-    bld.div = float(B if reduction == "mean" else 1)
+    bld.div_per_row = 1.0 if reduction == "mean" else 0.0
     if weight is not None:
         wv = View(bld.ext_buf("weights", id(weight), weight), C, 1, 8)
         v.append(wv)
@@ -317,7 +318,7 @@ def _loss_softmax_cross_entropy(bld, node, name, pa, ctx):
         if reduction == "mean":
             if yv.buf.ext is not None:
                 raise Unsupported("a weighted mean over constant labels")
-            bld.div = None
+            bld.div_per_row = None
             bld.xent_w = (weight, yv.buf, B)
     bld.add(Task("xent", (ROWS, B, ROW_GRAIN), v, acc, m=B, h=C))
     bld.grad[id(logits)] = d
@@ -335,7 +336,7 @@ def _loss_mse_loss(bld, node, name, pa, ctx):
     bld.add(Task("mse", (ROWS, B, ROW_GRAIN), [pv, tv, d],
                    [(pv, "r", ROWS), (tv, "r", ROWS), (d, "w", ROWS)], m=B, h=n))
     bld.grad[id(pred)] = d
-    bld.div = float(B * n if ctx.shapes == "mean" else 1)
+    bld.div_per_row = float(n) if ctx.shapes == "mean" else 0.0
 
 
 def _loss_sigmoid_binary_cross_entropy(bld, node, name, pa, ctx):
@@ -351,7 +352,7 @@ def _loss_sigmoid_binary_cross_entropy(bld, node, name, pa, ctx):
     bld.add(Task("bce", (ROWS, B, ROW_GRAIN), [sv, tv, d],
                    [(sv, "r", ROWS), (tv, "r", ROWS), (d, "w", ROWS)], m=B))
     bld.grad[id(s)] = d
-    bld.div = float(B if ctx.shapes == "mean" else 1)
+    bld.div_per_row = 1.0 if ctx.shapes == "mean" else 0.0
 
 
 def _loss_max_margin(bld, node, name, pa, ctx):
@@ -367,7 +368,63 @@ def _loss_max_margin(bld, node, name, pa, ctx):
                    [(sv, "r", ROWS), (scv, "r", ROWS), (ds, "w", ROWS),
                     (dsc, "w", ROWS)], m=B, alpha=float(ctx.kw)))
     bld.grad[id(s)], bld.grad[id(sc)] = ds, dsc
-    bld.div = float(B if ctx.shapes == "mean" else 1)
+    bld.div_per_row = 1.0 if ctx.shapes == "mean" else 0.0
+
+
+def _loss_crf_nll(bld, node, name, pa, ctx):
+    """The CRF's sentences (T_CRF, over the batch's sentences): the scores' gradient;
+    the transitions' gradient and update come in the backward part below."""
+    scores, trans = pa
+    lengths, tags, allowed, reduction, _ = ctx.kw
+    if reduction not in ("token_mean", "sum"):
+        raise Unsupported(f"crf_nll with reduction={reduction!r} (the plan has token_mean "
+                          f"and sum)")
+    sv = bld.value(scores)
+    N, C = scores.shape
+    if scores._op is None or sv.ld != C:
+        raise Unsupported("crf_nll of a leaf or strided value")
+    if trans._op is not None or id(trans) not in bld.pindex:
+        raise Unsupported("crf_nll with transitions that are not a parameter being trained")
+    j = bld.arg_of.get(id(lengths))
+    if j is None:
+        raise Unsupported("crf_nll with constant lengths (pass them as an argument)")
+    if j in bld.inputs:
+        raise Unsupported(f"argument {bld.traced[j].name!r} is used both as lengths and "
+                          f"otherwise")
+    if bld.arg_of.get(id(tags)) is None:
+        raise Unsupported("crf_nll with constant tags (pass them as an argument)")
+    bld.inputs[j] = {"kind": "lengths", "shape": lengths.shape}
+    yv = bld.ids(tags, "crf_nll", C, "tags")
+    d = bld.new(N, C)
+    S = lengths.shape[0]
+    bld.add(Task("crf", ("sents", max(S, 1), 8), [sv, yv, d],
+                 [(sv, "r", "all"), (yv, "r", "all"), (d, "w", "all")], m=N, h=C))
+    bld.crf = {"lengths_arg": j, "tags": yv, "allowed": allowed, "C": C, "S": S, "N": N,
+               "trans": trans, "d": d}
+    bld.grad[id(scores)] = d
+    bld.div_per_row = 1.0 if reduction == "token_mean" else 0.0
+
+
+def _bwd_crf_nll(bld, node, name, pa, g):
+    """The transitions' gradient (the sentences' counts summed in sentence order) and
+    the update of the transition parameter."""
+    trans = pa[1]
+    W2 = trans.size
+    mode, sv, last = bld.param_mode(trans, W2)
+    tv = bld.leaf(trans)
+    scr = bld.new(1, W2)
+    v2 = bld.adam_v(trans, mode)
+    # the sentences' counts live outside the workspace: reading the scores' gradient,
+    # which T_CRF writes, puts this task in a stage after it
+    acc = [(tv, "w", "all"), (scr, "w", "all"), (bld.crf["d"], "r", "all")]
+    if sv is not None:
+        acc.append((sv, "w", "all"))
+    if v2 is not None:
+        acc.append((v2, "w", "all"))
+    bld.add(Task("crf_dt", ("one", 1, 1), [tv, sv, scr, v2], acc, mode=mode, h=W2,
+                 pidx=bld.pindex[id(trans)]))
+    if last:
+        bld.dense_update(trans, sv)
 
 
 def _linear_params(node):
@@ -389,6 +446,8 @@ register("softmax_cross_entropy", _loss_softmax_cross_entropy, loss=True)
 register("mse_loss", _loss_mse_loss, loss=True)
 register("sigmoid_binary_cross_entropy", _loss_sigmoid_binary_cross_entropy, loss=True)
 register("max_margin", _loss_max_margin, loss=True)
+register("crf_nll", _loss_crf_nll, _bwd_crf_nll, loss=True,
+         dense_params=lambda node: (node._parents[1],))
 
 #: the ops a plan can take as the returned loss
 LOSSES = tuple(n for n, low in LOWERINGS.items() if low.loss)

@@ -37,7 +37,9 @@ class BoundPlan:
                                self.batch)
         self.work = builder.work
         self.min_work = MIN_WORK
-        self.losses = np.zeros(-(-self.batch // 4), np.float64)
+        self.crf = None if builder.crf is None else CrfArrays(builder, self)
+        self.losses = np.zeros(max(-(-self.batch // 4),
+                                   0 if self.crf is None else self.crf.capacity), np.float64)
         self.ext = []            # (position, kind, payload, expected shape)
         self.arrays = [None] * (1 + len(ext_list))
         for b in ext_list:
@@ -52,6 +54,8 @@ class BoundPlan:
                 v = spec["view"]
                 self.inputs.append((j, "ids", (v.buf.offset, spec["shape"]), spec["bound"],
                                     spec["op"], name))
+            elif spec["kind"] == "lengths":     # read by the CRF's per-call setup
+                self.inputs.append((j, "lengths", None, spec["shape"], None, name))
             else:       # "float" (an op's input) or "target" (converted and checked)
                 pos = [b.index for b in ext_list if b.ext == ("input", j)][0]
                 self.inputs.append((j, spec["kind"], pos, spec["shape"], None, name))
@@ -76,14 +80,76 @@ class BoundPlan:
         self.adam_params = sorted(builder.updated) if builder.adam else []
         self.adam_scalars = np.zeros(2 * len(opt.params), np.float64)
         self.decoupled = builder.decoupled
-        self.div = builder.div or 0.0          # 0: the weighted mean's, per call
+        # the loss's divisor per row (a mean's), 0 (a sum: 1), -1 (a weighted mean's:
+        # the batch's label weights, per call)
+        dpr = builder.div_per_row
+        self.div_per_row = -1.0 if dpr is None else dpr
         xw = getattr(builder, "xent_w", None)
-        self.xent_w = None if xw is None or builder.div is not None else \
-            (xw[0], xw[1].offset, xw[2])
+        self.xent_w = None if dpr is not None else (xw[0], xw[1].offset)
+        self._rows_args(builder)
         # the keys of nn.Dropout calls, advanced in the order the calls were traced
         self.live = [k for k in builder.live_keys if id(k.array) in builder.live_used]
         self._guards(builder)
         self._ranges()
+
+    # -- dynamic rows: one plan for every batch up to its capacity
+    def _rows_args(self, builder):
+        """Which arguments are the batch's rows (index arrays of gathers and labels,
+        targets, float inputs, their first dimension the batch), and whether the plan
+        can serve fewer rows than it was built for: every row-indexed value comes from
+        an argument (no constant of the batch's rows) and every argument that an op
+        reads by rows has the batch's first dimension."""
+        B = self.batch
+        rows, ok = set(), not builder.row_consts
+        self.sent_args = {}         # argument -> the sentences it holds at most
+        for j, spec in builder.inputs.items():
+            shape = spec["shape"]
+            if spec["kind"] == "ids" and spec["op"] == "dropout":
+                continue
+            if spec["kind"] == "lengths":
+                self.sent_args[j] = shape[0]
+                continue
+            if len(shape) and shape[0] == B:
+                rows.add(j)
+            else:
+                ok = False
+        self.row_args = frozenset(rows)
+        self.used_args = frozenset(builder.inputs)     # the others: read by nothing
+        self.dynamic_ok = ok and bool(rows)
+        self.arg_specs = [(tuple(a.shape), a.dtype if a.dtype.isnative
+                           else a.dtype.newbyteorder("=")) for a in builder.traced]
+
+    def serves(self, args):
+        """The batch's rows if this plan serves these arguments with runtime rows (the
+        same shapes but the rows' first dimension, at most the capacity), else -1;
+        0: the same but more rows than the capacity."""
+        specs = self.arg_specs
+        if len(args) != len(specs):
+            return -1
+        rows, more = -1, False
+        for j, (a, (shape, dt)) in enumerate(zip(args, specs)):
+            if type(a) is not np.ndarray or a.dtype.newbyteorder("=") != dt \
+                    and a.dtype != dt:
+                return -1
+            if j not in self.used_args:
+                continue
+            if j in self.row_args:
+                if a.ndim != len(shape) or a.shape[1:] != shape[1:]:
+                    return -1
+                if rows < 0:
+                    rows = a.shape[0]
+                elif a.shape[0] != rows:
+                    return -1
+            elif j in self.sent_args:
+                if a.ndim != 1:
+                    return -1
+                if a.shape[0] > self.sent_args[j]:
+                    more = True
+            elif a.shape != shape:
+                return -1
+        if rows < 1:
+            return -1
+        return rows if rows <= self.batch and not more else 0
 
     # -- guards: what the plan baked in, compared at every call (a few comparisons)
     def _guards(self, builder):
@@ -210,7 +276,7 @@ class BoundPlan:
             self.sparse_arrays.append((self.opt.params[i], views, dense))
         self.arena = arena
 
-    def apply_update(self):
+    def apply_update(self, rows=-1):
         """Gradient mode: the gradients the plan left in the workspace go to ``.grad``
         (as eager backward leaves them: a dense table's gradient dense, a sparse one's
         row-sparse), the step's clipping, then the optimiser's own ``step()``; then
@@ -221,6 +287,8 @@ class BoundPlan:
             p.grad = g.copy() if own else g
         for p, views, dense in self.sparse_arrays:
             d = p.shape[1]
+            if 0 < rows < self.batch:       # dynamic rows: the batch's rows only
+                views = [(ids[:rows], g[:rows]) for ids, g in views]
             if dense:       # as EmbeddingWindows.backward: scattered into zeros, per use
                 total = None
                 for ids, g in views:
@@ -294,3 +362,43 @@ def _changed(was, now):
 
 def _describe(form):
     return "gradient mode (its own step())" if form is None else repr(form)
+
+
+class CrfArrays:
+    """The CRF loss's arrays, allocated once at the plan's capacity (rows N,
+    sentences S): the kernel's float64 tables (cygrad._crf's), the offsets, the
+    transitions' tables and the mask's reachability (fixed by the mask)."""
+
+    def __init__(self, builder, plan):
+        c = builder.crf
+        N, C, W = plan.batch, c["C"], c["C"] + 1
+        self.capacity = max(c["S"], 1)
+        self.C = C
+        self.lengths_arg = c["lengths_arg"]
+        self.tags_arg = [j for j, spec in builder.inputs.items()
+                         if spec["kind"] == "ids" and spec["view"] is c["tags"]][0]
+        self.trans_param = builder.pindex[id(c["trans"])]
+        self.s, self.e, self.alpha, self.beta, self.ds = (np.zeros(N * C) for _ in range(5))
+        self.z = np.zeros(N)
+        self.dT = np.zeros(self.capacity * W * W)
+        self.loss = np.zeros(self.capacity)
+        self.off = np.zeros(self.capacity + 1, np.int64)
+        self.T = np.zeros((W, W))
+        self.E = np.zeros((W, W))
+        allowed = c["allowed"]
+        self.allowed = None if allowed is None else np.array(allowed, dtype=bool, copy=True)
+        ok = np.ones((W, W), bool) if allowed is None else self.allowed
+        self.forbidden = ~ok
+        self.permitted = ok
+        reach = np.zeros((W, C), dtype=np.uint8)
+        coreach = np.zeros((W, C), dtype=np.uint8)
+        reach[0], coreach[0] = ok[C, :C], ok[:C, C]
+        for j in range(1, C):
+            reach[j] = (reach[j - 1].astype(bool)[:, None] & ok[:C, :C]).any(axis=0)
+            coreach[j] = (ok[:C, :C] & coreach[j - 1].astype(bool)[None, :]).any(axis=1)
+        rc, cc = reach[0].astype(bool), coreach[0].astype(bool)
+        for _ in range(C):
+            rc = rc | (rc[:, None] & ok[:C, :C]).any(axis=0)
+            cc = cc | (ok[:C, :C] & cc[None, :]).any(axis=1)
+        reach[C], coreach[C] = rc, cc
+        self.reach, self.coreach = reach, coreach

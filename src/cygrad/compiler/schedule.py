@@ -4,7 +4,7 @@ independent groups into one stage (one loop of the thread pool); then every
 workspace buffer gets its offset in the arena, every view its index, and the
 executor's tables are written (cygrad.compiler._plan.Plan takes them)."""
 
-from cygrad.compiler._plan import AXES, TASK_CODES
+from cygrad.compiler._plan import AXES, DIMS, TASK_CODES
 from cygrad.compiler.builder import COLS, ROW_GRAIN, ROWS
 
 ALIGN = 64              # bytes: every workspace buffer starts on a cache line
@@ -121,7 +121,8 @@ def layout(builder, stages):
                     "pidx": t.pidx,
                     "v": [view_index(v) for v in t.v],
                     "segs": [(view_index(iv), view_index(gv), B) for iv, gv, B in t.segs]})
-            groups.append((t0, len(tasks), g["space"][1], g["space"][2]))
+            groups.append((t0, len(tasks), g["space"][1], g["space"][2],
+                           DIMS.get(g["space"][0], 0)))
         st_tab.append((g0, len(groups)))
     # inputs copied into the arena
     for spec in builder.inputs.values():

@@ -54,7 +54,7 @@ class CompiledStep:
     """A training step compiled from ``loss_fn`` (see :func:`compile`)."""
 
     def __init__(self, loss_fn, optimizer, strict=False, threads=None, clip_grad_norm=None,
-                 clip_grad_value=None):
+                 clip_grad_value=None, dynamic_rows=False):
         if not callable(loss_fn):
             raise TypeError(f"compile: loss_fn must be callable, got {type(loss_fn).__name__}")
         _check_optimizer(optimizer)
@@ -64,6 +64,9 @@ class CompiledStep:
         self.clip_grad_norm = _positive("clip_grad_norm", clip_grad_norm)
         self.clip_grad_value = _positive("clip_grad_value", clip_grad_value)
         self.retraces = 0
+        self.plans_built = 0    # plans traced and built over the step's life
+        self.dynamic_rows = bool(dynamic_rows)
+        self._poly = []         # dynamic_rows: the plans that serve fewer rows than built for
         self.threads = None if threads is None else _config._check(threads)
         try:
             params = list(inspect.signature(loss_fn).parameters)
@@ -120,6 +123,9 @@ class CompiledStep:
         key = self._key(args)
         with self._lock:
             entry = self._plans.get(key)
+            rows = -1
+            if entry is None and self._poly:
+                entry, rows = self._dynamic(args)
             if entry is None:
                 return self._first(key, args)
             if entry is _EAGER:
@@ -129,7 +135,7 @@ class CompiledStep:
             for k in entry.live:                # nn.Dropout: the next key, as eagerly
                 k.advance()
             try:
-                loss = entry.runner.run(args)   # None: a guard failed, nothing was done
+                loss = entry.runner.run(args, False, rows)  # None: a guard failed
             except BaseException:
                 for k in entry.live:
                     k.undo()
@@ -145,19 +151,36 @@ class CompiledStep:
                                            f"(strict=True refuses to trace it again); nothing "
                                            f"was updated")
                     self.retraces += 1
-                    del self._plans[key]
+                    self._drop(entry)
                     return self._first(key, args)
                 for k in entry.live:
                     k.advance()
                 try:
-                    loss = entry.runner.run(args, True)
+                    loss = entry.runner.run(args, True, rows)
                 except BaseException:
                     for k in entry.live:
                         k.undo()
                     raise
             if entry.gradmode:
-                entry.apply_update()
+                entry.apply_update(rows)
             return loss
+
+    def _dynamic(self, args):
+        """dynamic_rows: a plan that serves these arguments with their rows, and the
+        rows; (None, -1) when none does. A batch larger than a plan that would serve it
+        drops that plan (the next one, traced at this size, serves both)."""
+        for entry in list(self._poly):
+            rows = entry.serves(args)
+            if rows > 0:
+                return entry, rows
+            if rows == 0:
+                self._drop(entry)
+        return None, -1
+
+    def _drop(self, entry):
+        self._plans.pop(entry.key, None)
+        if entry in self._poly:
+            self._poly.remove(entry)
 
     def _grow(self, nbytes):
         self._arena = np.zeros(nbytes, np.uint8)
@@ -261,6 +284,10 @@ class CompiledStep:
             if compiled.arena_bytes > self._arena.nbytes:
                 self._grow(compiled.arena_bytes)
             self._plans[key] = compiled
+            compiled.key = key
+            self.plans_built += 1
+            if self.dynamic_rows and compiled.dynamic_ok:
+                self._poly.append(compiled)
         return loss.item()
 
 
@@ -292,7 +319,7 @@ def _positive(name, v):
 
 
 def compile(loss_fn, optimizer, strict=False, threads=None, clip_grad_norm=None,
-            clip_grad_value=None):
+            clip_grad_value=None, dynamic_rows=False):
     """Compile a training step: forward, backward and the optimiser's update in one call.
 
     Parameters
@@ -318,6 +345,14 @@ def compile(loss_fn, optimizer, strict=False, threads=None, clip_grad_norm=None,
         Clip the gradients before the optimiser's step, as
         :func:`cygrad.optim.clip_grad_norm` (global norm) or to
         ``[-value, value]`` elementwise (the step runs in gradient mode).
+    dynamic_rows : bool
+        Let one plan serve every batch of up to the rows it was traced with (the
+        batch's rows a run-time argument), instead of one plan per batch size: the
+        arguments whose first dimension is the batch (ids, labels, targets, float
+        inputs) may then have fewer rows; a larger batch traces a plan of its size,
+        which replaces the smaller one. For loss functions whose Python code does
+        not depend on the batch size (it is traced once); a plan that reads
+        constants by rows serves its own size only.
 
     Notes
     -----
@@ -337,4 +372,5 @@ def compile(loss_fn, optimizer, strict=False, threads=None, clip_grad_norm=None,
         before the update).
     """
     return CompiledStep(loss_fn, optimizer, strict=strict, threads=threads,
-                        clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value)
+                        clip_grad_norm=clip_grad_norm, clip_grad_value=clip_grad_value,
+                        dynamic_rows=dynamic_rows)

@@ -729,8 +729,11 @@ def crf_nll(scores, lengths, tags, trans, allowed=None, reduction="token_mean"):
     if reduction not in ("sum", "mean", "token_mean"):
         raise ValueError(f"crf_nll: reduction must be 'sum', 'mean' or 'token_mean', got "
                          f"{reduction!r}")
-    lengths = np.array(_index_array("crf_nll", "lengths", lengths), copy=True)
-    tags = np.array(_index_array("crf_nll", "tags", tags), copy=True)
+    # (a step being compiled reads its arguments at every call: they stay themselves;
+    # otherwise copies, so that backward sees what forward saw)
+    copy_l, copy_t = type(lengths) is not Traced, type(tags) is not Traced
+    lengths = np.array(_index_array("crf_nll", "lengths", lengths), copy=copy_l)
+    tags = np.array(_index_array("crf_nll", "tags", tags), copy=copy_t)
     if allowed is not None:
         allowed = np.array(allowed, copy=True) if isinstance(allowed, np.ndarray) else allowed
     return CrfNll.apply(scores, trans, lengths=lengths, tags=tags, allowed=allowed,

@@ -111,10 +111,11 @@ class Trainer:
         self.unk_prob = None
         self.bags = None            # (ptr, items) of the training data's n-gram bags
         self.loss_fn = self._loss_fn()
-        # the CRF loss and the n-gram bags have no plan kernels yet: the eager graph
-        compiled = tcfg.compile and model.config.loss != "crf" and not model.config.ngram_dim
-        self._step = cg.compile(self.loss_fn, optimizer=self.step_opt) if compiled \
-            else self._eager_step
+        # the n-gram bags have no plan kernel yet: the eager graph. One plan serves
+        # every batch up to its rows (CRF batches of whole sentences vary in size)
+        compiled = tcfg.compile and not model.config.ngram_dim
+        self._step = cg.compile(self.loss_fn, optimizer=self.step_opt, dynamic_rows=True) \
+            if compiled else self._eager_step
 
     def _loss_fn(self):
         """The training loss as a function of the batch's arrays, over the model's
@@ -428,7 +429,9 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
                 f"{secs:.2f}s ({len(tr) / secs:,.0f} windows/s)")
         else:
             improved = True
-            log(f"epoch {epoch + 1:3d}  loss {loss:.4f}  {secs:.2f}s")
+            built = getattr(trainer._step, "plans_built", None)    # (compiled steps)
+            log(f"epoch {epoch + 1:3d}  loss {loss:.4f}  {secs:.2f}s"
+                + (f"  ({built} plans built so far)" if built is not None else ""))
         if comm is not None:        # rank 0's verdict (and dev scores) for every rank
             improved, entry = comm.bcast((improved, entry), root=0)
         history.append(entry)

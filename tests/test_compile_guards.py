@@ -417,11 +417,19 @@ def test_dynamic_rows_keep_exact_plans_where_rows_are_not_the_batch():
     """A key argument (1,) and a constant table of rows are not the batch's rows."""
     m = _model(np.float64, True, C)
     opt = optim.SGD(m.params, lr=0.1)
-    const_x = np.ones((5, w * d))
-    step = cg.compile(lambda win, y: cg.softmax_cross_entropy(
-        m.out(m.act(m.lin(cg.tensor(const_x)))), y), optimizer=opt, dynamic_rows=True)
-    step(np.zeros((5, w), np.int64), np.zeros(5, np.int64))
-    assert step._poly == []         # a constant read by rows: exact sizes only
+    const_x = cg.tensor(np.ones((5, w * d)))
+    step = cg.compile(lambda y: cg.softmax_cross_entropy(m.out(m.act(m.lin(const_x))), y),
+                      optimizer=opt, dynamic_rows=True, strict=True)
+    step(np.zeros(5, np.int64))
+    assert step.plans == 1 and step._poly == []     # a constant read by rows: exact sizes
+    win = np.zeros((5, w), np.int64)
+    key = np.array([3], np.int64)
+    step2 = cg.compile(lambda win, y, key: cg.softmax_cross_entropy(
+        m.out(cg.dropout(m.act(m.lin(m.emb(win).reshape(win.shape[0], w * d))), 0.5, key)), y),
+        optimizer=opt, dynamic_rows=True, strict=True)
+    step2(win, np.zeros(5, np.int64), key)
+    step2(win[:3], np.zeros(3, np.int64), key)     # fewer rows, the same (1,) key
+    assert step2.plans_built == 1
 
 
 

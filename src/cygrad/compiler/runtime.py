@@ -106,8 +106,8 @@ class BoundPlan:
             shape = spec["shape"]
             if spec["kind"] == "ids" and spec["op"] == "dropout":
                 continue
-            if spec["kind"] == "lengths":
-                self.sent_args[j] = shape[0]
+            if spec["kind"] == "lengths":   # a sentence has a row at least: S <= the rows
+                self.sent_args[j] = B
                 continue
             if len(shape) and shape[0] == B:
                 rows.add(j)
@@ -372,7 +372,7 @@ class CrfArrays:
     def __init__(self, builder, plan):
         c = builder.crf
         N, C, W = plan.batch, c["C"], c["C"] + 1
-        self.capacity = max(c["S"], 1)
+        self.capacity = max(N, 1)           # sentences: each has a row at least
         self.C = C
         self.lengths_arg = c["lengths_arg"]
         self.tags_arg = [j for j, spec in builder.inputs.items()

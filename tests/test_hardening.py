@@ -243,3 +243,38 @@ def test_fork_while_a_compiled_step_holds_its_lock_does_not_block_the_child():
         assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     finally:
         step._lock.release()
+
+
+# ---------------------------------------------------------------- the command line
+
+def _cli(args, tmp_path):
+    import subprocess
+    return subprocess.run([sys.executable, "-m", "cygrad", *args], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=600)
+
+
+@pytest.mark.parametrize("option,value", [
+    ("--hidden", "16"), ("--window", "1"), ("--dim", "8"), ("--activation", "relu"),
+    ("--loss", "softmax"), ("--average", None), ("--prefix-dim", "3"),
+    ("--decode", "greedy"), ("--doc-context", "0.25"), ("--suffix-dim", "5")])
+def test_resume_refuses_every_changed_model_option_by_name(option, value, tmp_path):
+    base = ["train", "--out", "m", "--no-progress", "--epochs", "1", "--hidden", "12",
+            "--dim", "6", "--suffix-dim", "4", "--prefix-dim", "2", "--shape-dim", "2"]
+    r = _cli(base, tmp_path)
+    assert r.returncode == 0, r.stderr
+    again = ["train", "--out", "m", "--no-progress", "--epochs", "2", "--resume"]
+    r = _cli(again + [option] + ([value] if value else []), tmp_path)
+    assert r.returncode != 0
+    field = {"--window": "k", "--hidden": "hidden"}.get(option, option[2:].replace("-", "_"))
+    assert f"built with {field}=" in r.stderr, r.stderr[-800:]
+    r = _cli(again + ["--hidden", "12"], tmp_path)      # the checkpoint's own: resumes
+    assert r.returncode == 0, r.stderr[-800:]
+
+
+def test_patience_and_positive_are_checked_by_name(tmp_path):
+    r = _cli(["train", "--out", "m", "--no-progress", "--patience", "0"], tmp_path)
+    assert r.returncode != 0 and "patience must be an integer >= 1" in r.stderr
+    r = _cli(["train", "--out", "m2", "--no-progress", "--epochs", "1", "--loss", "logistic",
+              "--positive", "FOO"], tmp_path)
+    assert r.returncode != 0 and "'FOO': no tag of that type" in r.stderr
+    assert "LOC" in r.stderr

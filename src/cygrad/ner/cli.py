@@ -180,6 +180,15 @@ def build_parser():
     return parser
 
 
+# train's model options (argparse destinations) -> the Config fields they set
+_MODEL_OPTIONS = {"window": "k", "dim": "dim", "suffix_dim": "suffix_dim",
+                  "case_dim": "case_dim", "prefix_dim": "prefix_dim",
+                  "shape_dim": "shape_dim", "ngram_dim": "ngram_dim",
+                  "ngram_buckets": "ngram_buckets", "hidden": "hidden",
+                  "activation": "activation", "average": "average", "decode": "decode",
+                  "loss": "loss", "positive": "positive", "doc_context": "doc_context"}
+
+
 def _explicit(argv):
     """The destinations of the options given on the command line (not defaults)."""
     parser = build_parser()
@@ -283,11 +292,10 @@ def cmd_train(a):
     if a.resume and getattr(a, "explicit", None) is not None:
         # settings not given again come from the checkpoint (which may predate today's
         # defaults); settings given again must match it (train() checks)
-        from cygrad.ner.train import CHECKPOINT, checkpoint_settings
+        from cygrad.ner.train import CHECKPOINT, RESUME_MUST_MATCH, checkpoint_settings
         saved = checkpoint_settings(os.path.join(a.out, CHECKPOINT))
         if saved is not None:
-            for field in ("batch_size", "optimizer", "seed", "min_count", "freeze_vectors",
-                          "dropout", "hidden_dropout", "word_dropout", "average_params"):
+            for field in RESUME_MUST_MATCH:
                 if field not in a.explicit:
                     setattr(a, field, getattr(saved, field))
             if "lr" not in a.explicit:
@@ -300,10 +308,15 @@ def cmd_train(a):
                        average_params=a.average_params)
     vectors = read_vectors(a.vectors) if a.vectors else None
     t0 = time.perf_counter()
+    # resume: the model options given again must be the checkpoint's (the others come
+    # from it)
+    given = getattr(a, "explicit", None)
+    model_fields = None if given is None else sorted(
+        _MODEL_OPTIONS[o] for o in given if o in _MODEL_OPTIONS)
     model, history = train(train_sents, dev_sents, a.out, mcfg, tcfg, resume=a.resume,
                            vectors=vectors, progress=not a.no_progress,
                            threads=a.threads if a.distributed else None,
-                           distributed=a.distributed)
+                           distributed=a.distributed, model_fields=model_fields)
     say(f"trained in {time.perf_counter() - t0:.1f}s; best model in {a.out}")
     if rank != 0:
         return 0

@@ -52,6 +52,10 @@ class TrainConfig:
             raise ValueError(f"optimizer must be 'sgd' or 'adagrad', got {self.optimizer!r}")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError(f"epochs, batch_size and lr must be positive: {self}")
+        if isinstance(self.patience, bool) or not isinstance(self.patience, int) \
+                or self.patience < 1:
+            raise ValueError(f"patience must be an integer >= 1 (epochs without a better dev "
+                             f"F1 before stopping), got {self.patience!r}")
         for name in ("dropout", "hidden_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -103,6 +107,10 @@ class Trainer:
         v = model.vocab
         self.positive_tag = np.array([t[2:] == model.config.positive for t in v.tags],
                                      dtype=np.int64)
+        if model.config.loss in ("logistic", "max-margin") and not self.positive_tag.any():
+            types = sorted({t[2:] for t in v.tags if len(t) > 2})
+            raise ValueError(f"--positive {model.config.positive!r}: no tag of that type in "
+                             f"the training data (its types: {', '.join(types)})")
         self.suffix_of_word = np.array([v.suffix_index.get(w[-3:], v.suffix_index["<unk>"])
                                         for w in v.words], dtype=np.int64)
         self.prefix_of_word = np.array([v.prefix_index.get(w[:3], v.prefix_index.get(UNK, 0))
@@ -329,7 +337,7 @@ class Trainer:
 
 
 def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, vectors=None,
-          log=print, progress=True, threads=None, distributed=False):
+          log=print, progress=True, threads=None, distributed=False, model_fields=None):
     """Train a window model; returns (model, history). See the module docstring.
 
     ``distributed``: one rank of an MPI job (``mpiexec -n N cygrad train ...
@@ -338,7 +346,13 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     the gradients averaged over the ranks before each update; rank 0 alone logs,
     evaluates, writes the model and the checkpoints; the ranks' parameters are
     checked identical after every epoch. Returns the model on rank 0, None on the
-    others."""
+    others.
+
+    ``resume``: the training settings in RESUME_MUST_MATCH must be the checkpoint's,
+    and so must ``mcfg``'s (all its fields, or those named in ``model_fields``: the
+    command line passes the options given again); ModelError names the first that
+    differs."""
+    given_mcfg = mcfg
     mcfg = mcfg or Config()
     tcfg = tcfg or TrainConfig()
     comm, rank = None, 0
@@ -359,6 +373,8 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     state = None
     if resume:
         model, trainer, state = _load_checkpoint(ckpt_dir, tcfg, comm)
+        if given_mcfg is not None:
+            _check_model_settings(model.config, given_mcfg, model_fields)
         mcfg = model.config
         log(f"resuming after epoch {state['epoch']} from {ckpt_dir}")
     else:
@@ -546,6 +562,25 @@ def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoc
             _remove(os.path.join(ckpt_dir, old))
 
 
+#: the training settings a resumed run must share with its checkpoint (the CLI takes
+#: those not given again from the checkpoint); every model setting (Config) must too
+RESUME_MUST_MATCH = ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors",
+                     "dropout", "hidden_dropout", "word_dropout", "average_params")
+
+
+def _check_model_settings(saved, mcfg, fields):
+    """A resumed run's model settings against the checkpoint's model: each of
+    ``fields`` (None: every Config field) must match, or ModelError names it."""
+    names = [f.name for f in dataclasses.fields(saved)] if fields is None else fields
+    for name in names:
+        a, b = getattr(saved, name), getattr(mcfg, name)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            a, b = tuple(a), tuple(b)
+        if a != b:
+            raise ModelError(f"resume: the checkpoint's model was built with {name}={a!r}, "
+                             f"not {b!r} (start a new --out, or give the checkpoint's)")
+
+
 def checkpoint_settings(ckpt_dir):
     """The TrainConfig a checkpoint was written with, or None if there is none or
     it cannot be read (resuming then reports why)."""
@@ -587,8 +622,7 @@ def _load_checkpoint(ckpt_dir, tcfg, comm=None):
     except TypeError as e:
         raise ModelError(f"{path}: cannot read the checkpoint's training settings ({e})") \
             from None
-    for field in ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors", "dropout",
-                  "hidden_dropout", "word_dropout", "average_params"):
+    for field in RESUME_MUST_MATCH:
         if getattr(saved, field) != getattr(tcfg, field):
             raise ModelError(f"resume: the checkpoint was trained with {field}="
                              f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")

@@ -278,3 +278,66 @@ def test_patience_and_positive_are_checked_by_name(tmp_path):
               "--positive", "FOO"], tmp_path)
     assert r.returncode != 0 and "'FOO': no tag of that type" in r.stderr
     assert "LOC" in r.stderr
+
+
+# ---------------------------------------------------------------- text
+
+ODD = ["New\u00a0York", "Tokyo\u3000Station", "a\u2028b", "c\u0085d", "e\x0cf", "g\x0bh"]
+
+
+def test_a_token_keeps_its_odd_whitespace_and_lines_stay_lines(tmp_path):
+    from cygrad.ner.cli import read_tokenized
+    from cygrad.ner.data import read_conll
+    p = tmp_path / "odd.conll"
+    p.write_text("".join(f"{tok} B-LOC\n" for tok in ODD) + "\nplain O\n", encoding="utf-8")
+    sents = read_conll(str(p))
+    assert [s.tokens for s in sents] == [ODD, ["plain"]]
+    toks = read_tokenized("".join(f"{tok}\n" for tok in ODD) + "\r\nplain\r\n")
+    assert [s.tokens for s in toks] == [ODD, ["plain"]]
+
+
+def test_tag_input_with_a_byte_order_mark_and_odd_tokens(tmp_path):
+    r = _cli(["train", "--out", "m", "--no-progress", "--epochs", "1", "--hidden", "8",
+              "--dim", "4"], tmp_path)
+    assert r.returncode == 0, r.stderr[-800:]
+    (tmp_path / "in.txt").write_bytes("\ufeffJordan said hello .\n".encode("utf-8"))
+    r = _cli(["tag", "--model", "m", "--input", "in.txt", "--format", "inline"], tmp_path)
+    assert r.returncode == 0 and "\ufeff" not in r.stdout, r.stdout
+    assert r.stdout.split("said")[0].replace("[PER", "").replace("[LOC", "").replace(
+        "[ORG", "").replace("[MISC", "").replace("]", "").strip() == "Jordan", r.stdout
+    (tmp_path / "tok.txt").write_text("\ufeff" + "\n".join(ODD) + "\n", encoding="utf-8")
+    r = _cli(["tag", "--model", "m", "--input", "tok.txt", "--tokenized"], tmp_path)
+    assert r.returncode == 0, r.stderr[-800:]
+    rows = [ln.split("\t") for ln in r.stdout.split("\n") if ln]
+    assert [row[0] for row in rows] == ODD      # one output row per input token, intact
+
+
+def test_two_trainings_into_one_directory_the_second_is_refused_by_name(tmp_path):
+    import subprocess
+    first = subprocess.Popen([sys.executable, "-m", "cygrad", "train", "--out", "m",
+                              "--no-progress", "--epochs", "3"], cwd=tmp_path,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+        t0 = time.time()
+        while not (tmp_path / "m" / ".lock").exists() or \
+                not (tmp_path / "m" / ".lock").read_text().strip():
+            assert time.time() - t0 < 60 and first.poll() is None
+            time.sleep(0.05)
+        r = _cli(["train", "--out", "m", "--no-progress", "--epochs", "1"], tmp_path)
+        assert r.returncode != 0
+        assert f"another training run (pid {first.pid}) is writing this directory" in r.stderr
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err[-800:]
+    r = _cli(["train", "--out", "m", "--no-progress", "--epochs", "1"], tmp_path)
+    assert r.returncode == 0, r.stderr[-800:]       # the lock went with the first run
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+def test_non_finite_vectors_are_blamed_on_the_vectors_file(bad, tmp_path):
+    from cygrad.ner.cli import read_vectors
+    p = tmp_path / "v.txt"
+    p.write_text(f"the 0.1 0.2\ncity 0.3 {bad}\n")
+    with pytest.raises(ValueError, match=r"v.txt:2: the vector of 'city' holds NaN or infinity"):
+        read_vectors(str(p))

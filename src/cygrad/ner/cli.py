@@ -254,6 +254,9 @@ def read_vectors(path):
             except ValueError:
                 raise ValueError(f"{path}:{lineno}: not a 'word number number ...' line") \
                     from None
+            if not np.isfinite(vec).all():
+                raise ValueError(f"{path}:{lineno}: the vector of {parts[0]!r} holds NaN or "
+                                 f"infinity")
             vectors.setdefault(normalise(parts[0]), vec)
     return vectors
 
@@ -399,10 +402,10 @@ def read_tokenized(text):
     column), a blank line after each sentence, -DOCSTART- lines (CoNLL's) starting
     a new document (cygrad.ner.data.conll_blocks: numbered as read_conll numbers
     them; not tokens)."""
-    from cygrad.ner.data import Sentence, conll_blocks
+    from cygrad.ner.data import Sentence, conll_blocks, text_lines
 
     return [Sentence([parts[0] for _, parts in rows], ["O"] * len(rows), doc)
-            for doc, rows in conll_blocks(text.splitlines())]
+            for doc, rows in conll_blocks(text_lines(text))]
 
 
 def cmd_tag(a):
@@ -414,6 +417,8 @@ def cmd_tag(a):
             text = f.read()
     else:
         text = sys.stdin.read()
+    if text.startswith("\ufeff"):      # a UTF-8 byte-order mark is not text
+        text = text[1:]
     if a.tokenized:
         sents = read_tokenized(text)
     else:

@@ -59,7 +59,7 @@ def read_conll(path, require_tags=True):
         line = raw[:e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 text ({e.reason})") from None
     sentences = []
-    for doc, rows in conll_blocks(text.splitlines()):
+    for doc, rows in conll_blocks(text_lines(text)):
         tokens, tags = [], []
         for lineno, parts in rows:
             if len(parts) < 2:
@@ -79,6 +79,25 @@ def read_conll(path, require_tags=True):
     return sentences
 
 
+_COLUMNS = re.compile(r"[ \t]+")
+
+
+def text_lines(text):
+    """The lines of a text file: split at "\n" (a "\r" before it dropped) and nowhere
+    else: str.splitlines also splits at U+2028, U+0085, form feeds..., which may sit
+    inside a token, and the lines would no longer be the file's."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return [ln[:-1] if ln.endswith("\r") else ln for ln in lines]
+
+
+def conll_columns(line):
+    """A CoNLL line's columns: separated by spaces and tabs only (a no-break or an
+    ideographic space belongs to its token)."""
+    return [p for p in _COLUMNS.split(line) if p]
+
+
 def conll_blocks(lines):
     """The sentences of CoNLL lines, as (document, rows), rows the (line number,
     columns) of the sentence's token lines. A blank line ends a sentence; a
@@ -86,7 +105,7 @@ def conll_blocks(lines):
     0, 1, ... in order; one without sentences takes no number)."""
     rows, doc, used = [], 0, False
     for lineno, line in enumerate(lines, 1):
-        parts = line.split()
+        parts = conll_columns(line)
         if not parts or parts[0] == "-DOCSTART-":
             if rows:
                 yield doc, rows

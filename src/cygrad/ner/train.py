@@ -369,6 +369,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     if threads is not None:
         cg.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
+    lock = _lock_directory(out_dir) if rank == 0 else None   # (held until train returns)
     ckpt_dir = os.path.join(out_dir, CHECKPOINT)
     state = None
     if resume:
@@ -476,6 +477,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     if rank != 0:
         return None, history
     best = WindowModel.load(out_dir)
+    lock.close()
     return best, history
 
 
@@ -579,6 +581,28 @@ def _check_model_settings(saved, mcfg, fields):
         if a != b:
             raise ModelError(f"resume: the checkpoint's model was built with {name}={a!r}, "
                              f"not {b!r} (start a new --out, or give the checkpoint's)")
+
+
+def _lock_directory(out_dir):
+    """An exclusive lock on ``out_dir`` (its file .lock, which holds the owner's pid) for
+    as long as the returned file stays open: a second ``cygrad train`` into the same
+    directory is refused by name instead of both writing its files."""
+    import fcntl
+    path = os.path.join(out_dir, ".lock")
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        owner = f.read().strip() or "?"
+        f.close()
+        raise ModelError(f"{out_dir}: another training run (pid {owner}) is writing this "
+                         f"directory; wait for it, or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
 
 
 def checkpoint_settings(ckpt_dir):

@@ -28,7 +28,7 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
-from libc.math cimport sqrt
+from libc.math cimport sqrt, INFINITY
 from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 from cygrad._common cimport first_out_of_range, index_into
 from cygrad._csrc cimport bp_adam_f32, bp_adam_f64
@@ -734,6 +734,7 @@ cdef class Runner:
     cdef Py_ssize_t work, min_work, batch
     cdef double div_per_row         # a mean's divisor per row; 0: a sum; -1: weighted
     cdef object crf                 # the CRF loss's arrays (cygrad.compiler.runtime.CrfArrays)
+    cdef object xent_weights        # softmax_cross_entropy's class weights (float64), or None
     cdef _Crf kcrf
     cdef object xent_w              # weighted mean: (weights float64 (C,), labels' offset)
     cdef object arena
@@ -760,6 +761,7 @@ cdef class Runner:
         self.div_per_row = owner.div_per_row
         self.xent_w = owner.xent_w
         self.crf = owner.crf
+        self.xent_weights = owner.xent_weights
         # (argument, byte offset in the workspace, elements, bound, op, name, shape,
         # elements per row of the batch or 0: not the batch's rows)
         self.ids = [(j, where[0], int(np.prod(where[1])), bound, op, name, where[1],
@@ -825,6 +827,10 @@ cdef class Runner:
             bad = int(np.flatnonzero(lengths < 1)[0])
             raise ValueError(f"{fn}: lengths[{bad}] = {lengths[bad]}: every sentence needs "
                              f"at least one token (nothing was updated)")
+        if S and lengths.max() > rows:     # (each at most the rows: the sum cannot wrap)
+            bad = int(np.argmax(lengths))
+            raise ValueError(f"{fn}: lengths[{bad}] = {lengths[bad]} is more than the "
+                             f"{rows} rows of scores (nothing was updated)")
         total = int(lengths.sum())
         if total != rows:
             raise ValueError(f"{fn}: lengths sum to {total} but scores has {rows} rows "
@@ -981,7 +987,6 @@ cdef class Runner:
             gscale, eps = 1.0, self.opt.eps
         elif self.adam:
             gscale, eps = 1.0, self.opt.eps
-            adam = self._adam_scalars(lr)
         elif self.gradmode:
             gscale, eps = 1.0, 0.0
         else:
@@ -989,6 +994,12 @@ cdef class Runner:
         cdef double div = 1.0
         cdef const double[::1] wts
         cdef const cnp.int64_t *lab
+        if self.xent_weights is not None:   # read at every call: checked at every call
+            wts = self.xent_weights
+            for i in range(wts.shape[0]):
+                if not (wts[i] >= 0 and wts[i] < INFINITY):
+                    raise ValueError(f"softmax_cross_entropy: weight[{i}] = {wts[i]} must be "
+                                     f"a finite number >= 0 (nothing was updated)")
         if self.div_per_row > 0:    # a mean
             div = rows * self.div_per_row
         elif self.div_per_row < 0:  # the weighted mean: the batch's label weights, in order
@@ -1006,6 +1017,8 @@ cdef class Runner:
         if self.crf is not None:    # the sentences of this call, checked; the kernel's tables
             sents = self._crf_setup(args, rows)
             crf_s = <double *>cnp.PyArray_DATA(<cnp.ndarray>self.crf.s)
+        if self.adam:               # counted once every check has passed
+            adam = self._adam_scalars(lr)
         cdef int nt = 1
         if self.work >= self.min_work:
             nt = _config.resolve(self.step.threads)

@@ -127,6 +127,7 @@ class Builder:
         self.div_per_row = None
         self.row_consts = False     # some op reads a constant's rows (no dynamic rows)
         self.crf = None             # crf_nll as the loss: what the runtime prepares per call
+        self.xent_weights = None    # softmax_cross_entropy's class weights (checked per call)
         self.work = 0
 
     # -- buffers
@@ -245,6 +246,12 @@ class Builder:
         if low.loss:
             self.batch = node._parents[0].shape[0]
 
+    def writable(self, v):
+        """Whether an op may write its output over view v: v is the plan's own buffer
+        (not an argument's or a parameter's array, which a reshape passes on) and no
+        activation's backward reads it (its saved output)."""
+        return v.buf.ext is None and not self._saved(v)
+
     def _saved(self, v):
         """Whether an activation's backward reads view v's buffer (its saved output):
         a loss must not overwrite it with its gradient."""
@@ -261,6 +268,10 @@ class Builder:
                                    f"targets and otherwise")
             return View(self.ext_buf("input", j), rows, cols, self.item)
         self.row_consts = True
+        if isinstance(targets, np.ndarray) and targets.dtype == self.dt \
+                and targets.flags.c_contiguous and targets.flags.aligned:
+            # the array itself, read at every call as the eager loss reads it
+            return View(self.ext_buf("const", id(targets), targets), rows, cols, self.item)
         return View(self.ext_buf("const", id(targets),
                                   np.ascontiguousarray(targets, dtype=self.dt).copy()),
                      rows, cols, self.item)
@@ -294,6 +305,10 @@ class Builder:
                 raise Unsupported(f"internal: no gradient reached {name}")
             self.bwd(node, name, g)
         # embedding tables: one update each, after their last use
+        for key in self.segments:
+            if key in self.contrib:
+                raise Unsupported("a parameter used both as an embedding table and as a "
+                                  "dense weight (tied weights) has no plan yet")
         for key, (table, segs) in self.segments.items():
             self.emb_update(table, segs)
 

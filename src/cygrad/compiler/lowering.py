@@ -80,6 +80,8 @@ def _fwd_concat(bld, node, name, pa, ctx):
         v = bld.val[id(p)]
         if v.rows != B or v.cols != p.shape[1]:
             raise Unsupported("concat of a reshaped value")
+        if v.buf.ext is not None:       # a reshaped argument: its view may not move
+            raise Unsupported("concat of an argument (reshaped)")
         v.buf, v.off, v.ld = out.buf, col, total
         col += p.shape[1]
     bld.val[id(node)] = out
@@ -132,10 +134,11 @@ def _fwd_add(bld, node, name, pa, ctx):
         raise Unsupported("add other than a computed (B, H) value + a (H,) leaf "
                            "tensor (a bias) has no plan kernel")
     av, bv = bld.val[id(a)], bld.leaf(b)
-    bld.add(Task("bias", ("elem", av.rows, av.cols), [av, bv, av],
-                   [(av, "r", "elem"), (bv, "r", "all"), (av, "w", "elem")],
-                   m=av.rows, h=av.cols))
-    bld.val[id(node)] = av
+    out = av if bld.writable(av) else bld.new(av.rows, av.cols)
+    bld.add(Task("bias", ("elem", av.rows, av.cols), [av, bv, out],
+                 [(av, "r", "elem"), (bv, "r", "all"), (out, "w", "elem")],
+                 m=av.rows, h=av.cols))
+    bld.val[id(node)] = out
 
 
 def _fwd_act(bld, node, name, pa, ctx):
@@ -145,12 +148,14 @@ def _fwd_act(bld, node, name, pa, ctx):
     zv = bld.val[id(z)]
     alpha = float(ctx.kw.get("negative_slope", 0.01)) if name == "leaky_relu" else 0.0
     from_out = name in FROM_OUTPUT and not (name == "leaky_relu" and alpha < 0)
-    out = zv if from_out else bld.new(zv.rows, zv.cols)
+    out = zv if from_out and bld.writable(zv) else bld.new(zv.rows, zv.cols)
     bld.add(Task("act", ("elem", zv.rows, zv.cols), [zv, out],
                    [(zv, "r", "elem"), (out, "w", "elem")], act=ACT_CODES[name],
                    m=zv.rows, h=zv.cols, alpha=alpha))
     bld.val[id(node)] = out
     bld.info[id(node)] = (out if from_out else zv, ACT_CODES[name], alpha)
+    # (the saved value: the output where the derivative follows from it; the output
+    # may be a new buffer when the input may not be overwritten)
 
 
 def _fwd_dropout(bld, node, name, pa, ctx):
@@ -182,7 +187,10 @@ def _fwd_dropout(bld, node, name, pa, ctx):
 
 def _fwd_reshape(bld, node, name, pa, ctx):
     (a,) = pa
-    src = bld.value(a)
+    if type(a) is not Traced and a._op is None and id(a) in bld.pindex:
+        raise Unsupported("reshape of a parameter (its gradient would not reach it): "
+                          "reshape it outside loss_fn, or keep it in the shape it is used in")
+    src = bld.value(a)      # (an argument's view: read-only, see Builder.writable)
     if node.ndim == 0 or a.ndim == 0 or node.shape[0] != a.shape[0] \
             or src.cols != int(np.prod(node.shape[1:])):
         raise Unsupported(f"reshape from {a.shape} to {node.shape} (only reshapes "
@@ -307,11 +315,12 @@ def _loss_softmax_cross_entropy(bld, node, name, pa, ctx):
     if logits._op is None or lv.ld != C:
         raise Unsupported("softmax_cross_entropy of a leaf or strided value")
     yv = bld.ids(ctx.kw, name, C, "labels")
-    d = bld.new(B, C) if bld._saved(lv) else lv
+    d = lv if bld.writable(lv) else bld.new(B, C)
     v = [lv, yv, d]
     acc = [(lv, "r", ROWS), (yv, "r", ROWS), (d, "w", ROWS)]
     bld.div_per_row = 1.0 if reduction == "mean" else 0.0
     if weight is not None:
+        bld.xent_weights = weight       # read (and checked) at every call
         wv = View(bld.ext_buf("weights", id(weight), weight), C, 1, 8)
         v.append(wv)
         acc.append((wv, "r", "all"))

@@ -38,6 +38,7 @@ class BoundPlan:
         self.work = builder.work
         self.min_work = MIN_WORK
         self.crf = None if builder.crf is None else CrfArrays(builder, self)
+        self.xent_weights = builder.xent_weights
         self.losses = np.zeros(max(-(-self.batch // 4),
                                    0 if self.crf is None else self.crf.capacity), np.float64)
         self.ext = []            # (position, kind, payload, expected shape)

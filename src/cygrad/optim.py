@@ -50,6 +50,12 @@ def _dense(p, g):
 class _Optimizer:
     _hyper = ()        # names of the hyper-parameters state_dict carries besides lr
 
+    def __setattr__(self, name, value):
+        # every assignment (a hyper-parameter, a class change...) bumps _version, so
+        # that a compiled step asks fused_update() again only after one
+        object.__setattr__(self, name, value)
+        object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
+
     def __init__(self, params, lr):
         self.params = list(params)
         if not self.params:

@@ -728,7 +728,7 @@ cdef class Runner:
     cdef list adam_params
     cdef object adam_scalars
     # guards (cygrad.compiler.runtime.BoundPlan.stale says what changed when one fails)
-    cdef object g_type, g_form_fn, g_form, g_version_cell
+    cdef object g_type, g_form_fn, g_form, g_version_cell, g_opt_version
     cdef list g_params, g_requires
     cdef public Py_ssize_t g_version
     cdef Py_ssize_t work, min_work, batch
@@ -780,6 +780,7 @@ cdef class Runner:
         self.g_requires = owner.g_requires
         self.g_form_fn = owner.g_form_fn
         self.g_form = owner.g_form
+        self.g_opt_version = None
         self.g_version_cell = owner.g_version_cell
         self.g_version = owner.g_version
 
@@ -797,8 +798,14 @@ cdef class Runner:
             p = ps[i]
             if p is not want[i] or p.requires_grad is not req[i]:
                 return False
-        if self.g_form_fn is not None and self.g_form_fn() != self.g_form:
-            return False
+        if self.g_form_fn is not None:
+            # cygrad's optimisers count their assignments: ask fused_update() only when
+            # one happened since it last gave the plan's answer
+            v = getattr(opt, "_version", None)
+            if v is None or v != self.g_opt_version:
+                if self.g_form_fn() != self.g_form:
+                    return False
+                self.g_opt_version = v
         if self.g_version_cell is not None and self.g_version_cell[0] != self.g_version:
             return False
         return True

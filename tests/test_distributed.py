@@ -227,3 +227,35 @@ def test_shards_cover_every_global_batch_once(loss, size):
         np.testing.assert_array_equal(np.sort(got), np.sort(one[k]))
         if loss == "crf":
             assert all(lens.sum() == len(idx) for idx, lens in parts)
+
+
+@needs_mpi
+@pytest.mark.parametrize("other,named", [
+    (["--hidden", "16"], "model hidden = [16]"), (["--seed", "3"], "seed = 3"),
+    (["--loss", "softmax"], "model loss = 'softmax'"),
+    (["--optimizer", "sgd", "--lr", "0.06"], "optimizer = 'sgd'")])
+def test_ranks_started_with_different_commands_are_refused_by_name(tmp_path, other, named):
+    """Every rank must run the same job: a different setting on one rank is named at
+    the start on every rank (it used to train silently, fail deep inside mpi4py, or
+    hang)."""
+    out = str(tmp_path / "m")
+    base = [sys.executable, "-m", "cygrad", "train", "--out", out, "--no-progress",
+            "--distributed", "--epochs", "1"]
+    cmd = [_mpiexec(), "-n", "1", *base, ":", "-n", "1", *base, *other]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env())
+    assert r.returncode != 0
+    assert f"rank 1 was started with {named}" in r.stderr, r.stderr[-2000:]
+
+
+@needs_mpi
+def test_ranks_that_read_other_data_are_refused(tmp_path):
+    from cygrad.ner import corpus
+    lines = open(corpus.path("train"), encoding="utf-8").read().split("\n\n")
+    (tmp_path / "a.conll").write_text("\n\n".join(lines), encoding="utf-8")
+    (tmp_path / "b.conll").write_text("\n\n".join(lines[::-1]), encoding="utf-8")
+    base = [sys.executable, "-m", "cygrad", "train", "--out", str(tmp_path / "m"),
+            "--no-progress", "--distributed", "--epochs", "1", "--train"]
+    cmd = [_mpiexec(), "-n", "1", *base, str(tmp_path / "a.conll"), ":", "-n", "1", *base,
+           str(tmp_path / "b.conll")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env())
+    assert r.returncode != 0 and "rank 1 read other training data than rank 0" in r.stderr

@@ -366,6 +366,8 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             log, progress = (lambda *a, **k: None), False
     if not resume and not any(len(s.tokens) for s in train_sents):
         raise ValueError("no training sentences (an empty file, or only -DOCSTART- lines?)")
+    if comm is not None:
+        _check_ranks_agree(comm, mcfg, tcfg, train_sents, dev_sents, resume)
     if threads is not None:
         cg.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
@@ -581,6 +583,39 @@ def _check_model_settings(saved, mcfg, fields):
         if a != b:
             raise ModelError(f"resume: the checkpoint's model was built with {name}={a!r}, "
                              f"not {b!r} (start a new --out, or give the checkpoint's)")
+
+
+def _check_ranks_agree(comm, mcfg, tcfg, train_sents, dev_sents, resume):
+    """Every rank of a distributed run must train the same job: the same model and
+    training settings and the same data in the same order. One small allgather of
+    the settings and a digest of the data; every rank raises the same ValueError,
+    naming what differs (instead of a mismatched exchange, a hang, or a silently
+    other model)."""
+    def digest(sents):
+        h = hashlib.sha256()
+        for s in sents:
+            h.update("\x1f".join(s.tokens).encode("utf-8", "surrogatepass") + b"\x1e")
+            h.update("\x1f".join(s.tags).encode("utf-8", "surrogatepass") + b"\x1d")
+        return h.hexdigest()
+    settings = {"model " + k: v for k, v in dataclasses.asdict(mcfg).items()}
+    settings.update({k: v for k, v in dataclasses.asdict(tcfg).items()})
+    settings["resume"] = bool(resume)
+    mine = (json.dumps(settings, sort_keys=True, default=str), digest(train_sents),
+            digest(dev_sents or []))
+    every = comm.allgather(mine)
+    ref = json.loads(every[0][0])
+    for r, (st, tr, dv) in enumerate(every[1:], 1):
+        other = json.loads(st)
+        for k in sorted(set(ref) | set(other)):
+            if ref.get(k) != other.get(k):
+                raise ValueError(f"--distributed: rank {r} was started with {k} = "
+                                 f"{other.get(k)!r}, rank 0 with {ref.get(k)!r}: every rank "
+                                 f"must run the same command")
+        if tr != every[0][1]:
+            raise ValueError(f"--distributed: rank {r} read other training data than rank 0 "
+                             f"(another file, or its sentences in another order)")
+        if dv != every[0][2]:
+            raise ValueError(f"--distributed: rank {r} read another dev set than rank 0")
 
 
 def _lock_directory(out_dir):

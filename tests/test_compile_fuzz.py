@@ -73,3 +73,42 @@ def test_random_models_and_changes_train_as_the_eager_graph(case):
                            compile_kw=kw, keyless=case["keyless"], trained=False)
     assert step.fallbacks() == [] or not case["keyless"] and case["drop_p"] == 0.0
     assert isinstance(step, cg.CompiledStep)
+
+
+@st.composite
+def crf_cases(draw):
+    return dict(dt=draw(st.sampled_from([np.float64, np.float32])),
+                opt=draw(st.sampled_from(["sgd", "adagrad", "adam"])),
+                reduction=draw(st.sampled_from(["token_mean", "sum"])),
+                masked=draw(st.booleans()), dynamic=draw(st.booleans()),
+                sentences=draw(st.lists(st.integers(1, 12), min_size=2, max_size=6)),
+                maxlen=draw(st.integers(1, 30)), seed=draw(st.integers(0, 2 ** 16)))
+
+
+@settings(max_examples=int(os.environ.get("CYGRAD_COMPILE_FUZZ_EXAMPLES", "30")),
+          deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(crf_cases())
+def test_random_crf_models_and_sentence_batches_train_as_the_eager_graph(case):
+    import test_compile_crf as T
+    from cygrad import optim
+    dt = case["dt"]
+    ps = [T._model(dt), T._model(dt)]
+    make = {"sgd": lambda p: optim.SGD(p, lr=0.01), "adagrad": lambda p: optim.Adagrad(p, lr=0.1),
+            "adam": lambda p: optim.Adam(p, lr=0.01)}[case["opt"]]
+    opts = [make(p) for p in ps]
+    allowed = T.ALLOWED if case["masked"] else None
+    step = cg.compile(T._loss_fn(ps[0], allowed, case["reduction"]), opts[0], strict=True,
+                      dynamic_rows=case["dynamic"])
+    ref = T._loss_fn(ps[1], allowed, case["reduction"])
+    rng = np.random.default_rng(case["seed"])
+    tol = 1e-9 if dt == np.float64 else 3e-4
+    for S in case["sentences"]:
+        bt = T._batch(rng, S, maxlen=case["maxlen"] + 1)
+        got = step(*bt)
+        opts[1].zero_grad()
+        want = ref(*bt)
+        want.backward()
+        opts[1].step()
+        assert abs(got - want.item()) <= tol * (1 + abs(want.item()))
+        for a, b in zip(ps[0], ps[1]):
+            np.testing.assert_allclose(a.data, b.data, rtol=tol, atol=tol * 0.1)

@@ -123,3 +123,34 @@ def test_the_ner_trainer_trains_its_crf_model_compiled_bit_for_bit_as_eagerly():
     assert runs[True][1]._step.fallbacks() == [] and runs[True][1]._step.plans >= 1
     for k in runs[True][0]:
         np.testing.assert_array_equal(runs[True][0][k], runs[False][0][k], err_msg=k)
+
+
+@pytest.mark.parametrize("how", ["int32", "big_endian", "strided", "uint16"])
+def test_index_arguments_in_any_dtype_and_layout(how):
+    """Windows, tags and lengths as int32, byte-swapped, strided or unsigned arrays:
+    read as the eager graph reads them."""
+    def odd(a):
+        if how == "int32":
+            return a.astype(np.int32)
+        if how == "big_endian":
+            return a.astype(">i8")
+        if how == "uint16":
+            return a.astype(np.uint16)
+        wide = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype) if a.ndim > 1 \
+            else np.zeros(2 * a.shape[0], a.dtype)
+        view = wide[..., ::2]
+        view[...] = a
+        return view
+    ps1, ps2 = _model(np.float64), _model(np.float64)
+    o1, o2 = optim.Adagrad(ps1, lr=0.1), optim.Adagrad(ps2, lr=0.1)
+    step = cg.compile(_loss_fn(ps1), o1, strict=True, dynamic_rows=True)
+    f2 = _loss_fn(ps2)
+    rng = np.random.default_rng(3)
+    for S in (5, 5, 3, 7):
+        win, tags, lens = _batch(rng, S)
+        step(odd(win), odd(tags), odd(lens))
+        o2.zero_grad()
+        f2(win, tags, lens).backward()
+        o2.step()
+        for a, b in zip(ps1, ps2):
+            np.testing.assert_array_equal(a.data, b.data)

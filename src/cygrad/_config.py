@@ -63,17 +63,10 @@ def process_threads():
 
 def get_num_threads():
     """The number of threads the kernels use for inputs large enough to split."""
-    global _num_threads
     stack = getattr(_local, "stack", None)
     if stack:
         return stack[-1]
-    n = _num_threads
-    if n is None:
-        with _lock:
-            if _num_threads is None:
-                _num_threads = _default_threads()
-            n = _num_threads
-    return n
+    return process_threads()
 
 
 def resolve(threads=None, work=None, min_work=0):

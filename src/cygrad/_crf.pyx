@@ -352,6 +352,57 @@ cdef object _setup(str fn, object scores, object lengths, object trans, object a
     return scores, s, off, T
 
 
+def check_gold(fn, allowed, y, off, suffix=""):
+    """ValueError naming the first sentence whose gold tags ``y`` (sentences at
+    offsets ``off``) use a transition that ``allowed`` forbids (None: no mask)."""
+    cdef Py_ssize_t N = y.shape[0]
+    if allowed is None or not N:
+        return
+    C = allowed.shape[0] - 1
+    starts, ends = off[:-1], off[1:] - 1
+    inner = np.ones(N, dtype=bool)
+    inner[starts] = False
+    bad = (~allowed[C, y[starts]]) | (~allowed[y[ends], C])
+    badt = np.zeros(N, dtype=bool)
+    badt[inner] = ~allowed[y[np.flatnonzero(inner) - 1], y[inner]]
+    if bad.any() or badt.any():
+        i = int(np.flatnonzero(bad)[0]) if bad.any() else \
+            int(np.searchsorted(off, np.flatnonzero(badt)[0], side="right") - 1)
+        raise ValueError(f"{fn}: the gold tags of sentence {i} use a transition that allowed "
+                         f"forbids{suffix}")
+
+
+def transition_tables(T, E):
+    """For transitions T (float64, -inf where forbidden): E = exp(T - max) written in
+    place (0 where forbidden); returns (max, whether the scaled pass may be tried:
+    the permitted transitions spread at most 600)."""
+    fin = T[np.isfinite(T)]
+    tmax = float(fin.max()) if fin.size else 0.0
+    np.exp(T - tmax, out=E)
+    return tmax, bool(fin.size == 0 or tmax - float(fin.min()) <= 600.0)
+
+
+def reachability(ok):
+    """(reach, coreach), uint8 (C + 1, C), from the permitted transitions ``ok`` (bool
+    (C + 1, C + 1)): row j < C, the states reachable at token j from the start, and
+    those able to end j tokens before the end; row C, the states on any path at all (a
+    superset of each later position's, whose sets may cycle: checking too many states
+    only sends a sentence to the log-space pass, never skips a needed check)."""
+    C = ok.shape[0] - 1
+    reach = np.zeros((C + 1, C), dtype=np.uint8)
+    coreach = np.zeros((C + 1, C), dtype=np.uint8)
+    reach[0], coreach[0] = ok[C, :C], ok[:C, C]
+    for j in range(1, C):
+        reach[j] = (reach[j - 1].astype(bool)[:, None] & ok[:C, :C]).any(axis=0)
+        coreach[j] = (ok[:C, :C] & coreach[j - 1].astype(bool)[None, :]).any(axis=1)
+    rc, cc = reach[0].astype(bool), coreach[0].astype(bool)
+    for _ in range(C):
+        rc = rc | (rc[:, None] & ok[:C, :C]).any(axis=0)
+        cc = cc | (ok[:C, :C] & cc[None, :]).any(axis=1)
+    reach[C], coreach[C] = rc, cc
+    return reach, coreach
+
+
 def crf_nll(scores, lengths, tags, trans, allowed=None):
     """Negative log-likelihood of gold tag paths under a linear-chain CRF, and its
     gradients (see the module docstring for the model).
@@ -380,42 +431,15 @@ def crf_nll(scores, lengths, tags, trans, allowed=None):
     if y.shape[0] != N:
         raise ValueError(f"{fn}: tags must have {N} entries (one per row of scores), got "
                          f"{y.shape[0]}")
-    if allowed is not None and N:
-        starts, ends = off[:-1], off[1:] - 1
-        inner = np.ones(N, dtype=bool)
-        inner[starts] = False
-        bad = (~allowed[C, y[starts]]) | (~allowed[y[ends], C])
-        badt = np.zeros(N, dtype=bool)
-        badt[inner] = ~allowed[y[np.flatnonzero(inner) - 1], y[inner]]
-        if bad.any() or badt.any():
-            i = int(np.flatnonzero(bad)[0]) if bad.any() else \
-                int(np.searchsorted(off, np.flatnonzero(badt)[0], side="right") - 1)
-            raise ValueError(f"{fn}: the gold tags of sentence {i} use a transition that "
-                             f"allowed forbids")
+    check_gold(fn, allowed, y, off)
     alpha = np.empty((N, C))
     beta = np.empty((N, C))
     e = np.empty((N, C))
     z = np.empty(N)
     ds = np.empty((N, C))
-    fin = T[np.isfinite(T)]
-    tmax = float(fin.max()) if fin.size else 0.0
-    fast = bool(fin.size == 0 or tmax - float(fin.min()) <= 600.0)
-    E = np.exp(T - tmax)            # 0 where forbidden (-inf)
-    ok = np.isfinite(T)         # permitted transitions
-    reach = np.zeros((C + 1, C), dtype=np.uint8)
-    coreach = np.zeros((C + 1, C), dtype=np.uint8)
-    reach[0], coreach[0] = ok[C, :C], ok[:C, C]
-    for j in range(1, C):
-        reach[j] = (reach[j - 1].astype(bool)[:, None] & ok[:C, :C]).any(axis=0)
-        coreach[j] = (ok[:C, :C] & coreach[j - 1].astype(bool)[None, :]).any(axis=1)
-    # row C, for every later position: the states on any path at all (a superset of
-    # each later position's, whose sets may cycle): checking too many states only
-    # sends a sentence to the log-space pass, never skips a needed check
-    rc, cc = reach[0].astype(bool), coreach[0].astype(bool)
-    for _ in range(C):
-        rc = rc | (rc[:, None] & ok[:C, :C]).any(axis=0)
-        cc = cc | (ok[:C, :C] & cc[None, :]).any(axis=1)
-    reach[C], coreach[C] = rc, cc
+    E = np.empty_like(T)
+    tmax, fast = transition_tables(T, E)
+    reach, coreach = reachability(np.isfinite(T))
     dTs = np.empty((S, W * W))
     loss = np.empty(S)
     cdef _Crf k

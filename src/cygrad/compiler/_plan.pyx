@@ -33,6 +33,7 @@ from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 from cygrad._common cimport first_out_of_range, index_into
 from cygrad._csrc cimport bp_adam_f32, bp_adam_f64
 from cygrad._crf cimport _Crf, nll_one, nll_one_log
+from cygrad._crf import check_gold, transition_tables
 
 cnp.import_array()
 
@@ -847,20 +848,7 @@ cdef class Runner:
         np.cumsum(lengths, out=off[1:S + 1])
         y = self.owner.id_arrays[c.tags_arg][:rows]
         C = c.C
-        if c.allowed is not None and rows:
-            al = c.allowed
-            o = off[:S + 1]
-            starts, ends = o[:-1], o[1:] - 1
-            inner = np.ones(rows, dtype=bool)
-            inner[starts] = False
-            idx = np.flatnonzero(inner)
-            bad = (~al[C, y[starts]]) | (~al[y[ends], C])
-            badt = ~al[y[idx - 1], y[idx]]
-            if bad.any() or badt.any():
-                i = int(np.flatnonzero(bad)[0]) if bad.any() else \
-                    int(np.searchsorted(o, idx[np.flatnonzero(badt)[0]], side="right") - 1)
-                raise ValueError(f"{fn}: the gold tags of sentence {i} use a transition that "
-                                 f"allowed forbids (nothing was updated)")
+        check_gold(fn, c.allowed, y, off[:S + 1], " (nothing was updated)")
         A = self.opt.params[c.trans_param].data
         T = c.T
         T[...] = A
@@ -868,15 +856,13 @@ cdef class Runner:
             raise ValueError(f"{fn}: trans holds NaN or infinity (nothing was updated)")
         if c.allowed is not None:
             T[c.forbidden] = -np.inf
-        fin = T[c.permitted]
-        tmax = float(fin.max()) if fin.size else 0.0
-        np.exp(T - tmax, out=c.E)
+        tmax, fast = transition_tables(T, c.E)     # the kernel's own
         k = &self.kcrf
         k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>c.s)
         k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
         k.E = <const double *>cnp.PyArray_DATA(<cnp.ndarray>c.E)
         k.tmax = tmax
-        k.fast = bool(fin.size == 0 or tmax - float(fin.min()) <= 600.0)
+        k.fast = fast
         k.reach = <const cnp.uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>c.reach)
         k.coreach = <const cnp.uint8_t *>cnp.PyArray_DATA(<cnp.ndarray>c.coreach)
         k.e = <double *>cnp.PyArray_DATA(<cnp.ndarray>c.e)

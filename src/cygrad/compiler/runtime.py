@@ -7,6 +7,7 @@ gradient mode (the gradients handed to the optimiser's own ``step()``)."""
 import numpy as np
 
 from cygrad import kernels as _K
+from cygrad._crf import reachability
 from cygrad.compiler import _plan
 from cygrad.compiler.schedule import layout
 from cygrad.compiler.builder import STATE_ATTR
@@ -390,16 +391,4 @@ class CrfArrays:
         self.allowed = None if allowed is None else np.array(allowed, dtype=bool, copy=True)
         ok = np.ones((W, W), bool) if allowed is None else self.allowed
         self.forbidden = ~ok
-        self.permitted = ok
-        reach = np.zeros((W, C), dtype=np.uint8)
-        coreach = np.zeros((W, C), dtype=np.uint8)
-        reach[0], coreach[0] = ok[C, :C], ok[:C, C]
-        for j in range(1, C):
-            reach[j] = (reach[j - 1].astype(bool)[:, None] & ok[:C, :C]).any(axis=0)
-            coreach[j] = (ok[:C, :C] & coreach[j - 1].astype(bool)[None, :]).any(axis=1)
-        rc, cc = reach[0].astype(bool), coreach[0].astype(bool)
-        for _ in range(C):
-            rc = rc | (rc[:, None] & ok[:C, :C]).any(axis=0)
-            cc = cc | (ok[:C, :C] & cc[None, :]).any(axis=1)
-        reach[C], coreach[C] = rc, cc
-        self.reach, self.coreach = reach, coreach
+        self.reach, self.coreach = reachability(ok)    # the kernel's own

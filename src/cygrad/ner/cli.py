@@ -233,6 +233,7 @@ def _abort_job(args, code):
         from mpi4py import MPI
         if MPI.Is_initialized() and not MPI.Is_finalized() and MPI.COMM_WORLD.Get_size() > 1:
             sys.stderr.flush()
+            time.sleep(0.2)     # mpiexec relays the message before the abort ends the job
             MPI.COMM_WORLD.Abort(code)
 
 

@@ -154,3 +154,36 @@ def test_index_arguments_in_any_dtype_and_layout(how):
         o2.step()
         for a, b in zip(ps1, ps2):
             np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_stage_timing_counts_every_run_and_changes_nothing(nthreads):
+    """cygrad.compiler._plan.set_timing (benches/profile_step.py): each stage's wall
+    time and each task's thread time over the runs since the last read; the step's
+    results bitwise those of a step run without timing."""
+    from cygrad.compiler import _plan
+    rng = np.random.default_rng(3)
+    batches = [_batch(rng, S) for S in (6, 4, 6, 2)]
+    out = []
+    for timing in (False, True):
+        ps = _model(np.float32)
+        step = cg.compile(_loss_fn(ps), optim.Adagrad(ps, lr=0.1), strict=True,
+                          dynamic_rows=True)
+        _plan.set_timing(timing)
+        try:
+            for bt in batches:
+                step(*bt)
+        finally:
+            _plan.set_timing(False)
+        bp = [p for p in step._plans.values() if hasattr(p, "plan")][0]
+        stages, tasks, runs = bp.plan.stage_times()
+        assert len(stages) == bp.nstages and len(tasks) == bp.ntasks == len(bp.task_labels)
+        if timing:
+            # (the first call of a shape traces the eager graph)
+            assert 1 <= runs < len(batches) and (stages > 0).all() and (tasks >= 0).all()
+            assert tasks.sum() > 0
+            assert bp.plan.stage_times()[2] == 0        # read and reset
+        else:
+            assert runs == 0 and not stages.any() and not tasks.any()
+        out.append([p.data.copy() for p in ps])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)

@@ -29,6 +29,7 @@ from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport sqrt, INFINITY
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
 from cygrad._common cimport first_out_of_range, index_into
 from cygrad._csrc cimport bp_adam_f32, bp_adam_f64
@@ -138,6 +139,7 @@ cdef struct Run:
     int failed, f32, parts
     _Crf *crf               # the CRF's sentences of this call (T_CRF, T_CRF_DT), or NULL
     double *crf_s           # its scores in float64 (the kernel's own input)
+    long long *task_ns      # profiling (set_timing), else NULL: per task and worker slot
     Py_ssize_t sents
 
 
@@ -489,6 +491,25 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
         head[rr] = -1
 
 
+cdef bint _timing = False      # set_timing(): each plan adds up its stages' wall times
+cdef enum:
+    TIME_SLOTS = 16             # per task: one CPU-time slot per worker (the last shared)
+
+
+def set_timing(bint on):
+    """Record every plan's wall time per stage and its threads' time per task
+    (Plan.stage_times) from now on (profiling: benches/profile_step.py); off by
+    default."""
+    global _timing
+    _timing = on
+
+
+cdef inline long long _now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <long long>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
 cdef void _stage_chunks(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     """Chunks [lo, hi) of the current stage: for each group they cover, each task
     of the group over the chunks' whole index range, in order."""
@@ -498,6 +519,7 @@ cdef void _stage_chunks(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noe
     cdef Py_ssize_t a, b, elo, ehi
     cdef int gi, ti
     cdef bint f32 = r.f32
+    cdef long long t0 = 0
     for gi in range(st.g0, st.g1):
         g = &r.groups[gi]
         a = max(lo, g.c0)
@@ -509,21 +531,30 @@ cdef void _stage_chunks(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noe
         if elo >= ehi:
             continue
         for ti in range(g.t0, g.t1):
+            if r.task_ns != NULL:
+                t0 = _now_ns()
             if f32:
                 if _task[float](&r.tasks[ti], r, <float *>NULL, elo, ehi):
                     bp_set_flag(&r.failed)
             else:
                 if _task[double](&r.tasks[ti], r, <double *>NULL, elo, ehi):
                     bp_set_flag(&r.failed)
+            if r.task_ns != NULL:
+                r.task_ns[ti * TIME_SLOTS + min(worker, TIME_SLOTS - 1)] += _now_ns() - t0
 
 
-cdef int _execute(Run *r, Stage *stages, int nstages, int nt) noexcept nogil:
+cdef int _execute(Run *r, Stage *stages, int nstages, int nt,
+                  long long *times) noexcept nogil:
     """The stages in order; each group in at most r.parts chunks per thread (one
     chunk, the whole range, on one thread). Chunk results do not depend on the
-    chunking, so neither does the step."""
+    chunking, so neither does the step. ``times`` (or NULL): each stage's wall
+    time is added to times[stage]."""
     cdef int s, gi
     cdef Py_ssize_t c0, units, nch
     cdef Group *g
+    cdef long long t0 = 0, t1
+    if times != NULL:
+        t0 = _now_ns()
     for s in range(nstages):
         c0 = 0
         for gi in range(stages[s].g0, stages[s].g1):
@@ -536,6 +567,10 @@ cdef int _execute(Run *r, Stage *stages, int nstages, int nt) noexcept nogil:
         stages[s].nchunks = c0
         r.stage = &stages[s]
         parallel_for(_stage_chunks, r, c0, 1, nt)
+        if times != NULL:
+            t1 = _now_ns()
+            times[s] += t1 - t0
+            t0 = t1
     return r.failed
 
 
@@ -559,6 +594,9 @@ cdef class Plan:
     cdef readonly Py_ssize_t batch      # the rows the plan was built for: its capacity
     cdef Py_ssize_t cur_rows            # the rows the tables now say (<= batch)
     cdef Py_ssize_t cur_sents           # the sentences they say (CRF plans)
+    cdef long long *times               # set_timing: per stage, wall ns; then per task
+    cdef Py_ssize_t ntimes              # and worker slot, thread ns
+    cdef readonly long long timed_runs  # runs timed since the last stage_times()
 
     def __cinit__(self):
         self.tasks = NULL
@@ -566,6 +604,7 @@ cdef class Plan:
         self.stages = NULL
         self.vbuf = self.voff = self.vld = NULL
         self.vptr = self.bases = NULL
+        self.times = NULL
 
     def __dealloc__(self):
         free(self.tasks)
@@ -576,6 +615,7 @@ cdef class Plan:
         free(self.vld)
         free(self.vptr)
         free(self.bases)
+        free(self.times)
 
     def __init__(self, tasks, groups, stages, views, nbufs, f32, batch):
         """tasks: dicts with the Task fields (code, axis, mode, act, m, k, h, w,
@@ -597,8 +637,10 @@ cdef class Plan:
         self.vld = <Py_ssize_t *>malloc(max(1, self.nviews) * sizeof(Py_ssize_t))
         self.vptr = <char **>malloc(max(1, self.nviews) * sizeof(char *))
         self.bases = <char **>malloc(max(1, nbufs) * sizeof(char *))
+        self.ntimes = self.nstages + self.ntasks * TIME_SLOTS
+        self.times = <long long *>malloc(max(1, self.ntimes) * sizeof(long long))
         if not (self.tasks and self.groups and self.stages and self.vbuf and self.voff
-                and self.vld and self.vptr and self.bases):
+                and self.vld and self.vptr and self.bases and self.times):
             raise MemoryError("compile: cannot allocate the plan")
         for i, d in enumerate(tasks):
             t = &self.tasks[i]
@@ -625,6 +667,24 @@ cdef class Plan:
             self.stages[i].nchunks = 0
         for i, (b, off, ld) in enumerate(views):
             self.vbuf[i], self.voff[i], self.vld[i] = b, off, ld
+        memset(self.times, 0, max(1, self.ntimes) * sizeof(long long))
+        self.timed_runs = 0
+
+    def stage_times(self, bint reset=True):
+        """Over the runs timed since the last reset (set_timing(True) turns timing
+        on): the wall seconds of each stage, the thread seconds of each task (summed
+        over the threads that ran its chunks), and the number of runs."""
+        cdef Py_ssize_t i, j
+        stages = np.array([self.times[i] * 1e-9 for i in range(self.nstages)], np.float64)
+        tasks = np.zeros(self.ntasks, np.float64)
+        for i in range(self.ntasks):
+            for j in range(TIME_SLOTS):
+                tasks[i] += self.times[self.nstages + i * TIME_SLOTS + j] * 1e-9
+        runs = self.timed_runs
+        if reset:
+            memset(self.times, 0, max(1, self.ntimes) * sizeof(long long))
+            self.timed_runs = 0
+        return stages, tasks, runs
 
     cdef void _set_rows(self, Py_ssize_t rows, Py_ssize_t sents) noexcept:
         """Point every batch dimension of the tables at ``rows`` (<= the capacity):
@@ -677,11 +737,17 @@ cdef class Plan:
         r.failed = 0
         r.parts = max(1, parts)
         r.crf, r.crf_s, r.sents = crf, crf_s, sents
+        cdef long long *times = NULL
+        r.task_ns = NULL
+        if _timing:
+            times = self.times
+            r.task_ns = self.times + self.nstages
+            self.timed_runs += 1
         with nogil:
             # 1 while the pool runs loops on their callers (helpers do not pay): then
             # every group is one chunk, its whole range, as on one thread
             nt = pool_threads(nt) if nt > 1 else 1
-            _execute(&r, self.stages, self.nstages, nt)
+            _execute(&r, self.stages, self.nstages, nt, times)
         if r.failed:
             raise MemoryError("compiled step: could not allocate the GEMM packing buffers")
         cdef double total = 0.0

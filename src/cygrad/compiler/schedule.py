@@ -5,7 +5,7 @@ workspace buffer gets its offset in the arena, every view its index, and the
 executor's tables are written (cygrad.compiler._plan.Plan takes them)."""
 
 from cygrad.compiler._plan import AXES, DIMS, TASK_CODES
-from cygrad.compiler.builder import COLS, ROW_GRAIN, ROWS
+from cygrad.compiler.builder import COLS, ONE, ROW_GRAIN, ROWS
 
 ALIGN = 64              # bytes: every workspace buffer starts on a cache line
 
@@ -39,7 +39,9 @@ def schedule(tasks):
                     space = g["space"]
                 elif gaxis == COLS and gn == n2:
                     space = g["space"]
-            elif t.space == g["space"]:
+            elif t.space == g["space"] and kind != ONE:
+                # (a task over one chunk, a table's update, is a group of its own:
+                # independent ones then run side by side)
                 space = g["space"]
             if space is not None:
                 acc = [(a[0], a[1], space[0] if a[2] == "elem" else a[2]) for a in t.access]

@@ -262,29 +262,13 @@ def read_vectors(path):
     return vectors
 
 
-def cmd_train(a):
-    from cygrad.ner import corpus
-    from cygrad.ner.data import read_conll
+def configs(a, demo=False):
+    """The model's and the training's settings (Config, TrainConfig) from parsed
+    ``cygrad train`` arguments (``demo``: training on the bundled corpus); on
+    --resume, the training settings not given again come from the checkpoint."""
     from cygrad.ner.model import Config
-    from cygrad.ner.train import TrainConfig, score, train
+    from cygrad.ner.train import TrainConfig
 
-    rank = 0
-    if a.distributed:
-        from cygrad import distributed as dist
-        rank, _ = dist.init(threads=a.threads)
-    say = print if rank == 0 else (lambda *x, **k: None)
-    demo = a.train is None
-    if demo:
-        if a.dev:
-            raise ValueError("--dev needs --train")
-        train_sents = read_conll(corpus.path("train"))
-        test_sents = read_conll(corpus.path("test"))
-        dev_sents = test_sents
-        say(f"training on the bundled demo corpus ({len(train_sents)} sentences; "
-            f"held-out part {len(test_sents)} sentences)")
-    else:
-        train_sents = read_conll(a.train)
-        dev_sents = read_conll(a.dev) if a.dev else []
     epochs = a.epochs if a.epochs is not None else (8 if demo else 20)
     lr = a.lr if a.lr is not None else (0.06 if a.optimizer == "adagrad" else 0.1)
     mcfg = Config(k=a.window, dim=a.dim, suffix_dim=a.suffix_dim, case_dim=a.case_dim,
@@ -310,6 +294,32 @@ def cmd_train(a):
                        compile=not a.no_compile, dropout=a.dropout,
                        hidden_dropout=a.hidden_dropout, word_dropout=a.word_dropout,
                        average_params=a.average_params)
+    return mcfg, tcfg
+
+
+def cmd_train(a):
+    from cygrad.ner import corpus
+    from cygrad.ner.data import read_conll
+    from cygrad.ner.train import score, train
+
+    rank = 0
+    if a.distributed:
+        from cygrad import distributed as dist
+        rank, _ = dist.init(threads=a.threads)
+    say = print if rank == 0 else (lambda *x, **k: None)
+    demo = a.train is None
+    if demo:
+        if a.dev:
+            raise ValueError("--dev needs --train")
+        train_sents = read_conll(corpus.path("train"))
+        test_sents = read_conll(corpus.path("test"))
+        dev_sents = test_sents
+        say(f"training on the bundled demo corpus ({len(train_sents)} sentences; "
+            f"held-out part {len(test_sents)} sentences)")
+    else:
+        train_sents = read_conll(a.train)
+        dev_sents = read_conll(a.dev) if a.dev else []
+    mcfg, tcfg = configs(a, demo)
     vectors = read_vectors(a.vectors) if a.vectors else None
     t0 = time.perf_counter()
     # resume: the model options given again must be the checkpoint's (the others come

@@ -90,6 +90,20 @@ CONFIGS.update({
     "b256.k3.avg": _on("b256.k3", train={"average_params": True}),
 })
 
+# pretrained vectors (#30): "vectors" in the training settings names them (cygrad.ner.vectors)
+DEFAULTS = "b256.avg.doc5"      # what `cygrad train` runs without options
+GLOVE = {"vectors": "glove-6b-50d"}
+CONFIGS.update({
+    "glove": _on(DEFAULTS, train=GLOVE),
+    "glove.frozen": _on(DEFAULTS, train={**GLOVE, "freeze_vectors": True}),
+    "glove.d3": _on(DEFAULTS, train={**GLOVE, "dropout": 0.3}),
+    "glove.k3": _on(DEFAULTS, model={"k": 3}, train=GLOVE),
+    "glove.h500": _on(DEFAULTS, model={"hidden": (500,)}, train=GLOVE),
+    "glove.lr04": _on(DEFAULTS, train={**GLOVE, "lr": 0.04}),
+    "glove.w0": _on(DEFAULTS, train={**GLOVE, "word_dropout": 0.0}),
+    "glove.w3": _on(DEFAULTS, train={**GLOVE, "word_dropout": 3.0}),
+})
+
 
 def data_dir():
     d = os.environ.get("CYGRAD_CONLL_DIR")
@@ -101,10 +115,12 @@ def data_dir():
 
 def run(name, seed, train_s, dev_s):
     mk, tk = CONFIGS[name]
+    tk = dict(tk)
+    vectors = tk.pop("vectors", None)
     with tempfile.TemporaryDirectory() as out:
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()        # (reading the vectors included)
         model, hist = train(train_s, dev_s, out, Config(**mk), TrainConfig(seed=seed, **tk),
-                            log=lambda *a: None, progress=False)
+                            vectors=vectors, log=lambda *a: None, progress=False)
         secs = time.perf_counter() - t0
     sc = score(model, dev_s)
     best = max(hist, key=lambda h: h.get("dev_f1", 0))

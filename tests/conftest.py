@@ -1,12 +1,19 @@
 """Shared fixtures. The tests import the *installed* cygrad (src/ layout: the
 source tree is not importable as a package), so they check what pip built."""
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
 import cygrad
 
 from helpers import DTYPES
+
+# parsed word vectors are cached under CYGRAD_CACHE (cygrad.ner.vectors): not in the
+# home directory of whoever runs the tests (subprocesses inherit it)
+os.environ.setdefault("CYGRAD_CACHE", tempfile.mkdtemp(prefix="cygrad-test-cache-"))
 
 
 @pytest.fixture(params=DTYPES, ids=["f32", "f64"])

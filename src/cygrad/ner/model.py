@@ -71,6 +71,8 @@ class Config:
     positive: str = "LOC"            # the binary task: is the centre word of this type?
     doc_context: float = 0.0         # decoding: a token's scores move this far toward the
                                      # mean scores of its word's occurrences in the document
+    vectors: str = ""                # pretrained word vectors (cygrad.ner.vectors): a name
+    vectors_sha256: str = ""         # or a path, and the digest of the table trained with
 
     def __post_init__(self):
         for name in ("k", "dim", "suffix_dim", "case_dim", "prefix_dim", "shape_dim",
@@ -105,6 +107,8 @@ class Config:
         if self.loss not in ("softmax", "crf", "logistic", "max-margin"):
             raise ValueError(f"loss must be 'softmax', 'crf', 'logistic' or 'max-margin', "
                              f"got {self.loss!r}")
+        if not isinstance(self.vectors, str) or not isinstance(self.vectors_sha256, str):
+            raise ValueError("vectors and vectors_sha256 must be strings")
         if self.ngram_dim and self.loss == "max-margin":
             raise ValueError("the character n-gram feature does not work with the max-margin "
                              "loss (its corrupt windows replace words by vocabulary entries)")
@@ -133,11 +137,43 @@ class Tagged:
 
 
 class WindowModel:
-    """Parameters (NumPy arrays) of the window model, its graph and its tagger."""
+    """Parameters (NumPy arrays) of the window model, its graph and its tagger.
 
-    def __init__(self, config, vocab, params=None, seed=0):
+    With pretrained vectors (``config.vectors``; ``vectors``: the
+    cygrad.ner.vectors.Vectors they name), the word table E holds the training
+    vocabulary (its rows start from the vectors), and a word outside it that has
+    a vector is looked up in the vectors' own read-only table, mapped by VM, Vb
+    (x -> x VM + Vb, fitted to the trained rows by least squares:
+    :meth:`fit_vector_map`): every word with a vector is usable when tagging, and a
+    model file holds none of the table."""
+
+    # arrays no optimiser trains (the vectors' map is fitted, not learned)
+    FIXED = ("VM", "Vb")
+
+    def __init__(self, config, vocab, params=None, seed=0, vectors=None):
         self.config = config
         self.vocab = vocab
+        self.vectors = None
+        if config.vectors:
+            if vectors is None:
+                raise ModelError(f"this model needs the word vectors {config.vectors!r}: pass "
+                                 f"vectors=cygrad.ner.vectors.load({config.vectors!r})")
+            if config.vectors_sha256 and vectors.sha256 != config.vectors_sha256:
+                raise ModelError(
+                    f"the word vectors {vectors.source!r} are not the ones this model was "
+                    f"trained with (their SHA-256 is {vectors.sha256[:16]}..., the model "
+                    f"needs {config.vectors_sha256[:16]}...)")
+            if vectors.dim != config.dim:
+                raise ModelError(f"the word vectors {vectors.source!r} have {vectors.dim} "
+                                 f"values a word; the model's word embeddings have "
+                                 f"{config.dim} (--dim)")
+            self.vectors = vectors
+            # each vocabulary word's row in the vectors' table, -1 where it has none
+            self.vector_rows = np.array([vectors.index.get(w, -1) for w in vocab.words],
+                                        dtype=np.int64)
+        elif vectors is not None:
+            raise ModelError("vectors given to a model whose configuration names none "
+                             "(config.vectors)")
         if params is None:
             params = self._init_params(np.random.default_rng(seed))
         self.params = params
@@ -170,13 +206,18 @@ class WindowModel:
         shapes["c"] = (n_out,)
         if cfg.loss == "crf":       # transitions; index C is the sentence boundary
             shapes["A"] = (n_out + 1, n_out + 1)
+        if cfg.vectors:             # the pretrained table's map into E's space
+            shapes["VM"] = (cfg.dim, cfg.dim)
+            shapes["Vb"] = (cfg.dim,)
         return shapes
 
     def _init_params(self, rng):
         dt = np.dtype(self.config.dtype)
         params = {}
         for name, shape in self.expected_shapes().items():
-            if name in TABLES or name == "N":
+            if name == "VM":
+                p = np.eye(shape[0])
+            elif name in TABLES or name == "N":
                 p = rng.uniform(-0.1, 0.1, shape)
             elif len(shape) == 1 or name == "A":    # biases, CRF transitions
                 p = np.zeros(shape)
@@ -196,6 +237,46 @@ class WindowModel:
             if p.shape != shape or p.dtype != np.dtype(self.config.dtype):
                 raise ModelError(f"model array {name} has shape {p.shape} and dtype {p.dtype}; "
                                  f"the configuration needs {shape} {self.config.dtype}")
+
+    def init_from_vectors(self):
+        """Copy the pretrained vectors into the rows of E of the words that have one;
+        returns how many."""
+        has = self.vector_rows >= 0
+        E = self.params["E"]
+        E[has] = self.vectors.table[self.vector_rows[has]]
+        self.params["VM"][...] = np.eye(self.config.dim)
+        self.params["Vb"][...] = 0
+        return int(has.sum())
+
+    def fit_vector_map(self):
+        """VM, Vb by least squares: the pretrained vectors of the vocabulary's words
+        (x VM + Vb) against their trained rows of E, so that a word outside the
+        vocabulary, looked up in the pretrained table, lands where training moved
+        its neighbours. Rows that did not move (frozen vectors) give the identity."""
+        rows = np.flatnonzero(self.vector_rows >= 0)
+        if len(rows) <= self.config.dim:
+            return
+        X = self.vectors.table[self.vector_rows[rows]].astype(np.float64)
+        Y = self.params["E"][rows].astype(np.float64)
+        if np.array_equal(X, Y):
+            M, b = np.eye(self.config.dim), np.zeros(self.config.dim)
+        else:
+            A = np.concatenate([X, np.ones((len(rows), 1))], axis=1)
+            sol = np.linalg.lstsq(A, Y, rcond=None)[0]
+            M, b = sol[:-1], sol[-1]
+        self.params["VM"][...] = M
+        self.params["Vb"][...] = b
+
+    def table(self, name, enc=None):
+        """Embedding table ``name``; for E and an Encoded ``enc`` with words outside
+        the vocabulary that have vectors, E with their mapped vectors appended
+        (rows len(E) + j for enc.extra[j])."""
+        t = self.params[name]
+        if name != "E" or enc is None or enc.extra is None or not len(enc.extra):
+            return t
+        p = self.params
+        more = self.vectors.table[enc.extra].astype(np.float64) @ p["VM"] + p["Vb"]
+        return np.concatenate([t, more.astype(t.dtype)])
 
     def set_pretrained(self, vectors):
         """Copy pretrained word vectors ({word: vector}) into E; returns how many rows."""
@@ -221,7 +302,8 @@ class WindowModel:
         """cygrad.ner.data.encode with this model's window and features."""
         cfg = self.config
         return encode(sentences, self.vocab, cfg.k, with_labels,
-                      ngram_buckets=cfg.ngram_buckets if cfg.ngram_dim else 0)
+                      ngram_buckets=cfg.ngram_buckets if cfg.ngram_dim else 0,
+                      vectors=self.vectors)
 
     def feature_names(self):
         """The Encoded features the model reads, in the order of :meth:`tables`."""
@@ -257,11 +339,13 @@ class WindowModel:
         return ids
 
     # ------------------------------------------------------------ inference
-    def features(self, words, suffixes, cases, prefixes=None, shapes=None, ngrams=None):
-        """The input matrix X (B, input_size) for a batch of windows."""
+    def features(self, words, suffixes, cases, prefixes=None, shapes=None, ngrams=None,
+                 enc=None):
+        """The input matrix X (B, input_size) for a batch of windows (``enc``: the
+        Encoded they come from, for words past the vocabulary: :meth:`table`)."""
         cfg, p = self.config, self.params
         ids = self._ids(words, suffixes, cases, prefixes, shapes)
-        blocks = [K.embedding_gather(p[k], ids[k]) for k in self.tables()]
+        blocks = [K.embedding_gather(self.table(k, enc), ids[k]) for k in self.tables()]
         if cfg.ngram_dim:
             if ngrams is None:
                 raise ValueError("this model reads the character n-gram feature: pass "
@@ -271,20 +355,22 @@ class WindowModel:
             blocks = [b.reshape(b.shape[0], cfg.width, -1).mean(axis=1) for b in blocks]
         return np.concatenate(blocks, axis=1) if len(blocks) > 1 else blocks[0]
 
-    def scores(self, words, suffixes, cases, prefixes=None, shapes=None, ngrams=None):
+    def scores(self, words, suffixes, cases, prefixes=None, shapes=None, ngrams=None,
+               enc=None):
         """Tag scores (B, C) computed directly with the kernels (no graph): one
         compiled pass (gather, hidden layer, scores) for one hidden layer and
-        concatenated windows, else kernel by kernel, layer by layer."""
+        concatenated windows, else kernel by kernel, layer by layer (``enc``: the
+        Encoded the windows come from, for words past the vocabulary)."""
         p, cfg = self.params, self.config
         layers = self.layers()
         if len(layers) == 2 and not cfg.average and not cfg.ngram_dim:
             names = self.tables()
             ids = self._ids(words, suffixes, cases, prefixes, shapes)
             (W, b), (U, c) = layers
-            return window_scores([p[k] for k in names], [ids[k] for k in names], p[W], p[b],
-                                 p[U], p[c], activation=cfg.activation)
+            return window_scores([self.table(k, enc) for k in names], [ids[k] for k in names],
+                                 p[W], p[b], p[U], p[c], activation=cfg.activation)
         f = K.ACTIVATIONS[cfg.activation][0]
-        h = self.features(words, suffixes, cases, prefixes, shapes, ngrams)
+        h = self.features(words, suffixes, cases, prefixes, shapes, ngrams, enc)
         for i, (W, b) in enumerate(layers):
             h = K.add_bias(K.matmul(h, p[W], trans_b=True), p[b])
             if i + 1 < len(layers):
@@ -317,7 +403,7 @@ class WindowModel:
         types = np.arange(T, dtype=np.int64) if types is None else types
         col = {"E": 0, "S": 1, "Cs": 2, "P": 3, "Sh": 4}
         names = self.tables()
-        blocks = [p[k][enc.type_ids[types, col[k]]] for k in names]
+        blocks = [self.table(k, enc)[enc.type_ids[types, col[k]]] for k in names]
         dims = [p[k].shape[1] for k in names]
         if cfg.ngram_dim:
             blocks.append(K.embedding_bag_windows(p["N"], types[:, None], enc.ngram_ptr,
@@ -426,7 +512,7 @@ class WindowModel:
                                      "model.encode(sentences)")
                 logp[lo:hi] = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi],
                                           enc.cases[lo:hi], _rows(enc.prefixes, lo, hi),
-                                          _rows(enc.shapes, lo, hi), bags)
+                                          _rows(enc.shapes, lo, hi), bags, enc)
         self._share_in_documents(logp, enc)
         if self.config.binary:     # 1 where the window's score is positive
             return (logp[:, 0] > 0).astype(np.int64)
@@ -551,7 +637,15 @@ class WindowModel:
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise ModelError(f"{npz_path}: array {k} holds NaN or infinity (a diverged "
                                  f"training run?); refusing to tag with it")
-        model = cls(config, vocab, params=params)
+        vectors = None
+        if config.vectors:
+            from cygrad.ner import vectors as _vec
+            try:
+                vectors = _vec.load(config.vectors)
+            except _vec.VectorsError as e:
+                raise ModelError(f"{directory}: this model needs the word vectors "
+                                 f"{config.vectors!r}: {e}") from None
+        model = cls(config, vocab, params=params, vectors=vectors)
         model.meta = meta
         return model
 

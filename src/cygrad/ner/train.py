@@ -92,9 +92,20 @@ class Trainer:
     def __init__(self, model, tcfg, comm=None):
         self.model, self.tcfg = model, tcfg
         self.comm = comm            # an MPI communicator: data-parallel training
-        self.t = {k: cg.tensor(v, requires_grad=not (k == "E" and tcfg.freeze_vectors))
+        if tcfg.freeze_vectors and model.vectors is None:
+            raise ValueError("freeze_vectors (--freeze-vectors) needs pretrained vectors "
+                             "(--vectors)")
+        self.t = {k: cg.tensor(v, requires_grad=k not in model.FIXED)
                   for k, v in model.params.items()}
         trainable = [t for t in self.t.values() if t.requires_grad]
+        # --freeze-vectors: the rows of E that came from the vectors, as they came (the
+        # rows a step touched are put back after it; the other rows of E train)
+        self.frozen = None
+        self._corrupt = np.zeros(0, np.int64)
+        if tcfg.freeze_vectors:
+            rows = np.flatnonzero(model.vector_rows >= 0)
+            self.frozen = (np.isin(np.arange(len(model.vocab.words)), rows),
+                           model.params["E"].copy())
         opt = Adagrad if tcfg.optimizer == "adagrad" else SGD
         self.opt = opt(trainable, lr=tcfg.lr)
         self.rank, self.size, self.step_opt = 0, 1, self.opt
@@ -197,6 +208,20 @@ class Trainer:
         With dropout or word dropout, ``rng`` draws the step's key and <unk> words.
         The CRF loss needs whole sentences: ``lengths`` (sentence lengths, summing
         to the batch)."""
+        if self.frozen is None:
+            return self._step_batch(words, suffixes, cases, labels, rng, prefixes, shapes,
+                                    lengths, ngrams)
+        loss = self._step_batch(words, suffixes, cases, labels, rng, prefixes, shapes,
+                                lengths, ngrams)
+        mask, E0 = self.frozen
+        ids = np.unique(np.concatenate([words.reshape(-1), self._corrupt.reshape(-1)]))
+        ids = ids[mask[ids]]
+        E = self.t["E"].data
+        E[ids] = E0[ids]
+        return loss
+
+    def _step_batch(self, words, suffixes, cases, labels, rng=None, prefixes=None,
+                    shapes=None, lengths=None, ngrams=None):
         cfg = self.model.config
         self.model._ids(words, suffixes, cases, prefixes, shapes)    # needed ones given
         if rng is None and (self.keyed or self.unk_prob is not None
@@ -243,6 +268,7 @@ class Trainer:
         wc, sc, pc = w.copy(), sf.copy(), pf.copy()
         k = cfg.k
         wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
+        self._corrupt = wc[:, k]        # (rows the step touches besides words')
         sc[:, k] = self.suffix_of_word[wc[:, k]]
         if cfg.prefix_dim:
             pc[:, k] = self.prefix_of_word[wc[:, k]]
@@ -381,11 +407,18 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         mcfg = model.config
         log(f"resuming after epoch {state['epoch']} from {ckpt_dir}")
     else:
-        vocab = Vocab.build(train_sents, min_count=tcfg.min_count)
-        model = WindowModel(mcfg, vocab, seed=tcfg.seed)
+        if isinstance(vectors, (str, os.PathLike)):
+            from cygrad.ner.vectors import load as _load_vectors
+            vectors = _load_vectors(vectors)
+        if vectors is not None:     # the model records the vectors it needs
+            mcfg = dataclasses.replace(mcfg, vectors=vectors.source,
+                                       vectors_sha256=vectors.sha256)
+        vocab = Vocab.build(train_sents, min_count=tcfg.min_count, vectors=vectors)
+        model = WindowModel(mcfg, vocab, seed=tcfg.seed, vectors=vectors)
         if vectors is not None:
-            n = model.set_pretrained(vectors)
-            log(f"pretrained vectors for {n} of {len(vocab.words)} words")
+            n = model.init_from_vectors()
+            log(f"pretrained vectors for {n} of {len(vocab.words)} words "
+                f"({vectors.source}, {len(vectors)} words)")
         trainer = Trainer(model, tcfg, comm)
     if comm is not None:            # every rank starts from rank 0's parameters and state
         from cygrad import distributed as dist
@@ -439,6 +472,8 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             for k, a in model.params.items():
                 a[...] = average[k]
             trainer.calibrate(tr)       # max-margin: the threshold of the averaged model
+        if model.vectors is not None:   # words past the vocabulary: the vectors' map
+            model.fit_vector_map()
         if dv is not None and rank == 0:
             sc = score(model, dev_sents, dv)
             entry.update(dev_p=sc.precision, dev_r=sc.recall, dev_f1=sc.f1, dev_acc=sc.accuracy)

@@ -102,6 +102,9 @@ CONFIGS.update({
     "glove.lr04": _on(DEFAULTS, train={**GLOVE, "lr": 0.04}),
     "glove.w0": _on(DEFAULTS, train={**GLOVE, "word_dropout": 0.0}),
     "glove.w3": _on(DEFAULTS, train={**GLOVE, "word_dropout": 3.0}),
+    "glove.hd3": _on(DEFAULTS, train={**GLOVE, "hidden_dropout": 0.3}),
+    "glove.doc7": _on(DEFAULTS, model={"doc_context": 0.7}, train=GLOVE),
+    "random": _on(DEFAULTS),    # the defaults: random 50-d word vectors, trained
 })
 
 

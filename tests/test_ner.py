@@ -554,6 +554,21 @@ def test_cli_train_evaluate_tag(tmp_path, capsys, monkeypatch):
     assert cli.main(["evaluate", "--model", str(tmp_path / "none"), "--data",
                      corpus.path("test")]) == 2
     assert "no such model directory" in capsys.readouterr().err
+    # a model trained on the bundled corpus is scored on its held-out part by default,
+    # or with --data demo; the same table as with the file's path
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", out, "--data", corpus.path("test")]) == 0
+    by_path = capsys.readouterr().out
+    monkeypatch.chdir(tmp_path)
+    for extra in ([], ["--data", "demo"]):
+        assert cli.main(["evaluate", "--model", out] + extra) == 0
+        assert capsys.readouterr().out == by_path
+    other = str(tmp_path / "other")     # trained on a file: --data is needed
+    assert cli.main(["train", "--out", other, "--train", corpus.path("test"), "--epochs", "1",
+                     "--no-progress", "--hidden", "8"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", other]) == 2
+    assert "--data FILE is needed" in capsys.readouterr().err
 
 
 def test_python_dash_m_help():
@@ -562,12 +577,22 @@ def test_python_dash_m_help():
     assert "--train FILE" in r.stdout and "--resume" in r.stdout
 
 
-def test_bundled_corpus_is_what_the_generator_writes(tmp_path, monkeypatch):
-    bundled = {split: pathlib.Path(corpus.path(split)).read_text() for split in corpus.FILES}
-    monkeypatch.setattr(corpus, "HERE", str(tmp_path))
-    corpus.main()
+def test_bundled_corpus_is_what_the_generator_writes(tmp_path):
+    bundled = {split: pathlib.Path(corpus.path(split)).read_bytes() for split in corpus.FILES}
+    r = subprocess.run([sys.executable, "-m", "cygrad.ner.corpus", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     for split, text in bundled.items():
-        assert pathlib.Path(corpus.path(split)).read_text() == text
+        assert (tmp_path / corpus.FILES[split]).read_bytes() == text
+    # --help helps, and writes nothing (the installed package's files least of all)
+    r = subprocess.run([sys.executable, "-m", "cygrad.ner.corpus", "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "--out DIR" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "cygrad.ner.corpus"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--out" in r.stderr
+    for split, text in bundled.items():
+        assert pathlib.Path(corpus.path(split)).read_bytes() == text
 
 
 def test_bundled_corpus_names_are_ambiguous(toy):

@@ -267,3 +267,36 @@ def test_batches():
         list(cg.data.batches((X, y[:9]), 2))
     with pytest.raises(ValueError, match="batch_size"):
         list(cg.data.batches(y, 0))
+
+
+def test_dir_lists_the_public_names_only():
+    """dir(cygrad.nn) and dir(cygrad.optim) show what the modules offer, not the
+    modules they import (np, itertools, math, Tensor)."""
+    import cygrad.nn as nn_mod
+    import cygrad.optim as optim_mod
+    for mod in (nn_mod, optim_mod):
+        names = dir(mod)
+        assert names == sorted(mod.__all__)
+        assert not {"np", "itertools", "math", "Tensor", "writing"} & set(names)
+        for n in names:
+            getattr(mod, n)
+
+
+def test_a_wrong_input_type_is_named_with_the_layer():
+    """model([[...]]) (a Python list) or a string: TypeError naming the layer and
+    what to pass, not an AttributeError from inside; an integer array: which
+    dtypes are accepted."""
+    import cygrad.nn as nn_mod
+    m = nn_mod.Sequential(nn_mod.Linear(3, 4), nn_mod.Tanh(), nn_mod.Dropout(0.5),
+                          nn_mod.Linear(4, 2))
+    for bad, kind in (([[1.0, 2.0, 3.0]], "list"), ("abc", "str"), (3.0, "float")):
+        with pytest.raises(TypeError, match=rf"Linear: the input is a {kind}; pass a NumPy "
+                                            r"array or a cygrad Tensor"):
+            m(bad)
+    for layer, name in ((nn_mod.Tanh(), "Tanh"), (nn_mod.Dropout(0.2), "Dropout")):
+        with pytest.raises(TypeError, match=rf"{name}: the input is a list"):
+            layer([1.0])
+    with pytest.raises(TypeError, match=r"an input is an array of uint8; inputs are cygrad "
+                                        r"Tensors, float32 or float64 NumPy arrays"):
+        m(np.ones((2, 3), np.uint8))
+    assert m(np.ones((2, 3), np.float32)).shape == (2, 2)

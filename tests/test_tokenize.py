@@ -1,4 +1,4 @@
-"""Raw-text tokenisation to CoNLL-2003 conventions (issue 15): 49 texts written
+"""Raw-text tokenisation to CoNLL-2003 conventions (issue 15): 55 texts written
 for it, with the tokens and sentence boundaries CoNLL-2003 would have; and
 `cygrad tag` gives the same tokens."""
 
@@ -112,6 +112,19 @@ CASES = [
      [['Arsenal', 'vs.', 'The', 'Rovers', 'ended', '2-2', '.']]),
     ("Paris Hilton wowed in a sequin gown. Then she left!\n\nU.S. officials didn't.",
      [['Paris', 'Hilton', 'wowed', 'in', 'a', 'sequin', 'gown', '.'], ['Then', 'she', 'left', '!'], ['U.S.', 'officials', 'did', "n't", '.']]),
+    # quotes after a sentence end: opening (space before, a word after) or closing
+    ('He left. "We won," she said.',
+     [['He', 'left', '.'], ['"', 'We', 'won', ',', '"', 'she', 'said', '.']]),
+    ('He left. "We won," she said. "Go home." They did.',
+     [['He', 'left', '.'], ['"', 'We', 'won', ',', '"', 'she', 'said', '.'], ['"', 'Go', 'home', '.', '"'], ['They', 'did', '.']]),
+    ('"Did he win?" she asked.',
+     [['"', 'Did', 'he', 'win', '?', '"', 'she', 'asked', '.']]),
+    ('It ended 3-1. "Great," said Smith. "Really?" "Yes!" He smiled.',
+     [['It', 'ended', '3-1', '.'], ['"', 'Great', ',', '"', 'said', 'Smith', '.'], ['"', 'Really', '?', '"'], ['"', 'Yes', '!', '"'], ['He', 'smiled', '.']]),
+    ("Stop! 'No,' he said. He had quoted 'Hamlet.' Nobody laughed.",
+     [['Stop', '!'], ["'", 'No', ',', "'", 'he', 'said', '.'], ['He', 'had', 'quoted', "'", 'Hamlet', '.', "'"], ['Nobody', 'laughed', '.']]),
+    ('She said: "He told me \'never.\'" Then she left.',
+     [['She', 'said', ':', '"', 'He', 'told', 'me', "'", 'never', '.', "'", '"'], ['Then', 'she', 'left', '.']]),
 ]
 
 

@@ -34,6 +34,10 @@ __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "clip_grad_norm", "StepLR", "Cosin
            "LinearWarmup"]
 
 
+def __dir__():      # the public names, not the modules this one imports
+    return sorted(__all__)
+
+
 def _coalesce(g):
     """(unique row ids, summed rows) of a SparseRows, rows summed in order of appearance."""
     rows, inverse = np.unique(g.indices.reshape(-1), return_inverse=True)

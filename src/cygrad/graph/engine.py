@@ -621,8 +621,11 @@ def _constant(cls, x, dtype):
             raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and {x.dtype}; "
                             f"convert one explicitly (no silent upcast)")
         return x
-    raise TypeError(f"{cls.name or cls.__name__}: cannot use {type(x).__name__} "
-                    f"{getattr(x, 'dtype', '')} as an input")
+    what = f"an array of {x.dtype}" if isinstance(x, np.ndarray) else \
+        f"a {type(x).__name__}"
+    raise TypeError(f"{cls.name or cls.__name__}: an input is {what}; inputs are cygrad "
+                    f"Tensors, float32 or float64 NumPy arrays, or Python numbers (convert "
+                    f"with np.asarray(x, dtype=np.float32))")
 
 
 def _B():

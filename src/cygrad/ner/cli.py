@@ -130,8 +130,11 @@ def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="score a model on CoNLL data", formatter_class=_Help,
                        description="Entity-level precision/recall/F1 (conlleval's chunk "
                                    "rules), overall and per type, and token accuracy.")
-    p.add_argument("--model", metavar="DIR", required=True)
-    p.add_argument("--data", metavar="FILE", required=True)
+    p.add_argument("--model", metavar="DIR", required=True,
+                   help="model directory written by cygrad train")
+    p.add_argument("--data", metavar="FILE", default=None,
+                   help="CoNLL data to score; 'demo': the held-out part of the bundled "
+                        "corpus (default for a model trained on that corpus)")
     p.add_argument("--output", metavar="FILE",
                    help="write 'token gold predicted' per token, blank line between sentences")
     p.add_argument("--train", metavar="FILE",
@@ -154,7 +157,8 @@ def _add_tag(sub):
                                    "stdin. Raw text is one document: with the model's "
                                    "--doc-context, the occurrences of a token share their "
                                    "evidence.")
-    p.add_argument("--model", metavar="DIR", required=True)
+    p.add_argument("--model", metavar="DIR", required=True,
+                   help="model directory written by cygrad train")
     p.add_argument("--input", metavar="FILE", help="default: standard input")
     p.add_argument("--tokenized", action="store_true")
     p.add_argument("--format", choices=["lines", "inline"], default="lines",
@@ -315,7 +319,8 @@ def cmd_train(a):
     model, history = train(train_sents, dev_sents, a.out, mcfg, tcfg, resume=a.resume,
                            vectors=vectors, progress=not a.no_progress,
                            threads=a.threads if a.distributed else None,
-                           distributed=a.distributed, model_fields=model_fields)
+                           distributed=a.distributed, model_fields=model_fields,
+                           data_name="demo" if demo else os.path.abspath(a.train))
     say(f"trained in {time.perf_counter() - t0:.1f}s; best model in {a.out}")
     if rank != 0:
         return 0
@@ -352,7 +357,16 @@ def cmd_evaluate(a):
     from cygrad.ner.evaluate import evaluate
 
     model = _load_model(a)
-    sents = read_conll(a.data)
+    data = a.data
+    if data is None:
+        if (getattr(model, "meta", None) or {}).get("extra", {}).get("train_data") != "demo":
+            raise ValueError("--data FILE is needed (the CoNLL data to score); 'demo' "
+                             "scores the bundled corpus's held-out part")
+        data = "demo"
+    if data == "demo" and not os.path.exists("demo"):
+        from cygrad.ner import corpus
+        data = corpus.path("test")
+    sents = read_conll(data)
     from cygrad.ner.train import gold_tags
 
     from cygrad.ner.data import entity_forms

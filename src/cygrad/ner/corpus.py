@@ -16,7 +16,7 @@ taken from any dataset). Its points are the lecture's and the tagger's:
   tells them apart. So dev F1 stays below 100 and rises over the epochs as
   the model learns the contexts that do decide.
 
-    python -m cygrad.ner.corpus      # rewrite the bundled files (deterministic)
+    python -m cygrad.ner.corpus --out DIR   # write the corpus (deterministic)
 """
 
 import os
@@ -257,14 +257,24 @@ def path(split):
     return os.path.join(HERE, FILES[split])
 
 
-def main():
-    os.makedirs(HERE, exist_ok=True)
-    for old in os.listdir(HERE):
-        if old.endswith(".conll") and old not in FILES.values():
-            os.remove(os.path.join(HERE, old))
-    write(path("train"), generate(N_TRAIN, seed=2024))
-    write(path("test"), generate(N_TEST, seed=7, held_out=True))
+def main(argv=None):
+    """``python -m cygrad.ner.corpus --out DIR``: write the corpus's two files into
+    DIR (the bundled ones are this generator's output for these seeds)."""
+    import argparse
+    ap = argparse.ArgumentParser(
+        prog="python -m cygrad.ner.corpus",
+        description="Write the NER demo corpus bundled with cygrad (deterministic: the "
+                    f"bundled {FILES['train']} and {FILES['test']} are this output).")
+    ap.add_argument("--out", metavar="DIR", required=True,
+                    help="directory to write the two CoNLL files into (created if needed)")
+    a = ap.parse_args(argv)
+    os.makedirs(a.out, exist_ok=True)
+    write(os.path.join(a.out, FILES["train"]), generate(N_TRAIN, seed=2024))
+    write(os.path.join(a.out, FILES["test"]), generate(N_TEST, seed=7, held_out=True))
+    print(f"wrote {FILES['train']} ({N_TRAIN} sentences) and {FILES['test']} ({N_TEST}) "
+          f"into {a.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

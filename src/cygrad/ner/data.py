@@ -481,6 +481,7 @@ _TOKEN = re.compile(r"""
     | \S                                      # any other mark
 """, re.UNICODE | re.VERBOSE)
 _CLOSERS = frozenset(['"', "'", ")", "]", "''"])
+_QUOTES = frozenset(['"', "'", "''"])
 # titles stand before a name, and these stand inside a sentence: never its end
 _NO_END = frozenset("mr mrs ms dr prof gen sen rep gov lt col capt sgt st mt "
                     "eg ie vs cf approx fig".split())
@@ -503,7 +504,7 @@ def tokenize_spans(text):
     sentences, pos = [], 0
     bounds = [m.span() for m in _PARAGRAPH.finditer(text)] + [(len(text), len(text))]
     for brk_start, brk_end in bounds:
-        cur, ending, abbrev = [], False, False
+        cur, ending, abbrev, quoted = [], False, False, False
         for m in _TOKEN.finditer(text, pos, brk_start):
             tok, a, b = m.group(), m.start(), m.end()
             pieces = [(tok, a, b)]
@@ -515,9 +516,23 @@ def tokenize_spans(text):
                 if abbrev and tok in _STARTERS:
                     ending = True
                 abbrev = False
-                if ending and tok not in _CLOSERS:
-                    sentences.append(cur)
-                    cur, ending = [], False
+                if ending:
+                    if tok in _QUOTES and cur and a > cur[-1][2] and b < brk_start \
+                            and not text[b].isspace():
+                        # a quote after a space and before a word opens the next
+                        # sentence ('He left. "We won," ...'); one against the end
+                        # mark closes this one ('... won."')
+                        pass
+                    elif tok in _CLOSERS:
+                        quoted = tok in _QUOTES
+                        cur.append((tok, a, b))
+                        continue
+                    if quoted and tok[:1].islower():
+                        # '"Stop!" he said.': the quoted sentence runs on
+                        ending = quoted = False
+                    else:
+                        sentences.append(cur)
+                        cur, ending, quoted = [], False, False
                 cur.append((tok, a, b))
                 if tok in (".", "!", "?", "..."):
                     ending = True

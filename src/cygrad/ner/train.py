@@ -363,7 +363,8 @@ class Trainer:
 
 
 def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, vectors=None,
-          log=print, progress=True, threads=None, distributed=False, model_fields=None):
+          log=print, progress=True, threads=None, distributed=False, model_fields=None,
+          data_name=None):
     """Train a window model; returns (model, history). See the module docstring.
 
     ``distributed``: one rank of an MPI job (``mpiexec -n N cygrad train ...
@@ -377,7 +378,12 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     ``resume``: the training settings in RESUME_MUST_MATCH must be the checkpoint's,
     and so must ``mcfg``'s (all its fields, or those named in ``model_fields``: the
     command line passes the options given again); ModelError names the first that
-    differs."""
+    differs.
+
+    ``vectors``: pretrained word vectors (cygrad.ner.vectors.Vectors, or what
+    cygrad.ner.vectors.load takes: a name or a path). ``data_name``: what the
+    training data was (recorded in the model: "demo" lets ``cygrad evaluate`` find
+    the bundled corpus's held-out part)."""
     given_mcfg = mcfg
     mcfg = mcfg or Config()
     tcfg = tcfg or TrainConfig()
@@ -495,7 +501,8 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             bad = 0
             if rank == 0:
                 model.save(out_dir, extra={"history": history,
-                                           "train": dataclasses.asdict(tcfg)})
+                                           "train": dataclasses.asdict(tcfg),
+                                           "train_data": data_name})
         else:
             bad += 1
         if raw is not None:

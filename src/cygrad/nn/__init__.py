@@ -28,6 +28,10 @@ __all__ = ["Parameter", "Module", "Linear", "Embedding", "WindowEncoder", "Dropo
            "Identity", "init"]
 
 
+def __dir__():      # the public names, not the modules this one imports
+    return sorted(__all__)
+
+
 class Parameter(Tensor):
     """A leaf :class:`~cygrad.Tensor` with ``requires_grad=True`` that a
     :class:`Module` registers when it is assigned as an attribute.
@@ -277,6 +281,7 @@ class Linear(Module):
             self.bias = None
 
     def forward(self, x):
+        x = _input("Linear", x)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: input has {x.shape[-1]} features (shape {x.shape}), the "
                              f"layer {self.in_features}")
@@ -291,6 +296,15 @@ class Linear(Module):
     def extra_repr(self):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}")
+
+
+def _input(layer, x):
+    """A layer's float input: a Tensor, an array, or a step argument being traced;
+    anything else (a list, a string) is refused naming the layer."""
+    if isinstance(x, (np.ndarray, Tensor, _g.Traced)):
+        return x
+    raise TypeError(f"{layer}: the input is a {type(x).__name__}; pass a NumPy array or a "
+                    f"cygrad Tensor (e.g. np.asarray(x, dtype=np.float32))")
 
 
 def _ids(fn, ids):
@@ -434,6 +448,7 @@ class Dropout(Module):
         self._counter[0] -= 1
 
     def forward(self, x, key=None):
+        x = _input("Dropout", x)
         if not self.training or self.p == 0.0:
             return x
         stream = self._stream if self.stream is None else self.stream
@@ -495,7 +510,7 @@ def _activation(cls_name, fn_name, doc, **defaults):
         self.kw = {**defaults, **kw}
 
     def forward(self, x):
-        return _g.ACTIVATIONS[fn_name](x, **self.kw)
+        return _g.ACTIVATIONS[fn_name](_input(cls_name, x), **self.kw)
 
     def extra_repr(self):
         return ", ".join(f"{k}={v}" for k, v in self.kw.items())

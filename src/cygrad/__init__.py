@@ -10,6 +10,7 @@ kernels' thread count; ``build_info()`` says how this copy was built.
 __version__ = "0.1.0"
 
 from cygrad._config import get_num_threads, set_num_threads, threads
+from cygrad._random import manual_seed
 from cygrad import kernels, reference
 from cygrad.graph import (
     ACTIVATIONS, GradcheckError, Op, Tensor, concat, crf_nll, dropout, embedding_bag_windows, embedding_windows, gelu, get_backend,
@@ -60,7 +61,8 @@ def build_info():
 
 
 __all__ = [
-    "build_info", "get_num_threads", "set_num_threads", "threads", "kernels", "reference",
+    "build_info", "get_num_threads", "set_num_threads", "threads", "manual_seed", "kernels",
+    "reference",
     "__version__", "Tensor", "tensor", "Op", "no_grad", "is_grad_enabled", "use_backend",
     "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout", "crf_nll", "embedding_bag_windows", "linear",
     "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse_loss",

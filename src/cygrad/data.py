@@ -16,7 +16,8 @@ def batches(arrays, batch_size, shuffle=True, seed=None, drop_last=False):
         A new permutation of the rows per call (an epoch), drawn from ``seed``.
     seed : None, int or numpy.random.Generator
         For a reproducible order pass an int (the same order every call) or a
-        Generator (a new order each call, reproducible as a sequence).
+        Generator (a new order each call, reproducible as a sequence). None:
+        ``cygrad.manual_seed``'s generator when it was called, else fresh entropy.
     drop_last : bool
         Leave out the last, smaller batch.
 
@@ -43,6 +44,9 @@ def batches(arrays, batch_size, shuffle=True, seed=None, drop_last=False):
             or batch_size < 1:
         raise ValueError(f"batches: batch_size must be a positive integer, got {batch_size!r}")
     if shuffle:
+        if seed is None:
+            from cygrad._random import default_generator
+            seed = default_generator()      # cygrad.manual_seed's, or None: fresh entropy
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
         order = rng.permutation(n)
     else:

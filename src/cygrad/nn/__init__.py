@@ -18,6 +18,7 @@ import itertools
 
 import numpy as np
 
+from cygrad import _random
 from cygrad import graph as _g
 from cygrad.graph import Tensor
 from cygrad.graph.engine import writing
@@ -409,6 +410,14 @@ class WindowEncoder(Embedding):
 _streams = itertools.count(1 << 20)
 
 
+def _reset_streams():       # cygrad.manual_seed: the next Dropout gets the first stream
+    global _streams
+    _streams = itertools.count(1 << 20)
+
+
+_random._resets.append(_reset_streams)
+
+
 class Dropout(Module):
     """Inverted dropout (:func:`cygrad.dropout`): active in training mode, the
     identity after ``eval()``.
@@ -418,16 +427,21 @@ class Dropout(Module):
     draws a new mask); ``drop(x)`` draws the next key from the module's own
     counter (seeded by ``seed``), in a compiled step too: the step advances the
     counter at every call as the eager layer would, so both train the same
-    model.
+    model. ``seed=None`` (the default) draws the seed from
+    ``cygrad.manual_seed``'s generator when it was called, else uses 0.
     """
 
 
-    def __init__(self, p=0.5, seed=0, stream=None):
+    def __init__(self, p=0.5, seed=None, stream=None):
         super().__init__()
         p = float(p)
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
         self.p = p
+        if seed is None:        # cygrad.manual_seed's generator draws it, else 0
+            from cygrad._random import default_generator
+            g = default_generator()
+            seed = 0 if g is None else int(g.integers(0, 2 ** 31))
         self.seed = int(seed)
         self.stream = stream
         self._stream = next(_streams)    # each Dropout its own masks, in construction order

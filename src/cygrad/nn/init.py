@@ -26,9 +26,11 @@ __all__ = ["calculate_gain", "uniform_", "normal_", "zeros_", "ones_", "constant
 
 
 def as_generator(generator, fn="init"):
-    """A ``numpy.random.Generator`` from None, an int seed or a Generator."""
+    """A ``numpy.random.Generator`` from None (cygrad.manual_seed's generator when it
+    was called, else a fresh unseeded one), an int seed or a Generator."""
     if generator is None:
-        return np.random.default_rng()
+        from cygrad._random import default_generator
+        return default_generator() or np.random.default_rng()
     if isinstance(generator, np.random.Generator):
         return generator
     if isinstance(generator, (int, np.integer)) and not isinstance(generator, bool):

@@ -189,6 +189,12 @@ def _traced_module(m):
 
 # ------------------------------------------------------------------ tensor
 
+def _axis(fn, axis, n):
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -n <= axis < n:
+        raise ValueError(f"{fn}: axis {axis!r} is out of range for {n} dimensions")
+    return int(axis) % n
+
+
 class Tensor:
     """A node of the graph: a float32 or float64 NumPy array and, after
     ``backward()``, its gradient ``.grad`` (a NumPy array of the same shape).
@@ -340,6 +346,78 @@ class Tensor:
         if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
             shape = tuple(shape[0])
         return _ops.Reshape.apply(self, shape=shape)
+
+    view = reshape      # PyTorch's name (a reshape here: the graph has no aliasing views)
+
+    def flatten(self, start=0, end=-1):
+        """Dimensions ``start`` to ``end`` (inclusive) merged into one."""
+        n = self.data.ndim
+        a, b = start % max(n, 1), end % max(n, 1)
+        if n == 0:
+            return self.reshape(1)
+        if a > b:
+            raise ValueError(f"flatten: start {start} is after end {end} for {n} dimensions")
+        shape = self.data.shape
+        return self.reshape(shape[:a] + (-1,) + shape[b + 1:])
+
+    def squeeze(self, axis=None):
+        """Without the dimensions of size 1 (or only ``axis``, which must be 1)."""
+        shape = self.data.shape
+        if axis is None:
+            return self.reshape(tuple(d for d in shape if d != 1))
+        ax = _axis("squeeze", axis, len(shape))
+        if shape[ax] != 1:
+            raise ValueError(f"squeeze: dimension {axis} has size {shape[ax]}, not 1")
+        return self.reshape(shape[:ax] + shape[ax + 1:])
+
+    def unsqueeze(self, axis):
+        """With a new dimension of size 1 at ``axis``."""
+        shape = self.data.shape
+        ax = _axis("unsqueeze", axis, len(shape) + 1)
+        return self.reshape(shape[:ax] + (1,) + shape[ax:])
+
+    def max(self, axis=None, keepdims=False):
+        """The largest values (along ``axis``); the gradient goes to the largest
+        element (split equally among ties): the lecture's "max routes it"."""
+        return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims=False):
+        """The smallest values (along ``axis``); the gradient goes to the smallest."""
+        return _ops.Min.apply(self, axis=axis, keepdims=keepdims)
+
+    def argmax(self, axis=None):
+        """Indices of the largest values, a NumPy int64 array (not part of the graph)."""
+        return np.argmax(self.data, axis=axis)
+
+    def argmin(self, axis=None):
+        """Indices of the smallest values, a NumPy int64 array (not part of the graph)."""
+        return np.argmin(self.data, axis=axis)
+
+    def astype(self, dtype):
+        """This tensor in another dtype (float32 <-> float64; integers to floats); the
+        gradient comes back in this tensor's dtype."""
+        dtype = np.dtype(dtype)
+        if dtype not in _FLOATS and not (dtype.kind in "iub" and self.data.dtype.kind in "iub"):
+            raise TypeError(f"astype: float32 and float64 tensors (or integer to integer); "
+                            f"got {self.data.dtype} to {dtype}")
+        if dtype == self.data.dtype:
+            return self
+        return _ops.Cast.apply(self, dtype=dtype)
+
+    def to(self, dtype):
+        """PyTorch's name for :meth:`astype` (dtypes only: there is one device)."""
+        return self.astype(dtype)
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` in place (a leaf's), and return this tensor."""
+        if requires_grad and self.data.dtype not in _FLOATS:
+            raise TypeError(f"requires_grad_: only float32 and float64 tensors can require "
+                            f"gradients, got dtype {self.data.dtype}")
+        if not self.is_leaf and not requires_grad:
+            raise ValueError("requires_grad_(False) on a tensor computed by an op: use "
+                             "detach()")
+        self.requires_grad = bool(requires_grad)
+        return self
 
     # -- backprop
     def backward(self, grad=None, retain_graph=False):
@@ -549,7 +627,7 @@ class Op:
     def apply(cls, *inputs, **kw):
         # one pass over the inputs: this runs for every node of every step
         dtype = None
-        for x in inputs:
+        for i, x in enumerate(inputs):
             if type(x) is Tensor or isinstance(x, Tensor):
                 d = x.data.dtype
                 if dtype is None:
@@ -558,10 +636,11 @@ class Op:
                             f"{cls.name or cls.__name__}: an input is an integer tensor "
                             f"({d}); convert it explicitly, e.g. cg.tensor(t, "
                             f"dtype=np.float64) (no silent upcast)")
-                    dtype = d
+                    dtype, first = d, i
                 elif d != dtype:
-                    raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} and "
-                                    f"{d}; convert one explicitly (no silent upcast)")
+                    raise TypeError(f"{cls.name or cls.__name__}: inputs mix {dtype} (input "
+                                    f"{first}) and {d} (input {i}); convert one explicitly, "
+                                    f"e.g. t.astype(np.{dtype}) (no silent upcast)")
         if dtype is None:
             raise TypeError(f"{cls.name or cls.__name__}: at least one input must be a Tensor")
         arrays = []

@@ -206,6 +206,65 @@ class Mean(Op):
         return (np.broadcast_to(g / g.dtype.type(n), shape).copy(),)
 
 
+class _Extreme(Op):
+    """max / min over an axis (or all): the gradient goes to the extreme element,
+    split equally among ties."""
+
+    pick = None
+
+    @classmethod
+    def forward(cls, ctx, a, axis=None, keepdims=False):
+        if a.size == 0:
+            raise ValueError(f"{cls.name}: an empty tensor has no {cls.name}")
+        if axis is not None:
+            axis = _check_axis(cls.name, axis, a.ndim)
+        out = cls.pick(a, axis=axis, keepdims=True)
+        hit = (a == out)
+        ctx.shapes = a.shape
+        # (the routing weights: a new array of the op's, not an input to protect)
+        ctx.kw = (axis, keepdims, hit / hit.sum(axis=axis, keepdims=True).astype(a.dtype))
+        return np.asarray(out if keepdims else out.reshape(
+            () if axis is None else out.shape[:axis] + out.shape[axis + 1:]))
+
+    @classmethod
+    def backward(cls, ctx, g):
+        axis, keepdims, weights = ctx.kw
+        if not keepdims:
+            g = g.reshape((1,) * len(ctx.shapes)) if axis is None else np.expand_dims(g, axis)
+        return ((weights * g).astype(g.dtype),)
+
+
+def _check_axis(fn, axis, n):
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)) or not -n <= axis < n:
+        raise ValueError(f"{fn}: axis {axis!r} is out of range for {n} dimensions")
+    return int(axis) % n
+
+
+class Max(_Extreme):
+    name = "max"
+    pick = staticmethod(np.max)
+
+
+class Min(_Extreme):
+    name = "min"
+    pick = staticmethod(np.min)
+
+
+class Cast(Op):
+    """float32 <-> float64 (an integer tensor to a float one starts a graph)."""
+    name = "cast"
+    int_ok = True
+
+    @staticmethod
+    def forward(ctx, a, dtype):
+        ctx.kw = a.dtype
+        return a.astype(dtype)
+
+    @staticmethod
+    def backward(ctx, g):
+        return (g.astype(ctx.kw) if ctx.kw.kind == "f" else None,)
+
+
 class _MaxMin(Op):
     """Route the gradient to the larger (smaller) input; at a tie it is split
     equally, which is also what central differences measure there."""

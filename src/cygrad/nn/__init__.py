@@ -152,6 +152,19 @@ class Module:
     def children(self):
         return iter(self._modules.values())
 
+    def apply(self, fn):
+        """``fn(module)`` for every sub-module (each once, the deepest first) and then
+        this one, as PyTorch does (``model.apply(init_weights)``); returns self."""
+        for m in reversed(list(self.modules())):
+            fn(m)
+        return self
+
+    def requires_grad_(self, requires_grad=True):
+        """Set ``requires_grad`` of every parameter (freeze with False); returns self."""
+        for p in self.parameters():
+            p.requires_grad = bool(requires_grad)
+        return self
+
     def named_parameters(self, prefix="", recurse=True):
         """(dotted name, Parameter) in registration order, depth first; a
         parameter shared by two modules is listed once, under its first name."""

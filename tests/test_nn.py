@@ -300,3 +300,49 @@ def test_a_wrong_input_type_is_named_with_the_layer():
                                         r"Tensors, float32 or float64 NumPy arrays"):
         m(np.ones((2, 3), np.uint8))
     assert m(np.ones((2, 3), np.float32)).shape == (2, 2)
+
+
+def test_loss_modules_are_the_functional_losses():
+    rng = np.random.default_rng(0)
+    logits = cg.tensor(rng.normal(size=(6, 4)), requires_grad=True)
+    labels = rng.integers(0, 4, 6)
+    w = np.array([1.0, 2.0, 0.5, 1.0])
+    for red in ("mean", "sum"):
+        assert nn.CrossEntropyLoss(reduction=red)(logits, labels).item() == \
+            cg.softmax_cross_entropy(logits, labels, reduction=red).item()
+        assert nn.CrossEntropyLoss(weight=w, reduction=red)(logits, labels).item() == \
+            cg.softmax_cross_entropy(logits, labels, reduction=red, weight=w).item()
+        y = rng.normal(size=(6, 4))
+        assert nn.MSELoss(red)(logits, y).item() == cg.mse_loss(logits, y, reduction=red).item()
+        s = cg.tensor(rng.normal(size=6), requires_grad=True)
+        t = rng.integers(0, 2, 6).astype(np.float64)
+        assert nn.BCEWithLogitsLoss(red)(s, t).item() == \
+            cg.sigmoid_binary_cross_entropy(s, t, reduction=red).item()
+    # in a compiled step, as the functional loss
+    model = nn.Linear(4, 3, dtype=np.float64, generator=0)
+    ref = nn.Linear(4, 3, dtype=np.float64, generator=0)
+    crit = nn.CrossEntropyLoss()
+    step = cg.compile(lambda x, y: crit(model(x), y), cg.optim.SGD(model.parameters(), lr=0.1),
+                      strict=True)
+    opt = cg.optim.SGD(ref.parameters(), lr=0.1)
+    for _ in range(3):
+        x, y = rng.normal(size=(8, 4)), rng.integers(0, 3, 8)
+        step(x, y)
+        opt.zero_grad()
+        cg.softmax_cross_entropy(ref(x), y).backward()
+        opt.step()
+    for a, b in zip(model.parameters(), ref.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-12)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+        nn.MSELoss("none")
+
+
+def test_batches_with_a_progress_bar(capsys):
+    """progress=True shows tqdm's bar (on stderr) over the batches, and yields the
+    same batches as without it."""
+    X = np.arange(20.0).reshape(10, 2)
+    plain = list(cg.data.batches(X, 3, seed=1))
+    shown = list(cg.data.batches(X, 3, seed=1, progress="epoch 1"))
+    assert all(np.array_equal(a, b) for a, b in zip(plain, shown)) and len(shown) == 4
+    err = capsys.readouterr().err
+    assert "epoch 1" in err and "/4 [" in err

@@ -562,3 +562,42 @@ def test_compiled_window_model_in_gradient_mode(dt):
         np.testing.assert_array_equal(b.data, c.data)
         assert b.grad is None
     np.testing.assert_array_equal(c1[0].data[35:], model()[0].data[35:])
+
+
+def test_one_cycle_lr_rises_then_anneals_as_pytorch_defines_it():
+    """max_lr / 25 -> max_lr over the first 30% (cosine), then down to
+    max_lr / 25 / 1e4 at the last step; hand-computed for 10 steps."""
+    import math
+    p = [cg.tensor(np.ones(2), requires_grad=True)]
+    o = cg.optim.SGD(p, lr=123.0)
+    s = cg.optim.OneCycleLR(o, max_lr=1.0, total_steps=10)
+    got = [o.lr] + [s.step() for _ in range(9)]
+    lo, end = 0.04, 0.04 / 1e4
+    want = [lo, end + 0 * lo, 0, 0, 0, 0, 0, 0, 0, 0]
+    want[0], want[1], want[2] = lo, 1.0 + (lo - 1.0) * (1 + math.cos(math.pi / 2)) / 2, 1.0
+    for t in range(3, 10):
+        frac = (t - 2) / 7
+        want[t] = end + (1.0 - end) * (1 + math.cos(math.pi * frac)) / 2
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert s.step() == pytest.approx(end)      # past the end: stays there
+    with pytest.raises(ValueError, match="pct_start must be in"):
+        cg.optim.OneCycleLR(o, max_lr=1.0, total_steps=10, pct_start=1.5)
+
+
+def test_reduce_lr_on_plateau():
+    p = [cg.tensor(np.ones(2), requires_grad=True)]
+    o = cg.optim.Adam(p, lr=1.0)
+    r = cg.optim.ReduceLROnPlateau(o, patience=1, factor=0.5)
+    lrs = [r.step(m) for m in [5, 4, 4, 4, 4, 4, 3, 3, 3]]
+    assert lrs == [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25, 0.125]
+    # mode max, cooldown, the floor
+    o2 = cg.optim.SGD(p, lr=1.0)
+    r2 = cg.optim.ReduceLROnPlateau(o2, mode="max", patience=0, factor=0.1, cooldown=1,
+                                    min_lr=0.05)
+    assert [r2.step(m) for m in [0.5, 0.5, 0.5, 0.5, 0.5]] == [1.0, 0.1, 0.1, 0.05, 0.05]
+    state = r.state_dict()
+    r3 = cg.optim.ReduceLROnPlateau(cg.optim.SGD(p, lr=1.0), patience=1)
+    r3.load_state_dict(state)
+    assert (r3.best, r3.bad) == (r.best, r.bad)
+    with pytest.raises(ValueError, match="the metric is nan"):
+        r.step(float("nan"))

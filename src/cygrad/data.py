@@ -5,7 +5,7 @@ import numpy as np
 __all__ = ["batches"]
 
 
-def batches(arrays, batch_size, shuffle=True, seed=None, drop_last=False):
+def batches(arrays, batch_size, shuffle=True, seed=None, drop_last=False, progress=False):
     """Yield mini-batches of rows of one or several arrays, in step.
 
     Parameters
@@ -20,6 +20,9 @@ def batches(arrays, batch_size, shuffle=True, seed=None, drop_last=False):
         ``cygrad.manual_seed``'s generator when it was called, else fresh entropy.
     drop_last : bool
         Leave out the last, smaller batch.
+    progress : bool or str
+        Show a tqdm progress bar over the batches (a str: its description); silent
+        where tqdm cannot be imported.
 
     Yields
     ------
@@ -52,7 +55,16 @@ def batches(arrays, batch_size, shuffle=True, seed=None, drop_last=False):
     else:
         order = None
     stop = n - n % batch_size if drop_last else n
-    for lo in range(0, stop, batch_size):
+    starts = range(0, stop, batch_size)
+    if progress:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            pass
+        else:
+            starts = tqdm(starts, total=len(starts), unit="batch", leave=False,
+                          desc=progress if isinstance(progress, str) else None)
+    for lo in starts:
         hi = min(lo + batch_size, n)
         if order is None:
             out = [np.ascontiguousarray(a[lo:hi]) for a in arrs]

@@ -31,7 +31,7 @@ from cygrad.graph import SparseRows, Tensor
 from cygrad.graph.engine import is_protected, writing
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "clip_grad_norm", "StepLR", "CosineAnnealingLR",
-           "LinearWarmup"]
+           "LinearWarmup", "OneCycleLR", "ReduceLROnPlateau"]
 
 
 def __dir__():      # the public names, not the modules this one imports
@@ -575,3 +575,107 @@ class LinearWarmup(_Schedule):
             return self.base_lr
         return self.base_lr * (self.start_factor
                                + (1 - self.start_factor) * t / self.warmup_steps)
+
+
+class OneCycleLR(_Schedule):
+    """The one-cycle policy (Smith & Topin 2017; PyTorch's ``OneCycleLR`` with its
+    defaults, cosine annealing, two phases): from ``max_lr / div_factor`` up to
+    ``max_lr`` over the first ``pct_start`` of ``total_steps``, then down to
+    ``max_lr / div_factor / final_div_factor`` at the last step. Step it once per
+    batch; the optimiser's lr is set at once to the first value."""
+
+    def __init__(self, optimizer, max_lr, total_steps, pct_start=0.3, div_factor=25.0,
+                 final_div_factor=1e4):
+        self.max_lr = float(max_lr)
+        if not (np.isfinite(self.max_lr) and self.max_lr > 0):
+            raise ValueError(f"OneCycleLR: max_lr must be a positive number, got {max_lr!r}")
+        self.total_steps = _positive_int("OneCycleLR", "total_steps", total_steps)
+        if self.total_steps < 2:
+            raise ValueError("OneCycleLR: total_steps must be at least 2")
+        self.pct_start = float(pct_start)
+        if not 0 < self.pct_start < 1:
+            raise ValueError(f"OneCycleLR: pct_start must be in (0, 1), got {pct_start!r}")
+        self.div_factor, self.final_div_factor = float(div_factor), float(final_div_factor)
+        if not (self.div_factor >= 1 and self.final_div_factor >= 1):
+            raise ValueError("OneCycleLR: div_factor and final_div_factor must be >= 1")
+        super().__init__(optimizer)
+
+    def lr_at(self, t):
+        lo = self.max_lr / self.div_factor
+        end = lo / self.final_div_factor
+        up = self.pct_start * self.total_steps - 1      # the step at max_lr
+        last = self.total_steps - 1
+        t = min(t, last)
+        if t <= up:
+            a, b, frac = lo, self.max_lr, (t / up if up > 0 else 1.0)
+        else:
+            a, b, frac = self.max_lr, end, (t - up) / (last - up)
+        return b + (a - b) * (1 + math.cos(math.pi * frac)) / 2
+
+
+class ReduceLROnPlateau:
+    """Multiply the optimiser's lr by ``factor`` when a metric (a validation loss:
+    ``mode="min"``, or an accuracy: ``"max"``) has not improved by more than
+    ``threshold`` (relative) for ``patience`` calls of :meth:`step`; then wait
+    ``cooldown`` calls; never below ``min_lr``. PyTorch's semantics."""
+
+    def __init__(self, optimizer, mode="min", factor=0.1, patience=10, threshold=1e-4,
+                 cooldown=0, min_lr=0.0):
+        if not isinstance(optimizer, _Optimizer):
+            raise TypeError(f"ReduceLROnPlateau: optimizer must be a cygrad optimiser, got "
+                            f"{type(optimizer).__name__}")
+        if mode not in ("min", "max"):
+            raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")
+        if not 0 < factor < 1:
+            raise ValueError(f"ReduceLROnPlateau: factor must be in (0, 1), got {factor!r}")
+        if isinstance(patience, bool) or not isinstance(patience, (int, np.integer)) \
+                or patience < 0:
+            raise ValueError(f"ReduceLROnPlateau: patience must be an integer >= 0, got "
+                             f"{patience!r}")
+        self.optimizer, self.mode, self.factor = optimizer, mode, float(factor)
+        self.patience, self.threshold = int(patience), float(threshold)
+        self.cooldown, self.min_lr = int(cooldown), float(min_lr)
+        self.best = math.inf if mode == "min" else -math.inf
+        self.bad = 0
+        self.cooling = 0
+
+    def _better(self, x):
+        if self.mode == "min":
+            return x < self.best * (1 - self.threshold) if self.best != math.inf else True
+        return x > self.best * (1 + self.threshold) if self.best != -math.inf else True
+
+    def step(self, metric):
+        """Record this epoch's metric; returns the (possibly reduced) lr."""
+        x = float(metric)
+        if not math.isfinite(x):
+            raise ValueError(f"ReduceLROnPlateau.step: the metric is {metric!r}")
+        if self._better(x):
+            self.best, self.bad = x, 0
+        else:
+            self.bad += 1
+        if self.cooling > 0:
+            self.cooling -= 1
+            self.bad = 0
+        if self.bad > self.patience:
+            new = max(self.optimizer.lr * self.factor, self.min_lr)
+            if self.optimizer.lr - new > 1e-12 * self.optimizer.lr:
+                self.optimizer.lr = new
+            self.cooling, self.bad = self.cooldown, 0
+        return self.optimizer.lr
+
+    def get_last_lr(self):
+        return self.optimizer.lr
+
+    def state_dict(self):
+        return {"type": "ReduceLROnPlateau", "best": self.best, "bad": self.bad,
+                "cooling": self.cooling}
+
+    def load_state_dict(self, state):
+        if not isinstance(state, dict) or state.get("type") != "ReduceLROnPlateau":
+            raise ValueError("ReduceLROnPlateau.load_state_dict: not the state of a "
+                             "ReduceLROnPlateau")
+        for k in ("best", "bad", "cooling"):
+            if k not in state:
+                raise ValueError(f"ReduceLROnPlateau.load_state_dict: the state has no {k!r}")
+        self.best, self.bad, self.cooling = float(state["best"]), int(state["bad"]), \
+            int(state["cooling"])

@@ -26,7 +26,7 @@ from cygrad.nn import init
 
 __all__ = ["Parameter", "Module", "Linear", "Embedding", "WindowEncoder", "Dropout",
            "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU", "Hardtanh", "GELU", "SiLU",
-           "Identity", "init"]
+           "Identity", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "init"]
 
 
 def __dir__():      # the public names, not the modules this one imports
@@ -554,3 +554,45 @@ SiLU = _activation("SiLU", "silu", "``x * sigmoid(x)``, elementwise.")
 LeakyReLU = _activation("LeakyReLU", "leaky_relu", "``x`` for x > 0, ``negative_slope * x`` "
                         "otherwise.", negative_slope=0.01)
 Hardtanh = _activation("Hardtanh", "hardtanh", "``clip(x, -1, 1)``, elementwise.")
+
+
+class _Loss(Module):
+    fn = None
+
+    def __init__(self, reduction="mean"):
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"{type(self).__name__}: reduction must be 'mean' or 'sum', got "
+                             f"{reduction!r}")
+        self.reduction = reduction
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}"
+
+
+class CrossEntropyLoss(_Loss):
+    """``loss(logits, labels)``: :func:`cygrad.softmax_cross_entropy` (logits (B, C),
+    integer labels (B,)); ``weight``: per-class weights (C,)."""
+
+    def __init__(self, weight=None, reduction="mean"):
+        super().__init__(reduction)
+        self.weight = weight
+
+    def forward(self, logits, labels):
+        return _g.softmax_cross_entropy(logits, labels, reduction=self.reduction,
+                                        weight=self.weight)
+
+
+class MSELoss(_Loss):
+    """``loss(pred, target)``: :func:`cygrad.mse_loss`."""
+
+    def forward(self, pred, target):
+        return _g.mse_loss(pred, target, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(_Loss):
+    """``loss(scores, targets)``: :func:`cygrad.sigmoid_binary_cross_entropy` (scores
+    (B,) or (B, 1), targets in [0, 1] of their shape)."""
+
+    def forward(self, scores, targets):
+        return _g.sigmoid_binary_cross_entropy(scores, targets, reduction=self.reduction)

@@ -419,27 +419,21 @@ def read_tokenized(text):
 
 
 def cmd_tag(a):
-    from cygrad.ner.data import Sentence, tokenize
+    from cygrad.ner import stream
 
     model = _load_model(a)
-    if a.input:
-        with open(a.input, encoding="utf-8") as f:
-            text = f.read()
-    else:
-        text = sys.stdin.read()
-    if text.startswith("\ufeff"):      # a UTF-8 byte-order mark is not text
-        text = text[1:]
-    if a.tokenized:
-        sents = read_tokenized(text)
-    else:
-        sents = [Sentence(t, ["O"] * len(t)) for t in tokenize(text)]
-    pred = _predict_tags(model, sents)
     out = sys.stdout
-    for s, p in zip(sents, pred):
-        if a.format == "inline":
-            out.write(inline(s.tokens, p) + "\n")
-        else:
-            out.write("".join([f"{tok}\t{t}\n" for tok, t in zip(s.tokens, p)]) + "\n")
+    with stream.open_text(a.input) as f:
+        lines = stream.lines(f)
+        sents = stream.tokenized_sentences(lines) if a.tokenized \
+            else stream.raw_sentences(lines)
+        # whole documents at a time (a long one in two passes): memory does not grow
+        # with the input
+        for s, p in stream.tag_stream(model, sents):
+            if a.format == "inline":
+                out.write(inline(s.tokens, p) + "\n")
+            else:
+                out.write("".join([f"{tok}\t{t}\n" for tok, t in zip(s.tokens, p)]) + "\n")
     return 0
 
 

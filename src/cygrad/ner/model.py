@@ -496,24 +496,34 @@ class WindowModel:
         log-probabilities, or, for a CRF model, by its scores and learned
         transitions (cygrad.kernels.crf_viterbi).
         """
-        decode = decode or self.config.decode
+        logp = self.token_scores(enc, batch_size)
+        self._share_in_documents(logp, enc)
+        return self.decode(logp, enc, decode)
+
+    def token_scores(self, enc, batch_size=4096):
+        """Each token's tag scores (N, C) in float64, before the sharing within
+        documents (:meth:`predict` = token_scores, the sharing, :meth:`decode`)."""
         n = len(enc)
         typed = self._typed_scores(enc) if n else None
         if typed is not None:
-            logp = typed.astype(np.float64)
-        else:
-            logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
-            for lo in range(0, n, batch_size):
-                hi = min(n, lo + batch_size)
-                bags = None if enc.ngrams is None else (enc.ngrams[lo:hi], enc.ngram_ptr,
-                                                        enc.ngram_items)
-                if self.config.ngram_dim and bags is None:
-                    raise ValueError("this model reads character n-grams: encode with "
-                                     "model.encode(sentences)")
-                logp[lo:hi] = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi],
-                                          enc.cases[lo:hi], _rows(enc.prefixes, lo, hi),
-                                          _rows(enc.shapes, lo, hi), bags, enc)
-        self._share_in_documents(logp, enc)
+            return typed.astype(np.float64)
+        logp = np.empty((n, self.params["c"].shape[0]), dtype=np.float64)
+        for lo in range(0, n, batch_size):
+            hi = min(n, lo + batch_size)
+            bags = None if enc.ngrams is None else (enc.ngrams[lo:hi], enc.ngram_ptr,
+                                                    enc.ngram_items)
+            if self.config.ngram_dim and bags is None:
+                raise ValueError("this model reads character n-grams: encode with "
+                                 "model.encode(sentences)")
+            logp[lo:hi] = self.scores(enc.words[lo:hi], enc.suffixes[lo:hi],
+                                      enc.cases[lo:hi], _rows(enc.prefixes, lo, hi),
+                                      _rows(enc.shapes, lo, hi), bags, enc)
+        return logp
+
+    def decode(self, logp, enc, decode=None):
+        """Tag ids from scores (N, C) (changed in place) and ``enc``'s sentences."""
+        decode = decode or self.config.decode
+        n = len(enc)
         if self.config.binary:     # 1 where the window's score is positive
             return (logp[:, 0] > 0).astype(np.int64)
         if decode == "greedy":

@@ -105,6 +105,7 @@ CONFIGS.update({
     "glove.hd3": _on(DEFAULTS, train={**GLOVE, "hidden_dropout": 0.3}),
     "glove.doc7": _on(DEFAULTS, model={"doc_context": 0.7}, train=GLOVE),
     "random": _on(DEFAULTS),    # the defaults: random 50-d word vectors, trained
+    "none": _on(DEFAULTS, model={"dim": 0}),    # no word table: the other features only
 })
 
 

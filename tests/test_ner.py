@@ -747,3 +747,36 @@ def test_resume_takes_settings_not_given_again_from_the_checkpoint(tmp_path, cap
     assert cli.main(["train", "--out", b, "--epochs", "3", "--resume", "--batch-size", "32"]
                     + common) == 2
     assert "trained with batch_size=64, not 32" in capsys.readouterr().err
+
+
+def test_a_model_without_a_word_table(tmp_path, toy):
+    """--dim 0: the other features only (the lecture's "discrete features" row of
+    its extrinsic evaluation); trains compiled as eagerly, saves, loads and tags."""
+    import warnings
+    from cygrad.ner.train import Trainer
+    cfg = Config(dim=0, hidden=(16,), suffix_dim=4, case_dim=3, prefix_dim=4, shape_dim=3,
+                 loss="crf", dtype="float64")
+    vocab = Vocab.build(toy[0][:100], min_count=1)
+    m = WindowModel(cfg, vocab, seed=1)
+    assert "E" not in m.params and m.tables() == ["S", "Cs", "P", "Sh"]
+    enc = m.encode(toy[0][:100])
+    params = {}
+    for compiled in (True, False):
+        mm = WindowModel(cfg, vocab, seed=1)
+        tr = Trainer(mm, TrainConfig(lr=0.1, compile=compiled))
+        off = enc.offsets
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", cg.CompileWarning)
+            for a in range(0, 60, 20):
+                idx = np.arange(off[a], off[a + 20])
+                tr.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
+                        np.random.default_rng(0), enc.prefixes[idx], enc.shapes[idx],
+                        np.diff(off[a:a + 21]))
+        params[compiled] = mm.params
+    for k in params[True]:
+        np.testing.assert_allclose(params[True][k], params[False][k], rtol=1e-9, atol=1e-12)
+    mm.save(str(tmp_path / "m"))
+    again = WindowModel.load(str(tmp_path / "m"))
+    assert again.tag("Police in Lagos arrested Maria Okafor .")[0].tokens
+    with pytest.raises(ValueError, match="the window has no features"):
+        Config(dim=0, suffix_dim=0, case_dim=0)

@@ -55,7 +55,8 @@ def _add_train(sub):
                    help="visit the training windows in file order")
     p.add_argument("--window", type=int, default=2, metavar="K",
                    help="words each side of the centre (window 2K+1)")
-    p.add_argument("--dim", type=int, default=50, help="word embedding size")
+    p.add_argument("--dim", type=int, default=50,
+                   help="word embedding size (0: no word table, the other features only)")
     p.add_argument("--suffix-dim", type=int, default=20, help="suffix feature size (0: off)")
     p.add_argument("--case-dim", type=int, default=5, help="casing feature size (0: off)")
     p.add_argument("--prefix-dim", type=int, default=20,

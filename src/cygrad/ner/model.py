@@ -91,10 +91,15 @@ class Config:
         if not isinstance(self.average, bool):
             raise ValueError(f"average must be true or false, got {self.average!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
-        if (self.k < 0 or self.dim < 1 or self.suffix_dim < 0 or self.case_dim < 0
+        if (self.k < 0 or self.dim < 0 or self.suffix_dim < 0 or self.case_dim < 0
                 or self.prefix_dim < 0 or self.shape_dim < 0 or self.ngram_dim < 0
                 or self.ngram_buckets < 1):
             raise ValueError(f"bad model sizes: {self}")
+        if self.input_size() == 0:
+            raise ValueError("the window has no features: dim, suffix_dim, case_dim, "
+                             "prefix_dim, shape_dim and ngram_dim are all 0")
+        if self.dim == 0 and self.vectors:
+            raise ValueError("pretrained vectors need a word table (dim > 0)")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden layer sizes must be positive, got {self.hidden}")
         if self.activation not in K.ACTIVATIONS:
@@ -182,7 +187,8 @@ class WindowModel:
     # ------------------------------------------------------------ parameters
     def expected_shapes(self):
         cfg, v = self.config, self.vocab
-        shapes = {"E": (len(v.words), cfg.dim)}
+        # dim 0: no word table (the lecture's "discrete features" row)
+        shapes = {"E": (len(v.words), cfg.dim)} if cfg.dim else {}
         if cfg.suffix_dim:
             shapes["S"] = (len(v.suffixes), cfg.suffix_dim)
         if cfg.case_dim:
@@ -295,7 +301,7 @@ class WindowModel:
     def tables(self):
         """Names of the embedding tables, in the order their vectors are concatenated."""
         cfg = self.config
-        return (["E"] + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+        return ((["E"] if cfg.dim else []) + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
                 + (["P"] if cfg.prefix_dim else []) + (["Sh"] if cfg.shape_dim else []))
 
     def encode(self, sentences, with_labels=True):

@@ -341,3 +341,24 @@ def test_non_finite_vectors_are_blamed_on_the_vectors_file(bad, tmp_path):
     p.write_text(f"the 0.1 0.2\ncity 0.3 {bad}\n")
     with pytest.raises(ValueError, match=r"v.txt:2: the vector of 'city' holds NaN or infinity"):
         read_vectors(str(p))
+
+
+@pytest.mark.parametrize("bad", [[1.0, 2.0], "ab", 3.0, None])
+def test_tensor_data_replaced_by_a_non_array_is_named_at_every_entry(bad):
+    """``p.data = [1, 2]``: the forward pass, an optimiser (made or stepping) and a
+    compiled step each raise a TypeError that names the tensor's .data and how to
+    assign it; never a deep AttributeError."""
+    import cygrad as cg
+    from cygrad import nn
+    m = nn.Linear(3, 2, generator=0)
+    opt = cg.optim.Adam(m.parameters(), lr=0.1)
+    x, y = np.ones((4, 3), np.float32), np.zeros(4, np.int64)
+    step = cg.compile(lambda xb, yb: cg.softmax_cross_entropy(m(xb), yb), opt)
+    step(x, y)
+    cg.softmax_cross_entropy(m(x), y).backward()
+    m.weight.data = bad
+    msg = r"the tensor.s \.data is a \w+, not a NumPy array \(assign an array"
+    for call in (lambda: m(x), opt.step, lambda: cg.optim.SGD(m.parameters(), lr=0.1),
+                 lambda: step(x, y)):
+        with pytest.raises(TypeError, match=msg):
+            call()

@@ -28,7 +28,7 @@ import numpy as np
 
 from cygrad import kernels as _K
 from cygrad.graph import SparseRows, Tensor
-from cygrad.graph.engine import is_protected, writing
+from cygrad.graph.engine import _bad_data, is_protected, writing
 
 __all__ = ["SGD", "Adagrad", "Adam", "AdamW", "clip_grad_norm", "StepLR", "CosineAnnealingLR",
            "LinearWarmup", "OneCycleLR", "ReduceLROnPlateau"]
@@ -65,10 +65,12 @@ class _Optimizer:
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
         seen = set()
-        for p in self.params:
+        for i, p in enumerate(self.params):
             if not isinstance(p, Tensor) or not p.requires_grad or not p.is_leaf:
                 raise TypeError(f"{type(self).__name__}: parameters must be leaf Tensors "
                                 f"with requires_grad=True, got {p!r}")
+            if not isinstance(p.data, np.ndarray):
+                raise _bad_data(p, f"{type(self).__name__}: parameter {i}")
             if id(p) in seen:
                 raise ValueError(f"{type(self).__name__}: a parameter appears twice in the list")
             seen.add(id(p))
@@ -113,7 +115,11 @@ class _Optimizer:
         return None
 
     def _with_grads(self):
-        return [(i, p, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+        out = [(i, p, p.grad) for i, p in enumerate(self.params) if p.grad is not None]
+        for i, p, _ in out:
+            if type(p.data) is not np.ndarray and not isinstance(p.data, np.ndarray):
+                raise _bad_data(p, f"{type(self).__name__}.step: parameter {i}")
+        return out
 
     # -- state
     def _state_arrays(self):

@@ -221,7 +221,8 @@ class BoundPlan:
         for pos, kind, payload in self.ext:
             if kind == "param":
                 a = opt.params[payload].data
-                what = f"parameter {payload} (shape {opt.params[payload].shape})"
+                what = f"parameter {payload}" + (f" (shape {a.shape})"
+                                                 if isinstance(a, np.ndarray) else "")
             elif kind in STATE_ATTR:
                 a = getattr(opt, STATE_ATTR[kind])[payload]
                 what = f"the optimiser state of parameter {payload}"
@@ -243,7 +244,9 @@ class BoundPlan:
     def _check_array(self, a, pos, what, writeable):
         old = self.arrays[pos]
         if not isinstance(a, np.ndarray):
-            raise TypeError(f"compiled step: {what} is no longer a numpy array")
+            raise TypeError(f"compiled step: {what}: the tensor's .data is a "
+                            f"{type(a).__name__}, not a NumPy array (assign an array: "
+                            f"t.data = np.asarray(value, dtype=np.{self.dtype}))")
         if old is not None and (a.shape != old.shape or a.dtype != old.dtype):
             raise ValueError(f"compiled step: {what} changed from {old.shape} {old.dtype} to "
                              f"{a.shape} {a.dtype} since the plan was built")

@@ -476,6 +476,13 @@ def tensor(data, requires_grad=False, dtype=None, name=None):
     return Tensor(arr, requires_grad=requires_grad, name=name)
 
 
+def _bad_data(t, where):
+    """The error for a tensor whose ``.data`` was replaced by something that is not a
+    NumPy array (``p.data = [1, 2]``)."""
+    return TypeError(f"{where}: the tensor's .data is a {type(t.data).__name__}, not a NumPy "
+                     f"array (assign an array: t.data = np.asarray(value, dtype=np.float32))")
+
+
 def _as_array(data, dtype):
     if dtype is not None:
         dtype = np.dtype(dtype)
@@ -629,7 +636,10 @@ class Op:
         dtype = None
         for i, x in enumerate(inputs):
             if type(x) is Tensor or isinstance(x, Tensor):
-                d = x.data.dtype
+                try:
+                    d = x.data.dtype
+                except AttributeError:      # (free on the fast path)
+                    raise _bad_data(x, f"{cls.name or cls.__name__}: input {i}") from None
                 if dtype is None:
                     if d not in _FLOATS and not cls.int_ok:
                         raise TypeError(

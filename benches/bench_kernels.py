@@ -9,7 +9,8 @@ Groups are "<op> <size>"; within a group, rows differ by implementation
 import numpy as np
 import pytest
 
-from cygrad import kernels as K, reference as R
+from cygrad import kernels as K
+from cygrad import reference as R
 
 IMPLS = {"cygrad": K, "numpy": R}
 impl_param = pytest.mark.parametrize("impl", list(IMPLS))

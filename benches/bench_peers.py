@@ -35,8 +35,8 @@ def test_peer_step(benchmark, impl, B, nthreads):
     sync = getattr(step, "sync", lambda: None)
 
     def run():
-        w, l = batches[state[0] % len(batches)]
+        w, lab = batches[state[0] % len(batches)]
         state[0] += 1
-        step.step(w, l)
+        step.step(w, lab)
         sync()
     benchmark(run)

@@ -189,8 +189,8 @@ def check_same(impls, B, steps=3, rtol=2e-3, atol=2e-5):
     results = {}
     for name, factory in impls.items():
         impl = factory(p, None)
-        for w, l in batches:
-            impl.step(w, l)
+        for w, lab in batches:
+            impl.step(w, lab)
         results[name] = impl.arrays()
     ref = results["numpy"]
     errors = {}

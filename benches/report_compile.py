@@ -38,7 +38,7 @@ import cygrad as cg
 import cygrad.optim  # noqa: F401  (older cygrads do not import it themselves)
 
 try:
-    from cygrad._window import _FusedStep   # the hand-fused step, until it is removed
+    from cygrad._window import _FusedStep  # the hand-fused step, until it is removed
 except ImportError:
     _FusedStep = None
 

@@ -40,6 +40,7 @@ CASES = ["step B=1", "step B=32", "step B=512", "matmul 512²", "matmul 1024²",
 
 def _worker(threads):
     import numpy as np
+
     import cygrad
     from cygrad import kernels as K
     from cygrad.ner import WindowTrainer

@@ -49,14 +49,22 @@ def epoch_seconds(data, args, threads):
 PLANS = {}
 
 
+VECTORS = "defaults --vectors glove-6b-50d"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--conll", default=os.environ.get("CYGRAD_CONLL_DIR", os.path.join(
         HERE, "..", "..", "shared", "data", "conll2003")))
     ap.add_argument("--loads", nargs="+", default=["idle", "busy"])
+    ap.add_argument("--configs", nargs="+", choices=list(CONFIGS) + [VECTORS],
+                    default=list(CONFIGS),
+                    help=f"which to run ({VECTORS!r}: the defaults with GloVe, needs the "
+                         f"vectors extra)")
     ap.add_argument("--out")
     a = ap.parse_args()
+    configs = {name: CONFIGS.get(name, ["--vectors", "glove-6b-50d"]) for name in a.configs}
     cores = sorted(os.sched_getaffinity(0))
     busy = Busy(cores[-1])
     times = {}
@@ -64,7 +72,7 @@ def main():
         for r in range(a.rounds):
             for load in a.loads:
                 busy.start() if load == "busy" else busy.stop()
-                for name, args in CONFIGS.items():
+                for name, args in configs.items():
                     for nt in (None, 1):
                         times.setdefault((load, name, nt), []).append(
                             epoch_seconds(a.conll, args, nt))
@@ -82,13 +90,13 @@ def main():
 
     def cell(v):
         return f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
-    for name in CONFIGS:
+    for name in configs:
         for load in a.loads:
             lines.append(f"| {name} | {load} | {cell(times[load, name, None])} "
                          f"| {cell(times[load, name, 1])} |")
     lines += ["", "Plans the compiled step built over the epoch: " + "; ".join(
         f"{name}: {', '.join(sorted(PLANS.get(tuple(args), {'-'})))}"
-        for name, args in CONFIGS.items()) + " (- : the eager graph)."]
+        for name, args in configs.items()) + " (- : the eager graph)."]
     text = "\n".join(lines) + "\n"
     print(text)
     if a.out:

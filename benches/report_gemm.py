@@ -22,8 +22,8 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from report_peers import _interleave, _median, pin_cores, run_workers  # noqa: E402
 from report import peak  # noqa: E402
+from report_peers import _interleave, _median, pin_cores, run_workers  # noqa: E402
 
 
 def shapes():
@@ -40,9 +40,10 @@ def shapes():
 def worker(nt, rounds, out):
     pin_cores(nt)
     import numpy as np
+    from threadpoolctl import threadpool_limits
+
     import cygrad
     from cygrad import kernels as K
-    from threadpoolctl import threadpool_limits
     cygrad.set_num_threads(nt)
     rng = np.random.default_rng(0)
     rows = []

@@ -203,7 +203,8 @@ def check_same(impls, batches, steps=3):
 
 def adam_cases():
     """{name: call} updating one 10^6-element float32 parameter."""
-    from cygrad import kernels as K, optim, nn
+    from cygrad import kernels as K
+    from cygrad import nn, optim
     rng = np.random.default_rng(2)
     p0 = rng.standard_normal(N_ADAM).astype(np.float32)
     g0 = rng.standard_normal(N_ADAM).astype(np.float32)
@@ -427,13 +428,15 @@ def report(a, info, cases, states, rates, cores):
             for nt in a.threads:
                 m, lo, hi = _ratio(rates, (s, nt, mine), (s, nt, peer))
                 cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]")
-        lines.append(f"| {mine.split(': ')[1]} / {peer.split(': ')[1]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {mine.split(': ')[1]} / {peer.split(': ')[1]} | "
+                     + " | ".join(cells) + " |")
     if len(a.threads) > 1:
         lines += ["", f"{a.threads[-1]} threads / {a.threads[0]} thread (same case, medians):", "",
                   "| case | " + " | ".join(states) + " |", "|---" + "|---:" * len(states) + "|"]
         for c in cases:
             lines.append(f"| {c} | " + " | ".join(
-                f"{med[(s, a.threads[-1], c)] / med[(s, a.threads[0], c)]:.2f}" for s in states) + " |")
+                f"{med[(s, a.threads[-1], c)] / med[(s, a.threads[0], c)]:.2f}"
+                for s in states) + " |")
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:

@@ -165,7 +165,8 @@ def main(argv=None):
 def report(a, res):
     import cygrad
     med = lambda xs: statistics.median(xs)  # noqa: E731
-    lines = ["# Data parallelism over MPI: 2 ranks against 1 rank on 2 cores, and a model for N hosts",
+    lines = ["# Data parallelism over MPI: 2 ranks against 1 rank on 2 cores, "
+             "and a model for N hosts",
              "",
              f"`python benches/report_mpi.py --rounds {a.rounds} --seconds {a.seconds}` on "
              f"{os.cpu_count()} cores ({platform.machine()}), {time.strftime('%Y-%m-%d')}, cygrad "
@@ -173,7 +174,8 @@ def report(a, res):
              f"w 5, H 300, C 9, Adagrad, float32), compiled; B is the per-rank batch (the "
              f"2-rank global batch is 2 B). Windows/s of the global batch, median of "
              f"{a.rounds} rounds; busy: a CPU-bound loop pinned to the last core.", "",
-             "| B | arrangement | idle | busy | idle / 1 rank x 1 thread | busy / 1 rank x 1 thread |",
+             "| B | arrangement | idle | busy | idle / 1 rank x 1 thread "
+             "| busy / 1 rank x 1 thread |",
              "|---:|---|---:|---:|---:|---:|"]
     for B in a.batch:
         base = {s: med([x["rate"] for x in res[(s, B, ARRANGEMENTS[0])]]) for s in ("idle", "busy")}

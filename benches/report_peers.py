@@ -119,6 +119,7 @@ def _interleave(fns, rounds, block=BLOCK_SECONDS, idle=IDLE):
 
 def _sgemm_peak(nt):
     import numpy as np
+
     from cygrad import kernels as K
     rng = np.random.default_rng(0)
     a = rng.standard_normal((2048, 2048)).astype(np.float32)
@@ -140,9 +141,9 @@ def _step_fns(impls, B):
         state = {"i": 0}
 
         def call(impl=impl, state=state):
-            w, l = batches[state["i"] % len(batches)]
+            w, lab = batches[state["i"] % len(batches)]
             state["i"] += 1
-            impl.step(w, l)
+            impl.step(w, lab)
         fns[name] = (call, getattr(impl, "sync", lambda: None))
     return fns
 
@@ -150,6 +151,7 @@ def _step_fns(impls, B):
 def _kernel_fns(nt):
     """A few kernels of the step, for each library: {kernel: {impl: (call, sync)}}."""
     import numpy as np
+
     import cygrad
     from cygrad import kernels as K
     rng = np.random.default_rng(0)
@@ -242,6 +244,7 @@ def _kernel_fns(nt):
 
 def _op_overhead_fns():
     import numpy as np
+
     import cygrad as cg
     a = cg.tensor(np.ones(1, np.float32), requires_grad=True)
     b = cg.tensor(np.ones(1, np.float32), requires_grad=True)
@@ -258,6 +261,7 @@ def _op_overhead_fns():
 
 def _machine():
     import numpy as np
+
     import cygrad
     facts = {"python": platform.python_version(), "numpy": np.__version__,
              "cygrad": cygrad.__version__, "cores": len(os.sched_getaffinity(0))}
@@ -289,9 +293,10 @@ def _machine():
 def worker(nt, batches, out):
     pin_cores(nt)
     sys.path.insert(0, HERE)
+    from threadpoolctl import threadpool_limits
+
     import cygrad
     import peers
-    from threadpoolctl import threadpool_limits
     cygrad.set_num_threads(nt)
     try:
         import torch

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import cygrad
-
 from helpers import DTYPES
 
 # parsed word vectors are cached under CYGRAD_CACHE (cygrad.ner.vectors): not in the

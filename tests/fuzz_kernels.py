@@ -27,7 +27,9 @@ import time
 import traceback
 
 import numpy as np
-from hypothesis import HealthCheck, given, seed as hseed, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hseed
+from hypothesis import strategies as st
 
 from cygrad import kernels as K
 from cygrad import reference as R

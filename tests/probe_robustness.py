@@ -75,7 +75,8 @@ PY = [
      "np.testing.assert_allclose(K.tanh(np.array([.5, 1., 2.], '>f8')), np.tanh([.5, 1, 2]))"),
     ("matmul of big-endian and misaligned",
      "a = rng.standard_normal((5, 3)).astype('>f4')\n"
-     "buf = np.zeros(4 * 12 + 1, np.uint8); b = np.frombuffer(buf, np.float32, 12, 1).reshape(3, 4)\n"
+     "buf = np.zeros(4 * 12 + 1, np.uint8); "
+     "b = np.frombuffer(buf, np.float32, 12, 1).reshape(3, 4)\n"
      "b[...] = rng.standard_normal((3, 4))\n"
      "np.testing.assert_allclose(K.matmul(a, b), a.astype(np.float64) @ b, rtol=1e-5)"),
     ("tanh out partly overlapping z",
@@ -107,7 +108,8 @@ PY = [
      "refuse(lambda: K.constrained_viterbi(np.zeros((2, 2)), np.array([0, 2]), "
      "np.full((2, 2), 0.5), np.ones(2, bool)), 'bool')"),
     ("graph: saved array written before backward",
-     "x = cg.tensor(np.ones(3), requires_grad=True); w = cg.tensor(np.ones(3) * 2, requires_grad=True)\n"
+     "x = cg.tensor(np.ones(3), requires_grad=True); "
+     "w = cg.tensor(np.ones(3) * 2, requires_grad=True)\n"
      "y = (x * w).sum()\n"
      "refuse(lambda: w.data.__setitem__(Ellipsis, 0), 'read-only')\n"
      "y.backward(); np.testing.assert_array_equal(x.grad, 2)"),
@@ -125,7 +127,8 @@ PY = [
      "import tempfile, os\n"
      "d = tempfile.mkdtemp(); p = os.path.join(d, 'a.npy'); np.save(p, np.array([0.5, -1., 2.]))\n"
      "a = np.load(p, mmap_mode='r'); t = np.array([1., 0., 1.]); t.flags.writeable = False\n"
-     "np.testing.assert_allclose(K.max_margin(a, a[::-1].copy())[0], R.max_margin(np.array(a), np.array(a[::-1]))[0])\n"
+     "np.testing.assert_allclose(K.max_margin(a, a[::-1].copy())[0], "
+     "R.max_margin(np.array(a), np.array(a[::-1]))[0])\n"
      "np.testing.assert_allclose(K.sigmoid_binary_cross_entropy(a, t)[0], "
      "R.sigmoid_binary_cross_entropy(np.array(a), t)[0])"),
     ("ndarray + SparseRows and SparseRows + ndarray",
@@ -148,13 +151,15 @@ PY = [
      "E = cg.tensor(rng.standard_normal((10, 3)), requires_grad=True)\n"
      "W = cg.tensor(rng.standard_normal((4, 6)), requires_grad=True)\n"
      "opt = cg.optim.SGD([E, W], lr=0.1)\n"
-     "step = cg.compile(lambda win, y: cg.softmax_cross_entropy(cg.embedding_windows(E, win) @ W.T, y), optimizer=opt)\n"
+     "step = cg.compile(lambda win, y: "
+     "cg.softmax_cross_entropy(cg.embedding_windows(E, win) @ W.T, y), optimizer=opt)\n"
      "win = rng.integers(0, 10, (5, 2)); y = rng.integers(0, 4, 5)\n"
      "import warnings\nwith warnings.catch_warnings():\n    warnings.simplefilter('ignore')\n"
      "    step(win, y); step(win, y)\n"
      "    before = E.data.copy(), W.data.copy(); bad = win.copy(); bad[2, 1] = 10\n"
      "    refuse(lambda: step(bad, y), 'out of range')\n"
-     "np.testing.assert_array_equal(E.data, before[0]); np.testing.assert_array_equal(W.data, before[1])"),
+     "np.testing.assert_array_equal(E.data, before[0]); "
+     "np.testing.assert_array_equal(W.data, before[1])"),
     ("compiled step, NaN lr",
      "W = cg.tensor(np.ones((2, 3)), requires_grad=True); opt = cg.optim.SGD([W], lr=0.1)\n"
      "refuse(lambda: setattr(opt, 'lr', float('nan')), 'lr')"),
@@ -239,10 +244,14 @@ def cli_cases(work):
         write_meta(d, m)
 
     def k_float(d):
-        m = meta(d); m["config"]["k"] = 2.0; write_meta(d, m)
+        m = meta(d)
+        m["config"]["k"] = 2.0
+        write_meta(d, m)
 
     def no_unk(d):
-        m = meta(d); m["vocab"]["words"].remove("<unk>"); write_meta(d, m)
+        m = meta(d)
+        m["vocab"]["words"].remove("<unk>")
+        write_meta(d, m)
 
     def truncated(d):
         with open(params_path(d), "rb") as f:
@@ -251,12 +260,15 @@ def cli_cases(work):
 
     def nan_params(d):
         import io
+
         import numpy as np
         with np.load(params_path(d)) as z:
             arrs = {k: z[k] for k in z.files}
         k0 = sorted(arrs)[0]
-        arrs[k0] = arrs[k0].copy(); arrs[k0].flat[0] = np.nan
-        buf = io.BytesIO(); np.savez(buf, **arrs)
+        arrs[k0] = arrs[k0].copy()
+        arrs[k0].flat[0] = np.nan
+        buf = io.BytesIO()
+        np.savez(buf, **arrs)
         set_params_bytes(d, buf.getvalue())
 
     def state_missing_key(d):
@@ -274,21 +286,28 @@ def cli_cases(work):
         f.write("-DOCSTART- -X- -X- O\n\n")
     cases = [
         ("cli: train --threads 0", ("train", "--out", os.path.join(work, "t0"), "--threads", "0")),
-        ("cli: train --threads -2", ("train", "--out", os.path.join(work, "t1"), "--threads", "-2")),
-        ("cli: train on an empty file", ("train", "--train", empty, "--out", os.path.join(work, "e"))),
+        ("cli: train --threads -2", ("train", "--out", os.path.join(work, "t1"),
+                                     "--threads", "-2")),
+        ("cli: train on an empty file", ("train", "--train", empty, "--out",
+                                         os.path.join(work, "e"))),
         ("cli: train on -DOCSTART- only", ("train", "--train", docstart, "--out",
                                             os.path.join(work, "e2"))),
-        ("cli: tag, model missing", ("tag", "--model", os.path.join(work, "nope"), "--input", text)),
+        ("cli: tag, model missing", ("tag", "--model", os.path.join(work, "nope"),
+                                     "--input", text)),
         ("cli: tag, model.json k: 2.0", ("tag", "--model", variant("k", k_float), "--input", text)),
-        ("cli: tag, vocabulary without <unk>", ("tag", "--model", variant("u", no_unk), "--input", text)),
+        ("cli: tag, vocabulary without <unk>", ("tag", "--model", variant("u", no_unk),
+                                                "--input", text)),
         ("cli: tag, truncated params, digest matching", ("tag", "--model",
-                                                         variant("tr", truncated), "--input", text)),
+                                                         variant("tr", truncated),
+                                                         "--input", text)),
         ("cli: tag, empty params, digest matching", ("tag", "--model", variant(
             "em", lambda d: set_params_bytes(d, b"")), "--input", text)),
-        ("cli: tag, NaN parameter", ("tag", "--model", variant("nan", nan_params), "--input", text)),
+        ("cli: tag, NaN parameter", ("tag", "--model", variant("nan", nan_params),
+                                     "--input", text)),
         ("cli: resume, state.json missing a key", ("train", "--out", variant(
             "st", state_missing_key), "--resume", "--epochs", "2", "--no-progress")),
-        ("cli: tag, input file missing", ("tag", "--model", base, "--input", os.path.join(work, "no.txt"))),
+        ("cli: tag, input file missing", ("tag", "--model", base, "--input",
+                                          os.path.join(work, "no.txt"))),
     ]
     return [(name, lambda a=a: cli(*a)) for name, a in cases]
 

@@ -12,7 +12,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from cygrad.ner.model import WindowModel
 from cygrad.ner.train import checkpoint_path

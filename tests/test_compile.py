@@ -339,7 +339,8 @@ def test_out_of_range_ids_raise_and_nothing_is_updated(opt_name):
     ts, opt, step, win, lab = _compiled_window(opt_name=opt_name)
     before = [t.data.copy() for t in ts] + [s.copy() for s in getattr(opt, "state", [])]
     for bad_win, bad_lab, what in [
-            (np.where(win == win[2, 1], V, win), lab, r"win\[2, 1\] = 31 is out of range \[0, 31\)"),
+            (np.where(win == win[2, 1], V, win), lab,
+             r"win\[2, 1\] = 31 is out of range \[0, 31\)"),
             (win, np.where(np.arange(8) == 5, -1, lab), r"labels\[5\] = -1 is out of range"),
             (win, np.where(np.arange(8) == 0, C, lab), r"labels\[0\] = 5 is out of range")]:
         with pytest.raises(IndexError, match=what):

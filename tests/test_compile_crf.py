@@ -104,7 +104,7 @@ def test_the_ner_trainer_trains_its_crf_model_compiled_bit_for_bit_as_eagerly():
     from cygrad.ner import corpus
     from cygrad.ner.data import Vocab, encode, read_conll
     from cygrad.ner.model import Config, WindowModel
-    from cygrad.ner.train import Trainer, TrainConfig
+    from cygrad.ner.train import TrainConfig, Trainer
     tr = read_conll(corpus.path("train"))[:200]
     vocab = Vocab.build(tr, min_count=1)
     mcfg = Config(hidden=(24,), dim=8, loss="crf", prefix_dim=4, shape_dim=3)

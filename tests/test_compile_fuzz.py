@@ -12,7 +12,8 @@ CYGRAD_COMPILE_FUZZ_EXAMPLES sets the number of examples (default 30)."""
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import cygrad as cg
 import test_compile_guards as G

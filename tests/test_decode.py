@@ -4,9 +4,11 @@ import itertools
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cygrad import kernels as K, reference as R
+from cygrad import kernels as K
+from cygrad import reference as R
 from cygrad.ner.model import iob2_constraints
 from helpers import run_with_threads
 

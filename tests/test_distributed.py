@@ -15,7 +15,6 @@ import time
 import numpy as np
 import pytest
 
-
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import mpi_worker  # noqa: E402
@@ -86,6 +85,7 @@ def test_a_rank_that_dies_ends_the_job(tmp_path):
 
 def test_import_without_mpi_names_the_extra(monkeypatch):
     import builtins
+
     from cygrad import distributed
     real = builtins.__import__
 
@@ -202,10 +202,9 @@ def test_shards_cover_every_global_batch_once(loss, size):
     global batch are disjoint and make it up whole (whole sentences for the CRF),
     whatever the sentence lengths."""
     from cygrad.ner import corpus
-    from cygrad.ner.data import read_conll
+    from cygrad.ner.data import Vocab, read_conll
     from cygrad.ner.model import Config, WindowModel
-    from cygrad.ner.data import Vocab
-    from cygrad.ner.train import Trainer, TrainConfig
+    from cygrad.ner.train import TrainConfig, Trainer
     sents = read_conll(corpus.path("train"))[:300]
     tcfg = TrainConfig(batch_size=40)
     model = WindowModel(Config(loss=loss), Vocab.build(sents), seed=0)

@@ -13,8 +13,6 @@ import types
 
 import pytest
 
-from helpers import subprocess_env
-
 import cygrad
 import cygrad.data
 import cygrad.distributed
@@ -25,6 +23,7 @@ import cygrad.nn
 import cygrad.nn.init
 import cygrad.optim
 import cygrad.reference
+from helpers import subprocess_env
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
 needs_docs = pytest.mark.skipif(not os.path.isdir(DOCS), reason="docs/ is not beside tests/")

@@ -4,10 +4,12 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from cygrad import kernels as K, reference as R
+from cygrad import kernels as K
+from cygrad import reference as R
 from helpers import TOL, readonly, run_with_threads
 
 NAMES = sorted(K.ACTIVATIONS)
@@ -192,7 +194,8 @@ def test_add_bias_and_bias_grad(shape, dtype, nthreads, rng):
 def test_bias_grad_accumulates_in_double():
     # 10^6 rows of 0.1 in float32: a float32 running sum drifts far off 1e5.
     dz = np.full((1_000_000, 3), 0.1, dtype=np.float32)
-    np.testing.assert_allclose(K.bias_grad(dz), np.float32(1e6 * np.float64(np.float32(0.1))), rtol=0)
+    np.testing.assert_allclose(K.bias_grad(dz), np.float32(1e6 * np.float64(np.float32(0.1))),
+                               rtol=0)
     # a float32 running sum would be off by percent: make sure this test could fail
     assert abs(np.cumsum(dz[:, 0])[-1] - 1e5) > 100
 

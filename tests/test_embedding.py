@@ -2,9 +2,11 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cygrad import kernels as K, reference as R
+from cygrad import kernels as K
+from cygrad import reference as R
 from helpers import readonly, run_with_threads
 
 

@@ -320,7 +320,8 @@ def test_no_grad():
 def test_mixed_dtypes_and_bad_shapes_are_errors():
     a = cg.tensor(np.ones((2, 3), np.float32), requires_grad=True)
     b = cg.tensor(np.ones((2, 3), np.float64), requires_grad=True)
-    with pytest.raises(TypeError, match=r"add: inputs mix float32 \(input 0\) and float64 \(input 1\)"):
+    with pytest.raises(TypeError,
+                       match=r"add: inputs mix float32 \(input 0\) and float64 \(input 1\)"):
         a + b
     with pytest.raises(ValueError, match=r"add: shapes \(2, 3\) and \(4,\) do not broadcast"):
         b + cg.tensor(np.ones(4))

@@ -17,7 +17,6 @@ import pytest
 import cygrad as cg
 from cygrad import nn, optim
 
-
 # ---------------------------------------------------------------- saving and loading
 
 def test_save_while_another_thread_writes_the_array_writes_a_loadable_snapshot(tmp_path):

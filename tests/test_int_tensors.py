@@ -28,7 +28,8 @@ def test_arithmetic_on_an_integer_tensor_is_refused_by_name():
     with pytest.raises(TypeError, match=r"add: an input is an integer tensor \(int64\); "
                                         r"convert it explicitly"):
         i + 1.0
-    with pytest.raises(TypeError, match=r"mul: inputs mix float64 \(input 0\) and int64 \(input 1\)"):
+    with pytest.raises(TypeError,
+                       match=r"mul: inputs mix float64 \(input 0\) and int64 \(input 1\)"):
         f * i
     with pytest.raises(TypeError, match="tanh: an input is an integer tensor"):
         cg.tanh(i)

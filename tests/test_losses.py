@@ -5,9 +5,11 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cygrad import kernels as K, reference as R
+from cygrad import kernels as K
+from cygrad import reference as R
 from helpers import TOL, readonly, run_with_threads
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import cygrad as cg
-from cygrad import kernels as K, reference as R
+from cygrad import kernels as K
+from cygrad import reference as R
 from helpers import TOL, run_with_threads
 
 

@@ -13,8 +13,17 @@ import pytest
 
 import cygrad as cg
 from cygrad.ner import cli, corpus
-from cygrad.ner.data import (CASES, DataError, Sentence, Vocab, casing, encode, read_conll,
-                             to_iob2, tokenize)
+from cygrad.ner.data import (
+    CASES,
+    DataError,
+    Sentence,
+    Vocab,
+    casing,
+    encode,
+    read_conll,
+    to_iob2,
+    tokenize,
+)
 from cygrad.ner.evaluate import chunks, evaluate
 from cygrad.ner.model import Config, ModelError, WindowModel
 from cygrad.ner.train import TrainConfig, checkpoint_path, score, train
@@ -423,6 +432,7 @@ def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model, reg):
     tables, frozen vectors, SGD and Adagrad) trains compiled, and the compiled step
     gives the parameters, optimiser state and losses of the eager graph."""
     import warnings
+
     from cygrad.ner.train import Trainer
     from cygrad.ner.vectors import Vectors
     vec = None
@@ -712,7 +722,8 @@ def test_help_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    for option, default in [("--batch-size", "256"), ("--loss", "crf"), ("--dropout", "0.5"), ("--optimizer", "adagrad"),
+    for option, default in [("--batch-size", "256"), ("--loss", "crf"), ("--dropout", "0.5"),
+                            ("--optimizer", "adagrad"),
                             ("--activation", "tanh"), ("--hidden", "300"), ("--dim", "50"),
                             ("--patience", "4"), ("--window", "2")]:
         i = out.index(option + " ", out.index("options:"))
@@ -753,6 +764,7 @@ def test_a_model_without_a_word_table(tmp_path, toy):
     """--dim 0: the other features only (the lecture's "discrete features" row of
     its extrinsic evaluation); trains compiled as eagerly, saves, loads and tags."""
     import warnings
+
     from cygrad.ner.train import Trainer
     cfg = Config(dim=0, hidden=(16,), suffix_dim=4, case_dim=3, prefix_dim=4, shape_dim=3,
                  loss="crf", dtype="float64")

@@ -9,9 +9,8 @@ import pytest
 
 from cygrad.ner import cli, corpus
 from cygrad.ner.data import read_conll, tokenize, tokenize_spans
-from cygrad.ner.model import Tagged, WindowModel
+from cygrad.ner.model import Config, Tagged, WindowModel
 from cygrad.ner.train import TrainConfig, train
-from cygrad.ner.model import Config
 
 
 @pytest.fixture(scope="module")

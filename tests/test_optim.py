@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 import cygrad as cg
-from cygrad import kernels as K, nn, optim, reference as R
+from cygrad import kernels as K
+from cygrad import nn, optim
+from cygrad import reference as R
 from helpers import DTYPES, run_with_threads
 
 rng = np.random.default_rng(3)
@@ -489,8 +491,10 @@ def test_schedule_state_is_checked_before_it_is_used():
     w = nn.Parameter(np.zeros(2))
     s = optim.StepLR(optim.SGD([w], lr=0.1), step_size=2)
     good = s.state_dict()
-    for bad, what in (({**good, "last_step": -1}, "last_step"), ({**good, "last_step": 1.5}, "last_step"),
-                      ({**good, "base_lr": float("nan")}, "base_lr"), ({**good, "base_lr": "x"}, "base_lr"),
+    for bad, what in (({**good, "last_step": -1}, "last_step"),
+                      ({**good, "last_step": 1.5}, "last_step"),
+                      ({**good, "base_lr": float("nan")}, "base_lr"),
+                      ({**good, "base_lr": "x"}, "base_lr"),
                       ({k: v for k, v in good.items() if k != "base_lr"}, "base_lr"),
                       ({**good, "type": "CosineAnnealingLR"}, "not the state")):
         with pytest.raises(ValueError, match=what):

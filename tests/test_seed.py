@@ -11,6 +11,7 @@ import pytest
 import cygrad as cg
 from cygrad import nn
 
+
 @pytest.fixture(autouse=True)
 def _unseeded_after():
     yield

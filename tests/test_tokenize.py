@@ -8,10 +8,9 @@ import sys
 import pytest
 
 from cygrad.ner import cli, corpus
-from cygrad.ner.data import tokenize, tokenize_spans
+from cygrad.ner.data import read_conll, tokenize, tokenize_spans
 from cygrad.ner.model import Config
 from cygrad.ner.train import TrainConfig, train
-from cygrad.ner.data import read_conll
 
 CASES = [
     ('EU rejects German call to boycott British lamb.',

@@ -118,7 +118,7 @@ def test_reproducible_for_a_thread_count_and_close_across(B, rng):
     results = {}
     for nt, run in [(1, 0), (1, 1), (2, 0), (2, 1)]:
         t = WindowTrainer(**p, threads=nt)
-        losses = [t.step(w, l, 0.2) for w, l in data]
+        losses = [t.step(w, lab, 0.2) for w, lab in data]
         results[nt, run] = (losses, t.arrays())
     for nt in (1, 2):
         assert results[nt, 0][0] == results[nt, 1][0]

@@ -3,28 +3,63 @@
 ``cygrad.kernels`` holds the compiled kernels, ``cygrad.reference`` their NumPy
 twins; ``cygrad.Tensor`` and the functions beside it form the graph executor
 (``cygrad.graph``), and ``compile`` turns a training step written with them into
-one compiled call (``cygrad.compiler``); ``set_num_threads``, ``get_num_threads`` and ``threads`` control the
-kernels' thread count; ``build_info()`` says how this copy was built.
+one compiled call (``cygrad.compiler``); ``set_num_threads``, ``get_num_threads``
+and ``threads`` control the kernels' thread count; ``build_info()`` says how this
+copy was built.
 """
 
 __version__ = "0.1.0"
 
+from cygrad import (
+    _cygrad_threads,  # noqa: F401  (the file name threadpoolctl finds)
+    _threadpool,
+    data,
+    kernels,
+    nn,
+    optim,
+    reference,
+)
 from cygrad._config import get_num_threads, set_num_threads, threads
 from cygrad._random import manual_seed
-from cygrad import kernels, reference
+from cygrad.compiler import CompiledStep, CompileError, CompileWarning, compile
 from cygrad.graph import (
-    ACTIVATIONS, GradcheckError, Op, Tensor, concat, crf_nll, dropout, embedding_bag_windows, embedding_windows, gelu, get_backend,
-    gradcheck, hardtanh, is_grad_enabled, leaky_relu, linear, max_margin, maximum, minimum,
-    no_grad, relu, sigmoid, sigmoid_binary_cross_entropy, silu, mse_loss, softmax_cross_entropy, tanh,
-    tensor, use_backend, exp, log, abs, pow, softmax, log_softmax,
+    ACTIVATIONS,
+    GradcheckError,
+    Op,
+    Tensor,
+    abs,
+    concat,
+    crf_nll,
+    dropout,
+    embedding_bag_windows,
+    embedding_windows,
+    exp,
+    gelu,
+    get_backend,
+    gradcheck,
+    hardtanh,
+    is_grad_enabled,
+    leaky_relu,
+    linear,
+    log,
+    log_softmax,
+    max_margin,
+    maximum,
+    minimum,
+    mse_loss,
+    no_grad,
+    pow,
+    relu,
+    sigmoid,
+    sigmoid_binary_cross_entropy,
+    silu,
+    softmax,
+    softmax_cross_entropy,
+    tanh,
+    tensor,
+    use_backend,
 )
-from cygrad import optim
-from cygrad import nn
-from cygrad import data
 from cygrad.serialize import FormatError, load, save
-from cygrad.compiler import CompileError, CompiledStep, CompileWarning, compile
-from cygrad import _cygrad_threads  # noqa: F401  (the file name threadpoolctl finds)
-from cygrad import _threadpool
 
 _threadpool.register()      # threadpool_info() / threadpool_limits() see cygrad's pool
 
@@ -64,8 +99,10 @@ __all__ = [
     "build_info", "get_num_threads", "set_num_threads", "threads", "manual_seed", "kernels",
     "reference",
     "__version__", "Tensor", "tensor", "Op", "no_grad", "is_grad_enabled", "use_backend",
-    "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout", "crf_nll", "embedding_bag_windows", "linear",
+    "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout",
+    "crf_nll", "embedding_bag_windows", "linear",
     "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse_loss",
     "max_margin", "ACTIVATIONS", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu",
-    "silu", "exp", "log", "abs", "pow", "softmax", "log_softmax", "optim", "nn", "data", "save", "load", "FormatError", "compile", "CompiledStep", "CompileError", "CompileWarning",
+    "silu", "exp", "log", "abs", "pow", "softmax", "log_softmax", "optim", "nn", "data", "save",
+    "load", "FormatError", "compile", "CompiledStep", "CompileError", "CompileWarning",
 ]

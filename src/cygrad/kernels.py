@@ -17,23 +17,43 @@ Conventions
   for any thread count.
 """
 
+from cygrad._bags import embedding_bag_backward, embedding_bag_windows
+from cygrad._crf import crf_nll, crf_viterbi
+from cygrad._decode import constrained_viterbi
 from cygrad._elementwise import (
-    add_bias, bias_grad,
-    sigmoid, sigmoid_backward, tanh, tanh_backward, relu, relu_backward,
-    leaky_relu, leaky_relu_backward, hardtanh, hardtanh_backward,
-    gelu, gelu_backward, silu, silu_backward, dropout,
+    add_bias,
+    bias_grad,
+    dropout,
+    gelu,
+    gelu_backward,
+    hardtanh,
+    hardtanh_backward,
+    leaky_relu,
+    leaky_relu_backward,
+    relu,
+    relu_backward,
+    sigmoid,
+    sigmoid_backward,
+    silu,
+    silu_backward,
+    tanh,
+    tanh_backward,
 )
 from cygrad._embedding import (
-    embedding_adagrad_update, embedding_gather, embedding_scatter_add, embedding_sgd_update,
+    embedding_adagrad_update,
+    embedding_gather,
+    embedding_scatter_add,
+    embedding_sgd_update,
 )
-from cygrad._optim import (adagrad_update, adam_update, embedding_adam_update,
-                           sgd_momentum_update, sgd_update)
-from cygrad._decode import constrained_viterbi
-from cygrad._crf import crf_nll, crf_viterbi
-from cygrad._bags import embedding_bag_backward, embedding_bag_windows
 from cygrad._gemm import matmul, outer_accumulate
-from cygrad._losses import (max_margin, mse_loss, sigmoid_binary_cross_entropy,
-                            softmax_cross_entropy)
+from cygrad._losses import max_margin, mse_loss, sigmoid_binary_cross_entropy, softmax_cross_entropy
+from cygrad._optim import (
+    adagrad_update,
+    adam_update,
+    embedding_adam_update,
+    sgd_momentum_update,
+    sgd_update,
+)
 
 #: name -> (forward, backward, saves); ``saves`` says whether the backward's
 #: ``saved`` argument is the forward "input" or the forward "output".
@@ -53,7 +73,8 @@ __all__ = [
     "leaky_relu", "leaky_relu_backward", "hardtanh", "hardtanh_backward",
     "gelu", "gelu_backward", "silu", "silu_backward", "dropout",
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "max_margin", "mse_loss",
-    "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update", "sgd_momentum_update", "adam_update", "embedding_adam_update",
+    "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update",
+    "sgd_momentum_update", "adam_update", "embedding_adam_update",
     "constrained_viterbi", "adagrad_update", "embedding_adagrad_update", "crf_nll",
     "crf_viterbi", "embedding_bag_windows", "embedding_bag_backward",
 ]

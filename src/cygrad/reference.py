@@ -152,7 +152,8 @@ def dropout_mask(shape, p, key, stream=0):
 
 def dropout(x, p, key, out=None, stream=0):
     """Inverted dropout, x * mask / (1 - p), with cygrad's keyed mask."""
-    m = np.where(dropout_mask(x.shape, p, key, stream), x.dtype.type(1.0 / (1.0 - p)), x.dtype.type(0))
+    m = np.where(dropout_mask(x.shape, p, key, stream), x.dtype.type(1.0 / (1.0 - p)),
+                 x.dtype.type(0))
     return _out(x * m, out)
 
 

@@ -278,6 +278,7 @@ def load(path):
     except ValueError as e:       # np.load: a pickle (refused), or not an array file at all
         raise FormatError(f"{path}: not a cygrad archive ({e})") from None
     except (zipfile.BadZipFile, EOFError, OSError, KeyError, zlib.error, NotImplementedError,
-            RuntimeError) as e:     # zipfile: a mangled method ("not supported") or flag ("encrypted")
+            # zipfile: a mangled method ("not supported") or flag ("encrypted")
+            RuntimeError) as e:
         raise FormatError(f"{path}: truncated or corrupt archive ({type(e).__name__}: {e})") \
             from None

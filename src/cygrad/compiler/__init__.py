@@ -52,6 +52,6 @@ parameter updates), ``schedule`` (groups, stages, the workspace layout),
 (the executor, in Cython, which owns the task codes).
 """
 
-from cygrad.compiler.step import CompileError, CompiledStep, CompileWarning, compile
+from cygrad.compiler.step import CompiledStep, CompileError, CompileWarning, compile
 
 __all__ = ["compile", "CompiledStep", "CompileError", "CompileWarning"]

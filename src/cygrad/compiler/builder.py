@@ -113,7 +113,8 @@ class Builder:
         self.gradbufs = {}          # parameter index -> gradient view (gradient mode)
         self.gradsparse = {}        # table index -> its segments (gradient mode)
         self.tasks = []
-        self.ext = []               # (kind, payload): "param" i, "state" i, "input" j, "const" T/arr
+        # (kind, payload): "param" i, "state" i, "input" j, "const" T/arr
+        self.ext = []
         self.inputs = {}            # arg index -> {"buf", "view", "bound", "kind", "op"}
         self.val = {}               # id(tensor) -> View
         self.grad = {}

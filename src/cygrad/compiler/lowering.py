@@ -3,8 +3,8 @@ backward become plan tasks (cygrad.compiler.builder.Task). One entry per op name
 registered here beside the op's kernels; an op without an entry is refused by
 lookup, naming the op (builder._lowering).
 
-A lowering's forward ``fwd(bld, node, name, parents, ctx)`` (``bld`` the builder) places the node's value
-(``bld.val[id(node)]``, a view) and adds its tasks; its backward
+A lowering's forward ``fwd(bld, node, name, parents, ctx)`` (``bld`` the builder) places
+the node's value (``bld.val[id(node)]``, a view) and adds its tasks; its backward
 ``bwd(bld, node, name, parents, g)`` turns the upstream gradient view ``g`` into its
 parents' (``bld.grad[id(parent)]``) and into parameter updates (``bld.bias_bwd``,
 ``bld.param_mode``, the embedding segments). ``dense_params(node)`` lists the
@@ -21,8 +21,20 @@ in ``TASK_CODES``, its branch of ``_task``) and its entry here.
 import numpy as np
 
 from cygrad._elementwise import ACT_CODES
-from cygrad.compiler.builder import (COL_GRAIN, COLS, ROW_GRAIN, ROW_MODE, ROWS, U_ADAGRAD,
-                                     U_ADAM, U_NONE, U_SGD, Task, Unsupported, View)
+from cygrad.compiler.builder import (
+    COL_GRAIN,
+    COLS,
+    ROW_GRAIN,
+    ROW_MODE,
+    ROWS,
+    U_ADAGRAD,
+    U_ADAM,
+    U_NONE,
+    U_SGD,
+    Task,
+    Unsupported,
+    View,
+)
 from cygrad.graph import Tensor, Traced
 
 # activations whose derivative follows from the output (for relu, leaky_relu with a

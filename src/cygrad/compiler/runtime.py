@@ -9,8 +9,8 @@ import numpy as np
 from cygrad import kernels as _K
 from cygrad._crf import reachability
 from cygrad.compiler import _plan
-from cygrad.compiler.schedule import layout
 from cygrad.compiler.builder import STATE_ATTR
+from cygrad.compiler.schedule import layout
 from cygrad.graph import Tensor
 from cygrad.graph.ops import SparseRows
 

@@ -118,7 +118,8 @@ def layout(builder, stages):
             for e in g["tasks"]:
                 t = e["t"]
                 tasks.append({
-                    "code": TASK_CODES[t.name], "axis": AXES.get(t.space[0], AXES[ROWS]), "mode": t.mode,
+                    "code": TASK_CODES[t.name], "axis": AXES.get(t.space[0], AXES[ROWS]),
+                    "mode": t.mode,
                     "act": t.act, "m": t.m, "k": t.k, "h": t.h, "w": t.w, "alpha": t.alpha,
                     "pidx": t.pidx,
                     "v": [view_index(v) for v in t.v],

@@ -9,8 +9,9 @@ import numpy as np
 
 from cygrad import _guard
 from cygrad import kernels as _kernels
-from cygrad._guard import Context, is_protected, protect as _protect, written  # noqa: F401
 from cygrad import reference as _reference
+from cygrad._guard import Context, is_protected, written  # noqa: F401
+from cygrad._guard import protect as _protect
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -741,4 +742,4 @@ def _unbroadcast(g, shape):
     return np.asarray(out)          # (a sum over every axis is a NumPy scalar)
 
 
-from cygrad.graph import ops as _ops   # noqa: E402  (the ops import this module)
+from cygrad.graph import ops as _ops  # noqa: E402  (the ops import this module)

@@ -5,8 +5,16 @@ activations, embedding windows, the losses)."""
 import numpy as np
 
 from cygrad import kernels as _kernels
-from cygrad.graph.engine import (Op, Tensor, TraceRefused, Traced, _B, _broadcast_shape, _unbroadcast,
-                                 _untraced)
+from cygrad.graph.engine import (
+    _B,
+    Op,
+    Tensor,
+    Traced,
+    TraceRefused,
+    _broadcast_shape,
+    _unbroadcast,
+    _untraced,
+)
 
 # ------------------------------------------------------------------ arithmetic
 
@@ -799,7 +807,7 @@ def crf_nll(scores, lengths, tags, trans, allowed=None, reduction="token_mean"):
                         reduction=reduction)
 
 
-# ------------------------------------------------------------------ elementwise maths, softmax, indexing
+# ------------------------------------------------------ elementwise maths, softmax, indexing
 
 class Exp(Op):
     name = "exp"

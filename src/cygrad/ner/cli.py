@@ -11,7 +11,6 @@ import os
 import sys
 import time
 
-
 import cygrad as cg
 
 
@@ -368,9 +367,8 @@ def cmd_evaluate(a):
         from cygrad.ner import corpus
         data = corpus.path("test")
     sents = read_conll(data)
-    from cygrad.ner.train import gold_tags
-
     from cygrad.ner.data import entity_forms
+    from cygrad.ner.train import gold_tags
 
     seen = entity_forms(read_conll(a.train)) if a.train else model.vocab.entities
     pred = _predict_tags(model, sents)

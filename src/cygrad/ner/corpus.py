@@ -148,8 +148,9 @@ class _Writer:
 
 # one sentence per line; {P} person, {S} surname alone, {L} place, {O} company,
 # {C} club, {M} nationality or event, {X} person or company, {Z} person, company
-# or place (for these the window does not decide), {D} day, {N} number, {J} job, {W} a company name as a plain noun,
-# {R} score, {Y} year; a|b|c is one of a, b, c; every other token is tagged O
+# or place (for these the window does not decide), {D} day, {N} number, {J} job,
+# {W} a company name as a plain noun, {R} score, {Y} year; a|b|c is one of a, b, c;
+# every other token is tagged O
 TEMPLATES = """
 {P} said|announced|confirmed on {D} that talks|negotiations|trading would resume|restart .
 Heavy|Steady|Freezing rain|snow fell in {L} on {D} .

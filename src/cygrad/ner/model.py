@@ -301,7 +301,8 @@ class WindowModel:
     def tables(self):
         """Names of the embedding tables, in the order their vectors are concatenated."""
         cfg = self.config
-        return ((["E"] if cfg.dim else []) + (["S"] if cfg.suffix_dim else []) + (["Cs"] if cfg.case_dim else [])
+        return ((["E"] if cfg.dim else []) + (["S"] if cfg.suffix_dim else [])
+                + (["Cs"] if cfg.case_dim else [])
                 + (["P"] if cfg.prefix_dim else []) + (["Sh"] if cfg.shape_dim else []))
 
     def encode(self, sentences, with_labels=True):

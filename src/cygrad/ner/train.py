@@ -22,8 +22,15 @@ import numpy as np
 import cygrad as cg
 from cygrad.ner.data import UNK, Vocab
 from cygrad.ner.evaluate import evaluate
-from cygrad.ner.model import (Config, ModelError, WindowModel, _atomic_write, _fsync_dir,
-                              _remove, crf_constraints)
+from cygrad.ner.model import (
+    Config,
+    ModelError,
+    WindowModel,
+    _atomic_write,
+    _fsync_dir,
+    _remove,
+    crf_constraints,
+)
 from cygrad.optim import SGD, Adagrad
 
 CHECKPOINT = "checkpoint"
@@ -154,7 +161,8 @@ class Trainer:
         elif cfg.loss == "crf":
             allowed = crf_constraints(m.vocab.tags)
 
-            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, labels, lengths, key=None):
+            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, labels, lengths,
+                        key=None):
                 return cg.crf_nll(logits(words, suffixes, cases, prefixes, shapes, ngrams, key),
                                   lengths, labels, t["A"], allowed)
         elif cfg.loss == "logistic":

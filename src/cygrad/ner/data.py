@@ -401,12 +401,16 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0, vectors=Non
 
     extra = {}      # vectors' row -> its id past the vocabulary
 
+    vidx = None if vectors is None else vectors.index
+
     def lookup(tok):
         norm = normalise(tok)
         if vectors is None:
             w = wi.get(norm, unk_w)
         else:
-            key = word_key(tok, vectors)
+            # word_key, inlined: as written, lower case, else norm (the digits-as-0 form,
+            # which is also the key of a word without a vector)
+            key = tok if tok in vidx else (tok.lower() if tok.lower() in vidx else norm)
             w = wi.get(key, -1)
             if w < 0:
                 r = vectors.index.get(key, -1)

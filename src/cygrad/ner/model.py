@@ -281,8 +281,11 @@ class WindowModel:
         if name != "E" or enc is None or enc.extra is None or not len(enc.extra):
             return t
         p = self.params
-        more = self.vectors.table[enc.extra].astype(np.float64) @ p["VM"] + p["Vb"]
-        return np.concatenate([t, more.astype(t.dtype)])
+        # (cygrad's matmul, not NumPy's: OpenBLAS's threads would spin on the cores the
+        # scoring pass runs on next)
+        rows = np.ascontiguousarray(self.vectors.table[enc.extra], dtype=t.dtype)
+        more = K.add_bias(K.matmul(rows, np.ascontiguousarray(p["VM"])), p["Vb"])
+        return np.concatenate([t, more])
 
     def set_pretrained(self, vectors):
         """Copy pretrained word vectors ({word: vector}) into E; returns how many rows."""

@@ -107,7 +107,7 @@ def main():
     print(f"\nper task, thread seconds (summed over the threads that ran its chunks):\n\n"
           f"| stage | task (m, k, h) | 1 thread | {args.threads} threads | ratio |\n"
           "|---:|---|---:|---:|---:|")
-    for (si, name, dims), a, b in zip(labels, k1, kN):
+    for (si, name, dims, *_), a, b in zip(labels, k1, kN):
         print(f"| {si} | {name} {dims} | {a:.4f} | {b:.4f} | {b / max(a, 1e-12):.2f} |")
     st = many[3]
     print(f"\npool at {args.threads} threads: {st}")

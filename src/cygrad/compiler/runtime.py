@@ -34,9 +34,12 @@ class BoundPlan:
                 + ", ".join(e["t"].name for e in g["tasks"]) for g in st)
             for i, st in enumerate(stages))
         self.ntasks = len(tasks)
-        # (stage, task name, its dimensions) in the plan's task order, for profiles
-        self.task_labels = [(i, e["t"].name, (e["t"].m, e["t"].k, e["t"].h))
-                            for i, st in enumerate(stages) for g in st for e in g["tasks"]]
+        # (stage, task name, its dimensions, its group: (index space, size, grain), the
+        # group's number) in the plan's task order, for profiles and the scaling model
+        self.task_labels = [(i, e["t"].name, (e["t"].m, e["t"].k, e["t"].h), tuple(g["space"]),
+                             gi)
+                            for i, st in enumerate(stages) for gi, g in enumerate(st)
+                            for e in g["tasks"]]
         self.plan = _plan.Plan(tasks, groups, st_tab, views, 1 + len(ext_list), self.f32,
                                self.batch)
         self.work = builder.work

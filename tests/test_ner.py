@@ -792,3 +792,21 @@ def test_a_model_without_a_word_table(tmp_path, toy):
     assert again.tag("Police in Lagos arrested Maria Okafor .")[0].tokens
     with pytest.raises(ValueError, match="the window has no features"):
         Config(dim=0, suffix_dim=0, case_dim=0)
+
+
+def test_the_training_plot_marks_the_best_epoch(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from cygrad.ner.train import _plot
+    shown = []
+    real_close = plt.close
+
+    def close(fig):
+        shown.extend(t.get_text() for ax in fig.axes for t in ax.texts)
+        real_close(fig)
+    monkeypatch.setattr(plt, "close", close)
+    hist = [{"epoch": e, "loss": 1.0 / e, "dev_f1": f} for e, f in
+            [(1, 0.80), (2, 0.86), (3, 0.84)]]
+    assert _plot(hist, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert shown == ["best: epoch 2, F1 86.00"]

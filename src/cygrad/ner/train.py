@@ -555,9 +555,14 @@ def _plot(history, path):
     ax.set_ylabel("train loss", color="tab:blue")
     if any("dev_f1" in h for h in history):
         ax2 = ax.twinx()
-        ax2.plot(epochs, [100 * h.get("dev_f1", np.nan) for h in history], "s-",
-                 color="tab:red")
+        f1 = [100 * h.get("dev_f1", np.nan) for h in history]
+        ax2.plot(epochs, f1, "s-", color="tab:red")
         ax2.set_ylabel("dev F1 (entity level)", color="tab:red")
+        best = int(np.nanargmax(f1))        # the epoch of the saved model
+        ax2.axvline(epochs[best], color="0.6", linestyle=":", linewidth=1)
+        ax2.annotate(f"best: epoch {epochs[best]}, F1 {f1[best]:.2f}", (epochs[best], f1[best]),
+                     textcoords="offset points", xytext=(4, -12), fontsize=8,
+                     color="tab:red")
     ax.set_title("cygrad window NER")
     fig.tight_layout()
     tmp = path + ".tmp.png"

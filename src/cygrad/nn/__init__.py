@@ -251,6 +251,8 @@ class Module:
 
     # -- calls
     def forward(self, *args, **kw):
+        """The module's computation, as graph ops (a subclass defines it; calling the
+        module calls it)."""
         raise NotImplementedError(f"{type(self).__name__} defines no forward")
 
     def __call__(self, *args, **kw):
@@ -259,6 +261,7 @@ class Module:
         return self.forward(*args, **kw)
 
     def extra_repr(self):
+        """The settings ``repr(module)`` shows between its parentheses."""
         return ""
 
     def __repr__(self):

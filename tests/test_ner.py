@@ -797,6 +797,7 @@ def test_a_model_without_a_word_table(tmp_path, toy):
 def test_the_training_plot_marks_the_best_epoch(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     import matplotlib.pyplot as plt
+
     from cygrad.ner.train import _plot
     shown = []
     real_close = plt.close

@@ -47,7 +47,7 @@ OPTS = {"sgd": lambda p: optim.SGD(p, lr=0.1), "adagrad": lambda p: optim.Adagra
         "adam": lambda p: optim.Adam(p, lr=0.01)}
 
 
-@pytest.mark.parametrize("reduction", ["token_mean", "sum"])
+@pytest.mark.parametrize("reduction", ["token_mean", "sum", "mean"])
 @pytest.mark.parametrize("dt", [np.float64, np.float32])
 @pytest.mark.parametrize("opt_name", sorted(OPTS))
 def test_compiled_crf_equals_the_eager_graph(opt_name, dt, reduction, nthreads):

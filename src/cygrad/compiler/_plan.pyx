@@ -1076,6 +1076,8 @@ cdef class Runner:
         if self.crf is not None:    # the sentences of this call, checked; the kernel's tables
             sents = self._crf_setup(args, rows)
             crf_s = <double *>cnp.PyArray_DATA(<cnp.ndarray>self.crf.s)
+            if self.crf.per_sentence:       # crf_nll(reduction="mean"): / the sentences
+                div = max(sents, 1)
         if self.adam:               # counted once every check has passed
             adam = self._adam_scalars(lr)
         cdef int nt = 1

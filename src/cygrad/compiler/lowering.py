@@ -397,9 +397,8 @@ def _loss_crf_nll(bld, node, name, pa, ctx):
     the transitions' gradient and update come in the backward part below."""
     scores, trans = pa
     lengths, tags, allowed, reduction, _ = ctx.kw
-    if reduction not in ("token_mean", "sum"):
-        raise Unsupported(f"crf_nll with reduction={reduction!r} (the plan has token_mean "
-                          f"and sum)")
+    if reduction not in ("token_mean", "sum", "mean"):
+        raise Unsupported(f"crf_nll with reduction={reduction!r}")
     sv = bld.value(scores)
     N, C = scores.shape
     if scores._op is None or sv.ld != C:
@@ -421,8 +420,9 @@ def _loss_crf_nll(bld, node, name, pa, ctx):
     bld.add(Task("crf", ("sents", max(S, 1), 8), [sv, yv, d],
                  [(sv, "r", "all"), (yv, "r", "all"), (d, "w", "all")], m=N, h=C))
     bld.crf = {"lengths_arg": j, "tags": yv, "allowed": allowed, "C": C, "S": S, "N": N,
-               "trans": trans, "d": d}
+               "trans": trans, "d": d, "per_sentence": reduction == "mean"}
     bld.grad[id(scores)] = d
+    # token_mean: / the batch's rows; mean: / its sentences (the runner counts them)
     bld.div_per_row = 1.0 if reduction == "token_mean" else 0.0
 
 

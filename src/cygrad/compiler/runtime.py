@@ -389,6 +389,7 @@ class CrfArrays:
         self.tags_arg = [j for j, spec in builder.inputs.items()
                          if spec["kind"] == "ids" and spec["view"] is c["tags"]][0]
         self.trans_param = builder.pindex[id(c["trans"])]
+        self.per_sentence = c.get("per_sentence", False)    # reduction "mean": / sentences
         self.s, self.e, self.alpha, self.beta, self.ds = (np.zeros(N * C) for _ in range(5))
         self.z = np.zeros(N)
         self.dT = np.zeros(self.capacity * W * W)

@@ -605,3 +605,100 @@ def test_reduce_lr_on_plateau():
     assert (r3.best, r3.bad) == (r.best, r.bad)
     with pytest.raises(ValueError, match="the metric is nan"):
         r.step(float("nan"))
+
+
+def _two_layer(seed, dt=np.float64):
+    rng = np.random.default_rng(seed)
+    return [cg.tensor(rng.normal(size=s).astype(dt), requires_grad=True)
+            for s in ((6, 4), (6,), (3, 6), (3,))]
+
+
+def _loss(ps, x, y):
+    W, b, U, c = ps
+    return cg.softmax_cross_entropy(cg.linear(cg.tanh(cg.linear(x, W, b)), U, c), y)
+
+
+@pytest.mark.parametrize("make,groups", [
+    (lambda ps: cg.optim.SGD(ps, lr=0.1), [{"lr": 0.3}, {"momentum": 0.9, "weight_decay": 0.01}]),
+    (lambda ps: cg.optim.Adagrad(ps, lr=0.1), [{"lr": 0.02}, {"eps": 1e-3}]),
+    (lambda ps: cg.optim.Adam(ps, lr=0.01), [{"betas": (0.5, 0.9)}, {"weight_decay": 0.1,
+                                                                     "lr": 0.001}]),
+    (lambda ps: cg.optim.AdamW(ps, lr=0.01), [{}, {"weight_decay": 0.3}]),
+], ids=["sgd", "adagrad", "adam", "adamw"])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_parameter_groups_train_as_one_optimiser_per_group(make, groups, compiled):
+    """Two parameter groups with settings of their own train each group exactly as
+    an optimiser of its own with those settings would (the oracle), eagerly and in
+    a compiled step (which runs the optimiser's own step for groups)."""
+    ps, ref = _two_layer(0), _two_layer(0)
+    base = make([cg.tensor(np.zeros(1), requires_grad=True)])
+    cls, kw = type(base), {"lr": base.lr, **{k: getattr(base, k) for k in base._hyper}}
+    opt = cls([{"params": ps[:2], **groups[0]}, {"params": ps[2:], **groups[1]}], **kw)
+    refs = [cls(ref[:2], **{**kw, **groups[0]}), cls(ref[2:], **{**kw, **groups[1]})]
+    step = cg.compile(lambda x, y: _loss(ps, x, y), opt) if compiled else None
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        x, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
+        if compiled:
+            step(x, y)
+        else:
+            opt.zero_grad()
+            _loss(ps, x, y).backward()
+            opt.step()
+        for o in refs:
+            o.zero_grad()
+        _loss(ref, x, y).backward()
+        for o in refs:
+            o.step()
+    for a, b in zip(ps, ref):
+        np.testing.assert_array_equal(a.data, b.data)
+
+
+def test_a_group_setting_changed_after_compiling_is_followed():
+    ps, ref = _two_layer(0), _two_layer(0)
+    opt = cg.optim.SGD(ps, lr=0.1)
+    step = cg.compile(lambda x, y: _loss(ps, x, y), opt)
+    oref = cg.optim.SGD(ref, lr=0.1)
+    rng = np.random.default_rng(2)
+    for k in range(4):
+        if k == 2:      # the fused plain-SGD plan no longer fits: the step follows
+            opt.param_groups[0]["momentum"] = 0.9
+            oref.momentum = 0.9
+        x, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
+        step(x, y)
+        oref.zero_grad()
+        _loss(ref, x, y).backward()
+        oref.step()
+    for a, b in zip(ps, ref):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-12, atol=1e-14)
+
+
+def test_parameter_groups_state_schedules_and_errors():
+    ps = _two_layer(0)
+    opt = cg.optim.Adam([{"params": ps[:2], "lr": 0.1}, {"params": ps[2:]}], lr=0.01)
+    assert opt.param_groups[0]["lr"] == 0.1 and opt.param_groups[1]["lr"] == 0.01
+    assert opt.param_groups[1]["betas"] == (0.9, 0.999)      # the optimiser's
+    state = opt.state_dict()
+    assert state["param_groups"] == [{"lr": 0.1, "params": [0, 1]}, {"params": [2, 3]}]
+    again = cg.optim.Adam([{"params": ps[:2]}, {"params": ps[2:]}], lr=0.01)
+    again.load_state_dict(state)
+    assert again.param_groups[0]["lr"] == 0.1 and "lr" not in dict(again.param_groups[1])
+    with pytest.raises(ValueError, match="holds other parameters"):
+        cg.optim.Adam([{"params": ps[:1]}, {"params": ps[1:]}], lr=0.01).load_state_dict(state)
+    # a schedule moves every group from its own base lr
+    sched = cg.optim.StepLR(opt, step_size=1, gamma=0.5)
+    sched.step()
+    assert opt.lr == 0.005 and opt.param_groups[0]["lr"] == 0.05
+    # settings are checked as the constructor checks them, and named
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        opt.param_groups[0]["lr"] = -1
+    with pytest.raises(ValueError, match=r"betas\[1\] must be in \[0, 1\)"):
+        opt.param_groups[1]["betas"] = (0.9, 1.5)
+    with pytest.raises(KeyError, match="has no setting 'momentum'"):
+        opt.param_groups[0]["momentum"] = 0.9
+    with pytest.raises(ValueError, match="group 1 has no 'params'"):
+        cg.optim.SGD([{"params": ps[:2]}, {"lr": 0.1}], lr=0.1)
+    with pytest.raises(TypeError, match="not a mix"):
+        cg.optim.SGD([{"params": ps[:2]}, ps[2]], lr=0.1)
+    with pytest.raises(ValueError, match="nesterov needs momentum"):
+        cg.optim.SGD([{"params": ps, "nesterov": True}], lr=0.1)

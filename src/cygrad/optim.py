@@ -51,6 +51,32 @@ def _dense(p, g):
     return np.require(np.asarray(g, dtype=p.dtype), requirements="C")
 
 
+class _Group(dict):
+    """A parameter group of an optimiser (``opt.param_groups[i]``): ``"params"`` and
+    the settings it overrides. Reading a setting it does not override gives the
+    optimiser's (``g["lr"]`` is ``opt.lr`` then); assigning one is checked, and
+    counts as a change of the optimiser (a compiled step asks its fused_update()
+    again)."""
+
+    __slots__ = ("_opt",)
+
+    def __missing__(self, key):
+        if key in self._opt._group_keys():
+            return getattr(self._opt, key)
+        raise KeyError(key)
+
+    def __setitem__(self, key, value):
+        opt = self._opt
+        if key == "params":
+            raise ValueError(f"{type(opt).__name__}: a parameter group's params are fixed")
+        dict.__setitem__(self, key, opt._check_setting(key, value, self))
+        opt._bump()
+
+    def __delitem__(self, key):
+        dict.__delitem__(self, key)
+        self._opt._bump()
+
+
 class _Optimizer:
     _hyper = ()        # names of the hyper-parameters state_dict carries besides lr
 
@@ -61,7 +87,28 @@ class _Optimizer:
         object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
 
     def __init__(self, params, lr):
-        self.params = list(params)
+        # params: Tensors, or parameter groups (PyTorch's form): dicts with "params" and
+        # settings of their own ({"params": [...], "lr": 0.01}), checked once the
+        # subclass has set its own (_finish_groups)
+        params = list(params)
+        groups = []
+        if params and all(isinstance(g, dict) for g in params):
+            for gi, g in enumerate(params):
+                if "params" not in g:
+                    raise ValueError(f"{type(self).__name__}: parameter group {gi} has no "
+                                     f"'params'")
+                ps = g["params"]
+                ps = [ps] if isinstance(ps, Tensor) else list(ps)
+                if not ps:
+                    raise ValueError(f"{type(self).__name__}: parameter group {gi} is empty")
+                groups.append((ps, {k: v for k, v in g.items() if k != "params"}))
+        elif any(isinstance(g, dict) for g in params):
+            raise TypeError(f"{type(self).__name__}: params must be all Tensors or all "
+                            f"parameter groups (dicts), not a mix")
+        else:
+            groups.append((params, {}))
+        self.params = [p for ps, _ in groups for p in ps]
+        object.__setattr__(self, "_pending_groups", groups)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got an empty parameter list")
         seen = set()
@@ -99,6 +146,70 @@ class _Optimizer:
     def zero_grad(self):
         for p in self.params:
             p.grad = None
+
+    # -- parameter groups
+    def _bump(self):
+        object.__setattr__(self, "_version", self.__dict__.get("_version", 0) + 1)
+
+    def _group_keys(self):
+        return ("lr",) + tuple(self._hyper)
+
+    def _finish_groups(self):
+        """The parameter groups, once the subclass's own settings are set: each
+        group's overrides checked by the constructor's rules."""
+        groups = self.__dict__.pop("_pending_groups", None)
+        if groups is None:
+            return
+        out, gi = [], []
+        for n, (ps, over) in enumerate(groups):
+            g = _Group()
+            g._opt = self
+            dict.__setitem__(g, "params", ps)
+            out.append(g)
+            gi += [n] * len(ps)
+        object.__setattr__(self, "param_groups", out)
+        object.__setattr__(self, "_gi", gi)
+        for g, (_, over) in zip(out, groups):
+            for k, v in over.items():
+                dict.__setitem__(g, k, self._check_setting(k, v, g))
+
+    def _check_setting(self, key, value, group):
+        """A group's setting checked as the constructor checks it; its stored form."""
+        name = type(self).__name__
+        if key not in self._group_keys():
+            raise KeyError(f"{name}: a parameter group has no setting {key!r} (its settings: "
+                           f"{', '.join(self._group_keys())})")
+        if key == "lr":         # (the common case, at every step of a schedule: no copy)
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                raise TypeError(f"{name}: lr must be a number, got {value!r}") from None
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: lr must be a finite number >= 0, got {v}")
+            return v
+        merged = {k: group[k] for k in self._hyper}
+        merged[key] = value
+        # checked by cygrad's own class of this optimiser (a subclass may take other
+        # arguments)
+        own = next(c for c in type(self).__mro__ if c.__module__ == __name__
+                   and not c.__name__.startswith("_"))
+        try:
+            own(list(dict.__getitem__(group, "params")), lr=group["lr"], **merged)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{name}: parameter group setting {key}: {e}") from None
+        if key == "betas":
+            return tuple(float(b) for b in value)
+        return bool(value) if key == "nesterov" else float(value)
+
+    def _overrides(self):
+        """Whether a parameter group sets anything of its own."""
+        return any(len(g) > 1 for g in self.__dict__.get("param_groups", ()))
+
+    def _settings(self):
+        """Per parameter, its group's settings ({"lr", hyper-parameters...})."""
+        keys = self._group_keys()
+        per = [{k: g[k] for k in keys} for g in self.param_groups]
+        return [per[g] for g in self._gi]
 
     def fused_update(self):
         """The update a compiled plan may fuse into its backward pass, as a hashable
@@ -143,6 +254,15 @@ class _Optimizer:
         out = {"type": type(self).__name__, "lr": self.lr}
         out.update({k: getattr(self, k) for k in self._hyper})
         out["state"] = state
+        # the groups: their parameters (indices into params) and their own settings
+        start, groups = 0, []
+        for g in self.param_groups:
+            n = len(dict.__getitem__(g, "params"))
+            entry = {k: (list(v) if k == "betas" else v) for k, v in g.items() if k != "params"}
+            entry["params"] = list(range(start, start + n))
+            groups.append(entry)
+            start += n
+        out["param_groups"] = groups
         return out
 
     def _entries(self, state):
@@ -190,11 +310,49 @@ class _Optimizer:
             for k, a in arrays.items():
                 _check_state_array(name, i, k, entry[k], a)
             self._check_numbers(i, {k: entry[k] for k in numbers})
+        groups = self._check_groups(state)
         self._load_hyper(state)
+        self._load_groups(groups)
         for i, (entry, arrays, numbers) in enumerate(zip(entries, want, nums)):
             for k, a in arrays.items():
                 a[...] = entry[k]
             self._set_state(i, {k: entry[k] for k in numbers})
+
+    def _check_groups(self, state):
+        """The state's parameter groups (a list of override dicts), checked against
+        this optimiser's partition; None when the state has none (older files)."""
+        name = f"{type(self).__name__}.load_state_dict"
+        groups = state.get("param_groups")
+        if groups is None:
+            return None
+        if not isinstance(groups, list) or len(groups) != len(self.param_groups):
+            have = len(groups) if isinstance(groups, list) else "no list of"
+            raise ValueError(f"{name}: the state has {have} parameter groups, the optimiser "
+                             f"{len(self.param_groups)}")
+        start, out = 0, []
+        for gi, (e, g) in enumerate(zip(groups, self.param_groups)):
+            n = len(dict.__getitem__(g, "params"))
+            if not isinstance(e, dict) or list(e.get("params", ())) != list(
+                    range(start, start + n)):
+                raise ValueError(f"{name}: parameter group {gi} holds other parameters than "
+                                 f"the optimiser's")
+            bad = set(e) - set(self._group_keys()) - {"params"}
+            if bad:
+                raise ValueError(f"{name}: parameter group {gi} has unknown settings "
+                                 f"{sorted(bad)}")
+            out.append({k: v for k, v in e.items() if k != "params"})
+            start += n
+        return out
+
+    def _load_groups(self, groups):
+        if groups is None:
+            return
+        for g, over in zip(self.param_groups, groups):
+            for k in [k for k in g if k != "params"]:
+                dict.__delitem__(g, k)
+            for k, v in over.items():
+                dict.__setitem__(g, k, self._check_setting(k, v, g))
+        self._bump()
 
     def _check_numbers(self, i, numbers):
         pass
@@ -249,36 +407,41 @@ class SGD(_Optimizer):
         self.momentum, self.dampening = momentum, dampening
         self.nesterov, self.weight_decay = bool(nesterov), weight_decay
         self.buffers = [None] * len(self.params)
+        self._finish_groups()
 
     def fused_update(self):
         """``("sgd",)``, the lecture's rule, when neither momentum nor weight decay is
-        set and ``step`` is SGD's own; else None (gradient mode)."""
-        if type(self).step is not SGD.step or self.momentum != 0 or self.weight_decay != 0:
+        set, no parameter group sets its own, and ``step`` is SGD's own; else None
+        (gradient mode)."""
+        if type(self).step is not SGD.step or self.momentum != 0 or self.weight_decay != 0 \
+                or self._overrides():
             return None
         return ("sgd",)
 
     def step(self):
         work = self._with_grads()
-        plain = self.momentum == 0 and self.weight_decay == 0
-        if not plain:       # refused before any parameter changes
-            for i, p, g in work:
-                if isinstance(g, SparseRows):
-                    raise ValueError(f"SGD: parameter {i} has a row-sparse gradient; "
-                                     f"momentum and weight_decay need dense gradients "
-                                     f"(use sparse=False, or Adam for lazy rows)")
+        hp = self._settings()
+        for i, p, g in work:        # refused before any parameter changes
+            h = hp[i]
+            if (h["momentum"] or h["weight_decay"]) and isinstance(g, SparseRows):
+                raise ValueError(f"SGD: parameter {i} has a row-sparse gradient; "
+                                 f"momentum and weight_decay need dense gradients "
+                                 f"(use sparse=False, or Adam for lazy rows)")
         with writing([p for _, p, _ in work]):
             for i, p, g in work:
+                h = hp[i]
+                lr, mom = h["lr"], h["momentum"]
                 if isinstance(g, SparseRows):
-                    _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, self.lr)
-                elif plain:
-                    _K.sgd_update(p.data, _dense(p, g), self.lr)
+                    _K.embedding_sgd_update(p.data, g.indices.reshape(-1, 1), g.rows, lr)
+                elif mom == 0 and h["weight_decay"] == 0:
+                    _K.sgd_update(p.data, _dense(p, g), lr)
                 else:        # (no momentum: no buffer, the kernel applies weight decay alone)
-                    first = self.momentum and self.buffers[i] is None
+                    first = mom and self.buffers[i] is None
                     if first:
                         self.buffers[i] = np.zeros_like(p.data)
-                    _K.sgd_momentum_update(p.data, self.buffers[i], _dense(p, g), self.lr,
-                                           self.momentum, self.dampening, self.weight_decay,
-                                           self.nesterov, first)
+                    _K.sgd_momentum_update(p.data, self.buffers[i], _dense(p, g), lr, mom,
+                                           h["dampening"], h["weight_decay"], h["nesterov"],
+                                           first)
 
     def _state_arrays(self):
         return [{} if b is None else {"momentum_buffer": b} for b in self.buffers]
@@ -293,7 +456,9 @@ class SGD(_Optimizer):
                 bufs.append(np.array(e["momentum_buffer"], dtype=p.dtype, copy=True))
             else:
                 bufs.append(None)
+        groups = self._check_groups(state)
         self._load_hyper(state)
+        self._load_groups(groups)
         self.buffers = bufs
 
 
@@ -312,17 +477,22 @@ class Adagrad(_Optimizer):
         if not (np.isfinite(self.eps) and self.eps > 0):
             raise ValueError(f"Adagrad: eps must be a positive number, got {eps}")
         self.state = [np.full_like(p.data, initial_accumulator) for p in self.params]
+        self._finish_groups()
 
     def fused_update(self):
-        """``("adagrad",)`` unless a subclass overrides ``step``."""
-        return ("adagrad",) if type(self).step is Adagrad.step else None
+        """``("adagrad",)`` unless a subclass overrides ``step`` or a parameter group
+        sets its own lr or eps."""
+        return ("adagrad",) if type(self).step is Adagrad.step and not self._overrides() \
+            else None
 
     def step(self):
         work = self._with_grads()
+        hp = self._settings()
         with writing([p for _, p, _ in work]):
             for i, p, g in work:
                 G = self.state[i]
-                if self.lr == 0:        # the accumulator still grows
+                lr, eps = hp[i]["lr"], hp[i]["eps"]
+                if lr == 0:        # the accumulator still grows
                     if isinstance(g, SparseRows):
                         rows, summed = _coalesce(g)
                         G[rows] += summed * summed
@@ -331,9 +501,9 @@ class Adagrad(_Optimizer):
                         G += gd * gd
                 elif isinstance(g, SparseRows):
                     _K.embedding_adagrad_update(p.data, G, g.indices.reshape(-1, 1), g.rows,
-                                                self.lr, self.eps)
+                                                lr, eps)
                 else:
-                    _K.adagrad_update(p.data, G, _dense(p, g), self.lr, self.eps)
+                    _K.adagrad_update(p.data, G, _dense(p, g), lr, eps)
 
     def _state_arrays(self):
         return [{"sum": G} for G in self.state]
@@ -373,27 +543,31 @@ class Adam(_Optimizer):
         self.exp_avg = [np.zeros_like(p.data) for p in self.params]
         self.exp_avg_sq = [np.zeros_like(p.data) for p in self.params]
         self.steps = [0] * len(self.params)
+        self._finish_groups()
 
     def fused_update(self):
         """``("adam", decoupled)`` (AdamW: decoupled weight decay) unless a subclass
-        overrides ``step``."""
-        return ("adam", self._decoupled) if type(self).step is Adam.step else None
+        overrides ``step`` or a parameter group sets its own settings."""
+        return ("adam", self._decoupled) if type(self).step is Adam.step \
+            and not self._overrides() else None
 
     def step(self):
         work = self._with_grads()
-        b1, b2 = self.betas
+        hp = self._settings()
         with writing([p for _, p, _ in work]):
             for i, p, g in work:
+                h = hp[i]
+                b1, b2 = h["betas"]
                 self.steps[i] += 1
                 t = self.steps[i]
                 m, v = self.exp_avg[i], self.exp_avg_sq[i]
                 if isinstance(g, SparseRows):       # lazy: only the touched rows
                     _K.embedding_adam_update(p.data, m, v, g.indices.reshape(-1, 1), g.rows,
-                                             t, self.lr, b1, b2, self.eps, self.weight_decay,
+                                             t, h["lr"], b1, b2, h["eps"], h["weight_decay"],
                                              self._decoupled)
                 else:
-                    _K.adam_update(p.data, m, v, _dense(p, g), t, self.lr, b1, b2, self.eps,
-                                   self.weight_decay, self._decoupled)
+                    _K.adam_update(p.data, m, v, _dense(p, g), t, h["lr"], b1, b2, h["eps"],
+                                   h["weight_decay"], self._decoupled)
 
     def _state_arrays(self):
         return [{"exp_avg": m, "exp_avg_sq": v} for m, v in zip(self.exp_avg, self.exp_avg_sq)]
@@ -491,16 +665,30 @@ class _Schedule:
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
         self.base_lr = optimizer.lr
+        # parameter groups with an lr of their own follow the schedule from theirs
+        self.base_lrs = [dict.get(g, "lr") for g in optimizer.param_groups]
         self.last_step = 0
-        self.optimizer.lr = self.lr_at(0)
+        self._apply(0)
 
     def lr_at(self, t):
         raise NotImplementedError
 
+    def _apply(self, t):
+        self.optimizer.lr = self.lr_at(t)
+        base = self.base_lr
+        try:
+            for g, b in zip(self.optimizer.param_groups, self.base_lrs):
+                if b is not None:
+                    self.base_lr = b
+                    g["lr"] = self.lr_at(t)
+        finally:
+            self.base_lr = base
+
     def step(self):
-        """Advance one step and set the optimiser's lr; returns the new lr."""
+        """Advance one step and set the optimiser's lr (and each parameter group's
+        that has its own); returns the optimiser's new lr."""
         self.last_step += 1
-        self.optimizer.lr = self.lr_at(self.last_step)
+        self._apply(self.last_step)
         return self.optimizer.lr
 
     def get_last_lr(self):
@@ -525,7 +713,7 @@ class _Schedule:
         if isinstance(last, bool) or not isinstance(last, (int, np.integer)) or last < 0:
             raise ValueError(f"{name}: last_step must be an integer >= 0, got {last!r}")
         self.base_lr, self.last_step = float(base), int(last)
-        self.optimizer.lr = self.lr_at(self.last_step)
+        self._apply(self.last_step)
 
 
 def _positive_int(cls, name, v):

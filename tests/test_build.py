@@ -8,6 +8,8 @@ import pytest
 
 import cygrad
 
+pytestmark = pytest.mark.installed    # how the installed copy was built
+
 
 def test_build_info_keys_and_types():
     info = cygrad.build_info()

@@ -12,9 +12,12 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from cygrad.ner.model import WindowModel
 from cygrad.ner.train import checkpoint_path
+
+pytestmark = pytest.mark.slow     # kills training at every write point
 
 EPOCHS = 2
 SCRIPT = textwrap.dedent("""

@@ -20,6 +20,8 @@ sys.path.insert(0, HERE)
 import mpi_worker  # noqa: E402
 from helpers import subprocess_env  # noqa: E402
 
+pytestmark = [pytest.mark.mpi, pytest.mark.slow]     # (skipped without mpi4py, mpiexec)
+
 try:
     import mpi4py
     HAVE_MPI4PY = mpi4py is not None

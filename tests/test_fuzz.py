@@ -12,6 +12,10 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow     # the kernel fuzzer and the reproducers, in child processes
+
 HERE = pathlib.Path(__file__).parent
 
 

@@ -269,6 +269,7 @@ def test_backward_twice_accumulates():
     assert x.grad == 5
 
 
+@pytest.mark.slow
 def test_long_chain_has_no_recursion_limit():
     x = t(1.0)
     y = x

@@ -252,6 +252,7 @@ def _cli(args, tmp_path):
                           text=True, cwd=tmp_path, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option,value", [
     ("--hidden", "16"), ("--window", "1"), ("--dim", "8"), ("--activation", "relu"),
     ("--loss", "softmax"), ("--average", None), ("--prefix-dim", "3"),
@@ -311,6 +312,7 @@ def test_tag_input_with_a_byte_order_mark_and_odd_tokens(tmp_path):
     assert [row[0] for row in rows] == ODD      # one output row per input token, intact
 
 
+@pytest.mark.slow
 def test_two_trainings_into_one_directory_the_second_is_refused_by_name(tmp_path):
     import subprocess
     first = subprocess.Popen([sys.executable, "-m", "cygrad", "train", "--out", "m",

@@ -10,6 +10,8 @@ import pytest
 
 from helpers import subprocess_env
 
+pytestmark = pytest.mark.slow     # README's commands, run as written
+
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 

@@ -103,3 +103,62 @@ def test_requires_grad_and_module_apply():
     assert not any(p.requires_grad for p in model.parameters())
     model.requires_grad_()
     assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (2, 3, 5), (7,)])
+def test_layer_norm_against_numpy_and_numeric_gradients(shape):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=shape) * 3 + 1
+    w, b = rng.normal(size=shape[-1]), rng.normal(size=shape[-1])
+    y = cg.layer_norm(cg.tensor(x), cg.tensor(w), cg.tensor(b), eps=1e-5)
+    mu = x.mean(axis=-1, keepdims=True)
+    ref = (x - mu) / np.sqrt(((x - mu) ** 2).mean(axis=-1, keepdims=True) + 1e-5) * w + b
+    np.testing.assert_allclose(y.data, ref, rtol=1e-12, atol=1e-12)
+    g = rng.normal(size=shape)
+    assert cg.gradcheck(lambda a, c, d: (cg.layer_norm(a, c, d) * g).sum(),
+                        [cg.tensor(x, requires_grad=True), cg.tensor(w, requires_grad=True),
+                         cg.tensor(b, requires_grad=True)])
+
+
+def test_nn_layer_norm_trains_and_refuses_bad_sizes():
+    ln = nn.LayerNorm(4, dtype=np.float64)
+    assert [n for n, _ in ln.named_parameters()] == ["weight", "bias"]
+    x = np.random.default_rng(0).normal(size=(3, 4))
+    out = ln(x)
+    np.testing.assert_allclose(out.data.mean(axis=-1), 0, atol=1e-12)
+    np.testing.assert_allclose(out.data.std(axis=-1), 1, rtol=1e-4)
+    (out * out).sum().backward()
+    assert ln.weight.grad.shape == (4,) and ln.bias.grad.shape == (4,)
+    plain = nn.LayerNorm(4, elementwise_affine=False, dtype=np.float64)
+    assert plain.parameters() == [] and repr(plain) == \
+        "LayerNorm(4, eps=1e-05, elementwise_affine=False)"
+    np.testing.assert_allclose(plain(x).data, out.data, rtol=1e-12)
+    with pytest.raises(ValueError, match=r"weight and bias must be \(5,\)"):
+        nn.LayerNorm(4, dtype=np.float64)(np.ones((2, 5)))
+    with pytest.raises(ValueError, match="normalized_shape must be a positive integer"):
+        nn.LayerNorm(0)
+
+
+def test_a_compiled_step_with_layer_norm_is_the_eager_graph():
+    """layer_norm has no plan kernel: a compiled step runs it on the eager graph
+    (CompileWarning), strict=True refuses it by name."""
+    import warnings
+    m, ref = (nn.Sequential(nn.Linear(4, 6, generator=0, dtype=np.float64),
+                            nn.LayerNorm(6, dtype=np.float64),
+                            nn.Linear(6, 3, generator=1, dtype=np.float64)) for _ in range(2))
+    opt, oref = cg.optim.SGD(m.parameters(), lr=0.1), cg.optim.SGD(ref.parameters(), lr=0.1)
+    with pytest.raises(cg.CompileError, match="layer_norm"):
+        cg.compile(lambda x, y: cg.softmax_cross_entropy(m(x), y), opt, strict=True)(
+            np.ones((2, 4)), np.zeros(2, np.int64))
+    step = cg.compile(lambda x, y: cg.softmax_cross_entropy(m(x), y), opt)
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cg.CompileWarning)
+        for _ in range(3):
+            x, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
+            step(x, y)
+            oref.zero_grad()
+            cg.softmax_cross_entropy(ref(x), y).backward()
+            oref.step()
+    for a, b in zip(m.parameters(), ref.parameters()):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-12)

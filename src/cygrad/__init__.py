@@ -39,6 +39,7 @@ from cygrad.graph import (
     gradcheck,
     hardtanh,
     is_grad_enabled,
+    layer_norm,
     leaky_relu,
     linear,
     log,
@@ -103,6 +104,7 @@ __all__ = [
     "crf_nll", "embedding_bag_windows", "linear",
     "embedding_windows", "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse_loss",
     "max_margin", "ACTIVATIONS", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu",
-    "silu", "exp", "log", "abs", "pow", "softmax", "log_softmax", "optim", "nn", "data", "save",
+    "silu", "exp", "log", "abs", "pow", "softmax", "log_softmax", "layer_norm", "optim", "nn",
+    "data", "save",
     "load", "FormatError", "compile", "CompiledStep", "CompileError", "CompileWarning",
 ]

@@ -88,6 +88,7 @@ from cygrad.graph.ops import (  # noqa: F401
     exp,
     gelu,
     hardtanh,
+    layer_norm,
     leaky_relu,
     linear,
     log,
@@ -112,5 +113,5 @@ __all__ = [
     "linear", "embedding_windows",
     "softmax_cross_entropy", "sigmoid_binary_cross_entropy", "mse_loss", "max_margin", "gradcheck",
     "GradcheckError", "sigmoid", "tanh", "relu", "leaky_relu", "hardtanh", "gelu", "silu",
-    "ACTIVATIONS", "exp", "log", "abs", "pow", "softmax", "log_softmax",
+    "ACTIVATIONS", "exp", "log", "abs", "pow", "softmax", "log_softmax", "layer_norm",
 ]

@@ -920,6 +920,54 @@ class LogSoftmax(Op):
         return (g - np.exp(y) * g.sum(axis=ctx.kw, keepdims=True),)
 
 
+class LayerNorm(Op):
+    """Layer normalisation over the last axis (Ba et al. 2016):
+    ``y = (x - mean) / sqrt(var + eps) * weight + bias``, the mean and the (biased)
+    variance over the last axis of each row, in the input's dtype."""
+
+    name = "layer_norm"
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps=1e-5):
+        D = x.shape[-1]
+        if weight.shape != (D,) or bias.shape != (D,):
+            raise ValueError(f"layer_norm: weight and bias must be ({D},) for an input of "
+                             f"shape {x.shape}, got {weight.shape} and {bias.shape}")
+        mu = x.mean(axis=-1, keepdims=True)
+        xc = x - mu
+        var = (xc * xc).mean(axis=-1, keepdims=True)
+        rstd = (1.0 / np.sqrt(var + x.dtype.type(eps))).astype(x.dtype)
+        xhat = xc * rstd
+        # (new arrays of the op's own: kept in kw, not inputs to protect)
+        ctx.kw = (xhat, rstd, weight)
+        return xhat * weight + bias
+
+    @staticmethod
+    def backward(ctx, g):
+        xhat, rstd, weight = ctx.kw
+        D = xhat.shape[-1]
+        lead = tuple(range(g.ndim - 1))
+        dweight = (g * xhat).sum(axis=lead) if ctx.needs[1] else None
+        dbias = g.sum(axis=lead) if ctx.needs[2] else None
+        dx = None
+        if ctx.needs[0]:
+            # dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)), gy = g * weight
+            gy = g * weight
+            dx = rstd * (gy - gy.mean(axis=-1, keepdims=True)
+                         - xhat * (gy * xhat).sum(axis=-1, keepdims=True) / xhat.dtype.type(D))
+        return (dx, dweight, dbias)
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Layer normalisation of ``x`` over its last axis, scaled by ``weight`` and
+    shifted by ``bias`` (both of the last axis's size); ``eps`` inside the square
+    root."""
+    eps = float(eps)
+    if not eps > 0:
+        raise ValueError(f"layer_norm: eps must be a positive number, got {eps!r}")
+    return LayerNorm.apply(x, weight, bias, eps=eps)
+
+
 def softmax(x, axis=-1):
     """Softmax along ``axis`` (shifted by the maximum, so large inputs do not overflow)."""
     return Softmax.apply(x, axis=axis)

@@ -26,7 +26,8 @@ from cygrad.nn import init
 
 __all__ = ["Parameter", "Module", "Linear", "Embedding", "WindowEncoder", "Dropout",
            "Sequential", "Tanh", "ReLU", "Sigmoid", "LeakyReLU", "Hardtanh", "GELU", "SiLU",
-           "Identity", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss", "init"]
+           "Identity", "LayerNorm", "CrossEntropyLoss", "MSELoss", "BCEWithLogitsLoss",
+           "init"]
 
 
 def __dir__():      # the public names, not the modules this one imports
@@ -557,6 +558,43 @@ SiLU = _activation("SiLU", "silu", "``x * sigmoid(x)``, elementwise.")
 LeakyReLU = _activation("LeakyReLU", "leaky_relu", "``x`` for x > 0, ``negative_slope * x`` "
                         "otherwise.", negative_slope=0.01)
 Hardtanh = _activation("Hardtanh", "hardtanh", "``clip(x, -1, 1)``, elementwise.")
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the last axis (:func:`cygrad.layer_norm`), with a
+    learned scale (ones) and shift (zeros) of ``normalized_shape`` values."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, dtype=np.float32):
+        super().__init__()
+        if isinstance(normalized_shape, (tuple, list)):
+            if len(normalized_shape) != 1:
+                raise ValueError("LayerNorm: normalises over the last axis only: "
+                                 f"normalized_shape must be one size, got {normalized_shape}")
+            normalized_shape = normalized_shape[0]
+        if isinstance(normalized_shape, bool) or not isinstance(
+                normalized_shape, (int, np.integer)) or normalized_shape < 1:
+            raise ValueError(f"LayerNorm: normalized_shape must be a positive integer, got "
+                             f"{normalized_shape!r}")
+        self.normalized_shape, self.eps = int(normalized_shape), float(eps)
+        if not self.eps > 0:
+            raise ValueError(f"LayerNorm: eps must be a positive number, got {eps!r}")
+        dt = np.dtype(dtype)
+        self.elementwise_affine = bool(elementwise_affine)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dt))
+            self.bias = Parameter(np.zeros(self.normalized_shape, dt))
+        else:           # no parameters: the identity scale and no shift
+            self.weight = self.bias = None
+            self._unit = (Tensor(np.ones(self.normalized_shape, dt)),
+                          Tensor(np.zeros(self.normalized_shape, dt)))
+
+    def forward(self, x):
+        w, b = (self.weight, self.bias) if self.elementwise_affine else self._unit
+        return _g.layer_norm(_input("LayerNorm", x), w, b, self.eps)
+
+    def extra_repr(self):
+        return (f"{self.normalized_shape}, eps={self.eps}"
+                + ("" if self.elementwise_affine else ", elementwise_affine=False"))
 
 
 class _Loss(Module):

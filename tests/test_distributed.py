@@ -200,9 +200,10 @@ class _FakeComm:
 @pytest.mark.parametrize("loss", ["crf", "softmax"])
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_shards_cover_every_global_batch_once(loss, size):
-    """Every rank's share of every global batch is non-empty, and the shares of one
-    global batch are disjoint and make it up whole (whole sentences for the CRF),
-    whatever the sentence lengths."""
+    """The ranks take the global batches of one process with N x the batch size, every
+    one of them: the shares of one global batch are disjoint, make it up whole (whole
+    sentences for the CRF), and are non-empty unless the batch has fewer windows
+    (sentences) than there are ranks, whatever the sentence lengths."""
     from cygrad.ner import corpus
     from cygrad.ner.data import Vocab, read_conll
     from cygrad.ner.model import Config, WindowModel
@@ -216,16 +217,18 @@ def test_shards_cover_every_global_batch_once(loss, size):
         tr = Trainer(model, tcfg, _FakeComm(r, size))
         shares.append(list(tr._batches(enc, np.random.default_rng(4))))
     # one process with the global batch size groups the windows the same way
-    one = [idx for idx, _ in Trainer(model, TrainConfig(batch_size=40 * size))._batches(
-        enc, np.random.default_rng(4)) if len(idx) >= size]
+    one = [(idx, lens) for idx, lens in Trainer(model, TrainConfig(batch_size=40 * size))
+           ._batches(enc, np.random.default_rng(4))]
     assert len({len(s) for s in shares}) == 1       # every rank takes as many steps
-    assert len(shares[0]) >= len(one) - 1
+    assert len(shares[0]) == len(one)
     for k in range(len(shares[0])):
         parts = [shares[r][k] for r in range(size)]
-        assert all(len(idx) for idx, _ in parts)
+        units = len(one[k][0]) if loss != "crf" else len(one[k][1])
+        assert all(len(idx) for idx, _ in parts) or units < size
+        one_k = one[k][0]
         got = np.concatenate([idx for idx, _ in parts])
         assert len(np.unique(got)) == len(got)
-        np.testing.assert_array_equal(np.sort(got), np.sort(one[k]))
+        np.testing.assert_array_equal(np.sort(got), np.sort(one_k))
         if loss == "crf":
             assert all(lens.sum() == len(idx) for idx, lens in parts)
 
@@ -260,3 +263,26 @@ def test_ranks_that_read_other_data_are_refused(tmp_path):
            str(tmp_path / "b.conll")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=_env())
     assert r.returncode != 0 and "rank 1 read other training data than rank 0" in r.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("loss,n", [("crf", 2), ("softmax", 2), ("logistic", 2),
+                                    ("max-margin", 2), ("crf", 3)])
+def test_n_ranks_train_the_model_of_one_process(tmp_path, loss, n):
+    """N ranks x 32 windows and one process x 32N, shuffled, with word dropout and
+    corrupt windows (the random parts the ranks draw as one process draws them),
+    SGD: the same parameters to float32 rounding, the epoch's last global batch
+    (fewer sentences than ranks, on the bundled corpus) included. Dropout masks are
+    drawn per rank, so dropout is off here."""
+    from cygrad.ner.model import WindowModel
+    args = ["--epochs", "1", "--no-progress", "--optimizer", "sgd", "--lr", "0.1",
+            "--dropout", "0", "--no-average-params", "--loss", loss]
+    r = _cli(args + ["--batch-size", "32", "--distributed", "--out", str(tmp_path / "n")],
+             n=n, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _cli(args + ["--batch-size", str(32 * n), "--out", str(tmp_path / "one")], timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = WindowModel.load(str(tmp_path / "one")).params
+    b = WindowModel.load(str(tmp_path / "n")).params
+    worst = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-30)) for k in a)
+    assert worst < 2e-4, worst

@@ -108,6 +108,9 @@ class Trainer:
         # --freeze-vectors: the rows of E that came from the vectors, as they came (the
         # rows a step touched are put back after it; the other rows of E train)
         self.frozen = None
+        # distributed: (the global batch's rows, this rank's first row, positives before
+        # it, positives in all) of the batch _batches handed out last
+        self._share = None
         self._corrupt = np.zeros(0, np.int64)
         if tcfg.freeze_vectors:
             rows = np.flatnonzero(model.vector_rows >= 0)
@@ -244,8 +247,16 @@ class Trainer:
                              "training data and pass ngrams=")
         ngrams = words if ngrams is None else ngrams
         extra = ()
+        # distributed: every rank draws what one process draws for the whole global
+        # batch (its rows R; this rank's rows start at a) and takes its share
+        share = self._share if self.comm is not None else None
         if self.unk_prob is not None:
-            drop = rng.random(words.shape) < self.unk_prob[words]
+            if share is not None:
+                R, a = share[0], share[1]
+                u = rng.random((R,) + words.shape[1:])[a:a + len(words)]
+            else:
+                u = rng.random(words.shape)
+            drop = u < self.unk_prob[words]
             words = np.where(drop, self.unk_id, words)
         if self.comm is not None:   # this rank's examples: the weight of its gradient
             self.step_opt.weight = (len(words) if cfg.loss != "max-margin"
@@ -253,6 +264,16 @@ class Trainer:
         if self.keyed:              # (each rank its own masks)
             key = (int(rng.integers(0, 2 ** 62)) + self.rank * 0x9E3779B97F4A7C15) % 2 ** 62
             extra = (np.array(key, dtype=np.int64),)
+        if share is not None and len(words) == 0:
+            # no example of the global batch on this rank: it draws what the others
+            # draw, and takes part in the exchange with nothing
+            if cfg.loss == "max-margin" and share[3]:
+                rng.integers(3, len(self.model.vocab.words), share[3])
+            self.step_opt.weight = 0
+            self.step_opt.zero_grad()
+            self.step_opt.step()
+            self.step_opt.zero_grad()
+            return 0.0
         if cfg.loss == "softmax":
             return self._step(words, suffixes, cases, prefixes, shapes, ngrams, labels, *extra)
         if cfg.loss == "crf":
@@ -265,6 +286,12 @@ class Trainer:
             return self._step(words, suffixes, cases, prefixes, shapes, ngrams, y.astype(cfg.dtype),
                               *extra)
         pos = np.flatnonzero(y)
+        corrupt = None
+        if share is not None:       # the global batch's corrupt words, this rank's share
+            before, total = share[2], share[3]
+            if total:
+                corrupt = rng.integers(3, len(self.model.vocab.words), total)[
+                    before:before + len(pos)]
         if len(pos) == 0:
             if self.comm is not None:   # the other ranks' exchange needs this rank too
                 self.step_opt.zero_grad()
@@ -275,7 +302,8 @@ class Trainer:
                                  shapes[pos], ngrams[pos])
         wc, sc, pc = w.copy(), sf.copy(), pf.copy()
         k = cfg.k
-        wc[:, k] = rng.integers(3, len(self.model.vocab.words), len(pos))
+        wc[:, k] = corrupt if corrupt is not None else \
+            rng.integers(3, len(self.model.vocab.words), len(pos))
         self._corrupt = wc[:, k]        # (rows the step touches besides words')
         sc[:, k] = self.suffix_of_word[wc[:, k]]
         if cfg.prefix_dim:
@@ -313,9 +341,13 @@ class Trainer:
             for lo in range(0, n, G):
                 batch = np.sort(order[lo:lo + G])
                 if self.size > 1:
-                    if len(batch) < self.size:
-                        continue    # (the epoch's last windows, fewer than the ranks)
-                    batch = np.array_split(batch, self.size)[self.rank]
+                    # (fewer windows than ranks, the epoch's last: some ranks get none,
+                    # and take part in the step with no examples)
+                    parts = np.array_split(batch, self.size)
+                    a = sum(len(q) for q in parts[:self.rank])
+                    pos = self.positive_tag[enc.labels[batch]]
+                    self._share = (len(batch), a, int(pos[:a].sum()), int(pos.sum()))
+                    batch = parts[self.rank]
                 yield batch, None
             return
         off = enc.offsets
@@ -332,25 +364,35 @@ class Trainer:
             a, b = lo, hi
             if self.size > 1:
                 if hi - lo < self.size:
-                    lo = hi
-                    continue        # (the epoch's last sentences, fewer than the ranks)
-                # consecutive sentences, about the same number of tokens per rank
-                cut = np.searchsorted(ends[lo:hi] - base, np.arange(1, self.size) *
-                                      (ends[hi - 1] - base) / self.size, side="left") + lo
-                cut = np.clip(cut, lo + np.arange(1, self.size), hi - self.size
-                              + np.arange(1, self.size))
-                for j in range(1, len(cut)):    # no rank without sentences
-                    cut[j] = max(cut[j], cut[j - 1] + 1)
-                edges = [lo, *cut.tolist(), hi]
+                    # fewer sentences than ranks (the epoch's last): one each, the other
+                    # ranks none (they take part in the step with no examples)
+                    edges = [min(lo + j, hi) for j in range(self.size + 1)]
+                else:
+                    # consecutive sentences, about the same number of tokens per rank
+                    cut = np.searchsorted(ends[lo:hi] - base, np.arange(1, self.size) *
+                                          (ends[hi - 1] - base) / self.size,
+                                          side="left") + lo
+                    cut = np.clip(cut, lo + np.arange(1, self.size), hi - self.size
+                                  + np.arange(1, self.size))
+                    for j in range(1, len(cut)):    # no rank without sentences
+                        cut[j] = max(cut[j], cut[j - 1] + 1)
+                    edges = [lo, *cut.tolist(), hi]
                 a, b = edges[self.rank], edges[self.rank + 1]
+                rows = int(ends[hi - 1] - base)
+                first = int((ends[a - 1] if a else 0) - base)
+                self._share = (rows, first, 0, 0)
             sents = order[a:b]
-            idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in sents])
+            idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in sents]) \
+                if len(sents) else np.zeros(0, np.int64)
             yield idx, lens[a:b]
             lo = hi
 
     def epoch(self, enc, rng, progress=None, order_rng=None):
         """One pass over the training windows in batches (shuffled by ``order_rng``,
-        default ``rng``); returns the mean loss (over every rank's windows)."""
+        default ``rng``); returns the mean loss (over every rank's windows).
+        Distributed, every rank passes the same ``rng`` (the one process's): each
+        draws what one process draws for the whole global batch and takes its share,
+        so that N ranks train the model of one process with N x batch_size."""
         total, seen = 0.0, 0
         for b, (idx, lengths) in enumerate(self._batches(enc, order_rng or rng)):
             loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
@@ -377,8 +419,11 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
 
     ``distributed``: one rank of an MPI job (``mpiexec -n N cygrad train ...
     --distributed``): each rank trains on its share of every global batch of N x
-    batch_size windows (the same shuffle on every rank, from the seed and the epoch),
-    the gradients averaged over the ranks before each update; rank 0 alone logs,
+    batch_size windows, drawing the random numbers one process with that batch size
+    draws (the shuffle, word dropout, corrupt windows) and taking its share of
+    them, so that the job trains one process's model (to rounding; dropout masks
+    are still drawn per rank), the gradients averaged over the ranks (weighted by
+    their examples) before each update; rank 0 alone logs,
     evaluates, writes the model and the checkpoints; the ranks' parameters are
     checked identical after every epoch. Returns the model on rank 0, None on the
     others.
@@ -464,8 +509,9 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         if comm is None:
             loss = trainer.epoch(tr, rng, bar)
         else:       # the shuffle from (seed, epoch), the same on every rank and rank count
-            loss = trainer.epoch(tr, np.random.default_rng([tcfg.seed, epoch, 1 + rank]), bar,
-                                 order_rng=np.random.default_rng([tcfg.seed, epoch]))
+            # the one process's random stream on every rank (the shuffle, word dropout,
+            # corrupt windows: each rank takes its share of the global batch's draws)
+            loss = trainer.epoch(tr, rng, bar)
             dist.check_identical(list(trainer.t.values()), comm)     # else every rank raises
         trainer.calibrate(tr)
         if bar is not None:

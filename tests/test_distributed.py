@@ -269,14 +269,14 @@ def test_ranks_that_read_other_data_are_refused(tmp_path):
 @pytest.mark.parametrize("loss,n", [("crf", 2), ("softmax", 2), ("logistic", 2),
                                     ("max-margin", 2), ("crf", 3)])
 def test_n_ranks_train_the_model_of_one_process(tmp_path, loss, n):
-    """N ranks x 32 windows and one process x 32N, shuffled, with word dropout and
-    corrupt windows (the random parts the ranks draw as one process draws them),
+    """N ranks x 32 windows and one process x 32N, shuffled, with input and hidden
+    dropout, word dropout and corrupt windows (every random part: the ranks draw
+    what one process draws, the dropout masks of their rows of the global batch),
     SGD: the same parameters to float32 rounding, the epoch's last global batch
-    (fewer sentences than ranks, on the bundled corpus) included. Dropout masks are
-    drawn per rank, so dropout is off here."""
+    (fewer sentences than ranks, on the bundled corpus) included."""
     from cygrad.ner.model import WindowModel
     args = ["--epochs", "1", "--no-progress", "--optimizer", "sgd", "--lr", "0.1",
-            "--dropout", "0", "--no-average-params", "--loss", loss]
+            "--hidden-dropout", "0.3", "--no-average-params", "--loss", loss]
     r = _cli(args + ["--batch-size", "32", "--distributed", "--out", str(tmp_path / "n")],
              n=n, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -101,8 +101,10 @@ def test_graph_op_gradient_and_backends():
         np.testing.assert_array_equal(cg.dropout(cg.tensor(x0), 0.4, 11).data, y.data)
     assert cg.dropout(x, 0.4, 11, training=False) is x
     np.testing.assert_array_equal(cg.dropout(x, 0.4, np.array(11)).data, y.data)
-    with pytest.raises(ValueError, match="key must be one integer"):
-        cg.dropout(x, 0.4, np.array([1, 2]))
+    with pytest.raises(ValueError, match=r"key must be one integer, or two \(key, row\)"):
+        cg.dropout(x, 0.4, np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="the key's row must be in"):
+        cg.dropout(x, 0.4, np.array([1, -2]))
 
 
 def _window_model(dt, opt_name, p_in=0.2, p_h=0.5, seed=0):
@@ -202,3 +204,50 @@ def test_dropout_options_are_checked():
     for bad in (dict(dropout=1.0), dict(hidden_dropout=-0.1), dict(word_dropout=-1.0)):
         with pytest.raises(ValueError, match=list(bad)[0]):
             TrainConfig(**bad)
+
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_a_key_with_a_row_draws_those_rows_of_a_larger_batch(dt, nthreads):
+    """dropout(x[a:b], p, [key, a]) is rows a:b of dropout(x, p, key): in the
+    kernel (first = a * row size, flat indices modulo 2**32), the NumPy reference,
+    the graph op and its gradient, and a compiled step (data-parallel ranks draw one
+    process's masks so)."""
+    from cygrad import kernels as K
+    from cygrad import reference as R
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(13, 7)).astype(dt)
+    full = K.dropout(x, 0.3, 99, stream=2)
+    for a, b in ((0, 13), (4, 9), (12, 13)):
+        np.testing.assert_array_equal(K.dropout(x[a:b], 0.3, 99, stream=2, first=a * 7),
+                                      full[a:b])
+        np.testing.assert_array_equal(R.dropout(x[a:b], 0.3, 99, stream=2, first=a * 7),
+                                      full[a:b])
+        t = cg.tensor(x[a:b], requires_grad=True)
+        y = cg.dropout(t, 0.3, np.array([99, a]), stream=2)
+        np.testing.assert_array_equal(y.data, full[a:b])
+        y.sum().backward()
+        np.testing.assert_array_equal(t.grad, (full[a:b] != 0) / dt(0.7))
+    # indices wrap at 2**32 alike everywhere
+    big = 2 ** 32 - 3
+    np.testing.assert_array_equal(K.dropout(x, 0.3, 5, first=big),
+                                  R.dropout(x, 0.3, 5, first=big))
+    # compiled: a step whose key argument is (key, row) draws the rows' masks
+    ps = [cg.tensor(rng.normal(size=(3, 7)).astype(dt), requires_grad=True),
+          cg.tensor(np.zeros(3, dt), requires_grad=True)]
+    ps2 = [cg.tensor(p.data.copy(), requires_grad=True) for p in ps]
+
+    def loss(W, b):
+        return lambda xb, k, t: cg.mse_loss(cg.dropout(cg.tanh(cg.linear(xb, W, b)), 0.5, k), t)
+    step = cg.compile(loss(*ps), cg.optim.SGD(ps, lr=0.1), strict=True)
+    opt2 = cg.optim.SGD(ps2, lr=0.1)
+    target = np.ones((5, 3), dt)
+    for a in (0, 3, 8):
+        k = np.array([1234 + a, a], np.int64)
+        step(x[a:a + 5], k, target)
+        opt2.zero_grad()
+        loss(*ps2)(x[a:a + 5], k, target).backward()
+        opt2.step()
+        for p, q in zip(ps, ps2):
+            np.testing.assert_allclose(p.data, q.data,
+                                       rtol=1e-5 if dt == np.float32 else 1e-12)

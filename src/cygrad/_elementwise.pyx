@@ -157,7 +157,7 @@ cdef struct _Drop:
     int f32
     const void *x
     void *y
-    cnp.uint64_t key
+    cnp.uint64_t key, first
     cnp.uint32_t stream, thr
     double scale
 
@@ -165,11 +165,11 @@ cdef struct _Drop:
 cdef void _drop_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef _Drop *u = <_Drop *>ctx
     if u.f32:
-        bp_dropout_f32(<const float *>u.x + lo, <float *>u.y + lo, hi - lo, lo, u.key, u.stream, u.thr,
-                       u.scale)
+        bp_dropout_f32(<const float *>u.x + lo, <float *>u.y + lo, hi - lo, u.first + lo, u.key,
+                       u.stream, u.thr, u.scale)
     else:
-        bp_dropout_f64(<const double *>u.x + lo, <double *>u.y + lo, hi - lo, lo, u.key, u.stream, u.thr,
-                       u.scale)
+        bp_dropout_f64(<const double *>u.x + lo, <double *>u.y + lo, hi - lo, u.first + lo,
+                       u.key, u.stream, u.thr, u.scale)
 
 
 DROPOUT_MAX_ELEMENTS = 2 ** 32
@@ -202,7 +202,7 @@ def dropout_params(p, key, fn="dropout", stream=0):
     return p, key, thr, 1.0 / (1.0 - p)
 
 
-def dropout(x, p, key, out=None, stream=0):
+def dropout(x, p, key, out=None, stream=0, first=0):
     """Inverted dropout: ``x * mask / (1 - p)``, elementwise.
 
     The mask keeps element i (its flat index in C order) unless a keyed hash of
@@ -223,9 +223,15 @@ def dropout(x, p, key, out=None, stream=0):
     stream : int in [0, 2**32), default 0
         Masks of different streams under one key are independent: give each
         dropout of a step its own.
+    first : int >= 0, default 0
+        The flat index of ``x``'s first element in a larger array whose mask this
+        is part of (indices are taken modulo 2**32): ``dropout(x[a:b], ...,
+        first=a * row_size)`` is rows a:b of ``dropout(x, ...)``.
     """
     x = float_array(x, "dropout", "x", -1)
     p, key, thr, scale = dropout_params(p, key, stream=stream)
+    if isinstance(first, bool) or not isinstance(first, (int, np.integer)) or first < 0:
+        raise ValueError(f"dropout: first must be an integer >= 0, got {first!r}")
     cdef Py_ssize_t n = cnp.PyArray_SIZE(<cnp.ndarray>x)
     if n > DROPOUT_MAX_ELEMENTS:
         raise ValueError(f"dropout: x has {n} elements; at most 2**32 are supported")
@@ -234,6 +240,7 @@ def dropout(x, p, key, out=None, stream=0):
     cdef int nt = threads_for(n, MIN_ELEMENTS)
     cdef _Drop u
     u.f32, u.key, u.stream, u.thr, u.scale = is_f32(x), key, stream, thr, scale
+    u.first = int(first) % 4294967296
     u.x = cnp.PyArray_DATA(<cnp.ndarray>x)
     u.y = cnp.PyArray_DATA(<cnp.ndarray>out)
     with nogil:

@@ -134,7 +134,7 @@ def _fmix32(h):
     return h ^ (h >> np.uint32(16))
 
 
-def dropout_mask(shape, p, key, stream=0):
+def dropout_mask(shape, p, key, stream=0, first=0):
     """The keep mask of cygrad.kernels.dropout: element i (flat, C order) is kept
     when fmix32(fmix32(i ^ s1) + s2) >= floor(p * 2**32), where s1 and s2 are
     two words drawn from the key and the stream by the same finaliser
@@ -145,14 +145,16 @@ def dropout_mask(shape, p, key, stream=0):
         s1 = _fmix32(np.uint32(k & 0xFFFFFFFF) ^ np.uint32(0x9E3779B9)
                      ^ _fmix32(np.uint32(stream) + np.uint32(0x632BE5AB)))
         s2 = _fmix32(np.uint32(k >> 32) ^ _fmix32(s1 + np.uint32(0x7F4A7C15)))
-        i = np.arange(n, dtype=np.uint32)
+        i = ((np.arange(n, dtype=np.uint64) + np.uint64(int(first) % 2 ** 32))
+             % np.uint64(2 ** 32)).astype(np.uint32)       # (flat indices modulo 2**32)
         h = _fmix32(_fmix32(i ^ s1) + s2)
     return (h >= np.uint32(int(p * 4294967296.0))).reshape(shape)
 
 
-def dropout(x, p, key, out=None, stream=0):
-    """Inverted dropout, x * mask / (1 - p), with cygrad's keyed mask."""
-    m = np.where(dropout_mask(x.shape, p, key, stream), x.dtype.type(1.0 / (1.0 - p)),
+def dropout(x, p, key, out=None, stream=0, first=0):
+    """Inverted dropout, x * mask / (1 - p), with cygrad's keyed mask (``first``: the
+    flat index of x's first element in the array the mask is drawn for)."""
+    m = np.where(dropout_mask(x.shape, p, key, stream, first), x.dtype.type(1.0 / (1.0 - p)),
                  x.dtype.type(0))
     return _out(x * m, out)
 

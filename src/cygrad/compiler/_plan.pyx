@@ -205,17 +205,24 @@ cdef inline void _rows_or_cols_dropout(Task *t, Run *r, floating *dummy, Py_ssiz
     an m x h block; the mask of element (i, j) is that of flat index i h + j."""
     cdef const floating *x = <const floating *>r.ptr[t.v[0]]
     cdef floating *y = <floating *>r.ptr[t.v[2]]
-    cdef cnp.uint64_t key = <cnp.uint64_t>(<const cnp.int64_t *>r.ptr[t.v[1]])[0]
+    cdef const cnp.int64_t *kp = <const cnp.int64_t *>r.ptr[t.v[1]]
+    cdef cnp.uint64_t key = <cnp.uint64_t>kp[0]
+    # a key (key, row) (t.w == 2): the block is rows row, row + 1, ... of a larger batch;
+    # flat indices modulo 2**32, as the kernel takes them
+    cdef cnp.uint64_t row0 = <cnp.uint64_t>kp[1] if t.w == 2 else 0
     cdef cnp.uint32_t thr = <cnp.uint32_t>(t.alpha * 4294967296.0)
     cdef double scale = 1.0 / (1.0 - t.alpha)
     cdef cnp.uint32_t stream = <cnp.uint32_t>t.k
     cdef Py_ssize_t lx = r.ld[t.v[0]], ly = r.ld[t.v[2]], h = t.h, i
     if t.axis == A_ROWS:
         for i in range(lo, hi):
-            _dropout(x + i * lx, y + i * ly, h, i * h, key, stream, thr, scale)
+            _dropout(x + i * lx, y + i * ly, h, (row0 + <cnp.uint64_t>i) * <cnp.uint64_t>h,
+                     key, stream, thr, scale)
     else:
         for i in range(t.m):
-            _dropout(x + i * lx + lo, y + i * ly + lo, hi - lo, i * h + lo, key, stream, thr, scale)
+            _dropout(x + i * lx + lo, y + i * ly + lo, hi - lo,
+                     (row0 + <cnp.uint64_t>i) * <cnp.uint64_t>h + <cnp.uint64_t>lo, key, stream,
+                     thr, scale)
 
 
 cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:

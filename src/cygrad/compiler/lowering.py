@@ -172,7 +172,7 @@ def _fwd_act(bld, node, name, pa, ctx):
 
 def _fwd_dropout(bld, node, name, pa, ctx):
     (x,) = pa
-    p, _, stream, karr = ctx.kw
+    p, _, stream, karr, _ = ctx.kw
     if karr is None:
         raise Unsupported("dropout with a key that is not an argument of the step (the "
                            "plan would reuse one mask at every step); pass the key as "
@@ -190,11 +190,12 @@ def _fwd_dropout(bld, node, name, pa, ctx):
     else:
         kv = bld.ids(karr, "dropout", DROPOUT_MAX_KEY, "key")
     out = bld.new(xv.rows, xv.cols)
+    nkey = 1 if live is not None else int(np.asarray(karr).size)   # 2: (key, row)
     bld.add(Task("dropout", ("elem", xv.rows, xv.cols), [xv, kv, out],
                    [(xv, "r", "elem"), (kv, "r", "all"), (out, "w", "elem")],
-                   m=xv.rows, h=xv.cols, k=stream, alpha=p))
+                   m=xv.rows, h=xv.cols, k=stream, alpha=p, w=nkey))
     bld.val[id(node)] = out
-    bld.info[id(node)] = (kv, p, stream)
+    bld.info[id(node)] = (kv, p, stream, nkey)
 
 
 def _fwd_reshape(bld, node, name, pa, ctx):
@@ -282,10 +283,10 @@ def _bwd_act(bld, node, name, pa, g):
 
 
 def _bwd_dropout(bld, node, name, pa, g):
-    kv, p, stream = bld.info[id(node)]
+    kv, p, stream, nkey = bld.info[id(node)]
     bld.add(Task("dropout", ("elem", g.rows, g.cols), [g, kv, g],
                    [(g, "r", "elem"), (kv, "r", "all"), (g, "w", "elem")],
-                   m=g.rows, h=g.cols, k=stream, alpha=p))
+                   m=g.rows, h=g.cols, k=stream, alpha=p, w=nkey))
     bld.grad[id(pa[0])] = g
 
 

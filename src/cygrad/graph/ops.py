@@ -464,14 +464,16 @@ class Dropout(Op):
     name = "dropout"
 
     @staticmethod
-    def forward(ctx, x, p, key, stream=0, key_array=None):
-        ctx.kw = (p, key, stream, key_array)
-        return _B().dropout(x, p, key, stream=stream)
+    def forward(ctx, x, p, key, stream=0, key_array=None, row=0):
+        # row: x is rows row, row + 1, ... of a larger batch (its masks are those rows')
+        first = row * (x.size // x.shape[0]) if row and x.ndim and x.shape[0] else 0
+        ctx.kw = (p, key, stream, key_array, first)
+        return _B().dropout(x, p, key, stream=stream, first=first)
 
     @staticmethod
     def backward(ctx, g):
-        p, key, stream, _ = ctx.kw
-        return (_B().dropout(g, p, key, stream=stream),)
+        p, key, stream, _, first = ctx.kw
+        return (_B().dropout(g, p, key, stream=stream, first=first),)
 
 
 def dropout(x, p, key, stream=0, training=True):
@@ -484,11 +486,16 @@ def dropout(x, p, key, stream=0, training=True):
     compiled with :func:`cygrad.compile`, the key must be one of the step's
     arguments (an int64 array of shape () or (1,)), read at every call.
 
+    A key array of two integers ``[key, row]`` draws the masks of rows row,
+    row + 1, ... of a larger batch under ``key``: ``dropout(x[a:b], p, [key, a])``
+    is rows a:b of ``dropout(x, p, key)`` (data-parallel ranks draw one process's
+    masks so).
+
     Parameters
     ----------
     x : Tensor
     p : float in [0, 1)
-    key : int in [0, 2**63 - 1), or an integer array holding one
+    key : int in [0, 2**63 - 1), or an integer array holding one (or two: key, row)
     stream : int in [0, 2**32)
         Give each dropout of a step its own stream: one key then draws
         independent masks for them.
@@ -504,13 +511,22 @@ def dropout(x, p, key, stream=0, training=True):
         arr = _untraced(key)
     if isinstance(arr, Tensor):
         raise TypeError("dropout: key must be an integer or an integer array, got a Tensor")
-    if isinstance(arr, np.ndarray) and (arr.dtype.kind not in "iu" or arr.size != 1):
-        raise ValueError(f"dropout: key must be one integer, got an array of dtype "
-                         f"{arr.dtype} and shape {arr.shape}")
-    from cygrad._elementwise import dropout_params
+    if isinstance(arr, np.ndarray) and (arr.dtype.kind not in "iu" or arr.size not in (1, 2)
+                                        or arr.ndim > 1):
+        raise ValueError(f"dropout: key must be one integer, or two (key, row), got an "
+                         f"array of dtype {arr.dtype} and shape {arr.shape}")
+    from cygrad._elementwise import DROPOUT_MAX_KEY, dropout_params
 
-    p, k, _, _ = dropout_params(p, arr, stream=stream)
-    return Dropout.apply(x, p=p, key=k, stream=int(stream), key_array=arr if traced else None)
+    row = 0
+    if isinstance(arr, np.ndarray) and arr.size == 2:
+        row = int(arr[1])
+        if not 0 <= row < DROPOUT_MAX_KEY:
+            raise ValueError(f"dropout: the key's row must be in [0, 2**63 - 1), got {row}")
+        p, k, _, _ = dropout_params(p, arr[:1], stream=stream)
+    else:
+        p, k, _, _ = dropout_params(p, arr, stream=stream)
+    return Dropout.apply(x, p=p, key=k, stream=int(stream), key_array=arr if traced else None,
+                         row=row)
 
 
 class EmbeddingWindows(Op):

@@ -261,9 +261,13 @@ class Trainer:
         if self.comm is not None:   # this rank's examples: the weight of its gradient
             self.step_opt.weight = (len(words) if cfg.loss != "max-margin"
                                     else int(np.count_nonzero(self.positive_tag[labels])))
-        if self.keyed:              # (each rank its own masks)
-            key = (int(rng.integers(0, 2 ** 62)) + self.rank * 0x9E3779B97F4A7C15) % 2 ** 62
-            extra = (np.array(key, dtype=np.int64),)
+        if self.keyed:
+            key = int(rng.integers(0, 2 ** 62))
+            if share is None:
+                extra = (np.array(key, dtype=np.int64),)
+            else:   # the masks of this rank's rows of the global batch: (key, first row)
+                first = share[2] if cfg.loss == "max-margin" else share[1]
+                extra = (np.array([key, first], dtype=np.int64),)
         if share is not None and len(words) == 0:
             # no example of the global batch on this rank: it draws what the others
             # draw, and takes part in the exchange with nothing
@@ -420,10 +424,10 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     ``distributed``: one rank of an MPI job (``mpiexec -n N cygrad train ...
     --distributed``): each rank trains on its share of every global batch of N x
     batch_size windows, drawing the random numbers one process with that batch size
-    draws (the shuffle, word dropout, corrupt windows) and taking its share of
-    them, so that the job trains one process's model (to rounding; dropout masks
-    are still drawn per rank), the gradients averaged over the ranks (weighted by
-    their examples) before each update; rank 0 alone logs,
+    draws (the shuffle, word dropout, corrupt windows, the dropout key, the masks
+    of its rows of the global batch) and taking its share of them, so that the job
+    trains one process's model (to rounding), the gradients averaged over the ranks
+    (weighted by their examples) before each update; rank 0 alone logs,
     evaluates, writes the model and the checkpoints; the ranks' parameters are
     checked identical after every epoch. Returns the model on rank 0, None on the
     others.

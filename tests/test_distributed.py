@@ -286,3 +286,24 @@ def test_n_ranks_train_the_model_of_one_process(tmp_path, loss, n):
     b = WindowModel.load(str(tmp_path / "n")).params
     worst = max(float(np.abs(a[k] - b[k]).max() / (np.abs(a[k]).max() + 1e-30)) for k in a)
     assert worst < 2e-4, worst
+
+
+@needs_mpi
+@pytest.mark.parametrize("opt", [["--optimizer", "sgd", "--lr", "0.1", "--loss", "softmax"],
+                                 []], ids=["sgd-softmax", "defaults"])
+def test_a_resumed_two_rank_run_is_the_uninterrupted_run_bit_for_bit(tmp_path, opt):
+    """Same seed, same result: 2 epochs on 2 ranks, and 1 epoch then --resume for the
+    second, give the same parameters bit for bit (the ranks draw the process's random
+    stream, restored from the checkpoint; every compiled step runs its plan, the
+    first one of a run too)."""
+    from cygrad.ner.model import WindowModel
+    common = ["--no-progress", "--distributed", "--no-average-params"] + opt
+    r = _cli(common + ["--epochs", "2", "--out", str(tmp_path / "a")], n=2, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for args in (["--epochs", "1"], ["--epochs", "2", "--resume"]):
+        r = _cli(common + args + ["--out", str(tmp_path / "b")], n=2, timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+    a = WindowModel.load(str(tmp_path / "a")).params
+    b = WindowModel.load(str(tmp_path / "b")).params
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -481,8 +481,10 @@ def test_compiled_step_matches_the_graph(toy, optimizer, freeze, model, reg):
 
 
 @pytest.mark.parametrize("reg", [{}, dict(dropout=0.5, hidden_dropout=0.2, word_dropout=1.0),
-                                 dict(average_params=True), dict(crf=True, dropout=0.5)],
-                         ids=["plain", "dropout", "average", "crf"])
+                                 dict(average_params=True), dict(crf=True, dropout=0.5),
+                                 dict(optimizer="sgd", lr=0.1),
+                                 dict(crf=True, optimizer="sgd", lr=0.1, dropout=0.3)],
+                         ids=["plain", "dropout", "average", "crf", "sgd", "crf-sgd"])
 def test_resume_equals_uninterrupted(tmp_path, toy, reg):
     tr, dv = toy[0][:300], toy[1][:100]
     reg = dict(reg)

@@ -4,7 +4,9 @@ The first call for a given set of argument shapes and dtypes runs ``loss_fn``
 on the graph executor with its arguments wrapped as traced inputs, turns the
 recorded graph into a plan (cygrad.compiler._plan: tasks grouped into stages, every
 buffer placed once in a workspace that grows with the largest batch seen) and
-completes that first step on the graph (backward, then the optimiser). Later
+runs that first step on the plan too (the traced forward is discarded), so that
+a run's parameters do not depend on where it traced: a resumed run, a re-trace
+after a guard failed. (A step the plan cannot hold completes on the graph.) Later
 calls with the same shapes and dtypes replay the plan in one call without the
 GIL: forward, backward and the optimiser's update, each parameter updated as
 soon as its gradient is final (for SGD, -lr rides on the loss gradient so that

@@ -130,40 +130,44 @@ class CompiledStep:
                 return self._first(key, args)
             if entry is _EAGER:
                 return self._eager(args)
-            if entry.arena_bytes > self._arena.nbytes:
-                self._grow(entry.arena_bytes)
-            for k in entry.live:                # nn.Dropout: the next key, as eagerly
+            return self._run(entry, key, args, rows)
+
+    def _run(self, entry, key, args, rows, checked=False):
+        """One step on plan ``entry`` (``checked``: its guards are known to hold)."""
+        if entry.arena_bytes > self._arena.nbytes:
+            self._grow(entry.arena_bytes)
+        for k in entry.live:                # nn.Dropout: the next key, as eagerly
+            k.advance()
+        try:
+            loss = entry.runner.run(args, checked, rows)  # None: a guard failed
+        except BaseException:
+            for k in entry.live:
+                k.undo()
+            raise
+        if loss is None:
+            for k in entry.live:
+                k.undo()
+            why = entry.stale()
+            if why is not None:     # the plan is not the model any more
+                if self.strict:
+                    raise CompileError(f"cygrad.compile: {why}; the plan built for these "
+                                       f"arguments no longer describes the step "
+                                       f"(strict=True refuses to trace it again); nothing "
+                                       f"was updated")
+                self.retraces += 1
+                self._drop(entry)
+                return self._first(key, args)
+            for k in entry.live:
                 k.advance()
             try:
-                loss = entry.runner.run(args, False, rows)  # None: a guard failed
+                loss = entry.runner.run(args, True, rows)
             except BaseException:
                 for k in entry.live:
                     k.undo()
                 raise
-            if loss is None:
-                for k in entry.live:
-                    k.undo()
-                why = entry.stale()
-                if why is not None:     # the plan is not the model any more
-                    if self.strict:
-                        raise CompileError(f"cygrad.compile: {why}; the plan built for these "
-                                           f"arguments no longer describes the step "
-                                           f"(strict=True refuses to trace it again); nothing "
-                                           f"was updated")
-                    self.retraces += 1
-                    self._drop(entry)
-                    return self._first(key, args)
-                for k in entry.live:
-                    k.advance()
-                try:
-                    loss = entry.runner.run(args, True, rows)
-                except BaseException:
-                    for k in entry.live:
-                        k.undo()
-                    raise
-            if entry.gradmode:
-                entry.apply_update(rows)
-            return loss
+        if entry.gradmode:
+            entry.apply_update(rows)
+        return loss
 
     def _dynamic(self, args):
         """dynamic_rows: a plan that serves these arguments with their rows, and the
@@ -275,20 +279,26 @@ class CompiledStep:
         except Unsupported as e:
             self._fallback(key, str(e))
             compiled = None
-        # the first step completes on the graph
-        loss.backward()
-        self._clip()
-        opt.step()
-        opt.zero_grad()
-        if compiled is not None:
-            if compiled.arena_bytes > self._arena.nbytes:
-                self._grow(compiled.arena_bytes)
-            self._plans[key] = compiled
-            compiled.key = key
-            self.plans_built += 1
-            if self.dynamic_rows and compiled.dynamic_ok:
-                self._poly.append(compiled)
-        return loss.item()
+        if compiled is None:        # the step completes on the graph
+            loss.backward()
+            self._clip()
+            opt.step()
+            opt.zero_grad()
+            return loss.item()
+        if compiled.arena_bytes > self._arena.nbytes:
+            self._grow(compiled.arena_bytes)
+        self._plans[key] = compiled
+        compiled.key = key
+        self.plans_built += 1
+        if self.dynamic_rows and compiled.dynamic_ok:
+            self._poly.append(compiled)
+        # the step itself runs on the plan, as every later one: a run's parameters do not
+        # depend on where it traced (a resumed run, a re-trace). The trace drew
+        # nn.Dropout's keys once; the plan draws them again.
+        del loss
+        for k in compiled.live:
+            k.undo()
+        return self._run(compiled, key, args, -1, checked=True)
 
 
 _OWN_STEPS = (_optim.SGD.step, _optim.Adagrad.step, _optim.Adam.step)

@@ -400,10 +400,17 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         if t.v[3] >= 0:         # dx = G W, with W's columns before their update
             failed += _gemm(m, k, 0, m, lo, hi, h, G, 0, ld[t.v[0]], P, 0, k,
                             <floating *>ptr[t.v[3]], ld[t.v[3]], 0) != 0
-        if t.mode == U_SGD or t.mode == U_SET or t.mode == U_ADD:
+        if t.mode == U_SGD or t.mode == U_SET:
             y = P if t.mode == U_SGD else <floating *>ptr[t.v[4]]
             failed += _gemm(h, k, 0, h, lo, hi, m, G, 1, ld[t.v[0]], x, 0, ld[t.v[2]], y, k,
                             t.mode != U_SET) != 0
+        elif t.mode == U_ADD:           # the product into scratch, then onto the buffer
+            scr = <floating *>ptr[t.v[5]]
+            y = <floating *>ptr[t.v[4]]
+            failed += _gemm(h, k, 0, h, lo, hi, m, G, 1, ld[t.v[0]], x, 0, ld[t.v[2]], scr, k,
+                            0) != 0
+            for i in range(h):
+                _axpy(hi - lo, 1.0, scr + i * k + lo, y + i * k + lo)
         elif t.mode == U_ADAGRAD:
             scr = <floating *>ptr[t.v[5]]
             y = <floating *>ptr[t.v[4]]         # the accumulators
@@ -478,19 +485,32 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
         nxt[j] = head[rr]
         head[rr] = j
     cdef const floating *g
+    # dense gradients (t.k == 1): each use's slots summed on their own (row + h), then
+    # the uses added in order, as eager adds the uses' dense gradients
+    cdef floating *part = row + h if t.k == 1 else row
+    cdef int cur
     for a in range(nrows):
         rr = rows[a]
         for kk in range(h):
             row[kk] = 0
         jj = head[rr]
         s = 0
+        cur = -1
         while jj >= 0:
             while jj >= start[s + 1]:
                 s += 1
+            if t.k == 1 and s != cur:
+                if cur >= 0:
+                    _axpy(h, 1.0, part, row)
+                for kk in range(h):
+                    part[kk] = 0
+                cur = s
             q = jj - start[s]
             g = <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] + (q % w) * h
-            _axpy(h, 1.0, g, row)
+            _axpy(h, 1.0, g, part)
             jj = nxt[jj]
+        if t.k == 1 and cur >= 0:
+            _axpy(h, 1.0, part, row)
         if t.code == T_EMB_ADAM:
             _adam(t, r, P + rr * h, A + rr * h, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
         else:

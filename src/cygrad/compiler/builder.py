@@ -290,6 +290,7 @@ class Builder:
                     contrib[id(p)] = contrib.get(id(p), 0) + 1
         self.contrib, self.seen = contrib, {}
         self.gbufs, self.segments, self.dense_tables = {}, {}, set()
+        self.segment_dense = {}     # table -> per use: a dense gradient (not row-sparse)
         for node in reversed(order):
             if node._op is None or not node.requires_grad:
                 continue
@@ -406,12 +407,19 @@ class Builder:
             return
         if len(segs) > 4:
             raise Unsupported("an embedding table used more than 4 times")
+        uses = self.segment_dense.get(id(table), [])
+        if any(uses) and not all(uses):
+            raise Unsupported("an embedding table gathered with dense and row-sparse "
+                              "gradients in one step")
+        # dense gradients: eager sums each use's rows, then the uses; the plan groups a
+        # row's slots by use the same way (row-sparse ones: every slot in order)
+        dense = bool(uses) and all(uses) and len(segs) > 1
         total = sum(s[2] * w for s in segs)
         self.updated.add(i)
         sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
         heads = View(self.ext_buf("heads", i, np.full(V, -1, np.int64)), V, 1, 8)
         slots = self.new(2 * total, 1, 8)
-        row = self.new(1, d)
+        row = self.new(2 if dense else 1, d)
         segv = [(iv, g, B) for iv, g, B, _, _ in segs]
         acc = [(tv, "w", "all"), (sv, "w", "all"), (heads, "w", "all"), (slots, "w", "all"),
                (row, "w", "all")] + [(iv, "r", "all") for iv, _, _ in segv] + \
@@ -422,7 +430,7 @@ class Builder:
             v.append(sv2)
             acc.append((sv2, "w", "all"))
         self.add(Task("emb_adam" if self.adam else "emb_adagrad", (ONE, 1, 1), v, acc, h=d,
-                       w=w, segs=segv, pidx=i))
+                       w=w, segs=segv, pidx=i, k=1 if dense else 0))
 
 
 def _lowering(name):

@@ -29,6 +29,7 @@ from cygrad.compiler.builder import (
     ROWS,
     U_ADAGRAD,
     U_ADAM,
+    U_ADD,
     U_NONE,
     U_SGD,
     Task,
@@ -252,7 +253,9 @@ def _bwd_linear(bld, node, name, pa, g):
     if id(W) in bld.pindex:
         wmode, wsv, wlast = bld.param_mode(W, D)
     if dx is not None or wmode != U_NONE:
-        scr = bld.new(H, D) if wmode in (U_ADAGRAD, U_ADAM) else None
+        # (a later use of a weight: its product into scratch, then added to the gradient
+        # buffer, as the eager graph adds two products: the same bits)
+        scr = bld.new(H, D) if wmode in (U_ADAGRAD, U_ADAM, U_ADD) else None
         wsv2 = bld.adam_v(W, wmode)
         v = [g, Wv, xv, dx, wsv, scr, wsv2]
         acc = [(g, "r", "all"),
@@ -316,6 +319,7 @@ def _bwd_embedding_windows(bld, node, name, pa, g):
     _, table, iv, B, w, d, sparse = bld.info[id(node)]
     if id(table) in bld.pindex:
         bld.segments.setdefault(id(table), (table, []))[1].append((iv, g, B, w, d))
+        bld.segment_dense.setdefault(id(table), []).append(not sparse)
         if not sparse:
             bld.dense_tables.add(id(table))
 

@@ -117,3 +117,41 @@ def test_a_model_with_ngrams_trains_and_tags(tmp_path):
         m.predict(encode(te, m.vocab, m.config.k))
     with pytest.raises(ValueError, match="max-margin"):
         Config(ngram_dim=4, loss="max-margin")
+
+
+@pytest.mark.parametrize("loss", ["crf", "softmax"])
+def test_the_ngram_model_trains_compiled_as_on_the_eager_graph(tmp_path, loss):
+    """The n-gram bags have plan tasks: `cygrad train --ngram-dim` trains compiled, and
+    with Adagrad gives the eager graph's parameters bit for bit (CRF and softmax)."""
+    tr = read_conll(corpus.path("train"))[:300]
+    cfg = Config(hidden=(32,), dim=12, ngram_dim=6, ngram_buckets=2048, loss=loss)
+    got = []
+    for compiled in (True, False):
+        m, _ = train(tr, None, str(tmp_path / f"m{compiled}"), cfg,
+                     TrainConfig(epochs=2, compile=compiled, seed=5),
+                     log=lambda *a: None, progress=False)
+        got.append(m.params)
+    for k in got[0]:
+        np.testing.assert_array_equal(got[0][k], got[1][k], err_msg=k)
+
+
+def test_new_bags_after_compiling_are_not_ignored():
+    """A compiled step holds the n-gram bags it traced with as constants: a trainer
+    handed other training data's bags makes a new step (the steps then equal eager)."""
+    from cygrad.ner.train import Trainer
+    tr = read_conll(corpus.path("train"))
+    cfg = Config(hidden=(16,), dim=8, ngram_dim=4, ngram_buckets=512, loss="softmax")
+    runs = []
+    for compiled in (True, False):
+        m = WindowModel(cfg, Vocab.build(tr), seed=0)
+        t = Trainer(m, TrainConfig(compile=compiled, seed=1))
+        for part in (tr[:40], tr[40:90]):
+            enc = m.encode(part)
+            t.set_data(enc)
+            idx = np.arange(min(64, len(enc.words)))
+            t.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
+                   np.random.default_rng(2), prefixes=enc.prefixes[idx],
+                   shapes=enc.shapes[idx], ngrams=enc.ngrams[idx])
+        runs.append(m.params)
+    for k in runs[0]:
+        np.testing.assert_array_equal(runs[0][k], runs[1][k], err_msg=k)

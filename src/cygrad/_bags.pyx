@@ -36,17 +36,20 @@ cdef struct _Bags:
     int f32
 
 
-cdef void _fwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
-    cdef _Bags *b = <_Bags *>ctx
-    cdef Py_ssize_t i, j, q, a, z, k, d = b.d, w = b.w
+cdef void bag_rows(const void *table, const cnp.int64_t *win, const cnp.int64_t *ptr,
+                   const cnp.int64_t *items, void *out, Py_ssize_t ldo, Py_ssize_t lo,
+                   Py_ssize_t hi, Py_ssize_t w, Py_ssize_t d, bint f32) noexcept nogil:
+    """Windows [lo, hi): out row i (ldo apart) = the means of the bags of win[i, :w],
+    each summed in double, items in order (also the compiled plans' loop)."""
+    cdef Py_ssize_t i, j, q, a, z, k
     cdef cnp.int64_t bag
     cdef double acc[256]
     cdef double inv
     cdef Py_ssize_t k0, kn
     for i in range(lo, hi):
         for j in range(w):
-            bag = b.win[i * w + j]
-            a, z = b.ptr[bag], b.ptr[bag + 1]
+            bag = win[i * w + j]
+            a, z = ptr[bag], ptr[bag + 1]
             inv = 1.0 / (z - a) if z > a else 0.0
             k0 = 0
             while k0 < d:           # columns in blocks of 256 (acc on the stack)
@@ -54,19 +57,24 @@ cdef void _fwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcep
                 for k in range(kn):
                     acc[k] = 0.0
                 for q in range(a, z):
-                    if b.f32:
+                    if f32:
                         for k in range(kn):
-                            acc[k] += (<const float *>b.table)[b.items[q] * d + k0 + k]
+                            acc[k] += (<const float *>table)[items[q] * d + k0 + k]
                     else:
                         for k in range(kn):
-                            acc[k] += (<const double *>b.table)[b.items[q] * d + k0 + k]
-                if b.f32:
+                            acc[k] += (<const double *>table)[items[q] * d + k0 + k]
+                if f32:
                     for k in range(kn):
-                        (<float *>b.out)[i * w * d + j * d + k0 + k] = <float>(acc[k] * inv)
+                        (<float *>out)[i * ldo + j * d + k0 + k] = <float>(acc[k] * inv)
                 else:
                     for k in range(kn):
-                        (<double *>b.out)[i * w * d + j * d + k0 + k] = acc[k] * inv
+                        (<double *>out)[i * ldo + j * d + k0 + k] = acc[k] * inv
                 k0 += kn
+
+
+cdef void _fwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Bags *b = <_Bags *>ctx
+    bag_rows(b.table, b.win, b.ptr, b.items, b.out, b.w * b.d, lo, hi, b.w, b.d, b.f32)
 
 
 cdef object _check(str fn, object table, object windows, object ptr, object items):

@@ -35,6 +35,7 @@ from cygrad._common cimport first_out_of_range, index_into
 from cygrad._csrc cimport bp_adam_f32, bp_adam_f64
 from cygrad._crf cimport _Crf, nll_one, nll_one_log
 from cygrad._crf import check_gold, transition_tables
+from cygrad._bags cimport bag_rows
 
 cnp.import_array()
 
@@ -72,6 +73,10 @@ cdef enum:
     T_MSE = 17
     T_CRF = 18          # the CRF's sentences: forward-backward, gradient of the scores
     T_CRF_DT = 19       # the transitions' gradient (summed in sentence order) and update
+    T_BAG = 20          # embedding bags: each window slot the mean of its bag's rows
+    T_BAG_SGD = 21      # their table's SGD step, by ownership classes
+    T_BAG_ADAGRAD = 22  # Adagrad on the rows the bags touch
+    T_BAG_ADAM = 23     # lazy Adam on them
 
 # index spaces
 cdef enum:
@@ -94,7 +99,8 @@ TASK_CODES = {
     "margin": T_MARGIN, "mean": T_MEAN, "bias_bwd": T_BIAS_BWD, "linear_bwd": T_LINEAR_BWD,
     "act_bwd": T_ACT_BWD, "mean_bwd": T_MEAN_BWD, "emb_sgd": T_EMB_SGD,
     "emb_adagrad": T_EMB_ADAGRAD, "update": T_UPDATE, "bias": T_BIAS, "dropout": T_DROPOUT,
-    "emb_adam": T_EMB_ADAM, "mse": T_MSE, "crf": T_CRF, "crf_dt": T_CRF_DT}
+    "emb_adam": T_EMB_ADAM, "mse": T_MSE, "crf": T_CRF, "crf_dt": T_CRF_DT, "bag": T_BAG,
+    "bag_sgd": T_BAG_SGD, "bag_adagrad": T_BAG_ADAGRAD, "bag_adam": T_BAG_ADAM}
 #: a group's index space that follows a run-time count: the batch's rows, its sentences
 DIMS = {"fixed": 0, "rows": 1, "sents": 2}
 #: index space name -> axis code
@@ -443,6 +449,14 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
                     _axpy(h, 1.0, G + (q // w) * ld[t.v[2]] + (q % w) * h, P + row * h)
     elif code == T_EMB_ADAGRAD or code == T_EMB_ADAM:
         _emb_adagrad(t, r, dummy)
+    elif code == T_BAG:         # v0 table (V, h), v1 bag ids (m, w), v2 ptr, v3 items, v4 out
+        bag_rows(ptr[t.v[0]], <const cnp.int64_t *>ptr[t.v[1]],
+                 <const cnp.int64_t *>ptr[t.v[2]], <const cnp.int64_t *>ptr[t.v[3]],
+                 ptr[t.v[4]], ld[t.v[4]], lo, hi, w, h, floating is float)
+    elif code == T_BAG_SGD:     # ownership classes: v0 table, v1 bag ids (m, w), v2 g rows,
+        _bag_sgd(t, r, dummy, lo, hi)   # v3 ptr, v4 items
+    elif code == T_BAG_ADAGRAD or code == T_BAG_ADAM:
+        _bag_update(t, r, dummy)
     elif code == T_UPDATE:      # elements: v0 param, v1 gradient buffer, v2 state (v3: Adam's v)
         P = <floating *>ptr[t.v[0]]
         G = <floating *>_opt(r, t.v[2])
@@ -512,6 +526,102 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
         if t.k == 1 and cur >= 0:
             _axpy(h, 1.0, part, row)
         if t.code == T_EMB_ADAM:
+            _adam(t, r, P + rr * h, A + rr * h, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
+        else:
+            _adagrad(P + rr * h, A + rr * h, row, h, r.lr, r.eps)
+        head[rr] = -1
+
+
+cdef inline floating _bag_scale(const cnp.int64_t *bp, cnp.int64_t bag,
+                                floating *dummy) noexcept nogil:
+    """1 / the bag's size in the gradient's dtype (as the graph op's backward)."""
+    cdef cnp.int64_t n = bp[bag + 1] - bp[bag]
+    return <floating>(1.0 / n) if n > 0 else 0
+
+
+cdef void _bag_sgd(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
+    """SGD on a bag table's rows owned by classes [lo, hi) of t.k: every item of slot
+    q's bag gets the slot's gradient (carrying -lr) over the bag's size, slots in
+    order, items in order."""
+    cdef floating *P = <floating *>r.ptr[t.v[0]]
+    cdef const cnp.int64_t *ids = <const cnp.int64_t *>r.ptr[t.v[1]]
+    cdef const cnp.int64_t *bp = <const cnp.int64_t *>r.ptr[t.v[3]]
+    cdef const cnp.int64_t *items = <const cnp.int64_t *>r.ptr[t.v[4]]
+    cdef Py_ssize_t h = t.h, w = t.w, q, a, kk, lg = r.ld[t.v[2]]
+    cdef cnp.int64_t row
+    cdef floating sc
+    cdef const floating *g
+    cdef bint every = lo == 0 and hi == t.k
+    for q in range(t.m * w):
+        sc = _bag_scale(bp, ids[q], dummy)
+        g = <const floating *>r.ptr[t.v[2]] + (q // w) * lg + (q % w) * h
+        for a in range(bp[ids[q]], bp[ids[q] + 1]):
+            row = items[a]
+            if every or lo <= (row // ROW_BLOCK) % t.k < hi:
+                for kk in range(h):
+                    P[row * h + kk] = P[row * h + kk] + <floating>(g[kk] * sc)
+
+
+cdef void _bag_update(Task *t, Run *r, floating *dummy) noexcept nogil:
+    """Adagrad (T_BAG_ADAGRAD) or lazy Adam (T_BAG_ADAM) on the rows a bag table's
+    segments touch (v0 table, v1 accumulator or Adam's m, v2 chain heads (one per
+    row, -1 between steps), v3 scratch (3 t.k int64: the chains, each pair's slot, the
+    rows), v4 one row, v5 Adam's v, v6 ptr, v7 items): each row's pairs (slot, item)
+    summed in order (segments, slots, items), each the slot's gradient over its bag's
+    size in the gradient's dtype, as the graph op's row-sparse gradient is summed."""
+    cdef floating *P = <floating *>r.ptr[t.v[0]]
+    cdef floating *A = <floating *>r.ptr[t.v[1]]
+    cdef cnp.int64_t *head = <cnp.int64_t *>r.ptr[t.v[2]]
+    cdef cnp.int64_t *nxt = <cnp.int64_t *>r.ptr[t.v[3]]
+    cdef cnp.int64_t *slot = nxt + t.k
+    cdef cnp.int64_t *rows = slot + t.k
+    cdef floating *row = <floating *>r.ptr[t.v[4]]
+    cdef const cnp.int64_t *bp = <const cnp.int64_t *>r.ptr[t.v[6]]
+    cdef const cnp.int64_t *items = <const cnp.int64_t *>r.ptr[t.v[7]]
+    cdef const cnp.int64_t *ids
+    cdef Py_ssize_t h = t.h, w = t.w, total = 0, nrows = 0, j, q, a, kk, sl
+    cdef cnp.int64_t rr, jj, bag
+    cdef int s
+    cdef floating sc
+    cdef const floating *g
+    cdef Py_ssize_t start[MAXSEG + 1]
+    start[0] = 0
+    for s in range(t.nseg):
+        start[s + 1] = start[s] + t.seg_m[s] * w
+        ids = <const cnp.int64_t *>r.ptr[t.seg_ids[s]]
+        for q in range(t.seg_m[s] * w):
+            total += bp[ids[q] + 1] - bp[ids[q]]
+    j = total
+    for s in range(t.nseg - 1, -1, -1):     # chains in increasing pair order
+        ids = <const cnp.int64_t *>r.ptr[t.seg_ids[s]]
+        for q in range(t.seg_m[s] * w - 1, -1, -1):
+            for a in range(bp[ids[q] + 1] - 1, bp[ids[q]] - 1, -1):
+                j -= 1
+                rr = items[a]
+                if head[rr] < 0:
+                    rows[nrows] = rr
+                    nrows += 1
+                nxt[j] = head[rr]
+                head[rr] = j
+                slot[j] = start[s] + q
+    for a in range(nrows):
+        rr = rows[a]
+        for kk in range(h):
+            row[kk] = 0
+        jj = head[rr]
+        s = 0
+        while jj >= 0:
+            sl = slot[jj]
+            while sl >= start[s + 1]:
+                s += 1
+            q = sl - start[s]
+            ids = <const cnp.int64_t *>r.ptr[t.seg_ids[s]]
+            sc = _bag_scale(bp, ids[q], dummy)
+            g = <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] + (q % w) * h
+            for kk in range(h):
+                row[kk] = row[kk] + <floating>(g[kk] * sc)
+            jj = nxt[jj]
+        if t.code == T_BAG_ADAM:
             _adam(t, r, P + rr * h, A + rr * h, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
         else:
             _adagrad(P + rr * h, A + rr * h, row, h, r.lr, r.eps)

@@ -129,6 +129,7 @@ class Builder:
         self.row_consts = False     # some op reads a constant's rows (no dynamic rows)
         self.crf = None             # crf_nll as the loss: what the runtime prepares per call
         self.xent_weights = None    # softmax_cross_entropy's class weights (checked per call)
+        self.bags = []              # embedding bags' constants: (ptr, items views, ...)
         self.work = 0
 
     # -- buffers
@@ -215,6 +216,20 @@ class Builder:
         buf = self.ext_buf("const", id(a), a.copy())
         return View(buf, rows, cols, 8)
 
+    def bag_consts(self, ptr, items):
+        """An embedding bag's ptr and items (the op's own int64 copies, checked by its
+        kernel when it ran): constants of the plan, one copy for equal arrays. Returns
+        (ptr view, items view, the largest bag's size, ptr, items)."""
+        for b in self.bags:
+            if np.array_equal(b[3], ptr) and np.array_equal(b[4], items):
+                return b
+        it = items if items.size else np.zeros(1, np.int64)
+        b = (View(self.ext_buf("const", id(ptr), ptr), len(ptr), 1, 8),
+             View(self.ext_buf("const", id(it), it), len(it), 1, 8),
+             int(np.diff(ptr).max()) if len(ptr) > 1 else 0, ptr, items)
+        self.bags.append(b)
+        return b
+
     def add(self, task):
         self.tasks.append(task)
 
@@ -291,6 +306,7 @@ class Builder:
         self.contrib, self.seen = contrib, {}
         self.gbufs, self.segments, self.dense_tables = {}, {}, set()
         self.segment_dense = {}     # table -> per use: a dense gradient (not row-sparse)
+        self.bag_segments = {}      # bag table -> (table, its uses, its bags' constants)
         for node in reversed(order):
             if node._op is None or not node.requires_grad:
                 continue
@@ -313,6 +329,12 @@ class Builder:
                                   "dense weight (tied weights) has no plan yet")
         for key, (table, segs) in self.segments.items():
             self.emb_update(table, segs)
+        for key in self.bag_segments:
+            if key in self.contrib or key in self.segments:
+                raise Unsupported("a parameter used both as an embedding bags' table and "
+                                  "otherwise has no plan yet")
+        for key, (table, segs, bags) in self.bag_segments.items():
+            self.bag_update(table, segs, bags)
 
     def param_mode(self, p, n):
         """Update mode for this contribution to parameter p, and its state/gradient view."""
@@ -431,6 +453,51 @@ class Builder:
             acc.append((sv2, "w", "all"))
         self.add(Task("emb_adam" if self.adam else "emb_adagrad", (ONE, 1, 1), v, acc, h=d,
                        w=w, segs=segv, pidx=i, k=1 if dense else 0))
+
+
+    def bag_update(self, table, segs, bags):
+        """The update of an embedding bags' table (row-sparse, as the graph op's
+        gradient): each use's slots hand every item of their bag the slot's gradient
+        over the bag's size."""
+        i = self.pindex[id(table)]
+        V, d = table.shape
+        tv = self.leaf(table)
+        w = segs[0][3]
+        if any(s[3] != w for s in segs):
+            raise Unsupported("one bag table used with windows of different widths")
+        pv, itv, maxbag = bags[:3]
+        if self.gradmode:           # the optimiser gets the rows' gradients after the plan
+            if any(iv.buf.ext is not None for iv, *_ in segs):
+                raise Unsupported("embedding bags of constant windows, with "
+                                  f"{type(self.opt).__name__}")
+            self.gradsparse[i] = (list(segs), False, bags)
+            return
+        if not (self.adagrad or self.adam):
+            for iv, g, B, w, d in segs:
+                self.add(Task("bag_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g, pv, itv],
+                               [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all"),
+                                (pv, "r", "all"), (itv, "r", "all")],
+                               m=B, k=OWNER_CLASSES, h=d, w=w))
+            return
+        if len(segs) > 4:
+            raise Unsupported("an embedding bags' table used more than 4 times")
+        cap = max(1, sum(s[2] * w for s in segs) * maxbag)     # (slot, item) pairs at most
+        self.updated.add(i)
+        sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
+        heads = View(self.ext_buf("heads", i, np.full(V, -1, np.int64)), V, 1, 8)
+        scratch = self.new(3 * cap, 1, 8)
+        row = self.new(1, d)
+        sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
+        segv = [(iv, g, B) for iv, g, B, _, _ in segs]
+        acc = [(tv, "w", "all"), (sv, "w", "all"), (heads, "w", "all"),
+               (scratch, "w", "all"), (row, "w", "all"), (pv, "r", "all"),
+               (itv, "r", "all")] + [(iv, "r", "all") for iv, _, _ in segv] + \
+              [(g, "r", "all") for _, g, _ in segv]
+        if sv2 is not None:
+            acc.append((sv2, "w", "all"))
+        self.add(Task("bag_adam" if self.adam else "bag_adagrad", (ONE, 1, 1),
+                       [tv, sv, heads, scratch, row, sv2, pv, itv], acc, h=d, w=w,
+                       segs=segv, pidx=i, k=cap))
 
 
 def _lowering(name):

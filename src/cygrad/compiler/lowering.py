@@ -79,6 +79,28 @@ def _fwd_embedding_windows(bld, node, name, pa, ctx):
     bld.info[id(node)] = ("emb", table, iv, B, w, d, bool(ctx.kw))
 
 
+def _fwd_embedding_bag_windows(bld, node, name, pa, ctx):
+    table = pa[0]
+    if table._op is not None:
+        raise Unsupported("embedding_bag_windows of a computed table")
+    (windows,) = ctx.saved
+    ptr, items, fixed = ctx.kw
+    if not fixed:
+        raise Unsupported("embedding_bag_windows with ptr or items among the step's "
+                          "arguments (a plan holds them as constants: close over them)")
+    B, w = windows.shape
+    V, d = table.shape
+    tv = bld.leaf(table)
+    iv = bld.ids(windows, "embedding_bag_windows", len(ptr) - 1, "windows")
+    bags = bld.bag_consts(ptr, items)
+    out = bld.new(B, w * d)
+    bld.add(Task("bag", (ROWS, B, ROW_GRAIN), [tv, iv, bags[0], bags[1], out],
+                 [(tv, "r", "all"), (iv, "r", ROWS), (bags[0], "r", "all"),
+                  (bags[1], "r", "all"), (out, "w", ROWS)], w=w, h=d, m=B))
+    bld.val[id(node)] = out
+    bld.info[id(node)] = ("bag", table, iv, B, w, d, bags)
+
+
 def _fwd_concat(bld, node, name, pa, ctx):
     axis, _ = ctx.kw
     if any(p.ndim != 2 for p in pa) or axis not in (1, -1):
@@ -324,6 +346,15 @@ def _bwd_embedding_windows(bld, node, name, pa, g):
             bld.dense_tables.add(id(table))
 
 
+def _bwd_embedding_bag_windows(bld, node, name, pa, g):
+    _, table, iv, B, w, d, bags = bld.info[id(node)]
+    if id(table) in bld.pindex:
+        entry = bld.bag_segments.setdefault(id(table), (table, [], bags))
+        if entry[2] is not bags:
+            raise Unsupported("one bag table used with two different (ptr, items)")
+        entry[1].append((iv, g, B, w, d))
+
+
 def _loss_softmax_cross_entropy(bld, node, name, pa, ctx):
     (logits,) = pa
     reduction, weight = ctx.shapes
@@ -460,6 +491,7 @@ def _linear_params(node):
 
 
 register("embedding_windows", _fwd_embedding_windows, _bwd_embedding_windows)
+register("embedding_bag_windows", _fwd_embedding_bag_windows, _bwd_embedding_bag_windows)
 register("concat", _fwd_concat, _bwd_concat)
 register(("linear", "matmul"), _fwd_linear, _bwd_linear, dense_params=_linear_params)
 register("transpose", _fwd_transpose, _bwd_transpose, folded=True)

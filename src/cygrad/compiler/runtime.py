@@ -74,8 +74,8 @@ class BoundPlan:
                            for i, v in sorted(builder.gradbufs.items())]
         self.sparse_specs = [
             (i, [(iv.buf.offset + 8 * iv.off, B * w, g.buf.offset + g.item * g.off, g.ld, B, w, d)
-                 for iv, g, B, w, d in segs], dense)
-            for i, (segs, dense) in sorted(builder.gradsparse.items())]
+                 for iv, g, B, w, d in segs], dense, None if not rest else rest[0][3:5])
+            for i, (segs, dense, *rest) in sorted(builder.gradsparse.items())]
         self.grad_arrays = []
         self.sparse_arrays = []
         self._refresh_ext(force=True)
@@ -276,15 +276,16 @@ class BoundPlan:
             self.grad_arrays.append((self.opt.params[i],
                                      arena[off:off + n].view(self.dtype).reshape(shape)))
         item = self.dtype.itemsize
-        self.sparse_arrays = []     # (table, [(ids (n,), gradient rows (B, w d))], dense)
-        for i, segs, dense in self.sparse_specs:
+        # (table, [(ids (n,), gradient rows (B, w d))], dense, an embedding bags' (ptr, items))
+        self.sparse_arrays = []
+        for i, segs, dense, bags in self.sparse_specs:
             views = []
             for ioff, n, goff, ld, B, w, d in segs:
                 ids = arena[ioff:ioff + 8 * n].view(np.int64)
                 g = np.ndarray((B, w * d), self.dtype, buffer=arena, offset=goff,
                                strides=(ld * item, item))
                 views.append((ids.reshape(B, w), g))
-            self.sparse_arrays.append((self.opt.params[i], views, dense))
+            self.sparse_arrays.append((self.opt.params[i], views, dense, bags))
         self.arena = arena
 
     def apply_update(self, rows=-1):
@@ -296,11 +297,16 @@ class BoundPlan:
         own = self.copy_grads       # a step of the user's may keep what it is handed
         for p, g in self.grad_arrays:
             p.grad = g.copy() if own else g
-        for p, views, dense in self.sparse_arrays:
+        for p, views, dense, bags in self.sparse_arrays:
             d = p.shape[1]
             if 0 < rows < self.batch:       # dynamic rows: the batch's rows only
                 views = [(ids[:rows], g[:rows]) for ids, g in views]
-            if dense:       # as EmbeddingWindows.backward: scattered into zeros, per use
+            if bags is not None:    # as EmbeddingBagWindows.backward, per use
+                parts = [_K.embedding_bag_backward(np.ascontiguousarray(g), ids, *bags)
+                         for ids, g in views]
+                p.grad = SparseRows(np.concatenate([r for r, _ in parts]),
+                                    np.concatenate([v for _, v in parts]), p.shape)
+            elif dense:       # as EmbeddingWindows.backward: scattered into zeros, per use
                 total = None
                 for ids, g in views:
                     one = np.zeros(p.shape, self.dtype)

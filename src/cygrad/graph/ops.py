@@ -562,16 +562,16 @@ class EmbeddingBagWindows(Op):
     name = "embedding_bag_windows"
 
     @staticmethod
-    def forward(ctx, table, windows, ptr, items):
+    def forward(ctx, table, windows, ptr, items, fixed=True):
         ctx.save_for_backward(windows)
-        ctx.kw = (ptr, items)
+        ctx.kw = (ptr, items, fixed)     # fixed: ptr and items are not traced arguments
         ctx.shapes = table.shape
         return _B().embedding_bag_windows(table, windows, ptr, items)
 
     @staticmethod
     def backward(ctx, g):
         (windows,) = ctx.saved
-        ptr, items = ctx.kw
+        ptr, items, _ = ctx.kw
         rows, values = _B().embedding_bag_backward(g, windows, ptr, items)
         return (SparseRows(rows, values, ctx.shapes),)
 
@@ -591,13 +591,19 @@ def embedding_bag_windows(table, windows, ptr, items):
     -------
     Tensor (B, w*d); the table's gradient is a :class:`SparseRows`.
     """
-    windows = np.array(_index_array("embedding_bag_windows", "windows", windows), copy=True)
+    traced = type(windows) is Traced    # compile: the plan copies it at every call
+    fixed = type(ptr) is not Traced and type(items) is not Traced
+    windows = _index_array("embedding_bag_windows", "windows", windows)
+    if not traced:      # backward must see the ids forward saw, whatever the caller does
+        windows = windows.copy()
+    # (copies: a compiled step copies them into its plan when it traces)
     ptr = np.array(_index_array("embedding_bag_windows", "ptr", ptr), dtype=np.int64)
     items = np.array(_index_array("embedding_bag_windows", "items", items), dtype=np.int64)
     if windows.ndim != 2:
         raise ValueError(f"embedding_bag_windows: windows must be 2-D (B, w), got shape "
                          f"{windows.shape}")
-    return EmbeddingBagWindows.apply(table, windows=windows, ptr=ptr, items=items)
+    return EmbeddingBagWindows.apply(table, windows=windows, ptr=ptr, items=items,
+                                     fixed=fixed)
 
 
 def _index_array(fn, name, x):

@@ -141,11 +141,14 @@ class Trainer:
         self.unk_prob = None
         self.bags = None            # (ptr, items) of the training data's n-gram bags
         self.loss_fn = self._loss_fn()
-        # the n-gram bags have no plan kernel yet: the eager graph. One plan serves
-        # every batch up to its rows (CRF batches of whole sentences vary in size)
-        compiled = tcfg.compile and not model.config.ngram_dim
-        self._step = cg.compile(self.loss_fn, optimizer=self.step_opt, dynamic_rows=True) \
-            if compiled else self._eager_step
+        self._step = self._make_step()
+
+    def _make_step(self):
+        """The training step: compiled (one plan serves every batch up to its rows: CRF
+        batches of whole sentences vary in size), or the eager graph."""
+        if not self.tcfg.compile:
+            return self._eager_step
+        return cg.compile(self.loss_fn, optimizer=self.step_opt, dynamic_rows=True)
 
     def _loss_fn(self):
         """The training loss as a function of the batch's arrays, over the model's
@@ -190,7 +193,12 @@ class Trainer:
         """What the steps need from the training data as a whole: word dropout's
         probabilities, the n-gram bags."""
         if enc.ngrams is not None:
-            self.bags = (enc.ngram_ptr, enc.ngram_items)
+            bags = (enc.ngram_ptr, enc.ngram_items)
+            if self.bags is not None and not all(np.array_equal(a, b)
+                                                 for a, b in zip(self.bags, bags)):
+                # a compiled step holds the bags it traced with as constants
+                self._step = self._make_step()
+            self.bags = bags
         self.set_word_counts(enc)
 
     def set_word_counts(self, enc):

@@ -8,7 +8,9 @@ The lecture's window model as the CLI trains it (one table V = 20000, d = 50, w 
 H = 300, C = 9, tanh, softmax, Adagrad, float32), compiled, at a per-rank batch of B
 = 32 and 512, in three arrangements of this machine's 2 cores:
   1 rank x 1 thread, 1 rank x 2 threads, and 2 ranks x 1 thread (mpiexec -n 2;
-  global batch 2 B, cygrad.distributed.DistributedOptimizer),
+  global batch 2 B, cygrad.distributed.DistributedOptimizer, its exchange buffers
+  kept from step to step; and, for comparison, with the exchange of
+  allreduce_gradients alone: fresh buffers and a kinds Allgather every step),
 each idle and beside a CPU-bound loop pinned to the last core. Rate: windows per
 second of the global batch. Each arrangement runs in fresh processes for a block of
 seconds after a warm-up, the arrangements in rotating order, round after round;
@@ -36,7 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 V, D, W, H, C = 20_000, 50, 5, 300, 9
 
 
-def worker(B, seconds, distributed, out):
+def worker(B, seconds, distributed, out, fresh=False):
     import cygrad as cg
     from cygrad import optim
     rank, size = 0, 1
@@ -55,7 +57,10 @@ def worker(B, seconds, distributed, out):
         class Timed(dist.DistributedOptimizer):
             def step(self):
                 t0 = time.perf_counter()
-                dist.allreduce_gradients(self.params, self.comm, self.average)
+                if fresh:       # new buffers and a kinds Allgather at every step
+                    dist.allreduce_gradients(self.params, self.comm, self.average)
+                else:           # the optimiser's kept buffers
+                    self.exchange()
                 mpi["seconds"] += time.perf_counter() - t0
                 self.optimizer.step()
         opt = Timed(opt)
@@ -103,9 +108,10 @@ def run(arrangement, B, seconds, tmp):
     env = dict(os.environ)
     me = [sys.executable, os.path.abspath(__file__), "--worker", str(B), "--seconds",
           str(seconds), "--json", out]
-    if arrangement == "2 ranks x 1 thread":
+    if arrangement.startswith("2 ranks x 1 thread"):
         mpiexec = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-        cmd = [mpiexec, "-n", "2"] + me + ["--distributed"]
+        cmd = [mpiexec, "-n", "2"] + me + ["--distributed"] + \
+            (["--fresh"] if arrangement == FRESH else [])
         env["OMP_NUM_THREADS"] = "1"
     else:
         cmd = me
@@ -115,7 +121,8 @@ def run(arrangement, B, seconds, tmp):
         return json.load(f)
 
 
-ARRANGEMENTS = ["1 rank x 1 thread", "1 rank x 2 threads", "2 ranks x 1 thread"]
+FRESH = "2 ranks x 1 thread, fresh buffers"      # the exchange before kept buffers
+ARRANGEMENTS = ["1 rank x 1 thread", "1 rank x 2 threads", "2 ranks x 1 thread", FRESH]
 
 
 def model_table(step_1, dense, sparse, B):
@@ -138,13 +145,14 @@ def main(argv=None):
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--distributed", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
+    ap.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 512])
     ap.add_argument("--out", default=os.path.join(HERE, "results", "mpi.md"))
     a = ap.parse_args(argv)
     if a.worker:
-        return worker(a.worker, a.seconds, a.distributed, a.json)
+        return worker(a.worker, a.seconds, a.distributed, a.json, a.fresh)
     import tempfile
     cores = sorted(os.sched_getaffinity(0))
     busy = Busy(cores[-1])
@@ -189,8 +197,10 @@ def report(a, res):
               "|---:|---:|---:|---:|"]
     for B in a.batch:
         xs = res[("idle", B, ARRANGEMENTS[2])]
+        fr = res[("idle", B, FRESH)]
         lines.append(f"| {B} | {xs[0]['dense_bytes']:,} | {xs[0]['sparse_bytes']:,} | "
-                     f"{med([x['mpi_share'] for x in xs]):.1%} |")
+                     f"{med([x['mpi_share'] for x in xs]):.1%} (fresh buffers: "
+                     f"{med([x['mpi_share'] for x in fr]):.1%}) |")
     lines += ["", "## A model for N hosts", "",
               "One rank per host, each computing its share as fast as 1 rank x 1 thread does "
               "here (t_c, measured above); the exchange adds a ring allreduce of the dense "

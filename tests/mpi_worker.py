@@ -92,6 +92,58 @@ def train(opt_name, dtype, mode, steps, rank=0, size=1, wrap=None):
     return params
 
 
+def kinds_changing(rank, size, out):
+    """DistributedOptimizer.exchange over steps whose gradient kinds change: dense
+    everywhere; missing on one rank; row-sparse everywhere; dense again; each against
+    the mean computed here from every rank's known gradient; then a clash (dense on
+    rank 0, row-sparse on the others), which every rank must refuse by name. Rank 0
+    writes "ok" or the first failure to OUT."""
+    from cygrad import distributed as dist
+    from cygrad.graph import SparseRows
+    a = cg.tensor(np.zeros((5, 3)), requires_grad=True)
+    b = cg.tensor(np.zeros(4, np.float32), requires_grad=True)
+    opt = dist.DistributedOptimizer(optim.SGD([a, b], lr=0.1))
+
+    def dense(r, k):
+        return np.arange(15.0).reshape(5, 3) * (r + 1) + k
+
+    errors = []
+    for k, kind in enumerate(["dense", "dense", "missing", "sparse", "dense", "dense"]):
+        b.grad = np.full(4, k + 1.0, np.float32)
+        want = np.sum([dense(r, k) for r in range(kind == "missing", size)], axis=0) / size
+        if kind == "dense" or (kind == "missing" and rank > 0):
+            a.grad = dense(rank, k)
+        elif kind == "missing":
+            a.grad = None
+        else:
+            a.grad = SparseRows(np.array([rank % 5, 2]), np.ones((2, 3)) * (rank + 1), (5, 3))
+        opt.exchange()
+        if k in (1, 5) and not any(np.shares_memory(a.grad, kept)
+                                   for kept in opt._exchange.bufs.values()):
+            errors.append(f"step {k}: the exchange did not use the kept buffers")
+        if kind == "sparse":
+            got = np.zeros((5, 3))
+            np.add.at(got, a.grad.indices, a.grad.rows)
+            want = np.zeros((5, 3))
+            for r in range(size):
+                np.add.at(want, [r % 5, 2], np.ones((2, 3)) * (r + 1) / size)
+        else:
+            got = a.grad
+        if not np.allclose(got, want, rtol=1e-12) or not np.allclose(b.grad, k + 1.0):
+            errors.append(f"step {k} ({kind}): {got} != {want}")
+    a.grad = dense(rank, 0) if rank == 0 else SparseRows(np.array([1]), np.ones((1, 3)),
+                                                            (5, 3))
+    try:
+        opt.exchange()
+        errors.append("a clash of gradient kinds was not refused")
+    except ValueError as e:
+        if "parameter 0" not in str(e):
+            errors.append(f"the clash was refused without naming the parameter: {e}")
+    if rank == 0:
+        with open(out, "w") as f:
+            f.write("; ".join(errors) or "ok")
+
+
 def main(argv):
     from cygrad import distributed as dist
     rank, size = dist.init(threads=1)
@@ -104,6 +156,9 @@ def main(argv):
                 raise RuntimeError("rank 1 fails on purpose")
             (params[0] * 2.0).sum().backward()
             opt.step()
+        return
+    if argv[0] == "kinds":
+        kinds_changing(rank, size, argv[1])
         return
     _, opt_name, dtype, mode, steps, out = argv
     params = train(opt_name, dtype, mode, int(steps), rank, size, dist.DistributedOptimizer)

@@ -76,6 +76,19 @@ def test_two_ranks_train_as_one_process(tmp_path, opt, dtype, mode):
 
 
 @needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_kept_exchange_buffers_follow_changing_gradient_kinds(tmp_path, n):
+    """DistributedOptimizer keeps its exchange buffers from step to step and checks the
+    gradients' kinds by counts riding on the exchange: steps whose kinds change (a
+    gradient missing on one rank, dense turned row-sparse and back) still give the
+    mean of every rank's gradient, and a clash is refused on every rank."""
+    out = tmp_path / "r.txt"
+    r = _mpirun(["kinds", str(out)], n=n)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert out.read_text() == "ok"
+
+
+@needs_mpi
 def test_a_rank_that_dies_ends_the_job(tmp_path):
     t0 = time.monotonic()
     r = _mpirun(["die"], timeout=120)

@@ -156,7 +156,7 @@ def _kinds(params):
                      for p in params], dtype=np.int8)
 
 
-def allreduce_gradients(params, comm=None, average=True, weight=None):
+def allreduce_gradients(params, comm=None, average=True, weight=None, _exchange=None):
     """Replace each parameter's gradient by the sum (``average``: the mean) of that
     gradient over the ranks, in place of ``p.grad``.
 
@@ -173,12 +173,29 @@ def allreduce_gradients(params, comm=None, average=True, weight=None):
     row-sparse ones become the concatenation, in rank order, of every rank's (rows,
     values) (``Allgatherv``), which the optimisers' sparse kernels sum row by row in
     that order: the same bits on every rank.
+
+    (``_exchange``: a :class:`DistributedOptimizer`'s persistent buffers: the dense
+    gradients are copied into buffers kept from step to step, ``p.grad`` becomes a view
+    of them until the next exchange, and the kinds are checked by counts riding on
+    the first exchange instead of a separate ``Allgather``.)
     """
     comm = _comm(comm)
     MPI = _mpi()
     params = list(params)
-    n = comm.Get_size()
+    w = 1.0 if weight is None else float(weight)
+    if not (np.isfinite(w) and w >= 0):
+        raise ValueError(f"allreduce_gradients: weight must be a number >= 0, got {weight!r}")
     kinds = _kinds(params)
+    ex = _exchange
+    if ex is not None and ex.layout is not None and len(ex.layout) == len(params):
+        done = _exchange_dense(params, kinds, ex.layout, w, weight is not None, average,
+                               comm, MPI, ex)
+        if done is not None:
+            _exchange_sparse(params, ex.layout, w, weight is not None, average, done,
+                             comm, MPI)
+            return
+        ex.layout = None        # another layout this step (all ranks saw the same counts)
+    n = comm.Get_size()
     everyone = np.empty((n, len(params)), dtype=np.int8)
     comm.Allgather(kinds, everyone)
     agreed = everyone.max(axis=0) if len(params) else kinds
@@ -189,31 +206,97 @@ def allreduce_gradients(params, comm=None, average=True, weight=None):
         raise ValueError(f"allreduce_gradients: parameter {i} has {names[everyone[r, i]]} on "
                          f"rank {r} but {names[agreed[i]]} elsewhere: every rank must "
                          f"backpropagate the same graph")
-    w = 1.0 if weight is None else float(weight)
-    if not (np.isfinite(w) and w >= 0):
-        raise ValueError(f"allreduce_gradients: weight must be a number >= 0, got {weight!r}")
-    scale = weight is not None
-    total = None                # sum of the ranks' weights, from the first exchange
+    # (fresh buffers: a gradient may still be a view of the kept ones, at another place)
+    total = _exchange_dense(params, kinds, agreed, w, weight is not None, average, comm, MPI,
+                            None, counts=False)
+    _exchange_sparse(params, agreed, w, weight is not None, average, total, comm, MPI)
+    if ex is not None:
+        ex.layout = agreed
+
+
+class _Exchange:
+    """A DistributedOptimizer's persistent exchange state: the kinds of the last
+    exchange (the layout the next one assumes) and one buffer per dtype."""
+
+    def __init__(self):
+        self.layout = None
+        self.bufs = {}
+
+    def buffer(self, key, dtype, n):
+        b = self.bufs.get(key)
+        if b is None or b.shape[0] != n or b.dtype != dtype:
+            b = self.bufs[key] = np.empty(n, dtype)
+        return b
+
+
+def _exchange_dense(params, kinds, agreed, w, scale, average, comm, MPI, ex, counts=True):
+    """The dense gradients' exchange (one in-place Allreduce per dtype); returns the sum
+    of the ranks' weights (None if there were no dense gradients and no counts). With
+    ``counts`` (the layout ``agreed`` assumed from the last step), each parameter's
+    number of ranks with a dense and with a row-sparse gradient ride on the first
+    buffer: None is returned if the kinds differ from the layout (nothing was set),
+    and every rank raises the same ValueError where they clash."""
+    P = len(params)
     groups = {}
     for p, k in zip(params, agreed):
         if k == 1:
             groups.setdefault(p.dtype.str, []).append(p)
-    for key in sorted(groups):
-        owners = groups[key]
-        parts = [np.zeros(p.size, p.dtype) if p.grad is None
-                 else np.asarray(p.grad, dtype=p.dtype).reshape(-1) for p in owners]
-        buf = np.concatenate(parts + [np.array([w], dtype=owners[0].dtype)])
+    keys = sorted(groups)
+    if counts and not keys:
+        keys = [None]           # the counts and the weight alone, in float64
+    total = None
+    reduced = []
+    for gi, key in enumerate(keys):
+        owners = groups.get(key, [])
+        dtype = np.dtype(key) if key is not None else np.dtype(np.float64)
+        size = sum(p.size for p in owners)
+        extra = 1 + (2 * P if counts and gi == 0 else 0)
+        n = size + extra
+        buf = ex.buffer(key, dtype, n) if ex is not None else np.empty(n, dtype)
+        off = 0
+        for p in owners:
+            g = p.grad
+            dst = buf[off:off + p.size]
+            if g is None or isinstance(g, SparseRows):      # (a clash: caught by the counts)
+                dst[...] = 0
+            else:
+                np.copyto(dst, np.asarray(g, dtype=p.dtype).reshape(-1), casting="unsafe")
+            off += p.size
         if scale:
-            buf[:-1] *= buf.dtype.type(w)
+            buf[:size] *= buf.dtype.type(w)
+        buf[size] = w
+        if extra > 1:
+            buf[size + 1:size + 1 + P] = kinds == 1
+            buf[size + 1 + P:] = kinds == 2
         comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
         if total is None:
-            total = float(buf[-1])
+            total = float(buf[size])
+        if extra > 1:
+            dense_n, sparse_n = buf[size + 1:size + 1 + P], buf[size + 1 + P:]
+            clash = (dense_n > 0) & (sparse_n > 0)
+            if clash.any():
+                i = int(np.argmax(clash))
+                raise ValueError(f"allreduce_gradients: parameter {i} has a dense gradient on "
+                                 f"{int(dense_n[i])} rank(s) but a row-sparse gradient on "
+                                 f"{int(sparse_n[i])}: every rank must backpropagate the same "
+                                 f"graph")
+            now = np.where(sparse_n > 0, 2, np.where(dense_n > 0, 1, 0)).astype(np.int8)
+            if not np.array_equal(now, agreed):
+                return None
+        reduced.append((owners, buf, size))
+    for owners, buf, size in reduced:
         if average and total > 0:
-            buf[:-1] /= buf.dtype.type(total)
+            buf[:size] /= buf.dtype.type(total)
         off = 0
         for p in owners:
             p.grad = buf[off:off + p.size].reshape(p.shape)
             off += p.size
+    return total
+
+
+def _exchange_sparse(params, agreed, w, scale, average, total, comm, MPI):
+    """The row-sparse gradients: every rank's (rows, values), in rank order."""
+    n = comm.Get_size()
     for p, k in zip(params, agreed):
         if k != 2:
             continue
@@ -255,6 +338,7 @@ class DistributedOptimizer(_Optimizer):
         self.params = optimizer.params
         self.comm = _comm(comm)
         self.average = average
+        self._exchange = _Exchange()     # persistent buffers of the gradient exchange
 
     @property
     def lr(self):
@@ -268,8 +352,15 @@ class DistributedOptimizer(_Optimizer):
         """Average the gradients over the ranks (weighted by ``self.weight``, this
         rank's examples, when set), then the wrapped optimiser's step. Every rank
         must call it at every step, a rank without gradients included."""
-        allreduce_gradients(self.params, self.comm, self.average, self.weight)
+        self.exchange()
         self.optimizer.step()
+
+    def exchange(self):
+        """The gradient exchange of :meth:`step` alone (:func:`allreduce_gradients`
+        with buffers kept from step to step: ``p.grad`` is then a view of them until
+        the next exchange, as PyTorch DDP's ``gradient_as_bucket_view``)."""
+        allreduce_gradients(self.params, self.comm, self.average, self.weight,
+                            _exchange=self._exchange)
 
     step._keeps_no_grads = True     # a compiled step may lend it its workspace's gradients
 

@@ -1,5 +1,5 @@
 /* Elementwise loops (activations and their derivatives, axpy, bias add, column
- * sums), for float (f32) and double (f64). Each function works on one contiguous
+ * sums, layer normalisation's rows), for float (f32) and double (f64). Each function works on one contiguous
  * range; the Cython callers split the ranges between threads by output ownership.
  * The losses are in bp_losses.h, the optimiser steps in bp_optim.h. */
 #ifndef BP_ELEMENTWISE_H
@@ -50,7 +50,13 @@ static inline uint32_t bp_drop_hash(uint32_t i, uint32_t s1, uint32_t s2)
     void bp_colsum_##S(const T *x, T *out, ptrdiff_t rows, ptrdiff_t ld,             \
                        ptrdiff_t cols);                                             \
     void bp_dropout_##S(const T *x, T *y, ptrdiff_t n, uint64_t first, uint64_t key, \
-                        uint32_t stream, uint32_t thr, double scale);
+                        uint32_t stream, uint32_t thr, double scale);                 \
+    void bp_layer_norm_##S(const T *x, ptrdiff_t ldx, const T *w, const T *b, T *y,   \
+                           ptrdiff_t ldy, T *xhat, ptrdiff_t ldh, T *rstd,            \
+                           ptrdiff_t rows, ptrdiff_t d, double eps);                  \
+    void bp_layer_norm_bwd_##S(const T *g, ptrdiff_t ldg, const T *w, const T *xhat,  \
+                               ptrdiff_t ldh, const T *rstd, T *dx, ptrdiff_t ldd,    \
+                               T *gx, ptrdiff_t ldgx, ptrdiff_t rows, ptrdiff_t d);
 
 BP_DECLARE(float, f32)
 BP_DECLARE(double, f64)

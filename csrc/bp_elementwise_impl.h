@@ -157,6 +157,67 @@ void BP_FN(bp_dropout)(const T *x, T *y, ptrdiff_t n, uint64_t first, uint64_t k
     }
 }
 
+/* Layer normalisation of `rows` rows of d values (row i of x at x + i ldx, ...):
+ * the mean and the (biased) variance of each row in double, in order;
+ * rstd[i] = 1 / sqrt(var + eps) rounded to T; xhat = (x - mean) rstd (from the double
+ * values, rounded to T) and y = xhat w + b in T. Rows are independent: any split of
+ * the rows between threads gives the same bits. */
+BP_CLONES
+void BP_FN(bp_layer_norm)(const T *x, ptrdiff_t ldx, const T *w, const T *b, T *y,
+                          ptrdiff_t ldy, T *xhat, ptrdiff_t ldh, T *rstd, ptrdiff_t rows,
+                          ptrdiff_t d, double eps)
+{
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const T *xr = x + i * ldx;
+        T *yr = y + i * ldy, *hr = xhat + i * ldh;
+        double s = 0.0, v = 0.0;
+        for (ptrdiff_t j = 0; j < d; j++) s += (double)xr[j];
+        const double mu = s / (double)d;
+        for (ptrdiff_t j = 0; j < d; j++) {
+            const double c = (double)xr[j] - mu;
+            v += c * c;
+        }
+        const double rs = 1.0 / sqrt(v / (double)d + eps);
+        rstd[i] = (T)rs;
+        for (ptrdiff_t j = 0; j < d; j++) {
+            const T h = (T)(((double)xr[j] - mu) * rs);
+            hr[j] = h;
+            yr[j] = h * w[j] + b[j];
+        }
+    }
+}
+
+/* Its backward for `rows` rows: with gy = g w, in double,
+ * dx = rstd (gy - mean(gy) - xhat mean(gy xhat)) (rounded to T; dx NULL: skipped), and
+ * gx = g xhat in T (the weight's gradient before its column sums; NULL: skipped). */
+BP_CLONES
+void BP_FN(bp_layer_norm_bwd)(const T *g, ptrdiff_t ldg, const T *w, const T *xhat,
+                              ptrdiff_t ldh, const T *rstd, T *dx, ptrdiff_t ldd, T *gx,
+                              ptrdiff_t ldgx, ptrdiff_t rows, ptrdiff_t d)
+{
+    for (ptrdiff_t i = 0; i < rows; i++) {
+        const T *gr = g + i * ldg, *hr = xhat + i * ldh;
+        if (dx) {
+            double m1 = 0.0, m2 = 0.0;
+            for (ptrdiff_t j = 0; j < d; j++) {
+                const double gy = (double)gr[j] * (double)w[j];
+                m1 += gy;
+                m2 += gy * (double)hr[j];
+            }
+            m1 /= (double)d;
+            m2 /= (double)d;
+            const double rs = (double)rstd[i];
+            T *dr = dx + i * ldd;
+            for (ptrdiff_t j = 0; j < d; j++)
+                dr[j] = (T)(rs * ((double)gr[j] * (double)w[j] - m1 - (double)hr[j] * m2));
+        }
+        if (gx) {
+            T *xr = gx + i * ldgx;
+            for (ptrdiff_t j = 0; j < d; j++) xr[j] = gr[j] * hr[j];
+        }
+    }
+}
+
 #undef BP_FN
 #undef BP_CAT
 #undef BP_CAT_

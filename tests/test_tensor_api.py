@@ -139,26 +139,72 @@ def test_nn_layer_norm_trains_and_refuses_bad_sizes():
         nn.LayerNorm(0)
 
 
-def test_a_compiled_step_with_layer_norm_is_the_eager_graph():
-    """layer_norm has no plan kernel: a compiled step runs it on the eager graph
-    (CompileWarning), strict=True refuses it by name."""
-    import warnings
-    m, ref = (nn.Sequential(nn.Linear(4, 6, generator=0, dtype=np.float64),
-                            nn.LayerNorm(6, dtype=np.float64),
-                            nn.Linear(6, 3, generator=1, dtype=np.float64)) for _ in range(2))
-    opt, oref = cg.optim.SGD(m.parameters(), lr=0.1), cg.optim.SGD(ref.parameters(), lr=0.1)
-    with pytest.raises(cg.CompileError, match="layer_norm"):
-        cg.compile(lambda x, y: cg.softmax_cross_entropy(m(x), y), opt, strict=True)(
-            np.ones((2, 4)), np.zeros(2, np.int64))
-    step = cg.compile(lambda x, y: cg.softmax_cross_entropy(m(x), y), opt)
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("opt", ["sgd", "adagrad", "adam", "momentum"])
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_a_compiled_step_with_layer_norm_trains_as_the_eager_graph(dt, opt, threads):
+    """layer_norm has plan tasks (the kernel's rows; the weight's and the bias's
+    gradients summed by the eager op's column-sum kernel): compiled steps equal the
+    eager graph bit for bit with Adagrad, Adam and SGD with momentum (gradient
+    mode), and to rounding with plain SGD (its -lr rides on the loss gradient);
+    batches smaller than the first run on the same plan."""
+    make = {"sgd": lambda p: cg.optim.SGD(p, lr=0.1),
+            "adagrad": lambda p: cg.optim.Adagrad(p, lr=0.1),
+            "adam": lambda p: cg.optim.Adam(p, lr=0.01),
+            "momentum": lambda p: cg.optim.SGD(p, lr=0.1, momentum=0.9)}[opt]
+    m, ref = (nn.Sequential(nn.Linear(5, 40, generator=0, dtype=dt), nn.LayerNorm(40, dtype=dt),
+                            nn.Tanh(), nn.Linear(40, 3, generator=1, dtype=dt))
+              for _ in range(2))
+    o, oref = make(m.parameters()), make(ref.parameters())
+    step = cg.compile(lambda x, y: cg.softmax_cross_entropy(m(x), y), o, strict=True,
+                      dynamic_rows=True)
     rng = np.random.default_rng(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", cg.CompileWarning)
-        for _ in range(3):
-            x, y = rng.normal(size=(5, 4)), rng.integers(0, 3, 5)
-            step(x, y)
+    with cg.threads(threads):
+        for k, B in enumerate([300, 300, 17, 300]):
+            x, y = rng.normal(size=(B, 5)).astype(dt), rng.integers(0, 3, B)
+            got = step(x, y)
             oref.zero_grad()
-            cg.softmax_cross_entropy(ref(x), y).backward()
+            loss = cg.softmax_cross_entropy(ref(cg.tensor(x)), y)
+            loss.backward()
             oref.step()
-    for a, b in zip(m.parameters(), ref.parameters()):
-        np.testing.assert_allclose(a.data, b.data, rtol=1e-12)
+            np.testing.assert_allclose(got, float(loss.data), rtol=1e-6)
+            for i, (a, b) in enumerate(zip(m.parameters(), ref.parameters())):
+                if opt == "sgd":
+                    tol = 2e-5 if dt == np.float32 else 1e-12
+                    np.testing.assert_allclose(a.data, b.data, rtol=tol, atol=tol)
+                else:
+                    np.testing.assert_array_equal(a.data, b.data, err_msg=f"param {i} step {k}")
+    assert step.plans == 1 and not step.fallbacks()
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_the_layer_norm_kernel_against_the_numpy_reference(dt):
+    from cygrad import kernels as K
+    from cygrad import reference as R
+    rng = np.random.default_rng(3)
+    for B, D in [(1, 1), (7, 3), (33, 50), (300, 784)]:
+        x = (rng.normal(size=(B, D)) * 3 + 1).astype(dt)
+        w, b, g = rng.normal(size=D).astype(dt), rng.normal(size=D).astype(dt), \
+            rng.normal(size=(B, D)).astype(dt)
+        tol = dict(rtol=2e-5, atol=2e-5) if dt == np.float32 else dict(rtol=1e-12, atol=1e-12)
+        got, want = K.layer_norm(x, w, b, 1e-5), R.layer_norm(x, w, b, 1e-5)
+        for a, c in zip(got, want):
+            np.testing.assert_allclose(a, c, **tol)
+        for a, c in zip(K.layer_norm_backward(g, w, got[1], got[2]),
+                        R.layer_norm_backward(g, w, got[1], got[2])):
+            np.testing.assert_allclose(a, c, **tol)
+        runs = []
+        for nt in (1, 2, 3):        # rows are independent: the same bits for any count
+            with cg.threads(nt):
+                runs.append(K.layer_norm(x, w, b) + K.layer_norm_backward(g, w, got[1], got[2]))
+        for other in runs[1:]:
+            for a, c in zip(runs[0], other):
+                np.testing.assert_array_equal(a, c)
+    with pytest.raises(ValueError, match="weight must have shape"):
+        K.layer_norm(np.ones((2, 3)), np.ones(4), np.ones(3))
+    with pytest.raises(ValueError, match="eps"):
+        K.layer_norm(np.ones((2, 3)), np.ones(3), np.ones(3), eps=0)
+    with pytest.raises(TypeError, match="float32|dtype|mix"):
+        K.layer_norm(np.ones((2, 3)), np.ones(3, np.float32), np.ones(3))
+
+

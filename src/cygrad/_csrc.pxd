@@ -26,6 +26,20 @@ cdef extern from "bp_elementwise.h" nogil:
     void bp_dropout_f64(const double *x, double *y, Py_ssize_t n, cnp.uint64_t first,
                         cnp.uint64_t key, cnp.uint32_t stream, cnp.uint32_t thr,
                         double scale)
+    void bp_layer_norm_f32(const float *x, Py_ssize_t ldx, const float *w, const float *b,
+                           float *y, Py_ssize_t ldy, float *xhat, Py_ssize_t ldh, float *rstd,
+                           Py_ssize_t rows, Py_ssize_t d, double eps)
+    void bp_layer_norm_f64(const double *x, Py_ssize_t ldx, const double *w, const double *b,
+                           double *y, Py_ssize_t ldy, double *xhat, Py_ssize_t ldh,
+                           double *rstd, Py_ssize_t rows, Py_ssize_t d, double eps)
+    void bp_layer_norm_bwd_f32(const float *g, Py_ssize_t ldg, const float *w,
+                               const float *xhat, Py_ssize_t ldh, const float *rstd, float *dx,
+                               Py_ssize_t ldd, float *gx, Py_ssize_t ldgx, Py_ssize_t rows,
+                               Py_ssize_t d)
+    void bp_layer_norm_bwd_f64(const double *g, Py_ssize_t ldg, const double *w,
+                               const double *xhat, Py_ssize_t ldh, const double *rstd,
+                               double *dx, Py_ssize_t ldd, double *gx, Py_ssize_t ldgx,
+                               Py_ssize_t rows, Py_ssize_t d)
 
 cdef extern from "bp_losses.h" nogil:
     double bp_softmax_xent_f32(const float *z, const cnp.int64_t *y, float *d,

@@ -431,3 +431,138 @@ def bias_grad(dz, out=None):
     with nogil:
         parallel_for(_colsum_task, &r, r.cols, COL_GRAIN, nt)
     return out
+
+
+# ------------------------------------------------------------ layer normalisation
+
+from cygrad._nogil cimport layer_norm as _ln_rows, layer_norm_bwd as _ln_bwd_rows
+
+
+cdef struct _Ln:
+    int f32
+    const void *x           # forward: the input; backward: the upstream gradient
+    const void *w
+    const void *b
+    const void *h           # backward: xhat
+    void *y                 # forward: the output; backward: dx (or NULL)
+    void *xhat              # forward: xhat; backward: gx (or NULL)
+    void *rstd
+    Py_ssize_t d
+    double eps
+
+
+cdef void _ln_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Ln *c = <_Ln *>ctx
+    cdef Py_ssize_t d = c.d
+    if c.f32:
+        _ln_rows(<const float *>c.x + lo * d, d, <const float *>c.w, <const float *>c.b,
+                 <float *>c.y + lo * d, d, <float *>c.xhat + lo * d, d,
+                 <float *>c.rstd + lo, hi - lo, d, c.eps)
+    else:
+        _ln_rows(<const double *>c.x + lo * d, d, <const double *>c.w, <const double *>c.b,
+                 <double *>c.y + lo * d, d, <double *>c.xhat + lo * d, d,
+                 <double *>c.rstd + lo, hi - lo, d, c.eps)
+
+
+cdef void _ln_bwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
+    cdef _Ln *c = <_Ln *>ctx
+    cdef Py_ssize_t d = c.d
+    if c.f32:
+        _ln_bwd_rows(<const float *>c.x + lo * d, d, <const float *>c.w,
+                     <const float *>c.h + lo * d, d, <const float *>c.rstd + lo,
+                     <float *>c.y + lo * d if c.y != NULL else NULL, d,
+                     <float *>c.xhat + lo * d if c.xhat != NULL else NULL, d, hi - lo, d)
+    else:
+        _ln_bwd_rows(<const double *>c.x + lo * d, d, <const double *>c.w,
+                     <const double *>c.h + lo * d, d, <const double *>c.rstd + lo,
+                     <double *>c.y + lo * d if c.y != NULL else NULL, d,
+                     <double *>c.xhat + lo * d if c.xhat != NULL else NULL, d, hi - lo, d)
+
+
+cdef object _ln_vector(object v, object x, str fn, str name):
+    v = float_array(v, fn, name, 1)
+    same_dtype(x, v, fn, "x", name)
+    if v.shape[0] != x.shape[1]:
+        raise ValueError(f"{fn}: {name} must have shape ({x.shape[1]},) for x of shape "
+                         f"{x.shape}, got {v.shape}")
+    return v
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Layer normalisation of each row of ``x``: ``y = xhat * weight + bias`` with
+    ``xhat = (x - mean) * rstd``, ``rstd = 1 / sqrt(var + eps)``, the mean and the
+    biased variance of the row (summed in double, in order: the same bits for any
+    thread count).
+
+    Parameters
+    ----------
+    x : ndarray (B, D) of float32 or float64
+    weight, bias : ndarray (D,), x's dtype
+    eps : float > 0
+
+    Returns
+    -------
+    (y (B, D), xhat (B, D), rstd (B,)), x's dtype: what the backward reads.
+    """
+    fn = "layer_norm"
+    x = float_array(x, fn, "x", 2)
+    weight = _ln_vector(weight, x, fn, "weight")
+    bias = _ln_vector(bias, x, fn, "bias")
+    eps = float(eps)
+    if not (eps > 0 and np.isfinite(eps)):
+        raise ValueError(f"{fn}: eps must be a finite number > 0, got {eps!r}")
+    cdef Py_ssize_t B = x.shape[0], D = x.shape[1]
+    y = np.empty_like(x)
+    xhat = np.empty_like(x)
+    rstd = np.empty(B, x.dtype)
+    cdef _Ln c
+    c.f32 = is_f32(x)
+    c.x, c.w, c.b = cnp.PyArray_DATA(<cnp.ndarray>x), cnp.PyArray_DATA(<cnp.ndarray>weight), \
+        cnp.PyArray_DATA(<cnp.ndarray>bias)
+    c.y, c.xhat = cnp.PyArray_DATA(<cnp.ndarray>y), cnp.PyArray_DATA(<cnp.ndarray>xhat)
+    c.rstd = cnp.PyArray_DATA(<cnp.ndarray>rstd)
+    c.d, c.eps = D, eps
+    cdef int nt = threads_for(x.size, MIN_ELEMENTS)
+    cdef Py_ssize_t grain = max(1, GRAIN // max(1, D))
+    if B and D:
+        with nogil:
+            parallel_for(_ln_task, &c, B, grain, nt)
+    return y, xhat, rstd
+
+
+def layer_norm_backward(grad, weight, xhat, rstd, need_x=True, need_weight=True):
+    """The gradients of :func:`layer_norm` from its saved ``xhat`` and ``rstd``:
+    ``dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat))`` with ``gy = grad *
+    weight`` (row means in double), and ``grad * xhat``, the weight's gradient
+    before its column sums (:func:`bias_grad` of it; the bias's is ``bias_grad(grad)``).
+
+    Returns
+    -------
+    (dx or None, grad * xhat or None), grad's dtype.
+    """
+    fn = "layer_norm_backward"
+    grad = float_array(grad, fn, "grad", 2)
+    weight = _ln_vector(weight, grad, fn, "weight")
+    xhat = float_array(xhat, fn, "xhat", 2)
+    same_dtype(grad, xhat, fn, "grad", "xhat")
+    rstd = float_array(rstd, fn, "rstd", 1)
+    same_dtype(grad, rstd, fn, "grad", "rstd")
+    cdef Py_ssize_t B = grad.shape[0], D = grad.shape[1]
+    if xhat.shape != grad.shape or rstd.shape != (B,):
+        raise ValueError(f"{fn}: xhat {xhat.shape} and rstd {rstd.shape} do not fit grad of "
+                         f"shape {grad.shape}")
+    dx = np.empty_like(grad) if need_x else None
+    gx = np.empty_like(grad) if need_weight else None
+    cdef _Ln c
+    c.f32 = is_f32(grad)
+    c.x, c.w = cnp.PyArray_DATA(<cnp.ndarray>grad), cnp.PyArray_DATA(<cnp.ndarray>weight)
+    c.h, c.rstd = cnp.PyArray_DATA(<cnp.ndarray>xhat), cnp.PyArray_DATA(<cnp.ndarray>rstd)
+    c.y = cnp.PyArray_DATA(<cnp.ndarray>dx) if dx is not None else NULL
+    c.xhat = cnp.PyArray_DATA(<cnp.ndarray>gx) if gx is not None else NULL
+    c.d = D
+    cdef int nt = threads_for(grad.size, MIN_ELEMENTS)
+    cdef Py_ssize_t grain = max(1, GRAIN // max(1, D))
+    if B and D and (need_x or need_weight):
+        with nogil:
+            parallel_for(_ln_bwd_task, &c, B, grain, nt)
+    return dx, gx

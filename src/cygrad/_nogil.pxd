@@ -12,7 +12,8 @@ from cygrad._csrc cimport (
     bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
     bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
     bp_sigmoid_bce_f32, bp_sigmoid_bce_f64, bp_max_margin_f32, bp_max_margin_f64,
-    bp_dropout_f32, bp_dropout_f64)
+    bp_dropout_f32, bp_dropout_f64, bp_layer_norm_f32, bp_layer_norm_f64,
+    bp_layer_norm_bwd_f32, bp_layer_norm_bwd_f64)
 from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
 
 
@@ -147,3 +148,23 @@ cdef inline double max_margin(const floating *s, const floating *sc, floating *d
         return bp_max_margin_f32(s, sc, ds, dsc, n, margin, scale)
     else:
         return bp_max_margin_f64(s, sc, ds, dsc, n, margin, scale)
+
+
+cdef inline void layer_norm(const floating *x, Py_ssize_t ldx, const floating *w,
+                            const floating *b, floating *y, Py_ssize_t ldy, floating *xhat,
+                            Py_ssize_t ldh, floating *rstd, Py_ssize_t rows, Py_ssize_t d,
+                            double eps) noexcept nogil:
+    if floating is float:
+        bp_layer_norm_f32(x, ldx, w, b, y, ldy, xhat, ldh, rstd, rows, d, eps)
+    else:
+        bp_layer_norm_f64(x, ldx, w, b, y, ldy, xhat, ldh, rstd, rows, d, eps)
+
+
+cdef inline void layer_norm_bwd(const floating *g, Py_ssize_t ldg, const floating *w,
+                                const floating *xhat, Py_ssize_t ldh, const floating *rstd,
+                                floating *dx, Py_ssize_t ldd, floating *gx, Py_ssize_t ldgx,
+                                Py_ssize_t rows, Py_ssize_t d) noexcept nogil:
+    if floating is float:
+        bp_layer_norm_bwd_f32(g, ldg, w, xhat, ldh, rstd, dx, ldd, gx, ldgx, rows, d)
+    else:
+        bp_layer_norm_bwd_f64(g, ldg, w, xhat, ldh, rstd, dx, ldd, gx, ldgx, rows, d)

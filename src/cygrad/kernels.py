@@ -28,6 +28,8 @@ from cygrad._elementwise import (
     gelu_backward,
     hardtanh,
     hardtanh_backward,
+    layer_norm,
+    layer_norm_backward,
     leaky_relu,
     leaky_relu_backward,
     relu,
@@ -76,5 +78,6 @@ __all__ = [
     "embedding_gather", "embedding_scatter_add", "embedding_sgd_update", "sgd_update",
     "sgd_momentum_update", "adam_update", "embedding_adam_update",
     "constrained_viterbi", "adagrad_update", "embedding_adagrad_update", "crf_nll",
-    "crf_viterbi", "embedding_bag_windows", "embedding_bag_backward",
+    "crf_viterbi", "embedding_bag_windows", "embedding_bag_backward", "layer_norm",
+    "layer_norm_backward",
 ]

@@ -52,6 +52,29 @@ def bias_grad(dz, out=None):
     return _out(dz.sum(axis=0, dtype=np.float64).astype(dz.dtype), out)
 
 
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Layer normalisation of each row (NumPy, in x's dtype): (y, xhat, rstd)."""
+    mu = x.mean(axis=-1, keepdims=True)
+    xc = x - mu
+    var = (xc * xc).mean(axis=-1, keepdims=True)
+    rstd = (1.0 / np.sqrt(var + x.dtype.type(eps))).astype(x.dtype)
+    xhat = xc * rstd
+    return xhat * weight + bias, xhat, rstd[:, 0]
+
+
+def layer_norm_backward(grad, weight, xhat, rstd, need_x=True, need_weight=True):
+    """(dx, grad * xhat) of layer_norm (NumPy): dx = rstd (gy - mean(gy) - xhat
+    mean(gy xhat)), gy = grad * weight."""
+    dx = None
+    if need_x:
+        gy = grad * weight
+        D = xhat.shape[-1]
+        dx = rstd[:, None] * (gy - gy.mean(axis=-1, keepdims=True)
+                              - xhat * (gy * xhat).sum(axis=-1, keepdims=True)
+                              / xhat.dtype.type(D))
+    return dx, (grad * xhat if need_weight else None)
+
+
 # ------------------------------------------------------------------ activations
 
 def _sigmoid(z):

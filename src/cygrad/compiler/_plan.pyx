@@ -42,7 +42,8 @@ cnp.import_array()
 from cygrad._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
                              adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
                              act_bwd as _act_bwd, softmax_xent, sigmoid_bce,
-                             max_margin, dropout as _dropout, weighted_xent, mse as _mse)
+                             max_margin, dropout as _dropout, weighted_xent, mse as _mse,
+                             layer_norm as _ln, layer_norm_bwd as _ln_bwd)
 
 
 cdef enum:
@@ -77,6 +78,8 @@ cdef enum:
     T_BAG_SGD = 21      # their table's SGD step, by ownership classes
     T_BAG_ADAGRAD = 22  # Adagrad on the rows the bags touch
     T_BAG_ADAM = 23     # lazy Adam on them
+    T_LN = 24           # layer normalisation's rows (keeping xhat and rstd)
+    T_LN_BWD = 25       # its input gradient and g xhat (the weight's, before column sums)
 
 # index spaces
 cdef enum:
@@ -100,7 +103,8 @@ TASK_CODES = {
     "act_bwd": T_ACT_BWD, "mean_bwd": T_MEAN_BWD, "emb_sgd": T_EMB_SGD,
     "emb_adagrad": T_EMB_ADAGRAD, "update": T_UPDATE, "bias": T_BIAS, "dropout": T_DROPOUT,
     "emb_adam": T_EMB_ADAM, "mse": T_MSE, "crf": T_CRF, "crf_dt": T_CRF_DT, "bag": T_BAG,
-    "bag_sgd": T_BAG_SGD, "bag_adagrad": T_BAG_ADAGRAD, "bag_adam": T_BAG_ADAM}
+    "bag_sgd": T_BAG_SGD, "bag_adagrad": T_BAG_ADAGRAD, "bag_adam": T_BAG_ADAM, "ln": T_LN,
+    "ln_bwd": T_LN_BWD}
 #: a group's index space that follows a run-time count: the batch's rows, its sentences
 DIMS = {"fixed": 0, "rows": 1, "sents": 2}
 #: index space name -> axis code
@@ -457,6 +461,22 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
         _bag_sgd(t, r, dummy, lo, hi)   # v3 ptr, v4 items
     elif code == T_BAG_ADAGRAD or code == T_BAG_ADAM:
         _bag_update(t, r, dummy)
+    elif code == T_LN:          # rows: v0 x, v1 weight, v2 bias -> v3 y, v4 xhat, v5 rstd
+        _ln(<const floating *>ptr[t.v[0]] + lo * ld[t.v[0]], ld[t.v[0]],
+            <const floating *>ptr[t.v[1]], <const floating *>ptr[t.v[2]],
+            <floating *>ptr[t.v[3]] + lo * ld[t.v[3]], ld[t.v[3]],
+            <floating *>ptr[t.v[4]] + lo * ld[t.v[4]], ld[t.v[4]],
+            <floating *>ptr[t.v[5]] + lo * ld[t.v[5]], hi - lo, h, t.alpha)
+    elif code == T_LN_BWD:      # rows: v0 g, v1 weight, v2 xhat, v3 rstd -> v4 dx, v5 g xhat
+        x = <floating *>_opt(r, t.v[4])
+        y = <floating *>_opt(r, t.v[5])
+        _ln_bwd(<const floating *>ptr[t.v[0]] + lo * ld[t.v[0]], ld[t.v[0]],
+                <const floating *>ptr[t.v[1]],
+                <const floating *>ptr[t.v[2]] + lo * ld[t.v[2]], ld[t.v[2]],
+                <const floating *>ptr[t.v[3]] + lo * ld[t.v[3]],
+                x + lo * ld[t.v[4]] if x != NULL else NULL, ld[t.v[4]] if x != NULL else 0,
+                y + lo * ld[t.v[5]] if y != NULL else NULL, ld[t.v[5]] if y != NULL else 0,
+                hi - lo, h)
     elif code == T_UPDATE:      # elements: v0 param, v1 gradient buffer, v2 state (v3: Adam's v)
         P = <floating *>ptr[t.v[0]]
         G = <floating *>_opt(r, t.v[2])

@@ -101,6 +101,47 @@ def _fwd_embedding_bag_windows(bld, node, name, pa, ctx):
     bld.info[id(node)] = ("bag", table, iv, B, w, d, bags)
 
 
+def _fwd_layer_norm(bld, node, name, pa, ctx):
+    x, weight, bias = pa
+    eps = ctx.kw[3]
+    if x.ndim != 2:
+        raise Unsupported("layer_norm of other than a 2-D value (B, D)")
+    if not all(isinstance(p, Tensor) and p._op is None for p in (weight, bias)):
+        raise Unsupported("layer_norm with a computed weight or bias")
+    xv = bld.value(x)
+    B, D = x.shape
+    if xv.cols != D:
+        raise Unsupported("layer_norm of a reshaped input")
+    wv, bv = bld.leaf(weight), bld.leaf(bias)
+    out, xh, rs = bld.new(B, D), bld.new(B, D), bld.new(B, 1)
+    bld.add(Task("ln", (ROWS, B, ROW_GRAIN), [xv, wv, bv, out, xh, rs],
+                 [(xv, "r", ROWS), (wv, "r", "all"), (bv, "r", "all"), (out, "w", ROWS),
+                  (xh, "w", ROWS), (rs, "w", ROWS)], h=D, m=B, alpha=eps))
+    bld.val[id(node)] = out
+    bld.info[id(node)] = (x, weight, bias, xh, rs)
+
+
+def _bwd_layer_norm(bld, node, name, pa, g):
+    x, weight, bias, xh, rs = bld.info[id(node)]
+    B, D = x.shape
+    dx = gx = None
+    if isinstance(x, Tensor) and x.requires_grad:
+        dx = bld.grad[id(x)] = bld.new(B, D)
+    if id(weight) in bld.pindex:
+        gx = bld.new(B, D)
+    if dx is not None or gx is not None:
+        wv = bld.leaf(weight)
+        acc = [(g, "r", ROWS), (wv, "r", "all"), (xh, "r", ROWS), (rs, "r", ROWS)]
+        acc += [(v, "w", ROWS) for v in (dx, gx) if v is not None]
+        bld.add(Task("ln_bwd", (ROWS, B, ROW_GRAIN), [g, wv, xh, rs, dx, gx], acc, h=D,
+                     m=B))
+    # (the weight's and the bias's gradients: column sums, as the eager op's bias_grad)
+    if gx is not None:
+        bld.bias_bwd(weight, gx)
+    if id(bias) in bld.pindex:
+        bld.bias_bwd(bias, g)
+
+
 def _fwd_concat(bld, node, name, pa, ctx):
     axis, _ = ctx.kw
     if any(p.ndim != 2 for p in pa) or axis not in (1, -1):
@@ -493,6 +534,8 @@ def _linear_params(node):
 register("embedding_windows", _fwd_embedding_windows, _bwd_embedding_windows)
 register("embedding_bag_windows", _fwd_embedding_bag_windows, _bwd_embedding_bag_windows)
 register("concat", _fwd_concat, _bwd_concat)
+register("layer_norm", _fwd_layer_norm, _bwd_layer_norm,
+         dense_params=lambda node: node._parents[1:])
 register(("linear", "matmul"), _fwd_linear, _bwd_linear, dense_params=_linear_params)
 register("transpose", _fwd_transpose, _bwd_transpose, folded=True)
 register("add", _fwd_add, _bwd_add, dense_params=lambda node: node._parents[1:])

@@ -945,7 +945,7 @@ class LogSoftmax(Op):
 class LayerNorm(Op):
     """Layer normalisation over the last axis (Ba et al. 2016):
     ``y = (x - mean) / sqrt(var + eps) * weight + bias``, the mean and the (biased)
-    variance over the last axis of each row, in the input's dtype."""
+    variance over the last axis of each row (summed in double by the kernel)."""
 
     name = "layer_norm"
 
@@ -955,29 +955,23 @@ class LayerNorm(Op):
         if weight.shape != (D,) or bias.shape != (D,):
             raise ValueError(f"layer_norm: weight and bias must be ({D},) for an input of "
                              f"shape {x.shape}, got {weight.shape} and {bias.shape}")
-        mu = x.mean(axis=-1, keepdims=True)
-        xc = x - mu
-        var = (xc * xc).mean(axis=-1, keepdims=True)
-        rstd = (1.0 / np.sqrt(var + x.dtype.type(eps))).astype(x.dtype)
-        xhat = xc * rstd
-        # (new arrays of the op's own: kept in kw, not inputs to protect)
-        ctx.kw = (xhat, rstd, weight)
-        return xhat * weight + bias
+        # the kernel on the rows (cygrad.kernels.layer_norm; the NumPy reference under
+        # use_backend("reference")); its xhat and rstd are the op's own arrays (kept in
+        # kw, not inputs to protect)
+        y, xhat, rstd = _B().layer_norm(x.reshape(-1, D), weight, bias, eps)
+        ctx.kw = (xhat, rstd, weight, eps)
+        return y.reshape(x.shape)
 
     @staticmethod
     def backward(ctx, g):
-        xhat, rstd, weight = ctx.kw
+        xhat, rstd, weight, _ = ctx.kw
         D = xhat.shape[-1]
-        lead = tuple(range(g.ndim - 1))
-        dweight = (g * xhat).sum(axis=lead) if ctx.needs[1] else None
-        dbias = g.sum(axis=lead) if ctx.needs[2] else None
-        dx = None
-        if ctx.needs[0]:
-            # dx = rstd * (gy - mean(gy) - xhat * mean(gy * xhat)), gy = g * weight
-            gy = g * weight
-            dx = rstd * (gy - gy.mean(axis=-1, keepdims=True)
-                         - xhat * (gy * xhat).sum(axis=-1, keepdims=True) / xhat.dtype.type(D))
-        return (dx, dweight, dbias)
+        g2 = np.ascontiguousarray(g).reshape(-1, D)
+        B = _B()
+        dx, gx = B.layer_norm_backward(g2, weight, xhat, rstd, ctx.needs[0], ctx.needs[1])
+        dweight = B.bias_grad(gx) if ctx.needs[1] else None
+        dbias = B.bias_grad(g2) if ctx.needs[2] else None
+        return (None if dx is None else dx.reshape(g.shape), dweight, dbias)
 
 
 def layer_norm(x, weight, bias, eps=1e-5):

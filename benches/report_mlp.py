@@ -1,14 +1,17 @@
-"""A network of your own against PyTorch and JAX: the same 2-layer MLP
-(784-256-10, ReLU, batch 128, Adam, float32) written with cygrad.nn and compiled,
-with PyTorch eager and with JAX jit (optax's Adam when installed, else Adam written
-out), and the Adam kernel alone against torch.optim.Adam on a 10^6-element
-parameter; samples/s (or updates/s), at 1 and 2 threads, idle and beside a busy
-process, in one interleaved run.
+"""A network of your own against PyTorch and JAX: the same 2-layer MLPs written with
+cygrad.nn and compiled, with PyTorch eager and with JAX jit (optax's Adam when
+installed, else Adam written out): "mlp", 784-256-10 on random inputs, batch 128, and
+"digits", scikit-learn's handwritten digits (load_digits: 1,797 8x8 images, scaled to
+[0, 1]) through 64-128-10, batch 32, the classifier a new user writes first; ReLU,
+Adam, float32. Also the Adam kernel alone against torch.optim.Adam on a
+10^6-element parameter; samples/s (or updates/s), at 1 and 2 threads, idle and
+beside a busy process, in one interleaved run.
 
     python benches/report_mlp.py [--rounds 9] [--seconds 0.3] [--out benches/results/mlp.md]
 
 Needs `pip install ".[bench]"`, `pip install torch==2.13.0` and `pip install jax
-jaxlib optax` (a peer that is not installed is left out, and said so).
+jaxlib optax` (a peer that is not installed is left out, and said so); the digits
+need scikit-learn (left out without it).
 
 How it is fair:
 - one worker process per thread count, kept alive for the whole run, with every
@@ -38,27 +41,43 @@ import time
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-D_IN, D_H, D_OUT, B, LR = 784, 256, 10, 128, 1e-3
+LR = 1e-3
 N_ADAM = 10 ** 6
+#: model name -> (inputs, hidden, classes, batch)
+MODELS = {"mlp": (784, 256, 10, 128), "digits": (64, 128, 10, 32)}
+D_IN, D_H, D_OUT, B = MODELS["mlp"]
 
 
 # ------------------------------------------------------------------ the models
 
-def make_params(seed=0):
+def make_params(model="mlp", seed=0):
     """PyTorch's nn.Linear initialisation, in PyTorch's layout (out, in)."""
+    d_in, d_h, d_out, _ = MODELS[model]
     rng = np.random.default_rng(seed)
     out = {}
-    for name, (o, i) in (("0", (D_H, D_IN)), ("2", (D_OUT, D_H))):
+    for name, (o, i) in (("0", (d_h, d_in)), ("2", (d_out, d_h))):
         bound = 1.0 / np.sqrt(i)
         out[f"{name}.weight"] = rng.uniform(-bound, bound, (o, i)).astype(np.float32)
         out[f"{name}.bias"] = rng.uniform(-bound, bound, o).astype(np.float32)
     return out
 
 
-def make_batches(n=8, seed=1):
+def make_batches(model="mlp", n=8, seed=1):
+    """n batches of the model's data: random inputs ("mlp"), or shuffled batches of the
+    digits (None without scikit-learn)."""
+    d_in, _, d_out, b = MODELS[model]
     rng = np.random.default_rng(seed)
-    return [(rng.standard_normal((B, D_IN)).astype(np.float32),
-             rng.integers(0, D_OUT, B).astype(np.int64)) for _ in range(n)]
+    if model == "digits":
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError:
+            return None
+        X, y = load_digits(return_X_y=True)
+        X = (X / 16.0).astype(np.float32)
+        idx = rng.permutation(len(y))[:n * b].reshape(n, b)
+        return [(np.ascontiguousarray(X[i]), y[i].astype(np.int64)) for i in idx]
+    return [(rng.standard_normal((b, d_in)).astype(np.float32),
+             rng.integers(0, d_out, b).astype(np.int64)) for _ in range(n)]
 
 
 class Cygrad:
@@ -67,7 +86,8 @@ class Cygrad:
     def __init__(self, params):
         import cygrad as cg
         from cygrad import nn, optim
-        self.model = nn.Sequential(nn.Linear(D_IN, D_H), nn.ReLU(), nn.Linear(D_H, D_OUT))
+        (h, d_in), (d_out, _) = params["0.weight"].shape, params["2.weight"].shape
+        self.model = nn.Sequential(nn.Linear(d_in, h), nn.ReLU(), nn.Linear(h, d_out))
         self.model.load_state_dict(params)
         self.opt = optim.Adam(self.model.parameters(), lr=LR)
         self.step = cg.compile(lambda x, y: cg.softmax_cross_entropy(self.model(x), y),
@@ -89,8 +109,9 @@ class Torch:
     def __init__(self, params):
         import torch
         self.torch = torch
-        self.model = torch.nn.Sequential(torch.nn.Linear(D_IN, D_H), torch.nn.ReLU(),
-                                         torch.nn.Linear(D_H, D_OUT))
+        (h, d_in), (d_out, _) = params["0.weight"].shape, params["2.weight"].shape
+        self.model = torch.nn.Sequential(torch.nn.Linear(d_in, h), torch.nn.ReLU(),
+                                         torch.nn.Linear(h, d_out))
         self.model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in params.items()})
         self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, foreach=True)
 
@@ -265,21 +286,24 @@ def worker(nt):
     except ImportError:
         pass
     classes, missing = implementations()
-    params, batches = make_params(), make_batches()
-    check_same([cls(params) for cls in classes], batches)
     check_adam()
-    impls = [cls(params) for cls in classes]
     cases, info = {}, {"missing": missing}
-    for impl in impls:
-        it = [0]
+    for model in MODELS:
+        params, batches = make_params(model), make_batches(model)
+        if batches is None:
+            missing[f"{model} (scikit-learn)"] = "load_digits needs scikit-learn"
+            continue
+        check_same([cls(params) for cls in classes], batches)
+        for impl in [cls(params) for cls in classes]:
+            it = [0]
 
-        def call(impl=impl, it=it):
-            x, y = batches[it[0] % len(batches)]
-            it[0] += 1
-            impl(x, y)
-        cases[f"mlp: {impl.name}"] = (call, impl.sync, B)
-        if impl.name == "jax":
-            info["jax_adam"] = impl.adam
+            def call(impl=impl, it=it, batches=batches):
+                x, y = batches[it[0] % len(batches)]
+                it[0] += 1
+                impl(x, y)
+            cases[f"{model}: {impl.name}"] = (call, impl.sync, MODELS[model][3])
+            if impl.name == "jax":
+                info["jax_adam"] = impl.adam
     for name, fn in adam_cases().items():
         cases[name] = (fn, lambda: None, 1)
     for call, sync, _ in cases.values():       # warm-up (and JAX's compilation)
@@ -396,7 +420,7 @@ def report(a, info, cases, states, rates, cores):
     med = {k: statistics.median(v) for k, v in rates.items()}
     v = info["versions"]
     lines = [
-        "# A 2-layer MLP and the Adam kernel: cygrad against PyTorch and JAX",
+        "# Two MLPs (random inputs; the digits) and the Adam kernel: cygrad, PyTorch, JAX",
         "",
         f"`python benches/report_mlp.py --rounds {a.rounds} --seconds {a.seconds}` on "
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
@@ -404,8 +428,11 @@ def report(a, info, cases, states, rates, cores):
         f"JAX's Adam: {info.get('jax_adam', 'n/a')}. Busy: a CPU-bound loop pinned to core "
         f"{cores[-1]}; the 1-thread workers run on core {cores[0]}.",
         "",
-        f"MLP 784-{D_H}-10, ReLU, batch {B}, Adam (lr 1e-3), float32: samples/s (median of "
-        f"{a.rounds} rounds). Adam on one 10^6-element float32 parameter: updates/s.",
+        f"mlp: 784-{D_H}-10 on random inputs, batch {B}; digits: scikit-learn's "
+        f"load_digits (scaled to [0, 1]), 64-{MODELS['digits'][1]}-10, batch "
+        f"{MODELS['digits'][3]}; ReLU, Adam (lr 1e-3), float32: samples/s (median of "
+        f"{a.rounds} rounds). Adam on one 10^6-element float32 parameter: updates/s. "
+        f"Ratios cygrad / peer: higher means cygrad is faster.",
         "",
     ]
     if info["missing"]:
@@ -419,7 +446,8 @@ def report(a, info, cases, states, rates, cores):
     lines += ["", "cygrad / peer, the median of the per-round ratios [min, max]:", "",
               header.replace("| case |", "| cygrad / peer |"),
               "|---" + "|---:" * (len(states) * len(a.threads)) + "|"]
-    pairs = [("mlp: cygrad", c) for c in cases if c.startswith("mlp:") and c != "mlp: cygrad"]
+    pairs = [(f"{m}: cygrad", c) for m in MODELS for c in cases
+             if c.startswith(f"{m}:") and c != f"{m}: cygrad"]
     pairs += [(k, c) for k in ("adam: cygrad.kernels.adam_update", "adam: cygrad.optim.Adam.step")
               for c in cases if c.startswith("adam: torch")]
     for mine, peer in pairs:
@@ -428,7 +456,8 @@ def report(a, info, cases, states, rates, cores):
             for nt in a.threads:
                 m, lo, hi = _ratio(rates, (s, nt, mine), (s, nt, peer))
                 cells.append(f"{m:.2f} [{lo:.2f}, {hi:.2f}]")
-        lines.append(f"| {mine.split(': ')[1]} / {peer.split(': ')[1]} | "
+        label = f"{mine.split(': ')[0]}: " if not mine.startswith("adam") else ""
+        lines.append(f"| {label}{mine.split(': ')[1]} / {peer.split(': ')[1]} | "
                      + " | ".join(cells) + " |")
     if len(a.threads) > 1:
         lines += ["", f"{a.threads[-1]} threads / {a.threads[0]} thread (same case, medians):", "",

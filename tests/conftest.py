@@ -21,9 +21,20 @@ def dtype(request):
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def nthreads(request):
+def nthreads(request, monkeypatch):
+    # compiled steps of any size run on the pool here (their MIN_WORK would keep the
+    # tests' small models on one thread)
+    from cygrad.compiler import runtime
+    monkeypatch.setattr(runtime, "MIN_WORK", 0)
     with cygrad.threads(request.param):
         yield request.param
+
+
+@pytest.fixture
+def threaded_plans(monkeypatch):
+    """Compiled steps of any size use the thread pool (MIN_WORK 0)."""
+    from cygrad.compiler import runtime
+    monkeypatch.setattr(runtime, "MIN_WORK", 0)
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ OPTS = {
 @pytest.mark.parametrize("kind", ["xent", "margin"])
 @pytest.mark.parametrize("opt", sorted(OPTS))
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_a_compiled_bag_step_trains_as_the_eager_graph(dt, opt, kind, threads):
+def test_a_compiled_bag_step_trains_as_the_eager_graph(dt, opt, kind, threads, threaded_plans):
     rng = np.random.default_rng(1)
     ptr, items = _bags(rng)
     ms = [_model(dt, C=4 if kind == "xent" else 1) for _ in range(2)]
@@ -100,7 +100,7 @@ def test_a_compiled_bag_step_trains_as_the_eager_graph(dt, opt, kind, threads):
     assert step.plans >= 1 and not step.fallbacks()
 
 
-def test_the_bag_step_runs_on_its_plan_and_is_the_same_for_any_thread_count():
+def test_the_bag_step_runs_on_its_plan_and_is_the_same_for_any_thread_count(threaded_plans):
     rng = np.random.default_rng(3)
     ptr, items = _bags(rng, V=300, nbags=200)
     runs = []

@@ -142,7 +142,8 @@ def test_nn_layer_norm_trains_and_refuses_bad_sizes():
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("opt", ["sgd", "adagrad", "adam", "momentum"])
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_a_compiled_step_with_layer_norm_trains_as_the_eager_graph(dt, opt, threads):
+def test_a_compiled_step_with_layer_norm_trains_as_the_eager_graph(dt, opt, threads,
+                                                                   threaded_plans):
     """layer_norm has plan tasks (the kernel's rows; the weight's and the bias's
     gradients summed by the eager op's column-sum kernel): compiled steps equal the
     eager graph bit for bit with Adagrad, Adam and SGD with momentum (gradient

@@ -1,7 +1,7 @@
 """Each kernel against its NumPy reference at the window model's sizes
 (B in {32, 512, 4096}, w*d = 250, H = 300, C = 9) and at large sizes.
 
-Run: python -m pytest benches --benchmark-only    (ratios: python benches/report.py)
+Run: python -m pytest benches --benchmark-only    (ratios: python benches/report_kernels.py)
 Groups are "<op> <size>"; within a group, rows differ by implementation
 (extra_info["impl"]) and thread count (extra_info["threads"]).
 """

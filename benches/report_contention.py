@@ -22,7 +22,6 @@ default threads vs --threads 1, idle and busy.
 """
 
 import argparse
-import atexit
 import json
 import os
 import re
@@ -123,31 +122,7 @@ class Worker:
         self.p.wait()
 
 
-# -------------------------------------------------------------- the busy loop
-
-# the loop ends by itself when the script that started it is gone
-_BUSY = ("import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nparent = os.getppid()\n"
-         "while os.getppid() == parent:\n    for _ in range(1000000):\n        pass\n")
-
-
-class Busy:
-    """A CPU-bound process pinned to one core, started and stopped on demand."""
-
-    def __init__(self, core):
-        self.core, self.p = core, None
-        atexit.register(self.stop)
-
-    def start(self):
-        if self.p is None:
-            self.p = subprocess.Popen([sys.executable, "-c", _BUSY, str(self.core)])
-            time.sleep(0.05)
-
-    def stop(self):
-        if self.p is not None:
-            self.p.kill()
-            self.p.wait()
-            self.p = None
-
+from _harness import Busy, write_report  # noqa: E402,F401  (the busy loop every report shares)
 
 # ------------------------------------------------------------------- the CLI
 
@@ -268,11 +243,7 @@ def main():
                 lines.append(f"| {b} | {load} | {med(hi):.2f} | {med(lo):.2f} | "
                              f"**{med(hi) / med(lo):.2f}** |")
         lines.append("")
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    write_report(args.out, lines)
 
 
 if __name__ == "__main__":

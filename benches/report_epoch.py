@@ -21,7 +21,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from report_contention import Busy  # noqa: E402
+from _harness import Busy, write_report  # noqa: E402  (benches/_harness.py)
 
 # the defaults before issue 14 (a per-token softmax over windows of 64)
 PREVIOUS = ["--loss", "softmax", "--prefix-dim", "0", "--shape-dim", "0", "--dropout", "0",
@@ -97,11 +97,7 @@ def main():
     lines += ["", "Plans the compiled step built over the epoch: " + "; ".join(
         f"{name}: {', '.join(sorted(PLANS.get(tuple(args), {'-'})))}"
         for name, args in configs.items()) + " (- : the eager graph)."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+    write_report(a.out, lines)
 
 
 if __name__ == "__main__":

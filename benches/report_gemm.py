@@ -22,8 +22,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from report import peak  # noqa: E402
-from report_peers import _interleave, _median, pin_cores, run_workers  # noqa: E402
+from _harness import interleave as _interleave  # noqa: E402
+from _harness import median as _median  # noqa: E402
+from _harness import peak, pin_cores, run_workers  # noqa: E402
 
 
 def shapes():

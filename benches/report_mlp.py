@@ -344,7 +344,7 @@ def _versions():
 
 # ------------------------------------------------------------- the coordinator
 
-from report_contention import Busy  # noqa: E402  (one busy loop for every report)
+from _harness import Busy, write_report  # noqa: E402  (benches/_harness.py)
 
 
 class Worker:
@@ -466,11 +466,7 @@ def report(a, info, cases, states, rates, cores):
             lines.append(f"| {c} | " + " | ".join(
                 f"{med[(s, a.threads[-1], c)] / med[(s, a.threads[0], c)]:.2f}"
                 for s in states) + " |")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text)
-    print(text)
+    write_report(a.out, lines)
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def worker(B, seconds, distributed, out, fresh=False):
                        "dense_bytes": dense, "sparse_bytes": sparse}, f)
 
 
-from report_contention import Busy  # noqa: E402  (one busy loop for every report)
+from _harness import Busy, write_report  # noqa: E402  (benches/_harness.py)
 
 
 def run(arrangement, B, seconds, tmp):
@@ -221,11 +221,7 @@ def report(a, res):
             lines.append(f"| {N} | " + " | ".join(f"{r:,.0f} ({e:.0%}, {ms:.2f})"
                                                    for r, e, ms in cells) + " |")
         lines.append("")
-    text = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
-    with open(a.out, "w") as f:
-        f.write(text)
-    print(text)
+    write_report(a.out, lines)
 
 
 if __name__ == "__main__":

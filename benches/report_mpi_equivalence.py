@@ -20,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from _harness import write_report  # noqa: E402  (benches/_harness.py)
 from cygrad.ner.model import WindowModel
 
 
@@ -69,11 +70,7 @@ def main():
              "the largest relative parameter difference (worst array).", "",
              "| ranks | loss | SGD | Adagrad |", "|---:|---|---:|---:|"]
     lines += [f"| {n} | {loss} | {s:.1e} | {g:.1e} |" for n, loss, s, g in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+    write_report(a.out, lines)
 
 
 if __name__ == "__main__":

@@ -30,16 +30,17 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCHES = [1, 8, 32, 128, 512, 2048]
 ROUNDS = 11
 BLOCK_SECONDS = 0.04
 IDLE = 0.1
+
+from _harness import interleave, pin_cores, run_workers  # noqa: E402,F401  (benches/_harness.py)
+from _harness import median as _median  # noqa: E402
+
 ORDER = ["cygrad-compiled", "cygrad-graph", "numpy", "torch-dense", "torch-sparse", "jax"]
 PEERS = ["numpy", "torch-dense", "torch-sparse", "jax"]
 # issue #6's targets for cygrad's fastest path at 2 threads: x best peer
@@ -48,73 +49,11 @@ TARGETS = {1: 3.0, 32: 2.0, 512: 1.3, 2048: 1.3}
 
 # ------------------------------------------------------------------- processes
 
-def pin_cores(nt):
-    """Let this process run on nt cores only: whatever thread pools a library
-    starts (XLA's ignores its thread flags in recent JAX), it cannot use more."""
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) > nt:
-        os.sched_setaffinity(0, cores[:nt])
-
-
-def run_workers(script, threads, extra_args):
-    """Run ``script --worker N --json FILE *extra_args`` in a fresh process for each
-    thread count N (OpenBLAS's workplace overrides dropped: they slow a current
-    NumPy; the usual thread variables set to N); returns the JSON results."""
-    results = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for nt in threads:
-            out = os.path.join(tmp, f"t{nt}.json")
-            env = {k: v for k, v in os.environ.items()
-                   if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-            env.update(OMP_NUM_THREADS=str(nt), OPENBLAS_NUM_THREADS=str(nt),
-                       MKL_NUM_THREADS=str(nt),
-                       XLA_FLAGS=(env.get("XLA_FLAGS", "") +
-                                  f" --xla_cpu_multi_thread_eigen={'true' if nt > 1 else 'false'}"
-                                  f" intra_op_parallelism_threads={nt}").strip())
-            subprocess.run([sys.executable, os.path.abspath(script), "--worker", str(nt),
-                            "--json", out, *extra_args], check=True, env=env)
-            with open(out) as f:
-                results.append(json.load(f))
-    return results
-
-
 # ------------------------------------------------------------------- worker side
 
-def _median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
 def _interleave(fns, rounds, block=BLOCK_SECONDS, idle=IDLE):
-    """{name: [seconds per call, one per round]}; fns: {name: (call, sync)}."""
-    per_call = {}
-    for name, (call, sync) in fns.items():      # warm-up and block size
-        call()
-        sync()
-        t = time.perf_counter()
-        reps = 0
-        while time.perf_counter() - t < 0.05 or reps < 3:
-            call()
-            reps += 1
-        sync()
-        per_call[name] = (time.perf_counter() - t) / reps
-        time.sleep(idle)
-    n = {k: max(1, int(block / v)) for k, v in per_call.items()}
-    times = {k: [] for k in fns}
-    names = list(fns)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            call, sync = fns[name]
-            call()              # untimed: wakes this library's threads after the idle
-            sync()
-            t = time.perf_counter()
-            for _ in range(n[name]):
-                call()
-            sync()
-            times[name].append((time.perf_counter() - t) / n[name])
-            time.sleep(idle)
-    return times
+    """benches/_harness.interleave with this report's block and idle times."""
+    return interleave(fns, rounds, block=block, idle=idle)
 
 
 def _sgemm_peak(nt):

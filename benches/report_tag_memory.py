@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 
+from _harness import write_report  # noqa: E402  (benches/_harness.py)
 from cygrad.ner.data import read_conll
 
 AT_ONCE = r"""
@@ -99,11 +100,7 @@ def main():
              "Peak RSS is the process's maximum resident set.", "",
              "| input | kind | how | seconds | peak RSS (MiB) |", "|---:|---|---|---:|---:|"]
     lines += [f"| {mb} MB | {kind} | {how} | {s:.1f} | {r:.0f} |" for mb, kind, how, s, r in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+    write_report(a.out, lines)
 
 
 if __name__ == "__main__":

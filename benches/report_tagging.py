@@ -25,10 +25,10 @@ import numpy as np
 import cygrad
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _harness import Busy  # noqa: E402  (benches/_harness.py)
 from cygrad.ner import cli
 from cygrad.ner.data import Sentence, read_conll
 from cygrad.ner.model import WindowModel
-from report_contention import Busy  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.join(os.environ.get("CYGRAD_CONLL_DIR", os.path.join(

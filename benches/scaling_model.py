@@ -36,6 +36,7 @@ from cygrad.compiler import _plan
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import profile_step  # noqa: E402
+from _harness import write_report  # noqa: E402  (benches/_harness.py)
 from cygrad.ner import cli  # noqa: E402
 from cygrad.ner.data import Vocab  # noqa: E402
 from cygrad.ner.model import WindowModel  # noqa: E402
@@ -164,11 +165,7 @@ def main():
         lines += ["", f"What stops scaling first: from {first[0]} threads on, less than half "
                   f"of a step is parallel work; the largest other part is "
                   f"\"{first[1]}\"."]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text)
+    write_report(a.out, lines)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Run the kernel benchmarks once and print, per group and thread count, the
 ratio numpy_time / cygrad_time (> 1: cygrad is faster), from one run.
 
-    python benches/report.py [extra pytest args, e.g. -k softmax]
+    python benches/report_kernels.py [extra pytest args, e.g. -k softmax]
 """
 
 import json
@@ -11,24 +11,7 @@ import sys
 import tempfile
 from collections import defaultdict
 
-
-def peak():
-    """cores x clock x FLOP/cycle, from what the machine says of itself: the clock is
-    /proc/cpuinfo's (it may be the nominal, not the boost, frequency); FLOP/cycle
-    per core assumes two FMA pipes of the widest vector the CPU has (float32)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-        mhz = max(float(line.split(":")[1]) for line in info.splitlines()
-                  if line.startswith("cpu MHz"))
-        flags = next(line for line in info.splitlines() if line.startswith("flags"))
-    except (OSError, ValueError, StopIteration):
-        return "unknown"
-    width = 16 if " avx512f" in flags else 8 if " avx2" in flags else 4   # f32 lanes
-    per_cycle = 2 * 2 * width if " fma" in flags else 2 * width
-    cores = len(os.sched_getaffinity(0))
-    return (f"{cores} cores x {mhz / 1000:.2f} GHz x {per_cycle} FLOP/cycle (f32) = "
-            f"{cores * mhz / 1000 * per_cycle:.0f} GFLOP/s; half that for f64")
+from _harness import peak  # noqa: E402  (benches/_harness.py: shared by the reports)
 
 
 def main(argv):

@@ -8,6 +8,10 @@ CYGRAD_REQUIRE_THREADS=1 fail the build when the compiler cannot build the threa
                          (pthreads, C11 atomics) instead of building serial kernels (CI
                          sets it; CYGRAD_REQUIRE_OPENMP=1 is the old name).
 CYGRAD_SERIAL=1          build serial kernels (no thread pool), e.g. to test that build.
+CYGRAD_OPENMP=1          run the kernels' loops on OpenMP teams (-fopenmp, libgomp) instead
+                         of cygrad's pool: for programs that already run an OpenMP runtime.
+                         The pool stays the default (it measures better on a busy machine:
+                         benches/report_contention.py --baseline).
 CYGRAD_DEBUG=1           Cython boundscheck/wraparound/initializedcheck on, -O1 -g.
 CYGRAD_NATIVE=1          add -march=native (local benchmarking only; never for a wheel).
 CYGRAD_SANITIZE=1        AddressSanitizer + UndefinedBehaviorSanitizer (-O1 -g, every UB
@@ -42,6 +46,7 @@ SANITIZE = _flag("CYGRAD_SANITIZE")
 SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
                   "-fno-omit-frame-pointer"]
 SERIAL = _flag("CYGRAD_SERIAL")
+OPENMP = _flag("CYGRAD_OPENMP")
 REQUIRE_THREADS = _flag("CYGRAD_REQUIRE_THREADS") or _flag("CYGRAD_REQUIRE_OPENMP")
 
 # The thread pool (csrc/bp_pool.c) needs POSIX threads and C11 atomics.
@@ -118,6 +123,14 @@ class BuildExt(build_ext):
         macros = []
         if threads:
             cflags, lflags = ["-pthread"], ["-pthread"]
+            if OPENMP:
+                omp = ["-fopenmp"]
+                if not self._probe("#include <omp.h>\nint main(void) { return "
+                                   "omp_get_max_threads() < 1; }\n", omp + san, omp + san):
+                    raise RuntimeError("cygrad: CYGRAD_OPENMP=1, but the C compiler cannot "
+                                       "build with -fopenmp")
+                cflags, lflags = cflags + omp, lflags + omp
+                macros.append(("BP_OPENMP", "1"))
         else:
             msg = (
                 "\n" + "*" * 72 + "\n"

@@ -8,7 +8,8 @@ interleaved: in each round, for each load, each (build, threads) worker times
 every case for a short block, in turn. Workers are persistent processes (one
 per build and thread count), so that no block pays an import. With --baseline
 PYTHON, the same cases also run on another installed build (e.g. the previous
-release, in another virtual environment) as "before" rows.
+release, or the CYGRAD_OPENMP=1 build, in another virtual environment) as "before"
+rows (--baseline-name: another name).
 
 Reported: the median rate of each (load, case, build, threads) over the rounds,
 and the ratio default threads / one thread (paired per round, median, with the
@@ -17,7 +18,8 @@ epoch time on CoNLL-2003 (`cygrad train --epochs 1`, the epoch line it prints),
 default threads vs --threads 1, idle and busy.
 
     python benches/report_contention.py [--rounds 7] [--seconds 0.25]
-        [--baseline /path/to/other/venv/bin/python] [--conll ../shared/data/conll2003]
+        [--baseline /path/to/other/venv/bin/python [--baseline-name openmp]]
+        [--conll ../shared/data/conll2003]
         [--out benches/results/contention.md]
 """
 
@@ -154,6 +156,8 @@ def main():
     ap.add_argument("--seconds", type=float, default=0.25, help="per timed block")
     ap.add_argument("--baseline", metavar="PYTHON",
                     help="another build's interpreter, run beside this one as 'before'")
+    ap.add_argument("--baseline-name", default="before", metavar="NAME",
+                    help="what to call the baseline build in the report (e.g. openmp)")
     ap.add_argument("--conll", metavar="DIR", help="CoNLL-2003 directory: also time the CLI")
     ap.add_argument("--cli-rounds", type=int, default=3)
     ap.add_argument("--cases", nargs="+", default=CASES, choices=CASES, metavar="CASE")
@@ -169,7 +173,7 @@ def main():
         sys.exit("report_contention: needs at least 2 cores")
     builds = {"cygrad": sys.executable}
     if args.baseline:
-        builds["before"] = args.baseline
+        builds[args.baseline_name] = args.baseline
     workers = {(b, nt): Worker(py, nt) for b, py in builds.items() for nt in (default, 1)}
     where = {b: workers[b, 1].where for b in builds}
     if len(set(where.values())) < len(where):
@@ -221,7 +225,8 @@ def main():
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     if args.baseline:
-        lines += ["## cygrad / before (same threads, same load; > 1: this build faster)", "",
+        lines += [f"## cygrad / {args.baseline_name} (same threads, same load; > 1: this build "
+                  "faster)", "",
                   "| case |" + "".join(f" {ld} {default}t | {ld} 1t |" for ld in args.loads),
                   "|---|" + "---:|---:|" * len(args.loads)]
         for case in args.cases:
@@ -229,7 +234,8 @@ def main():
             for load in args.loads:
                 for nt in (default, 1):
                     ratios = [x / y for x, y in zip(rates[(load, case, "cygrad", nt)],
-                                                    rates[(load, case, "before", nt)])]
+                                                    rates[(load, case, args.baseline_name,
+                                                           nt)])]
                     row.append(f"{med(ratios):.2f}")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")

@@ -49,6 +49,63 @@ void bp_pool_reset_stats(void) { st_inline = 0; }
 void bp_pool_set_adaptive(int on) { (void)on; }
 int bp_pool_threaded(void) { return 0; }
 int bp_pool_threads(int nt) { (void)nt; return 1; }
+int bp_pool_openmp(void) { return 0; }
+
+#elif defined(BP_OPENMP)
+
+/* The OpenMP build (CYGRAD_OPENMP=1): the same loops over the same chunks, claimed
+ * one at a time by an OpenMP team (schedule(dynamic, 1)), for programs that already
+ * run an OpenMP runtime and want one set of threads. No adaptive fallback: a team
+ * waits for every member at the end of a region, so on a busy machine a
+ * descheduled member holds the loop back (benches/report_contention.py measures
+ * it); and GNU libgomp is not fork-safe: a child of a process that ran a region
+ * may hang in its own first one. The pool above is the default build. */
+#include <omp.h>
+
+static long long st_loops, st_chunks;
+
+void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
+{
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    const ptrdiff_t chunks = (n + grain - 1) / grain;
+    if (nt > BP_MAX_THREADS) nt = BP_MAX_THREADS;
+    if (nt > chunks) nt = (int)chunks;
+    if (nt <= 1 || omp_in_parallel()) {
+        for (ptrdiff_t lo = 0; lo < n; lo += grain)
+            fn(ctx, lo, lo + grain < n ? lo + grain : n, 0);
+        __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
+        return;
+    }
+    __atomic_fetch_add(&st_loops, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&st_chunks, chunks, __ATOMIC_RELAXED);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+    for (ptrdiff_t c = 0; c < chunks; c++) {
+        const ptrdiff_t lo = c * grain;
+        fn(ctx, lo, lo + grain < n ? lo + grain : n, omp_get_thread_num());
+    }
+}
+
+void bp_pool_get_stats(struct bp_pool_stats *s)
+{
+    *s = (struct bp_pool_stats){0};
+    s->loops = __atomic_load_n(&st_loops, __ATOMIC_RELAXED);
+    s->inline_loops = __atomic_load_n(&st_inline, __ATOMIC_RELAXED);
+    s->caller_chunks = __atomic_load_n(&st_chunks, __ATOMIC_RELAXED);
+    s->workers = omp_get_max_threads();
+}
+
+void bp_pool_reset_stats(void)
+{
+    __atomic_store_n(&st_loops, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&st_chunks, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&st_inline, 0, __ATOMIC_RELAXED);
+}
+
+void bp_pool_set_adaptive(int on) { (void)on; }
+int bp_pool_threaded(void) { return 1; }
+int bp_pool_threads(int nt) { return nt < 1 ? 1 : nt > BP_MAX_THREADS ? BP_MAX_THREADS : nt; }
+int bp_pool_openmp(void) { return 1; }
 
 #else
 
@@ -387,5 +444,6 @@ void bp_pool_set_adaptive(int on)
 }
 
 int bp_pool_threaded(void) { return 1; }
+int bp_pool_openmp(void) { return 0; }
 
 #endif

@@ -62,5 +62,7 @@ void bp_pool_reset_stats(void);
 void bp_pool_set_adaptive(int on);
 /* Non-zero when this build has threads (pthreads and C11 atomics). */
 int bp_pool_threaded(void);
+/* Non-zero in the OpenMP build (CYGRAD_OPENMP=1): loops run on OpenMP teams. */
+int bp_pool_openmp(void);
 
 #endif

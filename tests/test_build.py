@@ -16,14 +16,16 @@ def test_build_info_keys_and_types():
     for key, typ in [("threaded", bool), ("thread_layer", str), ("max_threads", int),
                      ("compiler", str),
                      ("flags", str), ("cython_version", str), ("debug", bool), ("simd", str),
-                     ("version", str)]:
+                     ("version", str), ("openmp", bool)]:
         assert isinstance(info[key], typ), key
     assert info["version"] == cygrad.__version__
     assert "-ffast-math" not in info["flags"]
     if os.environ.get("CYGRAD_NATIVE", "") != "1":
         assert "-march=native" not in info["flags"]
     assert ("-pthread" in info["flags"]) == info["threaded"]
-    assert "-fopenmp " not in info["flags"] + " "     # the threads are cygrad's own pool
+    # the threads are cygrad's own pool, or OpenMP's in the CYGRAD_OPENMP=1 build
+    assert ("-fopenmp " in info["flags"] + " ") == info["openmp"]
+    assert info["openmp"] == (os.environ.get("CYGRAD_EXPECT_OPENMP", "") == "1")
     assert int(info["cython_version"].split(".")[0]) >= 3
 
 
@@ -33,6 +35,25 @@ def test_built_with_threads_when_required():
         pytest.skip("CYGRAD_REQUIRE_THREADS is not set")
     info = cygrad.build_info()
     assert info["threaded"], info
+
+
+def test_the_openmp_build_runs_loops_on_openmp_teams():
+    """CI's OpenMP step (CYGRAD_OPENMP=1, CYGRAD_EXPECT_OPENMP=1): its loops run on
+    OpenMP teams (counted by the pool's stats) and give the pool's bits."""
+    if os.environ.get("CYGRAD_EXPECT_OPENMP", "") != "1":
+        pytest.skip("CYGRAD_EXPECT_OPENMP is not set")
+    from cygrad import _parallel
+    from cygrad import kernels as K
+    assert _parallel.openmp() and "OpenMP" in cygrad.build_info()["thread_layer"]
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((700, 300)).astype(np.float32)
+    b = rng.standard_normal((300, 500)).astype(np.float32)
+    _parallel.stats(reset=True)
+    with cygrad.threads(2):
+        two = K.matmul(a, b)
+    assert _parallel.stats()["loops"] >= 1
+    with cygrad.threads(1):
+        np.testing.assert_array_equal(K.matmul(a, b), two)
 
 
 def test_debug_flag_matches_environment():

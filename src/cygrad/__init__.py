@@ -72,7 +72,8 @@ def build_info():
     -------
     dict
         ``threaded`` (bool: built with the thread pool, cygrad._parallel; False
-        for a serial build), ``thread_layer`` (how loops are threaded),
+        for a serial build), ``openmp`` (bool: the CYGRAD_OPENMP=1 build, loops on
+        OpenMP teams), ``thread_layer`` (how loops are threaded),
         ``max_threads`` (threads the kernels use now), ``compiler``, ``flags``,
         ``cython_version``, ``debug`` (Cython bounds checks on), ``simd`` (the
         instruction-set path the load-time dispatch selected for the elementwise
@@ -87,9 +88,12 @@ def build_info():
 
     info = dict(_build_facts())
     info["gemm_path"], info["gemm_paths"] = _gemm_path()
-    info["thread_layer"] = ("cygrad pool: persistent helpers, dynamic chunks, falls back to "
-                            "one thread when helpers do not pay" if info["threaded"]
-                            else "serial build")
+    from cygrad._parallel import openmp
+    info["openmp"] = openmp()
+    info["thread_layer"] = (
+        "OpenMP teams (CYGRAD_OPENMP=1 build): dynamic chunks, no fallback" if info["openmp"]
+        else "cygrad pool: persistent helpers, dynamic chunks, falls back to one thread when "
+             "helpers do not pay" if info["threaded"] else "serial build")
     info["max_threads"] = get_num_threads() if info["threaded"] else 1
     info["version"] = __version__
     info["numpy_version"] = numpy.__version__

@@ -25,6 +25,7 @@ cdef extern from "bp_pool.h" nogil:
     void bp_pool_set_adaptive(int on)
     int bp_pool_threaded()
     int bp_pool_threads(int nt)
+    int bp_pool_openmp()
 
 
 MAX_THREADS = BP_MAX_THREADS
@@ -54,6 +55,11 @@ cdef bint pool_threaded() noexcept nogil:
 def threaded():
     """True when this build runs loops on helper threads (pthreads and C11 atomics)."""
     return bool(bp_pool_threaded())
+
+
+def openmp():
+    """True in the OpenMP build (CYGRAD_OPENMP=1): loops run on OpenMP teams."""
+    return bool(bp_pool_openmp())
 
 
 def stats(reset=False):

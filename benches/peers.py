@@ -9,7 +9,7 @@ synchronised) and ``arrays()`` (the five arrays as NumPy, for the check).
 Implementations:
     cygrad-compiled cygrad.ner.WindowTrainer (cygrad.compile of the window model: one call per step)
     cygrad-graph   cygrad's graph executor + cygrad.optim.SGD, sparse rows for E
-    numpy          cygrad.reference.WindowTrainer (hand-written NumPy, np.add.at)
+    numpy          cygrad.kernels.reference.WindowTrainer (hand-written NumPy, np.add.at)
     torch-dense    PyTorch eager autograd, dense gradient for E, torch.optim.SGD
     torch-sparse   PyTorch eager autograd, F.embedding(sparse=True), torch.optim.SGD
     jax            JAX, the whole step one jitted function (gradients wrt the

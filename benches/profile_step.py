@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 import cygrad as cg
-from cygrad import _parallel
 from cygrad.compiler import _plan
+from cygrad.kernels import _parallel
 from cygrad.ner import cli
 from cygrad.ner.data import Vocab, read_conll
 from cygrad.ner.model import WindowModel

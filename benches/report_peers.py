@@ -114,7 +114,7 @@ def _kernel_fns(nt):
             "numpy": (lambda: Z * (1 - np.tanh(Z) ** 2), none)},
         "softmax cross-entropy + gradient (512x9)": {
             "cygrad": (lambda: K.softmax_cross_entropy(S, y), none),
-            "numpy": (lambda: cygrad.reference.softmax_cross_entropy(S, y), none)},
+            "numpy": (lambda: cygrad.kernels.reference.softmax_cross_entropy(S, y), none)},
         "embedding gather (512 windows of 5, d=50)": {
             "cygrad": (lambda: K.embedding_gather(E, win), none),
             "numpy": (lambda: E[win].reshape(B, -1), none)},

@@ -104,6 +104,9 @@ CONFIGS.update({
     "glove.w3": _on(DEFAULTS, train={**GLOVE, "word_dropout": 3.0}),
     "glove.hd3": _on(DEFAULTS, train={**GLOVE, "hidden_dropout": 0.3}),
     "glove.doc7": _on(DEFAULTS, model={"doc_context": 0.7}, train=GLOVE),
+    # with the character n-gram bags (compiled since #28's bag plan tasks)
+    "glove.ng25": _on(DEFAULTS, model={"ngram_dim": 25}, train=GLOVE),
+    "glove.ng25.h500": _on(DEFAULTS, model={"ngram_dim": 25, "hidden": (500,)}, train=GLOVE),
     "random": _on(DEFAULTS),    # the defaults: random 50-d word vectors, trained
     "none": _on(DEFAULTS, model={"dim": 0}),    # no word table: the other features only
 })

@@ -1,4 +1,4 @@
-"""Differential fuzzing of cygrad.kernels against cygrad.reference (issue 13's probe,
+"""Differential fuzzing of cygrad.kernels against cygrad.kernels.reference (issue 13's probe,
 made part of the project). Run by tests/test_fuzz.py in a child process, so that a
 crash or a hang is a failing test that names its input, not a dead test run:
 

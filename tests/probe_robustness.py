@@ -26,7 +26,7 @@ import tempfile
 import textwrap
 
 PRE = """
-import numpy as np, cygrad as cg, cygrad.kernels as K, cygrad.reference as R, threading
+import numpy as np, cygrad as cg, cygrad.kernels as K, cygrad.kernels.reference as R, threading
 rng = np.random.default_rng(0)
 def refuse(f, *words):
     try:

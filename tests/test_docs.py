@@ -17,12 +17,12 @@ import cygrad
 import cygrad.data
 import cygrad.distributed
 import cygrad.kernels
+import cygrad.kernels.reference
 import cygrad.ner
 import cygrad.ner.model
 import cygrad.nn
 import cygrad.nn.init
 import cygrad.optim
-import cygrad.reference
 from helpers import subprocess_env
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
@@ -71,7 +71,7 @@ def test_every_public_name_is_in_the_api_reference(mod):
 
 
 def _objects():
-    for mod in PUBLIC + [cygrad.reference, cygrad.ner.model]:
+    for mod in PUBLIC + [cygrad.kernels.reference, cygrad.ner.model]:
         yield mod.__name__, mod
         names = getattr(mod, "__all__", None) or [n for n in vars(mod) if not n.startswith("_")]
         for n in names:

@@ -150,7 +150,7 @@ def test_outer_accumulate_batch(dtype, nthreads, rng):
 
 @pytest.fixture(params=["avx512", "avx2", "generic"])
 def gemm_path(request):
-    from cygrad import _gemm
+    from cygrad.kernels import _gemm
 
     if request.param not in _gemm._gemm_path()[1]:
         pytest.skip(f"this CPU cannot run the {request.param} micro-kernel")
@@ -186,7 +186,7 @@ def test_every_dispatch_path(gemm_path, m, n, k, ta, tb, dtype, rng):
 
 
 def test_force_unknown_path():
-    from cygrad import _gemm
+    from cygrad.kernels import _gemm
 
     with pytest.raises(ValueError, match="not supported here"):
         _gemm._force_gemm_path("sse9")

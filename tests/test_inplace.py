@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import cygrad as cg
-from cygrad import _guard
+from cygrad.graph import _guard
 
 
 def t(a, **kw):

@@ -1,4 +1,4 @@
-"""Optimisers: the fused kernels against cygrad.reference, Adam/AdamW against
+"""Optimisers: the fused kernels against cygrad.kernels.reference, Adam/AdamW against
 updates computed by hand from the Adam paper, momentum against PyTorch's rule
 written out, lazy sparse Adam against a dense oracle on the touched rows,
 clipping, schedules, state_dict round trips, compiled steps in gradient mode."""

@@ -1,4 +1,4 @@
-"""The thread layer (cygrad._parallel): every kernel and the training steps give
+"""The thread layer (cygrad.kernels._parallel): every kernel and the training steps give
 bitwise the same result for 1, 2 and 3 (oversubscribed) threads; the results
 stay correct and the calls terminate while another process keeps a core busy;
 a child forked after the parent used threads works; the thread setting may
@@ -16,8 +16,8 @@ import pytest
 
 import cygrad
 import cygrad as cg
-from cygrad import _parallel
 from cygrad import kernels as K
+from cygrad.kernels import _parallel
 from cygrad.ner import WindowTrainer
 from cygrad.optim import Adagrad
 
@@ -259,7 +259,8 @@ def test_fork_after_threads():
                     "build, the default, is")
     out = _run_child("""
         import os, numpy as np, cygrad
-        from cygrad import kernels as K, _parallel
+        from cygrad import kernels as K
+        from cygrad.kernels import _parallel
         _parallel.set_adaptive(False)
         a = np.random.default_rng(0).standard_normal((400, 400))
         cygrad.set_num_threads(2)

@@ -1,5 +1,5 @@
 """cygrad.ner.WindowTrainer, the window model's compiled training step, held to
-three independent oracles: the NumPy twin in cygrad.reference, the graph
+three independent oracles: the NumPy twin in cygrad.kernels.reference, the graph
 executor (the same model built from graph ops, with cygrad.optim.SGD), and
 numeric central-difference gradients of the loss."""
 
@@ -298,7 +298,7 @@ def test_window_scores_typed_bad_input(rng):
 @pytest.mark.parametrize("B", [1, 8, 40, 300])
 def test_every_gemm_path(path, B, rng):
     """The compiled step on each micro-kernel path the CPU supports (forced in turn)."""
-    from cygrad import _gemm
+    from cygrad.kernels import _gemm
     if path not in _gemm._gemm_path()[1]:
         pytest.skip(f"this CPU cannot run the {path} micro-kernel")
     p = params(rng, H=300, dtype=np.float64)

@@ -1,6 +1,6 @@
 """cygrad: backpropagation kernels for multicore CPUs (CS224N lecture 3, compiled).
 
-``cygrad.kernels`` holds the compiled kernels, ``cygrad.reference`` their NumPy
+``cygrad.kernels`` holds the compiled kernels, ``cygrad.kernels.reference`` their NumPy
 twins; ``cygrad.Tensor`` and the functions beside it form the graph executor
 (``cygrad.graph``), and ``compile`` turns a training step written with them into
 one compiled call (``cygrad.compiler``); ``set_num_threads``, ``get_num_threads``
@@ -11,8 +11,6 @@ copy was built.
 __version__ = "0.1.0"
 
 from cygrad import (
-    _cygrad_threads,  # noqa: F401  (the file name threadpoolctl finds)
-    _threadpool,
     data,
     kernels,
     nn,
@@ -60,6 +58,10 @@ from cygrad.graph import (
     tensor,
     use_backend,
 )
+from cygrad.kernels import (
+    _cygrad_threads,  # noqa: F401  (the file name threadpoolctl finds)
+    _threadpool,
+)
 from cygrad.serialize import FormatError, load, save
 
 _threadpool.register()      # threadpool_info() / threadpool_limits() see cygrad's pool
@@ -71,7 +73,7 @@ def build_info():
     Returns
     -------
     dict
-        ``threaded`` (bool: built with the thread pool, cygrad._parallel; False
+        ``threaded`` (bool: built with the thread pool, cygrad.kernels._parallel; False
         for a serial build), ``openmp`` (bool: the CYGRAD_OPENMP=1 build, loops on
         OpenMP teams), ``thread_layer`` (how loops are threaded),
         ``max_threads`` (threads the kernels use now), ``compiler``, ``flags``,
@@ -83,12 +85,12 @@ def build_info():
     """
     import numpy
 
-    from cygrad._common import _build_facts
-    from cygrad._gemm import _gemm_path
+    from cygrad.kernels._common import _build_facts
+    from cygrad.kernels._gemm import _gemm_path
 
     info = dict(_build_facts())
     info["gemm_path"], info["gemm_paths"] = _gemm_path()
-    from cygrad._parallel import openmp
+    from cygrad.kernels._parallel import openmp
     info["openmp"] = openmp()
     info["thread_layer"] = (
         "OpenMP teams (CYGRAD_OPENMP=1 build): dynamic chunks, no fallback" if info["openmp"]

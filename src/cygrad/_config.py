@@ -2,7 +2,7 @@
 
 The default is OMP_NUM_THREADS when it is set to a positive integer, else the
 number of cores this process may run on. Every kernel reads the setting when it
-is called and hands it to the thread pool (cygrad._parallel) as a ceiling: small
+is called and hands it to the thread pool (cygrad.kernels._parallel) as a ceiling: small
 inputs run on one thread, and the pool itself runs a loop on the calling thread
 alone while its helpers do not pay (another process is using the cores).
 
@@ -73,7 +73,7 @@ def resolve(threads=None, work=None, min_work=0):
     """The one thread resolver of the kernels and the compiled plans: ``threads``
     (checked) if given, else the setting (:func:`get_num_threads`); 1 when ``work``
     is below ``min_work`` (threads make small work slower). The pool may still run
-    a loop on fewer (cygrad._parallel.pool_threads)."""
+    a loop on fewer (cygrad.kernels._parallel.pool_threads)."""
     if work is not None and work < min_work:
         return 1
     return _check(threads) if threads is not None else get_num_threads()

@@ -8,14 +8,14 @@ ownership classes of table rows) cut into chunks fixed by the shape alone.
 cygrad.compile groups consecutive tasks that touch the same rows or columns of
 what they share into one *group* (chunk c of every task of a group runs on one
 thread, in order), and independent groups into one *stage*; a stage is one loop
-of the thread pool (cygrad._parallel) over the chunks of its groups, and the
+of the thread pool (cygrad.kernels._parallel) over the chunks of its groups, and the
 stages run one after the other: the only synchronisation is where a task reads
 what a task of another chunk wrote. The pool claims chunks dynamically and
 counts completion by chunks, so a preempted helper never holds the step back;
 on one thread a stage's groups run each over their whole range.
 
 Numerics: the same C loops as the kernels (csrc/bp_elementwise, bp_gemm through
-cygrad._gemm). For SGD the loss gradient carries -lr, so that every later
+cygrad.kernels._gemm). For SGD the loss gradient carries -lr, so that every later
 product is an update: W += (-lr Δ)ᵀ X accumulates straight into W, each column
 block of W read (for the input gradient) before its owner updates it. Losses are
 summed in fixed blocks of LOSS_BLOCK rows and GEMM results do not depend on the
@@ -30,16 +30,16 @@ from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport sqrt, INFINITY
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
-from cygrad._common cimport first_out_of_range, index_into
-from cygrad._csrc cimport bp_adam_f32, bp_adam_f64
-from cygrad._crf cimport _Crf, nll_one, nll_one_log
-from cygrad._crf import check_gold, transition_tables
-from cygrad._bags cimport bag_rows
+from cygrad.kernels._parallel cimport bp_set_flag, parallel_for, pool_threads
+from cygrad.kernels._common cimport first_out_of_range, index_into
+from cygrad.kernels._csrc cimport bp_adam_f32, bp_adam_f64
+from cygrad.kernels._crf cimport _Crf, nll_one, nll_one_log
+from cygrad.kernels._crf import check_gold, transition_tables
+from cygrad.kernels._bags cimport bag_rows
 
 cnp.import_array()
 
-from cygrad._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
+from cygrad.kernels._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
                              adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
                              act_bwd as _act_bwd, softmax_xent, sigmoid_bce,
                              max_margin, dropout as _dropout, weighted_xent, mse as _mse,
@@ -915,7 +915,7 @@ cdef class Plan:
 
 
 from cygrad import _config
-from cygrad._guard import written as _written
+from cygrad.graph._guard import written as _written
 
 
 cdef Py_ssize_t _outside_unit(floating *t, Py_ssize_t n) noexcept nogil:

@@ -20,7 +20,6 @@ in ``TASK_CODES``, its branch of ``_task``) and its entry here.
 
 import numpy as np
 
-from cygrad._elementwise import ACT_CODES
 from cygrad.compiler.builder import (
     COL_GRAIN,
     COLS,
@@ -37,6 +36,7 @@ from cygrad.compiler.builder import (
     View,
 )
 from cygrad.graph import Tensor, Traced
+from cygrad.kernels._elementwise import ACT_CODES
 
 # activations whose derivative follows from the output (for relu, leaky_relu with a
 # slope >= 0 and hardtanh, the output has the input's sign and clipping), so that
@@ -244,7 +244,7 @@ def _fwd_dropout(bld, node, name, pa, ctx):
     if x._op is None:
         raise Unsupported("dropout of a leaf tensor")
     xv = bld.val[id(x)]
-    from cygrad._elementwise import DROPOUT_MAX_ELEMENTS, DROPOUT_MAX_KEY
+    from cygrad.kernels._elementwise import DROPOUT_MAX_ELEMENTS, DROPOUT_MAX_KEY
     if xv.rows * xv.cols > DROPOUT_MAX_ELEMENTS:
         raise Unsupported(f"dropout of {xv.rows * xv.cols} elements (at most 2**32)")
     live = bld.live.get(id(karr))

@@ -7,12 +7,12 @@ gradient mode (the gradients handed to the optimiser's own ``step()``)."""
 import numpy as np
 
 from cygrad import kernels as _K
-from cygrad._crf import reachability
 from cygrad.compiler import _plan
 from cygrad.compiler.builder import STATE_ATTR
 from cygrad.compiler.schedule import layout
 from cygrad.graph import Tensor
 from cygrad.graph.ops import SparseRows
+from cygrad.kernels._crf import reachability
 
 # multiply-adds of the step's products below which one thread runs: measured on the
 # 2-core machine (MLPs 64-H-10, Adam, compiled), 2 threads / 1 thread was 0.60 at 0.9 M,
@@ -386,7 +386,7 @@ def _describe(form):
 
 class CrfArrays:
     """The CRF loss's arrays, allocated once at the plan's capacity (rows N,
-    sentences S): the kernel's float64 tables (cygrad._crf's), the offsets, the
+    sentences S): the kernel's float64 tables (cygrad.kernels._crf's), the offsets, the
     transitions' tables and the mask's reachability (fixed by the mask)."""
 
     def __init__(self, builder, plan):

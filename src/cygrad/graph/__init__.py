@@ -10,7 +10,7 @@ value used twice are summed. Each node's upstream gradient is computed once and
 handed to every input below it (the lecture's delta, reused).
 
 The ops run on the compiled kernels (``cygrad.kernels``) by default; inside
-``use_backend("numpy")`` they run on ``cygrad.reference`` instead, with the
+``use_backend("numpy")`` they run on ``cygrad.kernels.reference`` instead, with the
 same results.
 
 Gradient bookkeeping follows PyTorch: ``.grad`` is kept for leaves (tensors

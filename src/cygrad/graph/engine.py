@@ -7,11 +7,11 @@ import threading
 
 import numpy as np
 
-from cygrad import _guard
 from cygrad import kernels as _kernels
 from cygrad import reference as _reference
-from cygrad._guard import Context, is_protected, written  # noqa: F401
-from cygrad._guard import protect as _protect
+from cygrad.graph import _guard
+from cygrad.graph._guard import Context, is_protected, written  # noqa: F401
+from cygrad.graph._guard import protect as _protect
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -582,7 +582,7 @@ def _topological_order(root, every=False):
 # ------------------------------------------------------------------ op protocol
 
 # Context (what a forward saves for its backward) and the write protection of the
-# saved arrays, PyTorch's version counters for NumPy, live in cygrad._guard.
+# saved arrays, PyTorch's version counters for NumPy, live in cygrad.graph._guard.
 
 _FREED = ("freed",)     # ctx.saved once backward ran through the node
 

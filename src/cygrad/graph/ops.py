@@ -515,7 +515,7 @@ def dropout(x, p, key, stream=0, training=True):
                                         or arr.ndim > 1):
         raise ValueError(f"dropout: key must be one integer, or two (key, row), got an "
                          f"array of dtype {arr.dtype} and shape {arr.shape}")
-    from cygrad._elementwise import DROPOUT_MAX_KEY, dropout_params
+    from cygrad.kernels._elementwise import DROPOUT_MAX_KEY, dropout_params
 
     row = 0
     if isinstance(arr, np.ndarray) and arr.size == 2:
@@ -676,7 +676,7 @@ def softmax_cross_entropy(logits, labels, reduction="mean", weight=None):
         weights. Used in float64; a float64 C-contiguous array is used as it is, so
         a compiled step reads it at every call.
     """
-    from cygrad._losses import class_weights, reduction_divisor
+    from cygrad.kernels._losses import class_weights, reduction_divisor
     fn = "softmax_cross_entropy"
     labels = _index_array(fn, "labels", labels)
     reduction_divisor(reduction, 1, fn)
@@ -708,7 +708,7 @@ class SigmoidBCE(Op):
 def sigmoid_binary_cross_entropy(scores, targets, reduction="mean"):
     """Logistic loss of scores (B,) or (B, 1) against targets of their shape, in [0, 1];
     ``reduction`` "mean" (default) or "sum"."""
-    from cygrad._losses import reduction_divisor
+    from cygrad.kernels._losses import reduction_divisor
     reduction_divisor(reduction, 1, "sigmoid_binary_cross_entropy")
     targets = np.asarray(targets.data if isinstance(targets, Tensor) else _untraced(targets))
     return SigmoidBCE.apply(scores, targets=targets, reduction=reduction)
@@ -735,7 +735,7 @@ class MaxMargin(Op):
 def max_margin(s_true, s_corrupt, margin=1.0, reduction="mean"):
     """Mean (``reduction="sum"``: sum) of max(0, margin - s + s_c) over a batch of
     (true, corrupt) window scores."""
-    from cygrad._losses import reduction_divisor
+    from cygrad.kernels._losses import reduction_divisor
     reduction_divisor(reduction, 1, "max_margin")
     return MaxMargin.apply(s_true, s_corrupt, margin=margin, reduction=reduction)
 
@@ -763,7 +763,7 @@ def mse_loss(pred, target, reduction="mean"):
     """Mean squared error of pred (any shape) against target of its shape (an array
     or a tensor, converted to pred's dtype); ``reduction`` "mean" (over every
     element, the default) or "sum"."""
-    from cygrad._losses import reduction_divisor
+    from cygrad.kernels._losses import reduction_divisor
     reduction_divisor(reduction, 1, "mse_loss")
     if isinstance(target, Tensor):
         if target.requires_grad:

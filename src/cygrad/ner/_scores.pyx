@@ -4,7 +4,7 @@
 S = f(X Wᵀ + b) Uᵀ + c for a batch of windows, X being the concatenation, table
 by table, of each window's rows: gather, hidden layer and output layer per row
 block, so that X and the hidden layer of a block stay in cache. Rows are cut
-into parts (multiples of 8 rows) that the pool's threads (cygrad._parallel)
+into parts (multiples of 8 rows) that the pool's threads (cygrad.kernels._parallel)
 claim one at a time; each row's scores do not depend on the split.
 cygrad.ner.model calls it for the model it describes (one hidden layer,
 concatenated windows); training runs on cygrad.compile.
@@ -13,17 +13,17 @@ concatenated windows); training runs on cygrad.compile.
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
+from cygrad.kernels._parallel cimport bp_set_flag, parallel_for, pool_threads
 from libc.string cimport memcpy
 
-from cygrad._common cimport index_array
+from cygrad.kernels._common cimport index_array
 from cygrad import _config
 
 cnp.import_array()
 
-from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
+from cygrad.kernels._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
                            BP_SILU)
-from cygrad._nogil cimport split_at, gemm as _gemm, add_bias, act_fwd, axpy
+from cygrad.kernels._nogil cimport split_at, gemm as _gemm, add_bias, act_fwd, axpy
 
 
 cdef enum:

@@ -3,7 +3,7 @@ one compiled training step per call.
 
 A thin front over :func:`cygrad.compile`: the model is the graph of
 :func:`cygrad.ner.model.window_logits`, the step its compiled plan. Its NumPy twin
-is :class:`cygrad.reference.WindowTrainer`.
+is :class:`cygrad.kernels.reference.WindowTrainer`.
 """
 
 import math

@@ -1,10 +1,10 @@
 # cython: language_level=3
 """Embedding windows: gather rows into concatenated windows, scatter their
 gradients back, SGD and Adagrad on the touched rows (the dense steps are in
-cygrad._optim).
+cygrad.kernels._optim).
 
 Design: gather is split by output rows (windows), in fixed chunks of about GRAIN
-elements claimed by the pool's threads (cygrad._parallel). Scatter-add and the
+elements claimed by the pool's threads (cygrad.kernels._parallel). Scatter-add and the
 sparse SGD update are split by *table row ownership*: class t of nt handles
 exactly the slots whose row id lies in a block of 16 rows numbered b with
 b % nt == t, scanning the slots in (window, position) order (a scratch list of
@@ -21,14 +21,14 @@ cimport numpy as cnp
 from cython cimport floating
 from libc.string cimport memcpy
 
-from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array,
+from cygrad.kernels._common cimport (float_array, inplace_array, same_dtype, out_array,
                              index_array, threads_for, is_f32, no_overlap, check_lr_eps,
                              sparse_update_args)
-from cygrad._parallel cimport parallel_for, pool_threads
+from cygrad.kernels._parallel cimport parallel_for, pool_threads
 
 cnp.import_array()
 
-from cygrad._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
+from cygrad.kernels._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
                            bp_sparse_adagrad_f32, bp_sparse_adagrad_f64)
 
 cdef enum:

@@ -7,14 +7,14 @@
 cimport numpy as cnp
 from cython cimport floating
 
-from cygrad._csrc cimport (
+from cygrad.kernels._csrc cimport (
     bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32, bp_unary_bwd_f64,
     bp_axpy_f32, bp_axpy_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32, bp_colsum_f64,
     bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
     bp_sigmoid_bce_f32, bp_sigmoid_bce_f64, bp_max_margin_f32, bp_max_margin_f64,
     bp_dropout_f32, bp_dropout_f64, bp_layer_norm_f32, bp_layer_norm_f64,
     bp_layer_norm_bwd_f32, bp_layer_norm_bwd_f64)
-from cygrad._gemm cimport gemm_block_f32, gemm_block_f64
+from cygrad.kernels._gemm cimport gemm_block_f32, gemm_block_f64
 
 
 cdef inline Py_ssize_t split_at(Py_ssize_t n, Py_ssize_t parts, Py_ssize_t t,
@@ -32,7 +32,7 @@ cdef inline int gemm(Py_ssize_t m, Py_ssize_t n, Py_ssize_t i0, Py_ssize_t i1, P
                      Py_ssize_t j1, Py_ssize_t k, const floating *A, int ta, Py_ssize_t lda,
                      const floating *B, int tb, Py_ssize_t ldb, floating *C, Py_ssize_t ldc,
                      int accumulate) noexcept nogil:
-    """C[i0:i1, j0:j1] (+)= (op(A) op(B))[i0:i1, j0:j1] (cygrad._gemm's block routine);
+    """C[i0:i1, j0:j1] (+)= (op(A) op(B))[i0:i1, j0:j1] (cygrad.kernels._gemm's block routine);
     nonzero if a packing buffer could not be allocated."""
     if floating is float:
         return gemm_block_f32(m, n, i0, i1, j0, j1, k, A, ta, lda, B, tb, ldb, C, ldc,

@@ -15,9 +15,9 @@ repeated rows). Checks run once at the Python boundary: bag ids within
 
 import numpy as np
 cimport numpy as cnp
-from cygrad._parallel cimport parallel_for
+from cygrad.kernels._parallel cimport parallel_for
 
-from cygrad._common cimport float_array, index_array, threads_for, is_f32
+from cygrad.kernels._common cimport float_array, index_array, threads_for, is_f32
 
 cnp.import_array()
 

@@ -3,7 +3,7 @@
 
 Design: C is split between threads by ownership, into row ranges (or column
 ranges when C has too few rows to go round), claimed from the pool
-(cygrad._parallel); each thread runs the packed,
+(cygrad.kernels._parallel); each thread runs the packed,
 cache-blocked GEMM of csrc/bp_gemm_kernels.c on its block: panels of op(A) and
 op(B) packed into contiguous buffers (transposes are absorbed by the packing,
 never materialised; with a row split and an op(B) of over 2 MB the threads pack
@@ -31,14 +31,14 @@ share of it.
 import numpy as np
 cimport numpy as cnp
 from cython cimport floating
-from cygrad._parallel cimport bp_set_flag, parallel_for, pool_threads
+from cygrad.kernels._parallel cimport bp_set_flag, parallel_for, pool_threads
 
-from cygrad._common cimport (float_array, inplace_array, same_dtype, out_array, threads_for,
+from cygrad.kernels._common cimport (float_array, inplace_array, same_dtype, out_array, threads_for,
                              is_f32)
 
 cnp.import_array()
 
-from cygrad._csrc cimport (bp_for_fn, bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, bp_gemm_paths,
+from cygrad.kernels._csrc cimport (bp_for_fn, bp_gemm_block_f32, bp_gemm_block_f64, bp_gemm_path, bp_gemm_paths,
                            bp_gemm_reset_path, bp_gemm_uses_packed_f32, bp_gemm_uses_packed_f64,
                            bp_gemm_shared_f32, bp_gemm_shared_f64)
 

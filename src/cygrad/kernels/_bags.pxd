@@ -1,4 +1,4 @@
-# The embedding bags' forward rows (cygrad/_bags.pyx), for the compiled plans
+# The embedding bags' forward rows (cygrad/kernels/_bags.pyx), for the compiled plans
 # (cygrad.compiler._plan) to run the kernel's own loop.
 cimport numpy as cnp
 

@@ -1,7 +1,7 @@
 """The compiled kernels: Cython over raw buffers, SIMD loops in C, cygrad's thread pool.
 
 Every function here has a twin of the same name and signature in
-:mod:`cygrad.reference` (plain NumPy), which the tests use as the oracle.
+:mod:`cygrad.kernels.reference` (plain NumPy), which the tests use as the oracle.
 
 Conventions
 -----------
@@ -17,10 +17,10 @@ Conventions
   for any thread count.
 """
 
-from cygrad._bags import embedding_bag_backward, embedding_bag_windows
-from cygrad._crf import crf_nll, crf_viterbi
-from cygrad._decode import constrained_viterbi
-from cygrad._elementwise import (
+from cygrad.kernels._bags import embedding_bag_backward, embedding_bag_windows
+from cygrad.kernels._crf import crf_nll, crf_viterbi
+from cygrad.kernels._decode import constrained_viterbi
+from cygrad.kernels._elementwise import (
     add_bias,
     bias_grad,
     dropout,
@@ -41,15 +41,20 @@ from cygrad._elementwise import (
     tanh,
     tanh_backward,
 )
-from cygrad._embedding import (
+from cygrad.kernels._embedding import (
     embedding_adagrad_update,
     embedding_gather,
     embedding_scatter_add,
     embedding_sgd_update,
 )
-from cygrad._gemm import matmul, outer_accumulate
-from cygrad._losses import max_margin, mse_loss, sigmoid_binary_cross_entropy, softmax_cross_entropy
-from cygrad._optim import (
+from cygrad.kernels._gemm import matmul, outer_accumulate
+from cygrad.kernels._losses import (
+    max_margin,
+    mse_loss,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+)
+from cygrad.kernels._optim import (
     adagrad_update,
     adam_update,
     embedding_adam_update,

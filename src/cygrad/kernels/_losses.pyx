@@ -4,7 +4,7 @@ loss and the max-margin loss of CS224N lecture 3.
 
 Design: softmax cross-entropy runs over fixed blocks of 256 rows (one row is
 read once: max, exponentials into the gradient row, normalise); the blocks are
-claimed by the pool's threads (cygrad._parallel), each block's loss is summed in double
+claimed by the pool's threads (cygrad.kernels._parallel), each block's loss is summed in double
 into its own slot, and the slots are added in block order, so the mean loss
 is bitwise the same for any thread count. Labels are range-checked at the
 wrapper.
@@ -14,14 +14,14 @@ import numpy as np
 cimport numpy as cnp
 from cython cimport floating
 
-from cygrad._common cimport (float_array, same_dtype, out_array, index_array, no_overlap,
+from cygrad.kernels._common cimport (float_array, same_dtype, out_array, index_array, no_overlap,
                              threads_for, is_f32)
-from cygrad._parallel cimport parallel_for
-from cygrad._nogil cimport weighted_xent, mse as _mse
+from cygrad.kernels._parallel cimport parallel_for
+from cygrad.kernels._nogil cimport weighted_xent, mse as _mse
 
 cnp.import_array()
 
-from cygrad._csrc cimport (bp_max_margin_f32, bp_max_margin_f64, bp_softmax_xent_f32,
+from cygrad.kernels._csrc cimport (bp_max_margin_f32, bp_max_margin_f64, bp_softmax_xent_f32,
                            bp_softmax_xent_f64, bp_sigmoid_bce_f32,
                            bp_sigmoid_bce_f64)
 

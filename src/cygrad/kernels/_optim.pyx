@@ -5,21 +5,21 @@ param -= lr * grad / (sqrt(accum) + eps)``; SGD with momentum (and Nesterov,
 weight decay) and Adam / AdamW, each one pass over param, grad and state.
 
 Design: one flat loop over param, grad (and accum) in fixed chunks of GRAIN
-elements claimed by the pool's threads (cygrad._parallel); every element is
+elements claimed by the pool's threads (cygrad.kernels._parallel); every element is
 owned by one chunk, so the result is the same for any thread count. The sparse
-steps on embedding rows are in cygrad._embedding.
+steps on embedding rows are in cygrad.kernels._embedding.
 """
 
 import numpy as np
 cimport numpy as cnp
 
-from cygrad._common cimport (float_array, inplace_array, same_dtype, threads_for, is_f32,
+from cygrad.kernels._common cimport (float_array, inplace_array, same_dtype, threads_for, is_f32,
                              no_overlap, check_lr_eps, index_array, sparse_update_args)
-from cygrad._parallel cimport parallel_for
+from cygrad.kernels._parallel cimport parallel_for
 
 cnp.import_array()
 
-from cygrad._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
+from cygrad.kernels._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
                            bp_sgd_momentum_f32, bp_sgd_momentum_f64, bp_adam_f32, bp_adam_f64,
                            bp_sparse_adam_f32, bp_sparse_adam_f64)
 

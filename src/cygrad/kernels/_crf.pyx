@@ -16,10 +16,10 @@ only after B-X or I-X): forbidden ones take no part in Z and get no gradient.
 Gradients: d s[t, c] = P(y_t = c) - [gold_t = c], d T[p, c] = expected minus
 observed count of the transition p -> c, from the forward (alpha) and backward
 (beta) recursions, scaled (each step normalised, log Z from the normalisers) in
-double precision; cygrad.reference.crf_nll runs them in log space.
+double precision; cygrad.kernels.reference.crf_nll runs them in log space.
 
 Design: sentences are independent, so threads take chunks of SENT_GRAIN
-sentences from the pool (cygrad._parallel). Each sentence writes its own rows of
+sentences from the pool (cygrad.kernels._parallel). Each sentence writes its own rows of
 the alpha/beta tables and of d s, and its own (C + 1)^2 block of transition
 counts; the blocks are summed afterwards in sentence order. So the result is
 the same for any thread count. Scratch memory is allocated once per call, at
@@ -29,9 +29,9 @@ the Python boundary, before the GIL is released.
 import numpy as np
 cimport numpy as cnp
 from libc.math cimport INFINITY, exp, fabs, log
-from cygrad._parallel cimport parallel_for
+from cygrad.kernels._parallel cimport parallel_for
 
-from cygrad._common cimport float_array, index_array, threads_for
+from cygrad.kernels._common cimport float_array, index_array, threads_for
 
 cnp.import_array()
 
@@ -40,7 +40,7 @@ cdef enum:
     SENT_GRAIN = 8      # sentences per chunk of a threaded loop
 
 
-# the _Crf struct: cygrad/_crf.pxd (compiled plans run the same sentences)
+# the _Crf struct: cygrad/kernels/_crf.pxd (compiled plans run the same sentences)
 
 
 cdef double _gold(_Crf *k, Py_ssize_t t0, Py_ssize_t t1, double *dT) noexcept nogil:

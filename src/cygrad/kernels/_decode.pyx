@@ -2,7 +2,7 @@
 """Constrained Viterbi decoding of per-token tag scores.
 
 Design: sentences are independent, so they are shared out between threads
-in chunks of SENT_GRAIN sentences claimed from the pool (cygrad._parallel); each sentence's dynamic programme runs
+in chunks of SENT_GRAIN sentences claimed from the pool (cygrad.kernels._parallel); each sentence's dynamic programme runs
 serially in double over its own rows of the preallocated score and
 back-pointer tables, which no other thread touches. Ties go to the lowest tag
 index, so the result does not depend on the thread count.
@@ -10,10 +10,10 @@ index, so the result does not depend on the thread count.
 
 import numpy as np
 cimport numpy as cnp
-from cygrad._parallel cimport parallel_for
+from cygrad.kernels._parallel cimport parallel_for
 from libc.math cimport INFINITY
 
-from cygrad._common cimport float_array, index_array, threads_for
+from cygrad.kernels._common cimport float_array, index_array, threads_for
 
 cnp.import_array()
 

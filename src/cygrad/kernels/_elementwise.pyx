@@ -3,7 +3,7 @@
 
 Design: the array is cut into fixed chunks of GRAIN elements (rows for the bias
 add, COL_GRAIN columns for the bias gradient), claimed by the threads of the
-pool (cygrad._parallel), each handed to a vectorised C loop
+pool (cygrad.kernels._parallel), each handed to a vectorised C loop
 (csrc/bp_elementwise.c, cloned per ISA level). Every output element is written
 by exactly one thread, and its value does not depend on the chunk it is in:
 results are identical for any thread count. Elementwise arithmetic runs in the
@@ -15,13 +15,13 @@ Bias gradients are split by columns and summed in double, rows in order.
 import numpy as np
 cimport numpy as cnp
 
-from cygrad._common cimport (float_array, same_dtype, out_array, threads_for, is_f32,
+from cygrad.kernels._common cimport (float_array, same_dtype, out_array, threads_for, is_f32,
                              no_overlap)
-from cygrad._parallel cimport parallel_for
+from cygrad.kernels._parallel cimport parallel_for
 
 cnp.import_array()
 
-from cygrad._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
+from cygrad.kernels._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
                            BP_SILU, bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32,
                            bp_unary_bwd_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32,
                            bp_colsum_f64, bp_dropout_f32, bp_dropout_f64)
@@ -435,7 +435,7 @@ def bias_grad(dz, out=None):
 
 # ------------------------------------------------------------ layer normalisation
 
-from cygrad._nogil cimport layer_norm as _ln_rows, layer_norm_bwd as _ln_bwd_rows
+from cygrad.kernels._nogil cimport layer_norm as _ln_rows, layer_norm_bwd as _ln_bwd_rows
 
 
 cdef struct _Ln:

@@ -4,7 +4,7 @@
 import numpy as np
 cimport numpy as cnp
 from libc.string cimport memcpy
-from cygrad._parallel cimport pool_threaded
+from cygrad.kernels._parallel cimport pool_threaded
 from cygrad import _config
 
 cnp.import_array()

@@ -4,6 +4,6 @@
 threadpoolctl finds thread pools by the file names of the shared libraries a process
 has loaded, then asks the controller registered for that name; the name of this
 module's file (``_cygrad_threads...so``) is the one cygrad's controller
-(:mod:`cygrad._threadpool`) registers, so that ``threadpool_info()`` lists cygrad's
+(:mod:`cygrad.kernels._threadpool`) registers, so that ``threadpool_info()`` lists cygrad's
 pool and ``threadpool_limits`` sets its thread count. The pool itself is
-cygrad._parallel (csrc/bp_pool.c)."""
+cygrad.kernels._parallel (csrc/bp_pool.c)."""

@@ -1,4 +1,4 @@
-# The linear-chain CRF's per-sentence forward-backward (cygrad/_crf.pyx), for the
+# The linear-chain CRF's per-sentence forward-backward (cygrad/kernels/_crf.pyx), for the
 # compiled plans (cygrad.compiler._plan) to run the same sentences as the kernel.
 cimport numpy as cnp
 

@@ -5,7 +5,7 @@ Build it (warnings are errors, as in CI) with::
     pip install ".[docs]"
     sphinx-build -W --keep-going -b html docs docs/_build/html
 
-The code blocks of the pages run as tests (tests/test_docs.py), and every
+The code blocks of the pages run as tests (tests/project/test_docs.py), and every
 public name of the package must have an entry in ``api.rst`` (the same test).
 """
 

@@ -7,7 +7,7 @@ The step: the model's graph (cygrad.ner.model.window_logits) under its loss,
 compiled with cygrad.compile (one call per batch: forward, backward and the
 optimiser's update; one plan serves the CRF's sentence batches of every size:
 dynamic rows); ``TrainConfig(compile=False)`` (``--no-compile``) runs the same graph
-on the eager executor. tests/test_ner.py checks that both give the same parameters,
+on the eager executor. tests/ner/test_ner.py checks that both give the same parameters,
 for every model the command line trains.
 """
 

@@ -12,7 +12,8 @@ from helpers import subprocess_env
 
 pytestmark = pytest.mark.slow     # README's commands, run as written
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+README = os.path.join(ROOT, "README.md")
 
 
 def _examples():

@@ -170,7 +170,7 @@ def test_cli_defaults_are_the_sweeps_choice(tmp_path, monkeypatch):
     from cygrad.ner import train as train_mod
     from cygrad.ner.train import TrainConfig
 
-    path = os.path.join(os.path.dirname(__file__), "..", "benches", "sweep_generalise.py")
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "benches", "sweep_generalise.py")
     spec = importlib.util.spec_from_file_location("sweep_generalise", path)
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)

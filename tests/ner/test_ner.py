@@ -28,7 +28,7 @@ from cygrad.ner.evaluate import chunks, evaluate
 from cygrad.ner.model import Config, ModelError, WindowModel
 from cygrad.ner.train import TrainConfig, checkpoint_path, score, train
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONLL = pathlib.Path(os.environ.get("CYGRAD_CONLL_DIR", ROOT.parent / "shared" / "data"
                                     / "conll2003"))
 

@@ -1,8 +1,8 @@
 """Differential fuzzing of cygrad.kernels against cygrad.kernels.reference (issue 13's probe,
-made part of the project). Run by tests/test_fuzz.py in a child process, so that a
+made part of the project). Run by tests/kernels/test_fuzz.py in a child process, so that a
 crash or a hang is a failing test that names its input, not a dead test run:
 
-    python tests/fuzz_kernels.py --log LOG [--seconds S] [--examples N] [--seed K]
+    python tests/kernels/fuzz_kernels.py --log LOG [--seconds S] [--examples N] [--seed K]
 
 Hypothesis draws shapes (empty, one, odd, a few hundred), dtypes, byte orders,
 strides (sliced, Fortran, negative), misaligned starts and read-only inputs, and

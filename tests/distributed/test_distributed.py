@@ -117,7 +117,7 @@ def test_import_without_mpi_names_the_extra(monkeypatch):
 @needs_mpi
 def test_readme_mpi_example_runs(tmp_path):
     import re
-    readme = os.path.join(os.path.dirname(HERE), "docs", "distributed.md")
+    readme = os.path.join(os.path.dirname(os.path.dirname(HERE)), "docs", "distributed.md")
     if not os.path.isfile(readme):
         pytest.skip("docs/distributed.md is not beside tests/")
     code = re.search(r"<!-- readme-mpi-example[^>]*-->\s*```python\n(.*?)```",

@@ -1,5 +1,5 @@
 """Differential fuzzing of every kernel against the NumPy reference, in a child
-process (tests/fuzz_kernels.py): valid inputs in every layout must give the
+process (tests/kernels/fuzz_kernels.py): valid inputs in every layout must give the
 reference's answer, invalid ones a clear error that names them and changes
 nothing; a crash or a hang fails here with the input that caused it.
 
@@ -39,7 +39,7 @@ def test_kernels_against_reference_in_a_child_process(tmp_path):
 
 
 def test_the_issues_reproducers_fail_cleanly_or_work():
-    """tests/probe_robustness.py: every reproducer class of issue 13 (threads, aliasing
+    """tests/kernels/probe_robustness.py: every reproducer class of issue 13 (threads, aliasing
     and mutated index arrays, byte order, overlap, graph misuse, malformed model and
     checkpoint files, CLI calls, fork), each in its own process: 0 crashes, hangs and
     wrong answers."""

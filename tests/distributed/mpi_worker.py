@@ -1,7 +1,7 @@
-"""The training runs of tests/test_distributed.py, as one process or as an MPI job.
+"""The training runs of tests/distributed/test_distributed.py, as one process or as an MPI job.
 
-    mpiexec -n 2 python tests/mpi_worker.py train OPT DTYPE MODE STEPS OUT
-    mpiexec -n 2 python tests/mpi_worker.py die
+    mpiexec -n 2 python tests/distributed/mpi_worker.py train OPT DTYPE MODE STEPS OUT
+    mpiexec -n 2 python tests/distributed/mpi_worker.py die
 
 ``train``: the window model (a sparse embedding table over a small vocabulary, so
 that the ranks' batches share rows) or, for MODE "compiled", a dense MLP through

@@ -25,7 +25,8 @@ import cygrad.nn.init
 import cygrad.optim
 from helpers import subprocess_env
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DOCS = os.path.join(ROOT, "docs")
 needs_docs = pytest.mark.skipif(not os.path.isdir(DOCS), reason="docs/ is not beside tests/")
 PAGES = sorted(f for f in os.listdir(DOCS) if f.endswith(".rst")) if os.path.isdir(DOCS) else []
 PUBLIC = [cygrad, cygrad.nn, cygrad.nn.init, cygrad.optim, cygrad.data, cygrad.kernels,

@@ -9,10 +9,10 @@ reproducer class of the issue, each case in its own child process, classified as
   wrong        an answer that is wrong, a traceback from the CLI, a refusal
                without a message, or success where an error was due
 
-    python tests/probe_robustness.py [--big]   (--big: arrays past 2**31 elements, ~17 GB)
+    python tests/kernels/probe_robustness.py [--big]   (--big: arrays past 2**31 elements, ~17 GB)
 
 Prints a table and the totals; exits 1 unless there are 0 crashes, hangs and
-wrong answers. The kernel fuzzer (tests/fuzz_kernels.py) is the random half of
+wrong answers. The kernel fuzzer (tests/kernels/fuzz_kernels.py) is the random half of
 the probe; this is the hand-written half.
 """
 

@@ -247,7 +247,6 @@ extensions = [
     ext("kernels._losses", "bp_losses"),
     ext("kernels._embedding", "bp_elementwise", "bp_optim"),
     ext("kernels._optim", "bp_elementwise", "bp_optim"),
-    ext("kernels._decode"),
     ext("kernels._crf"),
     ext("kernels._bags"),
     ext("kernels._cygrad_threads"),

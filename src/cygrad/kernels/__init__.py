@@ -18,8 +18,7 @@ Conventions
 """
 
 from cygrad.kernels._bags import embedding_bag_backward, embedding_bag_windows
-from cygrad.kernels._crf import crf_nll, crf_viterbi
-from cygrad.kernels._decode import constrained_viterbi
+from cygrad.kernels._crf import constrained_viterbi, crf_nll, crf_viterbi
 from cygrad.kernels._elementwise import (
     add_bias,
     bias_grad,

@@ -1,6 +1,8 @@
 # cython: language_level=3
 """A linear-chain CRF over tag scores: its negative log-likelihood with
-gradients by forward-backward, and Viterbi decoding with learned transitions.
+gradients by forward-backward, and the one Viterbi decoder of cygrad: with learned
+transitions (crf_viterbi), or with hard constraints alone (constrained_viterbi: a
+transition table of 0 where allowed and -inf where forbidden).
 
 Model (Collobert et al. 2011's sentence-level log-likelihood): a sentence of n
 tokens with per-token scores s[t, c] and transition scores T (C + 1, C + 1),
@@ -277,6 +279,8 @@ cdef void _viterbi_one(_Crf *k, Py_ssize_t i) noexcept nogil:
     cdef const double *T = k.T
     cdef double *d = k.alpha
     cdef double best, v
+    if t1 <= t0:        # (an empty sentence: constrained_viterbi's offsets allow one)
+        return
     for c in range(C):
         d[t0 * C + c] = T[C * W + c] + s[t0 * C + c]
     for t in range(t0 + 1, t1):
@@ -484,6 +488,74 @@ def crf_viterbi(scores, lengths, trans, allowed=None):
     k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>s)
     k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
     k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>off)
+    k.C = C
+    k.alpha = <double *>cnp.PyArray_DATA(<cnp.ndarray>d)
+    k.back = <cnp.int32_t *>cnp.PyArray_DATA(<cnp.ndarray>back)
+    k.out = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
+    cdef int nt = threads_for(N * C * C, 200000)
+    with nogil:
+        parallel_for(_viterbi_task, &k, S, SENT_GRAIN, nt)
+    return out
+
+
+def constrained_viterbi(scores, offsets, allowed, start_allowed):
+    """Best tag sequence of each sentence under hard transition constraints.
+
+    Maximises the sum of ``scores[t, tag_t]`` (e.g. log-probabilities) over each
+    sentence subject to ``allowed[tag_{t-1}, tag_t]`` and
+    ``start_allowed[tag_first]``: the CRF's Viterbi (ties to the lowest tag index)
+    over a transition table of 0 where allowed and -inf where forbidden.
+
+    Parameters
+    ----------
+    scores : ndarray (N, C) of float32 or float64
+    offsets : ndarray (S + 1,) of integers: sentence i is rows offsets[i]:offsets[i+1];
+        non-decreasing from 0 to N
+    allowed : ndarray (C, C) of bool
+    start_allowed : ndarray (C,) of bool
+
+    Returns
+    -------
+    ndarray (N,) of int64 tag indices
+
+    Raises
+    ------
+    TypeError, ValueError
+        Wrong dtypes or shapes, offsets that do not cover 0..N in order, or a
+        constraint set that allows no path (a tag with no allowed predecessor
+        and no allowed start is fine; no allowed start at all is not).
+    """
+    fn = "constrained_viterbi"
+    scores = float_array(scores, fn, "scores", 2)
+    cdef Py_ssize_t N = scores.shape[0], C = scores.shape[1]
+    offsets = index_array(offsets, fn, "offsets", 1, N + 1)
+    if offsets.shape[0] < 1 or offsets[0] != 0 or offsets[-1] != N \
+            or np.any(np.diff(offsets) < 0):
+        raise ValueError(f"{fn}: offsets must rise from 0 to {N} (the number of rows)")
+    for name, m in (("allowed", allowed), ("start_allowed", start_allowed)):
+        if not isinstance(m, np.ndarray) or m.dtype != np.bool_:
+            raise TypeError(f"{fn}: {name} must be a numpy.ndarray of bool (a mask), got "
+                            f"{getattr(m, 'dtype', type(m).__name__)}")
+    if allowed.shape != (C, C) or start_allowed.shape != (C,):
+        raise ValueError(f"{fn}: allowed must be ({C}, {C}) and start_allowed ({C},), got "
+                         f"{allowed.shape} and {start_allowed.shape}")
+    if C and not start_allowed.any():
+        raise ValueError(f"{fn}: start_allowed allows no tag")
+    out = np.zeros(N, dtype=np.int64)
+    if C == 0:
+        return out
+    T = np.zeros((C + 1, C + 1))        # row C: start -> tag; column C: tag -> end (any)
+    T[:C, :C][~allowed] = -np.inf
+    T[C, :C][~start_allowed] = -np.inf
+    T[C, C] = -np.inf
+    s = np.require(scores, dtype=np.float64, requirements="CA")
+    d = np.empty((N, C))
+    back = np.zeros((N, C), dtype=np.int32)
+    cdef Py_ssize_t S = offsets.shape[0] - 1
+    cdef _Crf k
+    k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>s)
+    k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
+    k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>offsets)
     k.C = C
     k.alpha = <double *>cnp.PyArray_DATA(<cnp.ndarray>d)
     k.back = <cnp.int32_t *>cnp.PyArray_DATA(<cnp.ndarray>back)

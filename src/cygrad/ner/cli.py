@@ -269,7 +269,7 @@ def configs(a, demo=False):
     if a.resume and getattr(a, "explicit", None) is not None:
         # settings not given again come from the checkpoint (which may predate today's
         # defaults); settings given again must match it (train() checks)
-        from cygrad.ner.train import CHECKPOINT, RESUME_MUST_MATCH, checkpoint_settings
+        from cygrad.ner.checkpoint import CHECKPOINT, RESUME_MUST_MATCH, checkpoint_settings
         saved = checkpoint_settings(os.path.join(a.out, CHECKPOINT))
         if saved is not None:
             for field in RESUME_MUST_MATCH:

@@ -137,3 +137,30 @@ def evaluate(gold_sentences, pred_sentences, tokens=None, seen=None):
             c = len(g & p)
             setattr(out, name, Scores(*_prf(c, len(p), len(g)), acc, len(p), len(g), c, {}))
     return out
+
+
+# -- scoring a model (cygrad.ner.train and the CLI call these)
+
+def tags_of(model, enc):
+    """Predicted tag strings, one list per sentence."""
+    return model.tags(model.predict(enc), enc.offsets)
+
+
+def gold_tags(model, sentences):
+    """Gold tags as the model is scored on them: in the binary task only the
+    positive type's entities count."""
+    if not model.config.binary:
+        return [s.tags for s in sentences]
+    keep = model.config.positive
+    return [[t if t[2:] == keep else "O" for t in s.tags] for s in sentences]
+
+
+def score(model, sentences, enc=None, seen=None):
+    """Entity scores of ``model`` on tagged sentences; seen and unseen entities
+    apart too, by the surface forms ``seen`` (default: the model's training
+    entities, if it stored them)."""
+    enc = enc if enc is not None else model.encode(sentences)
+    seen = model.vocab.entities if seen is None else seen
+    return evaluate(gold_tags(model, sentences), tags_of(model, enc),
+                    tokens=[s.tokens for s in sentences] if seen else None,
+                    seen=seen or None)

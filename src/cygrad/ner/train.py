@@ -20,20 +20,24 @@ import time
 import numpy as np
 
 import cygrad as cg
+from cygrad.ner.checkpoint import (  # noqa: F401  (CHECKPOINT, checkpoint_path: for callers)
+    CHECKPOINT,
+    RESUME_MUST_MATCH,
+    check_model_settings,
+    checkpoint_path,
+    checkpoint_settings,
+    load_checkpoint,
+    lock_directory,
+    save_checkpoint,
+)
 from cygrad.ner.data import UNK, Vocab
-from cygrad.ner.evaluate import evaluate
+from cygrad.ner.evaluate import gold_tags, score, tags_of  # noqa: F401  (callers import score here)
 from cygrad.ner.model import (
     Config,
-    ModelError,
     WindowModel,
-    _atomic_write,
-    _fsync_dir,
-    _remove,
     crf_constraints,
 )
 from cygrad.optim import SGD, Adagrad
-
-CHECKPOINT = "checkpoint"
 
 
 @dataclasses.dataclass
@@ -68,31 +72,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not 0.0 <= self.word_dropout < float("inf"):
             raise ValueError(f"word_dropout must be >= 0, got {self.word_dropout!r}")
-
-
-def tags_of(model, enc):
-    """Predicted tag strings, one list per sentence."""
-    return model.tags(model.predict(enc), enc.offsets)
-
-
-def gold_tags(model, sentences):
-    """Gold tags as the model is scored on them: in the binary task only the
-    positive type's entities count."""
-    if not model.config.binary:
-        return [s.tags for s in sentences]
-    keep = model.config.positive
-    return [[t if t[2:] == keep else "O" for t in s.tags] for s in sentences]
-
-
-def score(model, sentences, enc=None, seen=None):
-    """Entity scores of ``model`` on tagged sentences; seen and unseen entities
-    apart too, by the surface forms ``seen`` (default: the model's training
-    entities, if it stored them)."""
-    enc = enc if enc is not None else model.encode(sentences)
-    seen = model.vocab.entities if seen is None else seen
-    return evaluate(gold_tags(model, sentences), tags_of(model, enc),
-                    tokens=[s.tokens for s in sentences] if seen else None,
-                    seen=seen or None)
 
 
 class Trainer:
@@ -468,13 +447,13 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     if threads is not None:
         cg.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
-    lock = _lock_directory(out_dir) if rank == 0 else None   # (held until train returns)
+    lock = lock_directory(out_dir) if rank == 0 else None   # (held until train returns)
     ckpt_dir = os.path.join(out_dir, CHECKPOINT)
     state = None
     if resume:
-        model, trainer, state = _load_checkpoint(ckpt_dir, tcfg, comm)
+        model, trainer, state = load_checkpoint(ckpt_dir, tcfg, comm)
         if given_mcfg is not None:
-            _check_model_settings(model.config, given_mcfg, model_fields)
+            check_model_settings(model.config, given_mcfg, model_fields)
         mcfg = model.config
         log(f"resuming after epoch {state['epoch']} from {ckpt_dir}")
     else:
@@ -575,7 +554,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
             for k, a in model.params.items():
                 a[...] = raw[k]
         if rank == 0:
-            _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch + 1,
+            save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch + 1,
                              bad, average)
             _plot(history, os.path.join(out_dir, "training.png"))
         if comm is not None:
@@ -630,74 +609,6 @@ def _plot(history, path):
     return True
 
 
-def checkpoint_path(ckpt_dir):
-    """The directory of the committed checkpoint in ``ckpt_dir`` (``current.json``
-    names it), or None when there is none."""
-    cur = os.path.join(ckpt_dir, "current.json")
-    if not os.path.isfile(cur):
-        return ckpt_dir if os.path.isfile(os.path.join(ckpt_dir, "state.json")) else None
-    try:
-        with open(cur, encoding="utf-8") as f:
-            name = json.load(f)["dir"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{cur}: corrupt checkpoint pointer ({e})") from None
-    if not isinstance(name, str) or os.path.basename(name) != name \
-            or not os.path.isdir(os.path.join(ckpt_dir, name)):
-        raise ModelError(f"{cur}: names no checkpoint directory ({name!r})")
-    return os.path.join(ckpt_dir, name)
-
-
-def _save_checkpoint(ckpt_dir, model, trainer, tcfg, rng, history, best_f1, epoch, bad,
-                     average=None):
-    """The checkpoint as one unit: a new directory written whole (the model, the
-    optimiser state, the training state and RNG), then ``current.json`` naming it
-    (one atomic rename: the commit), then the older directories go. A process
-    killed at any point leaves the previous checkpoint or this one, never a mix."""
-    os.makedirs(ckpt_dir, exist_ok=True)
-    name = f"epoch-{epoch:04d}"
-    d = os.path.join(ckpt_dir, name)
-    if os.path.exists(d):       # left by a run killed before it committed this epoch
-        _remove(d)
-    os.makedirs(d)
-    arrays = {}     # optimiser state; the parameters are in <checkpoint>/model
-    if isinstance(trainer.opt, Adagrad):
-        names = [k for k, t in trainer.t.items() if t.requires_grad]
-        arrays.update({f"adagrad/{k}": g for k, g in zip(names, trainer.opt.state)})
-    if average is not None:
-        arrays.update({f"average/{k}": a for k, a in average.items()})
-    model.save(os.path.join(d, "model"))
-    digest = _atomic_write(os.path.join(d, "state.npz"), lambda f: np.savez(f, **arrays))
-    meta = {"epoch": epoch, "history": history, "best_f1": best_f1, "bad_epochs": bad,
-            "rng": rng.bit_generator.state, "train": dataclasses.asdict(tcfg),
-            "state_sha256": digest}
-    _atomic_write(os.path.join(d, "state.json"), lambda f: f.write(json.dumps(meta).encode()))
-    _fsync_dir(ckpt_dir)
-    _atomic_write(os.path.join(ckpt_dir, "current.json"),
-                  lambda f: f.write(json.dumps({"dir": name, "epoch": epoch}).encode()))
-    for old in sorted(os.listdir(ckpt_dir)):
-        if old.startswith("epoch-") and old != name:
-            _remove(os.path.join(ckpt_dir, old))
-
-
-#: the training settings a resumed run must share with its checkpoint (the CLI takes
-#: those not given again from the checkpoint); every model setting (Config) must too
-RESUME_MUST_MATCH = ("optimizer", "batch_size", "seed", "min_count", "freeze_vectors",
-                     "dropout", "hidden_dropout", "word_dropout", "average_params")
-
-
-def _check_model_settings(saved, mcfg, fields):
-    """A resumed run's model settings against the checkpoint's model: each of
-    ``fields`` (None: every Config field) must match, or ModelError names it."""
-    names = [f.name for f in dataclasses.fields(saved)] if fields is None else fields
-    for name in names:
-        a, b = getattr(saved, name), getattr(mcfg, name)
-        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-            a, b = tuple(a), tuple(b)
-        if a != b:
-            raise ModelError(f"resume: the checkpoint's model was built with {name}={a!r}, "
-                             f"not {b!r} (start a new --out, or give the checkpoint's)")
-
-
 def _check_ranks_agree(comm, mcfg, tcfg, train_sents, dev_sents, resume):
     """Every rank of a distributed run must train the same job: the same model and
     training settings and the same data in the same order. One small allgather of
@@ -729,87 +640,3 @@ def _check_ranks_agree(comm, mcfg, tcfg, train_sents, dev_sents, resume):
                              f"(another file, or its sentences in another order)")
         if dv != every[0][2]:
             raise ValueError(f"--distributed: rank {r} read another dev set than rank 0")
-
-
-def _lock_directory(out_dir):
-    """An exclusive lock on ``out_dir`` (its file .lock, which holds the owner's pid) for
-    as long as the returned file stays open: a second ``cygrad train`` into the same
-    directory is refused by name instead of both writing its files."""
-    import fcntl
-    path = os.path.join(out_dir, ".lock")
-    f = open(path, "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        owner = f.read().strip() or "?"
-        f.close()
-        raise ModelError(f"{out_dir}: another training run (pid {owner}) is writing this "
-                         f"directory; wait for it, or choose another --out") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    return f
-
-
-def checkpoint_settings(ckpt_dir):
-    """The TrainConfig a checkpoint was written with, or None if there is none or
-    it cannot be read (resuming then reports why)."""
-    base = checkpoint_path(ckpt_dir)
-    if base is None:
-        return None
-    try:
-        with open(os.path.join(base, "state.json"), encoding="utf-8") as f:
-            train_meta = dict(json.load(f)["train"])
-        if "fused" in train_meta:
-            train_meta["compile"] = train_meta.pop("fused")
-        return TrainConfig(**train_meta)
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return None
-
-
-def _load_checkpoint(ckpt_dir, tcfg, comm=None):
-    base = checkpoint_path(ckpt_dir)
-    if base is None:
-        raise ModelError(f"{ckpt_dir}: no checkpoint to resume from")
-    path = os.path.join(base, "state.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-        npz = os.path.join(base, "state.npz")
-        with open(npz, "rb") as f:
-            if hashlib.sha256(f.read()).hexdigest() != meta["state_sha256"]:
-                raise ModelError(f"{npz}: checksum mismatch: corrupt checkpoint")
-        for key in ("epoch", "history", "best_f1", "bad_epochs", "rng", "train"):
-            meta[key]
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ModelError(f"{base}: cannot read the checkpoint ({type(e).__name__}: {e})") \
-            from None
-    train_meta = dict(meta["train"])
-    if "fused" in train_meta:       # checkpoints written before cygrad.compile
-        train_meta["compile"] = train_meta.pop("fused")
-    try:
-        saved = TrainConfig(**train_meta)
-    except TypeError as e:
-        raise ModelError(f"{path}: cannot read the checkpoint's training settings ({e})") \
-            from None
-    for field in RESUME_MUST_MATCH:
-        if getattr(saved, field) != getattr(tcfg, field):
-            raise ModelError(f"resume: the checkpoint was trained with {field}="
-                             f"{getattr(saved, field)!r}, not {getattr(tcfg, field)!r}")
-    model = WindowModel.load(os.path.join(base, "model"))
-    with np.load(npz, allow_pickle=False) as z:
-        trainer = Trainer(model, tcfg, comm)
-        if isinstance(trainer.opt, Adagrad):
-            names = [k for k, t in trainer.t.items() if t.requires_grad]
-            trainer.opt.state = [np.ascontiguousarray(z[f"adagrad/{k}"]) for k in names]
-        avg = {k[len("average/"):]: np.ascontiguousarray(z[k]) for k in z.files
-               if k.startswith("average/")}
-    if saved.average_params:
-        if set(avg) != set(model.params) or any(avg[k].shape != model.params[k].shape
-                                                 for k in avg):
-            raise ModelError(f"{npz}: the checkpoint lacks the averaged parameters "
-                             f"(or they do not fit the model)")
-        meta["average"] = avg
-    return model, trainer, meta

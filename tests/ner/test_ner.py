@@ -813,3 +813,20 @@ def test_the_training_plot_marks_the_best_epoch(tmp_path, monkeypatch):
     assert _plot(hist, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
     assert shown == ["best: epoch 2, F1 86.00"]
+
+
+def test_train_threads_apply_to_that_call_only(tmp_path):
+    """train(threads=n) runs with n threads and leaves the process-wide count (the
+    caller's, as the CLI sets it) as it was."""
+    tr = read_conll(corpus.path("train"))[:60]
+    seen = []
+    before = cg.get_num_threads()
+    try:
+        cg.set_num_threads(2)
+        train(tr, None, str(tmp_path / "m"), Config(hidden=(8,), dim=8),
+              TrainConfig(epochs=1), threads=1, progress=False,
+              log=lambda *a, **k: seen.append(cg.get_num_threads()))
+        assert seen and set(seen) == {1}
+        assert cg.get_num_threads() == 2
+    finally:
+        cg.set_num_threads(before)

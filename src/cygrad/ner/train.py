@@ -405,8 +405,12 @@ class Trainer:
 
 def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, vectors=None,
           log=print, progress=True, threads=None, distributed=False, model_fields=None,
-          data_name=None):
+          data_name=None, _comm=None):
     """Train a window model; returns (model, history). See the module docstring.
+
+    ``threads``: the kernels' threads for this call only (a ``cygrad.threads``
+    block: the process-wide count is the caller's to set, as the CLI does); with
+    ``distributed``, each rank's (cygrad.distributed.init).
 
     ``distributed``: one rank of an MPI job (``mpiexec -n N cygrad train ...
     --distributed``): each rank trains on its share of every global batch of N x
@@ -431,7 +435,7 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
     given_mcfg = mcfg
     mcfg = mcfg or Config()
     tcfg = tcfg or TrainConfig()
-    comm, rank = None, 0
+    comm, rank = _comm, (0 if _comm is None else _comm.Get_rank())
     if distributed:
         from cygrad import distributed as dist
         rank, size = dist.init(threads=threads)
@@ -444,8 +448,12 @@ def train(train_sents, dev_sents, out_dir, mcfg=None, tcfg=None, resume=False, v
         raise ValueError("no training sentences (an empty file, or only -DOCSTART- lines?)")
     if comm is not None:
         _check_ranks_agree(comm, mcfg, tcfg, train_sents, dev_sents, resume)
-    if threads is not None:
-        cg.set_num_threads(threads)
+    if threads is not None:     # for this call only
+        with cg.threads(threads):
+            return train(train_sents, dev_sents, out_dir, mcfg=given_mcfg, tcfg=tcfg,
+                         resume=resume, vectors=vectors, log=log, progress=progress,
+                         threads=None, distributed=False, model_fields=model_fields,
+                         data_name=data_name, _comm=comm)
     os.makedirs(out_dir, exist_ok=True)
     lock = lock_directory(out_dir) if rank == 0 else None   # (held until train returns)
     ckpt_dir = os.path.join(out_dir, CHECKPOINT)

@@ -245,7 +245,7 @@ extensions = [
     ext("kernels._gemm", "bp_gemm", "bp_gemm_kernels"),
     ext("kernels._elementwise", "bp_elementwise"),
     ext("kernels._losses", "bp_losses"),
-    ext("kernels._embedding", "bp_elementwise", "bp_optim"),
+    ext("kernels._embedding", "bp_elementwise"),
     ext("kernels._optim", "bp_elementwise", "bp_optim"),
     ext("kernels._crf"),
     ext("kernels._bags"),

@@ -41,7 +41,6 @@ from cygrad.kernels._elementwise import (
     tanh_backward,
 )
 from cygrad.kernels._embedding import (
-    embedding_adagrad_update,
     embedding_gather,
     embedding_scatter_add,
     embedding_sgd_update,
@@ -56,6 +55,7 @@ from cygrad.kernels._losses import (
 from cygrad.kernels._optim import (
     adagrad_update,
     adam_update,
+    embedding_adagrad_update,
     embedding_adam_update,
     sgd_momentum_update,
     sgd_update,

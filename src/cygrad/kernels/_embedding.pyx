@@ -1,7 +1,7 @@
 # cython: language_level=3
 """Embedding windows: gather rows into concatenated windows, scatter their
-gradients back, SGD and Adagrad on the touched rows (the dense steps are in
-cygrad.kernels._optim).
+gradients back, and SGD on the touched rows (a scatter of -lr times the gradient;
+every other optimiser step, dense or on a table's rows, is in cygrad.kernels._optim).
 
 Design: gather is split by output rows (windows), in fixed chunks of about GRAIN
 elements claimed by the pool's threads (cygrad.kernels._parallel). Scatter-add and the
@@ -10,10 +10,7 @@ exactly the slots whose row id lies in a block of 16 rows numbered b with
 b % nt == t, scanning the slots in (window, position) order (a scratch list of
 its slots per class). No two threads ever write one row, and every row receives
 its updates in the same order whatever the thread count, so results are bitwise
-identical for 1, 2, ... threads. Sparse Adagrad sums each touched row's slots
-first (a sort of (row, slot) pairs), then takes one step per row. The dense
-SGD and Adagrad steps run in fixed chunks of GRAIN elements. Indices are
-range-checked once at the wrapper.
+identical for 1, 2, ... threads. Indices are range-checked once at the wrapper.
 """
 
 import numpy as np
@@ -22,14 +19,12 @@ from cython cimport floating
 from libc.string cimport memcpy
 
 from cygrad.kernels._common cimport (float_array, inplace_array, same_dtype, out_array,
-                             index_array, threads_for, is_f32, no_overlap, check_lr_eps,
-                             sparse_update_args)
+                             index_array, threads_for, is_f32, no_overlap)
 from cygrad.kernels._parallel cimport parallel_for, pool_threads
 
 cnp.import_array()
 
-from cygrad.kernels._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
-                           bp_sparse_adagrad_f32, bp_sparse_adagrad_f64)
+from cygrad.kernels._csrc cimport bp_axpy_f32, bp_axpy_f64
 
 cdef enum:
     GRAIN = 16384          # elements per chunk of a threaded loop (fixed, whatever the threads)
@@ -229,53 +224,3 @@ def embedding_sgd_update(table, windows, dX, lr):
     if not np.isfinite(lr):
         raise ValueError(f"embedding_sgd_update: lr must be finite, got {lr}")
     return _scatter_checked("embedding_sgd_update", "table", table, windows, dX, -lr)
-
-
-def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
-    """Sparse Adagrad on the rows a batch touched.
-
-    The slot gradients of each row are summed first (as a dense Adagrad on the
-    scattered gradient would see them), then each touched row gets one step:
-    ``accum[r] += g_r**2; table[r] -= lr * g_r / (sqrt(accum[r]) + eps)``.
-    Untouched rows of ``table`` and ``accum`` are not read or written.
-
-    Parameters
-    ----------
-    table, accum : ndarray (V, d), C-contiguous, writeable, float32 or float64
-    windows : ndarray (B, w) of integers in [0, V)
-    dX : ndarray (B, w*d), same dtype as ``table``
-    lr, eps : positive floats
-
-    Returns
-    -------
-    table
-
-    Raises
-    ------
-    TypeError, ValueError, IndexError
-        As for embedding_sgd_update; also a bad ``accum``.
-    """
-    fn = "embedding_adagrad_update"
-    table, (accum,), windows, dX = sparse_update_args(fn, table, (("accum", accum),),
-                                                      windows, dX)
-    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
-    lr, eps = check_lr_eps(fn, lr, eps)
-    if d == 0 or B * w == 0:
-        return table
-    pairs = np.empty(2 * B * w, dtype=np.int64)
-    row = np.empty(d, dtype=table.dtype)
-    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
-    cdef cnp.int64_t *pp = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>pairs)
-    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
-    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>accum)
-    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
-    cdef void *rp = cnp.PyArray_DATA(<cnp.ndarray>row)
-    cdef double l = lr, e = eps
-    with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
-            bp_sparse_adagrad_f32(<float *>tp, <float *>ap, d, wp, B * w, w, <const float *>gp,
-                                  w * d, pp, NULL, <float *>rp, l, e)
-        else:
-            bp_sparse_adagrad_f64(<double *>tp, <double *>ap, d, wp, B * w, w,
-                                  <const double *>gp, w * d, pp, NULL, <double *>rp, l, e)
-    return table

@@ -1,13 +1,15 @@
 # cython: language_level=3
-"""Dense optimiser steps in place (the kernels of cygrad.optim for dense
-gradients): SGD, ``param -= lr * grad``; Adagrad, ``accum += grad**2;
+"""Optimiser steps in place (the kernels of cygrad.optim), dense: SGD, ``param -= lr * grad``; Adagrad, ``accum += grad**2;
 param -= lr * grad / (sqrt(accum) + eps)``; SGD with momentum (and Nesterov,
 weight decay) and Adam / AdamW, each one pass over param, grad and state.
 
 Design: one flat loop over param, grad (and accum) in fixed chunks of GRAIN
 elements claimed by the pool's threads (cygrad.kernels._parallel); every element is
-owned by one chunk, so the result is the same for any thread count. The sparse
-steps on embedding rows are in cygrad.kernels._embedding.
+owned by one chunk, so the result is the same for any thread count. On a table's
+rows (row-sparse gradients): Adagrad and lazy Adam sum each touched row's slot
+gradients first, in slot order (csrc/bp_optim: the rows chained, or sorted by (row,
+slot)), then take one step per row; sparse SGD is a scatter
+(cygrad.kernels._embedding).
 """
 
 import numpy as np
@@ -21,7 +23,8 @@ cnp.import_array()
 
 from cygrad.kernels._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
                            bp_sgd_momentum_f32, bp_sgd_momentum_f64, bp_adam_f32, bp_adam_f64,
-                           bp_sparse_adam_f32, bp_sparse_adam_f64)
+                           bp_sparse_adam_f32, bp_sparse_adam_f64, bp_sparse_adagrad_f32,
+                           bp_sparse_adagrad_f64)
 
 cdef enum:
     GRAIN = 16384          # elements per chunk of a threaded loop (fixed, whatever the threads)
@@ -370,4 +373,54 @@ def embedding_adam_update(table, exp_avg, exp_avg_sq, windows, dX, step, lr, bet
             bp_sparse_adam_f64(<double *>tp, <double *>mp, <double *>vp, d, wp, B * w, w,
                                <const double *>gp, w * d, pp, NULL, <double *>rp, alpha, b1,
                                b2, e, c, wdc, decay)
+    return table
+
+
+def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
+    """Sparse Adagrad on the rows a batch touched.
+
+    The slot gradients of each row are summed first (as a dense Adagrad on the
+    scattered gradient would see them), then each touched row gets one step:
+    ``accum[r] += g_r**2; table[r] -= lr * g_r / (sqrt(accum[r]) + eps)``.
+    Untouched rows of ``table`` and ``accum`` are not read or written.
+
+    Parameters
+    ----------
+    table, accum : ndarray (V, d), C-contiguous, writeable, float32 or float64
+    windows : ndarray (B, w) of integers in [0, V)
+    dX : ndarray (B, w*d), same dtype as ``table``
+    lr, eps : positive floats
+
+    Returns
+    -------
+    table
+
+    Raises
+    ------
+    TypeError, ValueError, IndexError
+        As for embedding_sgd_update; also a bad ``accum``.
+    """
+    fn = "embedding_adagrad_update"
+    table, (accum,), windows, dX = sparse_update_args(fn, table, (("accum", accum),),
+                                                      windows, dX)
+    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
+    lr, eps = check_lr_eps(fn, lr, eps)
+    if d == 0 or B * w == 0:
+        return table
+    pairs = np.empty(2 * B * w, dtype=np.int64)
+    row = np.empty(d, dtype=table.dtype)
+    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
+    cdef cnp.int64_t *pp = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>pairs)
+    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
+    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>accum)
+    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
+    cdef void *rp = cnp.PyArray_DATA(<cnp.ndarray>row)
+    cdef double l = lr, e = eps
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
+            bp_sparse_adagrad_f32(<float *>tp, <float *>ap, d, wp, B * w, w, <const float *>gp,
+                                  w * d, pp, NULL, <float *>rp, l, e)
+        else:
+            bp_sparse_adagrad_f64(<double *>tp, <double *>ap, d, wp, B * w, w,
+                                  <const double *>gp, w * d, pp, NULL, <double *>rp, l, e)
     return table

@@ -21,8 +21,7 @@ from cygrad import _config
 
 cnp.import_array()
 
-from cygrad.kernels._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
-                           BP_SILU)
+from cygrad.kernels._elementwise import ACT_CODES as _CODES     # the one activation registry
 from cygrad.kernels._nogil cimport split_at, gemm as _gemm, add_bias, act_fwd, axpy
 
 
@@ -199,11 +198,6 @@ def _out_array(fn, out, B, C, dt):
             or not out.flags.writeable:
         raise ValueError(f"{fn}: out must be a writeable C-contiguous ({B}, {C}) {dt} array")
     return out
-
-
-_CODES = {"tanh": BP_TANH, "sigmoid": BP_SIGMOID, "relu": BP_RELU,
-          "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
-          "silu": BP_SILU}
 
 
 def window_scores(tables, ids, W, b, U, c, activation="tanh", alpha=0.01, out=None,

@@ -489,13 +489,24 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
     return failed
 
 
+cdef inline void _row_step(Task *t, Run *r, cnp.int64_t rr, const floating *row,
+                           bint adam) noexcept nogil:
+    """Table row rr's one step for its summed gradient ``row`` (v0 table, v1 Adagrad's
+    accumulator or Adam's m, v5 Adam's v): the embedding and bag updates share it."""
+    cdef Py_ssize_t h = t.h
+    cdef floating *P = <floating *>r.ptr[t.v[0]] + rr * h
+    cdef floating *A = <floating *>r.ptr[t.v[1]] + rr * h
+    if adam:
+        _adam(t, r, P, A, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
+    else:
+        _adagrad(P, A, row, h, r.lr, r.eps)
+
+
 cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
     """Adagrad (T_EMB_ADAGRAD) or lazy Adam (T_EMB_ADAM) on the table rows the
     segments' slots touch (v0 table, v1 accumulator or Adam's m, v2 chain heads (one
     per row, -1 between steps), v3 slot scratch, v4 one row, v5 Adam's v): each row's
     slot gradients summed in slot order (segments in order), one step."""
-    cdef floating *P = <floating *>r.ptr[t.v[0]]
-    cdef floating *A = <floating *>r.ptr[t.v[1]]
     cdef cnp.int64_t *head = <cnp.int64_t *>r.ptr[t.v[2]]
     cdef cnp.int64_t *nxt = <cnp.int64_t *>r.ptr[t.v[3]]
     cdef floating *row = <floating *>r.ptr[t.v[4]]
@@ -545,10 +556,7 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
             jj = nxt[jj]
         if t.k == 1 and cur >= 0:
             _axpy(h, 1.0, part, row)
-        if t.code == T_EMB_ADAM:
-            _adam(t, r, P + rr * h, A + rr * h, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
-        else:
-            _adagrad(P + rr * h, A + rr * h, row, h, r.lr, r.eps)
+        _row_step(t, r, rr, row, t.code == T_EMB_ADAM)
         head[rr] = -1
 
 
@@ -589,8 +597,6 @@ cdef void _bag_update(Task *t, Run *r, floating *dummy) noexcept nogil:
     rows), v4 one row, v5 Adam's v, v6 ptr, v7 items): each row's pairs (slot, item)
     summed in order (segments, slots, items), each the slot's gradient over its bag's
     size in the gradient's dtype, as the graph op's row-sparse gradient is summed."""
-    cdef floating *P = <floating *>r.ptr[t.v[0]]
-    cdef floating *A = <floating *>r.ptr[t.v[1]]
     cdef cnp.int64_t *head = <cnp.int64_t *>r.ptr[t.v[2]]
     cdef cnp.int64_t *nxt = <cnp.int64_t *>r.ptr[t.v[3]]
     cdef cnp.int64_t *slot = nxt + t.k
@@ -641,10 +647,7 @@ cdef void _bag_update(Task *t, Run *r, floating *dummy) noexcept nogil:
             for kk in range(h):
                 row[kk] = row[kk] + <floating>(g[kk] * sc)
             jj = nxt[jj]
-        if t.code == T_BAG_ADAM:
-            _adam(t, r, P + rr * h, A + rr * h, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
-        else:
-            _adagrad(P + rr * h, A + rr * h, row, h, r.lr, r.eps)
+        _row_step(t, r, rr, row, t.code == T_BAG_ADAM)
         head[rr] = -1
 
 

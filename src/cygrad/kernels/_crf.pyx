@@ -480,6 +480,13 @@ def crf_viterbi(scores, lengths, trans, allowed=None):
     ndarray (N,) of int64. Arguments as for :func:`crf_nll`."""
     fn = "crf_viterbi"
     scores, s, off, T = _setup(fn, scores, lengths, trans, allowed)
+    return _viterbi(s, off, T)
+
+
+cdef object _viterbi(object s, object off, object T):
+    """The best paths (N,) int64 of the sentences at offsets ``off`` (int64) of the
+    float64 C-contiguous scores ``s`` (N, C) under transitions ``T`` (C + 1, C + 1),
+    float64, -inf where forbidden: both decoders' one run."""
     cdef Py_ssize_t N = s.shape[0], C = s.shape[1], S = off.shape[0] - 1
     d = np.empty((N, C))
     back = np.zeros((N, C), dtype=np.int32)
@@ -548,19 +555,4 @@ def constrained_viterbi(scores, offsets, allowed, start_allowed):
     T[:C, :C][~allowed] = -np.inf
     T[C, :C][~start_allowed] = -np.inf
     T[C, C] = -np.inf
-    s = np.require(scores, dtype=np.float64, requirements="CA")
-    d = np.empty((N, C))
-    back = np.zeros((N, C), dtype=np.int32)
-    cdef Py_ssize_t S = offsets.shape[0] - 1
-    cdef _Crf k
-    k.s = <const double *>cnp.PyArray_DATA(<cnp.ndarray>s)
-    k.T = <const double *>cnp.PyArray_DATA(<cnp.ndarray>T)
-    k.off = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>offsets)
-    k.C = C
-    k.alpha = <double *>cnp.PyArray_DATA(<cnp.ndarray>d)
-    k.back = <cnp.int32_t *>cnp.PyArray_DATA(<cnp.ndarray>back)
-    k.out = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>out)
-    cdef int nt = threads_for(N * C * C, 200000)
-    with nogil:
-        parallel_for(_viterbi_task, &k, S, SENT_GRAIN, nt)
-    return out
+    return _viterbi(np.require(scores, dtype=np.float64, requirements="CA"), offsets, T)

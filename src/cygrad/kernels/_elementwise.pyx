@@ -14,6 +14,7 @@ Bias gradients are split by columns and summed in double, rows in order.
 
 import numpy as np
 cimport numpy as cnp
+from cython cimport floating
 
 from cygrad.kernels._common cimport (float_array, same_dtype, out_array, threads_for, is_f32,
                              no_overlap)
@@ -451,32 +452,37 @@ cdef struct _Ln:
     double eps
 
 
+cdef inline void _ln_rows_of(_Ln *c, Py_ssize_t lo, Py_ssize_t hi,
+                             floating *dummy) noexcept nogil:
+    cdef Py_ssize_t d = c.d
+    _ln_rows(<const floating *>c.x + lo * d, d, <const floating *>c.w, <const floating *>c.b,
+             <floating *>c.y + lo * d, d, <floating *>c.xhat + lo * d, d,
+             <floating *>c.rstd + lo, hi - lo, d, c.eps)
+
+
+cdef inline void _ln_bwd_rows_of(_Ln *c, Py_ssize_t lo, Py_ssize_t hi,
+                                 floating *dummy) noexcept nogil:
+    cdef Py_ssize_t d = c.d
+    _ln_bwd_rows(<const floating *>c.x + lo * d, d, <const floating *>c.w,
+                 <const floating *>c.h + lo * d, d, <const floating *>c.rstd + lo,
+                 <floating *>c.y + lo * d if c.y != NULL else NULL, d,
+                 <floating *>c.xhat + lo * d if c.xhat != NULL else NULL, d, hi - lo, d)
+
+
 cdef void _ln_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef _Ln *c = <_Ln *>ctx
-    cdef Py_ssize_t d = c.d
     if c.f32:
-        _ln_rows(<const float *>c.x + lo * d, d, <const float *>c.w, <const float *>c.b,
-                 <float *>c.y + lo * d, d, <float *>c.xhat + lo * d, d,
-                 <float *>c.rstd + lo, hi - lo, d, c.eps)
+        _ln_rows_of(c, lo, hi, <float *>NULL)
     else:
-        _ln_rows(<const double *>c.x + lo * d, d, <const double *>c.w, <const double *>c.b,
-                 <double *>c.y + lo * d, d, <double *>c.xhat + lo * d, d,
-                 <double *>c.rstd + lo, hi - lo, d, c.eps)
+        _ln_rows_of(c, lo, hi, <double *>NULL)
 
 
 cdef void _ln_bwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef _Ln *c = <_Ln *>ctx
-    cdef Py_ssize_t d = c.d
     if c.f32:
-        _ln_bwd_rows(<const float *>c.x + lo * d, d, <const float *>c.w,
-                     <const float *>c.h + lo * d, d, <const float *>c.rstd + lo,
-                     <float *>c.y + lo * d if c.y != NULL else NULL, d,
-                     <float *>c.xhat + lo * d if c.xhat != NULL else NULL, d, hi - lo, d)
+        _ln_bwd_rows_of(c, lo, hi, <float *>NULL)
     else:
-        _ln_bwd_rows(<const double *>c.x + lo * d, d, <const double *>c.w,
-                     <const double *>c.h + lo * d, d, <const double *>c.rstd + lo,
-                     <double *>c.y + lo * d if c.y != NULL else NULL, d,
-                     <double *>c.xhat + lo * d if c.xhat != NULL else NULL, d, hi - lo, d)
+        _ln_bwd_rows_of(c, lo, hi, <double *>NULL)
 
 
 cdef object _ln_vector(object v, object x, str fn, str name):

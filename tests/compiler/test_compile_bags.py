@@ -65,11 +65,13 @@ OPTS = {
 }
 
 
+@pytest.mark.parametrize("ids", [np.int64, np.int32])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("kind", ["xent", "margin"])
 @pytest.mark.parametrize("opt", sorted(OPTS))
 @pytest.mark.parametrize("dt", [np.float32, np.float64])
-def test_a_compiled_bag_step_trains_as_the_eager_graph(dt, opt, kind, threads, threaded_plans):
+def test_a_compiled_bag_step_trains_as_the_eager_graph(dt, opt, kind, threads, ids,
+                                                       threaded_plans):
     rng = np.random.default_rng(1)
     ptr, items = _bags(rng)
     ms = [_model(dt, C=4 if kind == "xent" else 1) for _ in range(2)]
@@ -80,7 +82,7 @@ def test_a_compiled_bag_step_trains_as_the_eager_graph(dt, opt, kind, threads, t
     exact = opt != "sgd"
     with cg.threads(threads):
         for k, B in enumerate([16, 16, 5, 16, 9]):
-            bt = _batch(rng, B, kind)
+            bt = tuple(a.astype(ids) if a.ndim == 2 else a for a in _batch(rng, B, kind))
             got = step(*bt)
             opts[1].zero_grad()
             loss = fns[1](*bt)

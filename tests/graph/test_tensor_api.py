@@ -209,3 +209,24 @@ def test_the_layer_norm_kernel_against_the_numpy_reference(dt):
         K.layer_norm(np.ones((2, 3)), np.ones(3, np.float32), np.ones(3))
 
 
+
+
+def test_a_layer_norm_eps_changed_after_compiling_trains_as_eagerly():
+    """The plan bakes eps in: nn.LayerNorm's eps set after compiling is a guarded
+    setting, so the compiled step follows it as the eager graph does."""
+    ms = [nn.Sequential(nn.Linear(5, 40, generator=0, dtype=np.float64),
+                        nn.LayerNorm(40, dtype=np.float64),
+                        nn.Linear(40, 3, generator=1, dtype=np.float64)) for _ in range(2)]
+    opts = [cg.optim.Adagrad(m.parameters(), lr=0.1) for m in ms]
+    step = cg.compile(lambda x, y: cg.softmax_cross_entropy(ms[0](x), y), opts[0], strict=False)
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        if k == 2:
+            ms[0][1].eps = ms[1][1].eps = 0.5
+        x, y = rng.normal(size=(8, 5)), rng.integers(0, 3, 8)
+        step(x, y)
+        opts[1].zero_grad()
+        cg.softmax_cross_entropy(ms[1](cg.tensor(x)), y).backward()
+        opts[1].step()
+        for a, b in zip(ms[0].parameters(), ms[1].parameters()):
+            np.testing.assert_array_equal(a.data, b.data, err_msg=f"step {k}")

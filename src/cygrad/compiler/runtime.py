@@ -14,9 +14,9 @@ from cygrad.graph import Tensor
 from cygrad.graph.ops import SparseRows
 from cygrad.kernels._crf import reachability
 
-# multiply-adds of the step's products below which one thread runs: measured on the
-# 2-core machine (MLPs 64-H-10, Adam, compiled), 2 threads / 1 thread was 0.60 at 0.9 M,
-# 0.73 at 1.8 M and 1.03-1.09 from 3.6 M (each stage's hand-over costs microseconds)
+# multiply-adds of the step's products below which one thread runs: on the 2-core
+# machine (python benches/report_min_work.py, benches/results/min-work.md) 2 threads were
+# 0.74-0.79x one below 1.8 M, 1.0x at 3.6-7.3 M, 1.07-1.49x from 15 M idle; ~1.0 busy
 MIN_WORK = 2500000
 
 

@@ -48,7 +48,7 @@ def run_round(trainer, enc, batches, threads, numpy_between):
     a = np.ones((512, 512), np.float32)
     t_step = 0.0
     t_all = time.perf_counter()
-    for b, (idx, lengths) in enumerate(trainer._batches(enc, rng)):
+    for b, (idx, lengths, _) in enumerate(trainer.batches(enc, rng)):
         if b == batches:
             break
         t0 = time.perf_counter()

@@ -119,7 +119,7 @@ def main():
         _, tr2, enc2 = build(a.conll)
         cg.set_num_threads(nt)
         rng = np.random.default_rng(0)
-        for b, (idx, lengths) in enumerate(tr2._batches(enc2, rng)):
+        for b, (idx, lengths, _) in enumerate(tr2.batches(enc2, rng)):
             if b == 20:
                 break
             tr2.step(enc2.words[idx], enc2.suffixes[idx], enc2.cases[idx], enc2.labels[idx],

@@ -107,6 +107,10 @@ CONFIGS.update({
     # with the character n-gram bags (compiled since #28's bag plan tasks)
     "glove.ng25": _on(DEFAULTS, model={"ngram_dim": 25}, train=GLOVE),
     "glove.ng25.h500": _on(DEFAULTS, model={"ngram_dim": 25, "hidden": (500,)}, train=GLOVE),
+    # longer training: the 20-epoch runs still improved at their last epochs
+    "glove.e40": _on(DEFAULTS, train={**GLOVE, "epochs": 40, "patience": 6}),
+    "glove.h500.e40": _on(DEFAULTS, model={"hidden": (500,)},
+                          train={**GLOVE, "epochs": 40, "patience": 6}),
     "random": _on(DEFAULTS),    # the defaults: random 50-d word vectors, trained
     "none": _on(DEFAULTS, model={"dim": 0}),    # no word table: the other features only
 })

@@ -115,7 +115,7 @@ def test_the_ner_trainer_trains_its_crf_model_compiled_bit_for_bit_as_eagerly():
         t = Trainer(m, TrainConfig(compile=comp, dropout=0.5, word_dropout=1.0))
         t.set_data(enc)
         rng = np.random.default_rng(0)
-        for batch, lens in t._batches(enc, np.random.default_rng(5)):
+        for batch, lens, _ in t.batches(enc, np.random.default_rng(5)):
             t.step(enc.words[batch], enc.suffixes[batch], enc.cases[batch],
                    enc.labels[batch], rng, enc.prefixes[batch], enc.shapes[batch],
                    lengths=lens)

@@ -228,22 +228,30 @@ def test_shards_cover_every_global_batch_once(loss, size):
     shares = []
     for r in range(size):
         tr = Trainer(model, tcfg, _FakeComm(r, size))
-        shares.append(list(tr._batches(enc, np.random.default_rng(4))))
+        shares.append(list(tr.batches(enc, np.random.default_rng(4))))
     # one process with the global batch size groups the windows the same way
-    one = [(idx, lens) for idx, lens in Trainer(model, TrainConfig(batch_size=40 * size))
-           ._batches(enc, np.random.default_rng(4))]
+    one = [(idx, lens) for idx, lens, _ in Trainer(model, TrainConfig(batch_size=40 * size))
+           .batches(enc, np.random.default_rng(4))]
     assert len({len(s) for s in shares}) == 1       # every rank takes as many steps
     assert len(shares[0]) == len(one)
     for k in range(len(shares[0])):
         parts = [shares[r][k] for r in range(size)]
         units = len(one[k][0]) if loss != "crf" else len(one[k][1])
-        assert all(len(idx) for idx, _ in parts) or units < size
+        assert all(len(idx) for idx, _, _ in parts) or units < size
         one_k = one[k][0]
-        got = np.concatenate([idx for idx, _ in parts])
+        got = np.concatenate([idx for idx, _, _ in parts])
         assert len(np.unique(got)) == len(got)
         np.testing.assert_array_equal(np.sort(got), np.sort(one_k))
         if loss == "crf":
-            assert all(lens.sum() == len(idx) for idx, lens in parts)
+            assert all(lens.sum() == len(idx) for idx, lens, _ in parts)
+        # each rank's share: the global batch's rows, its first row, and (window
+        # batches) the positive windows before it and in all
+        rows = [len(idx) for idx, _, _ in parts]
+        pos = [int(tr.positive_tag[enc.labels[idx]].sum()) for idx, _, _ in parts]
+        for r, (_, _, share) in enumerate(parts):
+            assert share[:2] == (len(one_k), sum(rows[:r]))
+            if loss != "crf":
+                assert share[2:] == (sum(pos[:r]), sum(pos))
 
 
 @needs_mpi

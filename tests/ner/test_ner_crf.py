@@ -23,9 +23,10 @@ def test_batches_are_whole_sentences_covering_the_epoch(toy):
     tr = Trainer(WindowModel(Config(loss="crf", hidden=(8,), dim=4), vocab),
                  TrainConfig(batch_size=50))
     seen = []
-    batches = list(tr._batches(enc, np.random.default_rng(0)))
+    batches = list(tr.batches(enc, np.random.default_rng(0)))
     starts = set(enc.offsets[:-1].tolist())
-    for k, (idx, lengths) in enumerate(batches):
+    for k, (idx, lengths, share) in enumerate(batches):
+        assert share is None        # (one process)
         assert lengths.sum() == len(idx) and lengths.min() >= 1
         pos = 0
         for n in lengths:           # each sentence contiguous, from its first token

@@ -12,6 +12,7 @@ import sys
 import time
 
 import cygrad as cg
+from cygrad.ner.objectives import OBJECTIVES
 
 
 class _Help(argparse.HelpFormatter):
@@ -73,7 +74,7 @@ def _add_train(sub):
                    help="the hidden layers' f in h = f(Wx + b)")
     p.add_argument("--average", action="store_true",
                    help="average the window's vectors instead of concatenating them")
-    p.add_argument("--loss", choices=["softmax", "crf", "logistic", "max-margin"],
+    p.add_argument("--loss", choices=list(OBJECTIVES),
                    default="crf",
                    help="softmax over all tags; crf: sentence-level log-likelihood with "
                         "learned tag transitions (batches of whole sentences); or the "

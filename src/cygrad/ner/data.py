@@ -20,6 +20,8 @@ import zlib
 
 import numpy as np
 
+from cygrad.ner.features import FEATURES
+
 PAD_L, PAD_R, UNK = "<s>", "</s>", "<unk>"
 PREFIXES = {"B", "I", "E", "S", "L", "U"}   # L/U: the BILOU spelling of E/S
 
@@ -415,13 +417,18 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0, vectors=Non
             if w < 0:
                 r = vectors.index.get(key, -1)
                 w = unk_w if r < 0 else extra.setdefault(r, len(wi) + len(extra))
+        # (in the columns of cygrad.ner.features.FEATURES: words, suffixes, cases,
+        # prefixes, shapes)
         return (w, si.get(norm[-3:], unk_s), casing(tok),
                 pi.get(norm[:3], unk_p), hi.get(shape(tok), unk_h))
 
-    table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), 5)
+    F = len(FEATURES)
+    table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), F)
     # type 0 and 1: the left and right pads; type 2 + u: distinct token u
-    pads = [(wi[PAD_L], wi[PAD_R]), (si[PAD_L], si[PAD_R]), (0, 0),
-            (pi.get(PAD_L, 0), pi.get(PAD_R, 0)), (hi.get(PAD_L, 0), hi.get(PAD_R, 0))]
+    pad_of = {"words": (wi[PAD_L], wi[PAD_R]), "suffixes": (si[PAD_L], si[PAD_R]),
+              "cases": (0, 0), "prefixes": (pi.get(PAD_L, 0), pi.get(PAD_R, 0)),
+              "shapes": (hi.get(PAD_L, 0), hi.get(PAD_R, 0))}
+    pads = [pad_of[f.field] for f in FEATURES]
     type_ids = np.concatenate([np.array(pads, dtype=np.int64).T, table])
     # one padded stream of types: k left pads, the sentence, k right pads, per sentence
     sent = np.repeat(np.arange(S, dtype=np.int64), lens)
@@ -434,8 +441,7 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0, vectors=Non
     types = stream[pos[:, None] + np.arange(-k, k + 1)[None, :]] if n \
         else np.zeros((0, width), np.int64)
     # each feature's id windows: its column of the types' ids
-    words, sufs, cases, pres, shps = (np.ascontiguousarray(type_ids[:, col])[types]
-                                      for col in range(5))
+    ids = {f.field: np.ascontiguousarray(type_ids[:, f.column])[types] for f in FEATURES}
     if with_labels:
         try:
             labels = np.asarray([vocab.tag_index[t] for s in sentences for t in s.tags],
@@ -446,8 +452,7 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0, vectors=Non
     else:
         labels = np.zeros(n, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-    enc = Encoded(words, sufs, cases, labels, offsets, pres, shps, types=types,
-                  type_ids=type_ids)
+    enc = Encoded(labels=labels, offsets=offsets, types=types, type_ids=type_ids, **ids)
     if vectors is not None:
         enc.extra = np.fromiter(extra, dtype=np.int64, count=len(extra))
     enc.docs = np.repeat(np.fromiter((getattr(s, "doc", 0) for s in sentences),

@@ -40,10 +40,17 @@ from cygrad import kernels as K
 from cygrad import serialize as _ser
 from cygrad.ner._scores import window_scores, window_scores_typed
 from cygrad.ner.data import CASES, Vocab, encode
+from cygrad.ner.features import BY_TABLE, FEATURES, active, feature_ids
+from cygrad.ner.objectives import (  # noqa: F401  (the constraints: importable from here)
+    crf_constraints,
+    iob2_constraints,
+    objective,
+)
 
 FORMAT = "cygrad-ner-window-model"
 # embedding table -> the Encoded feature whose ids index it, in concatenation order
-TABLES = {"E": "words", "S": "suffixes", "Cs": "cases", "P": "prefixes", "Sh": "shapes"}
+# (cygrad.ner.features.FEATURES, the one table of the features)
+TABLES = {f.table: f.field for f in FEATURES}
 VERSION = 1
 
 
@@ -91,13 +98,11 @@ class Config:
         if not isinstance(self.average, bool):
             raise ValueError(f"average must be true or false, got {self.average!r}")
         self.hidden = tuple(int(h) for h in self.hidden)
-        if (self.k < 0 or self.dim < 0 or self.suffix_dim < 0 or self.case_dim < 0
-                or self.prefix_dim < 0 or self.shape_dim < 0 or self.ngram_dim < 0
-                or self.ngram_buckets < 1):
+        sizes = [f.size for f in FEATURES] + ["ngram_dim"]
+        if self.k < 0 or self.ngram_buckets < 1 or min(getattr(self, n) for n in sizes) < 0:
             raise ValueError(f"bad model sizes: {self}")
         if self.input_size() == 0:
-            raise ValueError("the window has no features: dim, suffix_dim, case_dim, "
-                             "prefix_dim, shape_dim and ngram_dim are all 0")
+            raise ValueError(f"the window has no features: {', '.join(sizes)} are all 0")
         if self.dim == 0 and self.vectors:
             raise ValueError("pretrained vectors need a word table (dim > 0)")
         if not self.hidden or min(self.hidden) < 1:
@@ -109,26 +114,29 @@ class Config:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
         if self.decode not in ("viterbi", "greedy"):
             raise ValueError(f"decode must be 'viterbi' or 'greedy', got {self.decode!r}")
-        if self.loss not in ("softmax", "crf", "logistic", "max-margin"):
-            raise ValueError(f"loss must be 'softmax', 'crf', 'logistic' or 'max-margin', "
-                             f"got {self.loss!r}")
+        obj = objective(self.loss)      # (refuses an unknown loss by name)
         if not isinstance(self.vectors, str) or not isinstance(self.vectors_sha256, str):
             raise ValueError("vectors and vectors_sha256 must be strings")
-        if self.ngram_dim and self.loss == "max-margin":
-            raise ValueError("the character n-gram feature does not work with the max-margin "
-                             "loss (its corrupt windows replace words by vocabulary entries)")
+        if self.ngram_dim and obj.corrupts_words:
+            raise ValueError(f"the character n-gram feature does not work with the "
+                             f"{self.loss} loss (its corrupt windows replace words by "
+                             f"vocabulary entries)")
+
+    @property
+    def objective(self):
+        """The loss's :class:`cygrad.ner.objectives.Objective`."""
+        return objective(self.loss)
 
     @property
     def binary(self):
-        return self.loss in ("logistic", "max-margin")
+        return self.objective.binary
 
     @property
     def width(self):
         return 2 * self.k + 1
 
     def input_size(self):
-        per_slot = (self.dim + self.suffix_dim + self.case_dim + self.prefix_dim
-                    + self.shape_dim + self.ngram_dim)
+        per_slot = sum(getattr(self, f.size) for f in FEATURES) + self.ngram_dim
         return per_slot if self.average else self.width * per_slot
 
 
@@ -187,19 +195,15 @@ class WindowModel:
     # ------------------------------------------------------------ parameters
     def expected_shapes(self):
         cfg, v = self.config, self.vocab
-        # dim 0: no word table (the lecture's "discrete features" row)
-        shapes = {"E": (len(v.words), cfg.dim)} if cfg.dim else {}
-        if cfg.suffix_dim:
-            shapes["S"] = (len(v.suffixes), cfg.suffix_dim)
-        if cfg.case_dim:
-            shapes["Cs"] = (len(CASES), cfg.case_dim)
-        for name, dim, entries, what in (("P", cfg.prefix_dim, v.prefixes, "prefixes"),
-                                         ("Sh", cfg.shape_dim, v.shapes, "shapes")):
-            if dim:
-                if not entries:
-                    raise ModelError(f"the configuration has a {what} feature but the "
-                                     f"vocabulary lists no {what}")
-                shapes[name] = (len(entries), dim)
+        # each table's rows: its entries (dim 0: no word table, the lecture's "discrete
+        # features" row)
+        shapes = {}
+        for f in active(cfg):
+            entries = getattr(v, f.entries) if f.entries else CASES
+            if not entries:     # (older vocabularies list no prefixes or shapes)
+                raise ModelError(f"the configuration has a {f.field} feature but the "
+                                 f"vocabulary lists no {f.field}")
+            shapes[f.table] = (len(entries), getattr(cfg, f.size))
         if cfg.ngram_dim:
             shapes["N"] = (cfg.ngram_buckets, cfg.ngram_dim)
         fan_in = cfg.input_size()
@@ -207,11 +211,10 @@ class WindowModel:
             shapes[f"W{i}"] = (h, fan_in)
             shapes[f"b{i}"] = (h,)
             fan_in = h
-        n_out = 1 if cfg.binary else len(v.tags)   # binary: one score s = u·h + c
+        n_out = cfg.objective.outputs(len(v.tags))     # binary: one score s = u·h + c
         shapes["U"] = (n_out, fan_in)
         shapes["c"] = (n_out,)
-        if cfg.loss == "crf":       # transitions; index C is the sentence boundary
-            shapes["A"] = (n_out + 1, n_out + 1)
+        shapes.update(cfg.objective.shapes(n_out))     # the CRF's transitions
         if cfg.vectors:             # the pretrained table's map into E's space
             shapes["VM"] = (cfg.dim, cfg.dim)
             shapes["Vb"] = (cfg.dim,)
@@ -225,7 +228,8 @@ class WindowModel:
                 p = np.eye(shape[0])
             elif name in TABLES or name == "N":
                 p = rng.uniform(-0.1, 0.1, shape)
-            elif len(shape) == 1 or name == "A":    # biases, CRF transitions
+            elif len(shape) == 1 or name in self.config.objective.own_params:
+                # biases, the objective's own (CRF transitions)
                 p = np.zeros(shape)
             else:   # Glorot uniform: keeps tanh units out of saturation at the start
                 lim = np.sqrt(6.0 / (shape[0] + shape[1]))
@@ -303,10 +307,7 @@ class WindowModel:
     # ------------------------------------------------------------ the description
     def tables(self):
         """Names of the embedding tables, in the order their vectors are concatenated."""
-        cfg = self.config
-        return ((["E"] if cfg.dim else []) + (["S"] if cfg.suffix_dim else [])
-                + (["Cs"] if cfg.case_dim else [])
-                + (["P"] if cfg.prefix_dim else []) + (["Sh"] if cfg.shape_dim else []))
+        return [f.table for f in active(self.config)]
 
     def encode(self, sentences, with_labels=True):
         """cygrad.ner.data.encode with this model's window and features."""
@@ -342,11 +343,10 @@ class WindowModel:
                              dropout=dropout, key=key, bags=bags)
 
     def _ids(self, words, suffixes, cases, prefixes, shapes):
-        ids = {"E": words, "S": suffixes, "Cs": cases, "P": prefixes, "Sh": shapes}
-        for k, what in (("P", "prefixes"), ("Sh", "shapes")):
-            if ids[k] is None and k in self.tables():
-                raise ValueError(f"this model reads the {what} feature: pass {what}=")
-        return ids
+        """{table: id windows} of the features the model reads (refused by name when
+        one of them is not given)."""
+        return feature_ids(self.config, {"words": words, "suffixes": suffixes, "cases": cases,
+                                         "prefixes": prefixes, "shapes": shapes})
 
     # ------------------------------------------------------------ inference
     def features(self, words, suffixes, cases, prefixes=None, shapes=None, ngrams=None,
@@ -411,9 +411,8 @@ class WindowModel:
             return None
         T = len(enc.type_ids)
         types = np.arange(T, dtype=np.int64) if types is None else types
-        col = {"E": 0, "S": 1, "Cs": 2, "P": 3, "Sh": 4}
         names = self.tables()
-        blocks = [self.table(k, enc)[enc.type_ids[types, col[k]]] for k in names]
+        blocks = [self.table(k, enc)[enc.type_ids[types, BY_TABLE[k].column]] for k in names]
         dims = [p[k].shape[1] for k in names]
         if cfg.ngram_dim:
             blocks.append(K.embedding_bag_windows(p["N"], types[:, None], enc.ngram_ptr,
@@ -532,23 +531,7 @@ class WindowModel:
 
     def decode(self, logp, enc, decode=None):
         """Tag ids from scores (N, C) (changed in place) and ``enc``'s sentences."""
-        decode = decode or self.config.decode
-        n = len(enc)
-        if self.config.binary:     # 1 where the window's score is positive
-            return (logp[:, 0] > 0).astype(np.int64)
-        if decode == "greedy":
-            return logp.argmax(axis=1)
-        if self.config.loss == "crf":
-            lengths = np.diff(enc.offsets)
-            if n == 0:
-                return np.zeros(0, dtype=np.int64)
-            return K.crf_viterbi(logp.astype(self.params["A"].dtype),
-                                 lengths[lengths > 0],     # empty sentences have no rows
-                                 self.params["A"], crf_constraints(self.vocab.tags))
-        logp -= logp.max(axis=1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
-        allowed, start = iob2_constraints(self.vocab.tags)
-        return K.constrained_viterbi(logp, enc.offsets, allowed, start)
+        return self.config.objective.decode(self, logp, enc, decode or self.config.decode)
 
     def tag(self, text):
         """Tag raw text (a str: split into sentences and tokens by
@@ -731,30 +714,6 @@ def window_logits(tables, ids, layers, activation="tanh", average=False, sparse=
             if p_hidden:
                 h = cg.dropout(h, p_hidden, key, stream=i + 1)
     return h
-
-
-def iob2_constraints(tags):
-    """(allowed, start): I-X may follow only B-X or I-X, and may not open a sentence."""
-    C = len(tags)
-    allowed = np.ones((C, C), dtype=bool)
-    start = np.ones(C, dtype=bool)
-    for j, tag in enumerate(tags):
-        if tag.startswith("I-"):
-            start[j] = False
-            allowed[:, j] = [p in ("B-" + tag[2:], tag) for p in tags]
-    return allowed, start
-
-
-def crf_constraints(tags):
-    """The IOB2 constraints as a CRF mask (C + 1, C + 1), index C the sentence
-    boundary: I-X only after B-X or I-X, never first; any tag may end."""
-    allowed, start = iob2_constraints(tags)
-    C = len(tags)
-    out = np.ones((C + 1, C + 1), dtype=bool)
-    out[:C, :C] = allowed
-    out[C, :C] = start
-    out[C, C] = False           # no empty sentence
-    return out
 
 
 # the files are written by the core's atomic writer (cygrad.serialize), as cygrad.save's are

@@ -32,11 +32,7 @@ from cygrad.ner.checkpoint import (  # noqa: F401  (CHECKPOINT, checkpoint_path:
 )
 from cygrad.ner.data import UNK, Vocab
 from cygrad.ner.evaluate import gold_tags, score, tags_of  # noqa: F401  (callers import score here)
-from cygrad.ner.model import (
-    Config,
-    WindowModel,
-    crf_constraints,
-)
+from cygrad.ner.model import Config, WindowModel
 from cygrad.optim import SGD, Adagrad
 
 
@@ -87,10 +83,7 @@ class Trainer:
         # --freeze-vectors: the rows of E that came from the vectors, as they came (the
         # rows a step touched are put back after it; the other rows of E train)
         self.frozen = None
-        # distributed: (the global batch's rows, this rank's first row, positives before
-        # it, positives in all) of the batch _batches handed out last
-        self._share = None
-        self._corrupt = np.zeros(0, np.int64)
+        self.objective = model.config.objective
         if tcfg.freeze_vectors:
             rows = np.flatnonzero(model.vector_rows >= 0)
             self.frozen = (np.isin(np.arange(len(model.vocab.words)), rows),
@@ -107,7 +100,7 @@ class Trainer:
         v = model.vocab
         self.positive_tag = np.array([t[2:] == model.config.positive for t in v.tags],
                                      dtype=np.int64)
-        if model.config.loss in ("logistic", "max-margin") and not self.positive_tag.any():
+        if self.objective.binary and not self.positive_tag.any():
             types = sorted({t[2:] for t in v.tags if len(t) > 2})
             raise ValueError(f"--positive {model.config.positive!r}: no tag of that type in "
                              f"the training data (its types: {', '.join(types)})")
@@ -139,34 +132,7 @@ class Trainer:
             bags = (ngrams,) + self.bags if cfg.ngram_dim else None
             return m.logits_graph(t, words, suffixes, cases, dropout=drop, key=key,
                                   prefixes=prefixes, shapes=shapes, ngrams=bags)
-        if cfg.loss == "softmax":
-            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, labels, key=None):
-                return cg.softmax_cross_entropy(
-                    logits(words, suffixes, cases, prefixes, shapes, ngrams, key), labels)
-        elif cfg.loss == "crf":
-            allowed = crf_constraints(m.vocab.tags)
-
-            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, labels, lengths,
-                        key=None):
-                return cg.crf_nll(logits(words, suffixes, cases, prefixes, shapes, ngrams, key),
-                                  lengths, labels, t["A"], allowed)
-        elif cfg.loss == "logistic":
-            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, targets, key=None):
-                s = logits(words, suffixes, cases, prefixes, shapes, ngrams, key)
-                return cg.sigmoid_binary_cross_entropy(s.reshape(len(targets)), targets)
-        else:
-            # the lecture's max-margin objective: each window whose centre is a positive
-            # should outscore, by 1, the same window with its centre word replaced by a
-            # random vocabulary word (the corrupt window; its suffix and prefix follow the
-            # word, casing and shape stay); both under the same dropout masks
-            def loss_fn(words, suffixes, cases, prefixes, shapes, ngrams, c_words, c_suffixes,
-                        c_prefixes, key=None):
-                n = len(words)
-                s_true = logits(words, suffixes, cases, prefixes, shapes, ngrams, key).reshape(n)
-                s_corrupt = logits(c_words, c_suffixes, cases, c_prefixes, shapes, ngrams,
-                                   key).reshape(n)
-                return cg.max_margin(s_true, s_corrupt)
-        return loss_fn
+        return self.objective.loss_fn(self, logits)
 
     def set_data(self, enc):
         """What the steps need from the training data as a whole: word dropout's
@@ -201,29 +167,31 @@ class Trainer:
         return loss.item()
 
     def step(self, words, suffixes, cases, labels, rng=None, prefixes=None, shapes=None,
-             lengths=None, ngrams=None):
+             lengths=None, ngrams=None, share=None):
         """One step on a batch of windows; returns its mean loss (before the update).
         With dropout or word dropout, ``rng`` draws the step's key and <unk> words.
         The CRF loss needs whole sentences: ``lengths`` (sentence lengths, summing
-        to the batch)."""
-        if self.frozen is None:
-            return self._step_batch(words, suffixes, cases, labels, rng, prefixes, shapes,
-                                    lengths, ngrams)
-        loss = self._step_batch(words, suffixes, cases, labels, rng, prefixes, shapes,
-                                lengths, ngrams)
-        mask, E0 = self.frozen
-        ids = np.unique(np.concatenate([words.reshape(-1), self._corrupt.reshape(-1)]))
-        ids = ids[mask[ids]]
-        E = self.t["E"].data
-        E[ids] = E0[ids]
+        to the batch). Distributed, ``share`` is this rank's part of the global batch
+        (what :meth:`batches` hands out with it)."""
+        loss, args = self._step_batch(words, suffixes, cases, labels, rng, prefixes, shapes,
+                                      lengths, ngrams, share)
+        if self.frozen is not None and args is not None:
+            # the rows of E that came from the vectors go back to them (every word row
+            # the step touched: the batch's, and max-margin's corrupt words)
+            mask, E0 = self.frozen
+            ids = np.unique(np.concatenate([a.reshape(-1) for a in
+                                            self.objective.words_touched(args)]))
+            ids = ids[mask[ids]]
+            E = self.t["E"].data
+            E[ids] = E0[ids]
         return loss
 
-    def _step_batch(self, words, suffixes, cases, labels, rng=None, prefixes=None,
-                    shapes=None, lengths=None, ngrams=None):
-        cfg = self.model.config
+    def _step_batch(self, words, suffixes, cases, labels, rng, prefixes, shapes, lengths,
+                    ngrams, share):
+        """(the mean loss, the step's arguments, None when it had none)."""
+        cfg, obj = self.model.config, self.objective
         self.model._ids(words, suffixes, cases, prefixes, shapes)    # needed ones given
-        if rng is None and (self.keyed or self.unk_prob is not None
-                            or cfg.loss == "max-margin"):
+        if rng is None and (self.keyed or self.unk_prob is not None or obj.draws):
             raise ValueError("this training step draws random numbers (dropout, word "
                              "dropout or corrupt windows): pass rng=")
         # a feature the model does not read: any array of the batch's shape
@@ -236,7 +204,12 @@ class Trainer:
         extra = ()
         # distributed: every rank draws what one process draws for the whole global
         # batch (its rows R; this rank's rows start at a) and takes its share
-        share = self._share if self.comm is not None else None
+        # (share None: the whole batch is this rank's, as with one rank)
+        if self.comm is None:
+            share = None
+        elif share is None and self.size > 1:
+            raise ValueError("a step of a distributed trainer needs share= (what batches() "
+                             "hands out with the batch)")
         if self.unk_prob is not None:
             if share is not None:
                 R, a = share[0], share[1]
@@ -246,87 +219,48 @@ class Trainer:
             drop = u < self.unk_prob[words]
             words = np.where(drop, self.unk_id, words)
         if self.comm is not None:   # this rank's examples: the weight of its gradient
-            self.step_opt.weight = (len(words) if cfg.loss != "max-margin"
-                                    else int(np.count_nonzero(self.positive_tag[labels])))
+            self.step_opt.weight = obj.examples(self, labels)
         if self.keyed:
             key = int(rng.integers(0, 2 ** 62))
             if share is None:
                 extra = (np.array(key, dtype=np.int64),)
             else:   # the masks of this rank's rows of the global batch: (key, first row)
-                first = share[2] if cfg.loss == "max-margin" else share[1]
-                extra = (np.array([key, first], dtype=np.int64),)
+                extra = (np.array([key, obj.first_row(share)], dtype=np.int64),)
         if share is not None and len(words) == 0:
             # no example of the global batch on this rank: it draws what the others
             # draw, and takes part in the exchange with nothing
-            if cfg.loss == "max-margin" and share[3]:
-                rng.integers(3, len(self.model.vocab.words), share[3])
-            self.step_opt.weight = 0
-            self.step_opt.zero_grad()
-            self.step_opt.step()
-            self.step_opt.zero_grad()
-            return 0.0
-        if cfg.loss == "softmax":
-            return self._step(words, suffixes, cases, prefixes, shapes, ngrams, labels, *extra)
-        if cfg.loss == "crf":
-            if lengths is None:
-                raise ValueError("the crf loss trains on whole sentences: pass lengths=")
-            return self._step(words, suffixes, cases, prefixes, shapes, ngrams, labels,
-                              np.asarray(lengths, dtype=np.int64), *extra)
-        y = self.positive_tag[labels]
-        if cfg.loss == "logistic":
-            return self._step(words, suffixes, cases, prefixes, shapes, ngrams, y.astype(cfg.dtype),
-                              *extra)
-        pos = np.flatnonzero(y)
-        corrupt = None
-        if share is not None:       # the global batch's corrupt words, this rank's share
-            before, total = share[2], share[3]
-            if total:
-                corrupt = rng.integers(3, len(self.model.vocab.words), total)[
-                    before:before + len(pos)]
-        if len(pos) == 0:
+            obj.skip_draws(self, rng, share)
+            self._empty_exchange()
+            return 0.0, None
+        args = obj.targets(self, (words, suffixes, cases, prefixes, shapes, ngrams), labels,
+                           lengths, rng, share)
+        if args is None:                # nothing to learn from in this batch
             if self.comm is not None:   # the other ranks' exchange needs this rank too
-                self.step_opt.zero_grad()
-                self.step_opt.step()
-                self.step_opt.zero_grad()
-            return 0.0
-        w, sf, cs, pf, sh, ng = (words[pos], suffixes[pos], cases[pos], prefixes[pos],
-                                 shapes[pos], ngrams[pos])
-        wc, sc, pc = w.copy(), sf.copy(), pf.copy()
-        k = cfg.k
-        wc[:, k] = corrupt if corrupt is not None else \
-            rng.integers(3, len(self.model.vocab.words), len(pos))
-        self._corrupt = wc[:, k]        # (rows the step touches besides words')
-        sc[:, k] = self.suffix_of_word[wc[:, k]]
-        if cfg.prefix_dim:
-            pc[:, k] = self.prefix_of_word[wc[:, k]]
-        return self._step(w, sf, cs, pf, sh, ng, wc, sc, pc, *extra)
+                self._empty_exchange()
+            return 0.0, None
+        return self._step(*args, *extra), args
 
-    def calibrate(self, enc, n=20000):
-        """Max-margin scores have no natural zero: move the output bias so that
-        score > 0 is the threshold with the best token F1 on (the first n of) the
-        training windows. The loss depends on score differences only, so this does
-        not change training."""
-        if self.model.config.loss != "max-margin":
-            return
-        m = min(n, len(enc))
-        bags = None if enc.ngrams is None else (enc.ngrams[:m], enc.ngram_ptr,
-                                                enc.ngram_items)
-        s = self.model.scores(enc.words[:m], enc.suffixes[:m], enc.cases[:m],
-                              enc.prefixes[:m], enc.shapes[:m], bags)[:, 0]
-        y = self.positive_tag[enc.labels[:m]]
-        order = np.argsort(-s, kind="stable")
-        tp = np.cumsum(y[order])
-        f1 = 2 * tp / (np.arange(1, m + 1) + y.sum())
-        best = int(np.argmax(f1))
-        cut = (s[order[best]] + s[order[best + 1]]) / 2 if best + 1 < m else s[order[best]] - 1
-        self.model.params["c"][0] -= cut
+    def _empty_exchange(self):
+        """Distributed: this rank's part in a step it has no examples for."""
+        self.step_opt.weight = 0
+        self.step_opt.zero_grad()
+        self.step_opt.step()
+        self.step_opt.zero_grad()
 
-    def _batches(self, enc, rng):
-        """Token index arrays of the epoch's batches (and sentence lengths for the
-        CRF): shuffled windows in groups of batch_size, or, for the CRF, shuffled
-        whole sentences, each batch closed once it holds batch_size tokens."""
+    def calibrate(self, enc):
+        """After an epoch: the objective's calibration (max-margin's threshold)."""
+        self.objective.calibrate(self, enc)
+
+    def batches(self, enc, rng):
+        """(token indices, sentence lengths, share) of the epoch's batches: shuffled
+        windows in groups of batch_size, or, for an objective that trains on whole
+        sentences (the CRF), shuffled whole sentences (their lengths given), each
+        batch closed once it holds batch_size tokens. Distributed, ``share`` is
+        (the global batch's rows, this rank's first row, positive windows before it,
+        positive windows in all); else None."""
         n, B = len(enc), self.tcfg.batch_size
-        if self.model.config.loss != "crf":
+        share = None
+        if not self.objective.sentences:
             order = rng.permutation(n) if self.tcfg.shuffle else np.arange(n)
             G = B * self.size       # distributed: a global batch, this rank's share of it
             for lo in range(0, n, G):
@@ -337,9 +271,9 @@ class Trainer:
                     parts = np.array_split(batch, self.size)
                     a = sum(len(q) for q in parts[:self.rank])
                     pos = self.positive_tag[enc.labels[batch]]
-                    self._share = (len(batch), a, int(pos[:a].sum()), int(pos.sum()))
+                    share = (len(batch), a, int(pos[:a].sum()), int(pos.sum()))
                     batch = parts[self.rank]
-                yield batch, None
+                yield batch, None, share
             return
         off = enc.offsets
         S = len(off) - 1
@@ -371,11 +305,11 @@ class Trainer:
                 a, b = edges[self.rank], edges[self.rank + 1]
                 rows = int(ends[hi - 1] - base)
                 first = int((ends[a - 1] if a else 0) - base)
-                self._share = (rows, first, 0, 0)
+                share = (rows, first, 0, 0)
             sents = order[a:b]
             idx = np.concatenate([np.arange(off[i], off[i + 1]) for i in sents]) \
                 if len(sents) else np.zeros(0, np.int64)
-            yield idx, lens[a:b]
+            yield idx, lens[a:b], share
             lo = hi
 
     def epoch(self, enc, rng, progress=None, order_rng=None):
@@ -385,10 +319,10 @@ class Trainer:
         draws what one process draws for the whole global batch and takes its share,
         so that N ranks train the model of one process with N x batch_size."""
         total, seen = 0.0, 0
-        for b, (idx, lengths) in enumerate(self._batches(enc, order_rng or rng)):
+        for b, (idx, lengths, share) in enumerate(self.batches(enc, order_rng or rng)):
             loss = self.step(enc.words[idx], enc.suffixes[idx], enc.cases[idx], enc.labels[idx],
                              rng, enc.prefixes[idx], enc.shapes[idx], lengths,
-                             None if enc.ngrams is None else enc.ngrams[idx])
+                             None if enc.ngrams is None else enc.ngrams[idx], share)
             total += loss * len(idx)
             seen += len(idx)
             if progress is not None:

@@ -15,6 +15,8 @@ from cygrad.ner.data import Sentence, Vocab, encode, word_key
 from cygrad.ner.model import Config, ModelError, WindowModel
 from cygrad.ner.train import TrainConfig, train
 
+pytestmark = pytest.mark.vectors    # (CI runs them again with the vectors extra installed)
+
 D = 6
 WORDS = ["the", "police", "jordan", "germany", "2008", "1996", "3-1", "0000", "lagos",
          "okafor", "arrested", "in", ".", "maria", "berlin"]

@@ -337,11 +337,13 @@ def test_two_trainings_into_one_directory_the_second_is_refused_by_name(tmp_path
 
 @pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
 def test_non_finite_vectors_are_blamed_on_the_vectors_file(bad, tmp_path):
-    from cygrad.ner.cli import read_vectors
+    from cygrad.ner.cli import read_vectors  # (the old name: vectors.load)
+    from cygrad.ner.vectors import load
+    assert read_vectors is load
     p = tmp_path / "v.txt"
     p.write_text(f"the 0.1 0.2\ncity 0.3 {bad}\n")
     with pytest.raises(ValueError, match=r"v.txt:2: the vector of 'city' holds NaN or infinity"):
-        read_vectors(str(p))
+        load(str(p))
 
 
 @pytest.mark.parametrize("bad", [[1.0, 2.0], "ab", 3.0, None])

@@ -408,96 +408,77 @@ class Builder:
         _lowering(name).bwd(self, node, name, node._parents, g)
 
     def emb_update(self, table, segs):
-        i = self.pindex[id(table)]
-        V, d = table.shape
-        tv = self.leaf(table)
-        w = segs[0][3]
-        if any(s[3] != w for s in segs):
-            raise Unsupported("one embedding table used with windows of different widths")
-        if self.gradmode:           # the optimiser gets the rows' gradients after the plan
-            for iv, g, B, w, d in segs:
-                if iv.buf.ext is not None:
-                    raise Unsupported("an embedding table indexed by constant ids, with "
-                                       f"{type(self.opt).__name__}")
-            self.gradsparse[i] = (list(segs), id(table) in self.dense_tables)
-            return
-        if not (self.adagrad or self.adam):
-            for iv, g, B, w, d in segs:
-                self.add(Task("emb_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g],
-                               [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all")],
-                               m=B, k=OWNER_CLASSES, h=d, w=w))
-            return
-        if len(segs) > 4:
-            raise Unsupported("an embedding table used more than 4 times")
-        uses = self.segment_dense.get(id(table), [])
-        if any(uses) and not all(uses):
-            raise Unsupported("an embedding table gathered with dense and row-sparse "
-                              "gradients in one step")
-        # dense gradients: eager sums each use's rows, then the uses; the plan groups a
-        # row's slots by use the same way (row-sparse ones: every slot in order)
-        dense = bool(uses) and all(uses) and len(segs) > 1
-        total = sum(s[2] * w for s in segs)
-        self.updated.add(i)
-        sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
-        heads = View(self.ext_buf("heads", i, np.full(V, -1, np.int64)), V, 1, 8)
-        slots = self.new(2 * total, 1, 8)
-        row = self.new(2 if dense else 1, d)
-        segv = [(iv, g, B) for iv, g, B, _, _ in segs]
-        acc = [(tv, "w", "all"), (sv, "w", "all"), (heads, "w", "all"), (slots, "w", "all"),
-               (row, "w", "all")] + [(iv, "r", "all") for iv, _, _ in segv] + \
-              [(g, "r", "all") for _, g, _ in segv]
-        v = [tv, sv, heads, slots, row]
-        if self.adam:
-            sv2 = View(self.ext_buf("adam_v", i), V, d, self.item)
-            v.append(sv2)
-            acc.append((sv2, "w", "all"))
-        self.add(Task("emb_adam" if self.adam else "emb_adagrad", (ONE, 1, 1), v, acc, h=d,
-                       w=w, segs=segv, pidx=i, k=1 if dense else 0))
-
+        """The update of an embedding table from its windows' slot gradients."""
+        self._slot_update(table, segs, "emb", "an embedding table")
 
     def bag_update(self, table, segs, bags):
         """The update of an embedding bags' table (row-sparse, as the graph op's
         gradient): each use's slots hand every item of their bag the slot's gradient
         over the bag's size."""
+        self._slot_update(table, segs, "bag", "an embedding bags' table", bags)
+
+    def _slot_update(self, table, segs, kind, what, bags=None):
+        """The update of a table whose gradient arrives as window slots (``segs``: one
+        (ids, gradient, rows, width, d) per use): ``kind`` "emb" (a slot is one row) or
+        "bag" (a slot is a bag of rows: ``bags`` = (ptr, items, largest bag, ...)).
+        Gradient mode leaves the rows' gradients to the optimiser; SGD updates by row
+        ownership classes; Adagrad and Adam sum each row's slots in the eager order
+        (a chain per row: ``heads`` and the scratch pairs) and step each row once."""
         i = self.pindex[id(table)]
         V, d = table.shape
         tv = self.leaf(table)
         w = segs[0][3]
         if any(s[3] != w for s in segs):
-            raise Unsupported("one bag table used with windows of different widths")
-        pv, itv, maxbag = bags[:3]
+            raise Unsupported(f"{what} used with windows of different widths")
+        extra = [] if bags is None else list(bags[:2])      # the bags' ptr and items
         if self.gradmode:           # the optimiser gets the rows' gradients after the plan
             if any(iv.buf.ext is not None for iv, *_ in segs):
-                raise Unsupported("embedding bags of constant windows, with "
+                raise Unsupported(f"{what} indexed by constant ids, with "
                                   f"{type(self.opt).__name__}")
-            self.gradsparse[i] = (list(segs), False, bags)
+            self.gradsparse[i] = ((list(segs), id(table) in self.dense_tables) if bags is None
+                                  else (list(segs), False, bags))
             return
+        reads = [(x, "r", "all") for x in extra]
         if not (self.adagrad or self.adam):
             for iv, g, B, w, d in segs:
-                self.add(Task("bag_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g, pv, itv],
-                               [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all"),
-                                (pv, "r", "all"), (itv, "r", "all")],
+                self.add(Task(kind + "_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g] + extra,
+                               [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all")] + reads,
                                m=B, k=OWNER_CLASSES, h=d, w=w))
             return
         if len(segs) > 4:
-            raise Unsupported("an embedding bags' table used more than 4 times")
-        cap = max(1, sum(s[2] * w for s in segs) * maxbag)     # (slot, item) pairs at most
+            raise Unsupported(f"{what} used more than 4 times")
+        if bags is None:
+            uses = self.segment_dense.get(id(table), [])
+            if any(uses) and not all(uses):
+                raise Unsupported("an embedding table gathered with dense and row-sparse "
+                                  "gradients in one step")
+            # dense gradients: eager sums each use's rows, then the uses; the plan groups
+            # a row's slots by use the same way (row-sparse ones: every slot in order)
+            dense = bool(uses) and all(uses) and len(segs) > 1
+            scratch = self.new(2 * sum(s[2] * w for s in segs), 1, 8)
+            row = self.new(2 if dense else 1, d)
+            k = 1 if dense else 0
+        else:
+            k = max(1, sum(s[2] * w for s in segs) * bags[2])  # (slot, item) pairs at most
+            scratch = self.new(3 * k, 1, 8)
+            row = self.new(1, d)
         self.updated.add(i)
         sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
         heads = View(self.ext_buf("heads", i, np.full(V, -1, np.int64)), V, 1, 8)
-        scratch = self.new(3 * cap, 1, 8)
-        row = self.new(1, d)
         sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
         segv = [(iv, g, B) for iv, g, B, _, _ in segs]
         acc = [(tv, "w", "all"), (sv, "w", "all"), (heads, "w", "all"),
-               (scratch, "w", "all"), (row, "w", "all"), (pv, "r", "all"),
-               (itv, "r", "all")] + [(iv, "r", "all") for iv, _, _ in segv] + \
-              [(g, "r", "all") for _, g, _ in segv]
+               (scratch, "w", "all"), (row, "w", "all")] + reads + \
+              [(iv, "r", "all") for iv, _, _ in segv] + [(g, "r", "all") for _, g, _ in segv]
+        views = [tv, sv, heads, scratch, row]
+        if bags is not None:        # (the bag tasks read sv2, ptr, items by position)
+            views += [sv2] + extra
+        elif sv2 is not None:
+            views.append(sv2)
         if sv2 is not None:
             acc.append((sv2, "w", "all"))
-        self.add(Task("bag_adam" if self.adam else "bag_adagrad", (ONE, 1, 1),
-                       [tv, sv, heads, scratch, row, sv2, pv, itv], acc, h=d, w=w,
-                       segs=segv, pidx=i, k=cap))
+        self.add(Task(kind + ("_adam" if self.adam else "_adagrad"), (ONE, 1, 1), views, acc,
+                       h=d, w=w, segs=segv, pidx=i, k=k))
 
 
 def _lowering(name):

@@ -17,6 +17,7 @@ Conventions
   for any thread count.
 """
 
+from cygrad.kernels import _elementwise
 from cygrad.kernels._bags import embedding_bag_backward, embedding_bag_windows
 from cygrad.kernels._crf import constrained_viterbi, crf_nll, crf_viterbi
 from cygrad.kernels._elementwise import (
@@ -62,16 +63,10 @@ from cygrad.kernels._optim import (
 )
 
 #: name -> (forward, backward, saves); ``saves`` says whether the backward's
-#: ``saved`` argument is the forward "input" or the forward "output".
-ACTIVATIONS = {
-    "sigmoid": (sigmoid, sigmoid_backward, "output"),
-    "tanh": (tanh, tanh_backward, "output"),
-    "relu": (relu, relu_backward, "input"),
-    "leaky_relu": (leaky_relu, leaky_relu_backward, "input"),
-    "hardtanh": (hardtanh, hardtanh_backward, "input"),
-    "gelu": (gelu, gelu_backward, "input"),
-    "silu": (silu, silu_backward, "input"),
-}
+#: ``saved`` argument is the forward "input" or the forward "output". Built from the
+#: one registry (``_elementwise.ACT_CODES`` / ``ACT_SAVES``, the C enum's names).
+ACTIVATIONS = {n: (getattr(_elementwise, n), getattr(_elementwise, n + "_backward"), saves)
+               for n, saves in _elementwise.ACT_SAVES.items()}
 
 __all__ = [
     "ACTIVATIONS", "matmul", "outer_accumulate", "add_bias", "bias_grad",

@@ -32,6 +32,12 @@ from cygrad.kernels._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, 
 ACT_CODES = {"sigmoid": BP_SIGMOID, "tanh": BP_TANH, "relu": BP_RELU,
              "leaky_relu": BP_LEAKY_RELU, "hardtanh": BP_HARDTANH, "gelu": BP_GELU,
              "silu": BP_SILU}
+#: activation name -> what its backward reads as ``saved``: the forward's "input" or its
+#: "output" (the ACTIVATIONS tables of cygrad.kernels and of the NumPy reference are
+#: built from these two)
+ACT_SAVES = {"sigmoid": "output", "tanh": "output", "relu": "input", "leaky_relu": "input",
+             "hardtanh": "input", "gelu": "input", "silu": "input"}
+assert set(ACT_SAVES) == set(ACT_CODES)
 
 cdef enum:
     GRAIN = 16384       # elements per chunk of a threaded loop (fixed: the chunks, and so

@@ -340,7 +340,6 @@ def embedding_adam_update(table, exp_avg, exp_avg_sq, windows, dX, step, lr, bet
     fn = "embedding_adam_update"
     table, (m, v), windows, dX = sparse_update_args(
         fn, table, (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)), windows, dX)
-    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
     lr = _nonneg(fn, "lr", lr)
     _, eps = check_lr_eps(fn, 1.0, eps)
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
@@ -352,27 +351,7 @@ def embedding_adam_update(table, exp_avg, exp_avg_sq, windows, dX, step, lr, bet
     cdef double wdc = 0.0 if decoupled else wd
     cdef double decay = 1.0 - lr * wd if decoupled else 1.0
     cdef double e = eps
-    if d == 0 or B * w == 0:
-        return table
-    pairs = np.empty(2 * B * w, dtype=np.int64)
-    row = np.empty(d, dtype=table.dtype)
-    cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
-    cdef cnp.int64_t *pp = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>pairs)
-    cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
-    cdef void *mp = cnp.PyArray_DATA(<cnp.ndarray>m)
-    cdef void *vp = cnp.PyArray_DATA(<cnp.ndarray>v)
-    cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
-    cdef void *rp = cnp.PyArray_DATA(<cnp.ndarray>row)
-    cdef bint f32 = is_f32(table)
-    with nogil:
-        if f32:
-            bp_sparse_adam_f32(<float *>tp, <float *>mp, <float *>vp, d, wp, B * w, w,
-                               <const float *>gp, w * d, pp, NULL, <float *>rp, alpha, b1, b2,
-                               e, c, wdc, decay)
-        else:
-            bp_sparse_adam_f64(<double *>tp, <double *>mp, <double *>vp, d, wp, B * w, w,
-                               <const double *>gp, w * d, pp, NULL, <double *>rp, alpha, b1,
-                               b2, e, c, wdc, decay)
+    _sparse_step(_ADAM, table, m, v, windows, dX, alpha, e, b1, b2, c, wdc, decay)
     return table
 
 
@@ -403,24 +382,48 @@ def embedding_adagrad_update(table, accum, windows, dX, lr, eps=1e-8):
     fn = "embedding_adagrad_update"
     table, (accum,), windows, dX = sparse_update_args(fn, table, (("accum", accum),),
                                                       windows, dX)
-    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
     lr, eps = check_lr_eps(fn, lr, eps)
+    _sparse_step(_ADAGRAD, table, accum, None, windows, dX, lr, eps)
+    return table
+
+
+cdef enum:
+    _ADAGRAD = 0
+    _ADAM = 1
+
+
+cdef void _sparse_step(int kind, table, s1, s2, windows, dX, double lr, double eps,
+                       double b1=0.0, double b2=0.0, double c=0.0, double wdc=0.0,
+                       double decay=1.0) except *:
+    """The row-sparse step of ``kind`` on checked arguments: each touched row's slot
+    gradients summed (csrc/bp_optim's one row grouping), then one step per row. ``s1``,
+    ``s2``: the state arrays (Adagrad's accum; Adam's exp_avg, exp_avg_sq)."""
+    cdef Py_ssize_t B = windows.shape[0], w = windows.shape[1], d = table.shape[1]
     if d == 0 or B * w == 0:
-        return table
+        return
     pairs = np.empty(2 * B * w, dtype=np.int64)
     row = np.empty(d, dtype=table.dtype)
     cdef const cnp.int64_t *wp = <const cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>windows)
     cdef cnp.int64_t *pp = <cnp.int64_t *>cnp.PyArray_DATA(<cnp.ndarray>pairs)
     cdef void *tp = cnp.PyArray_DATA(<cnp.ndarray>table)
-    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>accum)
+    cdef void *ap = cnp.PyArray_DATA(<cnp.ndarray>s1)
+    cdef void *vp = NULL if s2 is None else cnp.PyArray_DATA(<cnp.ndarray>s2)
     cdef void *gp = cnp.PyArray_DATA(<cnp.ndarray>dX)
     cdef void *rp = cnp.PyArray_DATA(<cnp.ndarray>row)
-    cdef double l = lr, e = eps
+    cdef bint f32 = is_f32(table)
+    cdef Py_ssize_t n = B * w, ld = w * d
     with nogil:
-        if cnp.PyArray_TYPE(<cnp.ndarray>table) == cnp.NPY_FLOAT32:
-            bp_sparse_adagrad_f32(<float *>tp, <float *>ap, d, wp, B * w, w, <const float *>gp,
-                                  w * d, pp, NULL, <float *>rp, l, e)
+        if kind == _ADAGRAD and f32:
+            bp_sparse_adagrad_f32(<float *>tp, <float *>ap, d, wp, n, w, <const float *>gp,
+                                  ld, pp, NULL, <float *>rp, lr, eps)
+        elif kind == _ADAGRAD:
+            bp_sparse_adagrad_f64(<double *>tp, <double *>ap, d, wp, n, w, <const double *>gp,
+                                  ld, pp, NULL, <double *>rp, lr, eps)
+        elif f32:
+            bp_sparse_adam_f32(<float *>tp, <float *>ap, <float *>vp, d, wp, n, w,
+                               <const float *>gp, ld, pp, NULL, <float *>rp, lr, b1, b2, eps,
+                               c, wdc, decay)
         else:
-            bp_sparse_adagrad_f64(<double *>tp, <double *>ap, d, wp, B * w, w,
-                                  <const double *>gp, w * d, pp, NULL, <double *>rp, l, e)
-    return table
+            bp_sparse_adam_f64(<double *>tp, <double *>ap, <double *>vp, d, wp, n, w,
+                               <const double *>gp, ld, pp, NULL, <double *>rp, lr, b1, b2, eps,
+                               c, wdc, decay)

@@ -8,6 +8,8 @@ compiled kernels are the ones that must reject bad input.
 
 import numpy as np
 
+from cygrad.kernels._elementwise import ACT_SAVES as _ACT_SAVES
+
 
 def _out(result, out):
     if out is None:
@@ -182,16 +184,11 @@ def dropout(x, p, key, out=None, stream=0, first=0):
     return _out(x * m, out)
 
 
-#: name -> (forward, backward, saves), as in cygrad.kernels.ACTIVATIONS.
-ACTIVATIONS = {
-    "sigmoid": (sigmoid, sigmoid_backward, "output"),
-    "tanh": (tanh, tanh_backward, "output"),
-    "relu": (relu, relu_backward, "input"),
-    "leaky_relu": (leaky_relu, leaky_relu_backward, "input"),
-    "hardtanh": (hardtanh, hardtanh_backward, "input"),
-    "gelu": (gelu, gelu_backward, "input"),
-    "silu": (silu, silu_backward, "input"),
-}
+#: name -> (forward, backward, saves), as in cygrad.kernels.ACTIVATIONS: the names and
+#: what each backward reads come from the one registry (the kernels' ACT_SAVES), the
+#: math from the functions above
+ACTIVATIONS = {n: (globals()[n], globals()[n + "_backward"], saves)
+               for n, saves in _ACT_SAVES.items()}
 
 
 # ----------------------------------------------------------------------- losses

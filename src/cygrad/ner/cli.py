@@ -245,11 +245,12 @@ def _abort_job(args, code):
             MPI.COMM_WORLD.Abort(code)
 
 
-def read_vectors(path):
-    """Pretrained vectors (cygrad.ner.vectors.load): a name (glove-6b-50d), a
-    .npy table with its word list, or a GloVe/word2vec text file."""
-    from cygrad.ner.vectors import load
-    return load(path)
+def __getattr__(name):
+    # read_vectors lived here; pretrained vectors are read by cygrad.ner.vectors.load
+    if name == "read_vectors":
+        from cygrad.ner.vectors import load
+        return load
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def configs(a, demo=False):
@@ -311,7 +312,8 @@ def cmd_train(a):
         dev_sents = read_conll(a.dev) if a.dev else []
     mcfg, tcfg = configs(a, demo)
     t0 = time.perf_counter()        # (reading the vectors is part of training)
-    vectors = read_vectors(a.vectors) if a.vectors else None
+    from cygrad.ner.vectors import load as load_vectors
+    vectors = load_vectors(a.vectors) if a.vectors else None
     # resume: the model options given again must be the checkpoint's (the others come
     # from it)
     given = getattr(a, "explicit", None)

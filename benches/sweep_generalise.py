@@ -111,6 +111,7 @@ CONFIGS.update({
     "glove.e40": _on(DEFAULTS, train={**GLOVE, "epochs": 40, "patience": 6}),
     "glove.h500.e40": _on(DEFAULTS, model={"hidden": (500,)},
                           train={**GLOVE, "epochs": 40, "patience": 6}),
+    "glove.k3.e40": _on(DEFAULTS, model={"k": 3}, train={**GLOVE, "epochs": 40, "patience": 6}),
     "random": _on(DEFAULTS),    # the defaults: random 50-d word vectors, trained
     "none": _on(DEFAULTS, model={"dim": 0}),    # no word table: the other features only
 })

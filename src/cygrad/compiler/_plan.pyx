@@ -32,7 +32,6 @@ from libc.math cimport sqrt, INFINITY
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from cygrad.kernels._parallel cimport bp_set_flag, parallel_for, pool_threads
 from cygrad.kernels._common cimport first_out_of_range, index_into
-from cygrad.kernels._csrc cimport bp_adam_f32, bp_adam_f64
 from cygrad.kernels._crf cimport _Crf, nll_one, nll_one_log
 from cygrad.kernels._crf import check_gold, transition_tables
 from cygrad.kernels._bags cimport bag_rows
@@ -40,7 +39,7 @@ from cygrad.kernels._bags cimport bag_rows
 cnp.import_array()
 
 from cygrad.kernels._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
-                             adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
+                             adam as _adam_elems, adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
                              act_bwd as _act_bwd, softmax_xent, sigmoid_bce,
                              max_margin, dropout as _dropout, weighted_xent, mse as _mse,
                              layer_norm as _ln, layer_norm_bwd as _ln_bwd)
@@ -176,10 +175,7 @@ cdef inline void _adam(Task *t, Run *r, floating *p, floating *m, floating *v,
                        const floating *g, Py_ssize_t n) noexcept nogil:
     """Adam's step on n elements of the task's parameter (its scalars: Run.adam)."""
     cdef double alpha = r.adam[2 * t.pidx], c = r.adam[2 * t.pidx + 1]
-    if floating is float:
-        bp_adam_f32(p, m, v, g, n, alpha, r.b1, r.b2, r.eps, c, r.wd, r.decay)
-    else:
-        bp_adam_f64(p, m, v, g, n, alpha, r.b1, r.b2, r.eps, c, r.wd, r.decay)
+    _adam_elems(p, m, v, g, n, alpha, r.b1, r.b2, r.eps, c, r.wd, r.decay)
 
 
 cdef inline void _rows_or_cols_unary(Task *t, Run *r, floating *dummy, Py_ssize_t lo,

@@ -23,9 +23,9 @@ from cygrad.kernels._parallel cimport parallel_for
 cnp.import_array()
 
 from cygrad.kernels._csrc cimport (BP_SIGMOID, BP_TANH, BP_RELU, BP_LEAKY_RELU, BP_HARDTANH, BP_GELU,
-                           BP_SILU, bp_unary_fwd_f32, bp_unary_fwd_f64, bp_unary_bwd_f32,
-                           bp_unary_bwd_f64, bp_add_bias_f32, bp_add_bias_f64, bp_colsum_f32,
-                           bp_colsum_f64, bp_dropout_f32, bp_dropout_f64)
+                           BP_SILU)
+from cygrad.kernels._nogil cimport (at, act_fwd_rt, act_bwd_rt, dropout_rt, add_bias_rt,
+                                    colsum_rt)
 
 #: activation name -> its code in the C enum (csrc/bp_elementwise.h): the registry every
 #: other place reads (the compiler's plan tasks, the NER scoring kernels)
@@ -56,20 +56,13 @@ cdef struct _Unary:
 
 cdef void _fwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef _Unary *u = <_Unary *>ctx
-    if u.f32:
-        bp_unary_fwd_f32(u.op, <const float *>u.x + lo, <float *>u.y + lo, hi - lo, u.alpha)
-    else:
-        bp_unary_fwd_f64(u.op, <const double *>u.x + lo, <double *>u.y + lo, hi - lo, u.alpha)
+    act_fwd_rt(u.f32, u.op, at(u.x, lo, u.f32), at(u.y, lo, u.f32), hi - lo, u.alpha)
 
 
 cdef void _bwd_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef _Unary *u = <_Unary *>ctx
-    if u.f32:
-        bp_unary_bwd_f32(u.op, <const float *>u.g + lo, <const float *>u.x + lo,
-                         <float *>u.y + lo, hi - lo, u.alpha)
-    else:
-        bp_unary_bwd_f64(u.op, <const double *>u.g + lo, <const double *>u.x + lo,
-                         <double *>u.y + lo, hi - lo, u.alpha)
+    act_bwd_rt(u.f32, u.op, at(u.g, lo, u.f32), at(u.x, lo, u.f32), at(u.y, lo, u.f32),
+               hi - lo, u.alpha)
 
 
 # The elementwise kernels see any-shape C-contiguous arrays as flat buffers, so
@@ -171,12 +164,8 @@ cdef struct _Drop:
 
 cdef void _drop_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef _Drop *u = <_Drop *>ctx
-    if u.f32:
-        bp_dropout_f32(<const float *>u.x + lo, <float *>u.y + lo, hi - lo, u.first + lo, u.key,
-                       u.stream, u.thr, u.scale)
-    else:
-        bp_dropout_f64(<const double *>u.x + lo, <double *>u.y + lo, hi - lo, u.first + lo,
-                       u.key, u.stream, u.thr, u.scale)
+    dropout_rt(u.f32, at(u.x, lo, u.f32), at(u.y, lo, u.f32), hi - lo, u.first + lo, u.key,
+               u.stream, u.thr, u.scale)
 
 
 DROPOUT_MAX_ELEMENTS = 2 ** 32
@@ -340,21 +329,14 @@ cdef struct _Rows:
 cdef void _add_bias_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     """Rows [lo, hi) of out = z + b."""
     cdef _Rows *r = <_Rows *>ctx
-    if r.f32:
-        bp_add_bias_f32(<const float *>r.x + lo * r.cols, <const float *>r.b,
-                        <float *>r.y + lo * r.cols, hi - lo, r.cols)
-    else:
-        bp_add_bias_f64(<const double *>r.x + lo * r.cols, <const double *>r.b,
-                        <double *>r.y + lo * r.cols, hi - lo, r.cols)
+    add_bias_rt(r.f32, at(r.x, lo * r.cols, r.f32), r.b, at(r.y, lo * r.cols, r.f32), hi - lo,
+                r.cols)
 
 
 cdef void _colsum_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     """Columns [lo, hi) of out = the column sums of x."""
     cdef _Rows *r = <_Rows *>ctx
-    if r.f32:
-        bp_colsum_f32(<const float *>r.x + lo, <float *>r.y + lo, r.rows, r.cols, hi - lo)
-    else:
-        bp_colsum_f64(<const double *>r.x + lo, <double *>r.y + lo, r.rows, r.cols, hi - lo)
+    colsum_rt(r.f32, at(r.x, lo, r.f32), at(r.y, lo, r.f32), r.rows, r.cols, hi - lo)
 
 
 def add_bias(z, b, out=None):

@@ -24,7 +24,7 @@ from cygrad.kernels._parallel cimport parallel_for, pool_threads
 
 cnp.import_array()
 
-from cygrad.kernels._csrc cimport bp_axpy_f32, bp_axpy_f64
+from cygrad.kernels._nogil cimport axpy
 
 cdef enum:
     GRAIN = 16384          # elements per chunk of a threaded loop (fixed, whatever the threads)
@@ -59,10 +59,7 @@ cdef void _scatter_rows(floating *table, Py_ssize_t d, const cnp.int64_t *win,
     cdef Py_ssize_t c, j
     for c in range(n):
         j = slots[c] if slots != NULL else c
-        if floating is float:
-            bp_axpy_f32(d, alpha, dX + j * d, table + win[j] * d)
-        else:
-            bp_axpy_f64(d, alpha, dX + j * d, table + win[j] * d)
+        axpy(d, alpha, dX + j * d, table + win[j] * d)
 
 
 cdef void _scatter_owned(int t, int nt, floating *table, Py_ssize_t d,

@@ -17,13 +17,11 @@ from cython cimport floating
 from cygrad.kernels._common cimport (float_array, same_dtype, out_array, index_array, no_overlap,
                              threads_for, is_f32)
 from cygrad.kernels._parallel cimport parallel_for
-from cygrad.kernels._nogil cimport weighted_xent, mse as _mse
+from cygrad.kernels._nogil cimport (at, weighted_xent_rt, softmax_xent_rt, mse_rt,
+                                    sigmoid_bce_rt, max_margin_rt)
 
 cnp.import_array()
 
-from cygrad.kernels._csrc cimport (bp_max_margin_f32, bp_max_margin_f64, bp_softmax_xent_f32,
-                           bp_softmax_xent_f64, bp_sigmoid_bce_f32,
-                           bp_sigmoid_bce_f64)
 
 cdef enum:
     ROW_BLOCK = 256
@@ -74,22 +72,14 @@ cdef void _xent_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexce
     for blk in range(lo, hi):
         r0 = blk * ROW_BLOCK
         r1 = min(x.rows, r0 + ROW_BLOCK)
-        if x.w != NULL and x.f32:
-            x.partial[blk] = weighted_xent(<const float *>x.z + r0 * x.cols, x.y + r0,
-                                           <float *>x.d + r0 * x.cols, r1 - r0, x.cols, x.w,
-                                           x.scale)
-        elif x.w != NULL:
-            x.partial[blk] = weighted_xent(<const double *>x.z + r0 * x.cols, x.y + r0,
-                                           <double *>x.d + r0 * x.cols, r1 - r0, x.cols, x.w,
-                                           x.scale)
-        elif x.f32:
-            x.partial[blk] = bp_softmax_xent_f32(<const float *>x.z + r0 * x.cols, x.y + r0,
-                                                 <float *>x.d + r0 * x.cols, r1 - r0, x.cols,
-                                                 x.scale)
+        if x.w != NULL:
+            x.partial[blk] = weighted_xent_rt(x.f32, at(x.z, r0 * x.cols, x.f32), x.y + r0,
+                                              at(x.d, r0 * x.cols, x.f32), r1 - r0, x.cols,
+                                              x.w, x.scale)
         else:
-            x.partial[blk] = bp_softmax_xent_f64(<const double *>x.z + r0 * x.cols, x.y + r0,
-                                                 <double *>x.d + r0 * x.cols, r1 - r0, x.cols,
-                                                 x.scale)
+            x.partial[blk] = softmax_xent_rt(x.f32, at(x.z, r0 * x.cols, x.f32), x.y + r0,
+                                             at(x.d, r0 * x.cols, x.f32), r1 - r0, x.cols,
+                                             x.scale)
 
 
 def softmax_cross_entropy(logits, labels, out=None, reduction="mean", weight=None):
@@ -211,12 +201,9 @@ def mse_loss(pred, target, out=None, reduction="mean"):
     cdef void *pp = cnp.PyArray_DATA(<cnp.ndarray>pred)
     cdef void *pt = cnp.PyArray_DATA(<cnp.ndarray>t)
     cdef void *pd = cnp.PyArray_DATA(<cnp.ndarray>out)
-    if is_f32(pred):
-        with nogil:
-            total = _mse(<const float *>pp, <const float *>pt, <float *>pd, n, 1.0 / div)
-    else:
-        with nogil:
-            total = _mse(<const double *>pp, <const double *>pt, <double *>pd, n, 1.0 / div)
+    cdef bint f32 = is_f32(pred)
+    with nogil:
+        total = mse_rt(f32, pp, pt, pd, n, 1.0 / div)
     return total / div, out
 
 
@@ -271,18 +258,12 @@ def sigmoid_binary_cross_entropy(scores, targets, out=None, reduction="mean"):
     out = out_array(out, scores.shape, scores.dtype, fn)
     cdef double total
     no_overlap(out, "out", scores, "scores", fn, True)
-    cdef const float[::1] s32, t32
-    cdef float[::1] d32
-    cdef const double[::1] s64, t64
-    cdef double[::1] d64
-    if is_f32(scores):
-        s32, t32, d32 = scores, t, out
-        with nogil:
-            total = bp_sigmoid_bce_f32(&s32[0], &t32[0], &d32[0], B, 1.0 / div)
-    else:
-        s64, t64, d64 = scores, t, out
-        with nogil:
-            total = bp_sigmoid_bce_f64(&s64[0], &t64[0], &d64[0], B, 1.0 / div)
+    cdef bint f32 = is_f32(scores)
+    cdef const void *ps = cnp.PyArray_DATA(<cnp.ndarray>scores)
+    cdef const void *pt = cnp.PyArray_DATA(<cnp.ndarray>t)
+    cdef void *pd = cnp.PyArray_DATA(<cnp.ndarray>out)
+    with nogil:
+        total = sigmoid_bce_rt(f32, ps, pt, pd, B, 1.0 / div)
     return total / div, (out if out.shape == shape else out.reshape(shape))
 
 
@@ -331,12 +312,7 @@ def max_margin(s_true, s_corrupt, margin=1.0, reduction="mean"):
     cdef void *pc = cnp.PyArray_DATA(<cnp.ndarray>s_corrupt)
     cdef void *pd = cnp.PyArray_DATA(<cnp.ndarray>ds)
     cdef void *pdc = cnp.PyArray_DATA(<cnp.ndarray>dsc)
-    if is_f32(s_true):
-        with nogil:
-            total = bp_max_margin_f32(<const float *>ps, <const float *>pc, <float *>pd,
-                                      <float *>pdc, n, mg, 1.0 / div)
-    else:
-        with nogil:
-            total = bp_max_margin_f64(<const double *>ps, <const double *>pc, <double *>pd,
-                                      <double *>pdc, n, mg, 1.0 / div)
+    cdef bint f32 = is_f32(s_true)
+    with nogil:
+        total = max_margin_rt(f32, ps, pc, pd, pdc, n, mg, 1.0 / div)
     return total / div, ds, dsc

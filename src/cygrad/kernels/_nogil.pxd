@@ -2,6 +2,9 @@
 # compose (as cython-blis publishes its cy.pxd): one fused-type wrapper per
 # float32/float64 pair of C loops (csrc/), so that no call site spells out
 # `if floating is float` again, and the one helper that cuts a range into parts.
+# The kernels' threaded tasks carry a dtype flag and untyped pointers: for them, each
+# family also has a runtime form (`*_rt`: the flag first, `at(p, i, f32)` for element i),
+# the one place where a runtime flag picks the float32 or float64 loop.
 # Everything here is inline: cimporting it costs no call.
 
 cimport numpy as cnp
@@ -13,7 +16,8 @@ from cygrad.kernels._csrc cimport (
     bp_adagrad_f32, bp_adagrad_f64, bp_softmax_xent_f32, bp_softmax_xent_f64,
     bp_sigmoid_bce_f32, bp_sigmoid_bce_f64, bp_max_margin_f32, bp_max_margin_f64,
     bp_dropout_f32, bp_dropout_f64, bp_layer_norm_f32, bp_layer_norm_f64,
-    bp_layer_norm_bwd_f32, bp_layer_norm_bwd_f64)
+    bp_layer_norm_bwd_f32, bp_layer_norm_bwd_f64, bp_sgd_momentum_f32, bp_sgd_momentum_f64,
+    bp_adam_f32, bp_adam_f64)
 from cygrad.kernels._gemm cimport gemm_block_f32, gemm_block_f64
 
 
@@ -168,3 +172,147 @@ cdef inline void layer_norm_bwd(const floating *g, Py_ssize_t ldg, const floatin
         bp_layer_norm_bwd_f32(g, ldg, w, xhat, ldh, rstd, dx, ldd, gx, ldgx, rows, d)
     else:
         bp_layer_norm_bwd_f64(g, ldg, w, xhat, ldh, rstd, dx, ldd, gx, ldgx, rows, d)
+
+
+cdef inline void sgd_momentum(floating *p, floating *buf, const floating *g, Py_ssize_t n,
+                              double lr, double momentum, double dampening, double wd,
+                              int nesterov, int first) noexcept nogil:
+    if floating is float:
+        bp_sgd_momentum_f32(p, buf, g, n, lr, momentum, dampening, wd, nesterov, first)
+    else:
+        bp_sgd_momentum_f64(p, buf, g, n, lr, momentum, dampening, wd, nesterov, first)
+
+
+cdef inline void adam(floating *p, floating *m, floating *v, const floating *g, Py_ssize_t n,
+                      double step, double beta1, double beta2, double eps, double sqrt_bc2,
+                      double wd, double decay) noexcept nogil:
+    if floating is float:
+        bp_adam_f32(p, m, v, g, n, step, beta1, beta2, eps, sqrt_bc2, wd, decay)
+    else:
+        bp_adam_f64(p, m, v, g, n, step, beta1, beta2, eps, sqrt_bc2, wd, decay)
+
+
+# ---------------------------------------------------------------- runtime dtype forms
+
+cdef inline void *at(const void *p, Py_ssize_t i, bint f32) noexcept nogil:
+    """Element i of an untyped float32 (``f32``) or float64 array (NULL stays NULL)."""
+    if p == NULL:
+        return NULL
+    return <void *>(<const char *>p + i * (4 if f32 else 8))
+
+
+cdef inline void act_fwd_rt(bint f32, int op, const void *x, void *y, Py_ssize_t n,
+                            double alpha) noexcept nogil:
+    if f32:
+        act_fwd(op, <const float *>x, <float *>y, n, alpha)
+    else:
+        act_fwd(op, <const double *>x, <double *>y, n, alpha)
+
+
+cdef inline void act_bwd_rt(bint f32, int op, const void *g, const void *saved, void *out,
+                            Py_ssize_t n, double alpha) noexcept nogil:
+    if f32:
+        act_bwd(op, <const float *>g, <const float *>saved, <float *>out, n, alpha)
+    else:
+        act_bwd(op, <const double *>g, <const double *>saved, <double *>out, n, alpha)
+
+
+cdef inline void dropout_rt(bint f32, const void *x, void *y, Py_ssize_t n, cnp.uint64_t first,
+                            cnp.uint64_t key, cnp.uint32_t stream, cnp.uint32_t thr,
+                            double scale) noexcept nogil:
+    if f32:
+        dropout(<const float *>x, <float *>y, n, first, key, stream, thr, scale)
+    else:
+        dropout(<const double *>x, <double *>y, n, first, key, stream, thr, scale)
+
+
+cdef inline void add_bias_rt(bint f32, const void *z, const void *b, void *out, Py_ssize_t rows,
+                             Py_ssize_t cols) noexcept nogil:
+    if f32:
+        add_bias(<const float *>z, <const float *>b, <float *>out, rows, cols)
+    else:
+        add_bias(<const double *>z, <const double *>b, <double *>out, rows, cols)
+
+
+cdef inline void colsum_rt(bint f32, const void *x, void *out, Py_ssize_t rows, Py_ssize_t ld,
+                           Py_ssize_t cols) noexcept nogil:
+    if f32:
+        colsum(<const float *>x, <float *>out, rows, ld, cols)
+    else:
+        colsum(<const double *>x, <double *>out, rows, ld, cols)
+
+
+cdef inline void axpy_rt(bint f32, Py_ssize_t n, double a, const void *x,
+                         void *y) noexcept nogil:
+    if f32:
+        axpy(n, a, <const float *>x, <float *>y)
+    else:
+        axpy(n, a, <const double *>x, <double *>y)
+
+
+cdef inline void adagrad_rt(bint f32, void *p, void *G, const void *g, Py_ssize_t n, double lr,
+                            double eps) noexcept nogil:
+    if f32:
+        adagrad(<float *>p, <float *>G, <const float *>g, n, lr, eps)
+    else:
+        adagrad(<double *>p, <double *>G, <const double *>g, n, lr, eps)
+
+
+cdef inline void sgd_momentum_rt(bint f32, void *p, void *buf, const void *g, Py_ssize_t n,
+                                 double lr, double momentum, double dampening, double wd,
+                                 int nesterov, int first) noexcept nogil:
+    if f32:
+        sgd_momentum(<float *>p, <float *>buf, <const float *>g, n, lr, momentum, dampening,
+                     wd, nesterov, first)
+    else:
+        sgd_momentum(<double *>p, <double *>buf, <const double *>g, n, lr, momentum,
+                     dampening, wd, nesterov, first)
+
+
+cdef inline void adam_rt(bint f32, void *p, void *m, void *v, const void *g, Py_ssize_t n,
+                         double step, double beta1, double beta2, double eps, double sqrt_bc2,
+                         double wd, double decay) noexcept nogil:
+    if f32:
+        adam(<float *>p, <float *>m, <float *>v, <const float *>g, n, step, beta1, beta2, eps,
+             sqrt_bc2, wd, decay)
+    else:
+        adam(<double *>p, <double *>m, <double *>v, <const double *>g, n, step, beta1, beta2,
+             eps, sqrt_bc2, wd, decay)
+
+
+cdef inline double sigmoid_bce_rt(bint f32, const void *s, const void *t, void *d, Py_ssize_t n,
+                                  double scale) noexcept nogil:
+    if f32:
+        return sigmoid_bce(<const float *>s, <const float *>t, <float *>d, n, scale)
+    return sigmoid_bce(<const double *>s, <const double *>t, <double *>d, n, scale)
+
+
+cdef inline double max_margin_rt(bint f32, const void *s, const void *sc, void *ds, void *dsc,
+                                 Py_ssize_t n, double margin, double scale) noexcept nogil:
+    if f32:
+        return max_margin(<const float *>s, <const float *>sc, <float *>ds, <float *>dsc, n,
+                          margin, scale)
+    return max_margin(<const double *>s, <const double *>sc, <double *>ds, <double *>dsc, n,
+                      margin, scale)
+
+
+cdef inline double mse_rt(bint f32, const void *p, const void *t, void *d, Py_ssize_t n,
+                          double scale) noexcept nogil:
+    if f32:
+        return mse(<const float *>p, <const float *>t, <float *>d, n, scale)
+    return mse(<const double *>p, <const double *>t, <double *>d, n, scale)
+
+
+cdef inline double softmax_xent_rt(bint f32, const void *z, const cnp.int64_t *y, void *d,
+                                   Py_ssize_t rows, Py_ssize_t cols, double scale) noexcept nogil:
+    if f32:
+        return softmax_xent(<const float *>z, y, <float *>d, rows, cols, scale)
+    return softmax_xent(<const double *>z, y, <double *>d, rows, cols, scale)
+
+
+cdef inline double weighted_xent_rt(bint f32, const void *z, const cnp.int64_t *y, void *d,
+                                    Py_ssize_t rows, Py_ssize_t cols, const double *w,
+                                    double scale) noexcept nogil:
+    if f32:
+        return weighted_xent(<const float *>z, y, <float *>d, rows, cols, w, scale)
+    return weighted_xent(<const double *>z, y, <double *>d, rows, cols, w, scale)

@@ -21,10 +21,9 @@ from cygrad.kernels._parallel cimport parallel_for
 
 cnp.import_array()
 
-from cygrad.kernels._csrc cimport (bp_axpy_f32, bp_axpy_f64, bp_adagrad_f32, bp_adagrad_f64,
-                           bp_sgd_momentum_f32, bp_sgd_momentum_f64, bp_adam_f32, bp_adam_f64,
-                           bp_sparse_adam_f32, bp_sparse_adam_f64, bp_sparse_adagrad_f32,
+from cygrad.kernels._csrc cimport (bp_sparse_adam_f32, bp_sparse_adam_f64, bp_sparse_adagrad_f32,
                            bp_sparse_adagrad_f64)
+from cygrad.kernels._nogil cimport at, axpy_rt, adagrad_rt, sgd_momentum_rt, adam_rt
 
 cdef enum:
     GRAIN = 16384          # elements per chunk of a threaded loop (fixed, whatever the threads)
@@ -45,21 +44,14 @@ cdef struct _Dense:
 cdef void _axpy_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     """p[lo:hi] += alpha g[lo:hi]."""
     cdef _Dense *u = <_Dense *>ctx
-    if u.f32:
-        bp_axpy_f32(hi - lo, u.alpha, <const float *>u.g + lo, <float *>u.p + lo)
-    else:
-        bp_axpy_f64(hi - lo, u.alpha, <const double *>u.g + lo, <double *>u.p + lo)
+    axpy_rt(u.f32, hi - lo, u.alpha, at(u.g, lo, u.f32), at(u.p, lo, u.f32))
 
 
 cdef void _adagrad_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     """An Adagrad step (lr = alpha) on elements [lo, hi)."""
     cdef _Dense *u = <_Dense *>ctx
-    if u.f32:
-        bp_adagrad_f32(<float *>u.p + lo, <float *>u.G + lo, <const float *>u.g + lo, hi - lo,
-                       u.alpha, u.eps)
-    else:
-        bp_adagrad_f64(<double *>u.p + lo, <double *>u.G + lo, <const double *>u.g + lo,
-                       hi - lo, u.alpha, u.eps)
+    adagrad_rt(u.f32, at(u.p, lo, u.f32), at(u.G, lo, u.f32), at(u.g, lo, u.f32), hi - lo,
+               u.alpha, u.eps)
 
 
 def sgd_update(param, grad, lr):
@@ -147,27 +139,15 @@ def adagrad_update(param, accum, grad, lr, eps=1e-8):
 
 
 cdef void _momentum_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
-    cdef _Dense *u = <_Dense *>ctx      # (no buffer: G is NULL, and stays so: no offset)
-    if u.f32:
-        bp_sgd_momentum_f32(<float *>u.p + lo, <float *>u.G + lo if u.G else NULL,
-                            <const float *>u.g + lo, hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag,
-                            u.first)
-    else:
-        bp_sgd_momentum_f64(<double *>u.p + lo, <double *>u.G + lo if u.G else NULL,
-                            <const double *>u.g + lo, hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag,
-                            u.first)
+    cdef _Dense *u = <_Dense *>ctx      # (no buffer: G is NULL, and stays so: at() keeps it)
+    sgd_momentum_rt(u.f32, at(u.p, lo, u.f32), at(u.G, lo, u.f32), at(u.g, lo, u.f32),
+                    hi - lo, u.alpha, u.b1, u.c, u.wd, u.flag, u.first)
 
 
 cdef void _adam_task(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil:
     cdef _Dense *u = <_Dense *>ctx
-    if u.f32:
-        bp_adam_f32(<float *>u.p + lo, <float *>u.G + lo, <float *>u.H + lo,
-                    <const float *>u.g + lo, hi - lo, u.alpha, u.b1, u.b2, u.eps, u.c, u.wd,
-                    u.decay)
-    else:
-        bp_adam_f64(<double *>u.p + lo, <double *>u.G + lo, <double *>u.H + lo,
-                    <const double *>u.g + lo, hi - lo, u.alpha, u.b1, u.b2, u.eps, u.c, u.wd,
-                    u.decay)
+    adam_rt(u.f32, at(u.p, lo, u.f32), at(u.G, lo, u.f32), at(u.H, lo, u.f32),
+            at(u.g, lo, u.f32), hi - lo, u.alpha, u.b1, u.b2, u.eps, u.c, u.wd, u.decay)
 
 
 cdef object _state_arrays(str fn, object param, object grad, tuple states):

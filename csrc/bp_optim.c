@@ -5,11 +5,12 @@
 #include "bp_elementwise.h"
 #include "bp_math.h"
 
-/* (row id, slot) pairs in increasing order: the slots of each row together, in
- * slot order. A stable LSD radix sort of the slots by id, 8 bits a pass, between
+/* The one grouping of a row's updates (eager sparse steps and compiled plans alike):
+ * (row id, slot) pairs in increasing order, the slots of each row together, in slot
+ * order. A stable LSD radix sort of the slots by id, 8 bits a pass, between
  * pairs[0:n] and pairs[n:2n]; then spread in place, from the end, into the pairs
  * (pair j's two cells lie at or after cell j, so no unread cell is overwritten). */
-static void sort_slots(const int64_t *ids, ptrdiff_t n, int64_t *pairs)
+void bp_group_slots(const int64_t *ids, ptrdiff_t n, int64_t *pairs)
 {
     int64_t maxid = 0, *src = pairs, *dst = pairs + n, *tmp;
     ptrdiff_t count[257];

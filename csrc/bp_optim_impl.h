@@ -21,36 +21,16 @@ void BP_FN(bp_adagrad)(T *restrict p, T *restrict G, const T *restrict g, ptrdif
 /* The table rows that n slots touch: slot j (= i w + s) has row id ids[j] and
  * gradient g + (j / w) ld + (j % w) d. Each row's slot gradients are summed, in slot
  * order, into row (d values of scratch), then update(ctx, r, row) gives the row its
- * one step; untouched rows are not read or written. scratch holds 2 n int64 values.
- * With head (one int64 per table row, all -1, left so), the slots of each row are
- * chained in O(n); without, they are sorted by (row, slot). */
+ * one step; untouched rows are not read or written. scratch holds 2 n int64 values:
+ * the (row, slot) pairs of bp_group_slots. */
 typedef void (*BP_FN(row_update))(void *ctx, int64_t r, const T *row);
 
 static void BP_FN(sparse_rows)(ptrdiff_t d, const int64_t *ids, ptrdiff_t n, ptrdiff_t w,
-                               const T *g, ptrdiff_t ld, int64_t *scratch, int64_t *head,
-                               T *row, BP_FN(row_update) update, void *ctx)
+                               const T *g, ptrdiff_t ld, int64_t *scratch, T *row,
+                               BP_FN(row_update) update, void *ctx)
 {
     if (n <= 0 || d <= 0) return;
-    if (head) {
-        int64_t *next = scratch, *rows = scratch + n;
-        ptrdiff_t nrows = 0;
-        for (ptrdiff_t j = n - 1; j >= 0; j--) {    /* chains in increasing slot order */
-            const int64_t r = ids[j];
-            if (head[r] < 0) rows[nrows++] = r;
-            next[j] = head[r];
-            head[r] = j;
-        }
-        for (ptrdiff_t q = 0; q < nrows; q++) {
-            const int64_t r = rows[q];
-            for (ptrdiff_t k = 0; k < d; k++) row[k] = 0;
-            for (int64_t j = head[r]; j >= 0; j = next[j])
-                BP_FN(bp_axpy)(d, 1.0, g + (j / w) * ld + (j % w) * d, row);
-            update(ctx, r, row);
-            head[r] = -1;
-        }
-        return;
-    }
-    sort_slots(ids, n, scratch);
+    bp_group_slots(ids, n, scratch);
     ptrdiff_t a = 0;
     while (a < n) {
         const int64_t r = scratch[2 * a];
@@ -75,10 +55,10 @@ static void BP_FN(adagrad_row)(void *ctx, int64_t r, const T *row)
 
 void BP_FN(bp_sparse_adagrad)(T *table, T *G, ptrdiff_t d, const int64_t *ids, ptrdiff_t n,
                               ptrdiff_t w, const T *g, ptrdiff_t ld, int64_t *scratch,
-                              int64_t *head, T *row, double lr, double eps)
+                              T *row, double lr, double eps)
 {
     struct BP_FN(adagrad_rows) c = {table, G, d, lr, eps};
-    BP_FN(sparse_rows)(d, ids, n, w, g, ld, scratch, head, row, BP_FN(adagrad_row), &c);
+    BP_FN(sparse_rows)(d, ids, n, w, g, ld, scratch, row, BP_FN(adagrad_row), &c);
 }
 
 /* SGD with momentum on a contiguous range, PyTorch's rule: g' = g + wd p;
@@ -150,11 +130,11 @@ static void BP_FN(adam_row)(void *ctx, int64_t r, const T *row)
 
 void BP_FN(bp_sparse_adam)(T *table, T *m, T *v, ptrdiff_t d, const int64_t *ids, ptrdiff_t n,
                            ptrdiff_t w, const T *g, ptrdiff_t ld, int64_t *scratch,
-                           int64_t *head, T *row, double step, double beta1, double beta2,
+                           T *row, double step, double beta1, double beta2,
                            double eps, double sqrt_bc2, double wd, double decay)
 {
     struct BP_FN(adam_rows) c = {table, m, v, d, step, beta1, beta2, eps, sqrt_bc2, wd, decay};
-    BP_FN(sparse_rows)(d, ids, n, w, g, ld, scratch, head, row, BP_FN(adam_row), &c);
+    BP_FN(sparse_rows)(d, ids, n, w, g, ld, scratch, row, BP_FN(adam_row), &c);
 }
 
 #undef BP_FN

@@ -38,6 +38,7 @@ from cygrad.kernels._bags cimport bag_rows
 
 cnp.import_array()
 
+from cygrad.kernels._csrc cimport bp_group_slots
 from cygrad.kernels._nogil cimport (split_at, gemm as _gemm, axpy as _axpy, colsum as _colsum,
                              adam as _adam_elems, adagrad as _adagrad, add_bias as _bias, act_fwd as _act_fwd,
                              act_bwd as _act_bwd, softmax_xent, sigmoid_bce,
@@ -488,57 +489,52 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
 cdef inline void _row_step(Task *t, Run *r, cnp.int64_t rr, const floating *row,
                            bint adam) noexcept nogil:
     """Table row rr's one step for its summed gradient ``row`` (v0 table, v1 Adagrad's
-    accumulator or Adam's m, v5 Adam's v): the embedding and bag updates share it."""
+    accumulator or Adam's m, v4 Adam's v): the embedding and bag updates share it."""
     cdef Py_ssize_t h = t.h
     cdef floating *P = <floating *>r.ptr[t.v[0]] + rr * h
     cdef floating *A = <floating *>r.ptr[t.v[1]] + rr * h
     if adam:
-        _adam(t, r, P, A, <floating *>r.ptr[t.v[5]] + rr * h, row, h)
+        _adam(t, r, P, A, <floating *>r.ptr[t.v[4]] + rr * h, row, h)
     else:
         _adagrad(P, A, row, h, r.lr, r.eps)
 
 
 cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
     """Adagrad (T_EMB_ADAGRAD) or lazy Adam (T_EMB_ADAM) on the table rows the
-    segments' slots touch (v0 table, v1 accumulator or Adam's m, v2 chain heads (one
-    per row, -1 between steps), v3 slot scratch, v4 one row, v5 Adam's v): each row's
-    slot gradients summed in slot order (segments in order), one step."""
-    cdef cnp.int64_t *head = <cnp.int64_t *>r.ptr[t.v[2]]
-    cdef cnp.int64_t *nxt = <cnp.int64_t *>r.ptr[t.v[3]]
-    cdef floating *row = <floating *>r.ptr[t.v[4]]
-    cdef Py_ssize_t h = t.h, w = t.w, total = 0, nrows = 0, j, q, a, kk
-    cdef cnp.int64_t rr, jj
-    cdef int s
+    segments' slots touch (v0 table, v1 accumulator or Adam's m, v2 scratch (3 int64 a
+    slot: the slots' row ids, then their (row, slot) pairs), v3 one row (two for dense
+    gradients), v4 Adam's v): each row's slot gradients summed in slot order
+    (segments in order), one step. The rows are grouped by bp_group_slots, as the
+    eager sparse steps group them."""
+    cdef cnp.int64_t *ids = <cnp.int64_t *>r.ptr[t.v[2]]
+    cdef floating *row = <floating *>r.ptr[t.v[3]]
+    cdef Py_ssize_t h = t.h, w = t.w, total, j, q, a, b, kk, n
+    cdef cnp.int64_t rr
+    cdef int s, cur
     cdef Py_ssize_t start[MAXSEG + 1]
     start[0] = 0
     for s in range(t.nseg):
-        start[s + 1] = start[s] + t.seg_m[s] * w
+        n = t.seg_m[s] * w
+        start[s + 1] = start[s] + n
+        memcpy(ids + start[s], r.ptr[t.seg_ids[s]], n * sizeof(cnp.int64_t))
     total = start[t.nseg]
-    cdef cnp.int64_t *rows = nxt + total
-    s = t.nseg - 1
-    for j in range(total - 1, -1, -1):      # chains in increasing slot order
-        while j < start[s]:
-            s -= 1
-        rr = (<const cnp.int64_t *>r.ptr[t.seg_ids[s]])[j - start[s]]
-        if head[rr] < 0:
-            rows[nrows] = rr
-            nrows += 1
-        nxt[j] = head[rr]
-        head[rr] = j
+    cdef cnp.int64_t *pairs = ids + total
+    bp_group_slots(ids, total, pairs)
     cdef const floating *g
     # dense gradients (t.k == 1): each use's slots summed on their own (row + h), then
     # the uses added in order, as eager adds the uses' dense gradients
     cdef floating *part = row + h if t.k == 1 else row
-    cdef int cur
-    for a in range(nrows):
-        rr = rows[a]
+    a = 0
+    while a < total:
+        rr = pairs[2 * a]
         for kk in range(h):
             row[kk] = 0
-        jj = head[rr]
         s = 0
         cur = -1
-        while jj >= 0:
-            while jj >= start[s + 1]:
+        b = a
+        while b < total and pairs[2 * b] == rr:     # the row's slots, in increasing order
+            j = pairs[2 * b + 1]
+            while j >= start[s + 1]:
                 s += 1
             if t.k == 1 and s != cur:
                 if cur >= 0:
@@ -546,14 +542,14 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
                 for kk in range(h):
                     part[kk] = 0
                 cur = s
-            q = jj - start[s]
+            q = j - start[s]
             g = <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] + (q % w) * h
             _axpy(h, 1.0, g, part)
-            jj = nxt[jj]
+            b += 1
         if t.k == 1 and cur >= 0:
             _axpy(h, 1.0, part, row)
         _row_step(t, r, rr, row, t.code == T_EMB_ADAM)
-        head[rr] = -1
+        a = b
 
 
 cdef inline floating _bag_scale(const cnp.int64_t *bp, cnp.int64_t bag,
@@ -588,52 +584,43 @@ cdef void _bag_sgd(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t h
 
 cdef void _bag_update(Task *t, Run *r, floating *dummy) noexcept nogil:
     """Adagrad (T_BAG_ADAGRAD) or lazy Adam (T_BAG_ADAM) on the rows a bag table's
-    segments touch (v0 table, v1 accumulator or Adam's m, v2 chain heads (one per
-    row, -1 between steps), v3 scratch (3 t.k int64: the chains, each pair's slot, the
-    rows), v4 one row, v5 Adam's v, v6 ptr, v7 items): each row's pairs (slot, item)
-    summed in order (segments, slots, items), each the slot's gradient over its bag's
-    size in the gradient's dtype, as the graph op's row-sparse gradient is summed."""
-    cdef cnp.int64_t *head = <cnp.int64_t *>r.ptr[t.v[2]]
-    cdef cnp.int64_t *nxt = <cnp.int64_t *>r.ptr[t.v[3]]
-    cdef cnp.int64_t *slot = nxt + t.k
-    cdef cnp.int64_t *rows = slot + t.k
-    cdef floating *row = <floating *>r.ptr[t.v[4]]
-    cdef const cnp.int64_t *bp = <const cnp.int64_t *>r.ptr[t.v[6]]
-    cdef const cnp.int64_t *items = <const cnp.int64_t *>r.ptr[t.v[7]]
+    segments touch (v0 table, v1 accumulator or Adam's m, v2 scratch (4 t.k int64:
+    each (slot, item) pair's row, its slot, then the (row, pair) pairs), v3 one row,
+    v4 Adam's v, v5 ptr, v6 items): each row's pairs summed in order (segments, slots,
+    items), each the slot's gradient over its bag's size in the gradient's dtype, as
+    the graph op's row-sparse gradient is summed; grouped by bp_group_slots."""
+    cdef cnp.int64_t *item_row = <cnp.int64_t *>r.ptr[t.v[2]]
+    cdef cnp.int64_t *slot = item_row + t.k
+    cdef cnp.int64_t *pairs = slot + t.k
+    cdef floating *row = <floating *>r.ptr[t.v[3]]
+    cdef const cnp.int64_t *bp = <const cnp.int64_t *>r.ptr[t.v[5]]
+    cdef const cnp.int64_t *items = <const cnp.int64_t *>r.ptr[t.v[6]]
     cdef const cnp.int64_t *ids
-    cdef Py_ssize_t h = t.h, w = t.w, total = 0, nrows = 0, j, q, a, kk, sl
-    cdef cnp.int64_t rr, jj, bag
+    cdef Py_ssize_t h = t.h, w = t.w, total = 0, q, a, b, kk, sl
+    cdef cnp.int64_t rr, e
     cdef int s
     cdef floating sc
     cdef const floating *g
     cdef Py_ssize_t start[MAXSEG + 1]
     start[0] = 0
-    for s in range(t.nseg):
+    for s in range(t.nseg):     # the pairs in order: segments, slots, items
         start[s + 1] = start[s] + t.seg_m[s] * w
         ids = <const cnp.int64_t *>r.ptr[t.seg_ids[s]]
         for q in range(t.seg_m[s] * w):
-            total += bp[ids[q] + 1] - bp[ids[q]]
-    j = total
-    for s in range(t.nseg - 1, -1, -1):     # chains in increasing pair order
-        ids = <const cnp.int64_t *>r.ptr[t.seg_ids[s]]
-        for q in range(t.seg_m[s] * w - 1, -1, -1):
-            for a in range(bp[ids[q] + 1] - 1, bp[ids[q]] - 1, -1):
-                j -= 1
-                rr = items[a]
-                if head[rr] < 0:
-                    rows[nrows] = rr
-                    nrows += 1
-                nxt[j] = head[rr]
-                head[rr] = j
-                slot[j] = start[s] + q
-    for a in range(nrows):
-        rr = rows[a]
+            for e in range(bp[ids[q]], bp[ids[q] + 1]):
+                item_row[total] = items[e]
+                slot[total] = start[s] + q
+                total += 1
+    bp_group_slots(item_row, total, pairs)
+    a = 0
+    while a < total:
+        rr = pairs[2 * a]
         for kk in range(h):
             row[kk] = 0
-        jj = head[rr]
         s = 0
-        while jj >= 0:
-            sl = slot[jj]
+        b = a
+        while b < total and pairs[2 * b] == rr:     # the row's pairs, in increasing order
+            sl = slot[pairs[2 * b + 1]]
             while sl >= start[s + 1]:
                 s += 1
             q = sl - start[s]
@@ -642,9 +629,9 @@ cdef void _bag_update(Task *t, Run *r, floating *dummy) noexcept nogil:
             g = <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] + (q % w) * h
             for kk in range(h):
                 row[kk] = row[kk] + <floating>(g[kk] * sc)
-            jj = nxt[jj]
+            b += 1
         _row_step(t, r, rr, row, t.code == T_BAG_ADAM)
-        head[rr] = -1
+        a = b
 
 
 cdef bint _timing = False      # set_timing(): each plan adds up its stages' wall times

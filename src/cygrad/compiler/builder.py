@@ -423,7 +423,8 @@ class Builder:
         "bag" (a slot is a bag of rows: ``bags`` = (ptr, items, largest bag, ...)).
         Gradient mode leaves the rows' gradients to the optimiser; SGD updates by row
         ownership classes; Adagrad and Adam sum each row's slots in the eager order
-        (a chain per row: ``heads`` and the scratch pairs) and step each row once."""
+        (grouped by row as the eager steps group them: bp_group_slots, in the scratch)
+        and step each row once."""
         i = self.pindex[id(table)]
         V, d = table.shape
         tv = self.leaf(table)
@@ -455,22 +456,21 @@ class Builder:
             # dense gradients: eager sums each use's rows, then the uses; the plan groups
             # a row's slots by use the same way (row-sparse ones: every slot in order)
             dense = bool(uses) and all(uses) and len(segs) > 1
-            scratch = self.new(2 * sum(s[2] * w for s in segs), 1, 8)
+            scratch = self.new(3 * sum(s[2] * w for s in segs), 1, 8)
             row = self.new(2 if dense else 1, d)
             k = 1 if dense else 0
         else:
             k = max(1, sum(s[2] * w for s in segs) * bags[2])  # (slot, item) pairs at most
-            scratch = self.new(3 * k, 1, 8)
+            scratch = self.new(4 * k, 1, 8)
             row = self.new(1, d)
         self.updated.add(i)
         sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
-        heads = View(self.ext_buf("heads", i, np.full(V, -1, np.int64)), V, 1, 8)
         sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
         segv = [(iv, g, B) for iv, g, B, _, _ in segs]
-        acc = [(tv, "w", "all"), (sv, "w", "all"), (heads, "w", "all"),
-               (scratch, "w", "all"), (row, "w", "all")] + reads + \
+        acc = [(tv, "w", "all"), (sv, "w", "all"), (scratch, "w", "all"),
+               (row, "w", "all")] + reads + \
               [(iv, "r", "all") for iv, _, _ in segv] + [(g, "r", "all") for _, g, _ in segv]
-        views = [tv, sv, heads, scratch, row]
+        views = [tv, sv, scratch, row]
         if bags is not None:        # (the bag tasks read sv2, ptr, items by position)
             views += [sv2] + extra
         elif sv2 is not None:

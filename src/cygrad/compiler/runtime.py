@@ -235,7 +235,7 @@ class BoundPlan:
             elif kind == "const":
                 a = payload.data if isinstance(payload, Tensor) else payload
                 what = "a constant tensor"
-            elif kind in ("heads", "live", "weights"):     # the plan's own arrays
+            elif kind in ("live", "weights"):     # the plan's own arrays
                 a = payload
                 what = None
             else:

@@ -56,27 +56,28 @@ cdef extern from "bp_losses.h" nogil:
                              Py_ssize_t n, double margin, double scale)
 
 cdef extern from "bp_optim.h" nogil:
+    void bp_group_slots(const cnp.int64_t *ids, Py_ssize_t n, cnp.int64_t *pairs)
     void bp_adagrad_f32(float *p, float *G, const float *g, Py_ssize_t n, double lr,
                         double eps)
     void bp_adagrad_f64(double *p, double *G, const double *g, Py_ssize_t n, double lr,
                         double eps)
     void bp_sparse_adagrad_f32(float *table, float *G, Py_ssize_t d, const cnp.int64_t *ids,
                                Py_ssize_t n, Py_ssize_t w, const float *g, Py_ssize_t ld,
-                               cnp.int64_t *scratch, cnp.int64_t *head, float *row, double lr,
+                               cnp.int64_t *scratch, float *row, double lr,
                                double eps)
     void bp_sparse_adagrad_f64(double *table, double *G, Py_ssize_t d, const cnp.int64_t *ids,
                                Py_ssize_t n, Py_ssize_t w, const double *g, Py_ssize_t ld,
-                               cnp.int64_t *scratch, cnp.int64_t *head, double *row, double lr,
+                               cnp.int64_t *scratch, double *row, double lr,
                                double eps)
 
     void bp_sparse_adam_f32(float *table, float *m, float *v, Py_ssize_t d,
                             const cnp.int64_t *ids, Py_ssize_t n, Py_ssize_t w, const float *g,
-                            Py_ssize_t ld, cnp.int64_t *scratch, cnp.int64_t *head, float *row,
+                            Py_ssize_t ld, cnp.int64_t *scratch, float *row,
                             double step, double beta1, double beta2, double eps, double sqrt_bc2,
                             double wd, double decay)
     void bp_sparse_adam_f64(double *table, double *m, double *v, Py_ssize_t d,
                             const cnp.int64_t *ids, Py_ssize_t n, Py_ssize_t w, const double *g,
-                            Py_ssize_t ld, cnp.int64_t *scratch, cnp.int64_t *head, double *row,
+                            Py_ssize_t ld, cnp.int64_t *scratch, double *row,
                             double step, double beta1, double beta2, double eps,
                             double sqrt_bc2, double wd, double decay)
 

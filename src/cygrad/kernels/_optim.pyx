@@ -395,15 +395,15 @@ cdef void _sparse_step(int kind, table, s1, s2, windows, dX, double lr, double e
     with nogil:
         if kind == _ADAGRAD and f32:
             bp_sparse_adagrad_f32(<float *>tp, <float *>ap, d, wp, n, w, <const float *>gp,
-                                  ld, pp, NULL, <float *>rp, lr, eps)
+                                  ld, pp, <float *>rp, lr, eps)
         elif kind == _ADAGRAD:
             bp_sparse_adagrad_f64(<double *>tp, <double *>ap, d, wp, n, w, <const double *>gp,
-                                  ld, pp, NULL, <double *>rp, lr, eps)
+                                  ld, pp, <double *>rp, lr, eps)
         elif f32:
             bp_sparse_adam_f32(<float *>tp, <float *>ap, <float *>vp, d, wp, n, w,
-                               <const float *>gp, ld, pp, NULL, <float *>rp, lr, b1, b2, eps,
+                               <const float *>gp, ld, pp, <float *>rp, lr, b1, b2, eps,
                                c, wdc, decay)
         else:
             bp_sparse_adam_f64(<double *>tp, <double *>ap, <double *>vp, d, wp, n, w,
-                               <const double *>gp, ld, pp, NULL, <double *>rp, lr, b1, b2, eps,
+                               <const double *>gp, ld, pp, <double *>rp, lr, b1, b2, eps,
                                c, wdc, decay)

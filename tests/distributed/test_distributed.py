@@ -328,3 +328,30 @@ def test_a_resumed_two_rank_run_is_the_uninterrupted_run_bit_for_bit(tmp_path, o
     b = WindowModel.load(str(tmp_path / "b")).params
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@needs_mpi
+@pytest.mark.parametrize("loss", ["softmax", "max-margin"])
+def test_frozen_vectors_stay_frozen_on_every_rank(tmp_path, loss):
+    """--freeze-vectors with 2 ranks: each rank applies every rank's gradient rows, so
+    each puts back every rank's touched rows (it used to put back only its own: the
+    ranks' parameters parted after the first epoch). The rows from the vectors end
+    as the vectors' rows; the model trains."""
+    from cygrad.ner import corpus
+    from cygrad.ner.data import read_conll, word_key
+    from cygrad.ner.model import WindowModel
+    words = sorted({word_key(t) for s in read_conll(corpus.path("train")) for t in s.tokens})
+    table = np.random.default_rng(0).normal(size=(len(words), 8)).astype(np.float32)
+    vec = tmp_path / "v.txt"
+    with open(vec, "w", encoding="utf-8") as f:
+        for w, row in zip(words, table):
+            f.write(w + " " + " ".join(repr(float(x)) for x in row) + "\n")
+    out = str(tmp_path / "m")
+    r = _cli(["--epochs", "2", "--no-progress", "--dim", "8", "--hidden", "16",
+              "--loss", loss, "--vectors", str(vec), "--freeze-vectors", "--distributed",
+              "--batch-size", "64", "--out", out], n=2, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = WindowModel.load(out)
+    has = m.vector_rows >= 0
+    assert has.sum() > 100
+    np.testing.assert_array_equal(m.params["E"][has], table[m.vector_rows[has]])

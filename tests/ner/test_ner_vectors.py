@@ -191,6 +191,25 @@ def test_freeze_keeps_exactly_the_rows_from_the_vectors_and_the_identity_map(tmp
     assert (model.params["E"][~has] != fresh.params["E"][~has]).any()   # <unk> etc. train
 
 
+@pytest.mark.parametrize("loss", ["softmax", "crf", "max-margin"])
+def test_freeze_keeps_the_rows_from_the_vectors_under_word_dropout(tmp_path, loss):
+    """Word dropout turns words into <unk>: when <unk> itself has a vector, its row is a
+    frozen row the step touches, and goes back too (the restore reads the words as the
+    step used them); max-margin's corrupt words likewise."""
+    words = WORDS + ["<unk>", "beat"]
+    p = tmp_path / "v.txt"
+    table = _write_text(p, words=words, table=_table(3, words))
+    model, _ = train(SENTS[:8], SENTS[8:], str(tmp_path / "m"),
+                     Config(dim=D, hidden=(6,), suffix_dim=3, case_dim=2, loss=loss,
+                            positive="LOC"),
+                     TrainConfig(epochs=3, lr=0.1, freeze_vectors=True, word_dropout=2.0,
+                                 batch_size=5),
+                     vectors=str(p), log=lambda *a: None, progress=False)
+    has = model.vector_rows >= 0
+    assert has[model.vocab.word_index["<unk>"]]
+    np.testing.assert_array_equal(model.params["E"][has], table[model.vector_rows[has]])
+
+
 def test_freeze_without_vectors_is_refused():
     with pytest.raises(ValueError, match="needs pretrained vectors"):
         train(SENTS, [], "/nonexistent-never-written", Config(dim=D, hidden=(4,)),

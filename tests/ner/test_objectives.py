@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from cygrad.ner import corpus
-from cygrad.ner.data import CASES, Vocab, read_conll
+from cygrad.ner.data import CASES, Vocab, casing, normalise, read_conll, shape
 from cygrad.ner.features import FEATURES, active
 from cygrad.ner.model import Config, WindowModel
 from cygrad.ner.objectives import OBJECTIVES, iob2_constraints, objective
@@ -36,6 +36,19 @@ def test_every_feature_row_matches_the_encoded_data(sents):
         assert shapes[f.table] == (rows, getattr(m.config, f.size))
         assert enc.feature(f.field).max() < rows
     assert m.tables() == [f.table for f in FEATURES]
+    # each centre id, looked up independently from the token itself
+    v, k = m.vocab, m.config.k
+    toks = [t for s in sents for t in s.tokens]
+    unk = v.word_index["<unk>"]
+    want = {"words": [v.word_index.get(normalise(t), unk) for t in toks],
+            "suffixes": [v.suffix_index.get(normalise(t)[-3:], v.suffix_index["<unk>"])
+                         for t in toks],
+            "cases": [casing(t) for t in toks],
+            "prefixes": [v.prefix_index.get(normalise(t)[:3], v.prefix_index["<unk>"])
+                         for t in toks],
+            "shapes": [v.shape_index.get(shape(t), v.shape_index["<unk>"]) for t in toks]}
+    for f in FEATURES:
+        np.testing.assert_array_equal(enc.feature(f.field)[:, k], want[f.field], err_msg=f.field)
     assert m.config.input_size() == m.config.width * sum(getattr(m.config, f.size)
                                                         for f in FEATURES)
 
@@ -122,7 +135,8 @@ def test_max_margin_corrupts_the_centre_word_of_each_positive_window(sents):
     assert [v.prefixes[i] for i in pc[:, k]] == [
         v.prefixes[v.prefix_index.get(v.words[j][:3], v.prefix_index["<unk>"])]
         for j in wc[:, k]]
-    assert tr.objective.words_touched(args) == (w, wc)
+    touched = tr.objective.words_touched(args)
+    assert len(touched) == 2 and touched[0] is w and touched[1] is wc
     # no positive window: nothing to learn from
     none = np.flatnonzero(tr.positive_tag[enc.labels] == 0)[:10]
     assert tr.objective.targets(tr, tuple(f[none] for f in (enc.words,) * 6),
@@ -207,3 +221,30 @@ def test_decoders_follow_the_objective(sents):
     s = np.array([[0.5], [-0.1], [0.0], [2.0]])
     np.testing.assert_array_equal(objective("logistic").decode(m, s, enc, "viterbi"),
                                   [1, 0, 0, 1])
+
+
+def test_a_rank_without_examples_draws_what_one_process_draws():
+    """Distributed max-margin: a rank with no window of the global batch skips the
+    global batch's corrupt words, leaving its generator where one process's is after
+    drawing them; the dropout masks of a rank's rows start at its first positive
+    window (max-margin steps read positive windows only), at its first row otherwise."""
+    sents = read_conll(corpus.path("train"))[:200]
+    one, enc = _trainer("max-margin", sents)
+    idx = np.arange(40)
+    labels = enc.labels[idx]
+    feats = tuple(enc.feature(f.field)[idx] for f in FEATURES) + (enc.words[idx],)
+    rng_one = np.random.default_rng(9)
+    one.objective.targets(one, feats, labels, None, rng_one, None)
+    total = int(one.positive_tag[labels].sum())
+    assert total > 0
+    rng_rank = np.random.default_rng(9)
+    one.objective.skip_draws(one, rng_rank, (40, 40, total, total))
+    assert rng_rank.bit_generator.state == rng_one.bit_generator.state
+    share = (40, 25, 3, total)
+    assert objective("max-margin").first_row(share) == 3
+    assert all(objective(n).first_row(share) == 25 for n in ("softmax", "crf", "logistic"))
+    rng = np.random.default_rng(9)
+    state = rng.bit_generator.state
+    for n in ("softmax", "crf", "logistic"):     # nothing of their own to skip
+        objective(n).skip_draws(one, rng, share)
+        assert rng.bit_generator.state == state

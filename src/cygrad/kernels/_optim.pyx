@@ -7,8 +7,8 @@ Design: one flat loop over param, grad (and accum) in fixed chunks of GRAIN
 elements claimed by the pool's threads (cygrad.kernels._parallel); every element is
 owned by one chunk, so the result is the same for any thread count. On a table's
 rows (row-sparse gradients): Adagrad and lazy Adam sum each touched row's slot
-gradients first, in slot order (csrc/bp_optim: the rows chained, or sorted by (row,
-slot)), then take one step per row; sparse SGD is a scatter
+gradients first, in slot order (csrc/bp_optim's bp_group_slots: the slots sorted by
+(row, slot), as compiled plans group them too), then take one step per row; sparse SGD is a scatter
 (cygrad.kernels._embedding).
 """
 

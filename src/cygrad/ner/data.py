@@ -417,10 +417,9 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0, vectors=Non
             if w < 0:
                 r = vectors.index.get(key, -1)
                 w = unk_w if r < 0 else extra.setdefault(r, len(wi) + len(extra))
-        # (in the columns of cygrad.ner.features.FEATURES: words, suffixes, cases,
-        # prefixes, shapes)
-        return (w, si.get(norm[-3:], unk_s), casing(tok),
-                pi.get(norm[:3], unk_p), hi.get(shape(tok), unk_h))
+        ids = {"words": w, "suffixes": si.get(norm[-3:], unk_s), "cases": casing(tok),
+               "prefixes": pi.get(norm[:3], unk_p), "shapes": hi.get(shape(tok), unk_h)}
+        return [ids[f.field] for f in FEATURES]     # the type table's columns, in order
 
     F = len(FEATURES)
     table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), F)

@@ -102,7 +102,8 @@ class Config:
         if self.k < 0 or self.ngram_buckets < 1 or min(getattr(self, n) for n in sizes) < 0:
             raise ValueError(f"bad model sizes: {self}")
         if self.input_size() == 0:
-            raise ValueError(f"the window has no features: {', '.join(sizes)} are all 0")
+            raise ValueError(f"the window has no features: {', '.join(sizes[:-1])} and "
+                             f"{sizes[-1]} are all 0")
         if self.dim == 0 and self.vectors:
             raise ValueError("pretrained vectors need a word table (dim > 0)")
         if not self.hidden or min(self.hidden) < 1:

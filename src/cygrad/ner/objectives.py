@@ -100,8 +100,9 @@ class Objective:
         """The word id arrays among a step's arguments (the rows of E it updates)."""
         return (args[0],)
 
-    def calibrate(self, trainer, enc):
-        """After an epoch: nothing to do, but for max-margin."""
+    def calibrate(self, trainer, enc, n=20000):
+        """After an epoch: nothing to do, but for max-margin (its threshold, on the
+        first ``n`` training windows)."""
 
     def decode(self, model, logp, enc, decode):
         """Tag ids from scores (N, C) (changed in place): the best IOB2-consistent

@@ -175,16 +175,26 @@ class Trainer:
         (what :meth:`batches` hands out with it)."""
         loss, args = self._step_batch(words, suffixes, cases, labels, rng, prefixes, shapes,
                                       lengths, ngrams, share)
-        if self.frozen is not None and args is not None:
-            # the rows of E that came from the vectors go back to them (every word row
-            # the step touched: the batch's, and max-margin's corrupt words)
-            mask, E0 = self.frozen
-            ids = np.unique(np.concatenate([a.reshape(-1) for a in
-                                            self.objective.words_touched(args)]))
-            ids = ids[mask[ids]]
-            E = self.t["E"].data
-            E[ids] = E0[ids]
+        if self.frozen is not None:
+            self._restore_frozen(args)
         return loss
+
+    def _restore_frozen(self, args):
+        """--freeze-vectors: the rows of E that came from the vectors go back to them after
+        a step: every word row it touched (the batch's words as the step used them, after
+        word dropout, and max-margin's corrupt words); distributed, every rank's rows (each
+        rank applies the gradient rows of all), so every rank takes part in every step's
+        gathering, with or without examples."""
+        mask, E0 = self.frozen
+        ids = np.zeros(0, np.int64) if args is None else np.concatenate(
+            [np.asarray(a, dtype=np.int64).reshape(-1)
+             for a in self.objective.words_touched(args)])
+        if self.comm is not None and self.size > 1:
+            ids = np.concatenate(self.comm.allgather(ids))
+        ids = np.unique(ids)
+        ids = ids[mask[ids]]
+        E = self.t["E"].data
+        E[ids] = E0[ids]
 
     def _step_batch(self, words, suffixes, cases, labels, rng, prefixes, shapes, lengths,
                     ngrams, share):
@@ -247,9 +257,10 @@ class Trainer:
         self.step_opt.step()
         self.step_opt.zero_grad()
 
-    def calibrate(self, enc):
-        """After an epoch: the objective's calibration (max-margin's threshold)."""
-        self.objective.calibrate(self, enc)
+    def calibrate(self, enc, n=20000):
+        """After an epoch: the objective's calibration (max-margin's threshold, on the
+        first ``n`` training windows)."""
+        self.objective.calibrate(self, enc, n)
 
     def batches(self, enc, rng):
         """(token indices, sentence lengths, share) of the epoch's batches: shuffled

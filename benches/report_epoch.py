@@ -28,7 +28,9 @@ PREVIOUS = ["--loss", "softmax", "--prefix-dim", "0", "--shape-dim", "0", "--dro
             "--word-dropout", "0", "--batch-size", "64", "--lr", "0.03", "--no-average-params",
             "--doc-context", "0"]
 CONFIGS = {"defaults": [], "defaults --no-compile": ["--no-compile"],
-           "previous defaults": PREVIOUS}
+           "previous defaults": PREVIOUS,
+           # a narrower hidden layer (#28: the first layer's products are most of an epoch)
+           "defaults --hidden 200": ["--hidden", "200"]}
 
 
 def epoch_seconds(data, args, threads):

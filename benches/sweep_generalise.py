@@ -112,6 +112,9 @@ CONFIGS.update({
     "glove.h500.e40": _on(DEFAULTS, model={"hidden": (500,)},
                           train={**GLOVE, "epochs": 40, "patience": 6}),
     "glove.k3.e40": _on(DEFAULTS, model={"k": 3}, train={**GLOVE, "epochs": 40, "patience": 6}),
+    # a narrower hidden layer: the first layer's products are most of an epoch (#28)
+    "h200": _on(DEFAULTS, model={"hidden": (200,)}),
+    "glove.h200": _on(DEFAULTS, model={"hidden": (200,)}, train=GLOVE),
     "random": _on(DEFAULTS),    # the defaults: random 50-d word vectors, trained
     "none": _on(DEFAULTS, model={"dim": 0}),    # no word table: the other features only
 })

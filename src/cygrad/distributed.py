@@ -38,6 +38,7 @@ MPICH wheel); ``import cygrad`` does not.
 import hashlib
 import os
 import sys
+import time
 
 import numpy as np
 
@@ -119,10 +120,14 @@ def abort_on_error(comm=None):
         return
 
     def hook(kind, value, tb):
+        # the error itself in the first line, one write: MPI_Abort may end the job before
+        # mpiexec has forwarded the rest of the rank's output (the traceback after it)
         sys.stderr.write(f"cygrad.distributed: rank {comm.Get_rank()} of {comm.Get_size()} "
-                         f"failed; aborting the job\n")
+                         f"failed ({kind.__name__}: {value}); aborting the job\n")
+        sys.stderr.flush()
         previous(kind, value, tb)
         sys.stderr.flush()
+        time.sleep(0.2)         # a moment for the output to be forwarded
         comm.Abort(1)
 
     hook._cygrad_abort = True

@@ -24,6 +24,24 @@ def run_with_threads(n, fn, *args, **kw):
         return fn(*args, **kw)
 
 
+def in_python_threads(work, n=4):
+    """Run ``work()`` in n Python threads at once; the exceptions they raised, in order."""
+    import threading
+    errors = []
+
+    def run():
+        try:
+            work()
+        except Exception as e:      # reported by the caller
+            errors.append(e)
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    return errors
+
+
 def subprocess_env():
     """os.environ for a child Python that must import the cygrad under test, wherever
     this process imported it from (its directory first on PYTHONPATH)."""
@@ -33,3 +51,17 @@ def subprocess_env():
         [os.path.dirname(os.path.dirname(os.path.abspath(cygrad.__file__)))]
         + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     return env
+
+
+class FakeComm:
+    """Just enough of an MPI communicator for the NER trainer's batch sharding and a
+    rank's share of the draws (rank and size; no MPI calls)."""
+
+    def __init__(self, rank, size):
+        self.rank, self.size = rank, size
+
+    def Get_rank(self):
+        return self.rank
+
+    def Get_size(self):
+        return self.size

@@ -18,7 +18,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import mpi_worker  # noqa: E402
-from helpers import subprocess_env  # noqa: E402
+from helpers import FakeComm, subprocess_env  # noqa: E402
 
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]     # (skipped without mpi4py, mpiexec)
 
@@ -197,19 +197,6 @@ def test_cli_a_killed_rank_ends_the_job_and_the_checkpoint_resumes(tmp_path):
     assert f"resuming after epoch {done}" in r.stdout and _epoch_of(out) == done + 1
 
 
-class _FakeComm:
-    """Just enough of a communicator for Trainer's batch sharding (no MPI calls)."""
-
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
-
-
 @pytest.mark.parametrize("loss", ["crf", "softmax"])
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_shards_cover_every_global_batch_once(loss, size):
@@ -227,7 +214,7 @@ def test_shards_cover_every_global_batch_once(loss, size):
     enc = model.encode(sents)
     shares = []
     for r in range(size):
-        tr = Trainer(model, tcfg, _FakeComm(r, size))
+        tr = Trainer(model, tcfg, FakeComm(r, size))
         shares.append(list(tr.batches(enc, np.random.default_rng(4))))
     # one process with the global batch size groups the windows the same way
     one = [(idx, lens) for idx, lens, _ in Trainer(model, TrainConfig(batch_size=40 * size))

@@ -10,6 +10,7 @@ import pytest
 
 import cygrad as cg
 from cygrad.graph import _guard
+from helpers import in_python_threads
 
 
 def t(a, **kw):
@@ -182,25 +183,17 @@ def test_an_array_that_was_read_only_before_stays_read_only():
 
 def test_threads_building_graphs_on_shared_parameters():
     w = t(np.ones((8, 4)))
-    errors = []
 
     def work():
-        try:
-            rng = np.random.default_rng(threading.get_ident() % 1000)
-            for _ in range(200):
-                x = cg.tensor(rng.standard_normal((3, 4)))
-                y = (x @ w.T).sum()
-                if rng.random() < 0.5:
-                    y.backward()
-                del y
-        except Exception as e:      # pragma: no cover - reported below
-            errors.append(e)
+        rng = np.random.default_rng(threading.get_ident() % 1000)
+        for _ in range(200):
+            x = cg.tensor(rng.standard_normal((3, 4)))
+            y = (x @ w.T).sum()
+            if rng.random() < 0.5:
+                y.backward()
+            del y
 
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
+    errors = in_python_threads(work)
     gc.collect()
     assert not errors
     assert w.data.flags.writeable

@@ -20,6 +20,7 @@ from cygrad import kernels as K
 from cygrad.kernels import _parallel
 from cygrad.ner import WindowTrainer
 from cygrad.optim import Adagrad
+from helpers import in_python_threads
 
 THREAD_COUNTS = (1, 2, 3)
 
@@ -195,22 +196,14 @@ def test_concurrent_python_threads_share_the_pool(forced_helpers, rng):
     b = rng.standard_normal((400, 200))
     z = rng.standard_normal(200_000)
     want_c, want_t = a @ b, np.tanh(z)
-    errors = []
 
     def work():
-        try:
-            with cygrad.threads(2):
-                for _ in range(20):
-                    np.testing.assert_allclose(K.matmul(a, b), want_c, rtol=1e-12, atol=1e-12)
-                    np.testing.assert_allclose(K.tanh(z), want_t, rtol=1e-13)
-        except Exception as e:          # reported below, with the thread's failure
-            errors.append(e)
+        with cygrad.threads(2):
+            for _ in range(20):
+                np.testing.assert_allclose(K.matmul(a, b), want_c, rtol=1e-12, atol=1e-12)
+                np.testing.assert_allclose(K.tanh(z), want_t, rtol=1e-13)
 
-    ts = [threading.Thread(target=work) for _ in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    errors = in_python_threads(work)
     assert not errors, errors[0]
 
 

@@ -107,18 +107,9 @@ def test_models_without_the_features_are_unchanged(tmp_path):
 def test_shape_fast_path_equals_the_character_classes():
     """ASCII tokens take a translate + regex path; it must equal the per-character
     definition (classes, runs cut to two) that other tokens use."""
-    from cygrad.ner.data import _char_class
+    from cygrad.ner.data import shape_by_classes as by_classes
     rng = np.random.default_rng(0)
     alphabet = list("aZ9.-_xX()'/&")
-
-    def by_classes(token):
-        out, prev, run = [], None, 0
-        for c in map(_char_class, token):
-            run = run + 1 if c == prev else 1
-            prev = c
-            if run <= 2:
-                out.append(c)
-        return "".join(out)
     for _ in range(3000):
         t = "".join(rng.choice(alphabet, int(rng.integers(1, 10))))
         assert shape(t) == by_classes(t), t

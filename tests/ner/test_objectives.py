@@ -8,12 +8,14 @@ import itertools
 import numpy as np
 import pytest
 
+import cygrad as cg
 from cygrad.ner import corpus
 from cygrad.ner.data import CASES, Vocab, casing, normalise, read_conll, shape
 from cygrad.ner.features import FEATURES, active
 from cygrad.ner.model import Config, WindowModel
 from cygrad.ner.objectives import OBJECTIVES, iob2_constraints, objective
 from cygrad.ner.train import TrainConfig, Trainer
+from helpers import FakeComm
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +65,10 @@ def test_a_feature_switched_off_leaves_the_table_and_the_input(off, sents):
     assert all(f.table not in m.params for f in FEATURES if f.size == off)
     assert cfg.input_size() == cfg.width * sum(sizes.values())
     enc = m.encode(sents[:5])
-    g = m.logits_graph({k: _t(v) for k, v in m.params.items()}, enc.words, enc.suffixes,
+    g = m.logits_graph({k: cg.tensor(v) for k, v in m.params.items()}, enc.words, enc.suffixes,
                        enc.cases, prefixes=enc.prefixes, shapes=enc.shapes).data
     np.testing.assert_allclose(g, m.scores(enc.words, enc.suffixes, enc.cases, enc.prefixes,
                                            enc.shapes), rtol=1e-5, atol=1e-6)
-
-
-def _t(a):
-    import cygrad as cg
-    return cg.tensor(a, requires_grad=False)
 
 
 def test_a_feature_the_model_reads_and_is_not_given_is_refused_by_name(sents):
@@ -143,17 +140,6 @@ def test_max_margin_corrupts_the_centre_word_of_each_positive_window(sents):
                                 enc.labels[none], None, np.random.default_rng(0), None) is None
 
 
-class _Comm:
-    def __init__(self, rank, size):
-        self.rank, self.size = rank, size
-
-    def Get_rank(self):
-        return self.rank
-
-    def Get_size(self):
-        return self.size
-
-
 @pytest.mark.parametrize("size", [2, 3])
 def test_max_margin_ranks_draw_one_process_corrupt_words(sents, size):
     """Each rank's corrupt words are its share of the draws one process makes for
@@ -167,7 +153,7 @@ def test_max_margin_ranks_draw_one_process_corrupt_words(sents, size):
     parts = np.array_split(idx, size)
     pos = one.positive_tag[labels]
     for r in range(size):
-        tr, _ = _trainer("max-margin", sents, comm=_Comm(r, size))
+        tr, _ = _trainer("max-margin", sents, comm=FakeComm(r, size))
         a = sum(len(q) for q in parts[:r])
         share = (len(idx), a, int(pos[:a].sum()), int(pos.sum()))
         part = parts[r]

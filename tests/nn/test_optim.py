@@ -439,6 +439,21 @@ def test_embedding_adam_kernel_matches_reference(dt, wd, decoupled):
         K.embedding_adam_update(got[0], got[0], got[2], windows, dX, 1, 0.01)
 
 
+def _window_params(dt, V, d, w, H, C, seed):
+    """The window model's parameters (table, hidden layer, output layer), seeded."""
+    g = np.random.default_rng(seed)
+    return [cg.tensor(g.normal(0, 0.3, s).astype(dt), requires_grad=True)
+            for s in ((V, d), (H, w * d), (H,), (C, H), (C,))]
+
+
+def _window_loss(E, W, b, U, c):
+    """Its loss over (windows, labels): a row-sparse table, tanh, softmax cross-entropy."""
+    def loss_fn(windows, labels):
+        x = cg.embedding_windows(E, windows, sparse=True)
+        return cg.softmax_cross_entropy(cg.linear(cg.tanh(cg.linear(x, W, b)), U, c), labels)
+    return loss_fn
+
+
 @pytest.mark.parametrize("cls", [optim.Adam, optim.AdamW])
 @pytest.mark.parametrize("dt", DTYPES)
 def test_compiled_window_model_with_lazy_adam(cls, dt):
@@ -450,15 +465,9 @@ def test_compiled_window_model_with_lazy_adam(cls, dt):
     labels = rng.integers(0, C, 32)
 
     def model():
-        g = np.random.default_rng(7)
-        return [cg.tensor(g.normal(0, 0.3, s).astype(dt), requires_grad=True)
-                for s in ((V, d), (H, w * d), (H,), (C, H), (C,))]
+        return _window_params(dt, V, d, w, H, C, seed=7)
 
-    def loss_of(E, W, b, U, c):
-        def loss_fn(windows, labels):
-            x = cg.embedding_windows(E, windows, sparse=True)
-            return cg.softmax_cross_entropy(cg.linear(cg.tanh(cg.linear(x, W, b)), U, c), labels)
-        return loss_fn
+    loss_of = _window_loss
 
     def compiled(nt):
         ps = model()
@@ -515,15 +524,9 @@ def test_compiled_window_model_in_gradient_mode(dt):
     labels = rng.integers(0, C, 24)
 
     def model():
-        g = np.random.default_rng(9)
-        return [cg.tensor(g.normal(0, 0.3, s).astype(dt), requires_grad=True)
-                for s in ((V, d), (H, w * d), (H,), (C, H), (C,))]
+        return _window_params(dt, V, d, w, H, C, seed=9)
 
-    def make_loss(E, W, b, U, c):
-        def loss_fn(windows, labels):
-            x = cg.embedding_windows(E, windows, sparse=True)
-            return cg.softmax_cross_entropy(cg.linear(cg.tanh(cg.linear(x, W, b)), U, c), labels)
-        return loss_fn
+    make_loss = _window_loss
 
     # Adagrad behind a wrapper the plan does not know (as DistributedOptimizer is):
     # the plan runs in gradient mode and the wrapper's step applies the gradients

@@ -235,6 +235,12 @@ def shape(token):
         for run, two in _CLASS_RUNS:
             s = run.sub(two, s)
         return _RUNS.sub(r"\1\1", s) if _RUNS.search(s) else s   # "...", "---"
+    return shape_by_classes(token)
+
+
+def shape_by_classes(token):
+    """:func:`shape` by its definition, character by character (each character's class,
+    runs cut to two): the path of non-ASCII tokens, and the fast paths' oracle."""
     out, prev, run = [], None, 0
     for c in map(_char_class, token):
         run = run + 1 if c == prev else 1
@@ -417,12 +423,15 @@ def encode(sentences, vocab, k=2, with_labels=True, ngram_buckets=0, vectors=Non
             if w < 0:
                 r = vectors.index.get(key, -1)
                 w = unk_w if r < 0 else extra.setdefault(r, len(wi) + len(extra))
-        ids = {"words": w, "suffixes": si.get(norm[-3:], unk_s), "cases": casing(tok),
-               "prefixes": pi.get(norm[:3], unk_p), "shapes": hi.get(shape(tok), unk_h)}
-        return [ids[f.field] for f in FEATURES]     # the type table's columns, in order
+        return (w, si.get(norm[-3:], unk_s), casing(tok), pi.get(norm[:3], unk_p),
+                hi.get(shape(tok), unk_h))      # in the order of `looked_up`
 
+    looked_up = ("words", "suffixes", "cases", "prefixes", "shapes")
     F = len(FEATURES)
     table = np.array([lookup(tok) for tok in uniq], dtype=np.int64).reshape(len(uniq), F)
+    # the type table's columns in FEATURES' order (keyed by field: a reordered feature
+    # table cannot swap features)
+    table = table[:, [looked_up.index(f.field) for f in FEATURES]]
     # type 0 and 1: the left and right pads; type 2 + u: distinct token u
     pad_of = {"words": (wi[PAD_L], wi[PAD_R]), "suffixes": (si[PAD_L], si[PAD_R]),
               "cases": (0, 0), "prefixes": (pi.get(PAD_L, 0), pi.get(PAD_R, 0)),

@@ -224,13 +224,13 @@ class WindowModel:
     def _init_params(self, rng):
         dt = np.dtype(self.config.dtype)
         params = {}
+        own = self.config.objective.shapes(1)       # the objective's own: zero at the start
         for name, shape in self.expected_shapes().items():
             if name == "VM":
                 p = np.eye(shape[0])
             elif name in TABLES or name == "N":
                 p = rng.uniform(-0.1, 0.1, shape)
-            elif len(shape) == 1 or name in self.config.objective.own_params:
-                # biases, the objective's own (CRF transitions)
+            elif len(shape) == 1 or name in own:    # biases, CRF transitions
                 p = np.zeros(shape)
             else:   # Glorot uniform: keeps tanh units out of saturation at the start
                 lim = np.sqrt(6.0 / (shape[0] + shape[1]))

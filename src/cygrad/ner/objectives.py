@@ -65,14 +65,13 @@ class Objective:
     sentences = False       # trains on whole sentences (batches of sentences, lengths)
     draws = False           # draws random numbers of its own in every step
     corrupts_words = False  # replaces words by vocabulary entries (no n-gram bags then)
-    own_params = ()         # the objective's parameters (zero at the start)
 
     def outputs(self, n_tags):
         """Scores a window gets."""
         return 1 if self.binary else n_tags
 
     def shapes(self, n_out):
-        """{name: shape} of the objective's own parameters."""
+        """{name: shape} of the objective's own parameters (they start at zero)."""
         return {}
 
     def loss_fn(self, trainer, logits):
@@ -132,7 +131,6 @@ class Softmax(Objective):
 class CRF(Objective):
     name = "crf"
     sentences = True
-    own_params = ("A",)
 
     def shapes(self, n_out):
         return {"A": (n_out + 1, n_out + 1)}    # transitions; index C is the boundary

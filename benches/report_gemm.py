@@ -1,6 +1,7 @@
 """cygrad's matmul against NumPy's (OpenBLAS), interleaved in one run.
 
     python benches/report_gemm.py [--threads 1 2] [--rounds 11]
+    python benches/report_gemm.py --alternate [--threads 2] [--rounds 11]
 
 For every shape (the square products of issue #3 and the window model's three
 products at B in {1, 8, 32, 128, 512}: Z = X Wᵀ, dX = dZ W, dW = dZᵀ X with
@@ -12,19 +13,28 @@ BLAS held to the same count (threadpoolctl), the two implementations timed in
 alternating blocks with an idle after each (report_peers.py's harness). The
 machine's peak is given two ways: nominal (cores x /proc/cpuinfo's clock x two
 FMA pipes of the widest vector) and measured (the best rate seen in this run).
+
+``--alternate`` measures the two libraries the way a program that prepares or
+evaluates data with NumPy between cygrad's calls uses them: each block calls
+cygrad, then NumPy, then cygrad ... with no idle, timing each library's calls
+apart; once with OpenBLAS's jobs on cygrad's pool (``cygrad.blas_on_pool()``, the
+default) and once on OpenBLAS's own threads (``blas_on_pool(False)``: they spin
+after each call on the cores cygrad's helpers need), the two settings in
+alternating rounds of one process.
 """
 
 import argparse
 import json
 import os
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from _harness import Busy, peak, pin_cores, run_workers  # noqa: E402
 from _harness import interleave as _interleave  # noqa: E402
 from _harness import median as _median  # noqa: E402
-from _harness import peak, pin_cores, run_workers  # noqa: E402
 
 
 def shapes():
@@ -70,15 +80,132 @@ def worker(nt, rounds, out):
         json.dump({"threads": nt, "rows": rows, "about": about}, f)
 
 
+def _alternating(cy, nu, block):
+    """Seconds per call of cy and of nu, called in turn for about ``block`` s."""
+    cy()
+    nu()
+    tc = tn = 0.0
+    n = 0
+    t_end = time.perf_counter() + block
+    while time.perf_counter() < t_end or n < 3:
+        t0 = time.perf_counter()
+        cy()
+        t1 = time.perf_counter()
+        nu()
+        tc += t1 - t0
+        tn += time.perf_counter() - t1
+        n += 1
+    return tc / n, tn / n
+
+
+def alternate_worker(nt, rounds, out):
+    pin_cores(nt)
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    import cygrad
+    from cygrad import kernels as K
+    cygrad.set_num_threads(nt)
+    rng = np.random.default_rng(0)
+    rows = []
+    with threadpool_limits(nt, user_api="blas"):
+        for name, m, n, k, ta, tb, dt in shapes():
+            a = rng.standard_normal((k, m) if ta else (m, k)).astype(dt)
+            b = rng.standard_normal((n, k) if tb else (k, n)).astype(dt)
+            c1, c2 = np.empty((m, n), dt), np.empty((m, n), dt)
+            A, Bm = (a.T if ta else a), (b.T if tb else b)
+
+            def cy():
+                K.matmul(a, b, trans_a=ta, trans_b=tb, out=c1)
+
+            def nu():
+                np.matmul(A, Bm, out=c2)
+
+            t = {"pool": ([], []), "own": ([], [])}
+            for r in range(rounds):
+                for mode in (("pool", "own") if r % 2 == 0 else ("own", "pool")):
+                    cygrad.blas_on_pool(mode == "pool")
+                    time.sleep(0.2)     # OpenBLAS's threads, spinning after the last block, sleep
+                    tc, tn = _alternating(cy, nu, 0.05)
+                    t[mode][0].append(tc)
+                    t[mode][1].append(tn)
+            cygrad.blas_on_pool(True)
+            row = {"name": name, "flops": 2 * m * n * k}
+            for mode, (tc, tn) in t.items():
+                row[mode] = {"cygrad": _median(tc), "numpy": _median(tn),
+                             "ratios": sorted(y / x for x, y in zip(tc, tn))}
+            row["numpy_own_over_pool"] = sorted(
+                o / p for o, p in zip(t["own"][1], t["pool"][1]))
+            rows.append(row)
+    with open(out, "w") as f:
+        json.dump({"threads": nt, "rows": rows, "about": _about()}, f)
+
+
+def _about():
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    import cygrad
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
+            for i in threadpool_info() if i.get("user_api") == "blas"]
+    return (f"cygrad {cygrad.__version__} (GEMM path {cygrad.build_info()['gemm_path']}), "
+            f"NumPy {np.__version__} with {', '.join(blas) or 'unknown BLAS'}")
+
+
+def alternate_report(args):
+    busy = Busy()
+    if args.busy:
+        busy.start()
+    try:
+        results = run_workers(__file__, args.threads,
+                              ["--rounds", str(args.rounds), "--alternate"])
+    finally:
+        busy.stop()
+    state = ("busy: a CPU-bound process pinned to the last core throughout" if args.busy
+             else "idle")
+    print("# matmul beside NumPy's: the two called in turn, with OpenBLAS's jobs on "
+          f"cygrad's pool and on OpenBLAS's own threads ({state.split(':')[0]})\n")
+    print(f"{results[0]['about']}; {state}; `python benches/report_gemm.py --alternate "
+          f"--threads {' '.join(map(str, args.threads))} --rounds {args.rounds}"
+          f"{' --busy' if args.busy else ''}`.\n")
+    print("Each block calls cygrad's matmul and NumPy's in turn, no idle, and times each "
+          "library's calls apart; *pool*: `cygrad.blas_on_pool()` (the default: OpenBLAS's "
+          "parallel jobs run as gangs of cygrad's pool), *own*: `blas_on_pool(False)` "
+          "(OpenBLAS's threads, which spin ~0.1 s after each call). The two settings "
+          "alternate round by round in one process, 0.2 s idle before each block. "
+          "Ratios: median over rounds of the paired ratio, [min - max]; "
+          "numpy / cygrad > 1: cygrad faster.\n")
+    print("| product | threads | pool: cygrad µs | pool: numpy µs | pool: numpy / cygrad "
+          "| own: cygrad µs | own: numpy µs | own: numpy / cygrad | numpy own / pool |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for res in results:
+        for r in res["rows"]:
+            p, o, q = r["pool"], r["own"], r["numpy_own_over_pool"]
+
+            def rng_(x):
+                return f"**{_median(x):.2f}** [{x[0]:.2f} - {x[-1]:.2f}]"
+            print(f"| {r['name']} | {res['threads']} | {p['cygrad'] * 1e6:.1f} | "
+                  f"{p['numpy'] * 1e6:.1f} | {rng_(p['ratios'])} | {o['cygrad'] * 1e6:.1f} | "
+                  f"{o['numpy'] * 1e6:.1f} | {rng_(o['ratios'])} | {rng_(q)} |")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=11)
+    ap.add_argument("--alternate", action="store_true",
+                    help="cygrad and NumPy called in turn, OpenBLAS's jobs on cygrad's pool "
+                         "and on its own threads")
+    ap.add_argument("--busy", action="store_true",
+                    help="with --alternate: a CPU-bound process on the last core throughout")
     ap.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.rounds, args.json)
+        (alternate_worker if args.alternate else worker)(args.worker, args.rounds, args.json)
+        return
+    if args.alternate:
+        alternate_report(args)
         return
     results = run_workers(__file__, args.threads, ["--rounds", str(args.rounds)])
     best = max(r["flops"] / min(r["cygrad"], r["numpy"]) for res in results

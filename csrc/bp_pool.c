@@ -20,6 +20,8 @@
 #include "bp_pool.h"
 
 #include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -50,6 +52,7 @@ void bp_pool_set_adaptive(int on) { (void)on; }
 int bp_pool_threaded(void) { return 0; }
 int bp_pool_threads(int nt) { (void)nt; return 1; }
 int bp_pool_openmp(void) { return 0; }
+int bp_pool_gang(bp_task_fn fn, void *ctx, int n) { (void)fn; (void)ctx; (void)n; return -1; }
 
 #elif defined(BP_OPENMP)
 
@@ -106,12 +109,16 @@ void bp_pool_set_adaptive(int on) { (void)on; }
 int bp_pool_threaded(void) { return 1; }
 int bp_pool_threads(int nt) { return nt < 1 ? 1 : nt > BP_MAX_THREADS ? BP_MAX_THREADS : nt; }
 int bp_pool_openmp(void) { return 1; }
+/* An OpenMP team may be smaller than asked for (dynamic adjustment, nesting): a
+   gang's jobs could then wait for a member that never comes. Not offered here. */
+int bp_pool_gang(bp_task_fn fn, void *ctx, int n) { (void)fn; (void)ctx; (void)n; return -1; }
 
 #else
 
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <string.h>
 #if defined(__linux__)
 #include <linux/futex.h>
 #include <sys/syscall.h>
@@ -225,10 +232,14 @@ static unsigned run_chunks(unsigned g, int worker)
     return ran;
 }
 
+static unsigned helper_start_gen[BP_MAX_THREADS];
+
 static void *helper(void *arg)
 {
     const int id = (int)(intptr_t)arg;
-    unsigned seen = atomic_load(&P.gen);
+    /* the generation before this helper was started: a loop published since (a
+       gang waits for every helper) is one it must join */
+    unsigned seen = helper_start_gen[id];
     for (;;) {
         unsigned g = atomic_load_explicit(&P.gen, memory_order_acquire);
         if (g == seen) {
@@ -264,6 +275,7 @@ static void *helper(void *arg)
 static int grow(int want)
 {
     while (P.workers + 1 < want) {
+        helper_start_gen[P.workers + 1] = atomic_load(&P.gen);
         pthread_t th;
         pthread_attr_t at;
         pthread_attr_init(&at);
@@ -276,6 +288,9 @@ static int grow(int want)
     return P.workers;
 }
 
+static pthread_mutex_t gang_lock = PTHREAD_MUTEX_INITIALIZER;
+static atomic_llong st_gangs, st_gang_spawned;
+
 static void after_fork_child(void)
 {
     /* the helpers did not survive the fork: start from an empty pool */
@@ -283,10 +298,14 @@ static void after_fork_child(void)
     atomic_store(&P.sleepers, 0);
     atomic_store(&P.caller_asleep, 0);
     P.workers = 0;
+    pthread_mutex_unlock(&gang_lock);         /* taken before the fork */
 }
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
-static void init_once(void) { pthread_atfork(NULL, NULL, after_fork_child); }
+/* No gang is in flight across a fork: its helpers would be lost with the lock held. */
+static void before_fork(void) { pthread_mutex_lock(&gang_lock); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&gang_lock); }
+static void init_once(void) { pthread_atfork(before_fork, after_fork_parent, after_fork_child); }
 
 static void run_inline(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain)
 {
@@ -336,6 +355,115 @@ static void account(long long t0, long long t1, long long t2, unsigned own, unsi
     P.win_loops = 0;
 }
 
+/* Publish a loop (the caller holds busy): fields, then the claim word, then the
+ * generation; wakes sleeping helpers. Returns the loop's generation. */
+static unsigned publish(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, unsigned nchunks,
+                        int nt)
+{
+    atomic_store_explicit(&P.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&P.ctx, ctx, memory_order_relaxed);
+    atomic_store_explicit(&P.n, (long long)n, memory_order_relaxed);
+    atomic_store_explicit(&P.grain, (long long)grain, memory_order_relaxed);
+    atomic_store_explicit(&P.nchunks, nchunks, memory_order_relaxed);
+    atomic_store_explicit(&P.nt, nt, memory_order_relaxed);
+    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
+    const unsigned g = atomic_load_explicit(&P.gen, memory_order_relaxed) + 1;
+    atomic_store_explicit(&P.claim, (uint_least64_t)g << 32, memory_order_release);
+    atomic_store(&P.gen, g);
+    if (atomic_load(&P.sleepers) > 0) word_wake(&P.gen);
+    return g;
+}
+
+/* The caller, out of chunks at time t1, waits until the loop's nchunks are done:
+ * it spins a little, then sleeps on the done count. */
+static void wait_done(unsigned nchunks, long long t1)
+{
+    unsigned d = atomic_load_explicit(&P.done, memory_order_acquire);
+    if (d >= nchunks) return;
+    for (int i = 1; d < nchunks; i++) {
+        cpu_relax();
+        d = atomic_load_explicit(&P.done, memory_order_acquire);
+        if ((i & 63) == 0 && now_ns() - t1 > CALLER_SPIN_NS) break;
+    }
+    while (d < nchunks) {
+        atomic_store(&P.caller_asleep, 1);
+        d = atomic_load(&P.done);
+        if (d < nchunks) word_wait(&P.done, d);
+        atomic_store(&P.caller_asleep, 0);
+        d = atomic_load(&P.done);
+    }
+}
+
+/* ------------------------------------------------------------------ gangs
+ *
+ * A gang is n jobs that may wait on each other (OpenBLAS's level-3 threads each
+ * pack a part of B and use the others' parts), so all n must run at once on n
+ * distinct threads: never on the caller alone, never with fewer helpers than
+ * jobs, whatever the adaptive fallback says. It is an ordinary loop of n
+ * one-item chunks with nt = n and all n - 1 helpers started: each thread claims
+ * one job at a time and only claims another after finishing one, so a job that
+ * waits for others leaves them to the n - 1 other threads, which keep claiming
+ * until every job is taken (jobs that do not wait on each other are still
+ * taken by whoever comes first). While another loop holds the pool (another
+ * Python thread), the gang runs on threads started for it and joined after.
+ * Gangs run one at a time (gang_lock): a job's index, which OpenBLAS uses to
+ * pick per-thread buffers, is then unique in the process. */
+
+
+struct spawned_job { bp_task_fn fn; void *ctx; ptrdiff_t i; };
+
+static void *spawned_main(void *arg)
+{
+    struct spawned_job *j = (struct spawned_job *)arg;
+    j->fn(j->ctx, j->i, j->i + 1, (int)j->i);
+    return NULL;
+}
+
+static void gang_on_new_threads(bp_task_fn fn, void *ctx, int n)
+{
+    pthread_t th[BP_MAX_THREADS];
+    struct spawned_job jobs[BP_MAX_THREADS];
+    for (int i = 1; i < n; i++) {
+        jobs[i] = (struct spawned_job){fn, ctx, i};
+        const int rc = pthread_create(&th[i], NULL, spawned_main, &jobs[i]);
+        if (rc != 0) {
+            /* its jobs wait on each other: running them one by one would hang */
+            fprintf(stderr, "cygrad: cannot start thread %d of a BLAS job's %d (%s)\n", i, n,
+                    strerror(rc));
+            abort();
+        }
+    }
+    fn(ctx, 0, 1, 0);
+    for (int i = 1; i < n; i++) pthread_join(th[i], NULL);
+    atomic_fetch_add(&st_gang_spawned, 1);
+}
+
+int bp_pool_gang(bp_task_fn fn, void *ctx, int n)
+{
+    if (n <= 0) return 0;
+    if (n > BP_MAX_THREADS) return -1;
+    if (n == 1) {
+        fn(ctx, 0, 1, 0);
+        return 0;
+    }
+    pthread_once(&once, init_once);
+    pthread_mutex_lock(&gang_lock);
+    if (atomic_exchange_explicit(&P.busy, 1, memory_order_acquire)) {
+        gang_on_new_threads(fn, ctx, n);
+    } else if (grow(n) + 1 < n) {
+        atomic_store_explicit(&P.busy, 0, memory_order_release);
+        gang_on_new_threads(fn, ctx, n);
+    } else {
+        const unsigned g = publish(fn, ctx, n, 1, (unsigned)n, n);
+        run_chunks(g, 0);
+        wait_done((unsigned)n, now_ns());
+        atomic_fetch_add(&st_gangs, 1);
+        atomic_store_explicit(&P.busy, 0, memory_order_release);
+    }
+    pthread_mutex_unlock(&gang_lock);
+    return 0;
+}
+
 void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
 {
     if (n <= 0) return;
@@ -366,37 +494,11 @@ void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
         __atomic_fetch_add(&st_inline, 1, __ATOMIC_RELAXED);
         return;
     }
-    /* publish the loop: fields, then the claim word, then the generation */
-    atomic_store_explicit(&P.fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&P.ctx, ctx, memory_order_relaxed);
-    atomic_store_explicit(&P.n, (long long)n, memory_order_relaxed);
-    atomic_store_explicit(&P.grain, (long long)grain, memory_order_relaxed);
-    atomic_store_explicit(&P.nchunks, (unsigned)nchunks, memory_order_relaxed);
-    atomic_store_explicit(&P.nt, nt, memory_order_relaxed);
-    atomic_store_explicit(&P.done, 0, memory_order_relaxed);
-    const unsigned g = atomic_load_explicit(&P.gen, memory_order_relaxed) + 1;
-    atomic_store_explicit(&P.claim, (uint_least64_t)g << 32, memory_order_release);
-    atomic_store(&P.gen, g);
-    if (atomic_load(&P.sleepers) > 0) word_wake(&P.gen);
-
+    const unsigned g = publish(fn, ctx, n, grain, (unsigned)nchunks, nt);
     const long long t0 = now_ns();
     const unsigned own = run_chunks(g, 0);
     const long long t1 = now_ns();
-    unsigned d = atomic_load_explicit(&P.done, memory_order_acquire);
-    if (d < (unsigned)nchunks) {
-        for (int i = 1; d < (unsigned)nchunks; i++) {
-            cpu_relax();
-            d = atomic_load_explicit(&P.done, memory_order_acquire);
-            if ((i & 63) == 0 && now_ns() - t1 > CALLER_SPIN_NS) break;
-        }
-        while (d < (unsigned)nchunks) {
-            atomic_store(&P.caller_asleep, 1);
-            d = atomic_load(&P.done);
-            if (d < (unsigned)nchunks) word_wait(&P.done, d);
-            atomic_store(&P.caller_asleep, 0);
-            d = atomic_load(&P.done);
-        }
-    }
+    wait_done((unsigned)nchunks, t1);
     const long long t2 = now_ns();
     P.loops++;
     P.caller_chunks += own;
@@ -429,12 +531,16 @@ void bp_pool_get_stats(struct bp_pool_stats *s)
     s->workers = P.workers;
     s->adaptive = atomic_load(&P.adaptive);
     s->serial_now = atomic_load(&P.serial);
+    s->gangs = atomic_load(&st_gangs);
+    s->gangs_spawned = atomic_load(&st_gang_spawned);
 }
 
 void bp_pool_reset_stats(void)
 {
     P.loops = P.caller_chunks = P.backoffs = P.backoffs_share = P.wait_ns = 0;
     atomic_store(&P.helper_chunks, 0);
+    atomic_store(&st_gangs, 0);
+    atomic_store(&st_gang_spawned, 0);
     __atomic_store_n(&st_inline, 0, __ATOMIC_RELAXED);
 }
 
@@ -447,3 +553,27 @@ int bp_pool_threaded(void) { return 1; }
 int bp_pool_openmp(void) { return 0; }
 
 #endif
+
+/* OpenBLAS's threads callback (openblas_set_threads_callback_function): its
+ * parallel jobs, run as a gang of cygrad's pool. Only registered by builds with
+ * the pool (cygrad.blas_on_pool). */
+struct blas_jobs { bp_blas_dojob dojob; char *data; size_t elsize; int arg; };
+
+static void blas_job(void *ctx, ptrdiff_t lo, ptrdiff_t hi, int worker)
+{
+    (void)worker;
+    const struct blas_jobs *b = (const struct blas_jobs *)ctx;
+    for (ptrdiff_t i = lo; i < hi; i++) b->dojob((int)i, b->data + (size_t)i * b->elsize, b->arg);
+}
+
+void bp_pool_blas_callback(int sync, bp_blas_dojob dojob, int numjobs, size_t elsize,
+                           void *jobdata, int dojob_data)
+{
+    (void)sync;     /* always waited for: OpenBLAS's exec_blas only asks for that */
+    struct blas_jobs b = {dojob, (char *)jobdata, elsize, dojob_data};
+    if (bp_pool_gang(blas_job, &b, numjobs) != 0) {
+        fprintf(stderr, "cygrad: a BLAS call asked for %d threads (at most %d)\n", numjobs,
+                BP_MAX_THREADS);
+        abort();
+    }
+}

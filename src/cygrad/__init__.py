@@ -59,12 +59,15 @@ from cygrad.graph import (
     use_backend,
 )
 from cygrad.kernels import (
+    _blas,
     _cygrad_threads,  # noqa: F401  (the file name threadpoolctl finds)
     _threadpool,
 )
+from cygrad.kernels._blas import blas_on_pool
 from cygrad.serialize import FormatError, load, save
 
 _threadpool.register()      # threadpool_info() / threadpool_limits() see cygrad's pool
+_blas._at_import()          # OpenBLAS's jobs on cygrad's pool (CYGRAD_BLAS_ON_POOL=0: not)
 
 
 def build_info():
@@ -81,7 +84,9 @@ def build_info():
         instruction-set path the load-time dispatch selected for the elementwise
         loops), ``gemm_path`` (the GEMM micro-kernel in use: "avx512", "avx2" or
         "generic"; ``CYGRAD_GEMM_PATH`` forces a lower one) and ``gemm_paths``
-        (those this CPU can run), ``version``, ``numpy_version``.
+        (those this CPU can run), ``blas_on_pool`` (the OpenBLAS libraries whose
+        parallel jobs run on cygrad's pool: :func:`blas_on_pool`), ``version``,
+        ``numpy_version``.
     """
     import numpy
 
@@ -97,13 +102,15 @@ def build_info():
         else "cygrad pool: persistent helpers, dynamic chunks, falls back to one thread when "
              "helpers do not pay" if info["threaded"] else "serial build")
     info["max_threads"] = get_num_threads() if info["threaded"] else 1
+    info["blas_on_pool"] = _blas.blas_status()
     info["version"] = __version__
     info["numpy_version"] = numpy.__version__
     return info
 
 
 __all__ = [
-    "build_info", "get_num_threads", "set_num_threads", "threads", "manual_seed", "kernels",
+    "build_info", "get_num_threads", "set_num_threads", "threads", "blas_on_pool", "manual_seed",
+    "kernels",
     "reference",
     "__version__", "Tensor", "tensor", "Op", "no_grad", "is_grad_enabled", "use_backend",
     "get_backend", "gradcheck", "GradcheckError", "maximum", "minimum", "concat", "dropout",

@@ -20,12 +20,16 @@ cdef extern from "bp_pool.h" nogil:
         long long loops, inline_loops, helper_chunks, caller_chunks, backoffs, backoffs_share
         long long wait_ns
         int workers, adaptive, serial_now
+        long long gangs, gangs_spawned
     void bp_pool_get_stats(bp_pool_stats *s)
     void bp_pool_reset_stats()
     void bp_pool_set_adaptive(int on)
     int bp_pool_threaded()
     int bp_pool_threads(int nt)
     int bp_pool_openmp()
+    int bp_pool_gang(bp_task_fn fn, void *ctx, int n)
+    void bp_pool_blas_callback(int sync, void *dojob, int numjobs, size_t elsize,
+                               void *jobdata, int dojob_data)
 
 
 MAX_THREADS = BP_MAX_THREADS
@@ -65,7 +69,9 @@ def openmp():
 def stats(reset=False):
     """The pool's counters: loops run with helpers and on the caller alone, chunks
     run by helpers and callers, fallbacks to one thread, time callers waited for
-    helpers (ns), helpers started, whether the fallback is enabled and active."""
+    helpers (ns), helpers started, whether the fallback is enabled and active,
+    gangs run (BLAS calls on the pool, cygrad.blas_on_pool) and those run on
+    threads started for them because the pool was held by another loop."""
     cdef bp_pool_stats s
     bp_pool_get_stats(&s)
     if reset:
@@ -73,7 +79,8 @@ def stats(reset=False):
     return {"loops": s.loops, "inline_loops": s.inline_loops,
             "helper_chunks": s.helper_chunks, "caller_chunks": s.caller_chunks,
             "backoffs": s.backoffs, "backoffs_share": s.backoffs_share, "wait_ns": s.wait_ns, "workers": s.workers,
-            "adaptive": bool(s.adaptive), "serial_now": bool(s.serial_now)}
+            "adaptive": bool(s.adaptive), "serial_now": bool(s.serial_now),
+            "gangs": s.gangs, "gangs_spawned": s.gangs_spawned}
 
 
 def set_adaptive(bint on):
@@ -108,3 +115,75 @@ def _spin_loop(double[::1] out, long reps, Py_ssize_t grain, int nt):
     s.reps = reps
     with nogil:
         parallel_for(_spin_task, &s, out.shape[0], grain, nt)
+
+
+def gangs_available():
+    """True when this build can run a gang (all jobs at once on distinct threads):
+    the pool's build, not the serial or the OpenMP one."""
+    return bool(bp_pool_threaded()) and not bp_pool_openmp()
+
+
+def _blas_callback_address():
+    """The address of bp_pool_blas_callback (csrc/bp_pool.c), the function handed to
+    OpenBLAS's openblas_set_threads_callback_function."""
+    return <size_t>&bp_pool_blas_callback
+
+
+cdef extern from *:
+    """
+    #include <sched.h>
+    #include <time.h>
+    typedef struct { int n; int count; int done; int timed_out; double timeout_s;
+                     int *worker_of; } bp_gang_test;
+    static double bp_gang_now(void) {
+        struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec + 1e-9 * ts.tv_nsec;
+    }
+    /* job i arrives, then waits until all n have arrived (a barrier: the jobs of a
+       gang must run at once), then waits until all n have left the barrier's
+       first phase, like OpenBLAS's threads that use each other's packed blocks. */
+    static void bp_gang_test_job(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) {
+        bp_gang_test *t = (bp_gang_test *)ctx;
+        const double t0 = bp_gang_now();
+        for (Py_ssize_t i = lo; i < hi; i++) {
+            t->worker_of[i] = worker;
+            __atomic_fetch_add(&t->count, 1, __ATOMIC_ACQ_REL);
+            while (__atomic_load_n(&t->count, __ATOMIC_ACQUIRE) < t->n) {
+                sched_yield();
+                if (bp_gang_now() - t0 > t->timeout_s) { __atomic_store_n(&t->timed_out, 1, __ATOMIC_RELAXED); return; }
+            }
+            __atomic_fetch_add(&t->done, 1, __ATOMIC_ACQ_REL);
+            while (__atomic_load_n(&t->done, __ATOMIC_ACQUIRE) < t->n) {
+                sched_yield();
+                if (bp_gang_now() - t0 > t->timeout_s) { __atomic_store_n(&t->timed_out, 1, __ATOMIC_RELAXED); return; }
+            }
+        }
+    }
+    """
+    ctypedef struct bp_gang_test:
+        int n, count, done, timed_out
+        double timeout_s
+        int *worker_of
+    void bp_gang_test_job(void *ctx, Py_ssize_t lo, Py_ssize_t hi, int worker) noexcept nogil
+
+
+def _gang_barrier(int n, double timeout_s=20.0):
+    """For tests: a gang of n jobs that each wait until all n have started (a
+    barrier, with a timeout instead of a hang). Returns (completed, workers): False
+    when a job waited past the timeout (the jobs did not all run at once), and the
+    pool worker that ran each job (-1: none ran it)."""
+    import numpy as np
+    cdef int[::1] w = np.full(max(n, 1), -1, dtype=np.intc)
+    cdef bp_gang_test t
+    t.n = n
+    t.count = 0
+    t.done = 0
+    t.timed_out = 0
+    t.timeout_s = timeout_s
+    t.worker_of = &w[0]
+    cdef int rc
+    with nogil:
+        rc = bp_pool_gang(<bp_task_fn>bp_gang_test_job, &t, n)
+    if rc != 0:
+        raise RuntimeError(f"no gang of {n} jobs in this build (serial, OpenMP, or n > {BP_MAX_THREADS})")
+    return (not t.timed_out), list(np.asarray(w)[:n])

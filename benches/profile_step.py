@@ -12,7 +12,9 @@ fallbacks to one thread). Rounds alternate the thread counts in one process:
 
 ``--numpy-between`` runs a NumPy matrix product (OpenBLAS, all its threads)
 after every step, as a program that evaluates or prepares data with NumPy
-does: it shows what OpenBLAS's spinning workers cost cygrad's pool.
+does: it shows what OpenBLAS's spinning workers cost cygrad's pool
+(``CYGRAD_BLAS_ON_POOL=1`` in the environment: OpenBLAS's jobs run on cygrad's
+pool instead, cygrad.blas_on_pool).
 """
 import argparse
 import os

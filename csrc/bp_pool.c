@@ -233,6 +233,7 @@ static unsigned run_chunks(unsigned g, int worker)
 }
 
 static unsigned helper_start_gen[BP_MAX_THREADS];
+static _Thread_local int tl_in_pool;     /* this thread runs a loop's chunks or a gang's job */
 
 static void *helper(void *arg)
 {
@@ -240,6 +241,7 @@ static void *helper(void *arg)
     /* the generation before this helper was started: a loop published since (a
        gang waits for every helper) is one it must join */
     unsigned seen = helper_start_gen[id];
+    tl_in_pool = 1;
     for (;;) {
         unsigned g = atomic_load_explicit(&P.gen, memory_order_acquire);
         if (g == seen) {
@@ -404,17 +406,57 @@ static void wait_done(unsigned nchunks, long long t1)
  * one job at a time and only claims another after finishing one, so a job that
  * waits for others leaves them to the n - 1 other threads, which keep claiming
  * until every job is taken (jobs that do not wait on each other are still
- * taken by whoever comes first). While another loop holds the pool (another
- * Python thread), the gang runs on threads started for it and joined after.
- * Gangs run one at a time (gang_lock): a job's index, which OpenBLAS uses to
- * pick per-thread buffers, is then unique in the process. */
+ * taken by whoever comes first). A gang that finds the pool running another
+ * Python thread's loop waits for that loop to end (it does not depend on the
+ * gang). Gangs run one at a time (gang_lock): a job's index, which OpenBLAS uses
+ * to pick per-thread buffers, is then unique among gangs. A gang asked for from
+ * inside a pool loop's chunk or a gang's job is refused (-1): the loop holding
+ * the pool could then wait for itself. */
 
+static void gang_on_new_threads(bp_task_fn fn, void *ctx, int n);
 
+int bp_pool_gang(bp_task_fn fn, void *ctx, int n)
+{
+    if (n <= 0) return 0;
+    if (n > BP_MAX_THREADS || tl_in_pool) return -1;
+    pthread_once(&once, init_once);
+    pthread_mutex_lock(&gang_lock);
+    tl_in_pool = 1;
+    if (n == 1) {
+        fn(ctx, 0, 1, 0);
+    } else {
+        for (int i = 0; atomic_exchange_explicit(&P.busy, 1, memory_order_acquire); i++) {
+            if (i < 16) {
+                sched_yield();
+            } else {
+                const struct timespec ts = {0, 20000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        if (grow(n) + 1 < n) {
+            atomic_store_explicit(&P.busy, 0, memory_order_release);
+            gang_on_new_threads(fn, ctx, n);
+        } else {
+            const unsigned g = publish(fn, ctx, n, 1, (unsigned)n, n);
+            run_chunks(g, 0);
+            wait_done((unsigned)n, now_ns());
+            atomic_store_explicit(&P.busy, 0, memory_order_release);
+        }
+    }
+    atomic_fetch_add(&st_gangs, 1);
+    tl_in_pool = 0;
+    pthread_mutex_unlock(&gang_lock);
+    return 0;
+}
+
+/* The pool could not start n - 1 helpers (a thread limit): one more try with
+ * threads of the gang's own, else the jobs, which wait on each other, cannot run. */
 struct spawned_job { bp_task_fn fn; void *ctx; ptrdiff_t i; };
 
 static void *spawned_main(void *arg)
 {
     struct spawned_job *j = (struct spawned_job *)arg;
+    tl_in_pool = 1;
     j->fn(j->ctx, j->i, j->i + 1, (int)j->i);
     return NULL;
 }
@@ -427,41 +469,15 @@ static void gang_on_new_threads(bp_task_fn fn, void *ctx, int n)
         jobs[i] = (struct spawned_job){fn, ctx, i};
         const int rc = pthread_create(&th[i], NULL, spawned_main, &jobs[i]);
         if (rc != 0) {
-            /* its jobs wait on each other: running them one by one would hang */
-            fprintf(stderr, "cygrad: cannot start thread %d of a BLAS job's %d (%s)\n", i, n,
-                    strerror(rc));
+            fprintf(stderr, "cygrad: cannot start thread %d of the %d a BLAS call's jobs need "
+                    "at once (%s): limit OpenBLAS's threads (OPENBLAS_NUM_THREADS) or call "
+                    "cygrad.blas_on_pool(False)\n", i, n, strerror(rc));
             abort();
         }
     }
     fn(ctx, 0, 1, 0);
     for (int i = 1; i < n; i++) pthread_join(th[i], NULL);
     atomic_fetch_add(&st_gang_spawned, 1);
-}
-
-int bp_pool_gang(bp_task_fn fn, void *ctx, int n)
-{
-    if (n <= 0) return 0;
-    if (n > BP_MAX_THREADS) return -1;
-    if (n == 1) {
-        fn(ctx, 0, 1, 0);
-        return 0;
-    }
-    pthread_once(&once, init_once);
-    pthread_mutex_lock(&gang_lock);
-    if (atomic_exchange_explicit(&P.busy, 1, memory_order_acquire)) {
-        gang_on_new_threads(fn, ctx, n);
-    } else if (grow(n) + 1 < n) {
-        atomic_store_explicit(&P.busy, 0, memory_order_release);
-        gang_on_new_threads(fn, ctx, n);
-    } else {
-        const unsigned g = publish(fn, ctx, n, 1, (unsigned)n, n);
-        run_chunks(g, 0);
-        wait_done((unsigned)n, now_ns());
-        atomic_fetch_add(&st_gangs, 1);
-        atomic_store_explicit(&P.busy, 0, memory_order_release);
-    }
-    pthread_mutex_unlock(&gang_lock);
-    return 0;
 }
 
 void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
@@ -496,7 +512,9 @@ void bp_pool_for(bp_task_fn fn, void *ctx, ptrdiff_t n, ptrdiff_t grain, int nt)
     }
     const unsigned g = publish(fn, ctx, n, grain, (unsigned)nchunks, nt);
     const long long t0 = now_ns();
+    tl_in_pool = 1;
     const unsigned own = run_chunks(g, 0);
+    tl_in_pool = 0;
     const long long t1 = now_ns();
     wait_done((unsigned)nchunks, t1);
     const long long t2 = now_ns();
@@ -557,23 +575,35 @@ int bp_pool_openmp(void) { return 0; }
 /* OpenBLAS's threads callback (openblas_set_threads_callback_function): its
  * parallel jobs, run as a gang of cygrad's pool. Only registered by builds with
  * the pool (cygrad.blas_on_pool). */
-struct blas_jobs { bp_blas_dojob dojob; char *data; size_t elsize; int arg; };
+static int blas_top;             /* OpenBLAS's MAX_THREADS: job indices end there */
+
+void bp_pool_set_blas_top(int top) { __atomic_store_n(&blas_top, top, __ATOMIC_RELAXED); }
+
+struct blas_jobs { bp_blas_dojob dojob; char *data; size_t elsize; int arg, base; };
 
 static void blas_job(void *ctx, ptrdiff_t lo, ptrdiff_t hi, int worker)
 {
     (void)worker;
     const struct blas_jobs *b = (const struct blas_jobs *)ctx;
-    for (ptrdiff_t i = lo; i < hi; i++) b->dojob((int)i, b->data + (size_t)i * b->elsize, b->arg);
+    for (ptrdiff_t i = lo; i < hi; i++)
+        b->dojob(b->base + (int)i, b->data + (size_t)i * b->elsize, b->arg);
 }
 
+/* Job i gets OpenBLAS thread index top - numjobs + i: the top of OpenBLAS's
+ * range, away from the indices of its own server threads (0, 1, ...), which
+ * still run the jobs it queues itself (exec_blas_async: the LU factorisation's)
+ * with the same per-index buffers and status words. */
 void bp_pool_blas_callback(int sync, bp_blas_dojob dojob, int numjobs, size_t elsize,
                            void *jobdata, int dojob_data)
 {
     (void)sync;     /* always waited for: OpenBLAS's exec_blas only asks for that */
-    struct blas_jobs b = {dojob, (char *)jobdata, elsize, dojob_data};
+    const int top = __atomic_load_n(&blas_top, __ATOMIC_RELAXED);
+    struct blas_jobs b = {dojob, (char *)jobdata, elsize, dojob_data,
+                          top >= numjobs ? top - numjobs : 0};
     if (bp_pool_gang(blas_job, &b, numjobs) != 0) {
-        fprintf(stderr, "cygrad: a BLAS call asked for %d threads (at most %d)\n", numjobs,
-                BP_MAX_THREADS);
+        fprintf(stderr, "cygrad: a BLAS call's %d jobs cannot run as a gang of cygrad's pool "
+                "(no pool in this build, more than %d jobs, or a BLAS call inside a cygrad "
+                "kernel or another BLAS job)\n", numjobs, BP_MAX_THREADS);
         abort();
     }
 }

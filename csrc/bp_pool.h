@@ -55,15 +55,16 @@ struct bp_pool_stats {
     int adaptive;             /* fallback enabled */
     int serial_now;           /* currently in a backoff period */
     long long gangs;          /* gangs run on the pool (bp_pool_gang) */
-    long long gangs_spawned;  /* ... on threads started for them (the pool was busy) */
+    long long gangs_spawned;  /* ... on threads of their own (the pool could not grow) */
 };
 
 /* Run fn(ctx, i, i + 1, worker) for i in [0, n), all n at once on n distinct
  * threads (the caller one of them): jobs that wait on each other, such as
  * OpenBLAS's level-3 threads. Never falls back to fewer threads; when the pool is
- * held by another loop, the gang runs on threads started for it. Gangs run one at
- * a time in the process. Returns 0, or -1 when this build has no pool (serial,
- * OpenMP) or n > BP_MAX_THREADS (nothing run). */
+ * held by another Python thread's loop, waits for it. Gangs run one at a time in
+ * the process. Returns 0, or -1 (nothing run) when this build has no pool
+ * (serial, OpenMP), n > BP_MAX_THREADS, or the caller is itself running a pool
+ * loop's chunk or a gang's job. */
 int bp_pool_gang(bp_task_fn fn, void *ctx, int n);
 
 /* OpenBLAS's caller-managed threading (openblas_set_threads_callback_function,
@@ -72,6 +73,9 @@ int bp_pool_gang(bp_task_fn fn, void *ctx, int n);
 typedef void (*bp_blas_dojob)(int thread_num, void *jobdata, int dojob_data);
 void bp_pool_blas_callback(int sync, bp_blas_dojob dojob, int numjobs, size_t elsize,
                            void *jobdata, int dojob_data);
+/* OpenBLAS's MAX_THREADS (the smallest of the registered libraries'): the
+ * callback numbers a call's jobs top - numjobs .. top - 1. */
+void bp_pool_set_blas_top(int top);
 
 void bp_pool_get_stats(struct bp_pool_stats *s);
 void bp_pool_reset_stats(void);

@@ -67,7 +67,7 @@ from cygrad.kernels._blas import blas_on_pool
 from cygrad.serialize import FormatError, load, save
 
 _threadpool.register()      # threadpool_info() / threadpool_limits() see cygrad's pool
-_blas._at_import()          # OpenBLAS's jobs on cygrad's pool (CYGRAD_BLAS_ON_POOL=0: not)
+_blas._at_import()          # CYGRAD_BLAS_ON_POOL=1: OpenBLAS's jobs on cygrad's pool
 
 
 def build_info():

@@ -1,7 +1,8 @@
 """OpenBLAS's parallel jobs on cygrad's pool (cygrad.blas_on_pool, csrc/bp_pool.c's
 gangs): a gang runs all its jobs at once on distinct threads, whatever the pool is
 doing; NumPy's products give the same bits on the pool as on OpenBLAS's own
-threads, from several Python threads at once and in a forked child."""
+threads, from several Python threads at once (beside the LU factorisation, which
+still runs on OpenBLAS's own threads) and in a forked child."""
 
 import os
 import subprocess
@@ -20,8 +21,15 @@ gangs = pytest.mark.skipif(not _parallel.gangs_available(),
                            reason="this build has no pool (serial or OpenMP build): no gangs")
 
 
-def _adopted():
-    return [e for e in cygrad.blas_on_pool(True) if e["on"]]
+@pytest.fixture
+def on_pool():
+    """OpenBLAS's jobs on cygrad's pool for the test (skipped where no OpenBLAS
+    offers it), given back after."""
+    if not [e for e in cygrad.blas_on_pool(True) if e["on"]]:
+        cygrad.blas_on_pool(False)
+        pytest.skip("no OpenBLAS with caller-managed threading (>= 0.3.27, pthreads) loaded")
+    yield
+    cygrad.blas_on_pool(False)
 
 
 def _run(code, timeout=120, env=None):
@@ -39,6 +47,7 @@ def test_builds_without_the_pool_refuse_gangs():
         with pytest.raises(RuntimeError, match="no gang"):
             _parallel._gang_barrier(2, 1.0)
         assert not any(e["on"] for e in cygrad.blas_on_pool(True))
+        assert all(e["why"] for e in cygrad.blas_on_pool(True))
         assert cygrad.build_info()["blas_on_pool"] == []
 
 
@@ -63,23 +72,22 @@ def test_gang_in_a_fresh_process_joins_helpers_started_for_it():
             done, workers = _parallel._gang_barrier(n, 20.0)
             assert done and len(set(workers)) == n, (n, workers)
         print(_parallel.stats()["gangs"])
-    """, env={"CYGRAD_BLAS_ON_POOL": "0"})
+    """)
     assert out.strip() == "5"
 
 
 @gangs
 def test_a_gang_while_another_thread_holds_the_pool(forced_helpers):
-    """A gang that finds the pool running another Python thread's loop runs on
-    threads started for it, and still completes (every job at once)."""
+    """A gang that finds the pool running another Python thread's loop waits for
+    it, then runs every job at once; the loop's result is untouched."""
     out = np.zeros(64)
-    before = _parallel.stats()["gangs_spawned"]
-    t = threading.Thread(target=_parallel._spin_loop, args=(out, 30_000_000, 1, 2))
+    t = threading.Thread(target=_parallel._spin_loop, args=(out, 30_000_000, 1, 2), daemon=True)
     t.start()
     time.sleep(0.2)
-    done, workers = _parallel._gang_barrier(3, 30.0)
-    t.join()
+    done, workers = _parallel._gang_barrier(3, 60.0)
+    t.join(timeout=120)
+    assert not t.is_alive()
     assert done and len(set(workers)) == 3
-    assert _parallel.stats()["gangs_spawned"] > before
     np.testing.assert_array_equal(out, _spin_reference(64, 30_000_000))
 
 
@@ -108,10 +116,8 @@ def _products(rng):
 
 @gangs
 @pytest.mark.parametrize("blas_threads", [2, 3, 4])
-def test_numpy_products_on_the_pool_equal_openblas_threads(blas_threads):
+def test_numpy_products_on_the_pool_equal_openblas_threads(blas_threads, on_pool):
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    if not _adopted():
-        pytest.skip("no OpenBLAS with caller-managed threading (>= 0.3.27, pthreads) loaded")
     rng = np.random.default_rng(blas_threads)
     pairs = _products(rng)
     with threadpoolctl.threadpool_limits(blas_threads, user_api="blas"):
@@ -130,13 +136,11 @@ def test_numpy_products_on_the_pool_equal_openblas_threads(blas_threads):
 
 
 @gangs
-def test_numpy_and_cygrad_products_from_several_python_threads():
+def test_numpy_and_cygrad_products_from_several_python_threads(on_pool):
     """Python threads calling NumPy and cygrad at once: gangs run one at a time
     (their jobs' indices pick OpenBLAS's per-thread buffers), cygrad's loops beside
     them; every result exact."""
     threadpoolctl = pytest.importorskip("threadpoolctl")
-    if not _adopted():
-        pytest.skip("no OpenBLAS with caller-managed threading loaded")
     rng = np.random.default_rng(0)
     pairs = _products(rng)[:6]
     with threadpoolctl.threadpool_limits(2, user_api="blas"):
@@ -154,13 +158,49 @@ def test_numpy_and_cygrad_products_from_several_python_threads():
                 if not np.array_equal(cygrad.kernels.matmul(a, b), want_cy[i]):
                     errors.append(("cygrad", i))
 
-        threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
+        threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(timeout=300)
         assert not any(t.is_alive() for t in threads), "a thread hung"
     assert not errors
+
+
+@gangs
+@pytest.mark.parametrize("blas_threads", [2, 4])
+def test_lu_factorisation_beside_gangs_from_another_thread(blas_threads, on_pool):
+    """OpenBLAS queues the LU factorisation's jobs (solve, inv) on its own threads,
+    which stay: gangs from another Python thread must not share their indices
+    (buffers, status words), or the factorisation waits forever or is wrong."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((700, 700))
+    rhs = rng.standard_normal((700, 3))
+    c = rng.standard_normal((600, 600)).astype(np.float32)
+    with threadpoolctl.threadpool_limits(blas_threads, user_api="blas"):
+        want_x, want_inv, want_c = np.linalg.solve(a, rhs), np.linalg.inv(a), c @ c
+        bad = []
+
+        def lu():
+            for _ in range(12):
+                if not np.array_equal(np.linalg.solve(a, rhs), want_x):
+                    bad.append("solve")
+                if not np.array_equal(np.linalg.inv(a), want_inv):
+                    bad.append("inv")
+
+        def products():
+            for _ in range(150):
+                if not np.array_equal(c @ c, want_c):
+                    bad.append("matmul")
+
+        ts = [threading.Thread(target=f, daemon=True) for f in (lu, products)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=300)
+        assert not any(t.is_alive() for t in ts), "a BLAS call hung"
+    assert not bad
 
 
 @gangs
@@ -190,18 +230,28 @@ def test_forked_child_runs_numpy_products_on_its_pool():
     assert out.strip() == "ok"
 
 
-def test_environment_switch_leaves_openblas_alone():
-    out = _run("""
+def test_openblas_left_alone_unless_asked():
+    """Opt-in: `import cygrad` leaves OpenBLAS alone; CYGRAD_BLAS_ON_POOL=1 hands
+    every OpenBLAS that offers it to the pool."""
+    code = """
         import cygrad
-        print(cygrad.build_info()["blas_on_pool"])
-    """, env={"CYGRAD_BLAS_ON_POOL": "0"})
-    assert out.strip() == "[]"
+        print(len(cygrad.build_info()["blas_on_pool"]))
+    """
+    assert _run(code).strip() == "0"
+    can = any(e["on"] for e in cygrad.blas_on_pool(True))
+    cygrad.blas_on_pool(False)
+    assert _run(code, env={"CYGRAD_BLAS_ON_POOL": "1"}).strip() == ("1" if can else "0")
 
 
 def test_blas_on_pool_reports_each_openblas():
     entries = cygrad.blas_on_pool(True)
-    for e in entries:
-        assert {"path", "version", "on"} <= set(e)
-        assert e["on"] or e["why"]
-    assert cygrad.build_info()["blas_on_pool"] == sorted(e["path"] for e in entries if e["on"])
-    assert _blas.blas_status() == cygrad.build_info()["blas_on_pool"]
+    try:
+        for e in entries:
+            assert {"path", "version", "on"} <= set(e)
+            assert e["on"] or e["why"]
+        on = sorted(e["path"] for e in entries if e["on"])
+        assert cygrad.build_info()["blas_on_pool"] == on == _blas.blas_status()
+    finally:
+        off = cygrad.blas_on_pool(False)
+    assert cygrad.build_info()["blas_on_pool"] == []
+    assert all(not e["on"] for e in off)

@@ -11,9 +11,20 @@ wait on each other (its threads use each other's packed blocks), so they run as 
 ``bp_pool_gang`` in csrc/bp_pool.h). OpenBLAS still decides how many jobs a call
 has (``threadpoolctl.threadpool_limits(n, user_api="blas")`` keeps working).
 
-``import cygrad`` does this for every OpenBLAS loaded by then unless
-``CYGRAD_BLAS_ON_POOL=0``; ``cygrad.blas_on_pool(False)`` gives OpenBLAS its own
-threads back. Builds without the pool (serial, OpenMP) leave OpenBLAS alone.
+It is opt-in (``cygrad.blas_on_pool()``, or ``CYGRAD_BLAS_ON_POOL=1`` before
+``import cygrad``): it changes how another library runs, process-wide. What it
+changes, and what stays:
+
+- Every parallel BLAS call runs as a gang, and gangs run one at a time: BLAS calls
+  from several Python threads take turns instead of sharing the cores.
+- OpenBLAS's LU factorisation (``numpy.linalg.solve``, ``inv``, ``det``) queues
+  its jobs on OpenBLAS's own threads, which stay. A gang's jobs are numbered from
+  the top of OpenBLAS's range (its MAX_THREADS) so that they never share an index
+  (a per-thread buffer and status word) with those threads; that holds while
+  OpenBLAS uses at most half its MAX_THREADS, which is checked when registering.
+- ``cygrad.blas_on_pool(False)`` gives OpenBLAS its own threads back (it clears
+  the callback, including one another library set). Builds without the pool
+  (serial, OpenMP) leave OpenBLAS alone.
 """
 
 import ctypes
@@ -59,24 +70,27 @@ def _loaded_openblas():
 
 
 def _describe(path):
-    """(lib, version tuple, config string, parallel mode, setter) for one library,
-    or None when it is not a usable OpenBLAS."""
+    """(lib, version tuple, MAX_THREADS, threads now, parallel mode, setter) for one
+    library, or None when it is not a usable OpenBLAS."""
     try:
-        lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0) | ctypes.RTLD_GLOBAL)
+        lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
     except OSError:
         return None
     get_config = _symbol(lib, "openblas_get_config")
     setter = _symbol(lib, "openblas_set_threads_callback_function")
     get_parallel = _symbol(lib, "openblas_get_parallel")
-    if get_config is None or setter is None or get_parallel is None:
+    get_threads = _symbol(lib, "openblas_get_num_threads")
+    if None in (get_config, setter, get_parallel, get_threads):
         return None
     get_config.restype = ctypes.c_char_p
     config = (get_config() or b"").decode("ascii", "replace")
     m = re.search(r"OpenBLAS (\d+)\.(\d+)\.(\d+)", config)
     version = tuple(int(x) for x in m.groups()) if m else (0, 0, 0)
+    mt = re.search(r"MAX_THREADS=(\d+)", config)
+    max_threads = int(mt.group(1)) if mt else 0
     setter.argtypes = [ctypes.c_void_p]
     setter.restype = None
-    return lib, version, config, int(get_parallel()), setter
+    return lib, version, max_threads, int(get_threads()), int(get_parallel()), setter
 
 
 def blas_on_pool(on=True):
@@ -85,8 +99,11 @@ def blas_on_pool(on=True):
 
     Applies to every OpenBLAS loaded in the process (NumPy's, SciPy's) that offers
     caller-managed threading: version 0.3.27 or later, built with its own pthreads
-    server (not OpenMP). Call it again after importing a library that brings
-    another OpenBLAS.
+    server (not OpenMP), using at most half its MAX_THREADS (a gang's job indices
+    are taken from the top of that range, away from OpenBLAS's own threads, which
+    still run its LU factorisation's jobs). Call it again after importing a library
+    that brings another OpenBLAS; switch it while no BLAS call is running. Parallel
+    BLAS calls then run one at a time (each on all the threads it asked for).
 
     Returns
     -------
@@ -100,7 +117,7 @@ def blas_on_pool(on=True):
             d = _describe(path)
             if d is None:
                 continue
-            lib, version, config, parallel, setter = d
+            lib, version, max_threads, nthreads, parallel, setter = d
             entry = {"path": path, "version": ".".join(map(str, version)), "on": False}
             if not _parallel.gangs_available():
                 entry["why"] = "this cygrad build has no thread pool (serial or OpenMP build)"
@@ -108,9 +125,14 @@ def blas_on_pool(on=True):
                 entry["why"] = f"OpenBLAS {entry['version']} < 0.3.27 has no pthreads callback"
             elif parallel != 1:
                 entry["why"] = "not OpenBLAS's pthreads build (openblas_get_parallel() != 1)"
+            elif on and 2 * nthreads > max_threads:
+                entry["why"] = (f"OpenBLAS uses {nthreads} threads, more than half its "
+                                f"MAX_THREADS={max_threads}: a gang's job indices could meet "
+                                "its own threads'")
             elif on:
+                _handles[path] = (lib, max_threads)
+                _parallel._set_blas_top(min(m for _, m in _handles.values()))
                 setter(_parallel._blas_callback_address())
-                _handles[path] = lib
                 entry["on"] = True
             else:
                 setter(None)
@@ -127,7 +149,8 @@ def blas_status():
 
 
 def _at_import():
-    if os.environ.get("CYGRAD_BLAS_ON_POOL", "").strip().lower() in ("0", "off", "false", "no"):
+    if os.environ.get("CYGRAD_BLAS_ON_POOL", "").strip().lower() not in ("1", "on", "true",
+                                                                       "yes"):
         return []
     try:
         return blas_on_pool(True)

@@ -30,6 +30,7 @@ cdef extern from "bp_pool.h" nogil:
     int bp_pool_gang(bp_task_fn fn, void *ctx, int n)
     void bp_pool_blas_callback(int sync, void *dojob, int numjobs, size_t elsize,
                                void *jobdata, int dojob_data)
+    void bp_pool_set_blas_top(int top)
 
 
 MAX_THREADS = BP_MAX_THREADS
@@ -123,6 +124,11 @@ def gangs_available():
     return bool(bp_pool_threaded()) and not bp_pool_openmp()
 
 
+def _set_blas_top(int top):
+    """OpenBLAS's MAX_THREADS: the callback numbers a call's jobs from there down."""
+    bp_pool_set_blas_top(top)
+
+
 def _blas_callback_address():
     """The address of bp_pool_blas_callback (csrc/bp_pool.c), the function handed to
     OpenBLAS's openblas_set_threads_callback_function."""
@@ -185,5 +191,6 @@ def _gang_barrier(int n, double timeout_s=20.0):
     with nogil:
         rc = bp_pool_gang(<bp_task_fn>bp_gang_test_job, &t, n)
     if rc != 0:
-        raise RuntimeError(f"no gang of {n} jobs in this build (serial, OpenMP, or n > {BP_MAX_THREADS})")
+        raise RuntimeError(f"no gang of {n} jobs in this build (serial, OpenMP, or "
+                           f"n > {BP_MAX_THREADS})")
     return (not t.timed_out), list(np.asarray(w)[:n])

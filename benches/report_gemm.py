@@ -17,8 +17,8 @@ FMA pipes of the widest vector) and measured (the best rate seen in this run).
 ``--alternate`` measures the two libraries the way a program that prepares or
 evaluates data with NumPy between cygrad's calls uses them: each block calls
 cygrad, then NumPy, then cygrad ... with no idle, timing each library's calls
-apart; once with OpenBLAS's jobs on cygrad's pool (``cygrad.blas_on_pool()``, the
-default) and once on OpenBLAS's own threads (``blas_on_pool(False)``: they spin
+apart; once with OpenBLAS's jobs on cygrad's pool (``cygrad.blas_on_pool()``) and
+once on OpenBLAS's own threads (``blas_on_pool(False)``, the default: they spin
 after each call on the cores cygrad's helpers need), the two settings in
 alternating rounds of one process.
 """
@@ -169,7 +169,7 @@ def alternate_report(args):
           f"--threads {' '.join(map(str, args.threads))} --rounds {args.rounds}"
           f"{' --busy' if args.busy else ''}`.\n")
     print("Each block calls cygrad's matmul and NumPy's in turn, no idle, and times each "
-          "library's calls apart; *pool*: `cygrad.blas_on_pool()` (the default: OpenBLAS's "
+          "library's calls apart; *pool*: `cygrad.blas_on_pool()` (OpenBLAS's "
           "parallel jobs run as gangs of cygrad's pool), *own*: `blas_on_pool(False)` "
           "(OpenBLAS's threads, which spin ~0.1 s after each call). The two settings "
           "alternate round by round in one process, 0.2 s idle before each block. "

@@ -115,6 +115,22 @@ CONFIGS.update({
     # a narrower hidden layer: the first layer's products are most of an epoch (#28)
     "h200": _on(DEFAULTS, model={"hidden": (200,)}),
     "glove.h200": _on(DEFAULTS, model={"hidden": (200,)}, train=GLOVE),
+    # the best of the above (k3.e40) widened, deepened, with n-gram bags (#30: 94.0 sought)
+    "glove.k3.h500.e40": _on(DEFAULTS, model={"k": 3, "hidden": (500,)},
+                             train={**GLOVE, "epochs": 40, "patience": 6}),
+    "glove.k4.h500.e40": _on(DEFAULTS, model={"k": 4, "hidden": (500,)},
+                             train={**GLOVE, "epochs": 40, "patience": 6}),
+    "glove.k5.h500.e40": _on(DEFAULTS, model={"k": 5, "hidden": (500,)},
+                             train={**GLOVE, "epochs": 40, "patience": 6}),
+    # longer, more patient: seeds that stopped at epoch 16-17 under patience 6
+    "glove.k4.h500.e60": _on(DEFAULTS, model={"k": 4, "hidden": (500,)},
+                             train={**GLOVE, "epochs": 60, "patience": 10}),
+    "glove.k5.h500.e60": _on(DEFAULTS, model={"k": 5, "hidden": (500,)},
+                             train={**GLOVE, "epochs": 60, "patience": 10}),
+    "glove.k3.2h.e40": _on(DEFAULTS, model={"k": 3, "hidden": (300, 300)},
+                           train={**GLOVE, "epochs": 40, "patience": 6}),
+    "glove.k3.ng25.e40": _on(DEFAULTS, model={"k": 3, "ngram_dim": 25},
+                             train={**GLOVE, "epochs": 40, "patience": 6}),
     "random": _on(DEFAULTS),    # the defaults: random 50-d word vectors, trained
     "none": _on(DEFAULTS, model={"dim": 0}),    # no word table: the other features only
 })

@@ -71,13 +71,8 @@ def worker(nt, rounds, out):
             rows.append({"name": name, "flops": 2 * m * n * k,
                          "cygrad": _median(t["cygrad"]), "numpy": _median(t["numpy"]),
                          "ratios": sorted(x / y for x, y in zip(t["numpy"], t["cygrad"]))})
-    from threadpoolctl import threadpool_info
-    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')})"
-            for i in threadpool_info() if i.get("user_api") == "blas"]
-    about = (f"cygrad {cygrad.__version__} (GEMM path {cygrad.build_info()['gemm_path']}), "
-             f"NumPy {np.__version__} with {', '.join(blas) or 'unknown BLAS'}")
     with open(out, "w") as f:
-        json.dump({"threads": nt, "rows": rows, "about": about}, f)
+        json.dump({"threads": nt, "rows": rows, "about": _about()}, f)
 
 
 def _alternating(cy, nu, block):
@@ -152,6 +147,12 @@ def _about():
             f"NumPy {np.__version__} with {', '.join(blas) or 'unknown BLAS'}")
 
 
+def _spread(sorted_ratios):
+    """**median** [min - max] of a sorted list of ratios."""
+    x = sorted_ratios
+    return f"**{_median(x):.2f}** [{x[0]:.2f} - {x[-1]:.2f}]"
+
+
 def alternate_report(args):
     busy = Busy()
     if args.busy:
@@ -181,12 +182,9 @@ def alternate_report(args):
     for res in results:
         for r in res["rows"]:
             p, o, q = r["pool"], r["own"], r["numpy_own_over_pool"]
-
-            def rng_(x):
-                return f"**{_median(x):.2f}** [{x[0]:.2f} - {x[-1]:.2f}]"
             print(f"| {r['name']} | {res['threads']} | {p['cygrad'] * 1e6:.1f} | "
-                  f"{p['numpy'] * 1e6:.1f} | {rng_(p['ratios'])} | {o['cygrad'] * 1e6:.1f} | "
-                  f"{o['numpy'] * 1e6:.1f} | {rng_(o['ratios'])} | {rng_(q)} |")
+                  f"{p['numpy'] * 1e6:.1f} | {_spread(p['ratios'])} | {o['cygrad'] * 1e6:.1f} | "
+                  f"{o['numpy'] * 1e6:.1f} | {_spread(o['ratios'])} | {_spread(q)} |")
 
 
 def main(argv=None):

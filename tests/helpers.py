@@ -26,20 +26,27 @@ def run_with_threads(n, fn, *args, **kw):
 
 def in_python_threads(work, n=4):
     """Run ``work()`` in n Python threads at once; the exceptions they raised, in order."""
+    return run_at_once([work] * n)[0]
+
+
+def run_at_once(fns, timeout=None):
+    """Run each of ``fns`` in its own Python thread, all at once; (the exceptions they
+    raised, in order; whether a thread was still running after ``timeout`` seconds:
+    a hang, reported instead of hanging the test run, as the threads are daemons)."""
     import threading
     errors = []
 
-    def run():
+    def run(fn):
         try:
-            work()
+            fn()
         except Exception as e:      # reported by the caller
             errors.append(e)
-    threads = [threading.Thread(target=run) for _ in range(n)]
+    threads = [threading.Thread(target=run, args=(fn,), daemon=True) for fn in fns]
     for th in threads:
         th.start()
     for th in threads:
-        th.join()
-    return errors
+        th.join(timeout)
+    return errors, any(th.is_alive() for th in threads)
 
 
 def subprocess_env():

@@ -4,7 +4,6 @@ doing; NumPy's products give the same bits on the pool as on OpenBLAS's own
 threads, from several Python threads at once (beside the LU factorisation, which
 still runs on OpenBLAS's own threads) and in a forked child."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import pytest
 
 import cygrad
 from cygrad.kernels import _blas, _parallel
+from helpers import run_at_once, subprocess_env
 
 gangs = pytest.mark.skipif(not _parallel.gangs_available(),
                            reason="this build has no pool (serial or OpenMP build): no gangs")
@@ -34,7 +34,7 @@ def on_pool():
 
 def _run(code, timeout=120, env=None):
     r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                       text=True, timeout=timeout, env={**os.environ, **(env or {})})
+                       text=True, timeout=timeout, env={**subprocess_env(), **(env or {})})
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -97,13 +97,6 @@ def _spin_reference(n, reps):
     return ref
 
 
-@pytest.fixture
-def forced_helpers():
-    _parallel.set_adaptive(False)
-    yield
-    _parallel.set_adaptive(True)
-
-
 def _products(rng):
     out = []
     for m, k, n in [(512, 512, 512), (1000, 300, 700), (64, 2048, 64), (2048, 250, 300),
@@ -111,6 +104,9 @@ def _products(rng):
         for dt in (np.float32, np.float64):
             out.append((rng.standard_normal((m, k)).astype(dt),
                         rng.standard_normal((k, n)).astype(dt)))
+    for dt in (np.float32, np.float64):     # other layouts: transposed, strided
+        out.append((rng.standard_normal((300, 700)).astype(dt).T,
+                    rng.standard_normal((600, 300)).astype(dt)[::2]))
     return out
 
 
@@ -158,12 +154,9 @@ def test_numpy_and_cygrad_products_from_several_python_threads(on_pool):
                 if not np.array_equal(cygrad.kernels.matmul(a, b), want_cy[i]):
                     errors.append(("cygrad", i))
 
-        threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=300)
-        assert not any(t.is_alive() for t in threads), "a thread hung"
+        raised, hung = run_at_once([lambda s=s: work(s) for s in range(4)], timeout=300)
+        assert not hung, "a thread hung"
+    assert not raised
     assert not errors
 
 
@@ -194,12 +187,9 @@ def test_lu_factorisation_beside_gangs_from_another_thread(blas_threads, on_pool
                 if not np.array_equal(c @ c, want_c):
                     bad.append("matmul")
 
-        ts = [threading.Thread(target=f, daemon=True) for f in (lu, products)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(timeout=300)
-        assert not any(t.is_alive() for t in ts), "a BLAS call hung"
+        raised, hung = run_at_once([lu, products], timeout=300)
+        assert not hung, "a BLAS call hung"
+    assert not raised
     assert not bad
 
 

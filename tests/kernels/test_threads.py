@@ -25,17 +25,6 @@ from helpers import in_python_threads
 THREAD_COUNTS = (1, 2, 3)
 
 
-@pytest.fixture
-def forced_helpers():
-    """Every loop large enough to split wakes the helpers (no fallback to one
-    thread), so that the threaded path is the one tested even on a busy host."""
-    _parallel.set_adaptive(False)
-    try:
-        yield
-    finally:
-        _parallel.set_adaptive(True)
-
-
 def _same_for_every_thread_count(fn):
     """fn() under each thread count; asserts the outputs are bitwise identical and
     that the parallel runs did publish loops to the helpers."""

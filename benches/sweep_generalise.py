@@ -7,6 +7,8 @@ seeds. Tune on the validation split only.
 
     python benches/sweep_generalise.py --seeds 0 1 2 --out benches/results/generalise.md
     python benches/sweep_generalise.py --configs base drop_in --seeds 0   # a quick look
+    python benches/sweep_generalise.py --configs glove.k3.h500.e40 --seeds 0 1 2 3 4 5 \
+        --ensemble 3        # and the models of seeds 0-2 and 3-5 together
 
 Needs the data in ../shared/data/conll2003 (or CYGRAD_CONLL_DIR).
 """
@@ -21,6 +23,7 @@ import time
 import numpy as np
 
 from cygrad.ner.data import read_conll
+from cygrad.ner.evaluate import evaluate, gold_tags
 from cygrad.ner.model import Config
 from cygrad.ner.train import TrainConfig, score, train
 
@@ -135,6 +138,13 @@ CONFIGS.update({
     "none": _on(DEFAULTS, model={"dim": 0}),    # no word table: the other features only
 })
 
+# the best of these (k3.h500.e40) with another step size or input dropout
+CONFIGS.update({
+    "glove.k3.h500.e40.lr04": _on("glove.k3.h500.e40", train={"lr": 0.04}),
+    "glove.k3.h500.e40.lr09": _on("glove.k3.h500.e40", train={"lr": 0.09}),
+    "glove.k3.h500.e40.d6": _on("glove.k3.h500.e40", train={"dropout": 0.6}),
+})
+
 
 def data_dir():
     d = os.environ.get("CYGRAD_CONLL_DIR")
@@ -144,7 +154,9 @@ def data_dir():
     return os.path.join(here, "..", "..", "shared", "data", "conll2003")
 
 
-def run(name, seed, train_s, dev_s):
+def run(name, seed, train_s, dev_s, keep=None):
+    """One training run's dev scores; ``keep`` (a list): the model is appended to it
+    (for --ensemble)."""
     mk, tk = CONFIGS[name]
     tk = dict(tk)
     vectors = tk.pop("vectors", None)
@@ -154,10 +166,44 @@ def run(name, seed, train_s, dev_s):
                             vectors=vectors, log=lambda *a: None, progress=False)
         secs = time.perf_counter() - t0
     sc = score(model, dev_s)
+    if keep is not None:
+        keep.append(model)
     best = max(hist, key=lambda h: h.get("dev_f1", 0))
     return {"config": name, "seed": seed, "f1": sc.f1, "seen": sc.seen.f1,
             "unseen": sc.unseen.f1, "best_epoch": best["epoch"], "epochs": len(hist),
             "epoch_s": float(np.median([h["seconds"] for h in hist])), "total_s": secs}
+
+
+def ensemble(name, seeds, models, dev_s):
+    """Dev F1 of the models together: each token's scores averaged over the models
+    (and a CRF's transitions), then shared within documents and decoded as one
+    model's. A CRF's sequence score is linear in both, so this decodes the sum of
+    the members' sequence scores."""
+    first = models[0]
+    tags = ensemble_tags(models, dev_s)
+    sc = evaluate(gold_tags(first, dev_s), tags, tokens=[s.tokens for s in dev_s],
+                  seen=first.vocab.entities or None)
+    return {"config": f"{name} x{len(models)}", "seeds": list(seeds), "f1": sc.f1,
+            "seen": sc.seen.f1, "unseen": sc.unseen.f1,
+            "members": [score(m, dev_s).f1 for m in models]}
+
+
+def ensemble_tags(models, dev_s):
+    """The tags of the models together (see ensemble), one list per sentence."""
+    first = models[0]
+    enc = first.encode(dev_s)
+    for m in models[1:]:
+        if not np.array_equal(m.encode(dev_s).words, enc.words):
+            raise ValueError("ensemble: the members encode the dev split differently")
+    scores = np.mean([m.token_scores(enc) for m in models], axis=0)
+    saved = {k: first.params[k] for k in ("A",) if k in first.params}
+    try:
+        for k in saved:
+            first.params[k] = np.mean([m.params[k] for m in models], axis=0)
+        first._share_in_documents(scores, enc)
+        return first.tags(first.decode(scores, enc), enc.offsets)
+    finally:
+        first.params.update(saved)
 
 
 def table(rows):
@@ -179,12 +225,25 @@ def table(rows):
     return "\n".join(out)
 
 
+def ensemble_table(ens):
+    out = ["| ensemble | seeds | dev F1 | members' dev F1 (mean) | seen F1 | unseen F1 |",
+           "|---|---|---:|---:|---:|---:|"]
+    for e in ens:
+        out.append(f"| {e['config']} | {' '.join(map(str, e['seeds']))} | {100 * e['f1']:.2f} "
+                   f"| {100 * np.mean(e['members']):.2f} | {100 * e['seen']:.2f} "
+                   f"| {100 * e['unseen']:.2f} |")
+    return "\n".join(out)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--jsonl", help="append every run as a JSON line here")
+    ap.add_argument("--ensemble", type=int, default=0, metavar="K",
+                    help="also score the models of each K consecutive seeds together "
+                         "(their token scores averaged)")
     ap.add_argument("--table", metavar="JSONL", help="print the table of runs saved by --jsonl "
                     "(no training)")
     a = ap.parse_args()
@@ -195,16 +254,23 @@ def main():
     d = data_dir()
     train_s = read_conll(os.path.join(d, "train.txt"))
     dev_s = read_conll(os.path.join(d, "valid.txt"))
-    rows = []
+    rows, ens = [], []
     for name in a.configs:
+        models = [] if a.ensemble else None
         for seed in a.seeds:
-            r = run(name, seed, train_s, dev_s)
+            r = run(name, seed, train_s, dev_s, models)
             rows.append(r)
             print(json.dumps(r), flush=True)
             if a.jsonl:
                 with open(a.jsonl, "a") as f:
                     f.write(json.dumps(r) + "\n")
+        for i in range(0, len(a.seeds) - a.ensemble + 1 if a.ensemble else 0, a.ensemble):
+            e = ensemble(name, a.seeds[i:i + a.ensemble], models[i:i + a.ensemble], dev_s)
+            ens.append(e)
+            print(json.dumps(e), flush=True)
     text = table(rows)
+    if ens:
+        text += "\n\n" + ensemble_table(ens)
     print(text)
     if a.out:
         with open(a.out, "w") as f:

@@ -161,19 +161,24 @@ def test_evaluate_and_tag_override_the_doc_context(tmp_path, capsys, monkeypatch
         capsys.readouterr().err
 
 
-def test_cli_defaults_are_the_sweeps_choice(tmp_path, monkeypatch):
-    """README and the sweep's results name `b256.avg.doc5` as `cygrad train`'s
-    defaults on a data file: the settings the command hands to train() are those."""
+def _sweep_module():
     import importlib.util
     import os
-
-    from cygrad.ner import train as train_mod
-    from cygrad.ner.train import TrainConfig
 
     path = os.path.join(os.path.dirname(__file__), "..", "..", "benches", "sweep_generalise.py")
     spec = importlib.util.spec_from_file_location("sweep_generalise", path)
     sweep = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sweep)
+    return sweep
+
+
+def test_cli_defaults_are_the_sweeps_choice(tmp_path, monkeypatch):
+    """README and the sweep's results name `b256.avg.doc5` as `cygrad train`'s
+    defaults on a data file: the settings the command hands to train() are those."""
+    from cygrad.ner import train as train_mod
+    from cygrad.ner.train import TrainConfig
+
+    sweep = _sweep_module()
     mk, tk = sweep.CONFIGS["b256.avg.doc5"]
     seen = {}
 
@@ -185,3 +190,42 @@ def test_cli_defaults_are_the_sweeps_choice(tmp_path, monkeypatch):
         cli.main(["train", "--train", corpus.path("train"), "--out", str(tmp_path / "m")])
     assert seen["mcfg"] == Config(**mk)
     assert seen["tcfg"] == TrainConfig(**tk)
+
+
+@pytest.mark.parametrize("loss", ["crf", "softmax"])
+def test_sweep_ensemble_decodes_the_averaged_scores(tmp_path, loss):
+    """The sweep's --ensemble (token scores averaged over the models, a CRF's
+    transitions too): a model taken twice tags as itself; two models tag as their
+    averaged scores and transitions decode, and the first model is left as it was."""
+    from cygrad.ner.evaluate import tags_of
+    from cygrad.ner.train import TrainConfig, score, train
+
+    sweep = _sweep_module()
+    tr = read_conll(corpus.path("train"))
+    dev = read_conll(corpus.path("test"))
+    models = []
+    for seed in (0, 1):
+        m, _ = train(tr, dev, str(tmp_path / f"m{seed}"), Config(loss=loss, doc_context=0.5),
+                     TrainConfig(epochs=2, seed=seed), log=lambda *a: None, progress=False)
+        models.append(m)
+    a, b = models
+    if loss == "crf":       # transitions far from a's: decoding with a's alone would differ
+        b.params["A"] = b.params["A"] + 3 * np.random.default_rng(0).standard_normal(
+            b.params["A"].shape).astype(b.params["A"].dtype)
+    before = {k: v.copy() for k, v in a.params.items()}
+    enc = a.encode(dev)
+    assert sweep.ensemble_tags([a, a], dev) == tags_of(a, enc)
+    got = sweep.ensemble_tags([a, b], dev)
+    assert all(np.array_equal(before[k], a.params[k]) for k in before)
+    # by hand: the averaged scores (and transitions) decoded by a copy of the first model
+    s = (a.token_scores(enc) + b.token_scores(enc)) / 2
+    c = WindowModel(a.config, a.vocab, params={k: v.copy() for k, v in a.params.items()})
+    if loss == "crf":
+        c.params["A"] = (a.params["A"] + b.params["A"]) / 2
+        s_a = s.copy()
+        a._share_in_documents(s_a, enc)
+        assert got != a.tags(a.decode(s_a, enc), enc.offsets)   # the transitions matter
+    c._share_in_documents(s, enc)
+    assert got == c.tags(c.decode(s, enc), enc.offsets)
+    e = sweep.ensemble("x", [0, 1], [a, b], dev)
+    assert e["members"] == [score(a, dev).f1, score(b, dev).f1]

@@ -174,6 +174,12 @@ def run(name, seed, train_s, dev_s, keep=None):
             "epoch_s": float(np.median([h["seconds"] for h in hist])), "total_s": secs}
 
 
+def groups(n, k):
+    """(start, end) of each run of k consecutive seeds among n (none for k = 0; a
+    last run shorter than k is left out)."""
+    return [(i, i + k) for i in range(0, n - k + 1, k)] if k > 0 else []
+
+
 def ensemble(name, seeds, models, dev_s):
     """Dev F1 of the models together: each token's scores averaged over the models
     (and a CRF's transitions), then shared within documents and decoded as one
@@ -264,8 +270,8 @@ def main():
             if a.jsonl:
                 with open(a.jsonl, "a") as f:
                     f.write(json.dumps(r) + "\n")
-        for i in range(0, len(a.seeds) - a.ensemble + 1 if a.ensemble else 0, a.ensemble):
-            e = ensemble(name, a.seeds[i:i + a.ensemble], models[i:i + a.ensemble], dev_s)
+        for i, j in groups(len(a.seeds), a.ensemble):
+            e = ensemble(name, a.seeds[i:j], models[i:j], dev_s)
             ens.append(e)
             print(json.dumps(e), flush=True)
     text = table(rows)

@@ -192,6 +192,15 @@ def test_cli_defaults_are_the_sweeps_choice(tmp_path, monkeypatch):
     assert seen["tcfg"] == TrainConfig(**tk)
 
 
+def test_sweep_ensemble_groups():
+    """--ensemble K: runs of K consecutive seeds; K = 0 (the default) none."""
+    groups = _sweep_module().groups
+    assert groups(9, 3) == [(0, 3), (3, 6), (6, 9)]
+    assert groups(7, 3) == [(0, 3), (3, 6)]
+    assert groups(3, 0) == [] and groups(2, 3) == []
+    assert groups(2, 1) == [(0, 1), (1, 2)]
+
+
 @pytest.mark.parametrize("loss", ["crf", "softmax"])
 def test_sweep_ensemble_decodes_the_averaged_scores(tmp_path, loss):
     """The sweep's --ensemble (token scores averaged over the models, a CRF's

@@ -180,29 +180,33 @@ def groups(n, k):
     return [(i, i + k) for i in range(0, n - k + 1, k)] if k > 0 else []
 
 
-def ensemble(name, seeds, models, dev_s):
+def ensemble(name, seeds, models, dev_s, members=None):
     """Dev F1 of the models together: each token's scores averaged over the models
     (and a CRF's transitions), then shared within documents and decoded as one
     model's. A CRF's sequence score is linear in both, so this decodes the sum of
-    the members' sequence scores."""
+    the members' sequence scores. ``members``: the models' own dev F1 if known."""
     first = models[0]
     tags = ensemble_tags(models, dev_s)
     sc = evaluate(gold_tags(first, dev_s), tags, tokens=[s.tokens for s in dev_s],
                   seen=first.vocab.entities or None)
+    if members is None:
+        members = [score(m, dev_s).f1 for m in models]
     return {"config": f"{name} x{len(models)}", "seeds": list(seeds), "f1": sc.f1,
-            "seen": sc.seen.f1, "unseen": sc.unseen.f1,
-            "members": [score(m, dev_s).f1 for m in models]}
+            "seen": sc.seen.f1, "unseen": sc.unseen.f1, "members": list(members)}
 
 
 def ensemble_tags(models, dev_s):
-    """The tags of the models together (see ensemble), one list per sentence."""
+    """The tags of the models together (see ensemble), one list per sentence. The
+    models must share their vocabulary (words, tags, features) and settings."""
     first = models[0]
+    for i, m in enumerate(models[1:], 1):
+        if m.vocab != first.vocab or m.config != first.config:
+            raise ValueError(f"ensemble: model {i} has another vocabulary or other settings "
+                             f"than model 0; only models of one configuration can be averaged")
     enc = first.encode(dev_s)
-    for m in models[1:]:
-        if not np.array_equal(m.encode(dev_s).words, enc.words):
-            raise ValueError("ensemble: the members encode the dev split differently")
     scores = np.mean([m.token_scores(enc) for m in models], axis=0)
-    saved = {k: first.params[k] for k in ("A",) if k in first.params}
+    own = first.config.objective.shapes(len(first.vocab.tags))     # e.g. the CRF's "A"
+    saved = {k: first.params[k] for k in own}
     try:
         for k in saved:
             first.params[k] = np.mean([m.params[k] for m in models], axis=0)
@@ -249,7 +253,7 @@ def main():
     ap.add_argument("--jsonl", help="append every run as a JSON line here")
     ap.add_argument("--ensemble", type=int, default=0, metavar="K",
                     help="also score the models of each K consecutive seeds together "
-                         "(their token scores averaged)")
+                         "(their token scores averaged; printed and in --out, not in --jsonl)")
     ap.add_argument("--table", metavar="JSONL", help="print the table of runs saved by --jsonl "
                     "(no training)")
     a = ap.parse_args()
@@ -260,20 +264,29 @@ def main():
     d = data_dir()
     train_s = read_conll(os.path.join(d, "train.txt"))
     dev_s = read_conll(os.path.join(d, "valid.txt"))
+    if not 0 <= a.ensemble <= len(a.seeds):
+        ap.error(f"--ensemble: K must be between 0 and the number of seeds "
+                 f"({len(a.seeds)}), got {a.ensemble}")
+    ends = {j - 1: (i, j) for i, j in groups(len(a.seeds), a.ensemble)}
     rows, ens = [], []
     for name in a.configs:
-        models = [] if a.ensemble else None
-        for seed in a.seeds:
-            r = run(name, seed, train_s, dev_s, models)
+        models = []         # the models of the current group (kept until it is scored)
+        for idx, seed in enumerate(a.seeds):
+            r = run(name, seed, train_s, dev_s, models if a.ensemble else None)
             rows.append(r)
             print(json.dumps(r), flush=True)
             if a.jsonl:
                 with open(a.jsonl, "a") as f:
                     f.write(json.dumps(r) + "\n")
-        for i, j in groups(len(a.seeds), a.ensemble):
-            e = ensemble(name, a.seeds[i:j], models[i:j], dev_s)
-            ens.append(e)
-            print(json.dumps(e), flush=True)
+            if idx in ends:
+                i, j = ends[idx]
+                e = ensemble(name, a.seeds[i:j], models, dev_s,
+                             [x["f1"] for x in rows[-len(models):]])
+                ens.append(e)
+                print(json.dumps(e), flush=True)
+                models.clear()
+            elif a.ensemble and idx >= max(ends):
+                models.clear()      # a last run shorter than K: not scored together
     text = table(rows)
     if ens:
         text += "\n\n" + ensemble_table(ens)
@@ -282,7 +295,9 @@ def main():
         with open(a.out, "w") as f:
             f.write("# Generalisation sweep (dev split of CoNLL-2003)\n\n"
                     f"`python benches/sweep_generalise.py --configs {' '.join(a.configs)} "
-                    f"--seeds {' '.join(map(str, a.seeds))}`; mean [min-max] over the seeds. "
+                    f"--seeds {' '.join(map(str, a.seeds))}"
+                    + (f" --ensemble {a.ensemble}" if a.ensemble else "")
+                    + "`; mean [min-max] over the seeds. "
                     "Seen / unseen: entities whose exact surface form occurs / does not occur "
                     "as an entity in the training split.\n\n" + text + "\n")
     return 0

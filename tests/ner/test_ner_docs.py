@@ -201,12 +201,48 @@ def test_sweep_ensemble_groups():
     assert groups(2, 1) == [(0, 1), (1, 2)]
 
 
+def test_sweep_main_scores_each_group_once(monkeypatch, capsys):
+    """main() with --ensemble K: each run of K seeds scored together once, with its
+    own models and its members' dev F1; a shorter last run is not; K beyond the
+    seeds is refused."""
+    sweep = _sweep_module()
+    calls = []
+
+    def fake_run(name, seed, train_s, dev_s, keep=None):
+        if keep is not None:
+            keep.append(f"model{seed}")
+        return {"config": name, "seed": seed, "f1": seed / 10, "seen": 0.0, "unseen": 0.0,
+                "best_epoch": 1, "epochs": 1, "epoch_s": 0.0, "total_s": 0.0}
+
+    def fake_ensemble(name, seeds, models, dev_s, members=None):
+        calls.append((list(seeds), list(models), list(members)))
+        return {"config": f"{name} x{len(models)}", "seeds": list(seeds), "f1": 0.5,
+                "seen": 0.5, "unseen": 0.5, "members": list(members)}
+    monkeypatch.setattr(sweep, "run", fake_run)
+    monkeypatch.setattr(sweep, "ensemble", fake_ensemble)
+    monkeypatch.setattr(sweep, "read_conll", lambda path: [])
+    monkeypatch.setattr(sys, "argv", ["sweep", "--configs", "base", "--seeds", "0", "1", "2",
+                                      "3", "4", "--ensemble", "2"])
+    assert sweep.main() == 0
+    assert calls == [([0, 1], ["model0", "model1"], [0.0, 0.1]),
+                     ([2, 3], ["model2", "model3"], [0.2, 0.3])]
+    assert "| base x2 | 0 1 |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["sweep", "--configs", "base", "--seeds", "0",
+                                      "--ensemble", "2"])
+    with pytest.raises(SystemExit):
+        sweep.main()
+    assert "--ensemble: K must be between 0 and the number of seeds (1), got 2" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("loss", ["crf", "softmax"])
-def test_sweep_ensemble_decodes_the_averaged_scores(tmp_path, loss):
+def test_sweep_ensemble_decodes_the_averaged_scores(tmp_path, monkeypatch, loss):
     """The sweep's --ensemble (token scores averaged over the models, a CRF's
-    transitions too): a model taken twice tags as itself; two models tag as their
-    averaged scores and transitions decode, and the first model is left as it was."""
-    from cygrad.ner.evaluate import tags_of
+    transitions too, then shared within documents): a model taken twice tags as
+    itself; two models decode exactly their averaged, shared scores with their
+    averaged transitions; the first model is left as it was, on an error too;
+    models of other settings are refused."""
+    from cygrad.ner.evaluate import evaluate, gold_tags, tags_of
     from cygrad.ner.train import TrainConfig, score, train
 
     sweep = _sweep_module()
@@ -224,17 +260,44 @@ def test_sweep_ensemble_decodes_the_averaged_scores(tmp_path, loss):
     before = {k: v.copy() for k, v in a.params.items()}
     enc = a.encode(dev)
     assert sweep.ensemble_tags([a, a], dev) == tags_of(a, enc)
+    # what the first model is asked to decode: the averaged scores, shared within
+    # documents, under the averaged transitions
+    seen = {}
+    decode = a.decode
+
+    def spy(logp, e, *args):
+        seen["logp"], seen["A"] = logp.copy(), a.params.get("A")
+        return decode(logp, e, *args)
+    monkeypatch.setattr(a, "decode", spy)
     got = sweep.ensemble_tags([a, b], dev)
+    monkeypatch.setattr(a, "decode", decode)
     assert all(np.array_equal(before[k], a.params[k]) for k in before)
-    # by hand: the averaged scores (and transitions) decoded by a copy of the first model
     s = (a.token_scores(enc) + b.token_scores(enc)) / 2
+    shared = s.copy()
+    a._share_in_documents(shared, enc)
+    assert not np.allclose(shared, s)       # the sharing moves these scores
+    np.testing.assert_allclose(seen["logp"], shared, rtol=1e-12, atol=1e-12)
     c = WindowModel(a.config, a.vocab, params={k: v.copy() for k, v in a.params.items()})
     if loss == "crf":
-        c.params["A"] = (a.params["A"] + b.params["A"]) / 2
-        s_a = s.copy()
-        a._share_in_documents(s_a, enc)
-        assert got != a.tags(a.decode(s_a, enc), enc.offsets)   # the transitions matter
-    c._share_in_documents(s, enc)
-    assert got == c.tags(c.decode(s, enc), enc.offsets)
+        want_A = (a.params["A"] + b.params["A"]) / 2
+        np.testing.assert_allclose(seen["A"], want_A, rtol=1e-6)
+        c.params["A"] = want_A
+        assert got != a.tags(a.decode(shared.copy(), enc), enc.offsets)  # A matters here
+    assert got == c.tags(c.decode(shared.copy(), enc), enc.offsets)
     e = sweep.ensemble("x", [0, 1], [a, b], dev)
+    assert e["f1"] == evaluate(gold_tags(a, dev), got).f1
     assert e["members"] == [score(a, dev).f1, score(b, dev).f1]
+    # an error while decoding leaves the first model's parameters as they were
+
+    def boom(*args):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(a, "decode", boom)
+    with pytest.raises(RuntimeError, match="boom"):
+        sweep.ensemble_tags([a, b], dev)
+    monkeypatch.setattr(a, "decode", decode)
+    assert all(np.array_equal(before[k], a.params[k]) for k in before)
+    # models of other settings (or another vocabulary) are not averaged
+    other = WindowModel(Config(loss=loss, doc_context=0.3), a.vocab,
+                        params={k: v.copy() for k, v in a.params.items()})
+    with pytest.raises(ValueError, match="model 1 has another vocabulary or other settings"):
+        sweep.ensemble_tags([a, other], dev)

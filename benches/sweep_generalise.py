@@ -267,26 +267,25 @@ def main():
     if not 0 <= a.ensemble <= len(a.seeds):
         ap.error(f"--ensemble: K must be between 0 and the number of seeds "
                  f"({len(a.seeds)}), got {a.ensemble}")
-    ends = {j - 1: (i, j) for i, j in groups(len(a.seeds), a.ensemble)}
+    scored = groups(len(a.seeds), a.ensemble)
+    last = scored[-1][1] if scored else 0   # the seeds from here on are not scored together
     rows, ens = [], []
     for name in a.configs:
         models = []         # the models of the current group (kept until it is scored)
         for idx, seed in enumerate(a.seeds):
-            r = run(name, seed, train_s, dev_s, models if a.ensemble else None)
+            r = run(name, seed, train_s, dev_s, models if idx < last else None)
             rows.append(r)
             print(json.dumps(r), flush=True)
             if a.jsonl:
                 with open(a.jsonl, "a") as f:
                     f.write(json.dumps(r) + "\n")
-            if idx in ends:
-                i, j = ends[idx]
-                e = ensemble(name, a.seeds[i:j], models, dev_s,
-                             [x["f1"] for x in rows[-len(models):]])
+            if models and len(models) == a.ensemble:
+                group = rows[-a.ensemble:]
+                e = ensemble(name, [x["seed"] for x in group], models, dev_s,
+                             [x["f1"] for x in group])
                 ens.append(e)
                 print(json.dumps(e), flush=True)
                 models.clear()
-            elif a.ensemble and idx >= max(ends):
-                models.clear()      # a last run shorter than K: not scored together
     text = table(rows)
     if ens:
         text += "\n\n" + ensemble_table(ens)

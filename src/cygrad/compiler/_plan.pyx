@@ -80,6 +80,7 @@ cdef enum:
     T_BAG_ADAM = 23     # lazy Adam on them
     T_LN = 24           # layer normalisation's rows (keeping xhat and rstd)
     T_LN_BWD = 25       # its input gradient and g xhat (the weight's, before column sums)
+    T_LINEAR_WGRAD = 26 # a weight's gradient and update by rows of W (no input gradient)
 
 # index spaces
 cdef enum:
@@ -104,7 +105,7 @@ TASK_CODES = {
     "emb_adagrad": T_EMB_ADAGRAD, "update": T_UPDATE, "bias": T_BIAS, "dropout": T_DROPOUT,
     "emb_adam": T_EMB_ADAM, "mse": T_MSE, "crf": T_CRF, "crf_dt": T_CRF_DT, "bag": T_BAG,
     "bag_sgd": T_BAG_SGD, "bag_adagrad": T_BAG_ADAGRAD, "bag_adam": T_BAG_ADAM, "ln": T_LN,
-    "ln_bwd": T_LN_BWD}
+    "ln_bwd": T_LN_BWD, "linear_wgrad": T_LINEAR_WGRAD}
 #: a group's index space that follows a run-time count: the batch's rows, its sentences
 DIMS = {"fixed": 0, "rows": 1, "sents": 2}
 #: index space name -> axis code
@@ -435,6 +436,26 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
             for i in range(h):
                 _adam(t, r, P + i * k + lo, y + i * k + lo, G + i * k + lo, scr + i * k + lo,
                       hi - lo)
+    elif code == T_LINEAR_WGRAD:    # rows of W: v0 G (m, h), v1 W (h, k), v2 x (m, k),
+        G = <floating *>ptr[t.v[0]]     # v4 state / gradient buffer, v5 scratch, v6 Adam's v
+        P = <floating *>ptr[t.v[1]]
+        x = <floating *>ptr[t.v[2]]
+        if t.mode == U_SGD or t.mode == U_SET:
+            y = P if t.mode == U_SGD else <floating *>ptr[t.v[4]]
+            failed += _gemm(h, k, lo, hi, 0, k, m, G, 1, ld[t.v[0]], x, 0, ld[t.v[2]], y, k,
+                            t.mode != U_SET) != 0
+        else:
+            scr = <floating *>ptr[t.v[5]]
+            y = <floating *>ptr[t.v[4]]
+            failed += _gemm(h, k, lo, hi, 0, k, m, G, 1, ld[t.v[0]], x, 0, ld[t.v[2]], scr, k,
+                            0) != 0
+            if t.mode == U_ADD:
+                _axpy((hi - lo) * k, 1.0, scr + lo * k, y + lo * k)
+            elif t.mode == U_ADAGRAD:
+                _adagrad(P + lo * k, y + lo * k, scr + lo * k, (hi - lo) * k, r.lr, r.eps)
+            else:                       # U_ADAM
+                _adam(t, r, P + lo * k, y + lo * k, <floating *>ptr[t.v[6]] + lo * k,
+                      scr + lo * k, (hi - lo) * k)
     elif code == T_EMB_SGD:     # ownership classes: v0 table (V, h), v1 ids (m, w), v2 g rows
         P = <floating *>ptr[t.v[0]]
         ids = <const cnp.int64_t *>ptr[t.v[1]]

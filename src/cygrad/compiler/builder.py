@@ -28,6 +28,7 @@ ROW_GRAIN = 8           # row chunks: multiples of 8 (the GEMM's row groups, LOS
 FLAT_GRAIN = 4096
 OWNER_CLASSES = 8       # embedding rows are owned in blocks of 16 rows, 8 classes
 ROW_MODE = 128          # from this batch size a linear layer is split by rows
+WGRAD_ROWS = 2 * COL_GRAIN  # a layer on the data: by W's rows from 2 chunks of them
 
 
 class Unsupported(Exception):

@@ -31,6 +31,7 @@ from cygrad.compiler.builder import (
     U_ADD,
     U_NONE,
     U_SGD,
+    WGRAD_ROWS,
     Task,
     Unsupported,
     View,
@@ -163,6 +164,22 @@ def _fwd_concat(bld, node, name, pa, ctx):
     bld.val[id(node)] = out
 
 
+def _by_weight_rows(bld, x, W):
+    """Whether a linear layer's weight gradient (and update) is split by the rows of
+    W, and its forward by the same rows (the output's columns): where the input
+    needs no gradient (a layer on the data), W is trained and has at least
+    WGRAD_ROWS rows, and the batch has at most twice as many rows as W. Each thread
+    then reads, updates and keeps in its cache the same rows of W and of their
+    optimiser state in the whole step, and reads all of the input; split by the
+    input's columns (as a layer whose input gradient is needed must be), the update
+    writes columns of W that the forward read on the other thread, so that half of W
+    moves between the cores every step: that costs more than every thread reading
+    the input up to B = 2 H (benches/results/weight-rows.md)."""
+    H = W.shape[0]
+    return (not (isinstance(x, Tensor) and x.requires_grad) and id(W) in bld.pindex
+            and H >= WGRAD_ROWS and x.shape[0] <= 2 * H)
+
+
 def _fwd_linear(bld, node, name, pa, ctx):
     if name == "linear":
         x, W, b = pa
@@ -184,12 +201,12 @@ def _fwd_linear(bld, node, name, pa, ctx):
         raise Unsupported(f"{name} of a reshaped input")
     out = bld.new(B, H)
     rd = [(bv, "r", "all")] if bv is not None else []
-    if B >= ROW_MODE or H < 2 * COL_GRAIN:
-        space = (ROWS, B, ROW_GRAIN)
-        acc = [(xv, "r", ROWS), (Wv, "r", "all"), (out, "w", ROWS)] + rd
-    else:
+    if _by_weight_rows(bld, x, W) or (B < ROW_MODE and H >= 2 * COL_GRAIN):
         space = (COLS, H, COL_GRAIN)
         acc = [(xv, "r", "all"), (Wv, "r", "all"), (out, "w", COLS)] + rd
+    else:
+        space = (ROWS, B, ROW_GRAIN)
+        acc = [(xv, "r", ROWS), (Wv, "r", "all"), (out, "w", ROWS)] + rd
     bld.add(Task("linear", space, [xv, Wv, bv, out], acc, m=B, k=D, h=H))
     bld.work += B * D * H
     bld.val[id(node)] = out
@@ -332,8 +349,16 @@ def _bwd_linear(bld, node, name, pa, g):
             acc.append((wsv, "w", COLS))
         if scr is not None:
             acc.append((scr, "w", COLS))
-        bld.add(Task("linear_bwd", (COLS, D, COL_GRAIN), v, acc, mode=wmode, m=B, k=D,
-                       h=H, pidx=bld.pindex.get(id(W), 0)))
+        if dx is None and _by_weight_rows(bld, x, W):
+            # no input gradient: W's rows, as the forward's columns and the gradient's
+            # (each thread keeps the rows it reads, updates and their moments)
+            acc = [(g, "r", COLS), (Wv, "w", "all"), (xv, "r", "all")] + [
+                (s, "w", "all") for s in (wsv2, wsv, scr) if s is not None]
+            bld.add(Task("linear_wgrad", (COLS, H, COL_GRAIN), v, acc, mode=wmode, m=B,
+                         k=D, h=H, pidx=bld.pindex.get(id(W), 0)))
+        else:
+            bld.add(Task("linear_bwd", (COLS, D, COL_GRAIN), v, acc, mode=wmode, m=B, k=D,
+                         h=H, pidx=bld.pindex.get(id(W), 0)))
         bld.work += 2 * B * D * H
     if wlast:
         bld.dense_update(W, wsv)

@@ -1,7 +1,9 @@
 """Threads that never lose: default thread count vs one thread, idle and busy.
 
-Each case (the window model's training step at B = 1, 32, 512, matmul 512² and
-1024², the window products at B = 512) is timed at the default thread count and
+Each case (the window model's compiled training step at B = 1, 32, 512, 2048, two
+hidden layers on the window at B = 512 and the MLP 784-256-10 with Adam at B = 128
+(report_compile.py's and report_mlp.py's), matmul 512² and 1024², the window
+products at B = 512) is timed at the default thread count and
 at one thread, with the machine idle and with a CPU-bound busy loop that this
 script starts, pinned to one core, and stops at the end. Everything is
 interleaved: in each round, for each load, each (build, threads) worker times
@@ -33,8 +35,9 @@ import sys
 import tempfile
 import time
 
-CASES = ["step B=1", "step B=32", "step B=512", "matmul 512²", "matmul 1024²",
-         "Z = X Wᵀ B=512", "dX = dZ W B=512", "dW = dZᵀ X B=512"]
+CASES = ["step B=1", "step B=32", "step B=512", "step B=2048", "2 hidden B=512",
+         "MLP B=128", "matmul 512²", "matmul 1024²", "Z = X Wᵀ B=512", "dX = dZ W B=512",
+         "dW = dZᵀ X B=512"]
 
 
 # ---------------------------------------------------------------- the worker
@@ -54,7 +57,8 @@ def _worker(threads):
                             W=rng.normal(0, 0.06, (H, w * d)).astype(f32),
                             b=np.zeros(H, f32), U=rng.normal(0, 0.06, (C, H)).astype(f32),
                             c=np.zeros(C, f32))
-    batches = {B: (rng.integers(0, V, (B, w)), rng.integers(0, C, B)) for B in (1, 32, 512)}
+    batches = {B: (rng.integers(0, V, (B, w)), rng.integers(0, C, B))
+               for B in (1, 32, 512, 2048)}
     sq = {n: (rng.standard_normal((n, n)).astype(f32), rng.standard_normal((n, n)).astype(f32),
               np.empty((n, n), f32)) for n in (512, 1024)}
     X = rng.standard_normal((512, w * d)).astype(f32)
@@ -67,8 +71,26 @@ def _worker(threads):
         ids, lab = batches[B]
         return lambda: trainer.step(ids, lab, lr=1e-4), B
 
+    # the compiled steps of report_compile.py ("deep": 2 hidden layers 300-100 on the
+    # window, Adagrad) and report_mlp.py (784-256-10, ReLU, Adam), from this folder
+    from report_compile import make_case
+    from report_mlp import Cygrad, make_batches, make_params
+    deep = make_case("deep", 512)["compiled"]
+    mlp, mlp_data = Cygrad(make_params("mlp")), make_batches("mlp")
+    it = {"deep": 0, "mlp": 0}
+
+    def deep_step():
+        it["deep"] += 1
+        deep(it["deep"])
+
+    def mlp_step():
+        it["mlp"] += 1
+        mlp(*mlp_data[it["mlp"] % len(mlp_data)])
+
     calls = {
         "step B=1": step(1), "step B=32": step(32), "step B=512": step(512),
+        "step B=2048": step(2048), "2 hidden B=512": (deep_step, 512),
+        "MLP B=128": (mlp_step, 128),
         "matmul 512²": (lambda: K.matmul(sq[512][0], sq[512][1], out=sq[512][2]), 1),
         "matmul 1024²": (lambda: K.matmul(sq[1024][0], sq[1024][1], out=sq[1024][2]), 1),
         "Z = X Wᵀ B=512": (lambda: K.matmul(X, Wm, trans_b=True, out=outs["Z"]), 1),
@@ -208,13 +230,14 @@ def main():
              "",
              f"`python benches/report_contention.py {' '.join(sys.argv[1:])}`: "
              f"{len(cores)} cores, {time.strftime('%Y-%m-%d %H:%M')}. Busy: a CPU-bound "
-             f"loop pinned to core {cores[-1]}. Rates: windows/s for the steps, calls/s for "
-             "matmul (median over rounds). Ratio: default / 1 thread, paired per round, "
-             "median [min - max].", ""] + [f"- {b}: `{where[b]}`" for b in builds] + [""]
+             f"loop pinned to core {cores[-1]}. Rates: windows/s for the steps (samples/s "
+             "for the MLP), calls/s for matmul (median over rounds). Ratio: default / "
+             "1 thread, paired per round, median [min - max].", ""] + \
+        [f"- {b}: `{where[b]}`" for b in builds] + [""]
     for b in builds:
         head = "".join(f" {ld} {default}t | {ld} 1t | {ld} ratio |" for ld in args.loads)
-        lines += [f"## {b}", "", "| case |" + head,
-                  "|---|" + "---:|---:|---:|" * len(args.loads)]
+        lines += [f"## {b}", "", "| case |" + head + f" idle {default}t: worst round / median |",
+                  "|---|" + "---:|---:|---:|" * len(args.loads) + "---:|"]
         for case in args.cases:
             row = [case]
             for load in args.loads:
@@ -222,6 +245,8 @@ def main():
                 ratios = [x / y for x, y in zip(hi, lo)]
                 row += [f"{med(hi):,.0f}", f"{med(lo):,.0f}",
                         f"**{med(ratios):.2f}** [{min(ratios):.2f} - {max(ratios):.2f}]"]
+            idle = rates.get(("idle", case, b, default))
+            row.append(f"{min(idle) / med(idle):.2f}" if idle else "")
             lines.append("| " + " | ".join(row) + " |")
         lines.append("")
     if args.baseline:

@@ -72,8 +72,8 @@ def _train(D, H, dt, opt_name, twice, compiled, threads=1, sizes=(9, 9, 40, 9, 3
 @pytest.mark.parametrize("twice", [False, True], ids=["once", "twice"])
 @pytest.mark.parametrize("opt_name", sorted(OPTS))
 @pytest.mark.parametrize("D,H", [(11, 64), (70, 100)])
-def test_weight_rows_split_trains_as_the_eager_graph_at_any_thread_count(D, H, opt_name,
-                                                                          twice, dt):
+def test_weight_rows_split_trains_as_the_eager_graph_at_any_thread_count(
+        D, H, opt_name, twice, dt, threaded_plans):
     le, pe, _ = _train(D, H, dt, opt_name, twice, False)
     runs = [_train(D, H, dt, opt_name, twice, True, threads=nt) for nt in (1, 2, 3, 4)]
     _, bt = runs[0][2], _batches(D, dt, [9])[0]

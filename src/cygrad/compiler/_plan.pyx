@@ -51,6 +51,7 @@ cdef enum:
     MAXSEG = 4
     LOSS_BLOCK = 4
     ROW_BLOCK = 16
+    ROW_GRAIN_ = 8      # row chunks start on multiples of it (the compiler's ROW_GRAIN)
 
 # task codes (the compiler reads them from TASK_CODES below: one source)
 cdef enum:
@@ -81,6 +82,7 @@ cdef enum:
     T_LN = 24           # layer normalisation's rows (keeping xhat and rstd)
     T_LN_BWD = 25       # its input gradient and g xhat (the weight's, before column sums)
     T_LINEAR_WGRAD = 26 # a weight's gradient and update by rows of W (no input gradient)
+    T_EMB_GROUP = 27    # an embedding table's slots grouped by row (before its row updates)
 
 # index spaces
 cdef enum:
@@ -105,7 +107,11 @@ TASK_CODES = {
     "emb_adagrad": T_EMB_ADAGRAD, "update": T_UPDATE, "bias": T_BIAS, "dropout": T_DROPOUT,
     "emb_adam": T_EMB_ADAM, "mse": T_MSE, "crf": T_CRF, "crf_dt": T_CRF_DT, "bag": T_BAG,
     "bag_sgd": T_BAG_SGD, "bag_adagrad": T_BAG_ADAGRAD, "bag_adam": T_BAG_ADAM, "ln": T_LN,
-    "ln_bwd": T_LN_BWD, "linear_wgrad": T_LINEAR_WGRAD}
+    "ln_bwd": T_LN_BWD, "linear_wgrad": T_LINEAR_WGRAD,
+    "emb_group": T_EMB_GROUP}
+#: row chunks: multiples of 8 (the GEMM's row groups, LOSS_BLOCK, an embedding update's
+#: summed rows: one per ROW_GRAIN rows of the batch)
+ROW_GRAIN = ROW_GRAIN_
 #: a group's index space that follows a run-time count: the batch's rows, its sentences
 DIMS = {"fixed": 0, "rows": 1, "sents": 2}
 #: index space name -> axis code
@@ -469,8 +475,10 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
                 row = ids[q]
                 if lo <= (row // ROW_BLOCK) % K < hi:
                     _axpy(h, 1.0, G + (q // w) * ld[t.v[2]] + (q % w) * h, P + row * h)
+    elif code == T_EMB_GROUP:
+        _emb_group(t, r)
     elif code == T_EMB_ADAGRAD or code == T_EMB_ADAM:
-        _emb_adagrad(t, r, dummy)
+        _emb_adagrad(t, r, dummy, lo, hi)
     elif code == T_BAG:         # v0 table (V, h), v1 bag ids (m, w), v2 ptr, v3 items, v4 out
         bag_rows(ptr[t.v[0]], <const cnp.int64_t *>ptr[t.v[1]],
                  <const cnp.int64_t *>ptr[t.v[2]], <const cnp.int64_t *>ptr[t.v[3]],
@@ -520,42 +528,66 @@ cdef inline void _row_step(Task *t, Run *r, cnp.int64_t rr, const floating *row,
         _adagrad(P, A, row, h, r.lr, r.eps)
 
 
-cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
+cdef void _emb_group(Task *t, Run *r) noexcept nogil:
+    """T_EMB_GROUP: an embedding table's slots (its uses' ids, segments in order) into
+    the scratch v0 (3 int64 a slot: the slots' row ids, then their (row, slot) pairs),
+    grouped by row as the eager sparse steps group them (bp_group_slots)."""
+    cdef cnp.int64_t *ids = <cnp.int64_t *>r.ptr[t.v[0]]
+    cdef Py_ssize_t n, total = 0
+    cdef int s
+    for s in range(t.nseg):
+        n = t.seg_m[s] * t.w
+        memcpy(ids + total, r.ptr[t.seg_ids[s]], n * sizeof(cnp.int64_t))
+        total += n
+    bp_group_slots(ids, total, ids + total)
+
+
+cdef void _emb_adagrad(Task *t, Run *r, floating *dummy, Py_ssize_t lo,
+                       Py_ssize_t hi) noexcept nogil:
     """Adagrad (T_EMB_ADAGRAD) or lazy Adam (T_EMB_ADAM) on the table rows the
-    segments' slots touch (v0 table, v1 accumulator or Adam's m, v2 scratch (3 int64 a
-    slot: the slots' row ids, then their (row, slot) pairs), v3 one row (two for dense
-    gradients), v4 Adam's v): each row's slot gradients summed in slot order
-    (segments in order), one step. The rows are grouped by bp_group_slots, as the
-    eager sparse steps group them."""
-    cdef cnp.int64_t *ids = <cnp.int64_t *>r.ptr[t.v[2]]
-    cdef floating *row = <floating *>r.ptr[t.v[3]]
-    cdef Py_ssize_t h = t.h, w = t.w, total, j, q, a, b, kk, n
+    segments' slots touch (v0 table, v1 accumulator or Adam's m, v2 the slots grouped
+    by T_EMB_GROUP, v4 Adam's v): each row's slot gradients summed in slot order
+    (segments in order), one step. Rows [lo, hi) of the batch's t.m stand for the
+    same share of the sorted slots; the chunk steps the rows whose first slot lies in
+    it, each whole, so a row's bits do not depend on the chunking. A row is summed in
+    the chunk's own rows of v3 (the chunk starting at row lo owns rows lo / ROW_GRAIN_
+    of it; two rows for dense gradients: each use's slots summed on their own, then
+    the uses added in order, as eager adds the uses' dense gradients)."""
+    cdef Py_ssize_t h = t.h, w = t.w, total, j, q, a, b, e, kk
+    cdef floating *row = <floating *>r.ptr[t.v[3]] + (lo // ROW_GRAIN_) * (t.k + 1) * h
+    cdef floating *part = row + h if t.k == 1 else row
+    cdef const cnp.int64_t *pairs
+    cdef const floating *g
     cdef cnp.int64_t rr
     cdef int s, cur
+    cdef bint adam = t.code == T_EMB_ADAM
     cdef Py_ssize_t start[MAXSEG + 1]
     start[0] = 0
     for s in range(t.nseg):
-        n = t.seg_m[s] * w
-        start[s + 1] = start[s] + n
-        memcpy(ids + start[s], r.ptr[t.seg_ids[s]], n * sizeof(cnp.int64_t))
+        start[s + 1] = start[s] + t.seg_m[s] * w
     total = start[t.nseg]
-    cdef cnp.int64_t *pairs = ids + total
-    bp_group_slots(ids, total, pairs)
-    cdef const floating *g
-    # dense gradients (t.k == 1): each use's slots summed on their own (row + h), then
-    # the uses added in order, as eager adds the uses' dense gradients
-    cdef floating *part = row + h if t.k == 1 else row
-    a = 0
-    while a < total:
+    pairs = <const cnp.int64_t *>r.ptr[t.v[2]] + total
+    if t.m <= 0 or hi >= t.m:
+        e = total
+    else:
+        e = hi * total // t.m
+    a = lo * total // t.m if t.m > 0 else 0
+    while 0 < a < total and pairs[2 * a] == pairs[2 * a - 2]:     # on to a row's start
+        a += 1
+    while 0 < e < total and pairs[2 * e] == pairs[2 * e - 2]:
+        e += 1
+    while a < e:
         rr = pairs[2 * a]
+        b = a
+        while b < total and pairs[2 * b] == rr:     # the row's slots, in increasing order
+            b += 1
         for kk in range(h):
             row[kk] = 0
         s = 0
         cur = -1
-        b = a
-        while b < total and pairs[2 * b] == rr:     # the row's slots, in increasing order
-            j = pairs[2 * b + 1]
-            while j >= start[s + 1]:
+        for j in range(a, b):
+            q = pairs[2 * j + 1]
+            while q >= start[s + 1]:
                 s += 1
             if t.k == 1 and s != cur:
                 if cur >= 0:
@@ -563,13 +595,12 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy) noexcept nogil:
                 for kk in range(h):
                     part[kk] = 0
                 cur = s
-            q = j - start[s]
+            q -= start[s]
             g = <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] + (q % w) * h
             _axpy(h, 1.0, g, part)
-            b += 1
         if t.k == 1 and cur >= 0:
             _axpy(h, 1.0, part, row)
-        _row_step(t, r, rr, row, t.code == T_EMB_ADAM)
+        _row_step(t, r, rr, row, adam)
         a = b
 
 

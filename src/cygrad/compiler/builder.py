@@ -15,7 +15,7 @@ shares: where a value lives (:meth:`Builder.leaf`, :meth:`Builder.value`,
 import numpy as np
 
 from cygrad import graph as _g
-from cygrad.compiler._plan import TASK_CODES, UPDATE_MODES
+from cygrad.compiler._plan import ROW_GRAIN, TASK_CODES, UPDATE_MODES  # noqa: F401 (re-exported)
 from cygrad.graph import Tensor, Traced
 
 ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
@@ -24,7 +24,6 @@ U_NONE, U_SGD, U_ADAGRAD, U_SET, U_ADD, U_ADAM = (UPDATE_MODES[k] for k in (
 # the optimiser state a plan binds, by kind: the optimiser's list attribute holding it
 STATE_ATTR = {"state": "state", "adam_m": "exp_avg", "adam_v": "exp_avg_sq"}
 COL_GRAIN = 32          # column chunks: multiples of every GEMM micro-kernel's NR
-ROW_GRAIN = 8           # row chunks: multiples of 8 (the GEMM's row groups, LOSS_BLOCK)
 FLAT_GRAIN = 4096
 OWNER_CLASSES = 8       # embedding rows are owned in blocks of 16 rows, 8 classes
 ROW_MODE = 128          # from this batch size a linear layer is split by rows
@@ -328,8 +327,11 @@ class Builder:
             if key in self.contrib:
                 raise Unsupported("a parameter used both as an embedding table and as a "
                                   "dense weight (tied weights) has no plan yet")
+        self.deferred = []      # row updates after every table's grouping (one stage)
         for key, (table, segs) in self.segments.items():
             self.emb_update(table, segs)
+        for t in self.deferred:
+            self.add(t)
         for key in self.bag_segments:
             if key in self.contrib or key in self.segments:
                 raise Unsupported("a parameter used both as an embedding bags' table and "
@@ -425,7 +427,8 @@ class Builder:
         Gradient mode leaves the rows' gradients to the optimiser; SGD updates by row
         ownership classes; Adagrad and Adam sum each row's slots in the eager order
         (grouped by row as the eager steps group them: bp_group_slots, in the scratch)
-        and step each row once."""
+        and step each row once: an embedding table's rows in chunks of its sorted
+        slots, a bag table's in one chunk."""
         i = self.pindex[id(table)]
         V, d = table.shape
         tv = self.leaf(table)
@@ -449,6 +452,9 @@ class Builder:
             return
         if len(segs) > 4:
             raise Unsupported(f"{what} used more than 4 times")
+        segv = [(iv, g, B) for iv, g, B, _, _ in segs]
+        ids_r = [(iv, "r", "all") for iv, _, _ in segv]
+        g_r = [(g, "r", "all") for _, g, _ in segv]
         if bags is None:
             uses = self.segment_dense.get(id(table), [])
             if any(uses) and not all(uses):
@@ -458,24 +464,35 @@ class Builder:
             # a row's slots by use the same way (row-sparse ones: every slot in order)
             dense = bool(uses) and all(uses) and len(segs) > 1
             scratch = self.new(3 * sum(s[2] * w for s in segs), 1, 8)
-            row = self.new(2 if dense else 1, d)
-            k = 1 if dense else 0
-        else:
-            k = max(1, sum(s[2] * w for s in segs) * bags[2])  # (slot, item) pairs at most
-            scratch = self.new(4 * k, 1, 8)
-            row = self.new(1, d)
+            self.updated.add(i)
+            sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
+            sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
+            # the slots grouped by row (one chunk, beside the last backward stage's
+            # chunks), then the rows stepped in chunks of the sorted slots (the rows
+            # whose first slot lies in the chunk: each row on one thread, whole)
+            self.add(Task("emb_group", (ONE, 1, 1), [scratch], [(scratch, "w", "all")] + ids_r,
+                          w=w, segs=segv))
+            # (a summed row per chunk, two for dense gradients: a chunk starts on a
+            # multiple of ROW_GRAIN rows of the batch)
+            rows = self.new(-(-segs[0][2] // ROW_GRAIN) * (2 if dense else 1), d)
+            acc = [(tv, "w", "all"), (sv, "w", "all"), (scratch, "r", "all"),
+                   (rows, "w", "all")] + ids_r + g_r
+            if sv2 is not None:
+                acc.append((sv2, "w", "all"))
+            self.deferred.append(Task(
+                kind + ("_adam" if self.adam else "_adagrad"), (ROWS, segs[0][2], ROW_GRAIN),
+                [tv, sv, scratch, rows, sv2], acc, m=segs[0][2], h=d, w=w, segs=segv, pidx=i,
+                k=1 if dense else 0))
+            return
+        k = max(1, sum(s[2] * w for s in segs) * bags[2])  # (slot, item) pairs at most
+        scratch = self.new(4 * k, 1, 8)
+        row = self.new(1, d)
         self.updated.add(i)
         sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
         sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
-        segv = [(iv, g, B) for iv, g, B, _, _ in segs]
         acc = [(tv, "w", "all"), (sv, "w", "all"), (scratch, "w", "all"),
-               (row, "w", "all")] + reads + \
-              [(iv, "r", "all") for iv, _, _ in segv] + [(g, "r", "all") for _, g, _ in segv]
-        views = [tv, sv, scratch, row]
-        if bags is not None:        # (the bag tasks read sv2, ptr, items by position)
-            views += [sv2] + extra
-        elif sv2 is not None:
-            views.append(sv2)
+               (row, "w", "all")] + reads + ids_r + g_r
+        views = [tv, sv, scratch, row, sv2] + extra    # (read by position: v4 Adam's v)
         if sv2 is not None:
             acc.append((sv2, "w", "all"))
         self.add(Task(kind + ("_adam" if self.adam else "_adagrad"), (ONE, 1, 1), views, acc,

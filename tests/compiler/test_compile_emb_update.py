@@ -1,20 +1,23 @@
-"""An embedding table's Adagrad or Adam update in a compiled step: its slots grouped
-by row in one chunk beside the last backward stage, then the rows stepped in chunks
-of the sorted slots (each row whole, on one thread). Checked against the eager
+"""An embedding table's SGD, Adagrad or Adam update in a compiled step: its slots
+grouped by row in one chunk beside the last backward stage, then the rows stepped in
+chunks of the sorted slots (each row whole, on one thread). Checked against the eager
 graph over several steps with Zipf-distributed ids (rows that span many slots, so
 chunk edges fall inside rows), rows wider and narrower than a vector, a table used
 by one and by two windows (row-sparse and dense gradients), and bitwise the same at
-1-4 threads."""
+1-4 threads; SGD's also bit for bit as the ownership classes update (the path of a
+table used more than MAX_SEGMENTS times)."""
 
 import numpy as np
 import pytest
 
 import cygrad as cg
 from cygrad import nn, optim
+from cygrad.compiler import builder
 
 V, w, C = 40, 3, 4
 
 OPTS = {
+    "sgd": lambda ps: optim.SGD(ps, lr=0.1),
     "adagrad": lambda ps: optim.Adagrad(ps, lr=0.1),
     "adam": lambda ps: optim.Adam(ps, lr=0.01),
     "adamw": lambda ps: optim.AdamW(ps, lr=0.01, weight_decay=0.1),
@@ -112,3 +115,61 @@ def test_every_table_is_grouped_before_any_is_stepped():
     updates = [i for i, line in enumerate(text) if "emb_adagrad" in line]
     assert len(groups) == 1 and text[groups[0]].count("emb_group") == 3, text
     assert updates == [groups[0] + 1] and text[updates[0]].count("emb_adagrad") == 3, text
+
+
+@pytest.mark.parametrize("dt", [np.float64, np.float32])
+@pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
+def test_sgd_by_slots_is_bit_for_bit_the_ownership_classes_update(sparse, dt, threaded_plans,
+                                                                  monkeypatch):
+    by_slots = _train(37, dt, sparse, True, "sgd", True, threads=2)
+    monkeypatch.setattr(builder, "MAX_SEGMENTS", 0)      # every table: ownership classes
+    by_owner = _train(37, dt, sparse, True, "sgd", True, threads=2)
+    assert "own[8/1] emb_sgd_own" in by_owner[2].describe(*_batches([64])[0])
+    assert by_slots[0] == by_owner[0]
+    for i, (a, b) in enumerate(zip(by_slots[1], by_owner[1])):
+        np.testing.assert_array_equal(a, b, err_msg=f"parameter {i}")
+
+
+def test_a_table_used_more_than_max_segments_times_with_sgd(threaded_plans):
+    """Past MAX_SEGMENTS uses, SGD falls back to the ownership classes (Adagrad and
+    Adam refuse: the slot grouping holds at most MAX_SEGMENTS uses)."""
+    n = builder.MAX_SEGMENTS + 1
+    for opt_name in ("sgd", "adagrad"):
+        runs = []
+        for compiled in (False, True):
+            rng = np.random.default_rng(0)
+            emb = nn.Embedding(V, 4, generator=rng)
+            lin = nn.Linear(n * w * 4, C, generator=rng)
+            params = emb.parameters() + lin.parameters()
+            opt = OPTS[opt_name](params)
+
+            def loss_fn(*a):
+                B = a[0].shape[0]
+                x = cg.concat([emb(win).reshape(B, w * 4) for win in a[:n]], axis=1)
+                return cg.softmax_cross_entropy(lin(x), a[n])
+
+            rng = np.random.default_rng(1)
+            batches = [tuple(rng.integers(0, V, (16, w)) for _ in range(n)) +
+                       (rng.integers(0, C, 16),) for _ in range(3)]
+            if compiled:
+                step = cg.compile(loss_fn, optimizer=opt, strict=opt_name == "sgd")
+                with pytest.warns(cg.CompileWarning, match="more than") if \
+                        opt_name != "sgd" else _nothing():
+                    for bt in batches:
+                        step(*bt)
+            else:
+                for bt in batches:
+                    opt.zero_grad()
+                    loss_fn(*bt).backward()
+                    opt.step()
+            runs.append([p.data.copy() for p in params])
+        for a, b in zip(*runs):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -83,6 +83,7 @@ cdef enum:
     T_LN_BWD = 25       # its input gradient and g xhat (the weight's, before column sums)
     T_LINEAR_WGRAD = 26 # a weight's gradient and update by rows of W (no input gradient)
     T_EMB_GROUP = 27    # an embedding table's slots grouped by row (before its row updates)
+    T_EMB_SGD_OWN = 28  # SGD on a table used more than MAXSEG times: by row ownership classes
 
 # index spaces
 cdef enum:
@@ -104,6 +105,7 @@ TASK_CODES = {
     "gather": T_GATHER, "linear": T_LINEAR, "act": T_ACT, "xent": T_XENT, "bce": T_BCE,
     "margin": T_MARGIN, "mean": T_MEAN, "bias_bwd": T_BIAS_BWD, "linear_bwd": T_LINEAR_BWD,
     "act_bwd": T_ACT_BWD, "mean_bwd": T_MEAN_BWD, "emb_sgd": T_EMB_SGD,
+    "emb_sgd_own": T_EMB_SGD_OWN,
     "emb_adagrad": T_EMB_ADAGRAD, "update": T_UPDATE, "bias": T_BIAS, "dropout": T_DROPOUT,
     "emb_adam": T_EMB_ADAM, "mse": T_MSE, "crf": T_CRF, "crf_dt": T_CRF_DT, "bag": T_BAG,
     "bag_sgd": T_BAG_SGD, "bag_adagrad": T_BAG_ADAGRAD, "bag_adam": T_BAG_ADAM, "ln": T_LN,
@@ -112,6 +114,8 @@ TASK_CODES = {
 #: row chunks: multiples of 8 (the GEMM's row groups, LOSS_BLOCK, an embedding update's
 #: summed rows: one per ROW_GRAIN rows of the batch)
 ROW_GRAIN = ROW_GRAIN_
+#: the most uses of one table a slot-grouped update takes
+MAX_SEGMENTS = MAXSEG
 #: a group's index space that follows a run-time count: the batch's rows, its sentences
 DIMS = {"fixed": 0, "rows": 1, "sents": 2}
 #: index space name -> axis code
@@ -462,7 +466,9 @@ cdef int _task(Task *t, Run *r, floating *dummy, Py_ssize_t lo, Py_ssize_t hi) n
             else:                       # U_ADAM
                 _adam(t, r, P + lo * k, y + lo * k, <floating *>ptr[t.v[6]] + lo * k,
                       scr + lo * k, (hi - lo) * k)
-    elif code == T_EMB_SGD:     # ownership classes: v0 table (V, h), v1 ids (m, w), v2 g rows
+    elif code == T_EMB_SGD:     # chunks of the sorted slots: v0 table, v1 the slots grouped
+        _emb_sgd(t, r, dummy, lo, hi)
+    elif code == T_EMB_SGD_OWN:     # ownership classes: v0 table (V, h), v1 ids (m, w), v2 g rows
         P = <floating *>ptr[t.v[0]]
         ids = <const cnp.int64_t *>ptr[t.v[1]]
         G = <floating *>ptr[t.v[2]]
@@ -542,6 +548,54 @@ cdef void _emb_group(Task *t, Run *r) noexcept nogil:
     bp_group_slots(ids, total, ids + total)
 
 
+cdef const cnp.int64_t *_chunk_slots(Task *t, Run *r, int v, Py_ssize_t lo, Py_ssize_t hi,
+                                     Py_ssize_t *start, Py_ssize_t *a,
+                                     Py_ssize_t *e) noexcept nogil:
+    """The slots of a table's uses grouped by T_EMB_GROUP into view v: fills start
+    (each segment's first slot; start[nseg] the total) and [a, e), the sorted slots of
+    the rows whose first slot falls in rows [lo, hi) of the batch's t.m (that share of
+    the sorted slots): each row in one chunk, whole. Returns the (row, slot) pairs."""
+    cdef Py_ssize_t total, x, y
+    cdef int s
+    start[0] = 0
+    for s in range(t.nseg):
+        start[s + 1] = start[s] + t.seg_m[s] * t.w
+    total = start[t.nseg]
+    cdef const cnp.int64_t *pairs = <const cnp.int64_t *>r.ptr[t.v[v]] + total
+    x = lo * total // t.m if t.m > 0 else 0
+    y = total if t.m <= 0 or hi >= t.m else hi * total // t.m
+    while 0 < x < total and pairs[2 * x] == pairs[2 * x - 2]:     # on to a row's start
+        x += 1
+    while 0 < y < total and pairs[2 * y] == pairs[2 * y - 2]:
+        y += 1
+    a[0] = x
+    e[0] = y
+    return pairs
+
+
+cdef void _emb_sgd(Task *t, Run *r, floating *dummy, Py_ssize_t lo,
+                   Py_ssize_t hi) noexcept nogil:
+    """SGD on the table rows (v0) whose first slot lies in the chunk (v1: the slots
+    grouped by T_EMB_GROUP): each slot's gradient row, which carries -lr, added into
+    its table row in slot order (segments in order), as the ownership classes add
+    them (T_EMB_SGD_OWN), balanced by slots however the ids are distributed."""
+    cdef Py_ssize_t h = t.h, w = t.w, j, q, a, e
+    cdef Py_ssize_t start[MAXSEG + 1]
+    cdef int s
+    cdef floating *P = <floating *>r.ptr[t.v[0]]
+    cdef const cnp.int64_t *pairs = _chunk_slots(t, r, 1, lo, hi, start, &a, &e)
+    s = 0
+    for j in range(a, e):
+        if j > a and pairs[2 * j] != pairs[2 * j - 2]:
+            s = 0
+        q = pairs[2 * j + 1]
+        while q >= start[s + 1]:
+            s += 1
+        q -= start[s]
+        _axpy(h, 1.0, <const floating *>r.ptr[t.seg_g[s]] + (q // w) * r.ld[t.seg_g[s]] +
+              (q % w) * h, P + pairs[2 * j] * h)
+
+
 cdef void _emb_adagrad(Task *t, Run *r, floating *dummy, Py_ssize_t lo,
                        Py_ssize_t hi) noexcept nogil:
     """Adagrad (T_EMB_ADAGRAD) or lazy Adam (T_EMB_ADAM) on the table rows the
@@ -553,33 +607,19 @@ cdef void _emb_adagrad(Task *t, Run *r, floating *dummy, Py_ssize_t lo,
     the chunk's own rows of v3 (the chunk starting at row lo owns rows lo / ROW_GRAIN_
     of it; two rows for dense gradients: each use's slots summed on their own, then
     the uses added in order, as eager adds the uses' dense gradients)."""
-    cdef Py_ssize_t h = t.h, w = t.w, total, j, q, a, b, e, kk
+    cdef Py_ssize_t h = t.h, w = t.w, j, q, a, b, e, kk
     cdef floating *row = <floating *>r.ptr[t.v[3]] + (lo // ROW_GRAIN_) * (t.k + 1) * h
     cdef floating *part = row + h if t.k == 1 else row
-    cdef const cnp.int64_t *pairs
     cdef const floating *g
     cdef cnp.int64_t rr
     cdef int s, cur
     cdef bint adam = t.code == T_EMB_ADAM
     cdef Py_ssize_t start[MAXSEG + 1]
-    start[0] = 0
-    for s in range(t.nseg):
-        start[s + 1] = start[s] + t.seg_m[s] * w
-    total = start[t.nseg]
-    pairs = <const cnp.int64_t *>r.ptr[t.v[2]] + total
-    if t.m <= 0 or hi >= t.m:
-        e = total
-    else:
-        e = hi * total // t.m
-    a = lo * total // t.m if t.m > 0 else 0
-    while 0 < a < total and pairs[2 * a] == pairs[2 * a - 2]:     # on to a row's start
-        a += 1
-    while 0 < e < total and pairs[2 * e] == pairs[2 * e - 2]:
-        e += 1
+    cdef const cnp.int64_t *pairs = _chunk_slots(t, r, 2, lo, hi, start, &a, &e)
     while a < e:
         rr = pairs[2 * a]
         b = a
-        while b < total and pairs[2 * b] == rr:     # the row's slots, in increasing order
+        while b < e and pairs[2 * b] == rr:         # the row's slots, in increasing order
             b += 1
         for kk in range(h):
             row[kk] = 0

@@ -15,7 +15,12 @@ shares: where a value lives (:meth:`Builder.leaf`, :meth:`Builder.value`,
 import numpy as np
 
 from cygrad import graph as _g
-from cygrad.compiler._plan import ROW_GRAIN, TASK_CODES, UPDATE_MODES  # noqa: F401 (re-exported)
+from cygrad.compiler._plan import (  # noqa: F401  (ROW_GRAIN: re-exported)
+    MAX_SEGMENTS,
+    ROW_GRAIN,
+    TASK_CODES,
+    UPDATE_MODES,
+)
 from cygrad.graph import Tensor, Traced
 
 ROWS, COLS, OWN, FLAT, ONE = "rows", "cols", "own", "flat", "one"
@@ -444,17 +449,28 @@ class Builder:
                                   else (list(segs), False, bags))
             return
         reads = [(x, "r", "all") for x in extra]
-        if not (self.adagrad or self.adam):
+        sgd = not (self.adagrad or self.adam)
+        if sgd and (bags is not None or len(segs) > MAX_SEGMENTS):
             for iv, g, B, w, d in segs:
-                self.add(Task(kind + "_sgd", (OWN, OWNER_CLASSES, 1), [tv, iv, g] + extra,
-                               [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all")] + reads,
-                               m=B, k=OWNER_CLASSES, h=d, w=w))
+                self.add(Task(kind + ("_sgd" if bags is not None else "_sgd_own"),
+                              (OWN, OWNER_CLASSES, 1), [tv, iv, g] + extra,
+                              [(tv, "w", OWN), (iv, "r", "all"), (g, "r", "all")] + reads,
+                              m=B, k=OWNER_CLASSES, h=d, w=w))
             return
-        if len(segs) > 4:
-            raise Unsupported(f"{what} used more than 4 times")
+        if len(segs) > MAX_SEGMENTS:
+            raise Unsupported(f"{what} used more than {MAX_SEGMENTS} times")
         segv = [(iv, g, B) for iv, g, B, _, _ in segs]
         ids_r = [(iv, "r", "all") for iv, _, _ in segv]
         g_r = [(g, "r", "all") for _, g, _ in segv]
+        if sgd:         # (the slots' gradient rows carry -lr: added into the table rows)
+            scratch = self.new(3 * sum(s[2] * w for s in segs), 1, 8)
+            self.add(Task("emb_group", (ONE, 1, 1), [scratch], [(scratch, "w", "all")] + ids_r,
+                          w=w, segs=segv))
+            self.deferred.append(Task(
+                "emb_sgd", (ROWS, segs[0][2], ROW_GRAIN), [tv, scratch],
+                [(tv, "w", "all"), (scratch, "r", "all")] + ids_r + g_r, m=segs[0][2], h=d,
+                w=w, segs=segv))
+            return
         if bags is None:
             uses = self.segment_dense.get(id(table), [])
             if any(uses) and not all(uses):

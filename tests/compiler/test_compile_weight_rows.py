@@ -50,7 +50,9 @@ def _batches(D, dt, sizes):
              rng.integers(0, C, B)) for B in sizes]
 
 
-def _train(D, H, dt, opt_name, twice, compiled, threads=1, sizes=(9, 9, 40, 9, 3)):
+def _train(D, H, dt, opt_name, twice, compiled, threads=1, sizes=(9, 9, 40, 200, 9, 3)):
+    # (B = 200: from B = ROW_MODE on, the forward by W's rows where B <= 2 H (H = 100),
+    # the earlier plan beyond (H = 64))
     params, loss_fn = _model(D, H, dt, twice)
     opt = OPTS[opt_name](params)
     step = cg.compile(loss_fn, optimizer=opt, strict=True, threads=threads) if compiled \
@@ -94,7 +96,7 @@ def test_the_rule_names_the_layers_it_splits_by_weight_rows():
     batch, a frozen weight, or an input that needs a gradient: the input's columns."""
     for H, B, frozen, on_data, expect in [
             (lowering.WGRAD_ROWS, 2 * lowering.WGRAD_ROWS, False, True, True),
-            (lowering.WGRAD_ROWS - 1, 128, False, True, False),
+            (lowering.WGRAD_ROWS - 1, 2 * lowering.WGRAD_ROWS - 2, False, True, False),
             (96, 192, False, True, True), (96, 193, False, True, False),
             (96, 128, True, True, False), (96, 128, False, False, False)]:
         x = np.zeros((B, 40), np.float32)
@@ -117,8 +119,10 @@ def test_the_rule_names_the_layers_it_splits_by_weight_rows():
         step(x, y, ids)
         text = step.describe(x, y, ids)
         assert ("linear_wgrad" in text) == expect, (H, B, frozen, on_data, text)
-        # the forward of the first layer (B >= ROW_MODE: by the batch's rows unless
-        # its weight rows are owned)
-        assert B >= lowering.ROW_MODE
-        first_stage = text.splitlines()[1]
-        assert first_stage.startswith("stage 0: cols[" if expect else "stage 0: rows["), text
+        # the first layer's forward: by W's rows (the output's columns) where its
+        # weight gradient is, else by the batch's rows from ROW_MODE on (or with
+        # fewer than two column chunks)
+        stage0 = text.splitlines()[1].split(": ", 1)[1].split(" | ")
+        group = next(g for g in stage0 if "linear" in g.split("] ", 1)[1].split(", "))
+        by_rows = not expect and (B >= lowering.ROW_MODE or H < 2 * lowering.COL_GRAIN)
+        assert group.startswith("rows[" if by_rows else f"cols[{H}/"), (group, text)

@@ -15,7 +15,7 @@ shares: where a value lives (:meth:`Builder.leaf`, :meth:`Builder.value`,
 import numpy as np
 
 from cygrad import graph as _g
-from cygrad.compiler._plan import (  # noqa: F401  (ROW_GRAIN: re-exported)
+from cygrad.compiler._plan import (
     MAX_SEGMENTS,
     ROW_GRAIN,
     TASK_CODES,
@@ -31,7 +31,8 @@ STATE_ATTR = {"state": "state", "adam_m": "exp_avg", "adam_v": "exp_avg_sq"}
 COL_GRAIN = 32          # column chunks: multiples of every GEMM micro-kernel's NR
 FLAT_GRAIN = 4096
 OWNER_CLASSES = 8       # embedding rows are owned in blocks of 16 rows, 8 classes
-ROW_MODE = 128          # from this batch size a linear layer is split by rows
+ROW_MODE = 128          # from this batch size a linear layer is split by rows (except
+                        # a layer on the data split by W's rows: lowering._by_weight_rows)
 WGRAD_ROWS = 2 * COL_GRAIN  # a layer on the data: by W's rows from 2 chunks of them
 
 
@@ -93,6 +94,7 @@ class Builder:
 
     def __init__(self, root, traced, opt, form, clip=False):
         self.root, self.traced, self.opt = root, traced, opt
+        self.deferred = []      # tasks added after the tables' groupings (_slot_update)
         self.dt = root.dtype
         self.item = self.dt.itemsize
         # the parameters a plan updates: those that require a gradient now (a frozen
@@ -332,11 +334,11 @@ class Builder:
             if key in self.contrib:
                 raise Unsupported("a parameter used both as an embedding table and as a "
                                   "dense weight (tied weights) has no plan yet")
-        self.deferred = []      # row updates after every table's grouping (one stage)
         for key, (table, segs) in self.segments.items():
             self.emb_update(table, segs)
-        for t in self.deferred:
+        for t in self.deferred:     # every table's rows after every table's grouping
             self.add(t)
+        self.deferred = []
         for key in self.bag_segments:
             if key in self.contrib or key in self.segments:
                 raise Unsupported("a parameter used both as an embedding bags' table and "
@@ -429,11 +431,15 @@ class Builder:
         """The update of a table whose gradient arrives as window slots (``segs``: one
         (ids, gradient, rows, width, d) per use): ``kind`` "emb" (a slot is one row) or
         "bag" (a slot is a bag of rows: ``bags`` = (ptr, items, largest bag, ...)).
-        Gradient mode leaves the rows' gradients to the optimiser; SGD updates by row
-        ownership classes; Adagrad and Adam sum each row's slots in the eager order
-        (grouped by row as the eager steps group them: bp_group_slots, in the scratch)
-        and step each row once: an embedding table's rows in chunks of its sorted
-        slots, a bag table's in one chunk."""
+        Gradient mode leaves the rows' gradients to the optimiser. An embedding
+        table's slots are grouped by row (emb_group: bp_group_slots, as the eager
+        sparse steps group them, in the scratch), then its rows are stepped in chunks
+        of the sorted slots, each row whole by one chunk (added to ``deferred``: every
+        table's rows in one stage after every table's grouping): SGD adds each slot's
+        gradient in slot order, Adagrad and Adam sum a row's slots in the eager order
+        and step it once. A bag table, and SGD on a table used more than
+        MAX_SEGMENTS times: SGD by row ownership classes, Adagrad and Adam in one
+        chunk."""
         i = self.pindex[id(table)]
         V, d = table.shape
         tv = self.leaf(table)

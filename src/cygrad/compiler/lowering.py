@@ -168,13 +168,15 @@ def _by_weight_rows(bld, x, W):
     """Whether a linear layer's weight gradient (and update) is split by the rows of
     W, and its forward by the same rows (the output's columns): where the input
     needs no gradient (a layer on the data), W is trained and has at least
-    WGRAD_ROWS rows, and the batch has at most twice as many rows as W. Each thread
-    then reads, updates and keeps in its cache the same rows of W and of their
-    optimiser state in the whole step, and reads all of the input; split by the
-    input's columns (as a layer whose input gradient is needed must be), the update
-    writes columns of W that the forward read on the other thread, so that half of W
-    moves between the cores every step: that costs more than every thread reading
-    the input up to B = 2 H (benches/results/weight-rows.md)."""
+    WGRAD_ROWS rows, and the batch has at most twice as many rows as W. Chunk c of
+    the forward, of the weight gradient and of the update then covers the same rows
+    of W and of their optimiser state, so that where the pool hands chunk c to the
+    same thread each time (as it mostly does: the caller claims first) those rows
+    stay in that thread's cache, and each thread reads all of the input; split by
+    the input's columns (as a layer whose input gradient is needed must be), the
+    update writes columns of W that the forward read on the other thread, so that
+    half of W moves between the cores every step: that costs more than every thread
+    reading the input up to B = 2 H (benches/results/weight-rows.md)."""
     H = W.shape[0]
     return (not (isinstance(x, Tensor) and x.requires_grad) and id(W) in bld.pindex
             and H >= WGRAD_ROWS and x.shape[0] <= 2 * H)
@@ -352,8 +354,11 @@ def _bwd_linear(bld, node, name, pa, g):
         if dx is None and _by_weight_rows(bld, x, W):
             # no input gradient: W's rows, as the forward's columns and the gradient's
             # (each thread keeps the rows it reads, updates and their moments)
-            acc = [(g, "r", COLS), (Wv, "w", "all"), (xv, "r", "all")] + [
+            # (W itself only where the task updates it: not for a gradient buffer)
+            acc = [(g, "r", COLS), (xv, "r", "all")] + [
                 (s, "w", "all") for s in (wsv2, wsv, scr) if s is not None]
+            if wmode in (U_SGD, U_ADAGRAD, U_ADAM):
+                acc.append((Wv, "w", "all"))
             bld.add(Task("linear_wgrad", (COLS, H, COL_GRAIN), v, acc, mode=wmode, m=B,
                          k=D, h=H, pidx=bld.pindex.get(id(W), 0)))
         else:

@@ -353,8 +353,9 @@ def _bwd_linear(bld, node, name, pa, g):
             acc.append((scr, "w", COLS))
         if dx is None and _by_weight_rows(bld, x, W):
             # no input gradient: W's rows, as the forward's columns and the gradient's
-            # (each thread keeps the rows it reads, updates and their moments)
-            # (W itself only where the task updates it: not for a gradient buffer)
+            # (chunk c updates the rows of W and of their moments that chunk c of the
+            # forward read; W itself declared only where the task updates it, not
+            # for a gradient buffer)
             acc = [(g, "r", COLS), (xv, "r", "all")] + [
                 (s, "w", "all") for s in (wsv2, wsv, scr) if s is not None]
             if wmode in (U_SGD, U_ADAGRAD, U_ADAM):

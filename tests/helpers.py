@@ -72,3 +72,39 @@ class FakeComm:
 
     def Get_size(self):
         return self.size
+
+
+def train_steps(params, loss_fn, opt, batches, compiled, threads=1, events=None, strict=True):
+    """Train ``params`` over ``batches`` with ``opt``: eagerly (zero_grad, backward,
+    step) or through ``cygrad.compile(loss_fn, strict=True)``; ``events`` maps a step
+    number to a function of (params, opt) applied before that step. Returns the
+    losses, copies of the parameters and the compiled step (None eagerly)."""
+    step = cygrad.compile(loss_fn, optimizer=opt, strict=strict, threads=threads) \
+        if compiled else None
+    losses = []
+    for k, bt in enumerate(batches):
+        if events and k in events:
+            events[k](params, opt)
+        if compiled:
+            losses.append(step(*bt))
+        else:
+            opt.zero_grad()
+            loss = loss_fn(*bt)
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    return losses, [p.data.copy() for p in params], step
+
+
+def assert_eager_and_thread_counts(eager, runs, thread_counts, tol):
+    """``runs`` (train_steps results at ``thread_counts``) equal ``eager`` to ``tol``
+    and each other bit for bit."""
+    le, pe, _ = eager
+    lc, pc, _ = runs[0]
+    np.testing.assert_allclose(lc, le, **tol)
+    for i, (a, b) in enumerate(zip(pc, pe)):
+        np.testing.assert_allclose(a, b, err_msg=f"parameter {i}", **tol)
+    for nt, (l_n, p_n, _) in zip(thread_counts[1:], runs[1:]):
+        assert l_n == lc, f"losses at {nt} threads"
+        for i, (a, b) in enumerate(zip(p_n, pc)):
+            np.testing.assert_array_equal(a, b, err_msg=f"parameter {i} at {nt} threads")

@@ -15,6 +15,7 @@ import pytest
 import cygrad as cg
 from cygrad import nn, optim
 from cygrad.compiler import builder
+from helpers import assert_eager_and_thread_counts, train_steps
 
 V, w, C = 40, 3, 4
 
@@ -56,20 +57,7 @@ def _batches(sizes):
 
 def _train(d, dt, sparse, twice, opt_name, compiled, threads=1, sizes=(64, 64, 200, 9, 1)):
     params, loss_fn = _model(d, dt, sparse, twice)
-    opt = OPTS[opt_name](params)
-    step = cg.compile(loss_fn, optimizer=opt, strict=True, threads=threads) if compiled \
-        else None
-    losses = []
-    for bt in _batches(sizes):
-        if compiled:
-            losses.append(step(*bt))
-        else:
-            opt.zero_grad()
-            loss = loss_fn(*bt)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    return losses, [p.data.copy() for p in params], step
+    return train_steps(params, loss_fn, OPTS[opt_name](params), _batches(sizes), compiled, threads)
 
 
 @pytest.mark.parametrize("dt", [np.float64, np.float32])
@@ -86,13 +74,7 @@ def test_embedding_rows_stepped_in_chunks_train_as_the_eager_graph(
     if sparse or opt_name in ("sgd", "adagrad"):    # (Adam on a dense gradient: every row)
         group = next(i for i, line in enumerate(text) if "emb_group" in line)
         assert "rows[64/8] emb_" + opt_name.rstrip("w") in text[group + 1], text
-    np.testing.assert_allclose(lc, le, **_tol(dt))
-    for i, (a, b) in enumerate(zip(pc, pe)):
-        np.testing.assert_allclose(a, b, err_msg=f"parameter {i}", **_tol(dt))
-    for nt, (l_n, p_n, _) in zip((2, 3, 4), runs[1:]):
-        assert l_n == lc, f"losses at {nt} threads"
-        for i, (a, b) in enumerate(zip(p_n, pc)):
-            np.testing.assert_array_equal(a, b, err_msg=f"parameter {i} at {nt} threads")
+    assert_eager_and_thread_counts((le, pe, None), runs, (1, 2, 3, 4), _tol(dt))
 
 
 def test_every_table_is_grouped_before_any_is_stepped():

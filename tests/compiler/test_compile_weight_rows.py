@@ -13,6 +13,7 @@ import pytest
 import cygrad as cg
 from cygrad import nn, optim
 from cygrad.compiler import lowering
+from helpers import assert_eager_and_thread_counts, train_steps
 
 C = 5
 
@@ -54,20 +55,8 @@ def _train(D, H, dt, opt_name, twice, compiled, threads=1, sizes=(9, 9, 40, 200,
     # (B = 200: from B = ROW_MODE on, the forward by W's rows where B <= 2 H (H = 100),
     # the earlier plan beyond (H = 64))
     params, loss_fn = _model(D, H, dt, twice)
-    opt = OPTS[opt_name](params)
-    step = cg.compile(loss_fn, optimizer=opt, strict=True, threads=threads) if compiled \
-        else None
-    losses = []
-    for bt in _batches(D, dt, sizes):
-        if compiled:
-            losses.append(step(*bt))
-        else:
-            opt.zero_grad()
-            loss = loss_fn(*bt)
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-    return losses, [p.data.copy() for p in params], step
+    return train_steps(params, loss_fn, OPTS[opt_name](params), _batches(D, dt, sizes),
+                       compiled, threads)
 
 
 @pytest.mark.parametrize("dt", [np.float64, np.float32])
@@ -81,13 +70,7 @@ def test_weight_rows_split_trains_as_the_eager_graph_at_any_thread_count(
     _, bt = runs[0][2], _batches(D, dt, [9])[0]
     assert "linear_wgrad" in runs[0][2].describe(*bt)
     lc, pc, _ = runs[0]
-    np.testing.assert_allclose(lc, le, **_tol(dt))
-    for i, (a, b) in enumerate(zip(pc, pe)):
-        np.testing.assert_allclose(a, b, err_msg=f"parameter {i}", **_tol(dt))
-    for nt, (l_n, p_n, _) in zip((2, 3, 4), runs[1:]):
-        assert l_n == lc, f"losses at {nt} threads"
-        for i, (a, b) in enumerate(zip(p_n, pc)):
-            np.testing.assert_array_equal(a, b, err_msg=f"parameter {i} at {nt} threads")
+    assert_eager_and_thread_counts((le, pe, None), runs, (1, 2, 3, 4), _tol(dt))
 
 
 def test_the_rule_names_the_layers_it_splits_by_weight_rows():
@@ -126,3 +109,31 @@ def test_the_rule_names_the_layers_it_splits_by_weight_rows():
         group = next(g for g in stage0 if "linear" in g.split("] ", 1)[1].split(", "))
         by_rows = not expect and (B >= lowering.ROW_MODE or H < 2 * lowering.COL_GRAIN)
         assert group.startswith("rows[" if by_rows else f"cols[{H}/"), (group, text)
+
+
+@pytest.mark.filterwarnings("ignore::cygrad.CompileWarning")
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+def test_changes_after_compiling_are_followed_on_the_weight_rows_plan(opt_name, threaded_plans):
+    """A step rate changed, the weight frozen, its array replaced and unfrozen after
+    compiling: the plan split by W's rows follows each as the eager graph does (the
+    freeze re-traces: strict=False; strict=True refuses it, tested in
+    test_compile_guards.py)."""
+    def lr(ps, opt):
+        opt.lr = opt.lr * 0.5
+
+    def freeze(ps, opt):
+        ps[0].requires_grad = False
+
+    def replace(ps, opt):
+        ps[0].data = ps[0].data * np.float32(0.9)
+        ps[0].requires_grad = True
+
+    events = {2: lr, 3: freeze, 4: replace}
+    runs = []
+    for compiled in (False, True):
+        params, loss_fn = _model(70, 100, np.float32, False)
+        runs.append(train_steps(params, loss_fn, OPTS[opt_name](params),
+                                _batches(70, np.float32, (9, 9, 40, 40, 9, 9)), compiled, 2,
+                                events, strict=False))
+    assert "linear_wgrad" in runs[1][2].describe(*_batches(70, np.float32, [9])[0])
+    assert_eager_and_thread_counts(runs[0], runs[1:], (2,), _tol(np.float32))

@@ -468,56 +468,52 @@ class Builder:
         segv = [(iv, g, B) for iv, g, B, _, _ in segs]
         ids_r = [(iv, "r", "all") for iv, _, _ in segv]
         g_r = [(g, "r", "all") for _, g, _ in segv]
-        if sgd:         # (the slots' gradient rows carry -lr: added into the table rows)
-            scratch = self.new(3 * sum(s[2] * w for s in segs), 1, 8)
-            self.add(Task("emb_group", (ONE, 1, 1), [scratch], [(scratch, "w", "all")] + ids_r,
-                          w=w, segs=segv))
-            self.deferred.append(Task(
-                "emb_sgd", (ROWS, segs[0][2], ROW_GRAIN), [tv, scratch],
-                [(tv, "w", "all"), (scratch, "r", "all")] + ids_r + g_r, m=segs[0][2], h=d,
-                w=w, segs=segv))
-            return
+        rows_b = segs[0][2]
         if bags is None:
             uses = self.segment_dense.get(id(table), [])
-            if any(uses) and not all(uses):
+            if not sgd and any(uses) and not all(uses):
                 raise Unsupported("an embedding table gathered with dense and row-sparse "
                                   "gradients in one step")
-            # dense gradients: eager sums each use's rows, then the uses; the plan groups
-            # a row's slots by use the same way (row-sparse ones: every slot in order)
-            dense = bool(uses) and all(uses) and len(segs) > 1
-            scratch = self.new(3 * sum(s[2] * w for s in segs), 1, 8)
-            self.updated.add(i)
-            sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
-            sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
             # the slots grouped by row (one chunk, beside the last backward stage's
             # chunks), then the rows stepped in chunks of the sorted slots (the rows
             # whose first slot lies in the chunk: each row on one thread, whole)
+            scratch = self.new(3 * sum(s[2] * w for s in segs), 1, 8)
             self.add(Task("emb_group", (ONE, 1, 1), [scratch], [(scratch, "w", "all")] + ids_r,
                           w=w, segs=segv))
+            if sgd:     # (the slots' gradient rows carry -lr: added into the table rows)
+                self.deferred.append(Task(
+                    "emb_sgd", (ROWS, rows_b, ROW_GRAIN), [tv, scratch],
+                    [(tv, "w", "all"), (scratch, "r", "all")] + ids_r + g_r, m=rows_b, h=d,
+                    w=w, segs=segv))
+                return
+        self.updated.add(i)
+        sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
+        sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
+        name = kind + ("_adam" if self.adam else "_adagrad")
+        if bags is None:
+            # dense gradients: eager sums each use's rows, then the uses; the plan groups
+            # a row's slots by use the same way (row-sparse ones: every slot in order)
+            dense = bool(uses) and all(uses) and len(segs) > 1
             # (a summed row per chunk, two for dense gradients: a chunk starts on a
             # multiple of ROW_GRAIN rows of the batch)
-            rows = self.new(-(-segs[0][2] // ROW_GRAIN) * (2 if dense else 1), d)
+            rows = self.new(-(-rows_b // ROW_GRAIN) * (2 if dense else 1), d)
             acc = [(tv, "w", "all"), (sv, "w", "all"), (scratch, "r", "all"),
                    (rows, "w", "all")] + ids_r + g_r
             if sv2 is not None:
                 acc.append((sv2, "w", "all"))
-            self.deferred.append(Task(
-                kind + ("_adam" if self.adam else "_adagrad"), (ROWS, segs[0][2], ROW_GRAIN),
-                [tv, sv, scratch, rows, sv2], acc, m=segs[0][2], h=d, w=w, segs=segv, pidx=i,
-                k=1 if dense else 0))
+            self.deferred.append(Task(name, (ROWS, rows_b, ROW_GRAIN),
+                                      [tv, sv, scratch, rows, sv2], acc, m=rows_b, h=d, w=w,
+                                      segs=segv, pidx=i, k=1 if dense else 0))
             return
         k = max(1, sum(s[2] * w for s in segs) * bags[2])  # (slot, item) pairs at most
         scratch = self.new(4 * k, 1, 8)
         row = self.new(1, d)
-        self.updated.add(i)
-        sv = View(self.ext_buf("adam_m" if self.adam else "state", i), V, d, self.item)
-        sv2 = View(self.ext_buf("adam_v", i), V, d, self.item) if self.adam else None
         acc = [(tv, "w", "all"), (sv, "w", "all"), (scratch, "w", "all"),
                (row, "w", "all")] + reads + ids_r + g_r
         views = [tv, sv, scratch, row, sv2] + extra    # (read by position: v4 Adam's v)
         if sv2 is not None:
             acc.append((sv2, "w", "all"))
-        self.add(Task(kind + ("_adam" if self.adam else "_adagrad"), (ONE, 1, 1), views, acc,
+        self.add(Task(name, (ONE, 1, 1), views, acc,
                        h=d, w=w, segs=segv, pidx=i, k=k))
 
 
